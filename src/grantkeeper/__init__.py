@@ -1,0 +1,75 @@
+"""grantkeeper: OAuth credentials for MCP clients that never break.
+
+This module is the public API; everything else is private and may change.
+"""
+
+from ._decide import MAX_UNKNOWN_ATTEMPTS
+from ._errors import (
+    AccountChanged,
+    AuthenticationRequired,
+    ClientRegistrationInvalid,
+    DeadlineExceeded,
+    GrantkeeperError,
+    LockTimeout,
+    LoginRequired,
+    MalformedResponse,
+    PersistencePending,
+    ProtocolError,
+    ProviderError,
+    ProviderUnavailable,
+    ReauthenticationRequired,
+    RefreshOutcomeUnknown,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    UnsafeStorePath,
+    VersionConflict,
+)
+from ._file_store import FileStore
+from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
+from ._keeper import Keeper
+from ._paths import grantkeeper_home
+from ._record import Credential, CredentialKey, RefreshIntent
+from ._redact import redact
+from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_SKEW",
+    "MAX_UNKNOWN_ATTEMPTS",
+    "AccountChanged",
+    "AuthenticationRequired",
+    "ClientRegistrationInvalid",
+    "Clock",
+    "Credential",
+    "CredentialKey",
+    "DeadlineExceeded",
+    "FileStore",
+    "Freshness",
+    "GrantkeeperError",
+    "Keeper",
+    "LockTimeout",
+    "LoginRequired",
+    "MalformedResponse",
+    "PersistencePending",
+    "ProtocolError",
+    "ProviderError",
+    "ProviderUnavailable",
+    "ReauthenticationRequired",
+    "RefreshIntent",
+    "RefreshOutcomeUnknown",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreUnavailable",
+    "Stored",
+    "UnsafeStorePath",
+    "VersionConflict",
+    "__version__",
+    "freshness",
+    "grantkeeper_home",
+    "redact",
+    "refresh_margin",
+]

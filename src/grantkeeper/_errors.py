@@ -1,0 +1,196 @@
+"""Every error grantkeeper raises, in one tree.
+
+    GrantkeeperError
+    ├── AuthenticationRequired            requires_login or requires_reauthentication
+    │   ├── LoginRequired                 nothing stored (never logged in, or logged out)
+    │   ├── ReauthenticationRequired      stored but unusable: refresh rejected, no refresh
+    │   │                                 token, grant marked dead, outcome unknown too often
+    │   └── ClientRegistrationInvalid     the authorization server no longer knows the client
+    ├── AccountChanged                    the store now holds another account's credential
+    ├── ProviderError                     the token endpoint misbehaved
+    │   ├── ProviderUnavailable           429, 503, refused: nothing was spent (retryable)
+    │   ├── RefreshOutcomeUnknown         timeout, 5xx, lost connection after sending (retryable)
+    │   └── MalformedResponse             not a token response we can trust
+    ├── ProtocolError                     bad metadata, callback or header from a peer
+    ├── StoreError
+    │   ├── StoreCorrupt                  a stored record does not parse
+    │   ├── UnsafeStorePath               symlink or loose permissions on the store
+    │   ├── StoreUnavailable              the backend cannot be reached or is locked
+    │   ├── VersionConflict               compare-and-swap lost
+    │   └── LockTimeout                   the credential lock was not free in time (retryable)
+    ├── PersistencePending                a refreshed token could not be written and the
+    │                                     store still holds the spent one: fail closed
+    └── DeadlineExceeded                  the caller's deadline passed while a refresh ran
+                                          on; its result serves the next call (retryable)
+
+Callers branch on the flags ``requires_login``, ``requires_reauthentication`` and
+``retryable``, never on messages. Messages and reprs never contain a secret.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccountChanged",
+    "AuthenticationRequired",
+    "ClientRegistrationInvalid",
+    "DeadlineExceeded",
+    "GrantkeeperError",
+    "LockTimeout",
+    "LoginRequired",
+    "MalformedResponse",
+    "PersistencePending",
+    "ProtocolError",
+    "ProviderError",
+    "ProviderUnavailable",
+    "ReauthenticationRequired",
+    "RefreshOutcomeUnknown",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreUnavailable",
+    "UnsafeStorePath",
+    "VersionConflict",
+]
+
+
+class GrantkeeperError(Exception):
+    """Base of every grantkeeper error."""
+
+    requires_login: bool = False
+    requires_reauthentication: bool = False
+    retryable: bool = False
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: The credential key (server URL and profile) this concerns, when known. Not secret.
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.key}]" if self.key else self.message
+
+
+class AuthenticationRequired(GrantkeeperError):
+    """A person has to log in again before this credential can be used."""
+
+
+class LoginRequired(AuthenticationRequired):
+    """Nothing is stored for this server: run ``grantkeeper login``."""
+
+    requires_login = True
+
+
+class ReauthenticationRequired(AuthenticationRequired):
+    """A credential is stored but can no longer be refreshed: log in again."""
+
+    requires_reauthentication = True
+
+
+class ClientRegistrationInvalid(AuthenticationRequired):
+    """The authorization server does not know our client any more (``invalid_client``)."""
+
+    requires_login = True
+
+
+class AccountChanged(GrantkeeperError):
+    """The store now holds a credential for a different account than this process uses."""
+
+
+class ProviderError(GrantkeeperError):
+    """The authorization server's token endpoint failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        super().__init__(message, key=key)
+        #: HTTP status of the provider's answer, if there was one.
+        self.status = status
+        #: The OAuth ``error`` code, if the answer carried one.
+        self.error = error
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider did not process the request (5xx, 429, refused): try again later."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        status: int | None = None,
+        error: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, key=key, status=status, error=error)
+        #: Seconds the provider asked us to wait, from ``Retry-After``.
+        self.retry_after = retry_after
+
+
+class RefreshOutcomeUnknown(ProviderError):
+    """The refresh request was sent but no answer came back: it may have been spent.
+
+    A later, serialized attempt is allowed; grantkeeper records the unknown outcome
+    durably so that every process knows.
+    """
+
+    retryable = True
+
+
+class MalformedResponse(ProviderError):
+    """The provider answered with something that is not a usable token response."""
+
+
+class ProtocolError(GrantkeeperError):
+    """A peer sent metadata, a header or a callback that breaks the protocol."""
+
+
+class StoreError(GrantkeeperError):
+    """The credential store failed."""
+
+
+class StoreCorrupt(StoreError):
+    """A stored record exists but cannot be parsed. Nothing else in the store is touched."""
+
+
+class UnsafeStorePath(StoreError):
+    """The store path is a symlink or is readable by other users."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be read or written right now (read-only, full, locked keyring)."""
+
+    retryable = True
+
+
+class VersionConflict(StoreError):
+    """A compare-and-swap write lost: the record changed since it was read."""
+
+    retryable = True
+
+
+class LockTimeout(StoreError):
+    """The credential's transaction lock was not acquired in time. Nothing was stolen."""
+
+    retryable = True
+
+
+class PersistencePending(GrantkeeperError):
+    """A refreshed credential could not be made durable and the store still holds the old one.
+
+    The new token keeps serving while it is valid. grantkeeper refuses to spend or
+    reinstall the old refresh token; the next transaction retries the write.
+    """
+
+    retryable = True
+
+
+class DeadlineExceeded(GrantkeeperError):
+    """The caller stopped waiting; the refresh it joined keeps running and serves the next call."""
+
+    retryable = True

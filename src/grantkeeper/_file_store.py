@@ -1,0 +1,291 @@
+"""The embedded default store: one JSON file per credential under ``GRANTKEEPER_HOME``.
+
+Every path is opened relative to a descriptor of the credentials directory with
+``O_NOFOLLOW``, so a symlink planted in place of a file is refused rather than followed.
+Files are created 0600 and the directory 0700; nothing is chmodded after the fact.
+Writes are atomic (temp file, fsync, rename, fsync of the directory), so a reader sees the
+old record or the new one and never half a file, even if the writer is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ._errors import StoreCorrupt, StoreUnavailable, UnsafeStorePath, VersionConflict
+from ._file_lock import locked_file
+from ._paths import grantkeeper_home
+from ._record import Credential, CredentialKey, record_from_json, record_to_json
+from ._store import DEFAULT_LOCK_TIMEOUT, Stored
+
+FILE_FORMAT = "grantkeeper-credential"
+"""Marks our files, so a stray JSON file in the directory is never mistaken for one."""
+
+CAS_LOCK_TIMEOUT = 10.0
+"""A compare-and-swap holds its lock only for one read and one rename."""
+
+
+def _slug(key: CredentialKey) -> str:
+    """A file name for ``key``: readable host part plus a hash that keeps keys distinct."""
+    digest = hashlib.sha256(str(key).encode("utf-8")).hexdigest()[:20]
+    host = key.server_url.split("://", 1)[-1].split("/", 1)[0]
+    readable = re.sub(r"[^A-Za-z0-9.-]+", "_", host)[:40]
+    return f"{readable}-{digest}"
+
+
+def _os_error(action: str, name: str, exc: OSError) -> StoreUnavailable | UnsafeStorePath:
+    if exc.errno == errno.ELOOP:
+        return UnsafeStorePath(f"{name} is a symlink; refusing to follow it")
+    code = errno.errorcode.get(exc.errno or 0, "error")
+    return StoreUnavailable(f"cannot {action} {name}: {exc.strerror} ({code})")
+
+
+class FileStore:
+    """Credentials as files in ``<home>/credentials``; see the module docstring."""
+
+    name = "file"
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home) if home is not None else grantkeeper_home()
+        self.directory = self.home / "credentials"
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.directory)!r})"
+
+    # -- directory handling -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _dir(self, *, create: bool) -> Iterator[int | None]:
+        """Yield a descriptor of the credentials directory (``None`` if absent and not created)."""
+        if create:
+            self._ensure_directory()
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if create:
+                raise StoreUnavailable(f"{self.directory} vanished while in use") from None
+            yield None
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeStorePath(
+                    f"{self.directory} is a symlink or not a directory; refusing it"
+                ) from None
+            raise _os_error("open", str(self.directory), exc) from None
+        try:
+            self._check_directory(fd)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _ensure_directory(self) -> None:
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.mkdir(self.directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _os_error("create", str(self.directory), exc) from None
+
+    def _check_directory(self, fd: int) -> None:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid():
+            raise UnsafeStorePath(f"{self.directory} is owned by another user")
+        if info.st_mode & 0o077:
+            raise UnsafeStorePath(
+                f"{self.directory} is accessible by other users "
+                f"(mode {stat.S_IMODE(info.st_mode):o}); run: chmod 700 {self.directory}"
+            )
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _load(
+        self, dir_fd: int, name: str, key: CredentialKey | None
+    ) -> tuple[CredentialKey, Stored] | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error("read", name, exc) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafeStorePath(f"{name} is not a regular file")
+            if info.st_mode & 0o077:
+                raise UnsafeStorePath(
+                    f"{name} is readable by other users; run: chmod 600 {self.directory / name}"
+                )
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise _os_error("read", name, exc) from None
+        finally:
+            os.close(fd)
+        return self._parse(raw, name, key)
+
+    def _parse(
+        self, raw: bytes, name: str, key: CredentialKey | None
+    ) -> tuple[CredentialKey, Stored]:
+        where = str(key) if key else name
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise StoreCorrupt(f"{self.directory / name} is not valid JSON", key=where) from None
+        if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
+            raise StoreCorrupt(f"{self.directory / name} is not a grantkeeper file", key=where)
+        stored_key = document.get("key")
+        version = document.get("version")
+        if (
+            not isinstance(stored_key, dict)
+            or not isinstance(stored_key.get("server_url"), str)
+            or not isinstance(version, int)
+            or isinstance(version, bool)
+            or version < 1
+        ):
+            raise StoreCorrupt(f"{self.directory / name} has a malformed header", key=where)
+        profile = stored_key.get("profile")
+        found = CredentialKey(
+            stored_key["server_url"], profile if isinstance(profile, str) else None
+        )
+        if key is not None and found != key:
+            raise StoreCorrupt(f"{self.directory / name} belongs to {found}, not {key}", key=where)
+        return found, Stored(record_from_json(document.get("record"), key=where), version)
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        """Return the stored record for ``key`` with its version, or ``None``."""
+        with self._dir(create=False) as dir_fd:
+            if dir_fd is None:
+                return None
+            loaded = self._load(dir_fd, _slug(key) + ".json", key)
+            return loaded[1] if loaded else None
+
+    def keys(self) -> list[CredentialKey]:
+        """Every key with a readable record. Unreadable files are reported by :meth:`problems`."""
+        return sorted(k for k, _ in self._scan()[0])
+
+    def problems(self) -> list[str]:
+        """Describe files that are not readable records (corrupt, unsafe), for ``doctor``."""
+        return self._scan()[1]
+
+    def _scan(self) -> tuple[list[tuple[CredentialKey, Stored]], list[str]]:
+        found: list[tuple[CredentialKey, Stored]] = []
+        problems: list[str] = []
+        with self._dir(create=False) as dir_fd:
+            if dir_fd is None:
+                return found, problems
+            for name in sorted(os.listdir(dir_fd)):
+                if not name.endswith(".json"):
+                    continue
+                try:
+                    loaded = self._load(dir_fd, name, None)
+                except (StoreCorrupt, UnsafeStorePath, StoreUnavailable) as exc:
+                    problems.append(str(exc))
+                    continue
+                if loaded:
+                    found.append(loaded)
+        return found, problems
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _write_atomic(self, dir_fd: int, name: str, payload: bytes) -> None:
+        # Unique per writer thread; the CAS lock already excludes other writers of this key.
+        temp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+        except FileExistsError:
+            # Left behind by a writer killed mid-write with our pid and thread id; ours now.
+            os.unlink(temp, dir_fd=dir_fd)
+            return self._write_atomic(dir_fd, name, payload)
+        except OSError as exc:
+            raise _os_error("write", name, exc) from None
+        try:
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=dir_fd)
+            raise _os_error("write", name, exc) from None
+        return None
+
+    @contextlib.contextmanager
+    def _cas(self, key: CredentialKey) -> Iterator[tuple[int, str, Stored | None]]:
+        """Hold the short write lock of ``key`` and yield the directory, name and current record."""
+        name = _slug(key)
+        with self._dir(create=True) as dir_fd:
+            assert dir_fd is not None
+            with locked_file(dir_fd, f".{name}.cas", timeout=CAS_LOCK_TIMEOUT, what=f"write {key}"):
+                loaded = self._load(dir_fd, name + ".json", key)
+                yield dir_fd, name + ".json", loaded[1] if loaded else None
+
+    def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
+        """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent)."""
+        with self._cas(key) as (dir_fd, name, current):
+            current_version = current.version if current else None
+            if current_version != expected_version:
+                raise VersionConflict(
+                    f"record is at version {current_version}, expected {expected_version}",
+                    key=str(key),
+                )
+            version = (current_version or 0) + 1
+            document: dict[str, Any] = {
+                "format": FILE_FORMAT,
+                "key": {"server_url": key.server_url, "profile": key.profile},
+                "version": version,
+                "updated_at": datetime.now(UTC).isoformat(),
+                "record": record_to_json(record),
+            }
+            payload = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
+            self._write_atomic(dir_fd, name, payload)
+            return version
+
+    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        """Remove ``key``'s record (only at ``expected_version``, if given)."""
+        with self._cas(key) as (dir_fd, name, current):
+            if current is None:
+                return False
+            if expected_version is not None and current.version != expected_version:
+                raise VersionConflict(
+                    f"record is at version {current.version}, expected {expected_version}",
+                    key=str(key),
+                )
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+                os.fsync(dir_fd)
+            except OSError as exc:
+                raise _os_error("delete", name, exc) from None
+            return True
+
+    # -- locking ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold ``key``'s transaction lock (an ``flock`` on a sibling lock file)."""
+        with self._dir(create=True) as dir_fd:
+            assert dir_fd is not None
+            with locked_file(
+                dir_fd, f".{_slug(key)}.lock", timeout=timeout, what=f"the lock of {key}"
+            ):
+                yield

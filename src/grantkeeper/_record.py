@@ -1,0 +1,282 @@
+"""The credential record, its key, and their JSON form.
+
+Expiry is stored as an absolute UTC time. Records written by older clients that kept only
+``expires_in`` still load; when the time they were obtained is unknown too, their expiry is
+unknown (``expires_at is None``) and freshness treats them as due for a refresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from ._errors import StoreCorrupt
+from ._redact import fingerprint, redact
+
+SCHEMA_VERSION = 1
+"""Version of the stored JSON layout; a newer one is refused rather than misread."""
+
+IntentState = Literal["in_flight", "unknown"]
+
+
+class _FieldError(ValueError):
+    """A malformed field, described by name only: values may be secrets."""
+
+
+def canonical_url(url: str) -> str:
+    """Return ``url`` with scheme and host lower-cased, default port and fragment dropped."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise _FieldError(f"not an http(s) URL: {url!r}")
+    host = parts.hostname.lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = parts.port
+    if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
+        host = f"{host}:{port}"
+    return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CredentialKey:
+    """Names one credential: the canonical MCP server URL plus an optional profile."""
+
+    server_url: str
+    profile: str | None = None
+
+    @classmethod
+    def for_server(cls, url: str, profile: str | None = None) -> CredentialKey:
+        """Build the key for ``url``, canonicalising it so spellings of one URL agree."""
+        if profile is not None and not profile.strip():
+            profile = None
+        return cls(canonical_url(url), profile)
+
+    def __str__(self) -> str:
+        return f"{self.server_url}#{self.profile}" if self.profile else self.server_url
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshIntent:
+    """A durable note, written before a refresh token is spent, of who is spending it.
+
+    If the spender dies or loses its answer, the next transaction finds the note and knows
+    the outcome is unknown instead of guessing. It holds a fingerprint, never the token.
+    """
+
+    token_fingerprint: str
+    pid: int
+    host: str
+    started_at: datetime
+    attempts: int = 1
+    state: IntentState = "in_flight"
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One OAuth credential for one MCP server, as stored.
+
+    ``repr`` and ``str`` show secrets only as a short suffix.
+    """
+
+    access_token: str
+    resource: str
+    token_type: str = "Bearer"
+    refresh_token: str | None = None
+    scope: str | None = None
+    expires_at: datetime | None = None
+    obtained_at: datetime | None = None
+    issuer: str | None = None
+    token_endpoint: str | None = None
+    revocation_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None)
+    token_endpoint_auth_method: str | None = None
+    subject: str | None = None
+    reauth_reason: str | None = None
+    """Set when a transaction found the grant dead; only a new login clears it."""
+    intent: RefreshIntent | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Credential(resource={self.resource!r}, access_token={redact(self.access_token)!r}, "
+            f"refresh_token={redact(self.refresh_token)!r}, expires_at={_iso(self.expires_at)!r}, "
+            f"issuer={self.issuer!r}, client_id={self.client_id!r}, subject={self.subject!r}"
+            + (f", reauth_reason={self.reauth_reason!r}" if self.reauth_reason else "")
+            + (f", intent={self.intent.state!r}" if self.intent else "")
+            + ")"
+        )
+
+    __str__ = __repr__
+
+    def replace(self, **changes: Any) -> Credential:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def refresh_fingerprint(self) -> str | None:
+        """Fingerprint of the refresh token, for intents and logs."""
+        return fingerprint(self.refresh_token) if self.refresh_token else None
+
+    def same_identity(self, other: Credential) -> bool:
+        """Whether ``other`` belongs to the same issuer and resource as this record."""
+        return self.issuer == other.issuer and self.resource == other.resource
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _parse_time(value: Any, what: str) -> datetime | None:
+    """Accept ISO 8601 strings and epoch numbers (seconds, or milliseconds as Codex stores)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _FieldError(f"{what} is not a time")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise _FieldError(f"{what} is not finite")
+        seconds = value / 1000 if value > 10**11 else value
+        return datetime.fromtimestamp(seconds, UTC)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise _FieldError(f"{what} is not a time") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    raise _FieldError(f"{what} is not a time")
+
+
+def _opt_str(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _FieldError(f"{name} is not a string")
+    return value
+
+
+def record_to_json(record: Credential) -> dict[str, Any]:
+    """Return the stored JSON form of ``record``."""
+    intent = record.intent
+    return {
+        "schema": SCHEMA_VERSION,
+        "access_token": record.access_token,
+        "token_type": record.token_type,
+        "refresh_token": record.refresh_token,
+        "scope": record.scope,
+        "expires_at": _iso(record.expires_at),
+        "obtained_at": _iso(record.obtained_at),
+        "issuer": record.issuer,
+        "token_endpoint": record.token_endpoint,
+        "revocation_endpoint": record.revocation_endpoint,
+        "resource": record.resource,
+        "client": {
+            "client_id": record.client_id,
+            "client_secret": record.client_secret,
+            "token_endpoint_auth_method": record.token_endpoint_auth_method,
+        },
+        "subject": record.subject,
+        "reauth_reason": record.reauth_reason,
+        "intent": None
+        if intent is None
+        else {
+            "token_fingerprint": intent.token_fingerprint,
+            "pid": intent.pid,
+            "host": intent.host,
+            "started_at": _iso(intent.started_at),
+            "attempts": intent.attempts,
+            "state": intent.state,
+        },
+    }
+
+
+def record_from_json(data: Any, *, key: str | None = None) -> Credential:
+    """Parse a stored record, raising :class:`StoreCorrupt` (with no secret) if it is bad."""
+    try:
+        return _record_from_json(data)
+    except StoreCorrupt:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        # The message names a field, never its value: values may be secrets.
+        raise StoreCorrupt(f"stored credential is malformed: {_describe(exc)}", key=key) from None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    if isinstance(exc, _FieldError):
+        return str(exc)
+    # Library errors (fromisoformat, float) echo their input, which may be a secret.
+    return f"a field has an invalid value ({type(exc).__name__})"
+
+
+def _record_from_json(data: Any) -> Credential:
+    if not isinstance(data, dict):
+        raise _FieldError("record is not an object")
+    schema = data.get("schema", SCHEMA_VERSION)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise _FieldError("schema is not an integer")
+    if schema > SCHEMA_VERSION:
+        raise StoreCorrupt(
+            f"stored credential has schema {schema}, written by a newer grantkeeper "
+            f"(this one reads up to {SCHEMA_VERSION})"
+        )
+    access_token = data["access_token"]
+    if not isinstance(access_token, str):
+        raise _FieldError("access_token is not a string")
+    resource = _opt_str(data, "resource")
+    if resource is None:
+        raise KeyError("resource")
+    obtained_at = _parse_time(data.get("obtained_at", data.get("received_at")), "obtained_at")
+    expires_at = _parse_time(data.get("expires_at"), "expires_at")
+    if expires_at is None and data.get("expires_in") is not None and obtained_at is not None:
+        # Legacy layout: a relative lifetime is only meaningful next to when it was received.
+        expires_at = obtained_at + timedelta(seconds=float(data["expires_in"]))
+    client = data.get("client") or {}
+    if not isinstance(client, dict):
+        raise _FieldError("client is not an object")
+    client_fields = {**data, **client}  # legacy records kept client_id at the top level
+    intent_data = data.get("intent")
+    intent = None
+    if intent_data is not None:
+        if not isinstance(intent_data, dict):
+            raise _FieldError("intent is not an object")
+        started = _parse_time(intent_data["started_at"], "intent.started_at")
+        state = intent_data.get("state", "in_flight")
+        if state not in ("in_flight", "unknown"):
+            raise _FieldError("intent.state is not a known string")
+        pid, attempts = intent_data["pid"], intent_data.get("attempts", 1)
+        if not isinstance(pid, int) or not isinstance(attempts, int):
+            raise _FieldError("intent.pid is not an integer")
+        intent = RefreshIntent(
+            token_fingerprint=str(intent_data["token_fingerprint"]),
+            pid=pid,
+            host=str(intent_data["host"]),
+            started_at=started or datetime.fromtimestamp(0, UTC),
+            attempts=attempts,
+            state=state,
+        )
+    return Credential(
+        access_token=access_token,
+        resource=resource,
+        token_type=_opt_str(data, "token_type") or "Bearer",
+        refresh_token=_opt_str(data, "refresh_token"),
+        scope=_opt_str(data, "scope"),
+        expires_at=expires_at,
+        obtained_at=obtained_at,
+        issuer=_opt_str(data, "issuer"),
+        token_endpoint=_opt_str(data, "token_endpoint"),
+        revocation_endpoint=_opt_str(data, "revocation_endpoint"),
+        client_id=_opt_str(client_fields, "client_id"),
+        client_secret=_opt_str(client_fields, "client_secret"),
+        token_endpoint_auth_method=_opt_str(client_fields, "token_endpoint_auth_method"),
+        subject=_opt_str(data, "subject"),
+        reauth_reason=_opt_str(data, "reauth_reason"),
+        intent=intent,
+    )

@@ -1,0 +1,58 @@
+"""The store interface every backend implements: versioned records and a transaction lock."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ._record import Credential, CredentialKey
+
+DEFAULT_LOCK_TIMEOUT = 60.0
+"""Seconds to wait for a credential's lock. A holder keeps it at most for one provider call
+(30 s) plus two writes, so a minute means the holder is stuck, not slow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A record as read from a store, with the version to compare-and-swap against."""
+
+    record: Credential
+    version: int
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where credentials live. Every method may raise :class:`StoreError` subclasses.
+
+    Versions start at 1 and grow by one with each write. ``write`` with
+    ``expected_version=None`` creates and fails if the key exists; otherwise it replaces
+    only that version. A lost race raises :class:`VersionConflict`.
+    """
+
+    #: Short backend name for status output: ``"file"``, ``"keyring"``, ``"postgresql"``.
+    name: str
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        """Return the record and its version, or ``None`` if nothing is stored."""
+        ...
+
+    def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
+        """Store ``record`` if the current version is ``expected_version``; return the new one."""
+        ...
+
+    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        """Remove the record (only at ``expected_version`` if given); return whether it existed."""
+        ...
+
+    def keys(self) -> list[CredentialKey]:
+        """Every key that has a record, sorted."""
+        ...
+
+    def lock(
+        self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
+    ) -> AbstractContextManager[None]:
+        """Hold ``key``'s transaction lock, exclusive across processes (and hosts, where the
+        backend is shared). Released when the holder exits or dies. Raises
+        :class:`LockTimeout` after ``timeout`` seconds without stealing it."""
+        ...
