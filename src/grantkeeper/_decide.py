@@ -59,6 +59,8 @@ class Context:
     skew: timedelta
     pid: int
     host: str
+    holder: str = ""
+    """This ``Keeper`` instance's identifier."""
     known: Credential | None = None
     """The credential this lifecycle serves (its identity must not silently change)."""
     rejected: str | None = None
@@ -121,7 +123,7 @@ def decide(
     unknown = False
     intent = stored.intent
     if intent is not None and intent.token_fingerprint == fingerprint:
-        ours = intent.host == ctx.host and intent.pid == ctx.pid
+        ours = intent.host == ctx.host and intent.pid == ctx.pid and intent.holder == ctx.holder
         if intent.state == "in_flight" and holder_alive and not ours:
             return Decision(
                 Action.FAIL,
@@ -153,6 +155,7 @@ def decide(
             host=ctx.host,
             started_at=ctx.now,
             attempts=attempts,
+            holder=ctx.holder,
         ),
         outcome_unknown=unknown,
     )

@@ -13,9 +13,11 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -43,6 +45,10 @@ from ._token_endpoint import apply_response, refresh_request
 
 Checkpoint = Callable[[str], None]
 """Test seam: called with a stage name at each step of a transaction. ``None`` in production."""
+
+
+_live_holders: weakref.WeakValueDictionary[str, Keeper] = weakref.WeakValueDictionary()
+"""Keepers alive in this process, by intent holder id: a sibling's pending refresh is live."""
 
 
 def _process_alive(pid: int) -> bool:
@@ -94,6 +100,8 @@ class Keeper:
         # The first credential this lifecycle served: its account must not change silently.
         self._identity: Credential | None = None
         self._host = socket.gethostname()
+        self._holder = secrets.token_hex(8)
+        _live_holders[self._holder] = self
 
     def __repr__(self) -> str:
         return f"Keeper({str(self.key)!r}, store={self.store.name!r})"
@@ -262,17 +270,18 @@ class Keeper:
             skew=self._skew,
             pid=os.getpid(),
             host=self._host,
+            holder=self._holder,
             known=self._identity,
             rejected=rejected,
         )
 
     def _holder_alive(self, intent: RefreshIntent | None) -> bool:
-        return (
-            intent is not None
-            and intent.host == self._host
-            and intent.pid != os.getpid()
-            and _process_alive(intent.pid)
-        )
+        """Whether the writer of ``intent`` may still hold an unstored answer."""
+        if intent is None or intent.host != self._host:
+            return False
+        if intent.pid == os.getpid():
+            return intent.holder != self._holder and intent.holder in _live_holders
+        return _process_alive(intent.pid)
 
     def _decide_and_act(self, stored: Stored | None, rejected: str | None) -> Credential:
         key = str(self.key)
@@ -355,8 +364,7 @@ class Keeper:
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
                 token=intent.token_fingerprint,
             )
-            self._after_provider_error(old, Stored(noted, noted_version), exc)
-            raise
+            raise self._after_provider_error(old, Stored(noted, noted_version), exc) from None
         event(
             logging.INFO,
             "refresh.provider_call",
@@ -394,15 +402,25 @@ class Keeper:
         self._stage("after_write")
         return fresh
 
-    def _after_provider_error(self, old: Credential, noted: Stored, exc: GrantkeeperError) -> None:
-        """Record what the error means durably; the caller re-raises it."""
+    def _after_provider_error(
+        self, old: Credential, noted: Stored, exc: GrantkeeperError
+    ) -> GrantkeeperError:
+        """Record durably what the provider's error means; return the error to raise."""
         if isinstance(exc, ReauthenticationRequired | ClientRegistrationInvalid):
-            if isinstance(exc, ReauthenticationRequired):
+            retried = noted.record.intent is not None and noted.record.intent.attempts > 1
+            if isinstance(exc, ReauthenticationRequired) and retried:
+                reason = (
+                    "an earlier refresh's outcome was lost, and the authorization server "
+                    "rejected the retry (invalid_grant)"
+                )
+            elif isinstance(exc, ReauthenticationRequired):
                 reason = "the authorization server rejected the refresh token (invalid_grant)"
             else:
                 reason = "the authorization server no longer accepts this client registration"
             self._mark_dead(noted, reason)
-            return
+            error = type(exc)(f"log in again: {reason}", key=str(self.key))
+            error.__cause__ = exc
+            return error
         if isinstance(exc, ProviderUnavailable) or type(exc) is ProviderError:
             # Nothing was spent: put the record back as it was before our note.
             restored = old
@@ -422,6 +440,7 @@ class Keeper:
                 state=state,
                 error=type(write_exc).__name__,
             )
+        return exc
 
     def _reconcile_pending(
         self, stored: Stored | None, rejected: str | None

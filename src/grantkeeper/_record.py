@@ -75,6 +75,8 @@ class RefreshIntent:
     started_at: datetime
     attempts: int = 1
     state: IntentState = "in_flight"
+    holder: str = ""
+    """Identifies the ``Keeper`` instance, since one process may run several."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,7 @@ def record_to_json(record: Credential) -> dict[str, Any]:
             "started_at": _iso(intent.started_at),
             "attempts": intent.attempts,
             "state": intent.state,
+            "holder": intent.holder,
         },
     }
 
@@ -261,6 +264,7 @@ def _record_from_json(data: Any) -> Credential:
             started_at=started or datetime.fromtimestamp(0, UTC),
             attempts=attempts,
             state=state,
+            holder=str(intent_data.get("holder", "")),
         )
     return Credential(
         access_token=access_token,

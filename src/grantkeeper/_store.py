@@ -30,8 +30,10 @@ class Store(Protocol):
     only that version. A lost race raises :class:`VersionConflict`.
     """
 
-    #: Short backend name for status output: ``"file"``, ``"keyring"``, ``"postgresql"``.
-    name: str
+    @property
+    def name(self) -> str:
+        """Short backend name for status output: ``"file"``, ``"keyring"``, ``"postgresql"``."""
+        ...
 
     def read(self, key: CredentialKey) -> Stored | None:
         """Return the record and its version, or ``None`` if nothing is stored."""

@@ -1,0 +1,87 @@
+"""Shared test helpers: a hand-stepped clock, and a store wrapper that counts and fails."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from grantkeeper import Credential, CredentialKey, Store, Stored, StoreUnavailable
+
+RESOURCE = "https://mcp.example.test/mcp"
+KEY = CredentialKey.for_server(RESOURCE)
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+class StepClock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def make_record(
+    access: str,
+    refresh: str | None,
+    *,
+    now: datetime = T0,
+    lifetime: float = 3600,
+    token_endpoint: str = "http://127.0.0.1:9/token",
+    subject: str | None = "alice",
+) -> Credential:
+    """A credential obtained at ``now`` that lives ``lifetime`` seconds."""
+    return Credential(
+        access_token=access,
+        refresh_token=refresh,
+        resource=RESOURCE,
+        expires_at=now + timedelta(seconds=lifetime),
+        obtained_at=now,
+        issuer="http://127.0.0.1:9",
+        token_endpoint=token_endpoint,
+        client_id="client-1",
+        subject=subject,
+    )
+
+
+@dataclass
+class CountingStore:
+    """Wraps a store, counts calls, and fails writes while ``fail_writes`` says so."""
+
+    inner: Store
+    calls: list[str] = field(default_factory=list)
+    fail_writes: Callable[[Credential], bool] = lambda record: False
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        self.calls.append("read")
+        return self.inner.read(key)
+
+    def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
+        self.calls.append("write")
+        if self.fail_writes(record):
+            raise StoreUnavailable("injected: disk full (ENOSPC)")
+        return self.inner.write(key, record, expected_version=expected_version)
+
+    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        self.calls.append("delete")
+        return self.inner.delete(key, expected_version=expected_version)
+
+    def keys(self) -> list[CredentialKey]:
+        self.calls.append("keys")
+        return self.inner.keys()
+
+    @contextlib.contextmanager
+    def lock(self, key: CredentialKey, *, timeout: float = 60.0) -> Iterator[None]:
+        self.calls.append("lock")
+        with self.inner.lock(key, timeout=timeout):
+            yield

@@ -1,0 +1,120 @@
+"""The pure refresh decision, stepped case by case."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from grantkeeper import (
+    AccountChanged,
+    LoginRequired,
+    PersistencePending,
+    ReauthenticationRequired,
+    RefreshIntent,
+)
+from grantkeeper._decide import Action, Context, decide
+from tests.helpers import T0, make_record
+
+A = make_record("at-A", "rt-A")
+
+
+def ctx(elapsed: float = 0, **kw: object) -> Context:
+    base: dict[str, object] = {
+        "now": T0 + timedelta(seconds=elapsed),
+        "skew": timedelta(seconds=60),
+        "pid": 100,
+        "host": "h",
+        "holder": "me",
+    }
+    base.update(kw)
+    return Context(**base)  # type: ignore[arg-type]
+
+
+def test_nothing_stored_requires_login() -> None:
+    decision = decide(None, ctx(), key="k")
+    assert decision.action is Action.FAIL and isinstance(decision.error, LoginRequired)
+
+
+def test_fresh_record_is_adopted() -> None:
+    assert decide(A, ctx(), key="k").action is Action.ADOPT
+
+
+def test_stale_record_is_refreshed_with_an_intent_naming_us() -> None:
+    decision = decide(A, ctx(3590), key="k")
+    assert decision.action is Action.REFRESH
+    intent = decision.intent
+    assert intent is not None
+    assert (intent.pid, intent.host, intent.holder, intent.attempts) == (100, "h", "me", 1)
+    assert intent.token_fingerprint == A.refresh_fingerprint
+
+
+def test_rejected_current_token_is_refreshed_even_when_fresh() -> None:
+    assert decide(A, ctx(rejected="at-A"), key="k").action is Action.REFRESH
+
+
+def test_rejected_old_token_adopts_the_replacement() -> None:
+    decision = decide(A, ctx(3590, rejected="at-OLD"), key="k")
+    assert decision.action is Action.ADOPT
+
+
+def test_marked_record_fails_closed() -> None:
+    decision = decide(A.replace(reauth_reason="dead"), ctx(), key="k")
+    assert isinstance(decision.error, ReauthenticationRequired)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [A.replace(subject="bob"), A.replace(issuer="https://other.test"), A.replace(resource="r2")],
+)
+def test_another_identity_is_not_adopted(stored: object) -> None:
+    decision = decide(stored, ctx(known=A), key="k")  # type: ignore[arg-type]
+    assert isinstance(decision.error, AccountChanged)
+
+
+def test_unknown_subject_does_not_count_as_another_account() -> None:
+    assert decide(A.replace(subject=None), ctx(known=A), key="k").action is Action.ADOPT
+
+
+def test_stale_without_refresh_token_is_used_until_expiry() -> None:
+    record = A.replace(refresh_token=None)
+    assert decide(record, ctx(3590), key="k").action is Action.ADOPT
+    assert isinstance(decide(record, ctx(3600), key="k").error, ReauthenticationRequired)
+    assert isinstance(decide(record, ctx(rejected="at-A"), key="k").error, ReauthenticationRequired)
+
+
+def intent(**kw: object) -> RefreshIntent:
+    base: dict[str, object] = {
+        "token_fingerprint": A.refresh_fingerprint,
+        "pid": 7,
+        "host": "h",
+        "started_at": T0,
+        "attempts": 1,
+        "state": "in_flight",
+        "holder": "peer",
+    }
+    base.update(kw)
+    return RefreshIntent(**base)  # type: ignore[arg-type]
+
+
+def test_live_peer_holding_an_unstored_answer_blocks_spending() -> None:
+    decision = decide(A.replace(intent=intent()), ctx(3590), key="k", holder_alive=True)
+    assert isinstance(decision.error, PersistencePending)
+
+
+def test_dead_holder_means_unknown_outcome_and_one_retry() -> None:
+    decision = decide(A.replace(intent=intent()), ctx(3590), key="k", holder_alive=False)
+    assert decision.action is Action.REFRESH and decision.outcome_unknown
+    assert decision.intent is not None and decision.intent.attempts == 2
+
+
+def test_unknown_outcome_after_the_retry_requires_reauthentication() -> None:
+    stored = A.replace(intent=intent(attempts=2, state="unknown"))
+    decision = decide(stored, ctx(3590), key="k")
+    assert isinstance(decision.error, ReauthenticationRequired) and decision.mark
+
+
+def test_intent_for_another_refresh_token_is_ignored() -> None:
+    stored = A.replace(intent=intent(token_fingerprint="0" * 16, attempts=5))
+    decision = decide(stored, ctx(3590), key="k")
+    assert decision.action is Action.REFRESH and not decision.outcome_unknown

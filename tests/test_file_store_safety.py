@@ -1,0 +1,145 @@
+"""File store specifics: location, atomicity, permissions, symlinks, corrupt files."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from grantkeeper import (
+    CredentialKey,
+    FileStore,
+    StoreCorrupt,
+    UnsafeStorePath,
+    VersionConflict,
+    grantkeeper_home,
+)
+from tests.helpers import KEY, make_record
+
+OTHER = CredentialKey.for_server("https://other.test/mcp", "work")
+
+
+def test_home_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path / "gk"))
+    assert grantkeeper_home() == tmp_path / "gk"
+    assert FileStore().directory == tmp_path / "gk" / "credentials"
+
+
+def test_files_are_created_private(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "home")
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    assert stat.S_IMODE(os.stat(store.directory).st_mode) == 0o700
+    files = [p for p in store.directory.iterdir() if p.suffix == ".json"]
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert not [p for p in store.directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_is_compare_and_swap(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    assert store.write(KEY, make_record("a", "r"), expected_version=None) == 1
+    with pytest.raises(VersionConflict):
+        store.write(KEY, make_record("b", "r"), expected_version=None)
+    assert store.write(KEY, make_record("b", "r"), expected_version=1) == 2
+    with pytest.raises(VersionConflict):
+        store.write(KEY, make_record("c", "r"), expected_version=1)
+    found = store.read(KEY)
+    assert found is not None and found.version == 2 and found.record.access_token == "b"
+
+
+def test_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "credentials").symlink_to(real)
+    store = FileStore(tmp_path / "home")
+    with pytest.raises(UnsafeStorePath, match="symlink"):
+        store.read(KEY)
+    with pytest.raises(UnsafeStorePath):
+        store.write(KEY, make_record("a", "r"), expected_version=None)
+    assert list(real.iterdir()) == []
+
+
+def test_symlinked_record_file_is_refused_not_followed(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    target = tmp_path / "elsewhere.json"
+    target.write_text("{}")
+    path = next(p for p in store.directory.iterdir() if p.suffix == ".json")
+    path.unlink()
+    path.symlink_to(target)
+    with pytest.raises(UnsafeStorePath):
+        store.read(KEY)
+    with pytest.raises(UnsafeStorePath):
+        store.write(KEY, make_record("b", "r"), expected_version=None)
+    assert target.read_text() == "{}"
+
+
+def test_loose_permissions_are_refused_with_the_fix(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    os.chmod(store.directory, 0o755)
+    with pytest.raises(UnsafeStorePath, match="chmod 700"):
+        store.read(KEY)
+    os.chmod(store.directory, 0o700)
+    path = next(p for p in store.directory.iterdir() if p.suffix == ".json")
+    os.chmod(path, 0o644)
+    with pytest.raises(UnsafeStorePath, match="chmod 600"):
+        store.read(KEY)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"\x00\x01garbage",
+        b"[]",
+        json.dumps({"format": "other"}).encode(),
+        json.dumps(
+            {
+                "format": "grantkeeper-credential",
+                "key": {"server_url": "x"},
+                "version": 0,
+                "record": {},
+            }
+        ).encode(),
+    ],
+)
+def test_corrupt_file_is_a_clear_error_and_nothing_else_is_touched(
+    tmp_path: Path, content: bytes
+) -> None:
+    store = FileStore(tmp_path)
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(OTHER, make_record("b", "r2"), expected_version=None)
+    path = next(
+        p for p in store.directory.iterdir() if p.suffix == ".json" and "mcp.example.test" in p.name
+    )
+    other_before = {p.name: p.read_bytes() for p in store.directory.iterdir() if p != path}
+    path.write_bytes(content)
+    with pytest.raises(StoreCorrupt) as info:
+        store.read(KEY)
+    assert str(store.directory) in str(info.value)
+    with pytest.raises(StoreCorrupt):
+        store.write(KEY, make_record("c", "r"), expected_version=1)
+    assert path.read_bytes() == content
+    assert {p.name: p.read_bytes() for p in store.directory.iterdir() if p != path} == other_before
+    assert store.keys() == [OTHER]
+    assert len(store.problems()) == 1
+
+
+def test_truncated_file_from_a_torn_write_is_detected(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    path = next(p for p in store.directory.iterdir() if p.suffix == ".json")
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(StoreCorrupt):
+        store.read(KEY)
+
+
+def test_missing_directory_reads_as_empty(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "never-created")
+    assert store.read(KEY) is None and store.keys() == []
+    assert not (tmp_path / "never-created").exists()

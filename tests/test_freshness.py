@@ -1,0 +1,48 @@
+"""Freshness: a pure function of the record, the margin and the clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from grantkeeper import DEFAULT_SKEW, Freshness, freshness, refresh_margin
+from tests.helpers import T0, make_record
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "expected"),
+    [
+        (0, Freshness.FRESH),
+        (3539, Freshness.FRESH),
+        (3540, Freshness.STALE),
+        (3599, Freshness.STALE),
+        (3600, Freshness.EXPIRED),
+        (10**6, Freshness.EXPIRED),
+    ],
+)
+def test_hour_long_token_goes_stale_one_skew_before_expiry(
+    elapsed: int, expected: Freshness
+) -> None:
+    record = make_record("a", "r", lifetime=3600)
+    assert freshness(record, T0 + timedelta(seconds=elapsed)) is expected
+
+
+def test_margin_is_capped_at_a_quarter_of_a_short_lifetime() -> None:
+    record = make_record("a", "r", lifetime=4)
+    assert refresh_margin(record) == timedelta(seconds=1)
+    assert freshness(record, T0 + timedelta(seconds=2.9)) is Freshness.FRESH
+    assert freshness(record, T0 + timedelta(seconds=3)) is Freshness.STALE
+
+
+def test_skew_is_configurable() -> None:
+    record = make_record("a", "r", lifetime=3600)
+    at = T0 + timedelta(seconds=3000)
+    assert freshness(record, at, timedelta(minutes=5)) is Freshness.FRESH
+    assert freshness(record, at, timedelta(minutes=15)) is Freshness.STALE
+    assert DEFAULT_SKEW == timedelta(seconds=60)
+
+
+def test_unknown_expiry_is_stale() -> None:
+    record = make_record("a", "r").replace(expires_at=None)
+    assert freshness(record, T0) is Freshness.STALE

@@ -1,0 +1,464 @@
+"""The refresh transaction against an in-process provider with rotation and reuse detection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from grantkeeper import (
+    AccountChanged,
+    ClientRegistrationInvalid,
+    Credential,
+    DeadlineExceeded,
+    FileStore,
+    Keeper,
+    LoginRequired,
+    MalformedResponse,
+    PersistencePending,
+    ProviderUnavailable,
+    ReauthenticationRequired,
+    RefreshOutcomeUnknown,
+)
+from harness.fake_provider import FakeProvider
+from tests.helpers import KEY, CountingStore, StepClock, make_record
+
+
+@dataclass
+class World:
+    provider: FakeProvider
+    store: CountingStore
+    clock: StepClock
+    http: httpx.Client
+
+    def keeper(self) -> Keeper:
+        return Keeper(self.store, KEY, http_client=self.http, clock=self.clock)
+
+    def stored(self) -> Credential:
+        found = self.store.inner.read(KEY)
+        assert found is not None
+        return found.record
+
+    def login(self, *, subject: str = "alice") -> str:
+        access, refresh = self.provider.issue()
+        record = make_record(access, refresh, now=self.clock(), subject=subject)
+        current = self.store.inner.read(KEY)
+        self.store.inner.write(KEY, record, expected_version=current.version if current else None)
+        return access
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    provider = FakeProvider()
+    http = httpx.Client(transport=provider.transport())
+    w = World(provider, CountingStore(FileStore(tmp_path)), StepClock(), http)
+    yield w
+    http.close()
+
+
+def test_healthy_path_does_no_store_lock_or_network_io(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    first = keeper.access_token()
+    world.store.calls.clear()
+    for _ in range(1000):
+        assert keeper.access_token() == first
+    world.clock.advance(3000)  # still outside the refresh margin
+    assert keeper.access_token() == first
+    assert world.store.calls == []
+    assert world.provider.refresh_calls == 0
+
+
+def test_stale_token_is_refreshed_once_before_expiry_and_persisted(world: World) -> None:
+    old = world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.clock.advance(3600 - 30)  # inside the 60 s margin, not yet expired
+    new = keeper.credential()
+    assert new.access_token != old
+    assert world.provider.refresh_calls == 1
+    assert world.stored() == new
+    assert new.intent is None
+    assert new.expires_at == world.clock() + (new.expires_at - new.obtained_at)  # type: ignore[operator]
+    assert world.provider.is_active(new.access_token)
+
+
+def test_threads_and_sibling_keepers_share_one_refresh(world: World) -> None:
+    world.login()
+    keepers = [world.keeper() for _ in range(3)]
+    for keeper in keepers:
+        keeper.access_token()
+    world.clock.advance(3600)
+    barrier = threading.Barrier(12)
+    tokens: list[str] = []
+
+    def worker(keeper: Keeper) -> None:
+        barrier.wait()
+        tokens.append(keeper.access_token())
+
+    threads = [threading.Thread(target=worker, args=(keepers[i % 3],)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert world.provider.refresh_calls == 1
+    assert world.provider.replays == 0
+    assert len(set(tokens)) == 1
+    assert world.provider.is_active(tokens[0])
+
+
+def test_401_forces_one_refresh_and_late_401s_for_the_old_token_adopt_the_new(
+    world: World,
+) -> None:
+    old = world.login()
+    first, second = world.keeper(), world.keeper()
+    assert first.access_token() == old and second.access_token() == old
+    new = first.credential(rejected=old).access_token
+    assert new != old and world.provider.refresh_calls == 1
+    # A delayed 401 for the old token, in the same keeper and in a sibling that still
+    # holds the old one: both retry with the new token and spend nothing.
+    assert first.credential(rejected=old).access_token == new
+    assert second.credential(rejected=old).access_token == new
+    assert world.provider.refresh_calls == 1
+    # A 401 for the new token is a new rejection: exactly one more refresh.
+    newer = second.credential(rejected=new).access_token
+    assert newer not in (old, new) and world.provider.refresh_calls == 2
+    assert world.provider.replays == 0
+
+
+def test_response_omitting_refresh_token_and_scope_carries_them_forward(world: World) -> None:
+    world.login()
+    world.store.inner.write(
+        KEY, world.stored().replace(scope="mcp offline_access"), expected_version=1
+    )
+    world.provider.omit_refresh_token = True
+    world.provider.expires_in = "120"  # providers send strings too
+    keeper = world.keeper()
+    before = keeper.credential()
+    world.clock.advance(3600)
+    after = keeper.credential()
+    assert after.refresh_token == before.refresh_token
+    assert after.scope == "mcp offline_access"
+    assert after.expires_at is not None
+    assert (after.expires_at - world.clock.now).total_seconds() == 120
+
+
+def test_peer_refresh_is_adopted_without_a_provider_call(world: World) -> None:
+    world.login()
+    mine, peer = world.keeper(), world.keeper()
+    mine.access_token()
+    peer.access_token()
+    world.clock.advance(3600)
+    refreshed = peer.access_token()
+    assert mine.access_token() == refreshed
+    assert world.provider.refresh_calls == 1
+
+
+def test_persistence_failure_keeps_serving_b_never_replays_a_and_heals(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    # The intent note can be written, the provider's answer cannot (disk filled meanwhile).
+    world.store.fail_writes = lambda record: record.intent is None
+    world.clock.advance(3600 - 30)
+    b = keeper.credential()
+    assert keeper.persistence_pending
+    assert world.provider.refresh_calls == 1
+    spent = world.stored()
+    assert spent.intent is not None and spent.intent.state == "in_flight"
+    # B serves from memory.
+    world.store.calls.clear()
+    assert keeper.access_token() == b.access_token
+    assert world.store.calls == []
+    # A sibling keeper sees the live holder's note and refuses to spend A.
+    with pytest.raises(PersistencePending):
+        world.keeper().credential()
+    # B goes stale: the write is retried, fails, and B (still valid) keeps serving.
+    world.clock.advance(3600 - 30)
+    assert keeper.access_token() == b.access_token
+    # B expires with the store still broken: fail closed, never reinstall or spend A.
+    world.clock.advance(60)
+    with pytest.raises(PersistencePending):
+        keeper.credential()
+    assert world.provider.refresh_calls == 1
+    # The store heals: B is written first, then refreshed normally; A was never replayed.
+    world.store.fail_writes = lambda record: False
+    c = keeper.credential()
+    assert not keeper.persistence_pending
+    assert world.provider.refresh_calls == 2
+    assert world.provider.replays == 0
+    assert world.stored() == c
+    assert world.provider.is_active(c.access_token)
+
+
+def test_pending_b_yields_to_a_changed_store(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.store.fail_writes = lambda record: record.intent is None
+    world.clock.advance(3600)
+    keeper.credential()
+    world.store.fail_writes = lambda record: False
+    # A new login (same account) replaces the record: the keeper adopts it.
+    world.clock.advance(1800)
+    relogin = world.login()
+    world.clock.advance(1800 - 30)  # B is stale, the new login is not
+    assert keeper.access_token() == relogin
+    assert not keeper.persistence_pending
+
+
+def test_intent_write_failure_spends_nothing(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.store.fail_writes = lambda record: True
+    world.clock.advance(3600)
+    with pytest.raises(Exception) as info:
+        keeper.credential()
+    assert type(info.value).__name__ == "StoreUnavailable"
+    assert world.provider.refresh_calls == 0
+
+
+def _timeout_after_processing(provider: FakeProvider) -> object:
+    def fault(form: dict[str, str]) -> httpx.Response:
+        provider.handle(form)  # the server rotates, but the answer is lost
+        raise httpx.ReadTimeout("timed out")
+
+    return fault
+
+
+def _timeout_before_processing(form: dict[str, str]) -> httpx.Response:
+    raise httpx.ReadTimeout("timed out")
+
+
+def test_timeout_leaves_a_durable_unknown_outcome_and_one_serialized_retry_succeeds(
+    world: World,
+) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.provider.faults.append(_timeout_before_processing)
+    world.clock.advance(3600)
+    with pytest.raises(RefreshOutcomeUnknown):
+        keeper.credential()
+    stored = world.stored()
+    assert stored.access_token == a  # durable credentials preserved
+    assert stored.intent is not None and stored.intent.state == "unknown"
+    with world.store.inner.lock(KEY, timeout=0):  # the lock was released
+        pass
+    fresh = keeper.credential()
+    assert fresh.access_token != a and world.stored() == fresh
+    assert world.provider.replays == 0
+
+
+def test_lost_answer_then_retry_rejected_requires_reauthentication_without_looping(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.provider.faults.append(_timeout_after_processing(world.provider))  # type: ignore[arg-type]
+    world.clock.advance(3600)
+    with pytest.raises(RefreshOutcomeUnknown):
+        keeper.credential()
+    caplog.set_level("WARNING", logger="grantkeeper")
+    with pytest.raises(ReauthenticationRequired, match="outcome was lost"):
+        keeper.credential()
+    assert "refresh.outcome_unknown" in caplog.text
+    calls = world.provider.refresh_calls
+    for _ in range(3):
+        with pytest.raises(ReauthenticationRequired):
+            world.keeper().credential()
+    assert world.provider.refresh_calls == calls  # no loop: marked dead durably
+    assert world.stored().reauth_reason is not None
+
+
+def test_repeated_unknown_outcomes_stop_after_one_retry(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.provider.faults += [_timeout_before_processing, _timeout_before_processing]
+    world.clock.advance(3600)
+    for _ in range(2):
+        with pytest.raises(RefreshOutcomeUnknown):
+            keeper.credential()
+    with pytest.raises(ReauthenticationRequired, match="unknown"):
+        keeper.credential()
+    assert world.stored().reauth_reason is not None
+
+
+def test_connection_refused_is_retryable_and_clears_the_note(world: World) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+
+    def refused(form: dict[str, str]) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    world.provider.faults.append(refused)
+    world.clock.advance(3600)
+    with pytest.raises(ProviderUnavailable) as info:
+        keeper.credential()
+    assert info.value.retryable
+    assert world.stored().intent is None and world.stored().access_token == a
+    assert keeper.access_token() != a
+
+
+def test_429_carries_retry_after(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.provider.faults.append(
+        lambda form: httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "slow"})
+    )
+    world.clock.advance(3600)
+    with pytest.raises(ProviderUnavailable) as info:
+        keeper.credential()
+    assert info.value.retry_after == 7.0
+    assert world.stored().intent is None
+
+
+@pytest.mark.parametrize("status", [400, 401])
+def test_invalid_grant_marks_the_record_dead_for_every_process(world: World, status: int) -> None:
+    world.provider.invalid_grant_status = status
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.provider.grants[0].revoked = True  # revoked at the server
+    world.clock.advance(3600)
+    with pytest.raises(ReauthenticationRequired) as info:
+        keeper.credential()
+    assert info.value.requires_reauthentication and not info.value.retryable
+    assert "invalid_grant" in (world.stored().reauth_reason or "")
+    calls = world.provider.refresh_calls
+    with pytest.raises(ReauthenticationRequired):
+        world.keeper().credential()
+    assert world.provider.refresh_calls == calls
+    # A new login replaces the dead record and is adopted.
+    fresh = world.login()
+    assert world.keeper().access_token() == fresh
+
+
+def test_invalid_client_says_the_registration_is_gone(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.provider.faults.append(lambda form: httpx.Response(401, json={"error": "invalid_client"}))
+    world.clock.advance(3600)
+    with pytest.raises(ClientRegistrationInvalid, match="no longer accepts this client") as info:
+        keeper.credential()
+    assert info.value.requires_login
+    assert "client registration" in (world.stored().reauth_reason or "")
+
+
+def test_malformed_200_leaves_outcome_unknown(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.provider.faults.append(lambda form: httpx.Response(200, content=b"<html>oops"))
+    world.clock.advance(3600)
+    with pytest.raises(MalformedResponse):
+        keeper.credential()
+    intent = world.stored().intent
+    assert intent is not None and intent.state == "unknown"
+
+
+def _blocking(release: threading.Event, entered: threading.Event) -> object:
+    def fault(form: dict[str, str]) -> None:
+        entered.set()
+        release.wait(30)
+        return None  # then answer normally
+
+    return fault
+
+
+def test_sync_deadline_stops_the_wait_not_the_refresh(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    release, entered = threading.Event(), threading.Event()
+    world.provider.faults.append(_blocking(release, entered))  # type: ignore[arg-type]
+    world.clock.advance(3600)
+    waiter = threading.Thread(
+        target=lambda: pytest.raises(DeadlineExceeded, keeper.credential, timeout=0.01)
+    )
+    waiter.start()
+    assert entered.wait(10)
+    waiter.join()
+    release.set()
+    fresh = keeper.credential(timeout=10)
+    keeper.close()
+    assert world.provider.refresh_calls == 1
+    assert world.stored() == fresh
+
+
+def test_cancelled_async_caller_does_not_cancel_the_refresh(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    release, entered = threading.Event(), threading.Event()
+    world.provider.faults.append(_blocking(release, entered))  # type: ignore[arg-type]
+    world.clock.advance(3600)
+
+    async def scenario() -> str:
+        task = asyncio.create_task(keeper.acredential())
+        await asyncio.to_thread(entered.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        return (await keeper.acredential()).access_token
+
+    token = asyncio.run(scenario())
+    assert world.provider.refresh_calls == 1
+    assert world.stored().access_token == token
+
+
+def test_account_change_is_never_adopted_silently(world: World) -> None:
+    world.login(subject="alice")
+    keeper = world.keeper()
+    keeper.access_token()
+    world.login(subject="bob")
+    world.clock.advance(3600 - 30)
+    with pytest.raises(AccountChanged):
+        keeper.credential()
+    # A new lifecycle takes bob's credential.
+    assert world.keeper().credential().subject == "bob"
+
+
+def test_logout_is_adopted(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.store.inner.delete(KEY)
+    world.clock.advance(3600)
+    with pytest.raises(LoginRequired) as info:
+        keeper.credential()
+    assert info.value.requires_login
+    assert world.provider.refresh_calls == 0
+
+
+def test_legacy_record_without_absolute_expiry_is_refreshed_on_first_use(world: World) -> None:
+    access, refresh = world.provider.issue()
+    legacy = make_record(access, refresh).replace(expires_at=None, obtained_at=None)
+    world.store.inner.write(KEY, legacy, expected_version=None)
+    fresh = world.keeper().credential()
+    assert fresh.expires_at is not None and fresh.access_token != access
+    assert world.provider.refresh_calls == 1
+
+
+def test_expired_without_refresh_token_requires_reauthentication(world: World) -> None:
+    access, _ = world.provider.issue()
+    world.store.inner.write(
+        KEY, make_record(access, None, now=world.clock()), expected_version=None
+    )
+    keeper = world.keeper()
+    assert keeper.access_token() == access
+    world.clock.advance(3600)
+    with pytest.raises(ReauthenticationRequired, match="no refresh token"):
+        keeper.credential()
