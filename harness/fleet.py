@@ -1,0 +1,169 @@
+"""Many processes, many threads each, sharing one credential through rounds of rotation.
+
+Each round, every thread of every process asks for a credential at once (a barrier
+releases them together). Rounds alternate between two ways a rotation is due: the shared
+virtual clock moves past expiry, or every caller reports a 401 for the token it holds.
+A correct credential layer spends exactly one refresh per round, and every caller ends
+the round holding the same new token.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from multiprocessing.sharedctypes import Synchronized
+
+from grantkeeper import CredentialKey, Keeper, Store
+
+BARRIER_TIMEOUT = 120.0
+"""Upper bound on any wait in the fleet: a hung worker fails the run instead of hanging it."""
+
+StoreFactory = Callable[[], Store]
+
+
+@dataclass
+class RoundResult:
+    """What one process saw in one round."""
+
+    pid: int
+    round: int
+    tokens: list[str]
+    errors: list[str]
+
+
+@dataclass
+class FleetReport:
+    """What the whole fleet saw."""
+
+    processes: int
+    threads: int
+    rounds: int
+    requests: int = 0
+    tokens_per_round: list[set[str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def distinct_tokens(self) -> int:
+        """How many different tokens callers ended rounds with, over all rounds."""
+        return len(set().union(*self.tokens_per_round)) if self.tokens_per_round else 0
+
+
+def _virtual_clock(offset: Synchronized[float]) -> Callable[[], datetime]:
+    def now() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=offset.value)
+
+    return now
+
+
+def _worker(
+    store_factory: StoreFactory,
+    key: CredentialKey,
+    threads: int,
+    modes: list[str],
+    barrier: multiprocessing.synchronize.Barrier,
+    offset: Synchronized[float],
+    results: multiprocessing.Queue[RoundResult],
+) -> None:
+    keeper = Keeper(store_factory(), key, clock=_virtual_clock(offset))
+    held: dict[int, str] = {}
+    try:
+        held = dict.fromkeys(range(threads), keeper.access_token(timeout=BARRIER_TIMEOUT))
+    except Exception as exc:  # reported below, per round
+        first_error = f"{type(exc).__name__}: {exc}"
+    else:
+        first_error = ""
+    for number, mode in enumerate(modes):
+        barrier.wait(BARRIER_TIMEOUT)
+        start = threading.Barrier(threads)
+        tokens: list[str] = []
+        errors: list[str] = [first_error] if first_error and number == 0 else []
+
+        def call(slot: int, mode: str = mode) -> None:
+            start.wait(BARRIER_TIMEOUT)
+            try:
+                rejected = held.get(slot) if mode == "reject" else None
+                credential = keeper.credential(rejected=rejected, timeout=BARRIER_TIMEOUT)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            held[slot] = credential.access_token
+            tokens.append(credential.access_token)
+
+        workers = [threading.Thread(target=call, args=(slot,)) for slot in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        results.put(RoundResult(os.getpid(), number, tokens, errors))
+    keeper.close()
+
+
+def run_fleet(
+    store_factory: StoreFactory,
+    key: CredentialKey,
+    *,
+    processes: int = 8,
+    threads: int = 4,
+    rounds: int = 6,
+    lifetime: float = 3600,
+    on_round: Callable[[int, set[str]], None] | None = None,
+) -> FleetReport:
+    """Run the fleet; ``lifetime`` is how far the clock jumps in an ``expire`` round."""
+    context = multiprocessing.get_context("spawn")
+    modes = ["expire" if number % 2 == 0 else "reject" for number in range(rounds)]
+    barrier = context.Barrier(processes + 1)
+    offset: Synchronized[float] = context.Value("d", 0.0)  # type: ignore[assignment]
+    results: multiprocessing.Queue[RoundResult] = context.Queue()
+    report = FleetReport(processes, threads, rounds)
+    workers = [
+        context.Process(
+            target=_worker,
+            args=(store_factory, key, threads, modes, barrier, offset, results),
+            daemon=True,
+        )
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for number, mode in enumerate(modes):
+            if mode == "expire":
+                with offset.get_lock():
+                    offset.value += lifetime
+            barrier.wait(BARRIER_TIMEOUT)
+            seen: set[str] = set()
+            for _ in range(processes):
+                try:
+                    result = results.get(timeout=BARRIER_TIMEOUT)
+                except queue.Empty:
+                    report.errors.append(f"round {number}: a worker sent no result")
+                    break
+                report.requests += len(result.tokens) + len(result.errors)
+                seen.update(result.tokens)
+                report.errors += [f"round {number} pid {result.pid}: {e}" for e in result.errors]
+            report.tokens_per_round.append(seen)
+            if on_round is not None:
+                on_round(number, seen)
+        for worker in workers:
+            worker.join(BARRIER_TIMEOUT)
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+    return report
+
+
+def die_at(stage: str, current: str) -> None:
+    """Checkpoint for crash tests: SIGKILL this process when the transaction reaches ``stage``."""
+    if current == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)  # never reached: SIGKILL cannot be caught
