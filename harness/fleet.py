@@ -63,6 +63,31 @@ def _virtual_clock(offset: Synchronized[float]) -> Callable[[], datetime]:
     return now
 
 
+def _round(keeper: Keeper, held: dict[int, str], mode: str) -> tuple[list[str], list[str]]:
+    """Release one thread per slot at once; each asks for a credential."""
+    start = threading.Barrier(len(held) or 1)
+    tokens: list[str] = []
+    errors: list[str] = []
+
+    def call(slot: int) -> None:
+        start.wait(BARRIER_TIMEOUT)
+        try:
+            rejected = held.get(slot) if mode == "reject" else None
+            credential = keeper.credential(rejected=rejected, timeout=BARRIER_TIMEOUT)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        held[slot] = credential.access_token
+        tokens.append(credential.access_token)
+
+    workers = [threading.Thread(target=call, args=(slot,)) for slot in range(len(held) or 1)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return tokens, errors
+
+
 def _worker(
     store_factory: StoreFactory,
     key: CredentialKey,
@@ -73,35 +98,17 @@ def _worker(
     results: multiprocessing.Queue[RoundResult],
 ) -> None:
     keeper = Keeper(store_factory(), key, clock=_virtual_clock(offset))
-    held: dict[int, str] = {}
+    first_error = ""
     try:
-        held = dict.fromkeys(range(threads), keeper.access_token(timeout=BARRIER_TIMEOUT))
-    except Exception as exc:  # reported below, per round
-        first_error = f"{type(exc).__name__}: {exc}"
-    else:
-        first_error = ""
+        initial = keeper.access_token(timeout=BARRIER_TIMEOUT)
+    except Exception as exc:  # reported with the first round
+        initial, first_error = "", f"{type(exc).__name__}: {exc}"
+    held = dict.fromkeys(range(threads), initial)
     for number, mode in enumerate(modes):
         barrier.wait(BARRIER_TIMEOUT)
-        start = threading.Barrier(threads)
-        tokens: list[str] = []
-        errors: list[str] = [first_error] if first_error and number == 0 else []
-
-        def call(slot: int, mode: str = mode) -> None:
-            start.wait(BARRIER_TIMEOUT)
-            try:
-                rejected = held.get(slot) if mode == "reject" else None
-                credential = keeper.credential(rejected=rejected, timeout=BARRIER_TIMEOUT)
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                return
-            held[slot] = credential.access_token
-            tokens.append(credential.access_token)
-
-        workers = [threading.Thread(target=call, args=(slot,)) for slot in range(threads)]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
+        tokens, errors = _round(keeper, held, mode)
+        if first_error and number == 0:
+            errors.insert(0, first_error)
         results.put(RoundResult(os.getpid(), number, tokens, errors))
     keeper.close()
 
@@ -120,7 +127,7 @@ def run_fleet(
     context = multiprocessing.get_context("spawn")
     modes = ["expire" if number % 2 == 0 else "reject" for number in range(rounds)]
     barrier = context.Barrier(processes + 1)
-    offset: Synchronized[float] = context.Value("d", 0.0)  # type: ignore[assignment]
+    offset: Synchronized[float] = context.Value("d", 0.0)
     results: multiprocessing.Queue[RoundResult] = context.Queue()
     report = FleetReport(processes, threads, rounds)
     workers = [
