@@ -1,0 +1,31 @@
+"""``grantkeeper/__init__.py`` is the contract: guard it like httpx guards its exports."""
+
+from __future__ import annotations
+
+import types
+
+import grantkeeper
+from grantkeeper import _errors
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(grantkeeper).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert set(grantkeeper.__all__) == public | {"__version__"}
+    assert len(grantkeeper.__all__) == len(set(grantkeeper.__all__))
+
+
+def test_every_exported_name_exists() -> None:
+    for name in grantkeeper.__all__:
+        assert hasattr(grantkeeper, name), name
+
+
+def test_the_error_tree_is_exported_whole_and_documented() -> None:
+    errors = [getattr(_errors, name) for name in _errors.__all__]
+    for error in errors:
+        assert issubclass(error, grantkeeper.GrantkeeperError)
+        assert error.__name__ in grantkeeper.__all__
+        assert error.__name__ in (_errors.__doc__ or ""), f"{error.__name__} missing from the tree"
