@@ -143,3 +143,19 @@ def test_missing_directory_reads_as_empty(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "never-created")
     assert store.read(KEY) is None and store.keys() == []
     assert not (tmp_path / "never-created").exists()
+
+
+def test_a_corrupt_record_can_be_deleted_or_replaced_by_a_new_login(tmp_path: Path) -> None:
+    from grantkeeper._login import save
+
+    store = FileStore(tmp_path)
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(OTHER, make_record("b", "r2"), expected_version=None)
+    path = next(p for p in store.directory.iterdir() if "mcp.example.test" in p.name)
+    path.write_bytes(b"{torn")
+    save(store, KEY, make_record("new", "r3"))
+    found = store.read(KEY)
+    assert found is not None and found.record.access_token == "new" and found.version == 1
+    path.write_bytes(b"{torn again")
+    assert store.delete(KEY) is True
+    assert store.read(KEY) is None and store.keys() == [OTHER]

@@ -231,13 +231,19 @@ class FileStore:
         return None
 
     @contextlib.contextmanager
-    def _cas(self, key: CredentialKey) -> Iterator[tuple[int, str, Stored | None]]:
-        """Hold the short write lock of ``key`` and yield the directory, name and current record."""
+    def _cas(
+        self, key: CredentialKey, *, parse: bool = True
+    ) -> Iterator[tuple[int, str, Stored | None]]:
+        """Hold the short write lock of ``key``; yield the directory, name and current record.
+
+        With ``parse=False`` the current record is not read, so even a corrupt file can be
+        deleted (how a user recovers from one).
+        """
         name = _slug(key)
         with self._dir(create=True) as dir_fd:
             assert dir_fd is not None
             with locked_file(dir_fd, f".{name}.cas", timeout=CAS_LOCK_TIMEOUT, what=f"write {key}"):
-                loaded = self._load(dir_fd, name + ".json", key)
+                loaded = self._load(dir_fd, name + ".json", key) if parse else None
                 yield dir_fd, name + ".json", loaded[1] if loaded else None
 
     def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
@@ -262,17 +268,26 @@ class FileStore:
             return version
 
     def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
-        """Remove ``key``'s record (only at ``expected_version``, if given)."""
-        with self._cas(key) as (dir_fd, name, current):
-            if current is None:
-                return False
-            if expected_version is not None and current.version != expected_version:
-                raise VersionConflict(
-                    f"record is at version {current.version}, expected {expected_version}",
-                    key=str(key),
-                )
+        """Remove ``key``'s record (only at ``expected_version``, if given).
+
+        Without ``expected_version`` the file goes even if it is corrupt.
+        """
+        with self._cas(key, parse=expected_version is not None) as (dir_fd, name, current):
+            if expected_version is not None:
+                if current is None:
+                    return False
+                if current.version != expected_version:
+                    raise VersionConflict(
+                        f"record is at version {current.version}, expected {expected_version}",
+                        key=str(key),
+                    )
             try:
                 os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise _os_error("delete", name, exc) from None
+            try:
                 os.fsync(dir_fd)
             except OSError as exc:
                 raise _os_error("delete", name, exc) from None

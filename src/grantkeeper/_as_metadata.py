@@ -1,0 +1,94 @@
+"""Authorization server metadata (RFC 8414, OpenID Connect Discovery 1.0), validated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ._errors import ProtocolError
+from ._urls import require_secure
+
+MAX_METADATA_BYTES = 256 * 1024
+"""Metadata documents are a few KiB; refuse to parse anything near this size."""
+
+
+@dataclass(frozen=True)
+class AuthServerMetadata:
+    """The endpoints and capabilities grantkeeper uses from an authorization server."""
+
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    registration_endpoint: str | None = None
+    revocation_endpoint: str | None = None
+    scopes_supported: tuple[str, ...] = ()
+    code_challenge_methods_supported: tuple[str, ...] = ()
+    iss_parameter_supported: bool = False
+
+
+def metadata_urls(issuer: str) -> list[str]:
+    """Where to look for ``issuer``'s metadata, in order (RFC 8414 §3.1, OIDC Discovery §4).
+
+    Path-aware locations come first; an issuer without a path has only the root ones.
+    """
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    base = (parts.scheme, parts.netloc)
+    urls = []
+    for well_known in ("oauth-authorization-server", "openid-configuration"):
+        urls.append(urlunsplit((*base, f"/.well-known/{well_known}{path}", "", "")))
+    if path:
+        urls.append(urlunsplit((*base, f"{path}/.well-known/openid-configuration", "", "")))
+    return urls
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ProtocolError(f"authorization server metadata: {what} is not a list of strings")
+    return tuple(value)
+
+
+def parse_metadata(body: bytes, *, expected_issuer: str) -> AuthServerMetadata:
+    """Parse and validate a metadata document fetched for ``expected_issuer``.
+
+    The issuer must match exactly (RFC 8414 §3.3), endpoints must be HTTPS off loopback,
+    and PKCE S256 must not be ruled out.
+    """
+    if len(body) > MAX_METADATA_BYTES:
+        raise ProtocolError("authorization server metadata is too large")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("authorization server metadata is not JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("authorization server metadata is not a JSON object")
+    issuer = data.get("issuer")
+    if issuer != expected_issuer:
+        raise ProtocolError(
+            f"authorization server metadata names issuer {str(issuer)[:200]!r}, "
+            f"expected {expected_issuer!r}"
+        )
+    methods = _strings(data.get("code_challenge_methods_supported"), "code challenge methods")
+    if methods and "S256" not in methods:
+        raise ProtocolError("the authorization server does not support PKCE S256")
+
+    def endpoint(name: str, required: bool) -> str | None:
+        value = data.get(name)
+        if value is None and not required:
+            return None
+        return require_secure(value, f"authorization server {name}")
+
+    return AuthServerMetadata(
+        issuer=require_secure(issuer, "issuer"),
+        authorization_endpoint=endpoint("authorization_endpoint", True) or "",
+        token_endpoint=endpoint("token_endpoint", True) or "",
+        registration_endpoint=endpoint("registration_endpoint", False),
+        revocation_endpoint=endpoint("revocation_endpoint", False),
+        scopes_supported=_strings(data.get("scopes_supported"), "scopes_supported"),
+        code_challenge_methods_supported=methods,
+        iss_parameter_supported=data.get("authorization_response_iss_parameter_supported") is True,
+    )

@@ -1,0 +1,72 @@
+"""Dynamic client registration (RFC 7591) as a public client, kept pure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ProtocolError
+from ._redact import redact
+
+MAX_REGISTRATION_BYTES = 64 * 1024
+"""A registration response is well under a KiB; bound what we parse."""
+
+
+@dataclass(frozen=True)
+class ClientRegistration:
+    """What the authorization server issued for us. ``repr`` hides the secret."""
+
+    client_id: str
+    client_secret: str | None = None
+    token_endpoint_auth_method: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientRegistration(client_id={self.client_id!r}, "
+            f"client_secret={redact(self.client_secret)!r})"
+        )
+
+
+def registration_body(
+    *, redirect_uris: list[str], client_name: str, scope: str | None
+) -> dict[str, Any]:
+    """The RFC 7591 §2 metadata for a public native client using the code flow."""
+    body: dict[str, Any] = {
+        "client_name": client_name,
+        "redirect_uris": redirect_uris,
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+        "application_type": "native",
+    }
+    if scope:
+        body["scope"] = scope
+    return body
+
+
+def parse_registration(status: int, body: bytes) -> ClientRegistration:
+    """Parse the RFC 7591 §3.2 answer, or raise :class:`ProtocolError` saying why not."""
+    if len(body) > MAX_REGISTRATION_BYTES:
+        raise ProtocolError("client registration response is too large")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"client registration failed: HTTP {status}, not a JSON object")
+    if status not in (200, 201):
+        error = data.get("error") if isinstance(data.get("error"), str) else "error"
+        raise ProtocolError(f"client registration failed: HTTP {status} ({error})")
+    client_id = data.get("client_id")
+    secret = data.get("client_secret")
+    method = data.get("token_endpoint_auth_method")
+    if not isinstance(client_id, str) or not client_id:
+        raise ProtocolError("client registration response has no client_id")
+    if secret is not None and not isinstance(secret, str):
+        raise ProtocolError("client registration response has a malformed client_secret")
+    return ClientRegistration(
+        client_id=client_id,
+        client_secret=secret or None,
+        token_endpoint_auth_method=method if isinstance(method, str) else None,
+    )
