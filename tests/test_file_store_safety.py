@@ -151,7 +151,9 @@ def test_a_corrupt_record_can_be_deleted_or_replaced_by_a_new_login(tmp_path: Pa
     store = FileStore(tmp_path)
     store.write(KEY, make_record("a", "r"), expected_version=None)
     store.write(OTHER, make_record("b", "r2"), expected_version=None)
-    path = next(p for p in store.directory.iterdir() if "mcp.example.test" in p.name)
+    path = next(
+        p for p in store.directory.iterdir() if p.suffix == ".json" and "mcp.example" in p.name
+    )
     path.write_bytes(b"{torn")
     save(store, KEY, make_record("new", "r3"))
     found = store.read(KEY)
