@@ -1,0 +1,91 @@
+"""Auth status from the store alone, and finding auth errors inside wrapped exceptions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from grantkeeper import LoginRequired, ReauthenticationRequired, RefreshIntent
+from grantkeeper._classify import authentication_required
+from grantkeeper._status import AuthState, status_of
+from tests.helpers import KEY, T0, make_record
+
+
+def state(record: object, elapsed: float = 0, **kw: object) -> AuthState:
+    return status_of(KEY, record, now=T0 + timedelta(seconds=elapsed), **kw).state  # type: ignore[arg-type]
+
+
+def test_states_follow_codex_semantics_and_beyond() -> None:
+    record = make_record("a", "r")
+    assert state(None) is AuthState.LOGIN_REQUIRED
+    assert state(record) is AuthState.OAUTH
+    assert state(record, 10**6) is AuthState.OAUTH  # expired, but refreshable
+    assert state(record.replace(refresh_token=None), 10**6) is AuthState.REAUTHENTICATION_REQUIRED
+    assert (
+        state(record.replace(reauth_reason="invalid_grant")) is AuthState.REAUTHENTICATION_REQUIRED
+    )
+    assert state(record, bearer=True) is AuthState.BEARER
+
+
+def test_unknown_outcome_is_shown_then_escalates() -> None:
+    record = make_record("a", "r")
+    intent = RefreshIntent(record.refresh_fingerprint or "", 42, "host", T0, 1, "unknown")
+    once = status_of(KEY, record.replace(intent=intent), now=T0 + timedelta(seconds=3590))
+    assert once.state is AuthState.OAUTH and "unknown outcome" in once.detail
+    twice = record.replace(intent=RefreshIntent(intent.token_fingerprint, 42, "host", T0, 2))
+    assert state(twice, 3590) is AuthState.REAUTHENTICATION_REQUIRED
+
+
+def test_action_names_the_login_command() -> None:
+    status = status_of(KEY, None, now=T0)
+    assert status.action == f"grantkeeper login {KEY.server_url}"
+    assert status_of(KEY, make_record("a", "r"), now=T0).action is None
+
+
+def test_found_through_groups_causes_and_contexts() -> None:
+    inner = ReauthenticationRequired("dead grant")
+    try:
+        try:
+            raise inner
+        except ReauthenticationRequired:
+            raise RuntimeError("transport failed") from None  # context only
+    except RuntimeError as wrapped:
+        group = ExceptionGroup("task group", [ValueError("other"), wrapped])
+    found = authentication_required(BaseExceptionGroup("outer", [group]))
+    assert found is inner and found.requires_reauthentication
+
+
+def test_login_required_is_distinguished() -> None:
+    error = RuntimeError("x")
+    error.__cause__ = LoginRequired("nothing stored")
+    found = authentication_required(error)
+    assert found is not None and found.requires_login and not found.requires_reauthentication
+
+
+def test_plain_http_401_counts_and_other_errors_do_not() -> None:
+    request = httpx.Request("GET", "http://127.0.0.1/")
+    unauthorized = httpx.HTTPStatusError(
+        "401", request=request, response=httpx.Response(401, request=request)
+    )
+    forbidden = httpx.HTTPStatusError(
+        "500", request=request, response=httpx.Response(500, request=request)
+    )
+    assert authentication_required(unauthorized) is not None
+    assert authentication_required(forbidden) is None
+    assert authentication_required(ValueError("x")) is None
+
+
+def test_cycles_terminate() -> None:
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__context__, b.__context__ = b, a
+    assert authentication_required(a) is None
+
+
+@pytest.mark.parametrize("depth", [1, 10])
+def test_depth(depth: int) -> None:
+    error: BaseException = LoginRequired("x")
+    for _ in range(depth):
+        error = ExceptionGroup("g", [error])  # type: ignore[type-var]
+    assert authentication_required(error) is not None
