@@ -1,0 +1,268 @@
+"""A real authorization server for tests: oidc-provider 9 on loopback, driven from Python.
+
+The Node side lives in ``harness/oidc`` (``server.mjs``, pinned by ``package-lock.json``).
+Install it once with ``npm ci --prefix harness/oidc``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import select
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx
+
+from harness import remember_secret
+
+OIDC_DIR = Path(__file__).resolve().parent / "oidc"
+SERVER_SCRIPT = OIDC_DIR / "server.mjs"
+NODE_MODULES = OIDC_DIR / "node_modules"
+
+START_TIMEOUT = 30.0
+"""Seconds to wait for the server's JSON line before giving up."""
+
+STOP_TIMEOUT = 5.0
+"""Seconds to wait after SIGTERM before SIGKILL."""
+
+MAX_HOPS = 20
+"""Redirects ``approve`` follows before it gives up."""
+
+_STDERR_TAIL_LINES = 60
+
+
+class AuthServer:
+    """A running oidc-provider on loopback, started from harness/oidc."""
+
+    issuer: str
+    port: int
+
+    def __init__(
+        self,
+        *,
+        access_ttl: int = 60,
+        token_format: str = "opaque",
+        resources: Sequence[str] = (),
+    ) -> None:
+        if token_format not in ("opaque", "jwt"):
+            raise ValueError(f"token_format must be 'opaque' or 'jwt', not {token_format!r}")
+        if access_ttl <= 0:
+            raise ValueError("access_ttl must be positive")
+        self.access_ttl = access_ttl
+        self.token_format = token_format
+        self.resources: tuple[str, ...] = tuple(resources)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        self._stderr_thread: threading.Thread | None = None
+        self._http: httpx.Client | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> AuthServer:
+        """Spawn node and wait (bounded) for the line announcing the issuer."""
+        if self._process is not None:
+            raise RuntimeError("AuthServer already started")
+        if not NODE_MODULES.is_dir():
+            raise RuntimeError(
+                f"{NODE_MODULES} is missing: run `npm ci --prefix harness/oidc` "
+                "(from the repository root) to install oidc-provider"
+            )
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node is not on PATH; the oidc harness needs Node.js 20 or later")
+
+        command = [
+            node,
+            str(SERVER_SCRIPT),
+            "--port",
+            "0",
+            "--access-ttl",
+            str(self.access_ttl),
+            "--format",
+            self.token_format,
+        ]
+        for resource in self.resources:
+            command += ["--resource-url", resource]
+
+        self._stderr_tail.clear()
+        process = subprocess.Popen(
+            command,
+            cwd=OIDC_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+        self._process = process
+        assert process.stderr is not None and process.stdout is not None
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr, args=(process.stderr,), name="oidc-stderr", daemon=True
+        )
+        self._stderr_thread.start()
+
+        try:
+            announcement = self._read_announcement(process, process.stdout)
+        except BaseException:
+            self.stop()
+            raise
+        self.issuer = str(announcement["issuer"])
+        self.port = int(announcement["port"])
+        self._http = httpx.Client(base_url=self.issuer, timeout=10.0, trust_env=False)
+        return self
+
+    def _read_announcement(self, process: subprocess.Popen[bytes], stdout: IO[bytes]) -> Any:
+        deadline = time.monotonic() + START_TIMEOUT
+        buffer = b""
+        fd = stdout.fileno()
+        while b"\n" not in buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(
+                    f"oidc server did not start within {START_TIMEOUT:.0f}s\n{self.stderr_tail()}"
+                )
+            ready, _, _ = select.select([fd], [], [], min(remaining, 0.2))
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    process.wait(timeout=STOP_TIMEOUT)
+                    self._join_stderr()
+                    raise RuntimeError(
+                        f"oidc server exited with code {process.returncode} before it was "
+                        f"ready\n{self.stderr_tail()}"
+                    )
+                buffer += chunk
+            elif process.poll() is not None:
+                self._join_stderr()
+                raise RuntimeError(
+                    f"oidc server exited with code {process.returncode} before it was ready\n"
+                    f"{self.stderr_tail()}"
+                )
+        line = buffer.split(b"\n", 1)[0]
+        try:
+            announcement = json.loads(line)
+        except ValueError as exc:
+            raise RuntimeError(
+                f"oidc server printed {line!r} instead of its JSON line\n{self.stderr_tail()}"
+            ) from exc
+        if not isinstance(announcement, dict) or "issuer" not in announcement:
+            raise RuntimeError(f"oidc server printed unexpected JSON {announcement!r}")
+        return announcement
+
+    def _drain_stderr(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            self._stderr_tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+        stream.close()
+
+    def _join_stderr(self) -> None:
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=STOP_TIMEOUT)
+
+    def stderr_tail(self) -> str:
+        """The last lines the server wrote to stderr (its log)."""
+        return "\n".join(self._stderr_tail)
+
+    def stop(self) -> None:
+        """Terminate the server, killing it if it lingers. Safe to call more than once."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        process = self._process
+        if process is None:
+            return
+        self._process = None
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT)
+        if process.stdout is not None:
+            process.stdout.close()
+        self._join_stderr()
+
+    @property
+    def running(self) -> bool:
+        """Whether the node process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> AuthServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- admin endpoints ------------------------------------------------------------------
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            raise RuntimeError("AuthServer is not running; call start() first")
+        return self._http
+
+    def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._client().request(method, f"/__admin/{path}", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"admin {method} {path} answered {response.status_code}: {response.text}"
+            )
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: refresh_success, code_success, refresh_errors, code_errors, replays,
+        grant_revoked, admin_revoked, registrations."""
+        result: dict[str, Any] = self._admin("GET", "stats")
+        return result
+
+    def reset_stats(self) -> None:
+        """Zero every counter."""
+        self._admin("POST", "reset-stats")
+
+    def set_account(self, account: str) -> None:
+        """Make later logins (later ``approve`` calls) sign in as ``account``."""
+        self._admin("POST", "account", {"account": account})
+
+    def revoke_all(self) -> None:
+        """Revoke every grant at the server, with every token issued under it."""
+        self._admin("POST", "revoke-all")
+
+    # -- the browser ----------------------------------------------------------------------
+
+    def approve(self, authorize_url: str, redirect_uri: str) -> str:
+        """Play the browser: GET authorize_url with a cookie-keeping httpx.Client, follow 302/303
+        redirects (including the /interaction/ pages, which auto-approve) until a Location starts
+        with redirect_uri; return that full callback URL WITHOUT requesting it. Bounded number of
+        hops; raise RuntimeError otherwise."""
+        self._client()  # fail early if not running
+        url = authorize_url
+        with httpx.Client(timeout=10.0, trust_env=False, follow_redirects=False) as browser:
+            for _ in range(MAX_HOPS):
+                response = browser.get(url)
+                if response.status_code not in (301, 302, 303, 307, 308):
+                    raise RuntimeError(
+                        f"authorization stopped at {url} with {response.status_code}: "
+                        f"{response.text[:500]}\n{self.stderr_tail()}"
+                    )
+                header: str | None = response.headers.get("location")
+                if not header:
+                    raise RuntimeError(f"{response.status_code} from {url} without a Location")
+                location = urljoin(url, header)
+                if location.startswith(redirect_uri):
+                    for code in parse_qs(urlsplit(location).query).get("code", []):
+                        remember_secret(code)
+                    return location
+                url = location
+        raise RuntimeError(f"no redirect to {redirect_uri} within {MAX_HOPS} hops (last: {url})")
