@@ -28,6 +28,7 @@ from ._errors import (
 from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
 from ._keeper import Keeper
+from ._keyring_store import KeyringStore
 from ._paths import grantkeeper_home
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
@@ -50,6 +51,7 @@ __all__ = [
     "Freshness",
     "GrantkeeperError",
     "Keeper",
+    "KeyringStore",
     "LockTimeout",
     "LoginRequired",
     "MalformedResponse",

@@ -15,7 +15,7 @@ import multiprocessing.synchronize
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -51,7 +51,9 @@ KEY = CredentialKey.for_server("https://mcp.example.test/mcp")
 OTHER = CredentialKey.for_server("https://mcp.example.test/mcp", "work")
 
 
-def sample_record(access_token: str = "conformance-access-token-0001", **changes: Any) -> Credential:
+def sample_record(
+    access_token: str = "conformance-access-token-0001", **changes: Any
+) -> Credential:
     """A plausible credential with the given access token; ``changes`` override fields."""
     record = Credential(
         access_token=access_token,
@@ -152,7 +154,7 @@ class _Holder:
             self.process.join(WAIT)
 
 
-def _run_all(processes: list[multiprocessing.process.BaseProcess]) -> None:
+def _run_all(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
     for process in processes:
         process.start()
     for process in processes:
