@@ -19,6 +19,7 @@ from ._errors import (
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
+    StoreConfigError,
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
@@ -30,6 +31,7 @@ from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margi
 from ._keeper import Keeper
 from ._keyring_store import KeyringStore
 from ._paths import grantkeeper_home
+from ._postgres_store import PostgresStore
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
 from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
@@ -56,6 +58,7 @@ __all__ = [
     "LoginRequired",
     "MalformedResponse",
     "PersistencePending",
+    "PostgresStore",
     "ProtocolError",
     "ProviderError",
     "ProviderUnavailable",
@@ -63,6 +66,7 @@ __all__ = [
     "RefreshIntent",
     "RefreshOutcomeUnknown",
     "Store",
+    "StoreConfigError",
     "StoreCorrupt",
     "StoreError",
     "StoreUnavailable",
