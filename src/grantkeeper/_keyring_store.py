@@ -22,10 +22,11 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from ._errors import StoreCorrupt, StoreError, StoreUnavailable, UnsafeStorePath, VersionConflict
+from ._errors import StoreCorrupt, StoreError, StoreUnavailable, VersionConflict
 from ._file_lock import locked_file
 from ._file_store import CAS_LOCK_TIMEOUT, FileStore, _slug
 from ._record import Credential, CredentialKey, record_from_json, record_to_json
+from ._side_file import SideFile
 from ._store import DEFAULT_LOCK_TIMEOUT, Stored
 
 SERVICE = "grantkeeper"
@@ -42,9 +43,6 @@ most 2560 bytes; JSON with ``ensure_ascii`` keeps every character one UTF-16 uni
 
 READ_ATTEMPTS = 5
 """Re-reads of a chunked record whose parts a concurrent writer replaced under us."""
-
-INDEX_LOCK_TIMEOUT = 10.0
-"""The index lock is held for one small read-modify-write."""
 
 _T = TypeVar("_T")
 
@@ -101,7 +99,8 @@ class KeyringStore:
         self.home = self._files.home
         self.service = service
         self._backend = backend
-        self._index_name = f".keyring-{hashlib.sha256(service.encode()).hexdigest()[:12]}.index"
+        index_name = f".keyring-{hashlib.sha256(service.encode()).hexdigest()[:12]}.index"
+        self._index = SideFile(self._files, index_name, INDEX_FORMAT)
 
     def __repr__(self) -> str:
         return f"KeyringStore(service={self.service!r}, home={str(self.home)!r})"
@@ -234,17 +233,17 @@ class KeyringStore:
     # -- writing ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _cas(self, key: CredentialKey) -> Iterator[int]:
+    def _cas(self, key: CredentialKey) -> Iterator[None]:
         """Hold ``key``'s short write lock (a sibling of the file store's) for a CAS."""
         with self._files._dir(create=True) as dir_fd:
             assert dir_fd is not None
             name = f".{_slug(key)}.kcas"
             with locked_file(dir_fd, name, timeout=CAS_LOCK_TIMEOUT, what=f"write {key}"):
-                yield dir_fd
+                yield
 
     def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
         """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent)."""
-        with self._cas(key) as dir_fd:
+        with self._cas(key):
             try:
                 current = self._read_head(key)
             except StoreCorrupt:
@@ -259,7 +258,7 @@ class KeyringStore:
                 )
             version = (current_version or 0) + 1
             # Index first: a secret the index misses could never be listed or migrated.
-            self._update_index(dir_fd, add=key)
+            self._update_index(add=key)
             head: dict[str, Any] = {
                 "format": HEAD_FORMAT,
                 "key": {"server_url": key.server_url, "profile": key.profile},
@@ -291,7 +290,7 @@ class KeyringStore:
 
     def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
         """Remove ``key``'s record (only at ``expected_version``, if given)."""
-        with self._cas(key) as dir_fd:
+        with self._cas(key):
             try:
                 current = self._read_head(key)
             except StoreCorrupt:
@@ -299,7 +298,7 @@ class KeyringStore:
                     raise
                 current = {}  # exists but unreadable: a logout still removes it
             if current is None:
-                self._update_index(dir_fd, remove=key)
+                self._update_index(remove=key)
                 return False
             if expected_version is not None and current["version"] != expected_version:
                 raise VersionConflict(
@@ -308,59 +307,34 @@ class KeyringStore:
                 )
             self._delete(self._head_name(key))
             self._drop_parts(key, current)
-            self._update_index(dir_fd, remove=key)
+            self._update_index(remove=key)
             return True
 
     # -- the index ----------------------------------------------------------------------
 
-    def _read_index(self, dir_fd: int) -> list[CredentialKey]:
+    def _indexed(self) -> list[CredentialKey]:
+        entries = self._index.load().get("keys", [])
         try:
-            fd = os.open(
-                self._index_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-            )
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise UnsafeStorePath(f"cannot open the keyring index: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as handle:
-            raw = handle.read()
-        try:
-            document = json.loads(raw)
-            assert document["format"] == INDEX_FORMAT
-            return [CredentialKey(k["server_url"], k["profile"]) for k in document["keys"]]
-        except (ValueError, KeyError, TypeError, AssertionError):
-            raise StoreCorrupt(
-                f"the keyring index {self.home / 'credentials' / self._index_name} is malformed; "
-                "delete it and log in again"
-            ) from None
+            return [CredentialKey(e["server_url"], e["profile"]) for e in entries]
+        except (KeyError, TypeError):
+            raise StoreCorrupt(f"{self._index.path} is malformed; delete it") from None
 
     def _update_index(
-        self, dir_fd: int, *, add: CredentialKey | None = None, remove: CredentialKey | None = None
+        self, *, add: CredentialKey | None = None, remove: CredentialKey | None = None
     ) -> None:
-        with locked_file(
-            dir_fd, self._index_name + ".lock", timeout=INDEX_LOCK_TIMEOUT, what="the keyring index"
-        ):
-            keys = set(self._read_index(dir_fd))
-            before = set(keys)
-            if add is not None:
-                keys.add(add)
-            if remove is not None:
-                keys.discard(remove)
-            if keys == before:
-                return
-            document = {
-                "format": INDEX_FORMAT,
-                "service": self.service,
-                "keys": [{"server_url": k.server_url, "profile": k.profile} for k in sorted(keys)],
-            }
-            payload = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
-            self._files._write_atomic(dir_fd, self._index_name, payload)
+        def change(document: dict[str, Any]) -> dict[str, Any] | None:
+            keys = {CredentialKey(e["server_url"], e["profile"]) for e in document.get("keys", [])}
+            after = (keys | ({add} if add else set())) - ({remove} if remove else set())
+            if after == keys:
+                return None
+            entries = [{"server_url": k.server_url, "profile": k.profile} for k in sorted(after)]
+            return {"service": self.service, "keys": entries}
+
+        self._index.update(change)
 
     def keys(self) -> list[CredentialKey]:
         """Every indexed key whose record is in the keyring, sorted."""
-        with self._files._dir(create=False) as dir_fd:
-            indexed = self._read_index(dir_fd) if dir_fd is not None else []
-        return sorted(k for k in indexed if self._get(self._head_name(k)) is not None)
+        return sorted(k for k in self._indexed() if self._get(self._head_name(k)) is not None)
 
     # -- locking ------------------------------------------------------------------------
 
