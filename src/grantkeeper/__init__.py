@@ -3,6 +3,7 @@
 This module is the public API; everything else is private and may change.
 """
 
+from ._auto_store import AutoStore
 from ._decide import MAX_UNKNOWN_ATTEMPTS
 from ._errors import (
     AccountChanged,
@@ -30,6 +31,7 @@ from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
 from ._keeper import Keeper
 from ._keyring_store import KeyringStore
+from ._open_store import open_store
 from ._paths import grantkeeper_home
 from ._postgres_store import PostgresStore
 from ._record import Credential, CredentialKey, RefreshIntent
@@ -44,6 +46,7 @@ __all__ = [
     "MAX_UNKNOWN_ATTEMPTS",
     "AccountChanged",
     "AuthenticationRequired",
+    "AutoStore",
     "ClientRegistrationInvalid",
     "Clock",
     "Credential",
@@ -76,6 +79,7 @@ __all__ = [
     "__version__",
     "freshness",
     "grantkeeper_home",
+    "open_store",
     "redact",
     "refresh_margin",
 ]
