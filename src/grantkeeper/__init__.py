@@ -3,6 +3,7 @@
 This module is the public API; everything else is private and may change.
 """
 
+from ._auto_store import AutoStore
 from ._decide import MAX_UNKNOWN_ATTEMPTS
 from ._errors import (
     AccountChanged,
@@ -19,6 +20,7 @@ from ._errors import (
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
+    StoreConfigError,
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
@@ -28,7 +30,10 @@ from ._errors import (
 from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
 from ._keeper import Keeper
+from ._keyring_store import KeyringStore
+from ._open_store import open_store
 from ._paths import grantkeeper_home
+from ._postgres_store import PostgresStore
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
 from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
@@ -41,6 +46,7 @@ __all__ = [
     "MAX_UNKNOWN_ATTEMPTS",
     "AccountChanged",
     "AuthenticationRequired",
+    "AutoStore",
     "ClientRegistrationInvalid",
     "Clock",
     "Credential",
@@ -50,10 +56,12 @@ __all__ = [
     "Freshness",
     "GrantkeeperError",
     "Keeper",
+    "KeyringStore",
     "LockTimeout",
     "LoginRequired",
     "MalformedResponse",
     "PersistencePending",
+    "PostgresStore",
     "ProtocolError",
     "ProviderError",
     "ProviderUnavailable",
@@ -61,6 +69,7 @@ __all__ = [
     "RefreshIntent",
     "RefreshOutcomeUnknown",
     "Store",
+    "StoreConfigError",
     "StoreCorrupt",
     "StoreError",
     "StoreUnavailable",
@@ -70,6 +79,7 @@ __all__ = [
     "__version__",
     "freshness",
     "grantkeeper_home",
+    "open_store",
     "redact",
     "refresh_margin",
 ]

@@ -16,6 +16,7 @@
     │   ├── StoreCorrupt                  a stored record does not parse
     │   ├── UnsafeStorePath               symlink or loose permissions on the store
     │   ├── StoreUnavailable              the backend cannot be reached or is locked
+    │   ├── StoreConfigError              a bad store spec, setting or encryption key
     │   ├── VersionConflict               compare-and-swap lost
     │   └── LockTimeout                   the credential lock was not free in time (retryable)
     ├── PersistencePending                a refreshed token could not be written and the
@@ -44,6 +45,7 @@ __all__ = [
     "ProviderUnavailable",
     "ReauthenticationRequired",
     "RefreshOutcomeUnknown",
+    "StoreConfigError",
     "StoreCorrupt",
     "StoreError",
     "StoreUnavailable",
@@ -166,6 +168,11 @@ class StoreUnavailable(StoreError):
     """The store cannot be read or written right now (read-only, full, locked keyring)."""
 
     retryable = True
+
+
+class StoreConfigError(StoreError):
+    """The store is misconfigured: an unknown spec, a bad URL or encryption key. Not retryable:
+    the message says what to fix."""
 
 
 class VersionConflict(StoreError):

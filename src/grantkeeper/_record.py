@@ -8,6 +8,7 @@ unknown (``expires_at is None``) and freshness treats them as due for a refresh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ def canonical_url(url: str) -> str:
     return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@functools.total_ordering
+@dataclass(frozen=True, slots=True)
 class CredentialKey:
     """Names one credential: the canonical MCP server URL plus an optional profile."""
 
@@ -59,6 +61,16 @@ class CredentialKey:
 
     def __str__(self) -> str:
         return f"{self.server_url}#{self.profile}" if self.profile else self.server_url
+
+    def __lt__(self, other: object) -> bool:
+        # Field-wise ordering would compare None with a str when one server has both a
+        # default and a named profile; the default profile sorts first instead.
+        if not isinstance(other, CredentialKey):
+            return NotImplemented
+        return self._sort_key() < other._sort_key()
+
+    def _sort_key(self) -> tuple[str, bool, str]:
+        return (self.server_url, self.profile is not None, self.profile or "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,244 @@
+"""Auto mode: the OS keyring when it works, else the file store, decided once per credential.
+
+Where a credential lives is recorded durably in a placements file (keys and store names,
+no secrets) the first time it is stored, and every process follows that record, whatever
+its own keyring can do. A process that cannot reach the recorded store fails with a typed
+error instead of quietly starting a second copy elsewhere. The preference for credentials
+not yet placed is pinned for the life of the object.
+
+If a credential shows up in the store it was not placed in, that is drift: it is logged
+(``store.drift``) and reported by ``grantkeeper doctor``, and never followed silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._errors import StoreCorrupt, StoreUnavailable
+from ._file_store import FileStore
+from ._keyring_store import KeyringStore
+from ._log import event
+from ._record import Credential, CredentialKey
+from ._side_file import SideFile
+from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
+
+Backend = Literal["keyring", "file"]
+BACKENDS: tuple[Backend, ...] = ("keyring", "file")
+
+PLACEMENTS_FORMAT = "grantkeeper-placements"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one credential is recorded to live, and where it was actually found."""
+
+    key: CredentialKey
+    placed: Backend | None
+    found_in: tuple[Backend, ...]
+
+    @property
+    def drift(self) -> bool:
+        """Whether the credential is anywhere other than (or besides) where it was placed."""
+        if self.placed is None:
+            return len(self.found_in) > 1
+        return any(where != self.placed for where in self.found_in)
+
+
+class AutoStore:
+    """Keyring or file per credential, recorded durably; see the module docstring."""
+
+    name = "auto"
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        keyring: KeyringStore | None = None,
+    ) -> None:
+        self.file = FileStore(home)
+        self.home = self.file.home
+        self.keyring = keyring if keyring is not None else KeyringStore(self.home)
+        self._placements = SideFile(self.file, ".placements", PLACEMENTS_FORMAT)
+        self._mutex = threading.Lock()
+        self._preferred: Backend | None = None
+        self._drift_reported: set[CredentialKey] = set()
+
+    def __repr__(self) -> str:
+        return f"AutoStore({str(self.home)!r}, preferred={self._preferred!r})"
+
+    # -- choosing -----------------------------------------------------------------------
+
+    @property
+    def preferred(self) -> Backend:
+        """Where new credentials go: decided on first use, then fixed for this object."""
+        with self._mutex:
+            if self._preferred is None:
+                self._preferred = "keyring" if self.keyring.available() else "file"
+                event(logging.INFO, "store.auto_pinned", store=self._preferred)
+            return self._preferred
+
+    def backend(self, name: Backend) -> Store:
+        return self.keyring if name == "keyring" else self.file
+
+    def placement(self, key: CredentialKey) -> Backend | None:
+        """The store ``key`` is recorded to live in, if any."""
+        for entry in self._placements.load().get("placements", []):
+            if _entry_key(entry) == key:
+                store = entry.get("store")
+                if store not in BACKENDS:
+                    raise StoreCorrupt(f"{self._placements.path} names an unknown store")
+                placed: Backend = store
+                return placed
+        return None
+
+    def place(
+        self, key: CredentialKey, where: Backend | None, *, replace: bool = False
+    ) -> Backend | None:
+        """Record that ``key`` lives in ``where`` (``None``: forget it) and return the record.
+
+        Unless ``replace``, an existing placement wins: two processes that create one
+        credential at once agree on the store whichever of them came first.
+        """
+        result: dict[str, Backend | None] = {"placed": where}
+
+        def change(document: dict[str, Any]) -> dict[str, Any] | None:
+            entries = list(document.get("placements", []))
+            for n, entry in enumerate(entries):
+                if _entry_key(entry) == key:
+                    if not replace:
+                        result["placed"] = entry.get("store")
+                        return None
+                    del entries[n]
+                    break
+            if where is not None:
+                entries.append(
+                    {"server_url": key.server_url, "profile": key.profile, "store": where}
+                )
+            entries.sort(key=lambda e: _entry_key(e))
+            return {"placements": entries}
+
+        self._placements.update(change)
+        return result["placed"]
+
+    def _other(self, where: Backend) -> Backend:
+        return "file" if where == "keyring" else "keyring"
+
+    def _peek(self, where: Backend, key: CredentialKey) -> bool:
+        """Whether ``where`` holds ``key``; an unreachable keyring counts as no."""
+        try:
+            return self.backend(where).read(key) is not None
+        except StoreUnavailable:
+            return False
+        except StoreCorrupt:
+            return True
+
+    def _check_drift(self, key: CredentialKey, placed: Backend) -> None:
+        if key in self._drift_reported:
+            return
+        self._drift_reported.add(key)
+        other = self._other(placed)
+        if self._peek(other, key):
+            event(
+                logging.WARNING,
+                "store.drift",
+                key=str(key),
+                placed=placed,
+                also_in=other,
+                hint="grantkeeper keeps using the placed store; run grantkeeper doctor",
+            )
+
+    # -- the Store interface ------------------------------------------------------------
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        placed = self.placement(key)
+        if placed is not None:
+            self._check_drift(key, placed)
+            return self.backend(placed).read(key)
+        # Never placed (stored before placements existed, or by hand): adopt where it is.
+        preferred = self.preferred
+        for where in (preferred, self._other(preferred)):
+            try:
+                stored = self.backend(where).read(key)
+            except StoreUnavailable:
+                if where == preferred:
+                    raise
+                continue  # nothing to adopt from a keyring this process cannot reach
+            if stored is None:
+                continue
+            placed = self.place(key, where) or where
+            if placed != where:
+                return self.backend(placed).read(key)  # a peer placed it first
+            event(logging.INFO, "store.placement_adopted", key=str(key), store=where)
+            return stored
+        return None
+
+    def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
+        placed = self.placement(key)
+        if placed is None:
+            if expected_version is not None:
+                # Updating a record read before it was placed: place it where it is.
+                self.read(key)
+                placed = self.placement(key) or self.preferred
+            else:
+                placed = self.place(key, self.preferred) or self.preferred
+        return self.backend(placed).write(key, record, expected_version=expected_version)
+
+    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        placed = self.placement(key)
+        if placed is None:
+            self.read(key)
+            placed = self.placement(key)
+            if placed is None:
+                return False
+        existed = self.backend(placed).delete(key, expected_version=expected_version)
+        # A later login places the credential afresh, by the preference of that day.
+        self.place(key, None, replace=True)
+        return existed
+
+    def keys(self) -> list[CredentialKey]:
+        found = set(self.file.keys())
+        try:
+            found.update(self.keyring.keys())
+        except StoreUnavailable:
+            # Placed credentials we cannot see still exist: doctor reports them.
+            pass
+        return sorted(found)
+
+    def lock(
+        self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
+    ) -> AbstractContextManager[None]:
+        # The keyring store's lock *is* the file store's, so both placements share one lock.
+        return self.file.lock(key, timeout=timeout)
+
+    # -- diagnosis ----------------------------------------------------------------------
+
+    def placements(self) -> list[Placement]:
+        """Every credential known to either store or the placements file, for ``doctor``."""
+        placed: dict[CredentialKey, Backend] = {}
+        for entry in self._placements.load().get("placements", []):
+            if entry.get("store") in BACKENDS:
+                placed[_entry_key(entry)] = entry["store"]
+        in_file = set(self.file.keys())
+        try:
+            in_keyring = set(self.keyring.keys())
+        except StoreUnavailable:
+            in_keyring = set()
+        result = []
+        for key in sorted(set(placed) | in_file | in_keyring):
+            found = tuple(
+                where for where, keys in (("keyring", in_keyring), ("file", in_file)) if key in keys
+            )
+            result.append(Placement(key, placed.get(key), found))  # type: ignore[arg-type]
+        return result
+
+
+def _entry_key(entry: dict[str, Any]) -> CredentialKey:
+    try:
+        return CredentialKey(entry["server_url"], entry.get("profile"))
+    except (KeyError, TypeError):
+        raise StoreCorrupt("the placements file has a malformed entry") from None

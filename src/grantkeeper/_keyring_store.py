@@ -1,0 +1,345 @@
+"""Credentials as secrets in the OS keyring (Secret Service, Keychain, Credential Manager).
+
+The record's JSON is the secret. Keyrings cannot list their entries, so an index of keys
+(no secrets) lives in ``GRANTKEEPER_HOME``. Locks are the file store's ``flock`` locks in
+the same directory: the transaction lock of a key is the very lock file the file store
+uses, so a process on the file store and one on the keyring still exclude each other.
+
+Windows limits a secret to 2560 bytes, so a long record is split into parts written under
+a fresh generation name; the head entry (version, and where the parts are) is replaced
+last, so a reader sees the old record or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from ._errors import StoreCorrupt, StoreError, StoreUnavailable, VersionConflict
+from ._file_lock import locked_file
+from ._file_store import CAS_LOCK_TIMEOUT, FileStore, _slug
+from ._record import Credential, CredentialKey, record_from_json, record_to_json
+from ._side_file import SideFile
+from ._store import DEFAULT_LOCK_TIMEOUT, Stored
+
+SERVICE = "grantkeeper"
+"""The keyring service name every entry is filed under."""
+
+HEAD_FORMAT = "grantkeeper-keyring"
+"""Marks our head entries, so a foreign secret under our service is never misread."""
+
+INDEX_FORMAT = "grantkeeper-keyring-index"
+
+PART_CHARS = 1200
+"""Longest secret we write, in characters. Windows stores UTF-16 (2 bytes a character) in at
+most 2560 bytes; JSON with ``ensure_ascii`` keeps every character one UTF-16 unit."""
+
+READ_ATTEMPTS = 5
+"""Re-reads of a chunked record whose parts a concurrent writer replaced under us."""
+
+_T = TypeVar("_T")
+
+
+class KeyringBackend(Protocol):
+    """The three calls we need from a ``keyring`` backend."""
+
+    def get_password(self, service: str, username: str) -> str | None: ...
+
+    def set_password(self, service: str, username: str, password: str) -> None: ...
+
+    def delete_password(self, service: str, username: str) -> None: ...
+
+
+def default_backend() -> KeyringBackend:
+    """The keyring the ``keyring`` package resolves for this platform and configuration."""
+    try:
+        import keyring
+    except ImportError:
+        raise StoreUnavailable(
+            "the OS keyring store needs the keyring package: pip install 'grantkeeper[keyring]'"
+        ) from None
+    backend: KeyringBackend = keyring.get_keyring()
+    return backend
+
+
+def _unavailable(exc: Exception, action: str) -> StoreUnavailable:
+    """Translate a keyring failure into an actionable error; keyring messages are not shown,
+    because some backends echo what they were asked to store."""
+    kind = type(exc).__name__
+    if kind == "KeyringLocked":
+        hint = "the OS keyring is locked: unlock it (log in to the desktop session) and retry"
+    elif kind == "NoKeyringError":
+        hint = "no OS keyring is available (on Linux, run a Secret Service such as gnome-keyring)"
+    else:
+        hint = "the OS keyring is locked or unavailable: unlock it, or check its service is running"
+    return StoreUnavailable(f"cannot {action} the OS keyring ({kind}); {hint}, or use --store file")
+
+
+class KeyringStore:
+    """Credentials in the OS keyring; see the module docstring."""
+
+    name = "keyring"
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        service: str = SERVICE,
+        backend: KeyringBackend | None = None,
+    ) -> None:
+        # The file store owns the directory: its checks (0700, owner, no symlinks) and locks.
+        self._files = FileStore(home)
+        self.home = self._files.home
+        self.service = service
+        self._backend = backend
+        index_name = f".keyring-{hashlib.sha256(service.encode()).hexdigest()[:12]}.index"
+        self._index = SideFile(self._files, index_name, INDEX_FORMAT)
+
+    def __repr__(self) -> str:
+        return f"KeyringStore(service={self.service!r}, home={str(self.home)!r})"
+
+    # -- keyring calls ------------------------------------------------------------------
+
+    def _call(self, action: str, call: Callable[[KeyringBackend], _T]) -> _T:
+        try:
+            if self._backend is None:
+                self._backend = default_backend()
+            return call(self._backend)
+        except StoreError:
+            raise
+        except Exception as exc:  # keyring, D-Bus and platform errors alike
+            raise _unavailable(exc, action) from None
+
+    def _get(self, username: str) -> str | None:
+        def get(backend: KeyringBackend) -> str | None:
+            for _ in range(READ_ATTEMPTS - 1):
+                try:
+                    return backend.get_password(self.service, username)
+                except Exception as exc:
+                    # Secret Service replaces an item by a new object: a read that found the
+                    # old one just before a peer's write sees it vanish. Look it up again.
+                    if type(exc).__name__ != "ItemNotFoundException":
+                        raise
+            return backend.get_password(self.service, username)
+
+        return self._call("read from", get)
+
+    def _set(self, username: str, secret: str) -> None:
+        self._call("write to", lambda b: b.set_password(self.service, username, secret))
+
+    def _delete(self, username: str) -> None:
+        def delete(backend: KeyringBackend) -> None:
+            try:
+                backend.delete_password(self.service, username)
+            except Exception as exc:
+                # Deleting what is already gone is success; anything else is not.
+                if type(exc).__name__ != "PasswordDeleteError":
+                    raise
+
+        self._call("delete from", delete)
+
+    def available(self) -> bool:
+        """Whether the keyring answers a read right now (used by Auto mode and doctor)."""
+        try:
+            self._get("grantkeeper-probe")
+        except StoreUnavailable:
+            return False
+        return True
+
+    def backend_name(self) -> str:
+        """The keyring backend's class, for ``doctor``."""
+        try:
+            backend = self._backend or default_backend()
+        except StoreUnavailable:
+            return "none"
+        return f"{type(backend).__module__}.{type(backend).__qualname__}"
+
+    # -- entries ------------------------------------------------------------------------
+
+    @staticmethod
+    def _head_name(key: CredentialKey) -> str:
+        return str(key)
+
+    @staticmethod
+    def _part_name(key: CredentialKey, generation: str, n: int) -> str:
+        return f"{key} (part {generation}.{n})"
+
+    def _read_head(self, key: CredentialKey) -> dict[str, Any] | None:
+        raw = self._get(self._head_name(key))
+        if raw is None:
+            return None
+        try:
+            head = json.loads(raw)
+        except ValueError:
+            raise StoreCorrupt("keyring entry is not valid JSON", key=str(key)) from None
+        version = head.get("version") if isinstance(head, dict) else None
+        if (
+            not isinstance(head, dict)
+            or head.get("format") != HEAD_FORMAT
+            or not isinstance(version, int)
+            or isinstance(version, bool)
+            or version < 1
+        ):
+            raise StoreCorrupt("keyring entry is not a grantkeeper record", key=str(key))
+        return head
+
+    @staticmethod
+    def _parts(head: dict[str, Any]) -> tuple[str, int] | None:
+        parts = head.get("parts")
+        if parts is None:
+            return None
+        generation, count = (
+            (parts.get("generation"), parts.get("count"))
+            if isinstance(parts, dict)
+            else (None, None)
+        )
+        if not isinstance(generation, str) or not isinstance(count, int) or count < 1:
+            raise StoreCorrupt("keyring entry has a malformed parts list")
+        return generation, count
+
+    def _load(self, key: CredentialKey) -> tuple[dict[str, Any], Stored] | None:
+        for _ in range(READ_ATTEMPTS):
+            head = self._read_head(key)
+            if head is None:
+                return None
+            parts = self._parts(head)
+            if parts is None:
+                data = head.get("record")
+            else:
+                pieces = [self._get(self._part_name(key, parts[0], n)) for n in range(parts[1])]
+                if any(piece is None for piece in pieces):
+                    continue  # a writer replaced the parts after we read the head
+                try:
+                    data = json.loads("".join(p for p in pieces if p is not None))
+                except ValueError:
+                    raise StoreCorrupt(
+                        "keyring parts do not form valid JSON", key=str(key)
+                    ) from None
+            return head, Stored(record_from_json(data, key=str(key)), head["version"])
+        raise StoreCorrupt("keyring record parts keep vanishing mid-read", key=str(key))
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        """Return the stored record for ``key`` with its version, or ``None``."""
+        loaded = self._load(key)
+        return loaded[1] if loaded else None
+
+    # -- writing ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _cas(self, key: CredentialKey) -> Iterator[None]:
+        """Hold ``key``'s short write lock (a sibling of the file store's) for a CAS."""
+        with self._files._dir(create=True) as dir_fd:
+            assert dir_fd is not None
+            name = f".{_slug(key)}.kcas"
+            with locked_file(dir_fd, name, timeout=CAS_LOCK_TIMEOUT, what=f"write {key}"):
+                yield
+
+    def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
+        """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent)."""
+        with self._cas(key):
+            try:
+                current = self._read_head(key)
+            except StoreCorrupt:
+                if expected_version is not None:
+                    raise
+                current = None  # a new login may replace a corrupt entry
+            current_version = current["version"] if current else None
+            if current_version != expected_version:
+                raise VersionConflict(
+                    f"record is at version {current_version}, expected {expected_version}",
+                    key=str(key),
+                )
+            version = (current_version or 0) + 1
+            # Index first: a secret the index misses could never be listed or migrated.
+            self._update_index(add=key)
+            head: dict[str, Any] = {
+                "format": HEAD_FORMAT,
+                "key": {"server_url": key.server_url, "profile": key.profile},
+                "version": version,
+                "updated_at": datetime.now(UTC).isoformat(),
+            }
+            body = json.dumps(record_to_json(record), ensure_ascii=True, separators=(",", ":"))
+            inline = json.dumps({**head, "record": json.loads(body)}, ensure_ascii=True)
+            if len(inline) <= PART_CHARS:
+                self._set(self._head_name(key), inline)
+            else:
+                generation = secrets.token_hex(8)
+                pieces = [body[i : i + PART_CHARS] for i in range(0, len(body), PART_CHARS)]
+                for n, piece in enumerate(pieces):
+                    self._set(self._part_name(key, generation, n), piece)
+                head["parts"] = {"generation": generation, "count": len(pieces)}
+                self._set(self._head_name(key), json.dumps(head, ensure_ascii=True))
+            self._drop_parts(key, current)
+            return version
+
+    def _drop_parts(self, key: CredentialKey, head: dict[str, Any] | None) -> None:
+        try:
+            parts = self._parts(head) if head else None
+        except StoreCorrupt:
+            return
+        if parts:
+            for n in range(parts[1]):
+                self._delete(self._part_name(key, parts[0], n))
+
+    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        """Remove ``key``'s record (only at ``expected_version``, if given)."""
+        with self._cas(key):
+            try:
+                current = self._read_head(key)
+            except StoreCorrupt:
+                if expected_version is not None:
+                    raise
+                current = {}  # exists but unreadable: a logout still removes it
+            if current is None:
+                self._update_index(remove=key)
+                return False
+            if expected_version is not None and current["version"] != expected_version:
+                raise VersionConflict(
+                    f"record is at version {current['version']}, expected {expected_version}",
+                    key=str(key),
+                )
+            self._delete(self._head_name(key))
+            self._drop_parts(key, current)
+            self._update_index(remove=key)
+            return True
+
+    # -- the index ----------------------------------------------------------------------
+
+    def _indexed(self) -> list[CredentialKey]:
+        entries = self._index.load().get("keys", [])
+        try:
+            return [CredentialKey(e["server_url"], e["profile"]) for e in entries]
+        except (KeyError, TypeError):
+            raise StoreCorrupt(f"{self._index.path} is malformed; delete it") from None
+
+    def _update_index(
+        self, *, add: CredentialKey | None = None, remove: CredentialKey | None = None
+    ) -> None:
+        def change(document: dict[str, Any]) -> dict[str, Any] | None:
+            keys = {CredentialKey(e["server_url"], e["profile"]) for e in document.get("keys", [])}
+            after = (keys | ({add} if add else set())) - ({remove} if remove else set())
+            if after == keys:
+                return None
+            entries = [{"server_url": k.server_url, "profile": k.profile} for k in sorted(after)]
+            return {"service": self.service, "keys": entries}
+
+        self._index.update(change)
+
+    def keys(self) -> list[CredentialKey]:
+        """Every indexed key whose record is in the keyring, sorted."""
+        return sorted(k for k in self._indexed() if self._get(self._head_name(k)) is not None)
+
+    # -- locking ------------------------------------------------------------------------
+
+    def lock(
+        self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
+    ) -> AbstractContextManager[None]:
+        """Hold ``key``'s transaction lock: the file store's lock for the same key."""
+        return self._files.lock(key, timeout=timeout)

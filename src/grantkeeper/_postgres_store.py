@@ -1,0 +1,350 @@
+"""Credentials in PostgreSQL, shared by workers on many hosts.
+
+One row per credential holds the record, a version counter for compare-and-swap and
+timestamps. The transaction lock is a session advisory lock on a connection of its own,
+held across the provider call: the server drops it when that connection closes, so a
+worker that dies (or whose host vanishes, via TCP keepalives) never leaves it behind.
+The store creates and migrates its schema itself, serialized by an advisory lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    LockTimeout,
+    StoreConfigError,
+    StoreCorrupt,
+    StoreUnavailable,
+    VersionConflict,
+)
+from ._record import Credential, CredentialKey, record_from_json, record_to_json
+from ._sealing import KEY_ENV, Sealer
+from ._store import DEFAULT_LOCK_TIMEOUT, Stored
+
+if TYPE_CHECKING:
+    import psycopg
+
+DEFAULT_SCHEMA = "grantkeeper"
+
+SCHEMA_VERSION = 1
+"""Version of the tables this code reads and writes; a newer database is refused."""
+
+CONNECT_TIMEOUT = 5
+"""Seconds to reach the server: a worker should fail fast and serve from memory."""
+
+KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+"""TCP keepalives, so the server notices a lock holder whose host died within ~25 s."""
+
+STATEMENT_MARGIN_MS = 5000
+"""Slack beyond a lock wait before the server cancels the statement that waits."""
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+_MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE {schema}.credentials (
+                key_id text PRIMARY KEY,
+                server_url text NOT NULL,
+                profile text,
+                version bigint NOT NULL CHECK (version >= 1),
+                record bytea NOT NULL,
+                sealed_with text,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )""",
+        ],
+    ),
+]
+"""Schema steps in order; each runs once, in one transaction with its version bump."""
+
+
+def _key_id(key: CredentialKey) -> str:
+    return json.dumps([key.server_url, key.profile], ensure_ascii=False)
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/dbname`` for messages: the password never appears."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        raise StoreConfigError("the PostgreSQL connection string is malformed") from None
+    user = parts.get("user") or ""
+    host = parts.get("host") or "localhost"
+    port = parts.get("port") or 5432
+    return f"{user}{'@' if user else ''}{host}:{port}/{parts.get('dbname') or user}"
+
+
+class PostgresStore:
+    """Credentials in a PostgreSQL table; see the module docstring."""
+
+    name = "postgresql"
+
+    def __init__(
+        self, dsn: str, *, schema: str = DEFAULT_SCHEMA, sealer: Sealer | None = None
+    ) -> None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise StoreConfigError(
+                "the PostgreSQL store needs psycopg: pip install 'grantkeeper[postgresql]'"
+            ) from None
+        if not _SCHEMA_NAME.match(schema):
+            raise StoreConfigError(f"schema name {schema!r} is not a plain lower-case identifier")
+        self._dsn = dsn
+        self.where = describe_dsn(dsn)
+        self.schema = schema
+        self._sealer = sealer if sealer is not None else Sealer.from_environment()
+        self._mutex = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r}, schema={self.schema!r})"
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether records written by this store are sealed."""
+        return self._sealer is not None
+
+    # -- connections --------------------------------------------------------------------
+
+    def _unreachable(self, exc: Exception) -> StoreUnavailable:
+        # libpq's first line names host, port and cause; the password is scrubbed anyway.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        from psycopg.conninfo import conninfo_to_dict
+
+        with contextlib.suppress(Exception):
+            password = conninfo_to_dict(self._dsn).get("password")
+            if password:
+                reason = reason.replace(str(password), "***")
+        return StoreUnavailable(f"PostgreSQL at {self.where} failed: {reason}")
+
+    def _open(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        try:
+            return psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name="grantkeeper",
+                **KEEPALIVE,
+            )
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        from psycopg import sql
+
+        schema = sql.Identifier(self.schema)
+        lock_id = _lock_id(f"migrate\0{self.schema}")
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_version (version int NOT NULL)"
+                ).format(schema)
+            )
+            row = conn.execute(
+                sql.SQL("SELECT max(version) FROM {}.schema_version").format(schema)
+            ).fetchone()
+            current = (row[0] if row else None) or 0
+            if current > SCHEMA_VERSION:
+                raise StoreConfigError(
+                    f"schema {self.schema} is at version {current}, written by a newer "
+                    f"grantkeeper (this one knows up to {SCHEMA_VERSION}); upgrade grantkeeper"
+                )
+            for version, steps in _MIGRATIONS:
+                if version <= current:
+                    continue
+                for step in steps:
+                    conn.execute(sql.SQL(step).format(schema=schema))
+                conn.execute(
+                    sql.SQL("INSERT INTO {}.schema_version VALUES (%s)").format(schema), (version,)
+                )
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement on the shared connection (reconnecting if it was lost)."""
+        import psycopg
+        from psycopg import sql
+
+        query = sql.SQL(statement).format(table=sql.Identifier(self.schema, "credentials"))
+        with self._mutex:
+            if self._conn is None or self._conn.closed:
+                conn = self._open()
+                try:
+                    self._migrate(conn)
+                except psycopg.Error as exc:
+                    conn.close()
+                    raise self._unreachable(exc) from None
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = conn
+            try:
+                cursor = self._conn.execute(query, params)
+                return cursor.fetchall() if cursor.description else []
+            except psycopg.Error as exc:
+                if self._conn.broken:
+                    self._conn = None
+                raise self._unreachable(exc) from None
+
+    def close(self) -> None:
+        """Close the shared connection (a later call opens a new one)."""
+        with self._mutex:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __del__(self) -> None:
+        # A store usually lives as long as its process; closing here spares callers a
+        # ResourceWarning when they drop it without close().
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # -- records ------------------------------------------------------------------------
+
+    def _encode(self, key: CredentialKey, record: Credential) -> tuple[bytes, str | None]:
+        plain = json.dumps(record_to_json(record), ensure_ascii=False).encode("utf-8")
+        if self._sealer is None:
+            return plain, None
+        return self._sealer.seal(plain, bound_to=_key_id(key)), self._sealer.fingerprint
+
+    def _decode(self, key: CredentialKey, raw: bytes, sealed_with: str | None) -> Credential:
+        if sealed_with is not None:
+            if self._sealer is None:
+                raise StoreConfigError(
+                    f"the record is encrypted; set {KEY_ENV} to the key it was written with",
+                    key=str(key),
+                )
+            if sealed_with != self._sealer.fingerprint:
+                raise StoreConfigError(
+                    f"the record was encrypted with another key (fingerprint {sealed_with}); "
+                    f"set {KEY_ENV} to that key",
+                    key=str(key),
+                )
+            raw = self._sealer.open(raw, bound_to=_key_id(key))
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise StoreCorrupt("stored record is not valid JSON", key=str(key)) from None
+        return record_from_json(data, key=str(key))
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        """Return the stored record for ``key`` with its version, or ``None``."""
+        rows = self._query(
+            "SELECT version, record, sealed_with FROM {table} WHERE key_id = %s", (_key_id(key),)
+        )
+        if not rows:
+            return None
+        version, raw, sealed_with = rows[0]
+        return Stored(self._decode(key, bytes(raw), sealed_with), int(version))
+
+    def _version(self, key: CredentialKey) -> int | None:
+        rows = self._query("SELECT version FROM {table} WHERE key_id = %s", (_key_id(key),))
+        return int(rows[0][0]) if rows else None
+
+    def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
+        """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent)."""
+        raw, sealed_with = self._encode(key, record)
+        if expected_version is None:
+            rows = self._query(
+                "INSERT INTO {table} (key_id, server_url, profile, version, record, sealed_with)"
+                " VALUES (%s, %s, %s, 1, %s, %s) ON CONFLICT (key_id) DO NOTHING RETURNING version",
+                (_key_id(key), key.server_url, key.profile, raw, sealed_with),
+            )
+        else:
+            rows = self._query(
+                "UPDATE {table} SET version = version + 1, record = %s, sealed_with = %s,"
+                " updated_at = now() WHERE key_id = %s AND version = %s RETURNING version",
+                (raw, sealed_with, _key_id(key), expected_version),
+            )
+        if not rows:
+            raise VersionConflict(
+                f"record is at version {self._version(key)}, expected {expected_version}",
+                key=str(key),
+            )
+        return int(rows[0][0])
+
+    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        """Remove ``key``'s record (only at ``expected_version``, if given)."""
+        if expected_version is None:
+            rows = self._query("DELETE FROM {table} WHERE key_id = %s RETURNING 1", (_key_id(key),))
+            return bool(rows)
+        rows = self._query(
+            "DELETE FROM {table} WHERE key_id = %s AND version = %s RETURNING 1",
+            (_key_id(key), expected_version),
+        )
+        if rows:
+            return True
+        current = self._version(key)
+        if current is None:
+            return False
+        raise VersionConflict(
+            f"record is at version {current}, expected {expected_version}", key=str(key)
+        )
+
+    def keys(self) -> list[CredentialKey]:
+        """Every key with a record, sorted."""
+        rows = self._query("SELECT server_url, profile FROM {table}")
+        return sorted(CredentialKey(url, profile) for url, profile in rows)
+
+    # -- locking ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold ``key``'s advisory lock on a connection of its own for the ``with`` body."""
+        import psycopg
+
+        lock_id = _lock_id(f"credential\0{self.schema}\0{_key_id(key)}")
+        what = f"the lock of {key}"
+        conn = self._open()
+        try:
+            try:
+                if timeout <= 0:
+                    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()
+                    if not (row and row[0]):
+                        raise LockTimeout(f"{what} is held by another worker", key=str(key))
+                else:
+                    # The server queues waiters and hands the lock over the moment it is free.
+                    wait_ms = max(1, round(timeout * 1000))
+                    conn.execute(f"SET lock_timeout = {wait_ms}")
+                    conn.execute(f"SET statement_timeout = {wait_ms + STATEMENT_MARGIN_MS}")
+                    conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+                    conn.execute("RESET lock_timeout")
+                    conn.execute("RESET statement_timeout")
+            except psycopg.errors.LockNotAvailable:
+                raise LockTimeout(
+                    f"{what} was not released within {timeout:g} s; another worker holds it",
+                    key=str(key),
+                ) from None
+            except psycopg.Error as exc:
+                raise self._unreachable(exc) from None
+            yield
+        finally:
+            # Ending the session releases the lock, whatever state the connection is in.
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _lock_id(name: str) -> int:
+    """A signed 64-bit advisory lock id for ``name``; a collision only serializes more."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)

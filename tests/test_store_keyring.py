@@ -1,0 +1,147 @@
+"""The keyring store against a real Secret Service (gnome-keyring under ``scripts/test``)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from grantkeeper import KeyringStore, StoreCorrupt, StoreUnavailable
+from grantkeeper._keyring_store import PART_CHARS, KeyringBackend, default_backend
+from grantkeeper.testing import KEY, StoreContract, StoreFactory, sample_record
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="CI runs a real Secret Service on Linux only"
+)
+
+
+@pytest.fixture
+def service() -> Iterator[str]:
+    """A service name of this test's own, emptied afterwards."""
+    name = f"grantkeeper-test-{uuid.uuid4().hex[:12]}"
+    yield name
+
+
+class TestKeyringStore(StoreContract):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path, service: str) -> Iterator[StoreFactory]:
+        factory = functools.partial(KeyringStore, tmp_path / "home", service=service)
+        yield factory
+        store = factory()
+        for key in store.keys():
+            store.delete(key)
+
+
+class Recording:
+    """Wraps the real backend and remembers the length of every secret written."""
+
+    def __init__(self, inner: KeyringBackend) -> None:
+        self.inner = inner
+        self.lengths: list[int] = []
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.inner.get_password(service, username)
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.lengths.append(len(password.encode("utf-16-le")))
+        self.inner.set_password(service, username, password)
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.inner.delete_password(service, username)
+
+
+def test_the_real_secret_service_is_in_use() -> None:
+    assert type(default_backend()).__module__ == "keyring.backends.SecretService"
+
+
+def test_long_records_are_split_into_parts_windows_accepts(tmp_path: Path, service: str) -> None:
+    spy = Recording(default_backend())
+    store = KeyringStore(tmp_path, service=service, backend=spy)
+    record = sample_record(scope="s" * 10_000)
+    store.write(KEY, record, expected_version=None)
+    assert len(spy.lengths) > 8
+    assert max(spy.lengths) <= 2 * PART_CHARS <= 2560
+    stored = store.read(KEY)
+    assert stored is not None and stored.record == record
+    head = json.loads(spy.get_password(service, str(KEY)) or "{}")
+    generation, count = head["parts"]["generation"], head["parts"]["count"]
+    part = f"{KEY} (part {generation}.0)"
+    assert spy.get_password(service, part) is not None
+    # Shrinking the record removes the old parts from the keyring.
+    store.write(KEY, sample_record(), expected_version=1)
+    assert [spy.get_password(service, f"{KEY} (part {generation}.{n})") for n in range(count)] == [
+        None
+    ] * count
+    store.delete(KEY)
+
+
+def test_the_index_holds_keys_but_no_secret(tmp_path: Path, service: str) -> None:
+    store = KeyringStore(tmp_path, service=service)
+    store.write(KEY, sample_record("index-must-not-hold-this"), expected_version=None)
+    index = [p for p in (tmp_path / "credentials").iterdir() if p.name.endswith(".index")]
+    assert len(index) == 1
+    text = index[0].read_text()
+    assert KEY.server_url in text
+    assert "index-must-not-hold-this" not in text and "conformance-refresh" not in text
+    assert index[0].stat().st_mode & 0o777 == 0o600
+    store.delete(KEY)
+    assert KEY.server_url not in index[0].read_text()
+
+
+def test_a_foreign_secret_is_corrupt_not_misread(tmp_path: Path, service: str) -> None:
+    default_backend().set_password(service, str(KEY), json.dumps({"hello": "world"}))
+    store = KeyringStore(tmp_path, service=service)
+    with pytest.raises(StoreCorrupt):
+        store.read(KEY)
+    # A new login may replace it, and a logout removes it.
+    store.write(KEY, sample_record(), expected_version=None)
+    assert store.delete(KEY) is True
+
+
+def test_no_keyring_is_a_typed_actionable_error(tmp_path: Path) -> None:
+    from keyring.backends import fail
+
+    store = KeyringStore(tmp_path, backend=fail.Keyring())  # type: ignore[no-untyped-call]
+    assert not store.available()
+    with pytest.raises(StoreUnavailable, match="--store file") as caught:
+        store.read(KEY)
+    assert "no OS keyring" in str(caught.value)
+    with pytest.raises(StoreUnavailable):
+        store.write(KEY, sample_record("never-stored-anywhere"), expected_version=None)
+
+
+LOCKED_SCRIPT = """
+import subprocess, sys
+from pathlib import Path
+import secretstorage
+from grantkeeper import KeyringStore, StoreUnavailable, CredentialKey
+connection = secretstorage.dbus_init()
+secretstorage.get_default_collection(connection).lock()
+try:
+    KeyringStore(Path(sys.argv[1])).read(CredentialKey.for_server("https://a.example.test"))
+except StoreUnavailable as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_a_locked_keyring_is_a_typed_actionable_error(tmp_path: Path) -> None:
+    # A private session, so locking its keyring cannot disturb the other tests.
+    script = tmp_path / "locked.py"
+    script.write_text(LOCKED_SCRIPT)
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [str(repo / "scripts" / "with-keyring"), sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("StoreUnavailable cannot read from the OS keyring")
+    assert "locked" in result.stdout and "unlock it" in result.stdout

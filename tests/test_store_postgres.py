@@ -1,0 +1,205 @@
+"""The PostgreSQL store against a real server that this module starts on loopback."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from grantkeeper import LockTimeout, PostgresStore, StoreConfigError, StoreCorrupt, StoreUnavailable
+from grantkeeper._sealing import KEY_ENV, Sealer
+from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
+from harness.postgres import PostgresCluster, _free_port
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresCluster]:
+    with PostgresCluster() as running:
+        yield running
+
+
+@pytest.fixture
+def schema() -> str:
+    """A schema of this test's own, so tests never see each other's rows or locks."""
+    return f"gk_{uuid.uuid4().hex[:12]}"
+
+
+def random_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+class TestPostgresStore(StoreContract):
+    @pytest.fixture
+    def store_factory(
+        self, cluster: PostgresCluster, schema: str, monkeypatch: pytest.MonkeyPatch
+    ) -> StoreFactory:
+        monkeypatch.delenv(KEY_ENV, raising=False)
+        return functools.partial(PostgresStore, cluster.dsn, schema=schema)
+
+
+class TestEncryptedPostgresStore(StoreContract):
+    @pytest.fixture
+    def store_factory(
+        self, cluster: PostgresCluster, schema: str, monkeypatch: pytest.MonkeyPatch
+    ) -> StoreFactory:
+        # Spawned children inherit the environment, and with it the key.
+        monkeypatch.setenv(KEY_ENV, random_key())
+        return functools.partial(PostgresStore, cluster.dsn, schema=schema)
+
+
+def raw_rows(cluster: PostgresCluster, schema: str) -> list[tuple[str, bytes, str | None]]:
+    with psycopg.connect(cluster.dsn) as conn:
+        rows = conn.execute(f"SELECT key_id, record, sealed_with FROM {schema}.credentials")
+        return [(k, bytes(r), s) for k, r, s in rows.fetchall()]
+
+
+def test_creates_its_schema_with_timestamps(cluster: PostgresCluster, schema: str) -> None:
+    store = PostgresStore(cluster.dsn, schema=schema)
+    store.write(KEY, sample_record(), expected_version=None)
+    with psycopg.connect(cluster.dsn) as conn:
+        version = conn.execute(f"SELECT max(version) FROM {schema}.schema_version").fetchone()
+        row = conn.execute(
+            f"SELECT version, created_at <= updated_at FROM {schema}.credentials"
+        ).fetchone()
+    assert version == (1,)
+    assert row == (1, True)
+    # A second store (another worker) migrates nothing twice.
+    assert PostgresStore(cluster.dsn, schema=schema).read(KEY) is not None
+
+
+def test_a_schema_from_a_newer_grantkeeper_is_refused(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    PostgresStore(cluster.dsn, schema=schema).keys()
+    with psycopg.connect(cluster.dsn) as conn:
+        conn.execute(f"INSERT INTO {schema}.schema_version VALUES (99)")
+    with pytest.raises(StoreConfigError, match="newer grantkeeper"):
+        PostgresStore(cluster.dsn, schema=schema).read(KEY)
+
+
+def test_records_are_plain_json_without_a_key(
+    cluster: PostgresCluster, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    PostgresStore(cluster.dsn, schema=schema).write(
+        KEY, sample_record("plain-visible-token"), expected_version=None
+    )
+    [(_, raw, sealed_with)] = raw_rows(cluster, schema)
+    assert b"plain-visible-token" in raw and sealed_with is None
+
+
+def test_encryption_at_rest(
+    cluster: PostgresCluster, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, random_key())
+    store = PostgresStore(cluster.dsn, schema=schema)
+    assert store.encrypted
+    store.write(KEY, sample_record("sealed-secret-token"), expected_version=None)
+    store.write(OTHER, sample_record("other-secret-token"), expected_version=None)
+    rows = raw_rows(cluster, schema)
+    assert all(
+        b"sealed-secret" not in raw and b"conformance-refresh" not in raw for _, raw, _ in rows
+    )
+    assert all(sealed_with for _, _, sealed_with in rows)
+
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(StoreConfigError, match=KEY_ENV):
+        PostgresStore(cluster.dsn, schema=schema).read(KEY)
+    monkeypatch.setenv(KEY_ENV, random_key())
+    with pytest.raises(StoreConfigError, match="another key"):
+        PostgresStore(cluster.dsn, schema=schema).read(KEY)
+
+
+def test_a_sealed_row_moved_to_another_credential_fails_closed(
+    cluster: PostgresCluster, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, random_key())
+    store = PostgresStore(cluster.dsn, schema=schema)
+    store.write(KEY, sample_record("alice-token"), expected_version=None)
+    store.write(OTHER, sample_record("bob-token"), expected_version=None)
+    with psycopg.connect(cluster.dsn) as conn:
+        conn.execute(
+            f"UPDATE {schema}.credentials SET record = "
+            f"(SELECT record FROM {schema}.credentials WHERE profile IS NULL) "
+            "WHERE profile = 'work'"
+        )
+    with pytest.raises(StoreCorrupt, match="altered or moved"):
+        store.read(OTHER)
+
+
+def test_plain_rows_stay_readable_after_a_key_is_set(
+    cluster: PostgresCluster, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    PostgresStore(cluster.dsn, schema=schema).write(KEY, sample_record(), expected_version=None)
+    monkeypatch.setenv(KEY_ENV, random_key())
+    store = PostgresStore(cluster.dsn, schema=schema)
+    assert store.read(KEY) is not None
+    store.write(KEY, sample_record("now-sealed-token"), expected_version=1)
+    [(_, raw, sealed_with)] = raw_rows(cluster, schema)
+    assert sealed_with and b"now-sealed-token" not in raw
+
+
+def test_bad_keys_and_names_are_config_errors(cluster: PostgresCluster) -> None:
+    with pytest.raises(StoreConfigError, match="32 bytes"):
+        Sealer.from_text(base64.b64encode(b"short").decode())
+    with pytest.raises(StoreConfigError, match="not base64"):
+        Sealer.from_text("not base64 at all!")
+    with pytest.raises(StoreConfigError, match="identifier"):
+        PostgresStore(cluster.dsn, schema="Robert'); DROP TABLE students;--")
+    with pytest.raises(StoreConfigError, match="malformed"):
+        PostgresStore("postgresql://[::1")
+    assert "k3y" not in repr(Sealer(b"k3y" * 10 + b"xx"))
+
+
+def test_an_unreachable_server_is_a_typed_error_without_the_password(schema: str) -> None:
+    dsn = f"postgresql://worker:hunter2-not-shown@127.0.0.1:{_free_port()}/fleet"
+    store = PostgresStore(dsn, schema=schema)
+    assert "hunter2" not in repr(store)
+    for attempt in (
+        lambda: store.read(KEY),
+        lambda: store.keys(),
+        lambda: store.lock(KEY).__enter__(),
+    ):
+        with pytest.raises(StoreUnavailable) as caught:
+            attempt()
+        assert "worker@127.0.0.1" in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+        assert caught.value.retryable
+
+
+def test_a_lost_connection_fails_one_call_then_heals(cluster: PostgresCluster, schema: str) -> None:
+    store = PostgresStore(cluster.dsn, schema=schema)
+    store.write(KEY, sample_record(), expected_version=None)
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'grantkeeper'"
+        )
+    with pytest.raises(StoreUnavailable):
+        store.read(KEY)
+    stored = store.read(KEY)
+    assert stored is not None and stored.version == 1
+
+
+def test_the_lock_goes_when_its_connection_is_cut(cluster: PostgresCluster, schema: str) -> None:
+    # A worker whose connection the server (or network) drops loses the lock to the next.
+    first, second = (
+        PostgresStore(cluster.dsn, schema=schema),
+        PostgresStore(cluster.dsn, schema=schema),
+    )
+    with first.lock(KEY, timeout=5):
+        with pytest.raises(LockTimeout), second.lock(KEY, timeout=0):
+            pass
+        with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+                "WHERE l.locktype = 'advisory' AND l.granted"
+            )
+        with second.lock(KEY, timeout=30):
+            pass
