@@ -266,3 +266,21 @@ class AuthServer:
                     return location
                 url = location
         raise RuntimeError(f"no redirect to {redirect_uri} within {MAX_HOPS} hops (last: {url})")
+
+    # -- the resource server's view -------------------------------------------------------
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662 introspection as the static ``introspector`` client sees it."""
+        response = self._client().post(
+            "/token/introspection",
+            data={"token": token},
+            auth=("introspector", "introspector-secret"),
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"introspection answered {response.status_code}")
+        result: dict[str, Any] = response.json()
+        return result
+
+    def is_active(self, token: str) -> bool:
+        """Whether the server would accept ``token`` right now."""
+        return self.introspect(token).get("active") is True

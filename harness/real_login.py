@@ -1,0 +1,42 @@
+"""Obtain a real credential from the oidc-provider harness through grantkeeper's own login.
+
+Tests and the demo use this instead of hand-made records, so what they refresh is exactly
+what a user's ``grantkeeper login`` would have stored: issuer, token endpoint, resource,
+registered client and an absolute expiry.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from grantkeeper import Credential, CredentialKey, Store
+from grantkeeper._as_metadata import parse_metadata
+from grantkeeper._login import login
+from harness import remember_secret
+from harness.authserver import AuthServer
+
+REDIRECT_URI = "http://127.0.0.1:9/callback"
+"""Never listened on: ``AuthServer.approve`` stops at the redirect and hands it back."""
+
+SCOPE = "openid offline_access mcp"
+
+
+def log_in(server: AuthServer, store: Store, key: CredentialKey, *, resource: str) -> Credential:
+    """Register a client, play the browser, store the credential and return it."""
+    with httpx.Client(timeout=10.0, trust_env=False) as http:
+        response = http.get(f"{server.issuer}/.well-known/openid-configuration")
+        metadata = parse_metadata(response.content, expected_issuer=server.issuer)
+        credential = login(
+            store,
+            key,
+            metadata=metadata,
+            resource=resource,
+            redirect_uri=REDIRECT_URI,
+            authorize=lambda url: server.approve(url, REDIRECT_URI),
+            http=http,
+            scope=SCOPE,
+        )
+    remember_secret(credential.access_token)
+    if credential.refresh_token:
+        remember_secret(credential.refresh_token)
+    return credential
