@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ from grantkeeper import (
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
 )
-from grantkeeper._token_client import send_token_request
+from grantkeeper._token_client import asend_token_request, send_token_request
 from grantkeeper._token_endpoint import (
     MAX_RESPONSE_BYTES,
     apply_response,
@@ -143,15 +145,45 @@ def test_malformed_success_bodies(body: Any) -> None:
         parse(200, body)
 
 
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def send_both_ways(handler: Handler) -> list[object]:
+    """Send one refresh with the sync and the async sender; return what each gave or raised."""
+    request = refresh_request(make_record("a", RT))
+    outcomes: list[object] = []
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        try:
+            outcomes.append(send_token_request(client, request, now=lambda: T0))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    async def send_async() -> object:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            try:
+                return await asend_token_request(client, request, now=lambda: T0)
+            except Exception as exc:
+                return exc
+
+    outcomes.append(asyncio.run(send_async()))
+    return outcomes
+
+
+def test_sync_and_async_senders_agree_on_a_good_answer() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": "b", "token_type": "Bearer"})
+
+    sync, async_ = send_both_ways(handler)
+    assert sync == async_
+    assert getattr(sync, "access_token", None) == "b"
+
+
 def test_oversized_answer_is_refused_without_reading_it_all() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"{" + b" " * (MAX_RESPONSE_BYTES + 10))
 
-    with (
-        httpx.Client(transport=httpx.MockTransport(handler)) as client,
-        pytest.raises(MalformedResponse, match="more than"),
-    ):
-        send_token_request(client, refresh_request(make_record("a", RT)), now=lambda: T0)
+    for outcome in send_both_ways(handler):
+        assert isinstance(outcome, MalformedResponse) and "more than" in str(outcome)
 
 
 @pytest.mark.parametrize(
@@ -169,5 +201,5 @@ def test_transport_errors_are_classified_by_whether_the_request_was_sent(
     def handler(request: httpx.Request) -> httpx.Response:
         raise exc
 
-    with httpx.Client(transport=httpx.MockTransport(handler)) as client, pytest.raises(expected):
-        send_token_request(client, refresh_request(make_record("a", RT)), now=lambda: T0)
+    for outcome in send_both_ways(handler):
+        assert type(outcome) is expected

@@ -37,8 +37,41 @@ def _translated(url: str) -> Iterator[None]:
         ) from None
 
 
-def _too_large(url: str) -> MalformedResponse:
-    return MalformedResponse(f"the token endpoint {url} sent more than {MAX_RESPONSE_BYTES} bytes")
+class _Body:
+    """Collects a response body, refusing more than ``MAX_RESPONSE_BYTES``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > MAX_RESPONSE_BYTES:
+            raise MalformedResponse(
+                f"the token endpoint {self.url} sent more than {MAX_RESPONSE_BYTES} bytes"
+            )
+
+
+def _prepared(request: TokenRequest, timeouts: httpx.Timeout) -> httpx.Request:
+    http_request = request.to_httpx()
+    http_request.extensions["timeout"] = timeouts.as_dict()
+    return http_request
+
+
+def _classified(
+    request: TokenRequest, response: httpx.Response, body: _Body, now: Callable[[], datetime]
+) -> TokenResponse:
+    return parse_token_response(
+        response.status_code,
+        response.headers,
+        bytes(body.data),
+        now=now(),
+        secrets=request.form.values(),
+    )
+
+
+# The two senders differ only in how they await the body; preparation, the size bound,
+# error translation and classification are shared above.
 
 
 def send_token_request(
@@ -49,25 +82,15 @@ def send_token_request(
     timeouts: httpx.Timeout = DEFAULT_TIMEOUT,
 ) -> TokenResponse:
     """POST ``request`` with ``client`` and classify the answer."""
-    http_request = request.to_httpx()
-    http_request.extensions["timeout"] = timeouts.as_dict()
+    body = _Body(request.url)
     with _translated(request.url):
-        response = client.send(http_request, stream=True)
+        response = client.send(_prepared(request, timeouts), stream=True)
         try:
-            body = bytearray()
             for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise _too_large(request.url)
+                body.add(chunk)
         finally:
             response.close()
-    return parse_token_response(
-        response.status_code,
-        response.headers,
-        bytes(body),
-        now=now(),
-        secrets=request.form.values(),
-    )
+    return _classified(request, response, body, now)
 
 
 async def asend_token_request(
@@ -78,22 +101,12 @@ async def asend_token_request(
     timeouts: httpx.Timeout = DEFAULT_TIMEOUT,
 ) -> TokenResponse:
     """POST ``request`` with an async ``client`` and classify the answer."""
-    http_request = request.to_httpx()
-    http_request.extensions["timeout"] = timeouts.as_dict()
+    body = _Body(request.url)
     with _translated(request.url):
-        response = await client.send(http_request, stream=True)
+        response = await client.send(_prepared(request, timeouts), stream=True)
         try:
-            body = bytearray()
             async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise _too_large(request.url)
+                body.add(chunk)
         finally:
             await response.aclose()
-    return parse_token_response(
-        response.status_code,
-        response.headers,
-        bytes(body),
-        now=now(),
-        secrets=request.form.values(),
-    )
+    return _classified(request, response, body, now)
