@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: ``scripts/bench`` runs them all and writes docs/benchmarks.md."""
