@@ -320,10 +320,15 @@ def token(server: str, profile: str | None, store_spec: str | None) -> None:
     if bearer is not None:
         click.echo(bearer)
         return
+    from ._errors import AuthenticationRequired
     from ._keeper import Keeper
 
     with Keeper(_store(store_spec), config.key) as keeper:
-        click.echo(keeper.access_token())
+        try:
+            click.echo(keeper.access_token())
+        except AuthenticationRequired as exc:
+            again = f" --profile {config.profile}" if config.profile else ""
+            raise fail(f"{exc}; run: grantkeeper login {config.label}{again}", EXIT_AUTH) from None
 
 
 # -- list ---------------------------------------------------------------------------------
