@@ -8,20 +8,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from grantkeeper import (
     FileStore,
+    GrantkeeperError,
     Keeper,
     ReauthenticationRequired,
     ServerConfig,
+    login,
     logout,
     save_server,
 )
 from harness import remember_secret
 from harness.authserver import AuthServer
-from harness.resource_server import ResourceServer
+from harness.resource_server import Placement, ResourceServer
 from tests.login_helpers import (
     FAR_FUTURE,
     Browser,
@@ -165,3 +168,55 @@ def test_logout_no_revoke_keeps_the_grant(
     result = logout(FileStore(home), ServerConfig(resource.url).key, revoke=False)
     assert result.removed and result.revoked == ()
     assert introspect(auth_server, record.refresh_token or "")["active"] is True
+
+
+def test_manual_login_takes_a_pasted_redirect(
+    auth_server: AuthServer, resource: ResourceServer, home: Path
+) -> None:
+    env = {**os.environ, "GRANTKEEPER_HOME": str(home), "GRANTKEEPER_STORE": "file"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grantkeeper", "login", resource.url, "--manual"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None and process.stdin is not None
+    url = next(line.strip() for line in process.stderr if line.startswith("http"))
+    redirect_uri = parse_qs(urlsplit(url).query)["redirect_uri"][0]
+    # The browser is elsewhere (a remote shell): the redirect is never delivered, only pasted.
+    callback = auth_server.approve(url, redirect_uri)
+    stdout, stderr = process.communicate(callback + "\n", timeout=CLI_TIMEOUT)
+    assert process.returncode == 0, stderr
+    assert stdout.startswith("Logged in to 127.0.0.1")
+    assert callback not in stdout + stderr
+
+
+@pytest.mark.parametrize(
+    ("placement", "hint"), [("path", False), ("root", False), ("root", True), ("none", True)]
+)
+def test_discovery_variants_against_the_real_server(
+    auth_server: AuthServer, home: Path, placement: Placement, hint: bool
+) -> None:
+    with ResourceServer(auth_server.issuer, placement=placement, hint=hint) as server:
+        if placement == "none":
+            # No resource metadata and no AS metadata at the server's origin: the legacy
+            # default endpoints are guessed, and their absence is a typed error.
+            with pytest.raises(GrantkeeperError):
+                login(server.url, store=FileStore(home), open_browser=Browser(auth_server))
+            assert FileStore(home).keys() == []
+            return
+        record = remember(
+            login(server.url, store=FileStore(home), open_browser=Browser(auth_server))
+        )
+    assert record.issuer == auth_server.issuer
+
+
+def test_status_check_tells_login_required_from_unsupported(
+    auth_server: AuthServer, resource: ResourceServer, home: Path
+) -> None:
+    save_server(ServerConfig(resource.url, name="guarded"), home)
+    result = cli("status", "guarded", "--check", "--json", home=home)
+    assert result.returncode == 3
+    assert json.loads(result.stdout)[0]["state"] == "login_required"

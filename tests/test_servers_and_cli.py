@@ -201,3 +201,29 @@ def test_token_starts_without_other_command_modules_or_the_sdk(home: Path) -> No
         env={**os.environ, "GRANTKEEPER_HOME": str(home)},
     ).stdout
     assert out.splitlines() == ["tok-xyz", "[]"]
+
+
+def test_check_finds_servers_without_oauth(home: Path) -> None:
+    from grantkeeper import AuthState, auth_status
+
+    def open_server(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200 if request.method == "POST" else 404, json={})
+
+    http = httpx.Client(transport=httpx.MockTransport(open_server))
+    config = ServerConfig("https://open.example.com/mcp")
+    store = FileStore(home)
+    assert auth_status(config, store).state is AuthState.LOGIN_REQUIRED
+    checked = auth_status(config, store, check=True, http=http)
+    assert checked.state is AuthState.UNSUPPORTED and "offers no OAuth" in checked.detail
+
+
+def test_a_taken_callback_port_is_a_clean_error(home: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = invoke("login", "https://mcp.example.com/mcp", "--port", str(port))
+    assert code == 1 and f"port {port}" in err and "Traceback" not in err
+    assert load_servers() == []
