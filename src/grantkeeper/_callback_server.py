@@ -14,7 +14,7 @@ import errno
 import hmac
 import html
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
@@ -49,7 +49,7 @@ class CallbackServer:
         self.path = path
         self.expected_state = expected_state
         self._requested_port = port
-        self._server: HTTPServer | None = None
+        self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -64,7 +64,9 @@ class CallbackServer:
             callback = owner
 
         try:
-            self._server = HTTPServer(("127.0.0.1", self._requested_port), Handler)
+            # Threaded, so a connection that never sends a request cannot hold up the redirect.
+            self._server = ThreadingHTTPServer(("127.0.0.1", self._requested_port), Handler)
+            self._server.daemon_threads = True
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise CallbackUnavailable(
