@@ -5,14 +5,12 @@ from __future__ import annotations
 import hmac
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from ._errors import ProtocolError
+from ._errors import AuthorizationDenied, ProtocolError
 
 MAX_CALLBACK_CHARS = 8192
 """Callback URLs carry a code, a state and an issuer: a few hundred characters."""
 
-
-class AuthorizationDenied(ProtocolError):
-    """The authorization server redirected back with an ``error`` (the user said no)."""
+__all__ = ["AuthorizationDenied", "authorization_url", "parse_callback"]
 
 
 def authorization_url(

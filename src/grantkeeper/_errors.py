@@ -12,6 +12,12 @@
     │   ├── RefreshOutcomeUnknown         timeout, 5xx, lost connection after sending (retryable)
     │   └── MalformedResponse             not a token response we can trust
     ├── ProtocolError                     bad metadata, callback or header from a peer
+    │   └── AuthorizationDenied           the callback carried an ``error``: consent refused
+    ├── OAuthUnsupported                  the server offers no OAuth we can discover
+    ├── LoginFailed                       a browser login could not finish; nothing was stored
+    │   ├── CallbackTimeout               no redirect reached the loopback listener in time
+    │   └── CallbackUnavailable           the loopback port is in use or cannot be bound
+    ├── ServerConfigError                 an unknown server name or a malformed servers file
     ├── StoreError
     │   ├── StoreCorrupt                  a stored record does not parse
     │   ├── UnsafeStorePath               symlink or loose permissions on the store
@@ -33,18 +39,24 @@ from __future__ import annotations
 __all__ = [
     "AccountChanged",
     "AuthenticationRequired",
+    "AuthorizationDenied",
+    "CallbackTimeout",
+    "CallbackUnavailable",
     "ClientRegistrationInvalid",
     "DeadlineExceeded",
     "GrantkeeperError",
     "LockTimeout",
+    "LoginFailed",
     "LoginRequired",
     "MalformedResponse",
+    "OAuthUnsupported",
     "PersistencePending",
     "ProtocolError",
     "ProviderError",
     "ProviderUnavailable",
     "ReauthenticationRequired",
     "RefreshOutcomeUnknown",
+    "ServerConfigError",
     "StoreConfigError",
     "StoreCorrupt",
     "StoreError",
@@ -150,6 +162,32 @@ class MalformedResponse(ProviderError):
 
 class ProtocolError(GrantkeeperError):
     """A peer sent metadata, a header or a callback that breaks the protocol."""
+
+
+class AuthorizationDenied(ProtocolError):
+    """The authorization server redirected back with an ``error`` (the user said no)."""
+
+
+class OAuthUnsupported(GrantkeeperError):
+    """The server asks for no OAuth we can find: no resource or authorization server metadata."""
+
+
+class LoginFailed(GrantkeeperError):
+    """A login could not finish. Nothing was stored; the previous credential, if any, stays."""
+
+
+class CallbackTimeout(LoginFailed):
+    """No authorization redirect reached the loopback listener before the timeout."""
+
+    retryable = True
+
+
+class CallbackUnavailable(LoginFailed):
+    """The loopback redirect listener could not bind its port (in use, or not permitted)."""
+
+
+class ServerConfigError(GrantkeeperError):
+    """A server name is unknown, or the servers file is malformed. The message says what to fix."""
 
 
 class StoreError(GrantkeeperError):

@@ -77,7 +77,7 @@ class TokenResponse:
         )
 
 
-def _client_auth(
+def client_auth(
     form: dict[str, str],
     client_id: str | None,
     client_secret: str | None,
@@ -107,7 +107,7 @@ def refresh_request(record: Credential) -> TokenRequest:
         "refresh_token": record.refresh_token,
         "resource": record.resource,
     }
-    headers = _client_auth(
+    headers = client_auth(
         form, record.client_id, record.client_secret, record.token_endpoint_auth_method
     )
     return TokenRequest(record.token_endpoint, form, headers)
@@ -132,7 +132,7 @@ def code_request(
         "code_verifier": code_verifier,
         "resource": resource,
     }
-    headers = _client_auth(form, client_id, client_secret, auth_method)
+    headers = client_auth(form, client_id, client_secret, auth_method)
     return TokenRequest(token_endpoint, form, headers)
 
 

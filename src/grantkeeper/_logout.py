@@ -1,0 +1,113 @@
+"""Log out: delete the credential under its transaction lock, then revoke its tokens.
+
+Taking the lock that refresh takes means a refresh in flight elsewhere either finishes
+first (and we delete and revoke what it wrote) or starts after us and finds nothing: it can
+never write a logged-out credential back. Revocation happens inside the lock too, so the
+next login cannot interleave with the revocation of the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from ._errors import GrantkeeperError, StoreError
+from ._log import event
+from ._record import Credential, CredentialKey
+from ._revocation import TokenKind, check_revocation_response, revocation_request
+from ._store import DEFAULT_LOCK_TIMEOUT, Store
+
+REVOCATION_TIMEOUT = httpx.Timeout(15.0, connect=10.0)
+"""Bounds each revocation request, which runs while the credential's lock is held."""
+
+
+@dataclass(frozen=True)
+class LogoutResult:
+    """What a logout did."""
+
+    removed: bool
+    """Whether a credential was stored (and is now gone)."""
+    revoked: tuple[TokenKind, ...] = ()
+    """Tokens the server confirmed revoked."""
+    revocation_supported: bool = False
+    """Whether the server advertised a revocation endpoint."""
+    problems: tuple[str, ...] = field(default=())
+    """Why a revocation failed, one line each; the local logout happened regardless."""
+
+
+def logout(
+    store: Store,
+    key: CredentialKey,
+    *,
+    revoke: bool = True,
+    http: httpx.Client | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    checkpoint: Callable[[str], None] | None = None,
+) -> LogoutResult:
+    """Delete ``key``'s credential and, unless ``revoke`` is false, revoke its tokens.
+
+    ``checkpoint`` is a test seam called with ``lock_wait``, ``locked`` and ``deleted``.
+    """
+    stage = checkpoint or (lambda name: None)
+    stage("lock_wait")
+    with store.lock(key, timeout=lock_timeout):
+        stage("locked")
+        try:
+            stored = store.read(key)
+        except StoreError as exc:
+            # An unreadable record cannot be revoked, but it must still go.
+            event(logging.WARNING, "logout.unreadable", key=str(key), error=type(exc).__name__)
+            removed = store.delete(key)
+            stage("deleted")
+            return LogoutResult(removed, problems=(f"the stored record was unreadable: {exc}",))
+        if stored is None:
+            return LogoutResult(False)
+        store.delete(key, expected_version=stored.version)
+        stage("deleted")
+        event(logging.INFO, "logout.deleted", key=str(key), version=stored.version)
+        record = stored.record
+        if not revoke or not record.revocation_endpoint:
+            return LogoutResult(True, revocation_supported=bool(record.revocation_endpoint))
+        revoked, problems = _revoke_all(record, http, str(key))
+        return LogoutResult(True, revoked, True, problems)
+
+
+def _revoke_all(
+    record: Credential, http: httpx.Client | None, key: str
+) -> tuple[tuple[TokenKind, ...], tuple[str, ...]]:
+    own = http is None
+    client = http or httpx.Client(follow_redirects=False, trust_env=False)
+    revoked: list[TokenKind] = []
+    problems: list[str] = []
+    try:
+        # The refresh token first: most servers then revoke the whole grant with it.
+        kinds: tuple[TokenKind, ...] = ("refresh_token", "access_token")
+        for kind in kinds:
+            try:
+                request = revocation_request(record, kind)
+                if request is None:
+                    continue
+                http_request = request.to_httpx()
+                http_request.extensions["timeout"] = REVOCATION_TIMEOUT.as_dict()
+                response = client.send(http_request)
+                check_revocation_response(response.status_code, kind)
+            except httpx.HTTPError as exc:
+                problems.append(f"{kind} not revoked: {type(exc).__name__}")
+            except GrantkeeperError as exc:
+                problems.append(exc.message)
+            else:
+                revoked.append(kind)
+    finally:
+        if own:
+            client.close()
+    event(
+        logging.INFO if not problems else logging.WARNING,
+        "logout.revoked",
+        key=key,
+        revoked=",".join(revoked) or None,
+        failed=len(problems) or None,
+    )
+    return tuple(revoked), tuple(problems)

@@ -1,0 +1,62 @@
+"""Auth status of configured servers: from the store alone, or probed with ``check``."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import httpx
+
+from ._errors import OAuthUnsupported, ProtocolError, StoreCorrupt
+from ._freshness import DEFAULT_SKEW, Clock, utc_now
+from ._servers import ServerConfig, load_servers
+from ._status import AuthState, AuthStatus, status_of
+from ._store import Store
+
+
+def known_servers(store: Store, home: str | None = None) -> list[ServerConfig]:
+    """Configured servers, then any stored credential no configured server names."""
+    configured = load_servers(home)
+    keys = {config.key for config in configured}
+    unnamed = [
+        ServerConfig(url=key.server_url, profile=key.profile)
+        for key in store.keys()
+        if key not in keys
+    ]
+    return configured + unnamed
+
+
+def auth_status(
+    server: ServerConfig,
+    store: Store,
+    *,
+    check: bool = False,
+    http: httpx.Client | None = None,
+    clock: Clock = utc_now,
+    skew: timedelta = DEFAULT_SKEW,
+) -> AuthStatus:
+    """``server``'s status. Offline it reads only the store; ``check`` also runs discovery,
+    which tells ``login_required`` from ``unsupported`` and finds broken metadata."""
+    key = server.key
+    if server.bearer_token or server.bearer_token_env:
+        return status_of(key, None, now=clock(), store=store.name, bearer=True)
+    try:
+        stored = store.read(key)
+    except StoreCorrupt as exc:
+        detail = f"{exc.message}; log in again"
+        return AuthStatus(key, AuthState.REAUTHENTICATION_REQUIRED, detail, store=store.name)
+    status = status_of(
+        key, stored.record if stored else None, now=clock(), skew=skew, store=store.name
+    )
+    if not check:
+        return status
+    from ._discovery import discover
+
+    try:
+        discover(server.url, http=http)
+    except OAuthUnsupported as exc:
+        return dataclasses.replace(status, state=AuthState.UNSUPPORTED, detail=exc.message)
+    except ProtocolError as exc:
+        detail = f"check failed: {exc.message}"
+        return dataclasses.replace(status, detail=f"{status.detail}; {detail}".lstrip("; "))
+    return status

@@ -1,0 +1,277 @@
+"""Named servers: ``GRANTKEEPER_HOME/servers.json`` maps a short name to a server's settings.
+
+A name saves typing (``grantkeeper token notion``) and carries what a URL cannot: a
+profile, a pre-registered client, scopes, or a static bearer token for servers without
+OAuth. The file may hold secrets (a client secret, a bearer token), so it is written
+atomically with mode 0600 and never followed through a symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._errors import ProtocolError, ServerConfigError
+from ._paths import grantkeeper_home
+from ._record import CredentialKey, canonical_url
+from ._redact import redact
+from ._urls import require_secure
+
+SERVERS_FILE = "servers.json"
+FILE_FORMAT = "grantkeeper-servers"
+"""Marks the file, so a stray JSON file is never mistaken for it."""
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""Names are typed on command lines: short, no spaces, no URL punctuation."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One MCP server and how to authenticate to it. ``repr`` hides every secret."""
+
+    url: str
+    name: str | None = None
+    profile: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scope: str | None = None
+    bearer_token: str | None = None
+    bearer_token_env: str | None = None
+    """Name of an environment variable holding the bearer token (keeps it out of the file)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra static headers for the MCP transport, e.g. an API key."""
+    callback_port: int | None = None
+    """A fixed loopback port for the login redirect, for clients registered with one."""
+
+    def __repr__(self) -> str:
+        shown = [f"url={self.url!r}", f"name={self.name!r}"]
+        if self.profile:
+            shown.append(f"profile={self.profile!r}")
+        if self.client_id:
+            shown.append(f"client_id={self.client_id!r}")
+        if self.client_secret:
+            shown.append(f"client_secret={redact(self.client_secret)!r}")
+        if self.bearer_token:
+            shown.append(f"bearer_token={redact(self.bearer_token)!r}")
+        if self.headers:
+            shown.append(f"headers={sorted(self.headers)!r}")
+        return f"ServerConfig({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    @property
+    def key(self) -> CredentialKey:
+        """The key of this server's OAuth credential in the store."""
+        return CredentialKey.for_server(self.url, self.profile)
+
+    @property
+    def label(self) -> str:
+        """How to name this server to a person: its name, else its URL."""
+        return self.name or self.url
+
+    def bearer(self) -> str | None:
+        """The static bearer token, from the file or the environment, if one is configured."""
+        if self.bearer_token_env:
+            value = os.environ.get(self.bearer_token_env)
+            if not value:
+                raise ServerConfigError(
+                    f"server {self.label!r} takes its token from ${self.bearer_token_env}, "
+                    "which is not set"
+                )
+            return value
+        return self.bearer_token
+
+
+def _path(home: str | os.PathLike[str] | None) -> Path:
+    return (Path(home) if home is not None else grantkeeper_home()) / SERVERS_FILE
+
+
+def _from_json(name: str, data: Any) -> ServerConfig:
+    if not isinstance(data, dict):
+        raise ServerConfigError(f"{SERVERS_FILE}: server {name!r} is not an object")
+    known = {f.name for f in fields(ServerConfig)} - {"name"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ServerConfigError(f"{SERVERS_FILE}: server {name!r} has unknown keys {unknown}")
+    try:
+        config = ServerConfig(name=name, **data)
+        require_secure(config.url, f"server {name!r} url")
+    except TypeError:
+        raise ServerConfigError(f"{SERVERS_FILE}: server {name!r} is malformed") from None
+    except ServerConfigError:
+        raise
+    except ProtocolError as exc:
+        raise ServerConfigError(f"{SERVERS_FILE}: {exc}") from None
+    bad_types = [
+        f.name
+        for f in fields(ServerConfig)
+        if f.name not in ("headers", "callback_port")
+        and getattr(config, f.name) is not None
+        and not isinstance(getattr(config, f.name), str)
+    ]
+    if bad_types or not isinstance(config.headers, dict):
+        raise ServerConfigError(f"{SERVERS_FILE}: server {name!r} has malformed {bad_types}")
+    return config
+
+
+def _to_json(config: ServerConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data.pop("name")
+    return {k: v for k, v in data.items() if v not in (None, {}, "")}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ServerConfigError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read()
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
+        raise ServerConfigError(f"{path} is malformed; fix or delete it")
+    servers = document.get("servers", {})
+    if not isinstance(servers, dict):
+        raise ServerConfigError(f"{path}: servers is not an object")
+    return servers
+
+
+def load_servers(home: str | os.PathLike[str] | None = None) -> list[ServerConfig]:
+    """Every configured server, sorted by name."""
+    servers = _read(_path(home))
+    return [_from_json(name, servers[name]) for name in sorted(servers)]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(
+        path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held for one small read-modify-write
+        yield
+    finally:
+        os.close(fd)
+
+
+def _update(home: str | os.PathLike[str] | None, change: Callable[[dict[str, Any]], None]) -> None:
+    path = _path(home)
+    with _locked(path):
+        servers = _read(path)
+        change(servers)
+        payload = json.dumps({"format": FILE_FORMAT, "servers": servers}, indent=2).encode()
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".servers-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:  # mkstemp creates it 0600
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
+
+def default_name(url: str) -> str:
+    """A name for ``url`` when none is given: its host, with the port if not the default."""
+    parts = urlsplit(canonical_url(url))
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", parts.netloc).strip("-.") or "server"
+
+
+def save_server(config: ServerConfig, home: str | os.PathLike[str] | None = None) -> ServerConfig:
+    """Add or replace the server ``config.name`` (derived from the URL when ``None``).
+
+    A derived name already used by another URL gets a numeric suffix; an explicit one
+    replaces the old entry, as the user asked.
+    """
+    require_secure(config.url, "server URL")
+    saved: list[ServerConfig] = []
+
+    def change(servers: dict[str, Any]) -> None:
+        name = config.name
+        if name is None:
+            base = default_name(config.url)
+            name, n = base, 1
+            while name in servers and not _same_server(servers[name], config):
+                n += 1
+                name = f"{base}-{n}"
+        if not NAME_PATTERN.match(name):
+            raise ServerConfigError(
+                f"server name {name[:70]!r} must be letters, digits, '.', '_' or '-'"
+            )
+        final = ServerConfig(**{**asdict(config), "name": name})
+        servers[name] = _to_json(final)
+        saved.append(final)
+
+    _update(home, change)
+    return saved[0]
+
+
+def _same_server(data: Any, config: ServerConfig) -> bool:
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return False
+    try:
+        return (
+            canonical_url(data["url"]) == canonical_url(config.url)
+            and data.get("profile") == config.profile
+        )
+    except ValueError:
+        return False
+
+
+def remove_server(name: str, home: str | os.PathLike[str] | None = None) -> bool:
+    """Forget the server ``name``; return whether it was configured."""
+    found: list[bool] = []
+    _update(home, lambda servers: found.append(servers.pop(name, None) is not None))
+    return found[0]
+
+
+def _looks_like_url(text: str) -> bool:
+    return "://" in text
+
+
+def resolve_server(
+    name_or_url: str, home: str | os.PathLike[str] | None = None, *, profile: str | None = None
+) -> ServerConfig:
+    """The server a user means by ``name_or_url``.
+
+    A name must be configured. A URL matches a configured server with the same canonical
+    URL (and ``profile``), else stands for itself with default settings.
+    """
+    text = name_or_url.strip()
+    servers = load_servers(home)
+    if not _looks_like_url(text):
+        for config in servers:
+            if config.name == text:
+                return config
+        known = ", ".join(c.name for c in servers if c.name) or "none yet"
+        raise ServerConfigError(
+            f"no server named {text[:70]!r} (configured: {known}); "
+            "use a URL, or run: grantkeeper login URL --name NAME"
+        )
+    try:
+        url = canonical_url(require_secure(text, "server URL"))
+    except ValueError:
+        raise ServerConfigError(f"{text[:200]!r} is not an http(s) URL") from None
+    except ProtocolError as exc:  # plain HTTP off loopback, a fragment
+        raise ServerConfigError(str(exc)) from None
+    for config in servers:
+        if canonical_url(config.url) == url and config.profile == profile:
+            return config
+    return ServerConfig(url=url, profile=profile)

@@ -1,0 +1,240 @@
+"""Discovery through httpx.MockTransport: the happy orders, the fallbacks and every refusal."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from grantkeeper import OAuthUnsupported
+from grantkeeper._as_metadata import AuthServerMetadata
+from grantkeeper._discovery import (
+    ResourceMetadata,
+    choose_scope,
+    discover,
+    resource_matches,
+    resource_metadata_urls,
+)
+from grantkeeper._errors import ProtocolError
+from grantkeeper._www_authenticate import Challenge
+
+SERVER = "https://mcp.example.com/v1/mcp"
+ISSUER = "https://auth.example.com"
+PRM_PATH = "https://mcp.example.com/.well-known/oauth-protected-resource/v1/mcp"
+PRM_ROOT = "https://mcp.example.com/.well-known/oauth-protected-resource"
+AS_META = "https://auth.example.com/.well-known/oauth-authorization-server"
+
+
+def as_doc(issuer: str = ISSUER, **changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "registration_endpoint": f"{issuer}/register",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "scopes_supported": ["openid", "offline_access", "mcp"],
+        "code_challenge_methods_supported": ["S256"],
+    }
+    doc.update(changes)
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def prm_doc(resource: str = SERVER, **changes: Any) -> dict[str, Any]:
+    return {"resource": resource, "authorization_servers": [ISSUER], **changes}
+
+
+Route = tuple[int, Any] | tuple[int, Any, dict[str, str]]
+
+
+def client(routes: dict[str, Route], seen: list[str] | None = None) -> httpx.Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        if seen is not None:
+            seen.append(f"{request.method} {url}")
+        route = routes.get(url)
+        if route is None:
+            return httpx.Response(404)
+        status, body, *rest = route
+        headers = rest[0] if rest else {}
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.Response(status, content=content, headers=headers)
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+def challenge(**params: str) -> dict[str, str]:
+    text = ", ".join(f'{k}="{v}"' for k, v in params.items())
+    return {"WWW-Authenticate": f"Bearer {text}".strip()}
+
+
+def test_metadata_urls_try_the_hint_then_path_aware_then_root() -> None:
+    hint = "https://mcp.example.com/meta"
+    assert resource_metadata_urls(SERVER, hint) == [hint, PRM_PATH, PRM_ROOT]
+    assert resource_metadata_urls("https://mcp.example.com/") == [PRM_ROOT]
+
+
+def test_the_challenge_hint_is_used_first() -> None:
+    hint = "https://mcp.example.com/custom-prm"
+    seen: list[str] = []
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge(resource_metadata=hint, scope="mcp:read")),
+        hint: (200, prm_doc(scopes_supported=["mcp"])),
+        AS_META: (200, as_doc()),
+    }
+    found = discover(SERVER, http=client(routes, seen))
+    assert found.resource == SERVER and found.metadata.issuer == ISSUER
+    assert found.challenge is not None and found.challenge.scope == "mcp:read"
+    assert f"GET {PRM_PATH}" not in seen
+    assert not found.legacy
+
+
+def test_path_aware_then_root_resource_metadata_without_a_hint() -> None:
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge(error="invalid_token")),
+        PRM_ROOT: (200, prm_doc("https://mcp.example.com/")),
+        AS_META: (200, as_doc()),
+    }
+    seen: list[str] = []
+    found = discover(SERVER, http=client(routes, seen))
+    assert found.resource == "https://mcp.example.com/"  # a parent resource covers the path
+    assert seen.index(f"GET {PRM_PATH}") < seen.index(f"GET {PRM_ROOT}")
+
+
+def test_openid_configuration_is_the_fallback_for_the_authorization_server() -> None:
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge(resource_metadata=PRM_PATH)),
+        PRM_PATH: (200, prm_doc()),
+        "https://auth.example.com/.well-known/openid-configuration": (200, as_doc()),
+    }
+    assert discover(SERVER, http=client(routes)).metadata.token_endpoint == f"{ISSUER}/token"
+
+
+@pytest.mark.parametrize(
+    ("resource", "ok"),
+    [
+        (SERVER, True),
+        ("https://MCP.example.com:443/v1/mcp", True),
+        ("https://mcp.example.com/v1", True),
+        ("https://mcp.example.com/v1/mcp/other", False),
+        ("https://mcp.example.com/v", False),
+        ("https://evil.example.com/v1/mcp", False),
+        ("http://mcp.example.com/v1/mcp", False),
+        ("not a url", False),
+    ],
+)
+def test_resource_must_match_the_server(resource: str, ok: bool) -> None:
+    assert resource_matches(SERVER, resource) is ok
+
+
+def test_resource_metadata_for_another_resource_is_refused() -> None:
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge(resource_metadata=PRM_PATH)),
+        PRM_PATH: (200, prm_doc("https://evil.example.com/mcp")),
+        AS_META: (200, as_doc()),
+    }
+    with pytest.raises(ProtocolError, match="refusing"):
+        discover(SERVER, http=client(routes))
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        (as_doc("https://other.example.com"), "expected"),
+        (as_doc(token_endpoint="http://auth.example.com/token"), "HTTPS"),
+        (as_doc(token_endpoint=None), "token_endpoint is missing"),
+        (as_doc(authorization_endpoint=None), "authorization_endpoint is missing"),
+        (as_doc(code_challenge_methods_supported=["plain"]), "S256"),
+        (b"<html>oops</html>", "not JSON"),
+        ([1, 2], "not a JSON object"),
+        (b"{" + b" " * (300 * 1024) + b"}", "too large"),
+    ],
+)
+def test_bad_authorization_server_metadata_is_a_typed_error(doc: Any, match: str) -> None:
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge(resource_metadata=PRM_PATH)),
+        PRM_PATH: (200, prm_doc()),
+        AS_META: (200, doc),
+    }
+    with pytest.raises(ProtocolError, match=match):
+        discover(SERVER, http=client(routes))
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        (prm_doc(authorization_servers=[]), "names no authorization server"),
+        (prm_doc(authorization_servers=["http://auth.example.com"]), "HTTPS"),
+        ({"authorization_servers": [ISSUER]}, "has no resource"),
+        (b"nope", "not JSON"),
+    ],
+)
+def test_bad_resource_metadata_is_a_typed_error(doc: Any, match: str) -> None:
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge(resource_metadata=PRM_PATH)),
+        PRM_PATH: (200, doc),
+    }
+    with pytest.raises(ProtocolError, match=match):
+        discover(SERVER, http=client(routes))
+
+
+def test_a_server_error_on_a_metadata_url_stops_discovery() -> None:
+    routes: dict[str, Route] = {SERVER: (401, {}, challenge()), PRM_PATH: (500, b"")}
+    with pytest.raises(ProtocolError, match="HTTP 500"):
+        discover(SERVER, http=client(routes))
+
+
+def test_plain_http_is_refused_off_loopback() -> None:
+    with pytest.raises(ProtocolError, match="HTTPS"):
+        discover("http://mcp.example.com/mcp", http=client({}))
+
+
+def test_legacy_server_without_resource_metadata_uses_its_origin() -> None:
+    origin_meta = "https://mcp.example.com/.well-known/oauth-authorization-server"
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge()),
+        origin_meta: (200, as_doc("https://mcp.example.com")),
+    }
+    found = discover(SERVER, http=client(routes))
+    assert found.legacy and found.resource_metadata is None
+    assert found.metadata.issuer == "https://mcp.example.com"
+    assert found.resource == SERVER
+
+
+def test_legacy_server_with_no_metadata_at_all_gets_the_default_endpoints() -> None:
+    found = discover(SERVER, http=client({SERVER: (401, {}, challenge())}))
+    assert found.metadata.token_endpoint == "https://mcp.example.com/token"
+    assert found.metadata.authorization_endpoint == "https://mcp.example.com/authorize"
+
+
+def test_a_server_that_wants_no_token_is_unsupported() -> None:
+    with pytest.raises(OAuthUnsupported, match="HTTP 200"):
+        discover(SERVER, http=client({SERVER: (200, {"jsonrpc": "2.0"})}))
+
+
+def test_a_known_challenge_skips_the_probe() -> None:
+    seen: list[str] = []
+    routes: dict[str, Route] = {PRM_PATH: (200, prm_doc()), AS_META: (200, as_doc())}
+    discover(SERVER, http=client(routes, seen), challenge=Challenge("bearer", {}))
+    assert f"POST {SERVER}" not in seen
+
+
+META = AuthServerMetadata(
+    issuer=ISSUER,
+    authorization_endpoint=f"{ISSUER}/a",
+    token_endpoint=f"{ISSUER}/t",
+    scopes_supported=("openid", "offline_access", "mcp"),
+)
+PRM = ResourceMetadata(SERVER, (ISSUER,), ("mcp:read", "mcp:write"))
+
+
+def test_scope_precedence_explicit_challenge_resource_server() -> None:
+    asked = Challenge("bearer", {"scope": "mcp:admin"})
+    assert choose_scope("a b", asked, PRM, META) == "a b offline_access"
+    assert choose_scope(None, asked, PRM, META) == "mcp:admin offline_access"
+    assert choose_scope(None, None, PRM, META) == "mcp:read mcp:write offline_access"
+    assert choose_scope(None, None, None, META) == "openid offline_access mcp"
+    no_offline = AuthServerMetadata(ISSUER, f"{ISSUER}/a", f"{ISSUER}/t")
+    assert choose_scope(None, None, None, no_offline) is None
+    assert choose_scope("x offline_access", None, None, META) == "x offline_access"
