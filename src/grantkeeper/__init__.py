@@ -11,6 +11,7 @@ from ._errors import (
     ClientRegistrationInvalid,
     DeadlineExceeded,
     GrantkeeperError,
+    InsufficientScope,
     LockTimeout,
     LoginRequired,
     MalformedResponse,
@@ -20,6 +21,7 @@ from ._errors import (
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
+    RetryRequired,
     StoreConfigError,
     StoreCorrupt,
     StoreError,
@@ -29,6 +31,7 @@ from ._errors import (
 )
 from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
+from ._http_auth import HttpxAuth
 from ._keeper import Keeper
 from ._keyring_store import KeyringStore
 from ._open_store import open_store
@@ -55,6 +58,8 @@ __all__ = [
     "FileStore",
     "Freshness",
     "GrantkeeperError",
+    "HttpxAuth",
+    "InsufficientScope",
     "Keeper",
     "KeyringStore",
     "LockTimeout",
@@ -68,6 +73,7 @@ __all__ = [
     "ReauthenticationRequired",
     "RefreshIntent",
     "RefreshOutcomeUnknown",
+    "RetryRequired",
     "Store",
     "StoreConfigError",
     "StoreCorrupt",
