@@ -13,7 +13,7 @@ never refreshed because of a 401 for A (the Keeper's attribution). One retry, ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 from ._errors import (
@@ -52,8 +52,11 @@ Step = Acquire | Send
 Flow = Generator[Step, "str | Reply", None]
 
 
-def oauth_flow(*, replayable: Callable[[], bool], key: str | None = None) -> Flow:
-    """The OAuth policy: send the current token; on 401 renew once and retry once."""
+def oauth_flow(*, replayable: bool, key: str | None = None) -> Flow:
+    """The OAuth policy: send the current token; on 401 renew once and retry once.
+
+    ``replayable`` says whether the request's body can be sent a second time.
+    """
     sent = _token((yield Acquire()))
     reply = _reply((yield Send(sent)))
     if reply.status == 401:
@@ -64,7 +67,7 @@ def oauth_flow(*, replayable: Callable[[], bool], key: str | None = None) -> Flo
                 "the server rejected the access token (HTTP 401) and no other one is available",
                 key=key,
             )
-        if not replayable():
+        if not replayable:
             raise RetryRequired(
                 "the server rejected the access token (HTTP 401); a renewed one is in place, "
                 "but the request body was a stream and cannot be replayed: send it again",

@@ -82,10 +82,10 @@ class AuthDriver:
 
     # -- the flow, shared by sync and async ---------------------------------------------
 
-    def _flow(self, request: _Request) -> Flow:
+    def _flow(self, request: _Request, replayable: bool) -> Flow:
         if self.keeper is None:
             return static_flow(token=self._token, key=self._key)
-        return oauth_flow(replayable=lambda: self._replayable(request), key=self._key)
+        return oauth_flow(replayable=replayable, key=self._key)
 
     def steps(self, request: _Request) -> Generator[Acquire | _Request, Any, None]:
         """Yield ``Acquire`` (answer: a token) or the request to send (answer: a response)."""
@@ -94,7 +94,10 @@ class AuthDriver:
             # a redirect's request without Authorization when it leaves the origin.
             yield request
             return
-        flow = self._flow(request)
+        # Judged before sending: a transport that buffers a streamed body while sending
+        # would make it look replayable afterwards, and a real one consumes it.
+        replayable = self._replayable(request)
+        flow = self._flow(request, replayable)
         step = next(flow)
         while True:
             answer: str | Reply
