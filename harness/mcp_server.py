@@ -72,6 +72,8 @@ class Seen:
     status: int
     token: str | None
     session_id: str | None
+    at: float = dataclasses.field(default_factory=time.monotonic, compare=False)
+    """When the answer started (``time.monotonic``), for benchmarks and debugging."""
 
 
 @dataclasses.dataclass
@@ -80,6 +82,8 @@ class _Fault:
     status: int
     remaining: int
     scope: str | None
+    skip: int
+    hold: str | None = None
 
 
 class _IntrospectionVerifier:
@@ -130,6 +134,8 @@ class McpServer:
         self._seen: list[Seen] = []
         self._faults: list[_Fault] = []
         self._expired: set[str] = set()
+        self._refused: dict[str, int] = {}
+        self._held: dict[str, tuple[int, asyncio.Event]] = {}
         self._sessions: set[str] = set()
         self._barrier_waiting = 0
         self._barrier_event: asyncio.Event | None = None
@@ -246,15 +252,31 @@ class McpServer:
     # -- test controls --------------------------------------------------------------------
 
     def fail_next(
-        self, method: str, *, status: int = 401, count: int = 1, scope: str | None = None
+        self,
+        method: str,
+        *,
+        status: int = 401,
+        count: int = 1,
+        scope: str | None = None,
+        skip: int = 0,
     ) -> None:
-        """Answer the next ``count`` ``method`` requests with ``status`` (401 or 403).
+        """Answer ``count`` ``method`` requests with ``status`` (401 or 403), after letting
+        ``skip`` of them through.
 
         A 401 is an ``invalid_token`` challenge, a 403 an ``insufficient_scope`` one naming
         ``scope``; both carry ``resource_metadata`` like the SDK's own.
         """
         with self._condition:
-            self._faults.append(_Fault(method.upper(), status, count, scope))
+            self._faults.append(_Fault(method.upper(), status, count, scope, skip))
+
+    def refuse(self, token: str, *, gather: int = 1) -> None:
+        """Answer 401 to every request that carries ``token``, as if it had been revoked.
+
+        The first ``gather`` such requests are held until all of them have arrived, so a
+        test can have N requests in flight with the same token before any 401 returns.
+        """
+        with self._condition:
+            self._refused[token] = gather
 
     def expire_sessions(self) -> list[str]:
         """Forget every session open now: requests naming one get 404, as after a restart."""
@@ -268,10 +290,13 @@ class McpServer:
         with self._condition:
             return list(self._seen)
 
-    def reset_seen(self) -> None:
-        """Forget the requests recorded so far."""
+    def reset(self) -> None:
+        """Forget the requests recorded so far and any fault not yet used."""
         with self._condition:
             self._seen.clear()
+            self._faults.clear()
+            self._refused.clear()
+            self._held.clear()
 
     def wait_for(
         self, predicate: Callable[[list[Seen]], bool], timeout: float = WAIT_TIMEOUT
@@ -289,13 +314,31 @@ class McpServer:
 
     # -- used by _Controls ----------------------------------------------------------------
 
-    def _take_fault(self, method: str) -> _Fault | None:
+    def _take_fault(self, method: str, token: str | None) -> _Fault | None:
         with self._condition:
+            if token is not None and token in self._refused:
+                return _Fault(method, 401, 1, None, 0, hold=token)
             for fault in self._faults:
                 if fault.method == method and fault.remaining > 0:
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
                     fault.remaining -= 1
                     return fault
             return None
+
+    async def _hold(self, token: str) -> None:
+        """Wait until the number of requests ``refuse(gather=)`` asked for carry ``token``."""
+        with self._condition:
+            gather = self._refused.get(token, 1)
+            count, event = self._held.get(token, (0, asyncio.Event()))
+            count += 1
+            self._held[token] = (count, event)
+        if count >= gather:
+            event.set()
+        if count <= gather:
+            with anyio.fail_after(BARRIER_TIMEOUT):
+                await event.wait()
 
     def _is_expired(self, session_id: str | None) -> bool:
         with self._condition:
@@ -344,8 +387,10 @@ class _Controls:
             await send(message)
 
         try:
-            fault = self.owner._take_fault(method) if scope["path"] == "/mcp" else None
+            fault = self.owner._take_fault(method, token) if scope["path"] == "/mcp" else None
             if fault is not None:
+                if fault.hold is not None:
+                    await self.owner._hold(fault.hold)
                 await self._challenge(fault, recording_send)
             elif scope["path"] == "/mcp" and self.owner._is_expired(session_id):
                 await _json(recording_send, 404, _SESSION_NOT_FOUND)

@@ -9,7 +9,7 @@ request gets at most one OAuth retry, each call at most one new session, in eith
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
@@ -47,6 +47,35 @@ def httpx2_auth(
     return Httpx2Auth(keeper)
 
 
+class _Observed(httpx2.Auth):
+    """Remembers the grantkeeper error an auth flow raised.
+
+    The SDK's transport runs requests in its own tasks; an error there may reach the caller
+    only as "Connection closed". The session raises the remembered error instead.
+    """
+
+    def __init__(self, inner: httpx2.Auth) -> None:
+        self.inner = inner
+        self.error: GrantkeeperError | None = None
+
+    async def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        flow = self.inner.async_auth_flow(request)
+        try:
+            outgoing = await flow.__anext__()
+            while True:
+                response = yield outgoing
+                outgoing = await flow.asend(response)
+        except StopAsyncIteration:
+            return
+        except GrantkeeperError as exc:
+            self.error = exc
+            raise
+        finally:
+            await flow.aclose()
+
+
 class McpSession:
     """An ``mcp`` 2.x client session that survives session expiry (once per call).
 
@@ -54,10 +83,13 @@ class McpSession:
     underlying ``mcp.Client`` (``session.client``).
     """
 
-    def __init__(self, url: str, http: httpx2.AsyncClient, *, mode: str) -> None:
+    def __init__(
+        self, url: str, http: httpx2.AsyncClient, *, mode: str, auth: _Observed | None = None
+    ) -> None:
         self.url = url
         self._http = http
         self._mode = mode
+        self._auth = auth
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Client | None = None
         # Bumped by a response hook for every 404 to a request that named a session.
@@ -106,13 +138,24 @@ class McpSession:
         before = self.expiries
         try:
             return await call(self.client)
-        except MCPError:
-            if self.expiries == before:
+        except BaseException as exc:
+            self._raise_auth_error(exc)
+            if not isinstance(exc, MCPError) or self.expiries == before:
                 raise
         self.reconnects += 1
         await self.aclose()
         await self.open()
-        return await call(self.client)
+        try:
+            return await call(self.client)
+        except BaseException as exc:
+            self._raise_auth_error(exc)
+            raise
+
+    def _raise_auth_error(self, exc: BaseException) -> None:
+        """Raise the auth flow's error, if it caused ``exc``; the session is then dead."""
+        error = self._auth.error if self._auth is not None else None
+        if error is not None and error is not exc:
+            raise error from exc
 
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any] | None = None
@@ -145,13 +188,12 @@ async def connect(
     A grantkeeper error raised inside the transport's tasks (say, authentication is
     required) reaches the caller as itself, not wrapped in an exception group.
     """
-    auth = httpx2_auth(url, keeper=keeper, token=token, headers=headers)
-    session: McpSession | None = None
+    auth = _Observed(httpx2_auth(url, keeper=keeper, token=token, headers=headers))
     try:
         async with httpx2.AsyncClient(
             auth=auth, headers=dict(headers or {}), timeout=http_timeout, follow_redirects=False
         ) as http:
-            session = McpSession(url, http, mode=mode)
+            session = McpSession(url, http, mode=mode, auth=auth)
             http.event_hooks["response"].append(session._on_response)
             await session.open()
             try:
