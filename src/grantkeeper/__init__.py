@@ -17,6 +17,7 @@ from ._errors import (
     ClientRegistrationInvalid,
     DeadlineExceeded,
     GrantkeeperError,
+    InsufficientScope,
     LockTimeout,
     LoginFailed,
     LoginRequired,
@@ -28,6 +29,7 @@ from ._errors import (
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
+    RetryRequired,
     ServerConfigError,
     StoreConfigError,
     StoreCorrupt,
@@ -38,6 +40,7 @@ from ._errors import (
 )
 from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
+from ._http_auth import HttpxAuth
 from ._keeper import Keeper
 from ._keyring_store import KeyringStore
 from ._login import Authorize
@@ -78,6 +81,8 @@ __all__ = [
     "FileStore",
     "Freshness",
     "GrantkeeperError",
+    "HttpxAuth",
+    "InsufficientScope",
     "Keeper",
     "KeyringStore",
     "LockTimeout",
@@ -95,6 +100,7 @@ __all__ = [
     "RefreshIntent",
     "RefreshOutcomeUnknown",
     "ResourceMetadata",
+    "RetryRequired",
     "ServerConfig",
     "ServerConfigError",
     "Store",

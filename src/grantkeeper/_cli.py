@@ -28,6 +28,7 @@ EXIT_AUTH = 3
 COMMAND_MODULES = (
     "grantkeeper._cli_auth",
     "grantkeeper._cli_stores",
+    "grantkeeper._cli_tools",
 )
 """Modules whose ``COMMANDS`` make up the CLI, searched in this order."""
 

@@ -5,7 +5,8 @@
     │   ├── LoginRequired                 nothing stored (never logged in, or logged out)
     │   ├── ReauthenticationRequired      stored but unusable: refresh rejected, no refresh
     │   │                                 token, grant marked dead, outcome unknown too often
-    │   └── ClientRegistrationInvalid     the authorization server no longer knows the client
+    │   ├── ClientRegistrationInvalid     the authorization server no longer knows the client
+    │   └── InsufficientScope             403 insufficient_scope: log in again with .scope
     ├── AccountChanged                    the store now holds another account's credential
     ├── ProviderError                     the token endpoint misbehaved
     │   ├── ProviderUnavailable           429, 503, refused: nothing was spent (retryable)
@@ -25,6 +26,8 @@
     │   ├── StoreConfigError              a bad store spec, setting or encryption key
     │   ├── VersionConflict               compare-and-swap lost
     │   └── LockTimeout                   the credential lock was not free in time (retryable)
+    ├── RetryRequired                     a 401 was recovered from, but the request body cannot
+    │                                     be replayed: send the request again (retryable)
     ├── PersistencePending                a refreshed token could not be written and the
     │                                     store still holds the spent one: fail closed
     └── DeadlineExceeded                  the caller's deadline passed while a refresh ran
@@ -45,6 +48,7 @@ __all__ = [
     "ClientRegistrationInvalid",
     "DeadlineExceeded",
     "GrantkeeperError",
+    "InsufficientScope",
     "LockTimeout",
     "LoginFailed",
     "LoginRequired",
@@ -56,6 +60,7 @@ __all__ = [
     "ProviderUnavailable",
     "ReauthenticationRequired",
     "RefreshOutcomeUnknown",
+    "RetryRequired",
     "ServerConfigError",
     "StoreConfigError",
     "StoreCorrupt",
@@ -103,6 +108,20 @@ class ClientRegistrationInvalid(AuthenticationRequired):
     """The authorization server does not know our client any more (``invalid_client``)."""
 
     requires_login = True
+
+
+class InsufficientScope(AuthenticationRequired):
+    """The server answered 403 ``insufficient_scope``: the token lacks a scope it needs.
+
+    Refreshing cannot add a scope; a new login that asks for :attr:`scope` can.
+    """
+
+    requires_reauthentication = True
+
+    def __init__(self, message: str, *, key: str | None = None, scope: str | None = None) -> None:
+        super().__init__(message, key=key)
+        #: The scope the server asked for (space-separated), when its challenge named one.
+        self.scope = scope
 
 
 class AccountChanged(GrantkeeperError):
@@ -221,6 +240,16 @@ class VersionConflict(StoreError):
 
 class LockTimeout(StoreError):
     """The credential's transaction lock was not acquired in time. Nothing was stolen."""
+
+    retryable = True
+
+
+class RetryRequired(GrantkeeperError):
+    """A 401 was answered by renewing the credential, but the request cannot be replayed.
+
+    Its body was a stream that has been consumed. The renewed credential is in place:
+    sending the request again will use it.
+    """
 
     retryable = True
 

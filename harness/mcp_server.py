@@ -1,0 +1,433 @@
+"""A real MCP server for tests and benchmarks: the ``mcp`` package's streamable HTTP on loopback.
+
+It is an OAuth protected resource (RFC 9728) of an :class:`~harness.authserver.AuthServer`:
+bearer tokens are checked by token introspection (opaque tokens, so a revoked token fails
+at once), metadata is served at ``/.well-known/oauth-protected-resource/mcp`` and a 401
+carries ``WWW-Authenticate: Bearer ..., resource_metadata="..."``.
+
+Tools: ``echo``, ``add``, ``slow(ms)``, ``whoami`` and ``barrier(n)``, which returns only
+once ``n`` calls are inside it at the same time (a concurrency proof without timing).
+
+Around the SDK's app sits a thin test-control layer: it records every HTTP request (method,
+status, session id, the bearer token sent), and on demand answers the next requests of a
+method with 401 or 403, or treats sessions as expired (404, as the SDK answers an unknown
+session). Tests wait for what they expect with :meth:`McpServer.wait_for`, never by sleeping.
+
+    with AuthServer() as auth, McpServer(auth_server=auth) as mcp:
+        ... mcp.url ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+import uvicorn
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from harness import remember_secret
+from harness.authserver import AuthServer
+
+INTROSPECTOR = ("introspector", "introspector-secret")
+"""The static client harness/oidc registers for token introspection."""
+
+START_TIMEOUT = 15.0
+"""Seconds to wait for uvicorn to accept connections."""
+
+BARRIER_TIMEOUT = 20.0
+"""A barrier that never fills fails after this long instead of hanging the suite."""
+
+WAIT_TIMEOUT = 20.0
+"""Default bound of :meth:`McpServer.wait_for`: a safety net, not a synchronisation."""
+
+SESSION_HEADER = "mcp-session-id"
+
+_SESSION_NOT_FOUND = {
+    "jsonrpc": "2.0",
+    "id": None,
+    "error": {"code": -32600, "message": "Session not found"},
+}
+"""The SDK's own answer to an unknown session id."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """One HTTP request the server answered."""
+
+    method: str
+    path: str
+    status: int
+    token: str | None
+    session_id: str | None
+    at: float = dataclasses.field(default_factory=time.monotonic, compare=False)
+    """When the answer started (``time.monotonic``), for benchmarks and debugging."""
+
+
+@dataclasses.dataclass
+class _Fault:
+    method: str
+    status: int
+    remaining: int
+    scope: str | None
+    skip: int
+    hold: str | None = None
+
+
+class _IntrospectionVerifier:
+    """``mcp``'s TokenVerifier, asking the authorization server about each token (RFC 7662)."""
+
+    def __init__(self, introspection_endpoint: str) -> None:
+        self.endpoint = introspection_endpoint
+        self.calls = 0
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        self.calls += 1
+        async with httpx.AsyncClient(timeout=10.0, trust_env=False) as http:
+            response = await http.post(self.endpoint, data={"token": token}, auth=INTROSPECTOR)
+        if response.status_code != 200:
+            return None
+        claims = response.json()
+        if not claims.get("active"):
+            return None
+        audience = claims.get("aud")
+        resource = audience[0] if isinstance(audience, list) and audience else audience
+        return AccessToken(
+            token=token,
+            client_id=str(claims.get("client_id", "")),
+            scopes=str(claims.get("scope", "")).split(),
+            expires_at=claims.get("exp"),
+            resource=resource if isinstance(resource, str) else None,
+            subject=claims.get("sub"),
+            claims={"iss": claims.get("iss")},
+        )
+
+
+class McpServer:
+    """A protected MCP server on 127.0.0.1, served by uvicorn on a thread of its own."""
+
+    url: str
+
+    def __init__(
+        self,
+        *,
+        auth_server: AuthServer | None,
+        required_scopes: tuple[str, ...] = (),
+        json_response: bool = False,
+    ) -> None:
+        self.auth_server = auth_server
+        self.required_scopes = required_scopes
+        self.json_response = json_response
+        self._condition = threading.Condition()
+        self._seen: list[Seen] = []
+        self._faults: list[_Fault] = []
+        self._expired: set[str] = set()
+        self._refused: dict[str, int] = {}
+        self._held: dict[str, tuple[int, asyncio.Event]] = {}
+        self._sessions: set[str] = set()
+        self._barrier_waiting = 0
+        self._barrier_event: asyncio.Event | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._verifier: _IntrospectionVerifier | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> McpServer:
+        """Bind an ephemeral port, build the app for it, and serve until :meth:`stop`."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        self.origin = f"http://127.0.0.1:{port}"
+        self.url = f"{self.origin}/mcp"
+        app = _Controls(self._build_app(), self)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none")
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="mcp-server", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the MCP server did not start")
+            time.sleep(0.01)  # polling uvicorn's own readiness flag; no test state depends on it
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the thread. Safe to call more than once."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+        self._server = self._thread = None
+
+    def __enter__(self) -> McpServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _build_app(self) -> ASGIApp:
+        auth: AuthSettings | None = None
+        verifier: _IntrospectionVerifier | None = None
+        if self.auth_server is not None:
+            discovery = httpx.get(
+                f"{self.auth_server.issuer}/.well-known/openid-configuration",
+                timeout=10.0,
+                trust_env=False,
+            ).json()
+            verifier = _IntrospectionVerifier(discovery["introspection_endpoint"])
+            auth = AuthSettings(
+                issuer_url=self.auth_server.issuer,  # type: ignore[arg-type]
+                resource_server_url=self.url,  # type: ignore[arg-type]
+                required_scopes=list(self.required_scopes) or None,
+                validate_token_resource=True,
+            )
+        self._verifier = verifier
+        server: MCPServer[Any] = MCPServer("grantkeeper-test", token_verifier=verifier, auth=auth)
+
+        @server.tool()
+        def echo(text: str) -> str:
+            """Return ``text``."""
+            return text
+
+        @server.tool()
+        def add(a: int, b: int) -> int:
+            """Return ``a + b``."""
+            return a + b
+
+        @server.tool()
+        async def slow(ms: int) -> str:
+            """Sleep ``ms`` milliseconds (load for benchmarks), then answer."""
+            await anyio.sleep(ms / 1000)
+            return f"slept {ms} ms"
+
+        @server.tool()
+        def whoami() -> dict[str, Any]:
+            """Who the bearer token belongs to, as the server sees it."""
+            token = get_access_token()
+            if token is None:
+                return {"subject": None}
+            return {"subject": token.subject, "client_id": token.client_id, "scopes": token.scopes}
+
+        @server.tool()
+        async def barrier(n: int) -> int:
+            """Return only once ``n`` calls are waiting here at the same time."""
+            return await self._barrier(n)
+
+        return server.streamable_http_app(json_response=self.json_response)
+
+    async def _barrier(self, n: int) -> int:
+        if self._barrier_event is None or self._barrier_event.is_set():
+            self._barrier_event = asyncio.Event()
+            self._barrier_waiting = 0
+        event = self._barrier_event
+        self._barrier_waiting += 1
+        if self._barrier_waiting >= n:
+            event.set()
+        with anyio.fail_after(BARRIER_TIMEOUT):
+            await event.wait()
+        return n
+
+    # -- test controls --------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        method: str,
+        *,
+        status: int = 401,
+        count: int = 1,
+        scope: str | None = None,
+        skip: int = 0,
+    ) -> None:
+        """Answer ``count`` ``method`` requests with ``status`` (401 or 403), after letting
+        ``skip`` of them through.
+
+        A 401 is an ``invalid_token`` challenge, a 403 an ``insufficient_scope`` one naming
+        ``scope``; both carry ``resource_metadata`` like the SDK's own.
+        """
+        with self._condition:
+            self._faults.append(_Fault(method.upper(), status, count, scope, skip))
+
+    def refuse(self, token: str, *, gather: int = 1) -> None:
+        """Answer 401 to every request that carries ``token``, as if it had been revoked.
+
+        The first ``gather`` such requests are held until all of them have arrived, so a
+        test can have N requests in flight with the same token before any 401 returns.
+        """
+        with self._condition:
+            self._refused[token] = gather
+
+    def expire_sessions(self) -> list[str]:
+        """Forget every session open now: requests naming one get 404, as after a restart."""
+        with self._condition:
+            expired = sorted(self._sessions - self._expired)
+            self._expired.update(expired)
+            return expired
+
+    def seen(self) -> list[Seen]:
+        """Every request answered so far, oldest first."""
+        with self._condition:
+            return list(self._seen)
+
+    def reset(self) -> None:
+        """Forget the requests recorded so far and any fault not yet used."""
+        with self._condition:
+            self._seen.clear()
+            self._faults.clear()
+            self._refused.clear()
+            self._held.clear()
+
+    def wait_for(
+        self, predicate: Callable[[list[Seen]], bool], timeout: float = WAIT_TIMEOUT
+    ) -> list[Seen]:
+        """Block until ``predicate(seen)`` holds; raise ``TimeoutError`` after ``timeout``."""
+        with self._condition:
+            if not self._condition.wait_for(lambda: predicate(self._seen), timeout):
+                raise TimeoutError("the MCP server never saw what the test waited for")
+            return list(self._seen)
+
+    @property
+    def introspections(self) -> int:
+        """How many times the server asked the authorization server about a token."""
+        return self._verifier.calls if self._verifier else 0
+
+    # -- used by _Controls ----------------------------------------------------------------
+
+    def _take_fault(self, method: str, token: str | None) -> _Fault | None:
+        with self._condition:
+            if token is not None and token in self._refused:
+                return _Fault(method, 401, 1, None, 0, hold=token)
+            for fault in self._faults:
+                if fault.method == method and fault.remaining > 0:
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
+                    fault.remaining -= 1
+                    return fault
+            return None
+
+    async def _hold(self, token: str) -> None:
+        """Wait until the number of requests ``refuse(gather=)`` asked for carry ``token``."""
+        with self._condition:
+            gather = self._refused.get(token, 1)
+            count, event = self._held.get(token, (0, asyncio.Event()))
+            count += 1
+            self._held[token] = (count, event)
+        if count >= gather:
+            event.set()
+        if count <= gather:
+            with anyio.fail_after(BARRIER_TIMEOUT):
+                await event.wait()
+
+    def _is_expired(self, session_id: str | None) -> bool:
+        with self._condition:
+            return session_id is not None and session_id in self._expired
+
+    def _record(self, seen: Seen, new_session: str | None) -> None:
+        with self._condition:
+            self._seen.append(seen)
+            if new_session:
+                self._sessions.add(new_session)
+            self._condition.notify_all()
+
+
+class _Controls:
+    """ASGI wrapper: records requests and injects the faults a test asked for."""
+
+    def __init__(self, app: ASGIApp, owner: McpServer) -> None:
+        self.app = app
+        self.owner = owner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        authorization = headers.get("authorization", "")
+        token = authorization[7:] if authorization.lower().startswith("bearer ") else None
+        remember_secret(token)
+        session_id = headers.get(SESSION_HEADER)
+        method = scope["method"]
+        status = 0
+        new_session: str | None = None
+
+        def record() -> None:
+            self.owner._record(Seen(method, scope["path"], status, token, session_id), new_session)
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status, new_session
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for key, value in message.get("headers", []):
+                    if key.decode("latin-1").lower() == SESSION_HEADER:
+                        new_session = value.decode("latin-1")
+                # Recorded when the answer starts: an event stream may stay open for long.
+                record()
+            await send(message)
+
+        try:
+            fault = self.owner._take_fault(method, token) if scope["path"] == "/mcp" else None
+            if fault is not None:
+                if fault.hold is not None:
+                    await self.owner._hold(fault.hold)
+                await self._challenge(fault, recording_send)
+            elif scope["path"] == "/mcp" and self.owner._is_expired(session_id):
+                await _json(recording_send, 404, _SESSION_NOT_FOUND)
+            else:
+                await self.app(scope, receive, recording_send)
+        finally:
+            if not status:
+                record()  # no answer at all (the app failed or the client went away)
+
+    async def _challenge(self, fault: _Fault, send: Send) -> None:
+        metadata = f"{self.owner.origin}/.well-known/oauth-protected-resource/mcp"
+        if fault.status == 403:
+            params = f'error="insufficient_scope", scope="{fault.scope or ""}"'
+        else:
+            params = 'error="invalid_token", error_description="injected by the test"'
+        challenge = f'Bearer {params}, resource_metadata="{metadata}"'
+        await _json(
+            send,
+            fault.status,
+            {"error": "insufficient_scope" if fault.status == 403 else "invalid_token"},
+            extra=[(b"www-authenticate", challenge.encode())],
+        )
+
+
+async def _json(
+    send: Send, status: int, body: dict[str, Any], extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

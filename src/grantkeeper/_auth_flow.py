@@ -1,0 +1,147 @@
+"""Authenticate one request and recover at most once from a 401: the policy, without I/O.
+
+A flow is a generator. It yields :class:`Acquire` when it needs a credential and
+:class:`Send` when the request should go out with a bearer token; the driver answers an
+``Acquire`` with the access token (from the :class:`~grantkeeper.Keeper`: memory on the
+healthy path, the refresh transaction otherwise) and a ``Send`` with a :class:`Reply`.
+Errors end the flow by raising; the last reply is the response the caller gets.
+
+The flow remembers the exact token it sent, and names that token as rejected after a 401:
+a late 401 for A, after B was installed, is then answered with B and no refresh, and B is
+never refreshed because of a 401 for A (the Keeper's attribution). One retry, never a loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+from ._errors import (
+    AuthenticationRequired,
+    InsufficientScope,
+    ProtocolError,
+    ReauthenticationRequired,
+    RetryRequired,
+)
+from ._www_authenticate import Challenge, parse_challenges
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Asks the driver for an access token; ``rejected`` is the one a server just refused."""
+
+    rejected: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Asks the driver to send the request with ``token``, or its own header when ``None``."""
+
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the flow needs of a response: its status and ``WWW-Authenticate`` values."""
+
+    status: int
+    challenges: tuple[str, ...] = ()
+
+
+Step = Acquire | Send
+Flow = Generator[Step, "str | Reply", None]
+
+
+def oauth_flow(*, replayable: bool, key: str | None = None) -> Flow:
+    """The OAuth policy: send the current token; on 401 renew once and retry once.
+
+    ``replayable`` says whether the request's body can be sent a second time.
+    """
+    sent = _token((yield Acquire()))
+    reply = _reply((yield Send(sent)))
+    if reply.status == 401:
+        _refuse_other_schemes(reply, key)
+        renewed = _token((yield Acquire(rejected=sent)))
+        if renewed == sent:
+            raise ReauthenticationRequired(
+                "the server rejected the access token (HTTP 401) and no other one is available",
+                key=key,
+            )
+        if not replayable:
+            raise RetryRequired(
+                "the server rejected the access token (HTTP 401); a renewed one is in place, "
+                "but the request body was a stream and cannot be replayed: send it again",
+                key=key,
+            )
+        reply = _reply((yield Send(renewed)))
+        if reply.status == 401:
+            raise ReauthenticationRequired(
+                "the server rejected the renewed access token too (HTTP 401); log in again",
+                key=key,
+            )
+    _check_scope(reply, key)
+
+
+def static_flow(*, token: str | None, key: str | None = None) -> Flow:
+    """A configured bearer token (or ``Authorization`` header): no refresh, 401 is final."""
+    reply = _reply((yield Send(token)))
+    if reply.status == 401:
+        raise AuthenticationRequired(
+            "the server rejected the configured bearer token (HTTP 401); "
+            "grantkeeper does not refresh a static token",
+            key=key,
+        )
+    _check_scope(reply, key)
+
+
+def _token(answer: str | Reply) -> str:
+    if not isinstance(answer, str):
+        raise TypeError("an Acquire step must be answered with an access token")
+    return answer
+
+
+def _reply(answer: str | Reply) -> Reply:
+    if not isinstance(answer, Reply):
+        raise TypeError("a Send step must be answered with a Reply")
+    return answer
+
+
+def _challenges(values: Sequence[str]) -> list[Challenge]:
+    """Every challenge that parses; each header value on its own, so one malformed value
+    does not hide a good one after it."""
+    found: list[Challenge] = []
+    for value in values:
+        try:
+            found.extend(parse_challenges(value))
+        except ProtocolError:
+            continue
+    return found
+
+
+def _refuse_other_schemes(reply: Reply, key: str | None) -> None:
+    """A 401 that offers only other schemes (Basic, say) cannot be fixed with a bearer token.
+
+    A 401 without a usable header is taken at its word: the bearer token was refused.
+    """
+    challenges = _challenges(reply.challenges)
+    if challenges and not any(c.scheme == "bearer" for c in challenges):
+        schemes = ", ".join(sorted({c.scheme for c in challenges}))
+        raise AuthenticationRequired(
+            f"the server asks for {schemes} authentication, not a bearer token (HTTP 401)",
+            key=key,
+        )
+
+
+def _check_scope(reply: Reply, key: str | None) -> None:
+    if reply.status != 403:
+        return
+    for challenge in _challenges(reply.challenges):
+        if challenge.scheme == "bearer" and challenge.error == "insufficient_scope":
+            scope = challenge.scope or None
+            wanted = f" {scope!r}" if scope else ""
+            raise InsufficientScope(
+                f"the server needs scope{wanted} that this credential lacks (HTTP 403); "
+                "log in again asking for it",
+                key=key,
+                scope=scope,
+            )

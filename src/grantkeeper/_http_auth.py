@@ -1,0 +1,223 @@
+"""Drive the auth flow for httpx-shaped clients: httpx here, httpx2 in ``_httpx2_auth``.
+
+httpx and httpx2 share one auth protocol (``sync_auth_flow`` / ``async_auth_flow``
+generators that yield requests and receive responses) but not their classes, so the
+driver is duck-typed and each library gets a three-line subclass. Sync and async differ
+only in how a credential is awaited; the policy lives once, in ``_auth_flow``.
+
+Nothing here holds a lock while a request is out, and a healthy request reads only the
+Keeper's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from ._auth_flow import Acquire, Flow, Reply, Send, oauth_flow, static_flow
+from ._errors import DeadlineExceeded
+from ._keeper import Keeper
+from ._record import canonical_url
+
+AUTHORIZATION = "Authorization"
+
+
+class _Headers(Protocol):
+    def __setitem__(self, key: str, value: str) -> None: ...
+
+    def get_list(self, key: str) -> list[str]: ...
+
+
+class _Request(Protocol):
+    @property
+    def url(self) -> Any: ...
+
+    @property
+    def headers(self) -> Any: ...
+
+    @property
+    def extensions(self) -> dict[str, Any]: ...
+
+
+class _Response(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Any: ...
+
+
+def origin(url: str) -> tuple[str, str]:
+    """``(scheme, host[:port])`` with case and default ports normalised."""
+    parts = urlsplit(canonical_url(url))
+    return parts.scheme, parts.netloc
+
+
+class AuthDriver:
+    """The shared body of :class:`HttpxAuth` and ``Httpx2Auth``; see their docs."""
+
+    def __init__(
+        self,
+        keeper: Keeper | None,
+        *,
+        server_url: str | None,
+        token: str | None,
+        recovery_timeout: float | None,
+        replayable: Callable[[Any], bool],
+    ) -> None:
+        if keeper is None and server_url is None:
+            raise ValueError("give a Keeper, or the server URL a static bearer token is for")
+        self.keeper = keeper
+        url = server_url if server_url is not None else keeper.key.server_url  # type: ignore[union-attr]
+        self._origin = origin(url)
+        self._key = str(keeper.key) if keeper is not None else canonical_url(url)
+        self._token = token
+        self._recovery_timeout = recovery_timeout
+        self._replayable = replayable
+
+    # -- the flow, shared by sync and async ---------------------------------------------
+
+    def _flow(self, request: _Request, replayable: bool) -> Flow:
+        if self.keeper is None:
+            return static_flow(token=self._token, key=self._key)
+        return oauth_flow(replayable=replayable, key=self._key)
+
+    def steps(self, request: _Request) -> Generator[Acquire | _Request, Any, None]:
+        """Yield ``Acquire`` (answer: a token) or the request to send (answer: a response)."""
+        if origin(str(request.url)) != self._origin:
+            # Never send our credential to another origin, redirects included: httpx builds
+            # a redirect's request without Authorization when it leaves the origin.
+            yield request
+            return
+        # Judged before sending: a transport that buffers a streamed body while sending
+        # would make it look replayable afterwards, and a real one consumes it.
+        replayable = self._replayable(request)
+        flow = self._flow(request, replayable)
+        step = next(flow)
+        while True:
+            answer: str | Reply
+            if isinstance(step, Acquire):
+                answer = yield step
+            else:
+                assert isinstance(step, Send)
+                if step.token is not None:
+                    request.headers[AUTHORIZATION] = f"Bearer {step.token}"
+                response: _Response = yield request
+                answer = Reply(
+                    response.status_code, tuple(response.headers.get_list("www-authenticate"))
+                )
+            try:
+                step = flow.send(answer)
+            except StopIteration:
+                return
+
+    # -- waiting for a credential ---------------------------------------------------------
+
+    def deadline(self, request: _Request) -> float | None:
+        """When to stop waiting for a credential (monotonic), or ``None`` for never.
+
+        Waiting for a credential is like waiting for a pooled connection, so it is bounded
+        by the request's ``pool`` timeout unless ``recovery_timeout`` says otherwise. The
+        refresh itself is not bounded by it: it runs on and serves the next request.
+        """
+        limit = self._recovery_timeout
+        if limit is None:
+            timeout = request.extensions.get("timeout") or {}
+            limit = timeout.get("pool") if isinstance(timeout, dict) else None
+        return None if limit is None else time.monotonic() + limit
+
+    def acquire(self, step: Acquire, deadline: float | None) -> str:
+        assert self.keeper is not None
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.keeper.credential(rejected=step.rejected, timeout=remaining).access_token
+
+    async def aacquire(self, step: Acquire, deadline: float | None) -> str:
+        assert self.keeper is not None
+        if deadline is None:
+            return (await self.keeper.acredential(rejected=step.rejected)).access_token
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(remaining):
+                credential = await self.keeper.acredential(rejected=step.rejected)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no credential within {remaining:g} s; the refresh continues in the background",
+                key=self._key,
+            ) from None
+        return credential.access_token
+
+    # -- the two drivers ----------------------------------------------------------------
+
+    def sync_flow(self, request: _Request) -> Generator[Any, Any, None]:
+        deadline = self.deadline(request)
+        steps = self.steps(request)
+        item = next(steps)
+        while True:
+            answer = self.acquire(item, deadline) if isinstance(item, Acquire) else (yield item)
+            try:
+                item = steps.send(answer)
+            except StopIteration:
+                return
+
+    async def async_flow(self, request: _Request) -> AsyncGenerator[Any, Any]:
+        deadline = self.deadline(request)
+        steps = self.steps(request)
+        item = next(steps)
+        while True:
+            if isinstance(item, Acquire):
+                answer = await self.aacquire(item, deadline)
+            else:
+                answer = yield item
+            try:
+                item = steps.send(answer)
+            except StopIteration:
+                return
+
+
+class HttpxAuth(httpx.Auth):
+    """Authenticate httpx requests to one MCP server with a grantkeeper credential.
+
+    ``HttpxAuth(keeper)`` sends the Keeper's token, refreshes it before it expires, and
+    after a 401 renews it once (or adopts a newer one, without refreshing) and retries
+    once. ``HttpxAuth.bearer(url, token)`` sends a fixed token (or, with ``token=None``,
+    the request's own ``Authorization`` header): OAuth is off and a 401 is final.
+
+    Requests to any other origin pass through untouched. Errors are grantkeeper's:
+    :class:`AuthenticationRequired` (and subclasses such as :class:`InsufficientScope`),
+    :class:`RetryRequired`, :class:`DeadlineExceeded` and the Keeper's own.
+    """
+
+    def __init__(self, keeper: Keeper, *, recovery_timeout: float | None = None) -> None:
+        self._driver = AuthDriver(
+            keeper,
+            server_url=None,
+            token=None,
+            recovery_timeout=recovery_timeout,
+            replayable=_replayable,
+        )
+
+    @classmethod
+    def bearer(cls, server_url: str, token: str | None = None) -> HttpxAuth:
+        """Send ``token`` (or the request's own header) to ``server_url``; never refresh."""
+        auth = cls.__new__(cls)
+        auth._driver = AuthDriver(
+            None, server_url=server_url, token=token, recovery_timeout=None, replayable=_replayable
+        )
+        return auth
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        return self._driver.sync_flow(request)
+
+    def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        return self._driver.async_flow(request)
+
+
+def _replayable(request: httpx.Request) -> bool:
+    return isinstance(request.stream, httpx.ByteStream)

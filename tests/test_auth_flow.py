@@ -1,0 +1,168 @@
+"""The auth policy, stepped by hand: every branch, with no client and no server."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from grantkeeper import (
+    AuthenticationRequired,
+    GrantkeeperError,
+    InsufficientScope,
+    ReauthenticationRequired,
+    RetryRequired,
+)
+from grantkeeper._auth_flow import Acquire, Flow, Reply, Send, oauth_flow, static_flow
+
+INVALID = 'Bearer error="invalid_token", resource_metadata="https://x.test/.well-known/oauth-protected-resource/mcp"'
+
+
+def oauth(replayable: bool = True) -> Flow:
+    return oauth_flow(replayable=replayable, key="https://x.test/mcp")
+
+
+def finish(flow: Flow, answer: str | Reply) -> None:
+    with pytest.raises(StopIteration):
+        flow.send(answer)
+
+
+def test_healthy_request_acquires_once_and_sends_once() -> None:
+    flow = oauth()
+    assert next(flow) == Acquire()
+    assert flow.send("A") == Send("A")
+    finish(flow, Reply(200))
+
+
+def test_401_names_the_token_sent_and_retries_once_with_the_renewed_one() -> None:
+    flow = oauth()
+    next(flow)
+    flow.send("A")
+    assert flow.send(Reply(401, (INVALID,))) == Acquire(rejected="A")
+    assert flow.send("B") == Send("B")
+    finish(flow, Reply(200))
+
+
+def test_401_on_the_retry_requires_authentication_and_never_loops() -> None:
+    flow = oauth()
+    next(flow)
+    flow.send("A")
+    flow.send(Reply(401, (INVALID,)))
+    flow.send("B")
+    with pytest.raises(ReauthenticationRequired) as raised:
+        flow.send(Reply(401, (INVALID,)))
+    assert raised.value.requires_reauthentication
+    assert "https://x.test/mcp" in str(raised.value)
+
+
+def test_no_newer_token_means_no_replay_of_the_rejected_one() -> None:
+    flow = oauth()
+    next(flow)
+    flow.send("A")
+    flow.send(Reply(401))
+    with pytest.raises(ReauthenticationRequired):
+        flow.send("A")
+
+
+def test_401_without_a_header_or_with_a_malformed_one_is_still_recovered() -> None:
+    for challenges in [(), ('Bearer error="unterminated',), ('"not a scheme"',)]:
+        flow = oauth()
+        next(flow)
+        flow.send("A")
+        assert flow.send(Reply(401, challenges)) == Acquire(rejected="A")
+
+
+def test_401_offering_only_another_scheme_is_final_without_a_refresh() -> None:
+    flow = oauth()
+    next(flow)
+    flow.send("A")
+    with pytest.raises(AuthenticationRequired, match="basic"):
+        flow.send(Reply(401, ('Basic realm="proxy"',)))
+
+
+def test_non_replayable_body_renews_then_asks_for_a_retry() -> None:
+    flow = oauth(replayable=False)
+    next(flow)
+    flow.send("A")
+    assert flow.send(Reply(401)) == Acquire(rejected="A")
+    with pytest.raises(RetryRequired) as raised:
+        flow.send("B")
+    assert raised.value.retryable
+
+
+def test_403_insufficient_scope_carries_the_scope_even_from_a_later_header() -> None:
+    flow = oauth()
+    next(flow)
+    flow.send("A")
+    headers = ('Basic realm="x"', 'Bearer error="insufficient_scope", scope="mcp:admin mcp"')
+    with pytest.raises(InsufficientScope) as raised:
+        flow.send(Reply(403, headers))
+    assert raised.value.scope == "mcp:admin mcp"
+    assert isinstance(raised.value, AuthenticationRequired)
+
+
+def test_403_after_a_recovered_401_is_a_scope_error_too() -> None:
+    flow = oauth()
+    next(flow)
+    flow.send("A")
+    flow.send(Reply(401))
+    flow.send("B")
+    with pytest.raises(InsufficientScope) as raised:
+        flow.send(Reply(403, ('Bearer error="insufficient_scope"',)))
+    assert raised.value.scope is None
+
+
+def test_other_403s_and_other_statuses_pass_through() -> None:
+    for reply in [
+        Reply(403),
+        Reply(403, ('Bearer error="invalid_token"',)),
+        Reply(404),
+        Reply(500),
+    ]:
+        flow = oauth()
+        next(flow)
+        flow.send("A")
+        finish(flow, reply)
+
+
+def test_static_bearer_never_acquires_and_a_401_is_final() -> None:
+    flow = static_flow(token="S")
+    assert next(flow) == Send("S")
+    with pytest.raises(AuthenticationRequired, match="static") as raised:
+        flow.send(Reply(401, (INVALID,)))
+    assert not isinstance(raised.value, ReauthenticationRequired)
+
+    own_header = static_flow(token=None)
+    assert next(own_header) == Send(None)
+    finish(own_header, Reply(200))
+
+    scoped = static_flow(token="S")
+    next(scoped)
+    with pytest.raises(InsufficientScope):
+        scoped.send(Reply(403, ('Bearer error="insufficient_scope", scope="s"',)))
+
+
+def test_the_driver_must_answer_each_step_in_kind() -> None:
+    flow = oauth()
+    next(flow)
+    with pytest.raises(TypeError):
+        flow.send(Reply(200))
+
+
+@given(
+    status=st.sampled_from([200, 401, 403, 404]),
+    headers=st.lists(st.text(max_size=80), max_size=3),
+)
+def test_any_challenge_header_ends_in_a_step_or_a_typed_error(
+    status: int, headers: list[str]
+) -> None:
+    flow = oauth()
+    next(flow)
+    flow.send("A")
+    try:
+        step = flow.send(Reply(status, tuple(headers)))
+    except StopIteration:
+        return
+    except GrantkeeperError:
+        return
+    assert step == Acquire(rejected="A")

@@ -1,0 +1,44 @@
+"""``tools`` / ``call`` argument handling, and the ``grantkeeper.mcp`` public surface."""
+
+from __future__ import annotations
+
+import types
+
+import click
+import pytest
+
+import grantkeeper.mcp
+from grantkeeper._cli_tools import COMMANDS, parse_arguments, resolve_server
+
+
+def test_arguments_json_first_then_each_arg_parsed_as_json_when_it_is() -> None:
+    parsed = parse_arguments(("n=3", "flag=true", "text=hello", "b=x=y"), '{"n": 1, "keep": [1]}')
+    assert parsed == {"n": 3, "flag": True, "text": "hello", "b": "x=y", "keep": [1]}
+
+
+@pytest.mark.parametrize(
+    ("pairs", "json_args"), [(("novalue",), None), (("=v",), None), ((), "[1]"), ((), "{")]
+)
+def test_bad_arguments_are_usage_errors(pairs: tuple[str, ...], json_args: str | None) -> None:
+    with pytest.raises(click.UsageError):
+        parse_arguments(pairs, json_args)
+
+
+def test_servers_are_urls_for_now() -> None:
+    url, key = resolve_server("HTTP://Example.test:80/mcp", "work")
+    assert key.server_url == "http://example.test/mcp" and key.profile == "work"
+    with pytest.raises(click.UsageError):
+        resolve_server("github", None)
+
+
+def test_commands_for_the_main_group() -> None:
+    assert [c.name for c in COMMANDS] == ["tools", "call"]
+
+
+def test_mcp_module_exports_exactly_its_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(grantkeeper.mcp).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert set(grantkeeper.mcp.__all__) == public

@@ -1,0 +1,317 @@
+"""The httpx and httpx2 adapters, driven through mock transports with a fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+
+from grantkeeper import (
+    AuthenticationRequired,
+    DeadlineExceeded,
+    FileStore,
+    HttpxAuth,
+    Keeper,
+    RetryRequired,
+)
+from grantkeeper.mcp import Httpx2Auth
+from harness.fake_provider import FakeProvider
+from tests.helpers import KEY, RESOURCE, CountingStore, StepClock, make_record
+
+OTHER = "https://elsewhere.example.test/collect"
+CHALLENGE = 'Bearer error="invalid_token"'
+
+
+@dataclass
+class Resource:
+    """The protected resource: accepts tokens the provider issued, minus those refused."""
+
+    provider: FakeProvider
+    refused: set[str] = field(default_factory=set)
+    seen: list[tuple[str, str | None]] = field(default_factory=list)
+    before_answer: Callable[[str | None], None] = lambda token: None
+
+    def answer(self, url: str, authorization: str | None) -> tuple[int, dict[str, str]]:
+        self.seen.append((url, authorization))
+        if url.startswith(OTHER):
+            return 200, {}
+        if url.endswith("/moved"):
+            return 302, {"location": OTHER}
+        token = authorization[7:] if authorization else None
+        self.before_answer(token)
+        if token and token not in self.refused and self.provider.is_active(token):
+            return 200, {}
+        return 401, {"www-authenticate": CHALLENGE}
+
+    def httpx(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "127.0.0.1":
+            return self.provider.mock_handler(request)
+        status, headers = self.answer(str(request.url), request.headers.get("authorization"))
+        return httpx.Response(status, headers=headers)
+
+    def httpx2(self, request: httpx2.Request) -> httpx2.Response:
+        status, headers = self.answer(str(request.url), request.headers.get("authorization"))
+        return httpx2.Response(status, headers=headers)
+
+
+@dataclass
+class World:
+    provider: FakeProvider
+    store: CountingStore
+    clock: StepClock
+    resource: Resource
+    http: httpx.Client
+    keepers: list[Keeper] = field(default_factory=list)
+
+    def login(self) -> str:
+        access, refresh = self.provider.issue()
+        self.store.inner.write(
+            KEY, make_record(access, refresh, now=self.clock()), expected_version=None
+        )
+        return access
+
+    def keeper(self) -> Keeper:
+        keeper = Keeper(self.store, KEY, http_client=self.http, clock=self.clock)
+        self.keepers.append(keeper)
+        return keeper
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    provider = FakeProvider()
+    http = httpx.Client(transport=provider.transport())
+    w = World(provider, CountingStore(FileStore(tmp_path)), StepClock(), Resource(provider), http)
+    yield w
+    for keeper in w.keepers:
+        keeper.close()
+    http.close()
+
+
+Get = Callable[[World, Keeper, str], int]
+
+
+def sync_httpx(world: World, keeper: Keeper, url: str) -> int:
+    transport = httpx.MockTransport(world.resource.httpx)
+    with httpx.Client(auth=HttpxAuth(keeper), transport=transport) as client:
+        return client.get(url).status_code
+
+
+def async_httpx(world: World, keeper: Keeper, url: str) -> int:
+    async def go() -> int:
+        transport = httpx.MockTransport(world.resource.httpx)
+        async with httpx.AsyncClient(auth=HttpxAuth(keeper), transport=transport) as client:
+            return (await client.get(url)).status_code
+
+    return asyncio.run(go())
+
+
+def sync_httpx2(world: World, keeper: Keeper, url: str) -> int:
+    transport = httpx2.MockTransport(world.resource.httpx2)
+    with httpx2.Client(auth=Httpx2Auth(keeper), transport=transport) as client:
+        return client.get(url).status_code
+
+
+def async_httpx2(world: World, keeper: Keeper, url: str) -> int:
+    async def go() -> int:
+        transport = httpx2.MockTransport(world.resource.httpx2)
+        async with httpx2.AsyncClient(auth=Httpx2Auth(keeper), transport=transport) as client:
+            return (await client.get(url)).status_code
+
+    return asyncio.run(go())
+
+
+CLIENTS = pytest.mark.parametrize(
+    "get",
+    [sync_httpx, async_httpx, sync_httpx2, async_httpx2],
+    ids=["httpx", "httpx-async", "httpx2", "httpx2-async"],
+)
+
+
+@CLIENTS
+def test_healthy_requests_do_no_store_lock_or_provider_io(world: World, get: Get) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.store.calls.clear()
+    for _ in range(20):
+        assert get(world, keeper, RESOURCE) == 200
+    assert world.store.calls == []
+    assert world.provider.refresh_calls == 0
+
+
+@CLIENTS
+def test_a_401_for_the_current_token_refreshes_once_and_retries(world: World, get: Get) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    world.resource.refused.add(a)
+    assert get(world, keeper, RESOURCE) == 200
+    assert world.provider.refresh_calls == 1
+    tokens = [auth for _, auth in world.resource.seen]
+    assert tokens[0] == f"Bearer {a}" and tokens[1] != tokens[0]
+
+
+@CLIENTS
+def test_a_late_401_for_a_after_b_is_installed_retries_with_b_without_refreshing(
+    world: World, get: Get
+) -> None:
+    a = world.login()
+    keeper = world.keeper()
+
+    def peer_rotates_first(token: str | None) -> None:
+        # While A's request is at the server, another caller renews: B is installed.
+        if token == a and world.provider.refresh_calls == 0:
+            keeper.credential(rejected=a)
+            world.resource.refused.add(a)
+
+    world.resource.before_answer = peer_rotates_first
+    assert get(world, keeper, RESOURCE) == 200
+    assert world.provider.refresh_calls == 1  # the peer's; the late 401 spent none
+
+
+@CLIENTS
+def test_a_401_on_the_retry_requires_authentication_without_a_second_refresh(
+    world: World, get: Get
+) -> None:
+    world.login()
+    keeper = world.keeper()
+    world.resource.before_answer = lambda token: world.resource.refused.add(token or "")
+    with pytest.raises(AuthenticationRequired):
+        get(world, keeper, RESOURCE)
+    assert world.provider.refresh_calls == 1
+    assert len(world.resource.seen) == 2
+
+
+@CLIENTS
+def test_stale_credential_is_refreshed_before_sending(world: World, get: Get) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    world.clock.advance(3600 - 10)  # inside the refresh margin
+    assert get(world, keeper, RESOURCE) == 200
+    assert world.provider.refresh_calls == 1
+    assert world.resource.seen[0][1] != f"Bearer {a}"
+
+
+def test_other_origins_never_get_the_token_not_even_through_a_redirect(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    transport = httpx.MockTransport(world.resource.httpx)
+    with httpx.Client(auth=HttpxAuth(keeper), transport=transport, follow_redirects=True) as client:
+        assert client.get(OTHER).status_code == 200
+        assert client.get(f"{RESOURCE}/moved").status_code == 200
+    assert [auth for url, auth in world.resource.seen if url.startswith(OTHER)] == [None, None]
+    assert world.resource.seen[1][1] is not None  # our origin got it
+
+
+def test_a_streamed_body_is_not_replayed_but_the_credential_is_renewed(world: World) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    world.resource.refused.add(a)
+
+    def body() -> Iterator[bytes]:
+        yield b"once"
+
+    transport = httpx.MockTransport(world.resource.httpx)
+    with httpx.Client(auth=HttpxAuth(keeper), transport=transport) as client:
+        with pytest.raises(RetryRequired):
+            client.post(RESOURCE, content=body())
+        assert client.post(RESOURCE, content=b"again").status_code == 200
+    assert world.provider.refresh_calls == 1
+
+
+def test_static_bearer_is_sent_as_is_and_a_401_is_final(world: World) -> None:
+    transport = httpx.MockTransport(world.resource.httpx)
+    with httpx.Client(auth=HttpxAuth.bearer(RESOURCE, "static-token"), transport=transport) as c:
+        with pytest.raises(AuthenticationRequired, match="static"):
+            c.get(RESOURCE)
+    assert world.resource.seen == [(RESOURCE, "Bearer static-token")]
+    assert world.provider.refresh_calls == 0
+
+    a = world.login()
+    own = HttpxAuth.bearer(RESOURCE)  # the request's own Authorization header
+    with httpx.Client(auth=own, transport=transport, headers={"Authorization": f"Bearer {a}"}) as c:
+        assert c.get(RESOURCE).status_code == 200
+
+
+def test_deadline_ends_the_wait_but_not_the_refresh(world: World) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.resource.refused.add(a)
+    at_provider, release = threading.Event(), threading.Event()
+
+    def hold(form: dict[str, str]) -> httpx.Response | None:
+        at_provider.set()
+        release.wait(30)
+        return None
+
+    world.provider.faults.append(hold)
+    transport = httpx.MockTransport(world.resource.httpx)
+    timeout = httpx.Timeout(5.0, pool=0.0)
+    with httpx.Client(auth=HttpxAuth(keeper), transport=transport, timeout=timeout) as client:
+        with pytest.raises(DeadlineExceeded):
+            client.get(RESOURCE)
+        assert at_provider.wait(30)  # the refresh is running, with nobody waiting for it
+        release.set()
+        keeper.close()  # waits for the refresh that outlived the caller
+        assert keeper.current is not None and keeper.current.access_token != a
+        world.store.calls.clear()
+        assert client.get(RESOURCE).status_code == 200
+    assert world.provider.refresh_calls == 1
+    assert world.store.calls == []  # the next request was served from memory
+
+
+def test_async_deadline_ends_the_wait_but_not_the_refresh(world: World) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.resource.refused.add(a)
+    release = threading.Event()
+    world.provider.faults.append(lambda form: None if release.wait(30) else None)
+
+    async def go() -> None:
+        transport = httpx2.MockTransport(world.resource.httpx2)
+        auth = Httpx2Auth(keeper, recovery_timeout=0.0)
+        async with httpx2.AsyncClient(auth=auth, transport=transport) as client:
+            with pytest.raises(DeadlineExceeded):
+                await client.get(RESOURCE)
+            release.set()
+            await asyncio.to_thread(keeper.close)
+            assert (await client.get(RESOURCE)).status_code == 200
+
+    asyncio.run(go())
+    assert world.provider.refresh_calls == 1
+
+
+def test_concurrent_401s_for_the_same_token_cause_one_refresh(world: World) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.resource.refused.add(a)
+    arrived = threading.Barrier(3)
+
+    def all_at_once(token: str | None) -> None:
+        if token == a:
+            arrived.wait(30)  # every request has sent A before any 401 is answered
+
+    world.resource.before_answer = all_at_once
+    transport = httpx.MockTransport(world.resource.httpx)
+    results: list[Any] = []
+    with httpx.Client(auth=HttpxAuth(keeper), transport=transport) as client:
+        threads = [
+            threading.Thread(target=lambda: results.append(client.get(RESOURCE).status_code))
+            for _ in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert results == [200, 200, 200]
+    assert world.provider.refresh_calls == 1
+    assert world.provider.replays == 0

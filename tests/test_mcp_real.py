@@ -1,0 +1,368 @@
+"""MCP clients against a real MCP server (``mcp`` 2.3) protected by the real oidc-provider.
+
+The authorization server's counters prove what happened: refreshes granted, refresh
+tokens replayed. Faults (401 on a stream, expired sessions) are injected by the MCP
+server's test controls; tests wait on what the server saw, never on the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from click.testing import CliRunner
+
+from grantkeeper import (
+    CredentialKey,
+    FileStore,
+    HttpxAuth,
+    InsufficientScope,
+    Keeper,
+    LoginRequired,
+    ReauthenticationRequired,
+)
+from grantkeeper._cli_tools import call, tools
+from grantkeeper._freshness import utc_now
+from grantkeeper.mcp import Httpx2Auth, McpSession, connect, fastmcp_client
+from harness.authserver import AuthServer
+from harness.mcp_demo import login
+from harness.mcp_server import McpServer, Seen
+
+pytestmark = pytest.mark.realserver
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "grantkeeper-test", "version": "0"},
+    },
+}
+MCP_HEADERS = {"accept": "application/json, text/event-stream"}
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[AuthServer, McpServer]]:
+    with AuthServer(access_ttl=60) as auth, McpServer(auth_server=auth) as server:
+        yield auth, server
+
+
+@pytest.fixture
+def auth(servers: tuple[AuthServer, McpServer]) -> AuthServer:
+    servers[0].reset_stats()
+    return servers[0]
+
+
+@pytest.fixture
+def server(servers: tuple[AuthServer, McpServer]) -> McpServer:
+    servers[1].reset()
+    return servers[1]
+
+
+class ShiftClock:
+    """The real clock, moved forward on demand: expiry without waiting for it."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return utc_now() + self.offset
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path)
+
+
+@pytest.fixture
+def keeper(auth: AuthServer, server: McpServer, store: FileStore) -> Iterator[Keeper]:
+    login(auth, server.url, store)
+    auth.reset_stats()
+    keeper = Keeper(store, CredentialKey.for_server(server.url))
+    yield keeper
+    keeper.close()
+
+
+def refreshes(auth: AuthServer) -> tuple[int, int]:
+    stats = auth.stats()
+    return int(stats["refresh_success"]), int(stats["replays"])
+
+
+def tokens(seen: list[Seen], method: str) -> list[str | None]:
+    return [s.token for s in seen if s.method == method]
+
+
+async def add(session: McpSession, a: int, b: int) -> Any:
+    result = await session.call_tool("add", {"a": a, "b": b})
+    return (result.structured_content or {}).get("result")
+
+
+def test_tool_call_on_mcp2_with_httpx2(keeper: Keeper, server: McpServer, auth: AuthServer) -> None:
+    async def go() -> tuple[Any, Any]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            who = await session.call_tool("whoami", {})
+            return await add(session, 1, 2), who.structured_content
+
+    total, who = asyncio.run(go())
+    assert total == 3
+    assert who["subject"] == "alice"
+    assert refreshes(auth) == (0, 0)
+
+
+def test_plain_httpx_against_the_real_server(keeper: Keeper, server: McpServer) -> None:
+    with httpx.Client(auth=HttpxAuth(keeper), headers=MCP_HEADERS, timeout=10.0) as client:
+        assert client.post(server.url, json=INITIALIZE).status_code == 200
+        assert httpx.post(server.url, json=INITIALIZE, headers=MCP_HEADERS).status_code == 401
+
+
+def test_fastmcp_client_calls_a_tool(keeper: Keeper, server: McpServer) -> None:
+    async def go() -> Any:
+        async with fastmcp_client(server.url, keeper=keeper) as client:
+            result = await client.call_tool("add", {"a": 20, "b": 22})
+            return result.structured_content
+
+    assert asyncio.run(go()) == {"result": 42}
+
+
+def test_expired_stored_token_is_refreshed_before_the_first_request(
+    auth: AuthServer, server: McpServer, store: FileStore
+) -> None:
+    issued = login(auth, server.url, store)
+    auth.reset_stats()
+    clock = ShiftClock()
+    clock.offset = timedelta(hours=2)  # the stored access token has expired
+    keeper = Keeper(store, CredentialKey.for_server(server.url), clock=clock)
+    try:
+
+        async def go() -> Any:
+            async with connect(server.url, keeper=keeper, mode="legacy") as session:
+                return await add(session, 2, 3)
+
+        assert asyncio.run(go()) == 5
+    finally:
+        keeper.close()
+    assert refreshes(auth) == (1, 0)
+    seen = server.seen()
+    assert issued.access_token not in tokens(seen, "POST")
+    assert all(s.status != 401 for s in seen)
+
+
+class InstallsBBeforeTheLate401(httpx2.AsyncBaseTransport):
+    """A transport that, when the server refuses A, lets a concurrent caller install B first."""
+
+    def __init__(self, keeper: Keeper) -> None:
+        self.keeper = keeper
+        self.inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.inner.handle_async_request(request)
+        if response.status_code == 401 and self.keeper.current is not None:
+            rejected = self.keeper.current.access_token
+            if request.headers["authorization"] == f"Bearer {rejected}":
+                await self.keeper.acredential(rejected=rejected)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_late_401_for_a_retries_with_b_without_refreshing(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    a = keeper.access_token()
+    server.fail_next("POST")
+
+    async def go() -> int:
+        transport = InstallsBBeforeTheLate401(keeper)
+        auth_ = Httpx2Auth(keeper)
+        async with httpx2.AsyncClient(auth=auth_, transport=transport, headers=MCP_HEADERS) as c:
+            return (await c.post(server.url, json=INITIALIZE)).status_code
+
+    assert asyncio.run(go()) == 200
+    assert refreshes(auth) == (1, 0)  # the concurrent caller's; the late 401 spent none
+    posted = tokens(server.seen(), "POST")
+    assert posted[0] == a and posted[1] == keeper.access_token() != a
+
+
+def test_a_late_401_from_another_process_adopts_its_token(
+    keeper: Keeper, server: McpServer, auth: AuthServer, store: FileStore
+) -> None:
+    a = keeper.access_token()
+    peer = Keeper(store, keeper.key)
+    try:
+        b = peer.credential(rejected=a).access_token  # the peer refreshed: B is stored
+    finally:
+        peer.close()
+    server.fail_next("POST")  # the server now refuses A
+    with httpx.Client(auth=HttpxAuth(keeper), headers=MCP_HEADERS, timeout=10.0) as client:
+        assert client.post(server.url, json=INITIALIZE).status_code == 200
+    assert refreshes(auth) == (1, 0)  # the peer's only
+    assert tokens(server.seen(), "POST") == [a, b]
+
+
+def get_stream_open(seen: list[Seen]) -> bool:
+    return any(s.method == "GET" and s.status == 200 for s in seen)
+
+
+def test_a_401_on_the_get_stream_is_recovered_by_the_same_policy(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    a = keeper.access_token()
+    server.fail_next("GET")
+
+    async def go() -> Any:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await asyncio.to_thread(
+                server.wait_for,
+                lambda seen: any(s.method == "GET" and s.status == 200 for s in seen),
+            )
+            return await add(session, 4, 5)
+
+    assert asyncio.run(go()) == 9
+    gets = [(s.status, s.token) for s in server.seen() if s.method == "GET"]
+    assert gets[0] == (401, a)
+    assert gets[1][0] == 200 and gets[1][1] not in (a, None)
+    assert refreshes(auth) == (1, 0)
+
+
+def test_session_expiry_then_401_recover_once_each(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    async def go() -> tuple[Any, int]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await add(session, 1, 1)
+            server.expire_sessions()
+            server.fail_next("POST", skip=1)  # the call gets 404; re-initialising gets 401
+            return await add(session, 2, 2), session.reconnects
+
+    assert asyncio.run(go()) == (4, 1)
+    assert refreshes(auth) == (1, 0)
+
+
+def test_401_then_session_expiry_recover_once_each(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    async def go() -> tuple[Any, int]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await add(session, 1, 1)
+            server.expire_sessions()
+            server.fail_next("POST")  # the call gets 401, its retry 404
+            return await add(session, 3, 3), session.reconnects
+
+    assert asyncio.run(go()) == (6, 1)
+    assert refreshes(auth) == (1, 0)
+    statuses = [s.status for s in server.seen() if s.method == "POST"]
+    assert statuses.count(401) == 1
+
+
+def test_a_401_on_the_retry_is_authentication_required_without_a_loop(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    async def go() -> None:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            server.fail_next("POST", count=2)
+            await add(session, 1, 1)
+
+    with pytest.raises(ReauthenticationRequired):
+        asyncio.run(go())
+    assert refreshes(auth) == (1, 0)
+    statuses = [s.status for s in server.seen() if s.method == "POST"]
+    assert statuses.count(401) == 2
+
+
+def test_insufficient_scope_reaches_the_caller_with_the_scope(
+    keeper: Keeper, server: McpServer
+) -> None:
+    async def go() -> None:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            server.fail_next("POST", status=403, scope="mcp:admin")
+            await add(session, 1, 1)
+
+    with pytest.raises(InsufficientScope) as raised:
+        asyncio.run(go())
+    assert raised.value.scope == "mcp:admin"
+
+
+def handshake_done(seen: list[Seen]) -> bool:
+    """The initialized notification was accepted and the GET event stream is open."""
+    return any(s.status == 202 for s in seen) and any(s.method == "GET" for s in seen)
+
+
+def test_concurrent_401s_during_a_rotation_cause_one_refresh_and_no_lock_is_held(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    n = 6
+
+    async def go() -> list[Any]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await asyncio.to_thread(server.wait_for, handshake_done)
+            # A is revoked while the session is open; all n calls are sent with it.
+            server.refuse(keeper.access_token(), gather=n)
+            # barrier(n) answers only when all n calls are inside the server at once.
+            calls = [session.call_tool("barrier", {"n": n}) for _ in range(n)]
+            results = await asyncio.gather(*calls)
+            return [(r.structured_content or {}).get("result") for r in results]
+
+    assert asyncio.run(go()) == [n] * n
+    assert refreshes(auth) == (1, 0)
+    assert [s.status for s in server.seen() if s.method == "POST"].count(401) == n
+
+
+def test_barrier_of_concurrent_calls_all_get_through(keeper: Keeper, server: McpServer) -> None:
+    n = 8
+
+    async def go() -> list[Any]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            calls = [session.call_tool("barrier", {"n": n}) for _ in range(n)]
+            return [r.structured_content for r in await asyncio.gather(*calls)]
+
+    assert asyncio.run(go()) == [{"result": n}] * n
+
+
+def test_not_logged_in_is_login_required(server: McpServer, store: FileStore) -> None:
+    keeper = Keeper(store, CredentialKey.for_server(server.url))
+
+    async def go() -> None:
+        async with connect(server.url, keeper=keeper) as session:
+            await add(session, 1, 1)
+
+    try:
+        with pytest.raises(LoginRequired):
+            asyncio.run(go())
+    finally:
+        keeper.close()
+
+
+def test_cli_lists_tools_and_calls_one_and_exits_3_when_login_is_needed(
+    keeper: Keeper, server: McpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRANTKEEPER_STORE", "file")
+    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
+    runner = CliRunner()
+
+    listed = runner.invoke(tools, [server.url, "--json"])
+    assert listed.exit_code == 0, listed.output
+    names = {tool["name"] for tool in json.loads(listed.output)["tools"]}
+    assert {"echo", "add", "slow", "whoami", "barrier"} <= names
+
+    called = runner.invoke(call, [server.url, "add", "--arg", "a=2", "--json-args", '{"b": 5}'])
+    assert called.exit_code == 0, called.output
+    assert json.loads(called.output) == {"result": 7}
+
+    echoed = runner.invoke(call, [server.url, "echo", "--arg", "text=hi", "--json"])
+    assert echoed.exit_code == 0
+    assert json.loads(echoed.output)["structuredContent"] == {"result": "hi"}
+
+    other = server.url.replace("/mcp", "/other")
+    missing = runner.invoke(call, [other, "echo", "--arg", "text=hi"])
+    assert missing.exit_code == 3
+    assert "grantkeeper login" in missing.stderr
