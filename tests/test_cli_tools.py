@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import click
 import pytest
 
 import grantkeeper.mcp
+from grantkeeper import ServerConfigError
 from grantkeeper._cli_tools import COMMANDS, parse_arguments, resolve_server
 
 
@@ -24,11 +26,16 @@ def test_bad_arguments_are_usage_errors(pairs: tuple[str, ...], json_args: str |
         parse_arguments(pairs, json_args)
 
 
-def test_servers_are_urls_for_now() -> None:
-    url, key = resolve_server("HTTP://Example.test:80/mcp", "work")
-    assert key.server_url == "http://example.test/mcp" and key.profile == "work"
-    with pytest.raises(click.UsageError):
-        resolve_server("github", None)
+def test_servers_are_urls_or_configured_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
+    url, key = resolve_server("HTTPS://Example.test:443/mcp", "work")
+    assert key.server_url == "https://example.test/mcp" and key.profile == "work"
+    with pytest.raises(ServerConfigError):
+        resolve_server("github", None)  # no such name configured
+    with pytest.raises(ServerConfigError):
+        resolve_server("http://example.test/mcp", None)  # plain HTTP off loopback
 
 
 def test_commands_for_the_main_group() -> None:
