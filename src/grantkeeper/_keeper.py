@@ -58,18 +58,31 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         pass
-    return not _zombie(pid)
+    return not _exiting(pid)
 
 
-def _zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited but is not reaped yet: it still answers ``kill(pid, 0)``,
-    and a parent that never reaps would otherwise make it look alive forever."""
+_PF_EXITING = 0x4
+"""Linux task flag set as a process starts to exit, before its files (and locks) close."""
+
+
+def _exiting(pid: int) -> bool:
+    """Whether ``pid`` is dying or dead but not reaped yet.
+
+    Both still answer ``kill(pid, 0)``. A killed holder's lock is released while it exits,
+    before it turns zombie, and a parent that never reaps would keep a zombie forever: either
+    way it would look alive and block the credential.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
+            fields = handle.read().rpartition(b")")[2].split()
     except OSError:
         return False  # no procfs (macOS): kill(pid, 0) is all we have
-    return stat.rpartition(b")")[2].split()[:1] in ([b"Z"], [b"X"])
+    if not fields or fields[0] in (b"Z", b"X"):
+        return True
+    try:
+        return bool(int(fields[6]) & _PF_EXITING)
+    except (IndexError, ValueError):
+        return False
 
 
 class Keeper:
