@@ -52,7 +52,7 @@ def send_token_request(
     http_request = request.to_httpx()
     http_request.extensions["timeout"] = timeouts.as_dict()
     with _translated(request.url):
-        response = client.send(http_request, stream=True)
+        response = client.send(http_request, stream=True, follow_redirects=False)
         try:
             body = bytearray()
             for chunk in response.iter_bytes():
@@ -81,7 +81,7 @@ async def asend_token_request(
     http_request = request.to_httpx()
     http_request.extensions["timeout"] = timeouts.as_dict()
     with _translated(request.url):
-        response = await client.send(http_request, stream=True)
+        response = await client.send(http_request, stream=True, follow_redirects=False)
         try:
             body = bytearray()
             async for chunk in response.aiter_bytes():
