@@ -34,7 +34,10 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 DEEP = b"[" * 100_000 + b"]" * 100_000
 """Nesting deep enough to exhaust the recursion limit of a naive JSON parser."""
 
-secret_text = st.text(string.ascii_letters + string.digits + "-_.~", min_size=16, max_size=40)
+secret_text = st.text(string.ascii_letters + string.digits + "-_.~", min_size=12, max_size=40).map(
+    lambda tail: f"SECRET-{tail}"
+)
+"""Distinctive, so a secret cannot coincide with ordinary message text."""
 scalars = (
     st.none()
     | st.booleans()
@@ -256,9 +259,16 @@ def callbacks(draw: st.DrawFn) -> str:
         )
         | st.text(max_size=30)
     )
-    names = st.sampled_from(["code", "state", "iss", "error", "error_description", "x"])
-    values = st.sampled_from([STATE, CODE, ISSUER, "access_denied", ""]) | st.text(max_size=20)
-    pairs = draw(st.lists(st.tuples(names, values), max_size=6))
+    # The code and the state are the secrets; other parameters echo text of their own.
+    secret_values = st.sampled_from([STATE, CODE, ""]) | st.text(max_size=20)
+    other_values = st.sampled_from([ISSUER, "access_denied", ""]) | st.text(max_size=20)
+    pairs = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["code", "state"]), secret_values)
+            | st.tuples(st.sampled_from(["iss", "error", "error_description", "x"]), other_values),
+            max_size=6,
+        )
+    )
     from urllib.parse import quote
 
     query = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in pairs)
