@@ -52,6 +52,7 @@ class AuthServer:
         access_ttl: int = 60,
         token_format: str = "opaque",
         resources: Sequence[str] = (),
+        port: int = 0,
     ) -> None:
         if token_format not in ("opaque", "jwt"):
             raise ValueError(f"token_format must be 'opaque' or 'jwt', not {token_format!r}")
@@ -60,6 +61,7 @@ class AuthServer:
         self.access_ttl = access_ttl
         self.token_format = token_format
         self.resources: tuple[str, ...] = tuple(resources)
+        self.requested_port = port
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._stderr_thread: threading.Thread | None = None
@@ -84,7 +86,7 @@ class AuthServer:
             node,
             str(SERVER_SCRIPT),
             "--port",
-            "0",
+            str(self.requested_port),
             "--access-ttl",
             str(self.access_ttl),
             "--format",

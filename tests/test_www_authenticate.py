@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from grantkeeper import ProtocolError
 from grantkeeper._www_authenticate import bearer_challenge, parse_challenges
+from tests.fuzzing import FUZZ
 
 
 def test_mcp_sdk_shape() -> None:
@@ -59,7 +60,7 @@ def test_malformed_headers_raise_protocol_error(header: str) -> None:
         parse_challenges(header)
 
 
-@settings(max_examples=300, deadline=None)
+@FUZZ
 @given(st.text(max_size=300))
 def test_fuzz_only_typed_errors(header: str) -> None:
     try:

@@ -62,7 +62,7 @@ def parse_metadata(body: bytes, *, expected_issuer: str) -> AuthServerMetadata:
         raise ProtocolError("authorization server metadata is too large")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise ProtocolError("authorization server metadata is not JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("authorization server metadata is not a JSON object")

@@ -54,7 +54,10 @@ def parse_callback(
     """
     if not isinstance(url, str) or len(url) > MAX_CALLBACK_CHARS:
         raise ProtocolError("the callback URL is missing or too long")
-    params = parse_qs(urlsplit(url.strip()).query, keep_blank_values=True)
+    try:
+        params = parse_qs(urlsplit(url.strip()).query, keep_blank_values=True)
+    except ValueError:  # e.g. an unclosed IPv6 bracket in a pasted URL
+        raise ProtocolError("the callback URL is not a valid URL") from None
 
     def single(name: str) -> str | None:
         values = params.get(name)

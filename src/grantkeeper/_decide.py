@@ -65,6 +65,10 @@ class Context:
     """The credential this lifecycle serves (its identity must not silently change)."""
     rejected: str | None = None
     """The access token a server rejected with 401, if that is why we are here."""
+    max_unknown_attempts: int = MAX_UNKNOWN_ATTEMPTS
+    """Attempts allowed with a refresh token whose earlier outcome is unknown; 1 means never
+    retry it (for providers without a reuse grace period, where a retry after a lost answer
+    is a replay that revokes the grant and raises a reuse alert)."""
 
 
 def identity_error(known: Credential | None, stored: Credential, key: str) -> AccountChanged | None:
@@ -134,9 +138,10 @@ def decide(
                 ),
             )
         unknown = True
-        if intent.attempts >= MAX_UNKNOWN_ATTEMPTS:
+        if intent.attempts >= ctx.max_unknown_attempts:
             reason = (
-                f"the outcome of {intent.attempts} refresh attempts is unknown "
+                f"the outcome of {intent.attempts} refresh attempt"
+                f"{'s' if intent.attempts > 1 else ''} is unknown "
                 "(a process died or lost the answer)"
             )
             return Decision(

@@ -140,7 +140,7 @@ class FileStore:
         where = str(key) if key else name
         try:
             document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise StoreCorrupt(f"{self.directory / name} is not valid JSON", key=where) from None
         if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
             raise StoreCorrupt(f"{self.directory / name} is not a grantkeeper file", key=where)

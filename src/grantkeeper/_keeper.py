@@ -23,7 +23,7 @@ from datetime import timedelta
 
 import httpx
 
-from ._decide import Action, Context, decide
+from ._decide import MAX_UNKNOWN_ATTEMPTS, Action, Context, decide
 from ._errors import (
     ClientRegistrationInvalid,
     DeadlineExceeded,
@@ -57,8 +57,32 @@ def _process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    return not _exiting(pid)
+
+
+_PF_EXITING = 0x4
+"""Linux task flag set as a process starts to exit, before its files (and locks) close."""
+
+
+def _exiting(pid: int) -> bool:
+    """Whether ``pid`` is dying or dead but not reaped yet.
+
+    Both still answer ``kill(pid, 0)``. A killed holder's lock is released while it exits,
+    before it turns zombie, and a parent that never reaps would keep a zombie forever: either
+    way it would look alive and block the credential.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rpartition(b")")[2].split()
+    except OSError:
+        return False  # no procfs (macOS): kill(pid, 0) is all we have
+    if not fields or fields[0] in (b"Z", b"X"):
         return True
-    return True
+    try:
+        return bool(int(fields[6]) & _PF_EXITING)
+    except (IndexError, ValueError):
+        return False
 
 
 class Keeper:
@@ -66,6 +90,13 @@ class Keeper:
 
     One ``Keeper`` per credential per process is enough; it is thread-safe and may be used
     from sync and async code at once. It never holds a lock while the caller uses a token.
+
+    When a refresh's outcome is unknown (its process died, or the answer was lost after
+    the request was sent), the next transaction retries the old refresh token once:
+    providers with a reuse grace period accept it. ``retry_unknown_outcome=False`` skips
+    that retry and requires re-authentication at once: the right choice for providers
+    without a grace period, where the retry is a replay that revokes the grant and looks
+    like token theft to the provider's reuse detection.
     """
 
     def __init__(
@@ -78,6 +109,7 @@ class Keeper:
         skew: timedelta = DEFAULT_SKEW,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         token_timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retry_unknown_outcome: bool = True,
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.store = store
@@ -88,6 +120,7 @@ class Keeper:
         self._skew = skew
         self._lock_timeout = lock_timeout
         self._token_timeout = token_timeout
+        self._max_unknown_attempts = MAX_UNKNOWN_ATTEMPTS if retry_unknown_outcome else 1
         self._checkpoint = checkpoint
         self._mutex = threading.Lock()
         self._inflight: concurrent.futures.Future[Credential] | None = None
@@ -273,6 +306,7 @@ class Keeper:
             holder=self._holder,
             known=self._identity,
             rejected=rejected,
+            max_unknown_attempts=self._max_unknown_attempts,
         )
 
     def _holder_alive(self, intent: RefreshIntent | None) -> bool:

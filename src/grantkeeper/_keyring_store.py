@@ -177,7 +177,7 @@ class KeyringStore:
             return None
         try:
             head = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise StoreCorrupt("keyring entry is not valid JSON", key=str(key)) from None
         version = head.get("version") if isinstance(head, dict) else None
         if (
@@ -218,7 +218,7 @@ class KeyringStore:
                     continue  # a writer replaced the parts after we read the head
                 try:
                     data = json.loads("".join(p for p in pieces if p is not None))
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise StoreCorrupt(
                         "keyring parts do not form valid JSON", key=str(key)
                     ) from None

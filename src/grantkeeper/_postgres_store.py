@@ -244,7 +244,7 @@ class PostgresStore:
             raw = self._sealer.open(raw, bound_to=_key_id(key))
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise StoreCorrupt("stored record is not valid JSON", key=str(key)) from None
         return record_from_json(data, key=str(key))
 

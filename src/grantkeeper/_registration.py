@@ -51,7 +51,7 @@ def parse_registration(status: int, body: bytes) -> ClientRegistration:
         raise ProtocolError("client registration response is too large")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
         raise ProtocolError(f"client registration failed: HTTP {status}, not a JSON object")

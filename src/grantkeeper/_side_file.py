@@ -42,7 +42,7 @@ class SideFile:
             raw = handle.read()
         try:
             document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             document = None
         if not isinstance(document, dict) or document.get("format") != self.format:
             raise StoreCorrupt(f"{self.path} is malformed; delete it and run grantkeeper doctor")

@@ -84,7 +84,7 @@ def send_token_request(
     """POST ``request`` with ``client`` and classify the answer."""
     body = _Body(request.url)
     with _translated(request.url):
-        response = client.send(_prepared(request, timeouts), stream=True)
+        response = client.send(_prepared(request, timeouts), stream=True, follow_redirects=False)
         try:
             for chunk in response.iter_bytes():
                 body.add(chunk)
@@ -103,7 +103,9 @@ async def asend_token_request(
     """POST ``request`` with an async ``client`` and classify the answer."""
     body = _Body(request.url)
     with _translated(request.url):
-        response = await client.send(_prepared(request, timeouts), stream=True)
+        response = await client.send(
+            _prepared(request, timeouts), stream=True, follow_redirects=False
+        )
         try:
             async for chunk in response.aiter_bytes():
                 body.add(chunk)

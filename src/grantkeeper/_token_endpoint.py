@@ -198,10 +198,12 @@ def parse_token_response(
     secrets = tuple(secrets)
     try:
         payload = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         payload = None
     obj: dict[str, Any] = payload if isinstance(payload, dict) else {}
     error = obj.get("error") if isinstance(obj.get("error"), str) else None
+    if error is not None:
+        error = _scrub(error, secrets)  # repeated in messages: a server may echo the token
     description = obj.get("error_description")
     detail = f": {_scrub(description, secrets)}" if isinstance(description, str) else ""
 

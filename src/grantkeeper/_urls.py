@@ -10,7 +10,10 @@ from ._errors import ProtocolError
 
 def is_loopback(url: str) -> bool:
     """Whether ``url`` points at this machine (127.0.0.0/8, ::1 or localhost)."""
-    host = urlsplit(url).hostname or ""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
     if host == "localhost":
         return True
     try:
@@ -23,7 +26,10 @@ def require_secure(url: object, what: str) -> str:
     """Return ``url`` if it is an absolute HTTPS URL, or HTTP on loopback; else raise."""
     if not isinstance(url, str) or not url:
         raise ProtocolError(f"{what} is missing")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ProtocolError(f"{what} is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ProtocolError(f"{what} is not an absolute http(s) URL")
     if parts.scheme != "https" and not is_loopback(url):

@@ -1,0 +1,1 @@
+"""Crash chaos against the real authorization server (see ``engine``; run ``scripts/chaos``)."""

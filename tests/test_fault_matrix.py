@@ -1,0 +1,334 @@
+"""Fault matrix rows not covered elsewhere (docs/guarantees.md maps every row to a test).
+
+Injected disk faults on the real file store, a keyring that locks mid-refresh, a hung lock
+holder, PostgreSQL cutting connections mid-transaction, an authorization server restart
+and clock skew against the real server.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from grantkeeper import (
+    AuthenticationRequired,
+    ClientRegistrationInvalid,
+    CredentialKey,
+    FileStore,
+    Keeper,
+    KeyringStore,
+    LockTimeout,
+    PersistencePending,
+    PostgresStore,
+    Store,
+    _file_store,
+)
+from grantkeeper._as_metadata import parse_metadata
+from grantkeeper._login import login
+from grantkeeper._status import AuthState, status_of
+from harness.authserver import AuthServer
+from harness.fake_provider import FakeProvider
+from harness.postgres import PostgresCluster
+from tests.helpers import KEY, StepClock, make_record
+from tests.test_store_auto import MemoryKeyring
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    yield FakeProvider()
+
+
+@pytest.fixture
+def http(provider: FakeProvider) -> Iterator[httpx.Client]:
+    with httpx.Client(transport=provider.transport()) as client:
+        yield client
+
+
+def seeded(store: Store, provider: FakeProvider, clock: StepClock) -> None:
+    access, refresh = provider.issue()
+    store.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
+
+
+def keeper_for(store: Store, http: httpx.Client, clock: StepClock, **kwargs: Any) -> Keeper:
+    return Keeper(store, KEY, http_client=http, clock=clock, **kwargs)
+
+
+def arm_at(stage: str, arm: Callable[[], None]) -> Callable[[str], None]:
+    """A checkpoint that calls ``arm`` the first time the transaction reaches ``stage``."""
+    fired: list[str] = []
+
+    def checkpoint(name: str) -> None:
+        if name == stage and not fired:
+            fired.append(name)
+            arm()
+
+    return checkpoint
+
+
+def assert_b_served_a_never_replayed(
+    keeper: Keeper,
+    store: Store,
+    provider: FakeProvider,
+    http: httpx.Client,
+    clock: StepClock,
+    heal: Callable[[], None],
+) -> None:
+    """The common promise when the answer cannot be stored: serve B, spend nothing else,
+    fail closed for peers, heal once the store works."""
+    b = keeper.credential()
+    assert keeper.persistence_pending
+    assert provider.is_active(b.access_token) and provider.refresh_calls == 1
+    with pytest.raises(PersistencePending):  # a peer: the live holder's answer is not stored
+        keeper_for(store, http, clock).credential()
+    heal()
+    clock.advance(3600)  # B goes stale: the next transaction first stores B, then refreshes
+    c = keeper.credential()
+    assert not keeper.persistence_pending
+    assert provider.refresh_calls == 2 and provider.replays == 0
+    stored = store.read(KEY)
+    assert stored is not None and stored.record == c
+
+
+# -- the file store: ENOSPC, EIO, read-only -----------------------------------------------
+
+
+class FaultyOS(SimpleNamespace):
+    """The ``os`` module as the file store sees it, with one call failing while armed."""
+
+    def __init__(self, call: str, code: int) -> None:
+        super().__init__()
+        self.armed = False
+        self._call, self._code = call, code
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(os, name)
+        if name != self._call:
+            return real
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            creating = name != "open" or (len(args) > 1 and args[1] & os.O_CREAT)
+            if self.armed and creating:
+                raise OSError(self._code, os.strerror(self._code))
+            return real(*args, **kwargs)
+
+        return failing
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        ("write", errno.ENOSPC),
+        ("fsync", errno.EIO),
+        ("open", errno.EROFS),
+        ("replace", errno.EACCES),
+    ],
+    ids=["disk-full", "eio", "read-only", "permission"],
+)
+def test_file_store_write_faults_serve_b_and_heal(
+    tmp_path: Path,
+    provider: FakeProvider,
+    http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+    call: str,
+    code: int,
+) -> None:
+    faulty = FaultyOS(call, code)
+    monkeypatch.setattr(_file_store, "os", faulty)
+    store, clock = FileStore(tmp_path), StepClock()
+    seeded(store, provider, clock)
+    clock.advance(3600)
+
+    def arm() -> None:
+        faulty.armed = True
+
+    keeper = keeper_for(store, http, clock, checkpoint=arm_at("after_provider", arm))
+
+    def heal() -> None:
+        faulty.armed = False
+
+    assert_b_served_a_never_replayed(keeper, store, provider, http, clock, heal)
+
+
+# -- the keyring locks between the note and the answer ------------------------------------
+
+
+def test_keyring_locked_mid_refresh_serves_b_and_heals(
+    tmp_path: Path, provider: FakeProvider, http: httpx.Client
+) -> None:
+    backend = MemoryKeyring()
+    store, clock = KeyringStore(tmp_path, service="faults", backend=backend), StepClock()
+    seeded(store, provider, clock)
+    clock.advance(3600)
+
+    def lock() -> None:
+        backend.locked = True
+
+    def unlock() -> None:
+        backend.locked = False
+
+    keeper = keeper_for(store, http, clock, checkpoint=arm_at("after_provider", lock))
+    b = keeper.credential()
+    assert keeper.persistence_pending and provider.refresh_calls == 1
+    unlock()
+    # A peer can read again: the live holder's note still stops it from spending A.
+    with pytest.raises(PersistencePending):
+        keeper_for(store, http, clock).credential()
+    clock.advance(3600)
+    c = keeper.credential()
+    assert c.access_token != b.access_token
+    assert provider.refresh_calls == 2 and provider.replays == 0
+
+
+# -- a lock holder that hangs ---------------------------------------------------------------
+
+
+def test_a_hung_lock_holder_gives_a_typed_timeout_and_nothing_is_spent_or_stolen(
+    tmp_path: Path, provider: FakeProvider, http: httpx.Client
+) -> None:
+    store, clock = FileStore(tmp_path), StepClock()
+    seeded(store, provider, clock)
+    before = store.read(KEY)
+    clock.advance(3600)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.lock(KEY, timeout=5):
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(60)
+        keeper = keeper_for(store, http, clock, lock_timeout=0.2)
+        with pytest.raises(LockTimeout) as info:
+            keeper.credential()
+        assert info.value.retryable
+        assert provider.refresh_calls == 0 and store.read(KEY) == before
+    finally:
+        release.set()
+        holder.join()
+    # The holder let go: the same keeper proceeds.
+    assert provider.is_active(keeper.credential().access_token)
+
+
+# -- PostgreSQL cuts every connection mid-transaction ---------------------------------------
+
+
+@pytest.mark.slow
+def test_postgresql_connections_cut_after_the_answer_serve_b_and_heal(
+    provider: FakeProvider, http: httpx.Client
+) -> None:
+    with PostgresCluster() as cluster:
+        store = PostgresStore(cluster.dsn, schema=f"f{uuid.uuid4().hex[:10]}")
+        clock = StepClock()
+        seeded(store, provider, clock)
+        clock.advance(3600)
+
+        def cut() -> None:
+            with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'grantkeeper'"
+                )
+
+        keeper = keeper_for(store, http, clock, checkpoint=arm_at("before_write", cut))
+        b = keeper.credential()
+        assert keeper.persistence_pending  # the write met the dead connection
+        assert provider.is_active(b.access_token) and provider.refresh_calls == 1
+        clock.advance(3600)
+        c = keeper.credential()  # a new connection: B stored, then refreshed normally
+        assert not keeper.persistence_pending
+        assert provider.refresh_calls == 2 and provider.replays == 0
+        stored = store.read(KEY)
+        assert stored is not None and stored.record == c
+        store.close()
+
+
+# -- the real authorization server: restart, clock skew -------------------------------------
+
+RESOURCE = "http://127.0.0.1:9/mcp"
+REDIRECT_URI = "http://127.0.0.1:9/callback"
+REAL_KEY = CredentialKey.for_server(RESOURCE)
+
+
+def real_login(server: AuthServer, store: Store, http: httpx.Client) -> None:
+    body = http.get(f"{server.issuer}/.well-known/openid-configuration").content
+    login(
+        store,
+        REAL_KEY,
+        metadata=parse_metadata(body, expected_issuer=server.issuer),
+        resource=RESOURCE,
+        redirect_uri=REDIRECT_URI,
+        authorize=lambda url: server.approve(url, REDIRECT_URI),
+        http=http,
+        scope="mcp",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.realserver
+def test_authorization_server_restart_requires_a_new_login_and_says_why(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        first = AuthServer(access_ttl=3600).start()
+        try:
+            real_login(first, store, http)
+            port = first.port
+        finally:
+            first.stop()
+        # Same address, all state gone: every grant and every registered client.
+        with AuthServer(access_ttl=3600, port=port) as second:
+            with Keeper(store, REAL_KEY) as keeper:
+                current = keeper.credential()
+                with pytest.raises(ClientRegistrationInvalid) as info:
+                    keeper.credential(rejected=current.access_token)
+            assert info.value.requires_login or info.value.requires_reauthentication
+            stored = store.read(REAL_KEY)
+            assert stored is not None and stored.record.reauth_reason
+            status = status_of(REAL_KEY, stored.record, now=datetime.now(UTC))
+            assert status.state is AuthState.REAUTHENTICATION_REQUIRED
+            # No retry loop: the next caller fails closed without calling the server.
+            with Keeper(store, REAL_KEY) as peer, pytest.raises(AuthenticationRequired):
+                peer.credential(rejected=current.access_token)
+            assert second.stats()["refresh_success"] == 0
+            real_login(second, store, http)  # a new login (and registration) recovers
+            with Keeper(store, REAL_KEY) as fresh:
+                assert fresh.credential().access_token
+
+
+@pytest.mark.slow
+@pytest.mark.realserver
+@pytest.mark.parametrize("skew_minutes", [-5, 5])
+def test_clock_skew_of_five_minutes_costs_nothing(tmp_path: Path, skew_minutes: int) -> None:
+    # Expiry is computed from the client's own clock at receipt (now + expires_in), so a
+    # constant offset from the server cancels out; a 401 the server sends early still
+    # costs exactly one refresh, and no refresh loop follows.
+    store = FileStore(tmp_path)
+    offset = timedelta(minutes=skew_minutes)
+
+    def skewed() -> datetime:
+        return datetime.now(UTC) + offset
+
+    with AuthServer(access_ttl=3600) as server, httpx.Client(timeout=10, trust_env=False) as http:
+        real_login(server, store, http)
+        server.reset_stats()
+        with Keeper(store, REAL_KEY, clock=skewed) as keeper:
+            first = keeper.credential()
+            second = keeper.credential(rejected=first.access_token)
+            assert second.access_token != first.access_token
+            for _ in range(3):
+                assert keeper.credential().access_token == second.access_token
+        stats = server.stats()
+        assert stats["refresh_success"] == 1 and stats["replays"] == 0
