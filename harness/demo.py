@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--threads", type=int, default=4, help="threads per process")
     parser.add_argument("--rounds", type=int, default=6, help="rotations to go through")
+    parser.add_argument("--no-mcp", action="store_true", help="skip the MCP tool-call part")
     args = parser.parse_args(argv)
     console = Console()
     key = CredentialKey.for_server(RESOURCE)
@@ -87,10 +89,38 @@ def main(argv: list[str] | None = None) -> int:
             "[green]ok[/]: one refresh per rotation, no refresh token replayed, every caller "
             "holds a token the server accepts"
         )
-        return 0
+        return 0 if args.no_mcp else mcp_part(console)
     for error in report.errors[:10]:
         console.print(f"[red]error[/] {error}")
     console.print("[red]FAILED[/]: the guarantees above did not hold")
+    return 1
+
+
+def mcp_part(console: Console) -> int:
+    """Log in to a real MCP server, call a tool, let the token expire, call again."""
+    from harness.mcp_demo import expiry_demo
+
+    # The MCP server and httpx log every request at INFO; the table says what matters.
+    for name in ("", "mcp", "httpx", "httpx2", "uvicorn", "uvicorn.access", "grantkeeper"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with console.status("MCP: log in, call a tool, wait for the token to expire, call again"):
+        seen = expiry_demo()
+    table = Table(title="an MCP tool call before and after the access token expired")
+    for column in ("call before", "call after", "waited", "refreshes", "replays", "status"):
+        table.add_column(column)
+    table.add_row(
+        seen.first,
+        seen.second,
+        f"{seen.waited_s} s",
+        str(seen.refreshes),
+        str(seen.replays),
+        seen.status,
+    )
+    console.print(table)
+    if seen.token_changed and seen.refreshes == 1 and seen.replays == 0 and seen.status == "oauth":
+        console.print("[green]ok[/]: the expired token was refreshed silently, once")
+        return 0
+    console.print("[red]FAILED[/]: the MCP call did not recover as promised")
     return 1
 
 
