@@ -22,6 +22,7 @@ from benchmarks._report import Section
 
 BENCHMARKS = {
     "P4": "benchmarks.p4_store_scale",
+    "P5": "benchmarks.p5_cold_start",
 }
 
 
