@@ -15,21 +15,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
-
 from grantkeeper import Credential, CredentialKey, FileStore, Keeper, Store
-from grantkeeper._as_metadata import parse_metadata
 from grantkeeper._freshness import utc_now
-from grantkeeper._login import login as _login
 from grantkeeper._status import status_of
 from grantkeeper.mcp import connect
 from harness.authserver import AuthServer
 from harness.mcp_server import McpServer
-
-REDIRECT_URI = "http://127.0.0.1:9/callback"
-"""Never requested: ``AuthServer.approve`` stops at the redirect and returns it."""
-
-SCOPE = "openid offline_access mcp"
+from harness.real_login import log_in
 
 
 def login(
@@ -37,19 +29,7 @@ def login(
 ) -> Credential:
     """Log in to ``server_url`` as the harness's current account; store and return it."""
     key = CredentialKey.for_server(server_url, profile)
-    with httpx.Client(timeout=10.0, trust_env=False) as http:
-        discovery = http.get(f"{auth.issuer}/.well-known/openid-configuration")
-        metadata = parse_metadata(discovery.content, expected_issuer=auth.issuer)
-        return _login(
-            store,
-            key,
-            metadata=metadata,
-            resource=server_url,
-            redirect_uri=REDIRECT_URI,
-            authorize=lambda url: auth.approve(url, REDIRECT_URI),
-            http=http,
-            scope=SCOPE,
-        )
+    return log_in(auth, store, key, resource=server_url)
 
 
 @dataclass(frozen=True)
