@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -179,7 +179,47 @@ class AuthDriver:
                 return
 
 
-class HttpxAuth(httpx.Auth):
+class DriverAuth:
+    """The plumbing both auth classes share: a Keeper (or a static token) behind an
+    :class:`AuthDriver`. Subclasses add the HTTP library's ``Auth`` base and say which of
+    its request bodies can be sent twice."""
+
+    _driver: AuthDriver
+
+    @staticmethod
+    def _replayable(request: Any) -> bool:
+        raise NotImplementedError
+
+    def __init__(self, keeper: Keeper, *, recovery_timeout: float | None = None) -> None:
+        self._driver = AuthDriver(
+            keeper,
+            server_url=None,
+            token=None,
+            recovery_timeout=recovery_timeout,
+            replayable=self._replayable,
+        )
+
+    @classmethod
+    def bearer(cls, server_url: str, token: str | None = None) -> Self:
+        """Send ``token`` (or the request's own header) to ``server_url``; never refresh."""
+        auth = cls.__new__(cls)
+        auth._driver = AuthDriver(
+            None,
+            server_url=server_url,
+            token=token,
+            recovery_timeout=None,
+            replayable=cls._replayable,
+        )
+        return auth
+
+    def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
+        return self._driver.sync_flow(request)
+
+    def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
+        return self._driver.async_flow(request)
+
+
+class HttpxAuth(DriverAuth, httpx.Auth):
     """Authenticate httpx requests to one MCP server with a grantkeeper credential.
 
     ``HttpxAuth(keeper)`` sends the Keeper's token, refreshes it before it expires, and
@@ -192,32 +232,6 @@ class HttpxAuth(httpx.Auth):
     :class:`RetryRequired`, :class:`DeadlineExceeded` and the Keeper's own.
     """
 
-    def __init__(self, keeper: Keeper, *, recovery_timeout: float | None = None) -> None:
-        self._driver = AuthDriver(
-            keeper,
-            server_url=None,
-            token=None,
-            recovery_timeout=recovery_timeout,
-            replayable=_replayable,
-        )
-
-    @classmethod
-    def bearer(cls, server_url: str, token: str | None = None) -> HttpxAuth:
-        """Send ``token`` (or the request's own header) to ``server_url``; never refresh."""
-        auth = cls.__new__(cls)
-        auth._driver = AuthDriver(
-            None, server_url=server_url, token=token, recovery_timeout=None, replayable=_replayable
-        )
-        return auth
-
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
-        return self._driver.sync_flow(request)
-
-    def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        return self._driver.async_flow(request)
-
-
-def _replayable(request: httpx.Request) -> bool:
-    return isinstance(request.stream, httpx.ByteStream)
+    @staticmethod
+    def _replayable(request: httpx.Request) -> bool:
+        return isinstance(request.stream, httpx.ByteStream)
