@@ -13,7 +13,15 @@ from grantkeeper import (
     ReauthenticationRequired,
     RetryRequired,
 )
-from grantkeeper._auth_flow import Acquire, Flow, Reply, Send, oauth_flow, static_flow
+from grantkeeper._auth_flow import (
+    ACTIONABLE,
+    Acquire,
+    Flow,
+    Reply,
+    Send,
+    oauth_flow,
+    static_flow,
+)
 
 INVALID = 'Bearer error="invalid_token", resource_metadata="https://x.test/.well-known/oauth-protected-resource/mcp"'
 
@@ -166,3 +174,21 @@ def test_any_challenge_header_ends_in_a_step_or_a_typed_error(
     except GrantkeeperError:
         return
     assert step == Acquire(rejected="A")
+
+
+@given(
+    status=st.integers(min_value=100, max_value=599).filter(lambda s: s not in ACTIONABLE),
+    challenges=st.lists(st.sampled_from([INVALID, "Basic realm=x", 'Bearer error="x"', "!"])),
+    replayable=st.booleans(),
+)
+def test_every_flow_ends_quietly_on_a_status_it_does_not_act_on(
+    status: int, challenges: list[str], replayable: bool
+) -> None:
+    """The contract behind the driver's healthy path: it plays the opening from memory and
+    runs the flow only for a status in ACTIONABLE, so any other must end every flow."""
+    flow = oauth(replayable)
+    assert (next(flow), flow.send("A")) == (Acquire(), Send("A"))
+    finish(flow, Reply(status, tuple(challenges)))
+    static = static_flow(token="S")
+    assert next(static) == Send("S")
+    finish(static, Reply(status, tuple(challenges)))

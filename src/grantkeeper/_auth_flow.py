@@ -51,11 +51,18 @@ class Reply:
 Step = Acquire | Send
 Flow = Generator[Step, "str | Reply", None]
 
+ACTIONABLE = frozenset({401, 403})
+"""The only reply statuses a flow acts on. On any other reply a flow ends, so a driver that
+has already sent a request with the token from memory may skip running the flow for it;
+``tests/test_auth_flow.py`` holds every flow to this."""
+
 
 def oauth_flow(*, replayable: bool, key: str | None = None) -> Flow:
     """The OAuth policy: send the current token; on 401 renew once and retry once.
 
-    ``replayable`` says whether the request's body can be sent a second time.
+    ``replayable`` says whether the request's body can be sent a second time. The flow opens
+    with ``Acquire()`` then ``Send(token)``, always: a driver may play that opening itself
+    from memory (see :data:`ACTIONABLE`) and hand the flow the reply.
     """
     sent = _token((yield Acquire()))
     reply = _reply((yield Send(sent)))

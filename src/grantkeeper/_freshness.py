@@ -52,10 +52,18 @@ def freshness(record: Credential, now: datetime, skew: timedelta = DEFAULT_SKEW)
     A record of unknown expiry (a legacy record that kept only ``expires_in``) is STALE:
     it may still work, and the first refresh gives it an absolute expiry.
     """
-    if record.expires_at is None:
+    expires_at, turns_stale = record.expires_at, stale_at(record, skew)
+    if expires_at is None or turns_stale is None:
         return Freshness.STALE
-    if now >= record.expires_at:
+    if now >= expires_at:
         return Freshness.EXPIRED
-    if now >= record.expires_at - refresh_margin(record, skew):
+    if now >= turns_stale:
         return Freshness.STALE
     return Freshness.FRESH
+
+
+def stale_at(record: Credential, skew: timedelta = DEFAULT_SKEW) -> datetime | None:
+    """When ``record`` turns STALE; ``None`` if its expiry is unknown (it is STALE now)."""
+    if record.expires_at is None:
+        return None
+    return record.expires_at - refresh_margin(record, skew)

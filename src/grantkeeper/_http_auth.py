@@ -19,12 +19,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._auth_flow import Acquire, Flow, Reply, Send, oauth_flow, static_flow
+from ._auth_flow import ACTIONABLE, Acquire, Flow, Reply, Send, oauth_flow, static_flow
 from ._errors import DeadlineExceeded
 from ._keeper import Keeper
 from ._record import canonical_url
 
 AUTHORIZATION = "Authorization"
+
+_ORIGIN_CACHE_SIZE = 64
+"""Origins remembered per auth object; a client talks to few, and the rest are judged anew."""
 
 
 class _Headers(Protocol):
@@ -58,6 +61,13 @@ def origin(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
+def _reply_of(response: _Response) -> Reply:
+    status = response.status_code
+    # Challenges matter only to a 401 or 403; other answers skip reading them.
+    challenges = response.headers.get_list("www-authenticate") if status in ACTIONABLE else ()
+    return Reply(status, tuple(challenges))
+
+
 class AuthDriver:
     """The shared body of :class:`HttpxAuth` and ``Httpx2Auth``; see their docs."""
 
@@ -79,6 +89,7 @@ class AuthDriver:
         self._token = token
         self._recovery_timeout = recovery_timeout
         self._replayable = replayable
+        self._origins: dict[tuple[Any, Any, Any], bool] = {}
 
     # -- the flow, shared by sync and async ---------------------------------------------
 
@@ -87,9 +98,20 @@ class AuthDriver:
             return static_flow(token=self._token, key=self._key)
         return oauth_flow(replayable=replayable, key=self._key)
 
+    def _same_origin(self, url: Any) -> bool:
+        # Parsing the URL again costs more than the rest of a healthy request's auth, so the
+        # verdict is kept per (scheme, host, port) as the HTTP library already parsed them.
+        parts = (url.scheme, url.raw_host, url.port)
+        verdict = self._origins.get(parts)
+        if verdict is None:
+            verdict = origin(str(url)) == self._origin
+            if len(self._origins) < _ORIGIN_CACHE_SIZE:
+                self._origins[parts] = verdict
+        return verdict
+
     def steps(self, request: _Request) -> Generator[Acquire | _Request, Any, None]:
         """Yield ``Acquire`` (answer: a token) or the request to send (answer: a response)."""
-        if origin(str(request.url)) != self._origin:
+        if not self._same_origin(request.url):
             # Never send our credential to another origin, redirects included: httpx builds
             # a redirect's request without Authorization when it leaves the origin.
             yield request
@@ -97,8 +119,24 @@ class AuthDriver:
         # Judged before sending: a transport that buffers a streamed body while sending
         # would make it look replayable afterwards, and a real one consumes it.
         replayable = self._replayable(request)
-        flow = self._flow(request, replayable)
-        step = next(flow)
+        hit = self.keeper.cached() if self.keeper is not None else None
+        if hit is None:
+            flow = self._flow(request, replayable)
+            step = next(flow)
+        else:
+            # The healthy path, nearly every request: the flow's opening (Acquire, then Send
+            # that token) answered from memory; the flow itself runs only on a 401 or 403.
+            request.headers[AUTHORIZATION] = f"Bearer {hit.access_token}"
+            response: _Response = yield request
+            if response.status_code not in ACTIONABLE:
+                return
+            flow = self._flow(request, replayable)
+            opening = (next(flow), flow.send(hit.access_token))
+            assert opening == (Acquire(), Send(hit.access_token))
+            try:
+                step = flow.send(_reply_of(response))
+            except StopIteration:
+                return
         while True:
             answer: str | Reply
             if isinstance(step, Acquire):
@@ -107,10 +145,7 @@ class AuthDriver:
                 assert isinstance(step, Send)
                 if step.token is not None:
                     request.headers[AUTHORIZATION] = f"Bearer {step.token}"
-                response: _Response = yield request
-                answer = Reply(
-                    response.status_code, tuple(response.headers.get_list("www-authenticate"))
-                )
+                answer = _reply_of((yield request))
             try:
                 step = flow.send(answer)
             except StopIteration:
@@ -131,13 +166,22 @@ class AuthDriver:
             limit = timeout.get("pool") if isinstance(timeout, dict) else None
         return None if limit is None else time.monotonic() + limit
 
-    def acquire(self, step: Acquire, deadline: float | None) -> str:
+    def acquire(self, step: Acquire, request: _Request) -> str:
         assert self.keeper is not None
+        hit = self.keeper.cached(rejected=step.rejected)
+        if hit is not None:
+            return hit.access_token
+        deadline = self.deadline(request)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.keeper.credential(rejected=step.rejected, timeout=remaining).access_token
 
-    async def aacquire(self, step: Acquire, deadline: float | None) -> str:
+    async def aacquire(self, step: Acquire, request: _Request) -> str:
         assert self.keeper is not None
+        # The healthy path first: no deadline to compute, no timeout scope to enter.
+        hit = self.keeper.cached(rejected=step.rejected)
+        if hit is not None:
+            return hit.access_token
+        deadline = self.deadline(request)
         if deadline is None:
             return (await self.keeper.acredential(rejected=step.rejected)).access_token
         remaining = max(0.0, deadline - time.monotonic())
@@ -154,23 +198,21 @@ class AuthDriver:
     # -- the two drivers ----------------------------------------------------------------
 
     def sync_flow(self, request: _Request) -> Generator[Any, Any, None]:
-        deadline = self.deadline(request)
         steps = self.steps(request)
         item = next(steps)
         while True:
-            answer = self.acquire(item, deadline) if isinstance(item, Acquire) else (yield item)
+            answer = self.acquire(item, request) if isinstance(item, Acquire) else (yield item)
             try:
                 item = steps.send(answer)
             except StopIteration:
                 return
 
     async def async_flow(self, request: _Request) -> AsyncGenerator[Any, Any]:
-        deadline = self.deadline(request)
         steps = self.steps(request)
         item = next(steps)
         while True:
             if isinstance(item, Acquire):
-                answer = await self.aacquire(item, deadline)
+                answer = await self.aacquire(item, request)
             else:
                 answer = yield item
             try:

@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -35,7 +35,7 @@ from ._errors import (
     ReauthenticationRequired,
     StoreError,
 )
-from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, utc_now
+from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
 from ._log import event
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
@@ -126,6 +126,7 @@ class Keeper:
         self._inflight: concurrent.futures.Future[Credential] | None = None
         # What we serve; may be ahead of the store when a write failed.
         self._current: Credential | None = None
+        self._fresh_until: tuple[Credential | None, datetime | None] = (None, None)
         # The last record we know the store holds, with its version.
         self._durable: Stored | None = None
         # A refreshed credential the store does not hold yet (the provider's answer B).
@@ -150,6 +151,13 @@ class Keeper:
     def persistence_pending(self) -> bool:
         """Whether the credential being served is not yet durable in the store."""
         return self._pending is not None
+
+    def cached(self, *, rejected: str | None = None) -> Credential | None:
+        """The credential :meth:`credential` would return at once from memory, else ``None``.
+
+        Never waits and does no I/O: the healthy path of every request.
+        """
+        return self._from_memory(rejected)
 
     def credential(
         self, *, rejected: str | None = None, timeout: float | None = None
@@ -211,7 +219,16 @@ class Keeper:
         current = self._current
         if current is None:
             return None
-        state = freshness(current, self._clock(), self._skew)
+        now = self._clock()
+        if rejected is None:
+            # Every request asks this; the moment the credential turns stale is worked out
+            # once per credential rather than per request.
+            fresh_until = self._fresh_until
+            if fresh_until[0] is not current:
+                fresh_until = self._fresh_until = (current, stale_at(current, self._skew))
+            if fresh_until[1] is not None and now < fresh_until[1]:
+                return current
+        state = freshness(current, now, self._skew)
         if rejected is None:
             if state is Freshness.FRESH:
                 return current
