@@ -21,6 +21,8 @@ from benchmarks._measure import machine
 from benchmarks._report import Section
 
 BENCHMARKS = {
+    "P1": "benchmarks.p1_concurrent_calls",
+    "P2": "benchmarks.p2_request_overhead",
     "P4": "benchmarks.p4_store_scale",
     "P5": "benchmarks.p5_cold_start",
 }

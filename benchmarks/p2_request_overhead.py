@@ -1,0 +1,140 @@
+"""P2: what authentication adds to each request on a fast local endpoint.
+
+Two measurements per peer, each against the same fresh, really issued token:
+
+- requests: back-to-back GETs through an ``httpx2.AsyncClient`` to a loopback endpoint that
+  answers at once (``benchmarks/_fast_endpoint.py``, its own process): the cost a user sees;
+- auth flow: the peer's ``httpx2.Auth`` flow alone, driven in-process for one request and
+  its 200 answer: the overhead itself, which the loopback round trip would drown in noise.
+  A static header is set when the request is built, not in a flow; its figure is that of
+  a flow that does only that, the floor of any bearer authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx2
+
+from benchmarks._fast_endpoint import fast_endpoint
+from benchmarks._measure import Spread, ratio
+from benchmarks._peers import PEERS, Login, logged_in, peer_client
+from benchmarks._report import Section
+
+RATIO_GOAL = 1.1
+SHARE_GOAL = 0.2
+
+
+class _HeaderOnly(httpx2.Auth):
+    """The least an auth flow can do: set the one header. The static peer's flow figure."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    async def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        request.headers["Authorization"] = self.value
+        yield request
+
+
+async def _requests(http: httpx2.AsyncClient, url: str, count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        response = await http.get(url)
+        if response.status_code != 200:
+            raise RuntimeError(f"the endpoint answered {response.status_code}")
+    return (time.perf_counter() - started) / count
+
+
+async def _flow(auth: httpx2.Auth, request: httpx2.Request, count: int) -> float:
+    response = httpx2.Response(200, text="ok", request=request)
+    started = time.perf_counter()
+    for _ in range(count):
+        flow = auth.async_auth_flow(request)
+        await flow.__anext__()
+        try:
+            await flow.asend(response)
+        except StopAsyncIteration:
+            pass
+        else:
+            raise RuntimeError("an auth flow asked for another request after a 200")
+    return (time.perf_counter() - started) / count
+
+
+async def _measure(
+    login: Login, *, repeats: int, requests: int, flows: int
+) -> tuple[dict[str, Spread], dict[str, Spread]]:
+    over_loopback: dict[str, list[float]] = {peer: [] for peer in PEERS}
+    in_flow: dict[str, list[float]] = {peer: [] for peer in PEERS}
+    for _ in range(repeats):
+        for peer in PEERS:  # peers take turns, so a noisy moment hurts all of them alike
+            async with peer_client(peer, login) as http:
+                first = await http.get(login.url)
+                if "authorization" not in first.request.headers:
+                    raise RuntimeError(f"{peer} sent no Authorization header")
+                await _requests(http, login.url, max(1, requests // 10))  # warm up
+                over_loopback[peer].append(await _requests(http, login.url, requests))
+                auth: Any = http.auth or _HeaderOnly(http.headers["authorization"])
+                request = http.build_request("GET", login.url)
+                await _flow(auth, request, max(1, flows // 10))
+                in_flow[peer].append(await _flow(auth, request, flows))
+    return (
+        {peer: Spread.of(v) for peer, v in over_loopback.items()},
+        {peer: Spread.of(v) for peer, v in in_flow.items()},
+    )
+
+
+def run(*, repeats: int = 5, requests: int = 2_000, flows: int = 50_000) -> Section:
+    section = Section(
+        "P2",
+        "per-request auth overhead on a fast local endpoint",
+        f"grantkeeper ≤ {RATIO_GOAL}× static per request, and its overhead ≤ "
+        f"{SHARE_GOAL:.0%} of the SDK provider's",
+        [
+            "client",
+            "per request (loopback)",
+            "ratio to static",
+            "auth flow per request",
+            "overhead over static",
+            "share of the SDK's overhead",
+        ],
+    )
+    with fast_endpoint() as url, logged_in(url) as login:
+        loopback, flow = asyncio.run(
+            _measure(login, repeats=repeats, requests=requests, flows=flows)
+        )
+    static = loopback["static"]
+    overhead = {peer: flow[peer].median - flow["static"].median for peer in PEERS}
+    for peer in PEERS:
+        share = overhead[peer] / overhead["mcp SDK"] if overhead["mcp SDK"] > 0 else float("nan")
+        section.rows.append(
+            [
+                peer,
+                loopback[peer].fmt(" µs", 1e6, 0),
+                ratio(loopback[peer], static),
+                flow[peer].fmt(" µs", 1e6, 2),
+                f"{overhead[peer] * 1e6:.2f} µs",
+                f"{share:.2f}",
+            ]
+        )
+    section.met = (
+        loopback["grantkeeper"].median <= RATIO_GOAL * static.median
+        and overhead["grantkeeper"] <= SHARE_GOAL * overhead["mcp SDK"]
+    )
+    section.notes.append(
+        f"Median (min–max) over {repeats} repeats of the mean of {requests:,} sequential "
+        f"requests, and of {flows:,} auth flows driven in-process (one request, its 200 "
+        "answer). Overhead is a peer's auth-flow time minus that of a flow that only sets the "
+        "header (what a static bearer costs per request). The fast endpoint is a bare "
+        "asyncio HTTP/1.1 server in its own process; every peer holds the same fresh token, "
+        "so nothing is refreshed."
+    )
+    return section
+
+
+def smoke() -> Section:
+    return run(repeats=1, requests=20, flows=200)
