@@ -38,6 +38,19 @@ def test_unknown_outcome_is_shown_then_escalates() -> None:
     assert state(twice, 3590) is AuthState.REAUTHENTICATION_REQUIRED
 
 
+def test_without_the_retry_policy_one_lost_outcome_needs_a_login_and_says_so() -> None:
+    record = make_record("a", "r")
+    intent = RefreshIntent(record.refresh_fingerprint or "", 42, "host", T0, 1, "unknown")
+    lost = record.replace(intent=intent)
+    fresh = status_of(KEY, lost, now=T0, retry_unknown_outcome=False)
+    assert fresh.state is AuthState.OAUTH
+    assert "not retried" in fresh.detail and "retries it once" not in fresh.detail
+    stale = status_of(KEY, lost, now=T0 + timedelta(seconds=3590), retry_unknown_outcome=False)
+    assert stale.state is AuthState.REAUTHENTICATION_REQUIRED
+    assert stale.detail == "the outcome of 1 refresh attempt is unknown"
+    assert "retries it once" in status_of(KEY, lost, now=T0).detail
+
+
 def test_action_names_the_login_command() -> None:
     status = status_of(KEY, None, now=T0)
     assert status.action == f"grantkeeper login {KEY.server_url}"

@@ -34,9 +34,11 @@ def auth_status(
     http: httpx.Client | None = None,
     clock: Clock = utc_now,
     skew: timedelta = DEFAULT_SKEW,
+    retry_unknown_outcome: bool = True,
 ) -> AuthStatus:
     """``server``'s status. Offline it reads only the store; ``check`` also runs discovery,
-    which tells ``login_required`` from ``unsupported`` and finds broken metadata."""
+    which tells ``login_required`` from ``unsupported`` and finds broken metadata.
+    ``retry_unknown_outcome`` is the policy of the Keepers that use this credential."""
     key = server.key
     if server.bearer_token or server.bearer_token_env:
         return status_of(key, None, now=clock(), store=store.name, bearer=True)
@@ -46,7 +48,12 @@ def auth_status(
         detail = f"{exc.message}; log in again"
         return AuthStatus(key, AuthState.REAUTHENTICATION_REQUIRED, detail, store=store.name)
     status = status_of(
-        key, stored.record if stored else None, now=clock(), skew=skew, store=store.name
+        key,
+        stored.record if stored else None,
+        now=clock(),
+        skew=skew,
+        store=store.name,
+        retry_unknown_outcome=retry_unknown_outcome,
     )
     if not check:
         return status

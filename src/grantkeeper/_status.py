@@ -55,8 +55,13 @@ def status_of(
     skew: timedelta = DEFAULT_SKEW,
     store: str | None = None,
     bearer: bool = False,
+    retry_unknown_outcome: bool = True,
 ) -> AuthStatus:
-    """Classify ``record`` without any network I/O."""
+    """Classify ``record`` without any network I/O.
+
+    ``retry_unknown_outcome`` is the :class:`~grantkeeper.Keeper`'s option of that name:
+    whether a refresh whose outcome was lost is retried once, or needs a new login.
+    """
     if bearer:
         return AuthStatus(key, AuthState.BEARER, "a static bearer token is configured", store=store)
     if record is None:
@@ -73,13 +78,21 @@ def status_of(
         return reauth("the token expired and no refresh token is stored")
     intent = record.intent
     if intent is not None and intent.token_fingerprint == record.refresh_fingerprint:
-        if intent.attempts >= MAX_UNKNOWN_ATTEMPTS and state is not Freshness.FRESH:
-            return reauth(f"the outcome of {intent.attempts} refresh attempts is unknown")
+        limit = MAX_UNKNOWN_ATTEMPTS if retry_unknown_outcome else 1
+        attempts = f"{intent.attempts} refresh attempt{'s' if intent.attempts != 1 else ''}"
+        if intent.attempts >= limit and state is not Freshness.FRESH:
+            return reauth(f"the outcome of {attempts} is unknown")
+        then = (
+            "the next refresh retries it once"
+            if intent.attempts < limit
+            else "it is not retried (a replay could revoke the grant): log in again "
+            "when this token expires"
+        )
         return dataclasses.replace(
             ok,
             detail=(
                 f"a refresh started {intent.started_at:%Y-%m-%d %H:%M:%S}Z by pid {intent.pid} "
-                f"on {intent.host} has an unknown outcome; the next refresh retries it once"
+                f"on {intent.host} has an unknown outcome; {then}"
             ),
         )
     return ok
