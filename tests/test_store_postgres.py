@@ -203,3 +203,47 @@ def test_the_lock_goes_when_its_connection_is_cut(cluster: PostgresCluster, sche
             )
         with second.lock(KEY, timeout=30):
             pass
+
+
+def _advisory_holders(cluster: PostgresCluster) -> list[int]:
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def test_a_released_lock_frees_the_key_and_keeps_its_connection(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    store, other = (
+        PostgresStore(cluster.dsn, schema=schema),
+        PostgresStore(cluster.dsn, schema=schema),
+    )
+    with store.lock(KEY, timeout=5):
+        (first,) = _advisory_holders(cluster)
+    assert _advisory_holders(cluster) == []
+    with other.lock(KEY, timeout=0):  # released for real, not just on our side
+        pass
+    with store.lock(KEY, timeout=5):
+        assert _advisory_holders(cluster) == [first]  # the same session, not a new one
+    store.close()
+    other.close()
+
+
+def test_a_kept_lock_connection_the_server_dropped_is_replaced(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    store = PostgresStore(cluster.dsn, schema=schema)
+    with store.lock(KEY, timeout=5):
+        pass
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'grantkeeper'"
+        )
+    with store.lock(KEY, timeout=5):
+        assert len(_advisory_holders(cluster)) == 1
+    with store.lock(OTHER, timeout=0):
+        pass
+    store.close()

@@ -47,6 +47,9 @@ KEEPALIVE: dict[str, Any] = {
 }
 """TCP keepalives, so the server notices a lock holder whose host died within ~25 s."""
 
+IDLE_LOCK_CONNECTIONS = 4
+"""Lock connections kept open after their lock is released, for the next transaction."""
+
 STATEMENT_MARGIN_MS = 5000
 """Slack beyond a lock wait before the server cancels the statement that waits."""
 
@@ -112,6 +115,7 @@ class PostgresStore:
         self._sealer = sealer if sealer is not None else Sealer.from_environment()
         self._mutex = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
+        self._idle_lock_connections: list[psycopg.Connection[Any]] = []
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r}, schema={self.schema!r})"
@@ -206,19 +210,22 @@ class PostgresStore:
                 raise self._unreachable(exc) from None
 
     def close(self) -> None:
-        """Close the shared connection (a later call opens a new one)."""
+        """Close the shared and kept lock connections (later calls open new ones)."""
         with self._mutex:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            connections = [self._conn, *self._idle_lock_connections]
+            self._conn, self._idle_lock_connections = None, []
+        for conn in connections:
+            if conn is not None:
+                conn.close()
 
     def __del__(self) -> None:
         # A store usually lives as long as its process; closing here spares callers a
         # ResourceWarning when they drop it without close().
-        conn = getattr(self, "_conn", None)
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        connections = [getattr(self, "_conn", None), *getattr(self, "_idle_lock_connections", [])]
+        for conn in connections:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     # -- records ------------------------------------------------------------------------
 
@@ -316,21 +323,19 @@ class PostgresStore:
 
         lock_id = _lock_id(f"credential\0{self.schema}\0{_key_id(key)}")
         what = f"the lock of {key}"
-        conn = self._open()
+        conn = self._lock_connection()
+        released = False
         try:
             try:
-                if timeout <= 0:
-                    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()
-                    if not (row and row[0]):
-                        raise LockTimeout(f"{what} is held by another worker", key=str(key))
-                else:
-                    # The server queues waiters and hands the lock over the moment it is free.
-                    wait_ms = max(1, round(timeout * 1000))
-                    conn.execute(f"SET lock_timeout = {wait_ms}")
-                    conn.execute(f"SET statement_timeout = {wait_ms + STATEMENT_MARGIN_MS}")
-                    conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
-                    conn.execute("RESET lock_timeout")
-                    conn.execute("RESET statement_timeout")
+                try:
+                    self._take_lock(conn, lock_id, timeout, what, key)
+                except psycopg.OperationalError:
+                    if not conn.broken:
+                        raise
+                    # A kept connection the server has since dropped: nothing was locked on
+                    # it, so a new one may try again.
+                    conn = self._open()
+                    self._take_lock(conn, lock_id, timeout, what, key)
             except psycopg.errors.LockNotAvailable:
                 raise LockTimeout(
                     f"{what} was not released within {timeout:g} s; another worker holds it",
@@ -339,10 +344,57 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise self._unreachable(exc) from None
             yield
-        finally:
-            # Ending the session releases the lock, whatever state the connection is in.
             with contextlib.suppress(Exception):
-                conn.close()
+                row = conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,)).fetchone()
+                released = bool(row and row[0])
+        finally:
+            if released:
+                self._keep_lock_connection(conn)
+            else:
+                # Ending the session releases the lock, whatever state the connection is in.
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _take_lock(
+        self,
+        conn: psycopg.Connection[Any],
+        lock_id: int,
+        timeout: float,
+        what: str,
+        key: CredentialKey,
+    ) -> None:
+        if timeout <= 0:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()
+            if not (row and row[0]):
+                raise LockTimeout(f"{what} is held by another worker", key=str(key))
+            return
+        # The server queues waiters and hands the lock over the moment it is free.
+        wait_ms = max(1, round(timeout * 1000))
+        conn.execute(f"SET lock_timeout = {wait_ms}")
+        conn.execute(f"SET statement_timeout = {wait_ms + STATEMENT_MARGIN_MS}")
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        finally:
+            if not conn.broken:
+                conn.execute("RESET lock_timeout")
+                conn.execute("RESET statement_timeout")
+
+    def _lock_connection(self) -> psycopg.Connection[Any]:
+        """A kept lock connection, or a new one: connecting costs more than the transaction."""
+        with self._mutex:
+            while self._idle_lock_connections:
+                conn = self._idle_lock_connections.pop()
+                if not conn.closed:
+                    return conn
+        return self._open()
+
+    def _keep_lock_connection(self, conn: psycopg.Connection[Any]) -> None:
+        with self._mutex:
+            if len(self._idle_lock_connections) < IDLE_LOCK_CONNECTIONS and not conn.closed:
+                self._idle_lock_connections.append(conn)
+                return
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 def _lock_id(name: str) -> int:
