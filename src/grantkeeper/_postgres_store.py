@@ -4,6 +4,7 @@ One row per credential holds the record, a version counter for compare-and-swap 
 timestamps. The transaction lock is a session advisory lock on a connection of its own,
 held across the provider call: the server drops it when that connection closes, so a
 worker that dies (or whose host vanishes, via TCP keepalives) never leaves it behind.
+After a clean unlock the connection is kept for the next transaction.
 The store creates and migrates its schema itself, serialized by an advisory lock.
 """
 
