@@ -1,4 +1,4 @@
-"""Open MCP client sessions that authenticate with grantkeeper: ``mcp`` 2.x, fastmcp, ``mcp`` 1.x.
+"""Open MCP client sessions that authenticate with grantkeeper: ``mcp`` 2.x and fastmcp.
 
 OAuth recovery happens per HTTP request, inside the auth flow. Session expiry (a 404 for a
 request that named a session) happens per MCP call, here: the session is opened again
@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx2
 
 from ._errors import GrantkeeperError
-from ._http_auth import HttpxAuth
 from ._httpx2_auth import Httpx2Auth
 from ._keeper import Keeper
 
@@ -229,25 +228,3 @@ def fastmcp_client(
     from fastmcp import Client as FastMCPClient
 
     return FastMCPClient(url, auth=httpx2_auth(url, keeper=keeper, token=token), **kwargs)
-
-
-def streamablehttp_client_v1(
-    url: str, *, keeper: Keeper | None = None, token: str | None = None, **kwargs: Any
-) -> Any:
-    """``mcp`` 1.x's ``streamablehttp_client(url, auth=...)`` with grantkeeper's httpx auth.
-
-    ``mcp`` 1.x runs on httpx, so this uses :class:`HttpxAuth`; under ``mcp`` 2.x, use
-    :func:`connect` instead.
-    """
-    try:
-        from mcp.client.streamable_http import streamablehttp_client  # type: ignore[attr-defined]
-    except ImportError as exc:  # mcp 2.x dropped it
-        raise ImportError(
-            "streamablehttp_client is mcp 1.x's; with mcp 2.x use grantkeeper.mcp.connect"
-        ) from exc
-    auth = HttpxAuth.bearer(url, token) if token is not None else None
-    if auth is None:
-        if keeper is None:
-            raise ValueError("give a Keeper or a bearer token")
-        auth = HttpxAuth(keeper)
-    return streamablehttp_client(url, auth=auth, **kwargs)

@@ -1,14 +1,23 @@
 """grantkeeper for MCP clients: auth for httpx2 and sessions for ``mcp`` 2.x, fastmcp, ``mcp`` 1.x.
 
 Needs the ``mcp`` extra (``pip install grantkeeper[mcp]``); fastmcp needs ``fastmcp-slim[client]``.
+``streamablehttp_client_v1`` needs only ``mcp`` 1.x: names are imported when first used, so
+an environment without httpx2 can import this module.
 
     keeper = Keeper(open_store(), CredentialKey.for_server(url))
     async with grantkeeper.mcp.connect(url, keeper=keeper) as session:
         result = await session.call_tool("echo", {"text": "hi"})
 """
 
-from ._httpx2_auth import Httpx2Auth
-from ._mcp import McpSession, connect, fastmcp_client, httpx2_auth, streamablehttp_client_v1
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._httpx2_auth import Httpx2Auth
+    from ._mcp import McpSession, connect, fastmcp_client, httpx2_auth
+    from ._mcp_v1 import streamablehttp_client_v1
 
 __all__ = [
     "Httpx2Auth",
@@ -18,3 +27,25 @@ __all__ = [
     "httpx2_auth",
     "streamablehttp_client_v1",
 ]
+
+_HOMES = {
+    "Httpx2Auth": "._httpx2_auth",
+    "McpSession": "._mcp",
+    "connect": "._mcp",
+    "fastmcp_client": "._mcp",
+    "httpx2_auth": "._mcp",
+    "streamablehttp_client_v1": "._mcp_v1",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __package__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,75 @@
+"""``mcp`` 1.x's streamable HTTP client with grantkeeper's auth.
+
+``mcp`` 1.x runs on httpx, so its requests get :class:`~grantkeeper.HttpxAuth`: the same
+policy as under ``mcp`` 2.x. This module imports neither httpx2 nor ``mcp`` 2.x, so it
+works in an environment that has ``mcp`` 1.x alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from ._http_auth import HttpxAuth
+from ._keeper import Keeper
+
+
+@contextlib.asynccontextmanager
+async def streamablehttp_client_v1(
+    url: str,
+    *,
+    keeper: Keeper | None = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    http_timeout: float = 30.0,
+    sse_read_timeout: float = 300.0,
+    terminate_on_close: bool = True,
+) -> AsyncIterator[Any]:
+    """``mcp`` 1.x's streamable HTTP transport to ``url``, authenticated by grantkeeper.
+
+    Yields what ``mcp`` 1.x's own client yields, ``(read, write, get_session_id)``, for a
+    ``mcp.ClientSession``. ``keeper`` supplies an OAuth credential; ``token`` (or an
+    ``Authorization`` header in ``headers``) sends a static one instead. Under ``mcp`` 2.x
+    use :func:`grantkeeper.mcp.connect`. ``http_timeout`` and ``sse_read_timeout`` are
+    ``mcp``'s own ``timeout`` and ``sse_read_timeout``.
+    """
+    from mcp.client import streamable_http
+
+    if not hasattr(streamable_http, "streamablehttp_client"):
+        raise ImportError(
+            "this is mcp 2.x, which runs on httpx2: use grantkeeper.mcp.connect instead"
+        )
+    configured = any(name.lower() == "authorization" for name in (headers or {}))
+    if token is not None or configured:
+        auth = HttpxAuth.bearer(url, token)
+    elif keeper is not None:
+        auth = HttpxAuth(keeper)
+    else:
+        raise ValueError("give a Keeper, a bearer token or an Authorization header")
+    modern = getattr(streamable_http, "streamable_http_client", None)
+    if modern is None:
+        # mcp before 1.24 takes the auth itself and builds its own httpx client.
+        async with streamable_http.streamablehttp_client(
+            url,
+            headers=dict(headers or {}),
+            timeout=http_timeout,
+            sse_read_timeout=sse_read_timeout,
+            terminate_on_close=terminate_on_close,
+            auth=auth,
+        ) as streams:
+            yield streams
+        return
+    # Later 1.x deprecate that for a client of our own; these are mcp's defaults for it.
+    async with (
+        httpx.AsyncClient(
+            auth=auth,
+            headers=dict(headers or {}),
+            timeout=httpx.Timeout(http_timeout, read=sse_read_timeout),
+            follow_redirects=True,
+        ) as http,
+        modern(url, http_client=http, terminate_on_close=terminate_on_close) as streams,
+    ):
+        yield streams
