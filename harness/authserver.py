@@ -225,7 +225,8 @@ class AuthServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters: refresh_success, code_success, refresh_errors, code_errors, replays,
-        grant_revoked, admin_revoked, registrations."""
+        grant_revoked, admin_revoked, registrations; and issued_at, the wall-clock time
+        (ms since the epoch) of each token grant."""
         result: dict[str, Any] = self._admin("GET", "stats")
         return result
 

@@ -43,9 +43,15 @@ def test_commands_for_the_main_group() -> None:
 
 
 def test_mcp_module_exports_exactly_its_public_names() -> None:
+    # Names load on first use; once all are loaded, nothing else public is there.
+    assert sorted(grantkeeper.mcp.__all__) == dir(grantkeeper.mcp)
+    for name in grantkeeper.mcp.__all__:
+        assert getattr(grantkeeper.mcp, name) is not None
     public = {
         name
         for name, value in vars(grantkeeper.mcp).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert set(grantkeeper.mcp.__all__) == public
+    with pytest.raises(AttributeError):
+        grantkeeper.mcp.no_such_name  # noqa: B018

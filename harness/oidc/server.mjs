@@ -174,6 +174,9 @@ function resetStats() {
     grant_revoked: 0,
     admin_revoked: 0,
     registrations: 0,
+    // Wall-clock milliseconds of every token issued (refresh or code), so a benchmark can
+    // tell which of its requests were in flight while a token was being replaced.
+    issued_at: [],
   });
 }
 resetStats();
@@ -289,6 +292,7 @@ function buildProvider(issuer) {
     const grantType = ctx.oidc?.params?.grant_type;
     if (grantType === 'refresh_token') stats.refresh_success += 1;
     else if (grantType === 'authorization_code') stats.code_success += 1;
+    stats.issued_at.push(Date.now());
   });
 
   provider.on('grant.error', (ctx, err) => {

@@ -9,12 +9,10 @@ an environment without httpx2 can import this module.
         result = await session.call_tool("echo", {"text": "hi"})
 """
 
-from __future__ import annotations
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from ._httpx2_auth import Httpx2Auth
     from ._mcp import McpSession, connect, fastmcp_client, httpx2_auth
     from ._mcp_v1 import streamablehttp_client_v1
@@ -38,11 +36,11 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __package__), name)
+    value = getattr(_importlib.import_module(home, __package__), name)
     globals()[name] = value
     return value
 
