@@ -23,6 +23,7 @@ from benchmarks._report import Section
 BENCHMARKS = {
     "P1": "benchmarks.p1_concurrent_calls",
     "P2": "benchmarks.p2_request_overhead",
+    "P3": "benchmarks.p3_refresh_storm",
     "P4": "benchmarks.p4_store_scale",
     "P5": "benchmarks.p5_cold_start",
 }

@@ -245,30 +245,12 @@ class AuthServer:
     # -- the browser ----------------------------------------------------------------------
 
     def approve(self, authorize_url: str, redirect_uri: str) -> str:
-        """Play the browser: GET authorize_url with a cookie-keeping httpx.Client, follow 302/303
-        redirects (including the /interaction/ pages, which auto-approve) until a Location starts
-        with redirect_uri; return that full callback URL WITHOUT requesting it. Bounded number of
-        hops; raise RuntimeError otherwise."""
+        """Play the browser (see :func:`play_browser`) against this server."""
         self._client()  # fail early if not running
-        url = authorize_url
-        with httpx.Client(timeout=10.0, trust_env=False, follow_redirects=False) as browser:
-            for _ in range(MAX_HOPS):
-                response = browser.get(url)
-                if response.status_code not in (301, 302, 303, 307, 308):
-                    raise RuntimeError(
-                        f"authorization stopped at {url} with {response.status_code}: "
-                        f"{response.text[:500]}\n{self.stderr_tail()}"
-                    )
-                header: str | None = response.headers.get("location")
-                if not header:
-                    raise RuntimeError(f"{response.status_code} from {url} without a Location")
-                location = urljoin(url, header)
-                if location.startswith(redirect_uri):
-                    for code in parse_qs(urlsplit(location).query).get("code", []):
-                        remember_secret(code)
-                    return location
-                url = location
-        raise RuntimeError(f"no redirect to {redirect_uri} within {MAX_HOPS} hops (last: {url})")
+        try:
+            return play_browser(authorize_url, redirect_uri)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.stderr_tail()}") from None
 
     # -- the resource server's view -------------------------------------------------------
 
@@ -287,3 +269,30 @@ class AuthServer:
     def is_active(self, token: str) -> bool:
         """Whether the server would accept ``token`` right now."""
         return self.introspect(token).get("active") is True
+
+
+def play_browser(authorize_url: str, redirect_uri: str) -> str:
+    """Play the browser: GET authorize_url with a cookie-keeping httpx.Client, follow 302/303
+    redirects (including the /interaction/ pages, which auto-approve) until a Location starts
+    with redirect_uri; return that full callback URL WITHOUT requesting it. Bounded number of
+    hops; raise RuntimeError otherwise. Needs no :class:`AuthServer` object, so a process
+    that only knows the authorization URL (a benchmark worker) can use it too."""
+    url = authorize_url
+    with httpx.Client(timeout=10.0, trust_env=False, follow_redirects=False) as browser:
+        for _ in range(MAX_HOPS):
+            response = browser.get(url)
+            if response.status_code not in (301, 302, 303, 307, 308):
+                raise RuntimeError(
+                    f"authorization stopped at {url} with {response.status_code}: "
+                    f"{response.text[:500]}"
+                )
+            header: str | None = response.headers.get("location")
+            if not header:
+                raise RuntimeError(f"{response.status_code} from {url} without a Location")
+            location = urljoin(url, header)
+            if location.startswith(redirect_uri):
+                for code in parse_qs(urlsplit(location).query).get("code", []):
+                    remember_secret(code)
+                return location
+            url = location
+    raise RuntimeError(f"no redirect to {redirect_uri} within {MAX_HOPS} hops (last: {url})")

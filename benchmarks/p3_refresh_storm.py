@@ -1,0 +1,249 @@
+"""P3: a refresh storm on the real oidc-provider, for grantkeeper and its peers.
+
+P processes × T tasks call an MCP tool for D seconds while access tokens live TTL seconds,
+all starting from one shared login (``benchmarks/_storm.py`` says how each client kind
+shares it). The authorization server rotates refresh tokens and revokes the whole grant
+when a spent one comes back, so every replay costs the fleet its login.
+
+From the authorization server: refresh calls, rotations (successful refreshes), replays and
+forced re-authentications (authorization codes redeemed after the initial login). From the
+clients: calls, failed calls, and the latency of calls that were in flight while a token was
+issued ("hit a rotation"), against all calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._report import Section
+from benchmarks._storm import KINDS, Call, Plan, log_in_once, work
+
+START_TIMEOUT = 180.0
+"""Seconds for every worker to import, connect and reach the start line."""
+
+
+@dataclass
+class Outcome:
+    """One run of one client kind."""
+
+    calls: int = 0
+    failed: int = 0
+    refresh_calls: int = 0
+    rotations: int = 0
+    replays: int = 0
+    reauths: int = 0
+    crashed: int = 0
+    errors: dict[str, int] | None = None
+    all_latency: tuple[float, float] = (float("nan"), float("nan"))
+    rotation_latency: tuple[float, float] = (float("nan"), float("nan"))
+    rotation_calls: int = 0
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[98]
+
+
+@contextlib.contextmanager
+def _servers(ttl: int) -> Iterator[tuple[Any, str]]:
+    from benchmarks._server_process import mcp_server_process
+    from harness.authserver import AuthServer
+
+    with AuthServer(access_ttl=ttl) as auth, mcp_server_process(auth.issuer) as url:
+        yield auth, url
+
+
+def _seed(kind: str, auth: Any, url: str, scratch: Path) -> str:
+    """Log in once, into the store ``kind`` shares, the way ``kind`` logs in; return it."""
+    if kind == "grantkeeper":
+        from grantkeeper import CredentialKey, FileStore
+        from harness.real_login import log_in
+
+        home = scratch / "grantkeeper"
+        log_in(auth, FileStore(home), CredentialKey.for_server(url), resource=url)
+        return str(home)
+    store = scratch / ("sdk-tokens.json" if kind == "mcp SDK" else "fastmcp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fastmcp's store warns that its API may change
+        asyncio.run(log_in_once(Plan(kind, url, str(store), 1, 0)))
+    return str(store)
+
+
+def storm(kind: str, *, processes: int, tasks: int, seconds: float, ttl: int) -> Outcome:
+    """One run of ``kind`` against fresh servers."""
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="gk-storm-") as scratch, _servers(ttl) as (auth, url):
+        store = _seed(kind, auth, url, Path(scratch))
+        auth.reset_stats()  # the initial login is not a forced re-authentication
+        plan = Plan(kind, url, store, tasks, seconds)
+        ready = context.Barrier(processes + 1, timeout=START_TIMEOUT)
+        results = context.Queue()
+        workers = [
+            context.Process(target=work, args=(plan, ready, results), daemon=True)
+            for _ in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            ready.wait()
+        except Exception:  # a worker failed to start (it aborted the barrier) or timed out
+            pass
+        reports = [results.get(timeout=seconds + START_TIMEOUT) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+        stats = auth.stats()
+    calls: list[Call] = [call for _, found, _ in reports if found for call in found]
+    issued = sorted(ms / 1000 for ms in stats["issued_at"])
+    latencies = [ended - started for started, ended, error in calls if error is None]
+    hit = [
+        ended - started
+        for started, ended, error in calls
+        if error is None and _contains(issued, started, ended)
+    ]
+    errors: dict[str, int] = {}
+    for _, _, error in calls:
+        if error is not None:
+            errors[error] = errors.get(error, 0) + 1
+    return Outcome(
+        calls=len(calls),
+        failed=sum(errors.values()),
+        refresh_calls=int(stats["refresh_success"]) + len(stats["refresh_errors"]),
+        rotations=int(stats["refresh_success"]),
+        replays=int(stats["replays"]),
+        reauths=int(stats["code_success"]),
+        crashed=sum(1 for _, found, _ in reports if found is None),
+        errors=errors,
+        all_latency=_percentiles(latencies),
+        rotation_latency=_percentiles(hit),
+        rotation_calls=len(hit),
+    )
+
+
+def _contains(sorted_times: list[float], started: float, ended: float) -> bool:
+    """Whether any time in ``sorted_times`` falls within [started, ended]."""
+    import bisect
+
+    index = bisect.bisect_left(sorted_times, started)
+    return index < len(sorted_times) and sorted_times[index] <= ended
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f}"
+
+
+def _cell(values: list[float]) -> str:
+    """A count's median, with its min–max when repeats differ."""
+    low, high = min(values), max(values)
+    return _median(values) + ("" if low == high else f" ({low:,.0f}–{high:,.0f})")
+
+
+def _ms(pairs: list[tuple[float, float]]) -> str:
+    p50 = [p for p, _ in pairs if p == p]
+    p99 = [q for _, q in pairs if q == q]
+    if not p50:
+        return "–"
+    return f"{statistics.median(p50) * 1e3:,.0f} / {statistics.median(p99) * 1e3:,.0f} ms"
+
+
+def run(
+    *,
+    repeats: int = 5,
+    processes: int = 16,
+    tasks: int = 16,
+    seconds: float = 60,
+    ttl: int = 3,
+    max_repeats: int = 3,
+) -> Section:
+    repeats = max(1, min(repeats, max_repeats))
+    section = Section(
+        "P3",
+        f"refresh storm: {processes} processes × {tasks} tasks for {seconds:g} s, "
+        f"access tokens live {ttl} s",
+        "grantkeeper: provider refresh calls == rotations, 0 replays, 0 failed calls "
+        "(and no forced re-authentication)",
+        [
+            "client",
+            "calls",
+            "failed calls",
+            "refresh calls",
+            "rotations",
+            "replays",
+            "forced re-auths",
+            "p50 / p99, all calls",
+            "p50 / p99, calls hitting a rotation",
+        ],
+    )
+    outcomes: dict[str, list[Outcome]] = {kind: [] for kind in KINDS}
+    started = time.monotonic()
+    for _ in range(repeats):
+        for kind in KINDS:
+            outcomes[kind].append(
+                storm(kind, processes=processes, tasks=tasks, seconds=seconds, ttl=ttl)
+            )
+    for kind, runs in outcomes.items():
+        section.rows.append(
+            [
+                kind,
+                _cell([o.calls for o in runs]),
+                _cell([o.failed for o in runs]),
+                _cell([o.refresh_calls for o in runs]),
+                _cell([o.rotations for o in runs]),
+                _cell([o.replays for o in runs]),
+                _cell([o.reauths for o in runs]),
+                _ms([o.all_latency for o in runs]),
+                _ms([o.rotation_latency for o in runs]),
+            ]
+        )
+    ours = outcomes["grantkeeper"]
+    section.met = all(
+        o.rotations > 0
+        and o.refresh_calls == o.rotations
+        and o.replays == 0
+        and o.failed == 0
+        and o.reauths == 0
+        and o.crashed == 0
+        for o in ours
+    )
+    expected = seconds / ttl
+    section.notes.append(
+        f"Median (min–max where repeats differ) over {repeats} repeat(s); each run starts "
+        "fresh servers and one shared login, then all workers start together at a barrier. "
+        f'About {expected:.0f} expiries fall in each run. A call "hits a rotation" when '
+        "the authorization server issued a token while it was in flight. Forced "
+        "re-authentications are browser logins the client started (the harness plays the "
+        "browser); in real use each is a person interrupted."
+    )
+    for kind, runs in outcomes.items():
+        merged: dict[str, int] = {}
+        for outcome in runs:
+            for name, count in (outcome.errors or {}).items():
+                merged[name] = merged.get(name, 0) + count
+        crashed = sum(o.crashed for o in runs)
+        if merged or crashed:
+            top = ", ".join(
+                f"{name} ×{count:,}"
+                for name, count in sorted(merged.items(), key=lambda item: -item[1])[:4]
+            )
+            section.notes.append(
+                f"{kind}: failed calls by error (all repeats): {top or 'none'}"
+                + (f"; {crashed} worker(s) crashed" if crashed else "")
+                + "."
+            )
+    section.notes.append(f"Storm time {time.monotonic() - started:.0f} s.")
+    return section
+
+
+def smoke() -> Section:
+    return run(repeats=1, processes=2, tasks=2, seconds=3, ttl=2)
