@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import tempfile
 import threading
 import time
@@ -51,6 +52,8 @@ class Plan:
     """The shared store: a directory (grantkeeper, fastmcp) or a JSON file (mcp SDK)."""
     tasks: int
     seconds: float
+    pace: float = 0.0
+    """Seconds from one call's start to the next's, per task (0: back to back)."""
 
 
 def work(plan: Plan, ready: Any, results: Any) -> None:
@@ -60,7 +63,7 @@ def work(plan: Plan, ready: Any, results: Any) -> None:
     warnings.simplefilter("ignore")
     try:
         calls = asyncio.run(_work(plan, ready))
-    except BaseException as exc:  # noqa: BLE001 - the parent counts it; never hang it
+    except BaseException as exc:  # the parent counts it; never hang it
         ready.abort()
         results.put((os.getpid(), None, f"{type(exc).__name__}: {exc}"[:500]))
         return
@@ -75,34 +78,71 @@ async def _work(plan: Plan, ready: Any) -> list[Call]:
             timeout=httpx2.Timeout(30.0, read=300.0),
             limits=httpx2.Limits(max_connections=plan.tasks + 4),
         ) as http:
+            start = _StartLine(plan.tasks)
+            running = [
+                asyncio.create_task(_task(http, plan.url, start, plan.pace))
+                for _ in range(plan.tasks)
+            ]
+            # Every task opens its session first: 256 MCP handshakes at once are a start-up
+            # queue of several seconds, which is not what the storm measures.
+            await start.all_ready.wait()
             await asyncio.to_thread(ready.wait)
-            deadline = time.monotonic() + plan.seconds
-            per_task = await asyncio.gather(
-                *(_task(http, plan.url, deadline) for _ in range(plan.tasks))
-            )
+            start.go(plan.seconds)
+            per_task = await asyncio.gather(*running)
     finally:
         close()
     return [call for calls in per_task for call in calls]
 
 
-async def _task(http: httpx2.AsyncClient, url: str, deadline: float) -> list[Call]:
+class _StartLine:
+    """Holds a worker's tasks, sessions open, until every worker is ready."""
+
+    def __init__(self, tasks: int) -> None:
+        self.waiting = tasks
+        self.all_ready = asyncio.Event()
+        self.started = asyncio.Event()
+        self.deadline = 0.0
+
+    async def reached(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.all_ready.set()
+        await self.started.wait()
+
+    def go(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.started.set()
+
+
+async def _task(http: httpx2.AsyncClient, url: str, start: _StartLine, pace: float) -> list[Call]:
     from mcp.client.client import Client
     from mcp.client.streamable_http import streamable_http_client
 
     calls: list[Call] = []
-    while time.monotonic() < deadline:
+    waiting = True
+    due = 0.0
+    while waiting or time.monotonic() < start.deadline:
         started = time.time()
-        failed = False
         try:
             async with Client(streamable_http_client(url, http_client=http)) as client:
-                while time.monotonic() < deadline:
+                if waiting:
+                    waiting = False
+                    await start.reached()
+                    # Tasks start spread over one pace, like agents that were not all
+                    # started in the same instant.
+                    due = time.monotonic() + random.uniform(0, pace)
+                while time.monotonic() < start.deadline:
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    due = max(due + pace, time.monotonic())
                     started = time.time()
                     result = await client.call_tool("echo", {"text": "storm"})
                     calls.append((started, time.time(), "ToolError" if result.is_error else None))
-        except Exception as exc:  # noqa: BLE001 - a peer's failure is a figure, not a crash
-            failed = True
+        except Exception as exc:  # a peer's failure is a figure, not a crash
+            if waiting:  # not even a session before the start: counted from the start on
+                waiting = False
+                await start.reached()
+                started = time.time()
             calls.append((started, time.time(), _leaf(exc)))
-        if failed:
             await asyncio.sleep(BACKOFF)
     return calls
 

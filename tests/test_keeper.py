@@ -88,6 +88,29 @@ def test_stale_token_is_refreshed_once_before_expiry_and_persisted(world: World)
     assert world.provider.is_active(new.access_token)
 
 
+def test_a_peers_refresh_is_adopted_without_queueing_for_the_lock(world: World) -> None:
+    world.login()
+    first, second = world.keeper(), world.keeper()
+    first.access_token(), second.access_token()
+    world.clock.advance(3600 - 30)  # both stale
+    renewed = first.credential()
+    world.store.calls.clear()
+    assert second.credential() == renewed
+    assert world.store.calls == ["read"]  # no lock: nothing was spent
+    assert world.provider.refresh_calls == 1
+
+
+def test_a_stale_store_still_takes_the_lock_before_spending(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.clock.advance(3600 - 30)
+    world.store.calls.clear()
+    keeper.credential()
+    assert world.store.calls[:3] == ["read", "lock", "read"]
+    assert world.provider.refresh_calls == 1
+
+
 def test_threads_and_sibling_keepers_share_one_refresh(world: World) -> None:
     world.login()
     keepers = [world.keeper() for _ in range(3)]

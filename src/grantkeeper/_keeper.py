@@ -286,15 +286,10 @@ class Keeper:
 
     def _transact(self, rejected: str | None) -> Credential:
         key = str(self.key)
-        if self._current is None and rejected is None:
-            # First use: a fresh stored record needs no lock, since nothing is spent.
-            stored = self.store.read(self.key)
-            if stored is not None:
-                ctx = self._context(None)
-                decision = decide(stored.record, ctx, key=key)
-                if decision.action is Action.ADOPT and not stored.record.intent:
-                    event(logging.DEBUG, "credential.loaded", key=key, version=stored.version)
-                    return self._install(stored)
+        if self._pending is None:
+            adopted = self._adopt_unlocked(rejected)
+            if adopted is not None:
+                return adopted
         self._stage("lock_wait")
         started = time.monotonic()
         with self.store.lock(self.key, timeout=self._lock_timeout):
@@ -313,6 +308,34 @@ class Keeper:
                     return served
                 stored = served
             return self._decide_and_act(stored, rejected)
+
+    def _adopt_unlocked(self, rejected: str | None) -> Credential | None:
+        """A usable credential already in the store (first use, a peer's refresh, a new login).
+
+        Read without the lock: reading spends nothing, and when one process of a fleet has
+        refreshed, the others would otherwise queue for the lock one by one just to read
+        its result. Anything but a plain adoption (a refresh to spend, an intent to judge,
+        a failure to record) goes through the locked path, which reads again.
+        """
+        key = str(self.key)
+        stored = self.store.read(self.key)
+        if stored is None or stored.record.intent is not None:
+            return None
+        if decide(stored.record, self._context(rejected), key=key).action is not Action.ADOPT:
+            return None
+        if self._durable is None:
+            event(logging.DEBUG, "credential.loaded", key=key, version=stored.version)
+        else:
+            changed = stored.record != self._durable.record
+            event(
+                logging.INFO if changed else logging.DEBUG,
+                "transaction.adopted",
+                key=key,
+                version=stored.version,
+                changed=changed,
+                locked=False,
+            )
+        return self._install(stored)
 
     def _context(self, rejected: str | None) -> Context:
         return Context(
