@@ -53,6 +53,7 @@ def render(sections: list[Section], command: str) -> str:
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- command: `{command}`",
         "",
+        "",
     ]
     return "\n".join(head) + "\n".join(section.markdown() for section in sections)
 
