@@ -173,14 +173,21 @@ def test_an_unreachable_server_is_a_typed_error_without_the_password(schema: str
         assert caught.value.retryable
 
 
+def cut_grantkeeper_sessions(cluster: PostgresCluster, *, lock_holders_only: bool = False) -> None:
+    """Terminate grantkeeper's server sessions (or only those holding an advisory lock)."""
+    where = (
+        "pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+        if lock_holders_only
+        else "application_name = 'grantkeeper'"
+    )
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}")
+
+
 def test_a_lost_connection_fails_one_call_then_heals(cluster: PostgresCluster, schema: str) -> None:
     store = PostgresStore(cluster.dsn, schema=schema)
     store.write(KEY, sample_record(), expected_version=None)
-    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'grantkeeper'"
-        )
+    cut_grantkeeper_sessions(cluster)
     with pytest.raises(StoreUnavailable):
         store.read(KEY)
     stored = store.read(KEY)
@@ -196,11 +203,7 @@ def test_the_lock_goes_when_its_connection_is_cut(cluster: PostgresCluster, sche
     with first.lock(KEY, timeout=5):
         with pytest.raises(LockTimeout), second.lock(KEY, timeout=0):
             pass
-        with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
-                "WHERE l.locktype = 'advisory' AND l.granted"
-            )
+        cut_grantkeeper_sessions(cluster, lock_holders_only=True)
         with second.lock(KEY, timeout=30):
             pass
 
@@ -237,11 +240,7 @@ def test_a_kept_lock_connection_the_server_dropped_is_replaced(
     store = PostgresStore(cluster.dsn, schema=schema)
     with store.lock(KEY, timeout=5):
         pass
-    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'grantkeeper'"
-        )
+    cut_grantkeeper_sessions(cluster)
     with store.lock(KEY, timeout=5):
         assert len(_advisory_holders(cluster)) == 1
     with store.lock(OTHER, timeout=0):
