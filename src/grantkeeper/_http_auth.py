@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
@@ -253,6 +253,24 @@ class DriverAuth:
             replayable=cls._replayable,
         )
         return auth
+
+    @classmethod
+    def choose(
+        cls,
+        server_url: str,
+        *,
+        keeper: Keeper | None = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Self:
+        """The policy for a client: a static ``token``, or an ``Authorization`` header among
+        the client's ``headers``, turns OAuth off; otherwise ``keeper`` supplies credentials."""
+        configured = any(name.lower() == "authorization" for name in (headers or {}))
+        if token is not None or configured:
+            return cls.bearer(server_url, token)
+        if keeper is None:
+            raise ValueError("give a Keeper, a bearer token or an Authorization header")
+        return cls(keeper)
 
     def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         return self._driver.sync_flow(request)

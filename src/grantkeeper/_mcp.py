@@ -38,12 +38,7 @@ def httpx2_auth(
     headers: Mapping[str, str] | None = None,
 ) -> Httpx2Auth:
     """Choose the policy: a static token or ``Authorization`` header turns OAuth off."""
-    configured = any(name.lower() == "authorization" for name in (headers or {}))
-    if token is not None or configured:
-        return Httpx2Auth.bearer(url, token)
-    if keeper is None:
-        raise ValueError("give a Keeper, a bearer token or an Authorization header")
-    return Httpx2Auth(keeper)
+    return Httpx2Auth.choose(url, keeper=keeper, token=token, headers=headers)
 
 
 class _Observed(httpx2.Auth):

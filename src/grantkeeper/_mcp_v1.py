@@ -42,13 +42,7 @@ async def streamablehttp_client_v1(
         raise ImportError(
             "this is mcp 2.x, which runs on httpx2: use grantkeeper.mcp.connect instead"
         )
-    configured = any(name.lower() == "authorization" for name in (headers or {}))
-    if token is not None or configured:
-        auth = HttpxAuth.bearer(url, token)
-    elif keeper is not None:
-        auth = HttpxAuth(keeper)
-    else:
-        raise ValueError("give a Keeper, a bearer token or an Authorization header")
+    auth = HttpxAuth.choose(url, keeper=keeper, token=token, headers=headers)
     modern = getattr(streamable_http, "streamable_http_client", None)
     if modern is None:
         # mcp before 1.24 takes the auth itself and builds its own httpx client.
