@@ -14,6 +14,7 @@ issued ("hit a rotation"), against all calls.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import multiprocessing
 import statistics
@@ -163,8 +164,6 @@ def _since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 def _contains(sorted_times: list[float], started: float, ended: float) -> bool:
     """Whether any time in ``sorted_times`` falls within [started, ended]."""
-    import bisect
-
     index = bisect.bisect_left(sorted_times, started)
     return index < len(sorted_times) and sorted_times[index] <= ended
 
