@@ -133,6 +133,8 @@ def token_answers(draw: st.DrawFn) -> tuple[int, dict[str, str], bytes, list[str
 )
 @example((503, {"retry-after": "Wed, 21 Oct 2015 07:28:00 -0000"}, b"", ["rt-SECRETSECRETSECRET1"]))
 @example((200, {}, DEEP, ["rt-SECRETSECRETSECRET1"]))
+@example((503, {"retry-after": "¹"}, b"{}", ["SECRET-000000000000"]))  # found at 100k cases
+@example((503, {"retry-after": "9" * 400}, b"{}", ["SECRET-000000000000"]))
 def test_token_responses(answer: tuple[int, dict[str, str], bytes, list[str]]) -> None:
     status, headers, body, secrets = answer
     try:

@@ -97,6 +97,8 @@ def test_client_errors(error: str) -> None:
         (429, {"retry-after": "12"}, 12.0),
         (503, {"retry-after": "Tue, 24 Nov 2026 12:00:30 GMT"}, 30.0),
         (503, {"retry-after": "soon"}, None),
+        (503, {"retry-after": "¹"}, None),  # a Unicode digit, not a number of seconds
+        (503, {"retry-after": "9" * 400}, None),
         (400, {}, None),
     ],
 )
