@@ -335,6 +335,8 @@ class PostgresStore:
                         raise
                     # A kept connection the server has since dropped: nothing was locked on
                     # it, so a new one may try again.
+                    with contextlib.suppress(Exception):
+                        conn.close()
                     conn = self._open()
                     self._take_lock(conn, lock_id, timeout, what, key)
             except psycopg.errors.LockNotAvailable:
