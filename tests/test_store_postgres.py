@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from grantkeeper import LockTimeout, PostgresStore, StoreConfigError, StoreCorrupt, StoreUnavailable
+from grantkeeper._postgres_store import SCHEMA_VERSION
 from grantkeeper._sealing import KEY_ENV, Sealer
 from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
 from harness.postgres import PostgresCluster, _free_port
@@ -66,7 +67,7 @@ def test_creates_its_schema_with_timestamps(cluster: PostgresCluster, schema: st
         row = conn.execute(
             f"SELECT version, created_at <= updated_at FROM {schema}.credentials"
         ).fetchone()
-    assert version == (1,)
+    assert version == (SCHEMA_VERSION,)
     assert row == (1, True)
     # A second store (another worker) migrates nothing twice.
     assert PostgresStore(cluster.dsn, schema=schema).read(KEY) is not None

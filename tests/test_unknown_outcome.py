@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from grantkeeper import FileStore, Keeper, ReauthenticationRequired
-from grantkeeper._keeper import _process_alive
+from grantkeeper._liveness import process_alive as _process_alive
 from grantkeeper._record import RefreshIntent
 from harness.fake_provider import FakeProvider
 from tests.helpers import KEY, T0, StepClock, make_record

@@ -18,6 +18,7 @@ from ._errors import (
     DeadlineExceeded,
     GrantkeeperError,
     InsufficientScope,
+    LockLost,
     LockTimeout,
     LoginFailed,
     LoginRequired,
@@ -31,6 +32,7 @@ from ._errors import (
     RefreshOutcomeUnknown,
     RetryRequired,
     ServerConfigError,
+    SessionLocksUnsupported,
     StoreConfigError,
     StoreCorrupt,
     StoreError,
@@ -54,7 +56,7 @@ from ._redact import redact
 from ._server_status import auth_status, known_servers
 from ._servers import ServerConfig, load_servers, remove_server, resolve_server, save_server
 from ._status import AuthState, AuthStatus
-from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
+from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, HeldLock, Store, Stored
 
 __version__ = "0.1.0"
 
@@ -62,6 +64,7 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_SKEW",
     "MAX_UNKNOWN_ATTEMPTS",
+    "PROCESS_LOCK",
     "AccountChanged",
     "AuthState",
     "AuthStatus",
@@ -80,11 +83,13 @@ __all__ = [
     "Discovery",
     "FileStore",
     "Freshness",
+    "HeldLock",
     "GrantkeeperError",
     "HttpxAuth",
     "InsufficientScope",
     "Keeper",
     "KeyringStore",
+    "LockLost",
     "LockTimeout",
     "LoginFailed",
     "LoginRequired",
@@ -103,6 +108,7 @@ __all__ = [
     "RetryRequired",
     "ServerConfig",
     "ServerConfigError",
+    "SessionLocksUnsupported",
     "Store",
     "StoreConfigError",
     "StoreCorrupt",

@@ -25,7 +25,7 @@ from ._keyring_store import KeyringStore
 from ._log import event
 from ._record import Credential, CredentialKey
 from ._side_file import SideFile
-from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
+from ._store import DEFAULT_LOCK_TIMEOUT, ProcessLock, Store, Stored
 
 Backend = Literal["keyring", "file"]
 BACKENDS: tuple[Backend, ...] = ("keyring", "file")
@@ -211,7 +211,7 @@ class AutoStore:
 
     def lock(
         self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
-    ) -> AbstractContextManager[None]:
+    ) -> AbstractContextManager[ProcessLock]:
         # The keyring store's lock *is* the file store's, so both placements share one lock.
         return self.file.lock(key, timeout=timeout)
 

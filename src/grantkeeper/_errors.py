@@ -24,8 +24,12 @@
     │   ├── UnsafeStorePath               symlink or loose permissions on the store
     │   ├── StoreUnavailable              the backend cannot be reached or is locked
     │   ├── StoreConfigError              a bad store spec, setting or encryption key
+    │   │   └── SessionLocksUnsupported   the server drops session advisory locks between
+    │   │                                 statements (transaction-pooling PgBouncer)
     │   ├── VersionConflict               compare-and-swap lost
-    │   └── LockTimeout                   the credential lock was not free in time (retryable)
+    │   ├── LockTimeout                   the credential lock was not free in time (retryable)
+    │   └── LockLost                      the lock's session ended while held: nothing was
+    │                                     spent, or a newer holder's record was kept (retryable)
     ├── RetryRequired                     a 401 was recovered from, but the request body cannot
     │                                     be replayed: send the request again (retryable)
     ├── PersistencePending                a refreshed token could not be written and the
@@ -49,6 +53,7 @@ __all__ = [
     "DeadlineExceeded",
     "GrantkeeperError",
     "InsufficientScope",
+    "LockLost",
     "LockTimeout",
     "LoginFailed",
     "LoginRequired",
@@ -62,6 +67,7 @@ __all__ = [
     "RefreshOutcomeUnknown",
     "RetryRequired",
     "ServerConfigError",
+    "SessionLocksUnsupported",
     "StoreConfigError",
     "StoreCorrupt",
     "StoreError",
@@ -232,6 +238,12 @@ class StoreConfigError(StoreError):
     the message says what to fix."""
 
 
+class SessionLocksUnsupported(StoreConfigError):
+    """The PostgreSQL endpoint does not keep a session advisory lock from one statement to the
+    next: a pooler in transaction mode (PgBouncer ``pool_mode = transaction``) hands each
+    statement to another server connection. Use session pooling or a direct connection."""
+
+
 class VersionConflict(StoreError):
     """A compare-and-swap write lost: the record changed since it was read."""
 
@@ -240,6 +252,14 @@ class VersionConflict(StoreError):
 
 class LockTimeout(StoreError):
     """The credential's transaction lock was not acquired in time. Nothing was stolen."""
+
+    retryable = True
+
+
+class LockLost(StoreError):
+    """The credential's lock was lost while held (its database session ended), or a holder
+    that acquired it later has written since. The refresh token was not spent, or the write
+    was refused so as not to overwrite a newer record. The next transaction starts afresh."""
 
     retryable = True
 

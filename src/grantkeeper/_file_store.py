@@ -26,7 +26,7 @@ from ._errors import StoreCorrupt, StoreUnavailable, UnsafeStorePath, VersionCon
 from ._file_lock import locked_file
 from ._paths import grantkeeper_home
 from ._record import Credential, CredentialKey, record_from_json, record_to_json
-from ._store import DEFAULT_LOCK_TIMEOUT, Stored
+from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Stored
 
 FILE_FORMAT = "grantkeeper-credential"
 """Marks our files, so a stray JSON file in the directory is never mistaken for one."""
@@ -296,11 +296,14 @@ class FileStore:
     # -- locking ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
-        """Hold ``key``'s transaction lock (an ``flock`` on a sibling lock file)."""
+    def lock(
+        self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
+    ) -> Iterator[ProcessLock]:
+        """Hold ``key``'s transaction lock (an ``flock`` on a sibling lock file): the kernel
+        keeps it until this process closes the file, so it cannot be lost while held."""
         with self._dir(create=True) as dir_fd:
             assert dir_fd is not None
             with locked_file(
                 dir_fd, f".{_slug(key)}.lock", timeout=timeout, what=f"the lock of {key}"
             ):
-                yield
+                yield PROCESS_LOCK

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import os
@@ -28,6 +29,7 @@ from ._errors import (
     ClientRegistrationInvalid,
     DeadlineExceeded,
     GrantkeeperError,
+    LockLost,
     LoginRequired,
     PersistencePending,
     ProviderError,
@@ -36,10 +38,11 @@ from ._errors import (
     StoreError,
 )
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
+from ._liveness import DEFAULT_LEASE, host_identity, lease_live, process_alive
 from ._log import event
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
-from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
+from ._store import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored
 from ._token_client import DEFAULT_TIMEOUT, send_token_request
 from ._token_endpoint import apply_response, refresh_request
 
@@ -49,40 +52,6 @@ Checkpoint = Callable[[str], None]
 
 _live_holders: weakref.WeakValueDictionary[str, Keeper] = weakref.WeakValueDictionary()
 """Keepers alive in this process, by intent holder id: a sibling's pending refresh is live."""
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return not _exiting(pid)
-
-
-_PF_EXITING = 0x4
-"""Linux task flag set as a process starts to exit, before its files (and locks) close."""
-
-
-def _exiting(pid: int) -> bool:
-    """Whether ``pid`` is dying or dead but not reaped yet.
-
-    Both still answer ``kill(pid, 0)``. A killed holder's lock is released while it exits,
-    before it turns zombie, and a parent that never reaps would keep a zombie forever: either
-    way it would look alive and block the credential.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rpartition(b")")[2].split()
-    except OSError:
-        return False  # no procfs (macOS): kill(pid, 0) is all we have
-    if not fields or fields[0] in (b"Z", b"X"):
-        return True
-    try:
-        return bool(int(fields[6]) & _PF_EXITING)
-    except (IndexError, ValueError):
-        return False
 
 
 class Keeper:
@@ -110,6 +79,7 @@ class Keeper:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         token_timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         retry_unknown_outcome: bool = True,
+        lease: timedelta = DEFAULT_LEASE,
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.store = store
@@ -134,6 +104,10 @@ class Keeper:
         # The first credential this lifecycle served: its account must not change silently.
         self._identity: Credential | None = None
         self._host = socket.gethostname()
+        self._host_id = host_identity()
+        self._lease = lease
+        # The lock of the transaction running now (set only on the transaction's thread).
+        self._held: HeldLock | None = None
         self._holder = secrets.token_hex(8)
         _live_holders[self._holder] = self
 
@@ -292,7 +266,8 @@ class Keeper:
                 return adopted
         self._stage("lock_wait")
         started = time.monotonic()
-        with self.store.lock(self.key, timeout=self._lock_timeout):
+        with self.store.lock(self.key, timeout=self._lock_timeout) as held:
+            self._held = held
             event(
                 logging.DEBUG,
                 "transaction.locked",
@@ -302,12 +277,15 @@ class Keeper:
             self._stage("locked")
             stored = self.store.read(self.key)
             self._stage("after_read")
-            if self._pending is not None:
-                served = self._reconcile_pending(stored, rejected)
-                if isinstance(served, Credential):
-                    return served
-                stored = served
-            return self._decide_and_act(stored, rejected)
+            try:
+                if self._pending is not None:
+                    served = self._reconcile_pending(stored, rejected)
+                    if isinstance(served, Credential):
+                        return served
+                    stored = served
+                return self._decide_and_act(stored, rejected)
+            finally:
+                self._held = None
 
     def _adopt_unlocked(self, rejected: str | None) -> Credential | None:
         """A usable credential already in the store (first use, a peer's refresh, a new login).
@@ -350,12 +328,22 @@ class Keeper:
         )
 
     def _holder_alive(self, intent: RefreshIntent | None) -> bool:
-        """Whether the writer of ``intent`` may still hold an unstored answer."""
-        if intent is None or intent.host != self._host:
+        """Whether the writer of ``intent`` may still hold an unstored answer.
+
+        Its pid can be probed only from the same boot and pid namespace; a note from
+        anywhere else is live while its lease runs (the holder renews it during its call).
+        """
+        if intent is None:
             return False
+        if intent.host_id:
+            same_host = intent.host_id == self._host_id
+        else:  # written before host identities: the hostname was all there was
+            same_host = intent.host == self._host
+        if not same_host:
+            return intent.state == "in_flight" and lease_live(intent.lease_until, self._clock())
         if intent.pid == os.getpid():
             return intent.holder != self._holder and intent.holder in _live_holders
-        return _process_alive(intent.pid)
+        return process_alive(intent.pid)
 
     def _decide_and_act(self, stored: Stored | None, rejected: str | None) -> Credential:
         key = str(self.key)
@@ -418,15 +406,21 @@ class Keeper:
         key = str(self.key)
         old = stored.record
         request = refresh_request(old)
+        intent = dataclasses.replace(
+            intent, host_id=self._host_id, lease_until=self._clock() + self._lease
+        )
         noted = old.replace(intent=intent)
         # Durable note first: if it cannot be written, nothing is spent.
         noted_version = self.store.write(self.key, noted, expected_version=stored.version)
         self._stage("before_provider")
+        self._ensure_still_locked(old, Stored(noted, noted_version))
         started = time.monotonic()
+        renewer = _LeaseRenewer(self, Stored(noted, noted_version))
         try:
-            response = send_token_request(
-                self._client(), request, now=self._clock, timeouts=self._token_timeout
-            )
+            with renewer:
+                response = send_token_request(
+                    self._client(), request, now=self._clock, timeouts=self._token_timeout
+                )
         except (ProviderError, ReauthenticationRequired, ClientRegistrationInvalid) as exc:
             event(
                 logging.WARNING,
@@ -438,7 +432,7 @@ class Keeper:
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
                 token=intent.token_fingerprint,
             )
-            raise self._after_provider_error(old, Stored(noted, noted_version), exc) from None
+            raise self._after_provider_error(old, renewer.noted, exc) from None
         event(
             logging.INFO,
             "refresh.provider_call",
@@ -455,6 +449,7 @@ class Keeper:
         if self._identity is None:
             self._identity = fresh
         self._stage("before_write")
+        noted, noted_version = renewer.noted.record, renewer.noted.version
         try:
             version = self.store.write(self.key, fresh, expected_version=noted_version)
         except StoreError as exc:
@@ -475,6 +470,20 @@ class Keeper:
         event(logging.INFO, "refresh.persisted", key=key, version=version)
         self._stage("after_write")
         return fresh
+
+    def _ensure_still_locked(self, old: Credential, noted: Stored) -> None:
+        """Spend nothing unless the lock is still ours: a lock held over the network (the
+        PostgreSQL store's) may have been lost since it was taken, and a peer that took it
+        since may spend the same refresh token. Our note is withdrawn if nobody wrote since."""
+        if self._held is None:
+            return
+        try:
+            self._held.ensure_held()
+        except LockLost:
+            event(logging.ERROR, "refresh.lock_lost", key=str(self.key), spent=False)
+            with contextlib.suppress(StoreError):
+                self.store.write(self.key, old, expected_version=noted.version)
+            raise
 
     def _after_provider_error(
         self, old: Credential, noted: Stored, exc: GrantkeeperError
@@ -554,3 +563,47 @@ class Keeper:
         self._durable = healed
         self._pending = None
         return healed
+
+
+class _LeaseRenewer:
+    """Renews the in-flight note's lease while the provider call runs, so a reader on
+    another host never takes a live holder for a dead one. ``noted`` is always the note as
+    last written, with its version: the next write compares against it."""
+
+    def __init__(self, keeper: Keeper, noted: Stored) -> None:
+        self.noted = noted
+        self._keeper = keeper
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"grantkeeper lease {keeper.key}")
+
+    def __enter__(self) -> _LeaseRenewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        keeper = self._keeper
+        interval = max(keeper._lease.total_seconds() / 3, 0.01)
+        while not self._stop.wait(interval):
+            intent = self.noted.record.intent
+            assert intent is not None
+            renewed = self.noted.record.replace(
+                intent=dataclasses.replace(intent, lease_until=keeper._clock() + keeper._lease)
+            )
+            try:
+                version = keeper.store.write(
+                    keeper.key, renewed, expected_version=self.noted.version
+                )
+            except StoreError as exc:
+                # The note stands as it was; its lease runs out unless a later try succeeds.
+                event(
+                    logging.WARNING,
+                    "refresh.lease_not_renewed",
+                    key=str(keeper.key),
+                    error=type(exc).__name__,
+                )
+                continue
+            self.noted = Stored(renewed, version)

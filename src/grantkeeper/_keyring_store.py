@@ -27,7 +27,7 @@ from ._file_lock import locked_file
 from ._file_store import CAS_LOCK_TIMEOUT, FileStore, _slug
 from ._record import Credential, CredentialKey, record_from_json, record_to_json
 from ._side_file import SideFile
-from ._store import DEFAULT_LOCK_TIMEOUT, Stored
+from ._store import DEFAULT_LOCK_TIMEOUT, ProcessLock, Stored
 
 SERVICE = "grantkeeper"
 """The keyring service name every entry is filed under."""
@@ -340,6 +340,6 @@ class KeyringStore:
 
     def lock(
         self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
-    ) -> AbstractContextManager[None]:
+    ) -> AbstractContextManager[ProcessLock]:
         """Hold ``key``'s transaction lock: the file store's lock for the same key."""
         return self._files.lock(key, timeout=timeout)

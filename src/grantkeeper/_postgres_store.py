@@ -1,11 +1,30 @@
 """Credentials in PostgreSQL, shared by workers on many hosts.
 
-One row per credential holds the record, a version counter for compare-and-swap and
-timestamps. The transaction lock is a session advisory lock on a connection of its own,
-held across the provider call: the server drops it when that connection closes, so a
-worker that dies (or whose host vanishes, via TCP keepalives) never leaves it behind.
-After a clean unlock the connection is kept for the next transaction.
-The store creates and migrates its schema itself, serialized by an advisory lock.
+One row per credential holds the record, a version counter for compare-and-swap, the
+fence of the last lock holder that wrote it, and timestamps. The transaction lock is a
+session advisory lock on a connection of its own, held across the provider call: the
+server drops it when that connection closes, so a worker that dies (or whose host
+vanishes, via TCP keepalives) never leaves it behind. After a clean unlock the
+connection is kept for the next transaction.
+
+A session can also end under a holder that runs on (a cut connection, a failover,
+``pg_terminate_backend``, an idle timeout), and the holder learns of it only at its next
+statement on that session. So every acquisition bumps a per-key fencing counter in the
+``fences`` table; every write made while this store holds the key's lock carries that
+fence, and the row refuses, in the same single UPDATE, a fence older than the one it was
+last written with. Before a refresh token is spent, :meth:`_AdvisoryLock.ensure_held`
+asks ``pg_locks`` on the lock's own session whether the lock is still there.
+
+Lock connections set their own session policy rather than inherit the server's:
+``idle_session_timeout`` of :data:`LOCK_IDLE_SESSION_TIMEOUT_MS` (longer than any
+transaction, so a server-wide shorter one cannot cut a holder mid-call; a holder frozen
+longer than that loses the lock, and its fence keeps it from writing), TCP keepalives and
+``tcp_user_timeout`` (a vanished peer is noticed within ~25 s either way).
+
+A pooler in transaction mode (PgBouncer ``pool_mode = transaction``) cannot keep a
+session lock at all: the first lock of each store probes for that and refuses with
+:class:`SessionLocksUnsupported`. The store creates and migrates its schema itself,
+serialized by an advisory lock.
 """
 
 from __future__ import annotations
@@ -14,12 +33,15 @@ import contextlib
 import hashlib
 import json
 import re
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
+    LockLost,
     LockTimeout,
+    SessionLocksUnsupported,
     StoreConfigError,
     StoreCorrupt,
     StoreUnavailable,
@@ -34,8 +56,9 @@ if TYPE_CHECKING:
 
 DEFAULT_SCHEMA = "grantkeeper"
 
-SCHEMA_VERSION = 1
-"""Version of the tables this code reads and writes; a newer database is refused."""
+SCHEMA_VERSION = 2
+"""Version of the tables this code reads and writes; a newer database is refused. A fleet
+upgrades together: version 1 workers do not fence, so they are refused by version 2."""
 
 CONNECT_TIMEOUT = 5
 """Seconds to reach the server: a worker should fail fast and serve from memory."""
@@ -47,6 +70,15 @@ KEEPALIVE: dict[str, Any] = {
     "keepalives_count": 3,
 }
 """TCP keepalives, so the server notices a lock holder whose host died within ~25 s."""
+
+LOCK_TCP_USER_TIMEOUT_MS = 25_000
+"""Lock connections give up on unacknowledged data after this long (libpq
+``tcp_user_timeout``), so a holder whose network vanished learns it as fast as the server."""
+
+LOCK_IDLE_SESSION_TIMEOUT_MS = 300_000
+"""``idle_session_timeout`` of lock connections. A holder is idle on its lock session for
+one provider call (30 s) and two writes; five minutes never cuts a healthy one, whatever the
+server's default, and ends the session (releasing the lock) of one frozen that long."""
 
 IDLE_LOCK_CONNECTIONS = 4
 """Lock connections kept open after their lock is released, for the next transaction."""
@@ -69,6 +101,16 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
                 sealed_with text,
                 created_at timestamptz NOT NULL DEFAULT now(),
                 updated_at timestamptz NOT NULL DEFAULT now()
+            )""",
+        ],
+    ),
+    (
+        2,
+        [
+            "ALTER TABLE {schema}.credentials ADD COLUMN fence bigint NOT NULL DEFAULT 0",
+            """CREATE TABLE {schema}.fences (
+                key_id text PRIMARY KEY,
+                fence bigint NOT NULL
             )""",
         ],
     ),
@@ -117,6 +159,11 @@ class PostgresStore:
         self._mutex = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._idle_lock_connections: list[psycopg.Connection[Any]] = []
+        self._schema_ready = False
+        self._session_locks_checked = False
+        # The fence of each lock this store holds now, by key id: every write to that key
+        # from this store (any thread: the lease renewer too) carries it.
+        self._held_fences: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r}, schema={self.schema!r})"
@@ -139,17 +186,22 @@ class PostgresStore:
                 reason = reason.replace(str(password), "***")
         return StoreUnavailable(f"PostgreSQL at {self.where} failed: {reason}")
 
-    def _open(self) -> psycopg.Connection[Any]:
+    def _open(self, *, for_lock: bool = False) -> psycopg.Connection[Any]:
         import psycopg
 
+        extra: dict[str, Any] = {"tcp_user_timeout": LOCK_TCP_USER_TIMEOUT_MS} if for_lock else {}
         try:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 self._dsn,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name="grantkeeper",
                 **KEEPALIVE,
+                **extra,
             )
+            if for_lock and conn.info.server_version >= 140000:
+                conn.execute(f"SET idle_session_timeout = {LOCK_IDLE_SESSION_TIMEOUT_MS}")
+            return conn
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
 
@@ -202,6 +254,7 @@ class PostgresStore:
                     conn.close()
                     raise
                 self._conn = conn
+                self._schema_ready = True
             try:
                 cursor = self._conn.execute(query, params)
                 return cursor.fetchall() if cursor.description else []
@@ -271,44 +324,66 @@ class PostgresStore:
         return int(rows[0][0]) if rows else None
 
     def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
-        """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent)."""
+        """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent).
+
+        While this store holds ``key``'s lock the write carries its fence, and the row
+        refuses it (:class:`LockLost`) if a later holder has written since.
+        """
         raw, sealed_with = self._encode(key, record)
+        key_id = _key_id(key)
+        fence = self._held_fences.get(key_id)
         if expected_version is None:
             rows = self._query(
-                "INSERT INTO {table} (key_id, server_url, profile, version, record, sealed_with)"
-                " VALUES (%s, %s, %s, 1, %s, %s) ON CONFLICT (key_id) DO NOTHING RETURNING version",
-                (_key_id(key), key.server_url, key.profile, raw, sealed_with),
+                "INSERT INTO {table} (key_id, server_url, profile, version, record, sealed_with,"
+                " fence) VALUES (%s, %s, %s, 1, %s, %s, %s)"
+                " ON CONFLICT (key_id) DO NOTHING RETURNING version",
+                (key_id, key.server_url, key.profile, raw, sealed_with, fence or 0),
             )
         else:
+            # One statement: a holder that lost its lock cannot slip in between a check
+            # and the write. Without a fence (no lock held) only the version is compared.
             rows = self._query(
                 "UPDATE {table} SET version = version + 1, record = %s, sealed_with = %s,"
-                " updated_at = now() WHERE key_id = %s AND version = %s RETURNING version",
-                (raw, sealed_with, _key_id(key), expected_version),
+                " fence = COALESCE(%s, fence), updated_at = now()"
+                " WHERE key_id = %s AND version = %s AND fence <= COALESCE(%s, fence)"
+                " RETURNING version",
+                (raw, sealed_with, fence, key_id, expected_version, fence),
             )
         if not rows:
-            raise VersionConflict(
-                f"record is at version {self._version(key)}, expected {expected_version}",
+            raise self._refused(key, expected_version, fence)
+        return int(rows[0][0])
+
+    def _refused(
+        self, key: CredentialKey, expected_version: int | None, fence: int | None
+    ) -> LockLost | VersionConflict:
+        """Why a conditional statement matched no row (read after the fact, for the message:
+        the refusal itself was decided atomically)."""
+        rows = self._query("SELECT version, fence FROM {table} WHERE key_id = %s", (_key_id(key),))
+        version, newest = (int(rows[0][0]), int(rows[0][1])) if rows else (None, None)
+        if fence is not None and newest is not None and newest > fence:
+            return LockLost(
+                f"a later holder of the lock (fence {newest}) has written the record since "
+                f"this one took it (fence {fence}): its session ended while held; "
+                "not overwriting the newer record",
                 key=str(key),
             )
-        return int(rows[0][0])
+        return VersionConflict(
+            f"record is at version {version}, expected {expected_version}", key=str(key)
+        )
 
     def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
         """Remove ``key``'s record (only at ``expected_version``, if given)."""
-        if expected_version is None:
-            rows = self._query("DELETE FROM {table} WHERE key_id = %s RETURNING 1", (_key_id(key),))
-            return bool(rows)
+        fence = self._held_fences.get(_key_id(key))
         rows = self._query(
-            "DELETE FROM {table} WHERE key_id = %s AND version = %s RETURNING 1",
-            (_key_id(key), expected_version),
+            "DELETE FROM {table} WHERE key_id = %s AND version = COALESCE(%s, version)"
+            " AND fence <= COALESCE(%s, fence) RETURNING 1",
+            (_key_id(key), expected_version, fence),
         )
         if rows:
             return True
-        current = self._version(key)
-        if current is None:
+        if self._version(key) is None:
             return False
-        raise VersionConflict(
-            f"record is at version {current}, expected {expected_version}", key=str(key)
-        )
+        raise self._refused(key, expected_version, fence)
 
     def keys(self) -> list[CredentialKey]:
         """Every key with a record, sorted."""
@@ -318,12 +393,23 @@ class PostgresStore:
     # -- locking ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
-        """Hold ``key``'s advisory lock on a connection of its own for the ``with`` body."""
+    def lock(
+        self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
+    ) -> Iterator[_AdvisoryLock]:
+        """Hold ``key``'s advisory lock on a connection of its own for the ``with`` body.
+
+        Yields the acquisition's :class:`_AdvisoryLock`: its fence, and the check that the
+        session still holds the lock.
+        """
         import psycopg
 
-        lock_id = _lock_id(f"credential\0{self.schema}\0{_key_id(key)}")
+        key_id = _key_id(key)
+        lock_id = _lock_id(f"credential\0{self.schema}\0{key_id}")
         what = f"the lock of {key}"
+        if not self._schema_ready:
+            self._query("SELECT 1")  # the fences table must exist before the first lock
+        if not self._session_locks_checked:
+            self._check_session_locks()
         conn = self._lock_connection()
         released = False
         try:
@@ -337,8 +423,9 @@ class PostgresStore:
                     # it, so a new one may try again.
                     with contextlib.suppress(Exception):
                         conn.close()
-                    conn = self._open()
+                    conn = self._open(for_lock=True)
                     self._take_lock(conn, lock_id, timeout, what, key)
+                fence = self._next_fence(conn, key_id)
             except psycopg.errors.LockNotAvailable:
                 raise LockTimeout(
                     f"{what} was not released within {timeout:g} s; another worker holds it",
@@ -346,7 +433,11 @@ class PostgresStore:
                 ) from None
             except psycopg.Error as exc:
                 raise self._unreachable(exc) from None
-            yield
+            self._held_fences[key_id] = fence
+            try:
+                yield _AdvisoryLock(conn, lock_id, fence, str(key))
+            finally:
+                self._held_fences.pop(key_id, None)
             with contextlib.suppress(Exception):
                 row = conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,)).fetchone()
                 released = bool(row and row[0])
@@ -357,6 +448,56 @@ class PostgresStore:
                 # Ending the session releases the lock, whatever state the connection is in.
                 with contextlib.suppress(Exception):
                     conn.close()
+
+    def _next_fence(self, conn: psycopg.Connection[Any], key_id: str) -> int:
+        """Bump and return ``key_id``'s fencing counter (on the lock's session, lock held)."""
+        from psycopg import sql
+
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {} AS f (key_id, fence) VALUES (%s, 1) ON CONFLICT (key_id)"
+                " DO UPDATE SET fence = f.fence + 1 RETURNING fence"
+            ).format(sql.Identifier(self.schema, "fences")),
+            (key_id,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _check_session_locks(self) -> None:
+        """Refuse a server on which a session advisory lock does not last between statements.
+
+        A pooler in transaction mode hands each statement of a client connection to any
+        server connection: the lock statement's server session keeps the lock, the next
+        statement runs elsewhere, and another client may be handed that locked session.
+        Both symptoms are probed on a random lock id no one else uses.
+        """
+        import psycopg
+
+        probe = _lock_id(f"probe\0{secrets.token_hex(16)}")
+        first = self._open(for_lock=True)
+        second: psycopg.Connection[Any] | None = None
+        try:
+            first.execute("SELECT pg_advisory_lock(%s)", (probe,))
+            second = self._open(for_lock=True)
+            row = second.execute("SELECT pg_try_advisory_lock(%s)", (probe,)).fetchone()
+            shared = bool(row and row[0])
+            kept = _holds(first, probe)
+            first.execute("SELECT pg_advisory_unlock_all()")
+            second.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            first.close()
+            if second is not None:
+                second.close()
+        if shared or not kept:
+            raise SessionLocksUnsupported(
+                f"PostgreSQL at {self.where} does not keep a session advisory lock from one "
+                "statement to the next, so no lock would hold: this is a connection pooler in "
+                "transaction mode (PgBouncer pool_mode = transaction). Point the store at a "
+                "pool in session mode (pool_mode = session) or at PostgreSQL directly"
+            )
+        self._session_locks_checked = True
 
     def _take_lock(
         self,
@@ -389,7 +530,7 @@ class PostgresStore:
                 conn = self._idle_lock_connections.pop()
                 if not conn.closed:
                     return conn
-        return self._open()
+        return self._open(for_lock=True)
 
     def _keep_lock_connection(self, conn: psycopg.Connection[Any]) -> None:
         with self._mutex:
@@ -403,3 +544,51 @@ class PostgresStore:
 def _lock_id(name: str) -> int:
     """A signed 64-bit advisory lock id for ``name``; a collision only serializes more."""
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def _advisory_parts(lock_id: int) -> tuple[int, int]:
+    """``pg_locks``' (classid, objid) for a bigint advisory lock id: its high and low halves."""
+    unsigned = lock_id & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
+def _holds(conn: psycopg.Connection[Any], lock_id: int) -> bool:
+    """Whether the session behind ``conn`` holds advisory lock ``lock_id`` now."""
+    classid, objid = _advisory_parts(lock_id)
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s"
+        " AND objsubid = 1)",
+        (classid, objid),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+class _AdvisoryLock:
+    """A held advisory lock (see :class:`grantkeeper.HeldLock`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], lock_id: int, fence: int, key: str) -> None:
+        self._conn = conn
+        self._lock_id = lock_id
+        self._fence = fence
+        self._key = key
+
+    @property
+    def fence(self) -> int:
+        """This acquisition's fencing token."""
+        return self._fence
+
+    def ensure_held(self) -> None:
+        """Ask ``pg_locks``, on the lock's own session, whether it still holds the lock."""
+        import psycopg
+
+        try:
+            held = _holds(self._conn, self._lock_id)
+        except psycopg.Error:
+            held = False  # the session is gone, and its lock with it
+        if not held:
+            raise LockLost(
+                "the credential's lock was lost: its database session ended while held "
+                f"(fence {self._fence}); not spending the refresh token",
+                key=self._key,
+            )

@@ -89,6 +89,12 @@ class RefreshIntent:
     state: IntentState = "in_flight"
     holder: str = ""
     """Identifies the ``Keeper`` instance, since one process may run several."""
+    host_id: str = ""
+    """Boot id and pid namespace of the writer (see ``_liveness.host_identity``): where
+    ``pid`` can be probed. Empty in notes written before it existed."""
+    lease_until: datetime | None = None
+    """Until when a reader under another ``host_id`` must treat the note as live; renewed
+    while the provider call runs. ``None`` in notes written before leases existed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +213,8 @@ def record_to_json(record: Credential) -> dict[str, Any]:
             "attempts": intent.attempts,
             "state": intent.state,
             "holder": intent.holder,
+            "host_id": intent.host_id,
+            "lease_until": _iso(intent.lease_until),
         },
     }
 
@@ -277,6 +285,8 @@ def _record_from_json(data: Any) -> Credential:
             attempts=attempts,
             state=state,
             holder=str(intent_data.get("holder", "")),
+            host_id=str(intent_data.get("host_id") or ""),
+            lease_until=_parse_time(intent_data.get("lease_until"), "intent.lease_until"),
         )
     return Credential(
         access_token=access_token,
