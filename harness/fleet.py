@@ -122,8 +122,13 @@ def run_fleet(
     rounds: int = 6,
     lifetime: float = 3600,
     on_round: Callable[[int, set[str]], None] | None = None,
+    gate: Callable[[int], None] | None = None,
 ) -> FleetReport:
-    """Run the fleet; ``lifetime`` is how far the clock jumps in an ``expire`` round."""
+    """Run the fleet; ``lifetime`` is how far the clock jumps in an ``expire`` round.
+
+    ``gate(number)`` runs before each round starts: fleets on several hosts wait there for
+    the signal that starts the round everywhere at once.
+    """
     context = multiprocessing.get_context("spawn")
     modes = ["expire" if number % 2 == 0 else "reject" for number in range(rounds)]
     barrier = context.Barrier(processes + 1)
@@ -142,6 +147,8 @@ def run_fleet(
         worker.start()
     try:
         for number, mode in enumerate(modes):
+            if gate is not None:
+                gate(number)
             if mode == "expire":
                 with offset.get_lock():
                     offset.value += lifetime

@@ -42,10 +42,19 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    """``initdb`` a cluster in a temporary directory and serve it on 127.0.0.1."""
+    """``initdb`` a cluster in a temporary directory and serve it on 127.0.0.1.
 
-    def __init__(self, user: str = "grantkeeper") -> None:
+    ``listen`` serves it on another address instead (a bridge that test hosts in network
+    namespaces reach, see ``harness/hosts.py``), and ``allow`` is the network (CIDR) whose
+    clients it trusts beside loopback.
+    """
+
+    def __init__(
+        self, user: str = "grantkeeper", *, listen: str = "127.0.0.1", allow: str | None = None
+    ) -> None:
         self.user = user
+        self.listen = listen
+        self.allow = allow
         self.port = _free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="grantkeeper-pg-"))
         self.data = self.directory / "data"
@@ -60,7 +69,7 @@ class PostgresCluster:
     @property
     def dsn(self) -> str:
         """A libpq URL for the cluster's ``postgres`` database."""
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://{self.user}@{self.listen}:{self.port}/postgres"
 
     def _run(self, *command: str) -> None:
         result = subprocess.run(
@@ -84,8 +93,11 @@ class PostgresCluster:
             "--locale",
             "C",
         )
+        if self.allow is not None:
+            with open(self.data / "pg_hba.conf", "a", encoding="ascii") as hba:
+                hba.write(f"host all all {self.allow} trust\n")
         options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory} "
+            f"-c listen_addresses={self.listen} -p {self.port} -k {self.directory} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
         self._run(

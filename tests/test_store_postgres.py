@@ -5,13 +5,21 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from grantkeeper import LockTimeout, PostgresStore, StoreConfigError, StoreCorrupt, StoreUnavailable
+from grantkeeper import (
+    LockLost,
+    LockTimeout,
+    PostgresStore,
+    StoreConfigError,
+    StoreCorrupt,
+    StoreUnavailable,
+)
 from grantkeeper._postgres_store import SCHEMA_VERSION
 from grantkeeper._sealing import KEY_ENV, Sealer
 from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
@@ -246,4 +254,106 @@ def test_a_kept_lock_connection_the_server_dropped_is_replaced(
         assert len(_advisory_holders(cluster)) == 1
     with store.lock(OTHER, timeout=0):
         pass
+    store.close()
+
+
+# -- fencing: a holder that lost its lock can neither spend nor write ----------------------
+
+
+def _fences(cluster: PostgresCluster, schema: str) -> list[int]:
+    with psycopg.connect(cluster.dsn) as conn:
+        return [f for (f,) in conn.execute(f"SELECT fence FROM {schema}.fences").fetchall()]
+
+
+def test_every_acquisition_takes_a_higher_fence_stored_in_the_database(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    one, two = PostgresStore(cluster.dsn, schema=schema), PostgresStore(cluster.dsn, schema=schema)
+    seen = []
+    for store in (one, two, one):
+        with store.lock(KEY, timeout=5) as held:
+            seen.append(held.fence)
+            held.ensure_held()
+    assert seen == [1, 2, 3]
+    assert _fences(cluster, schema) == [3]
+    with one.lock(OTHER, timeout=5) as held:
+        assert held.fence == 1  # a counter per key
+    one.close()
+    two.close()
+
+
+def test_a_lost_lock_is_noticed_on_its_own_session(cluster: PostgresCluster, schema: str) -> None:
+    store = PostgresStore(cluster.dsn, schema=schema)
+    with store.lock(KEY, timeout=5) as held:
+        held.ensure_held()
+        cut_grantkeeper_sessions(cluster, lock_holders_only=True)
+        with pytest.raises(LockLost) as caught:
+            held.ensure_held()
+    assert caught.value.retryable
+    store.close()
+
+
+def test_a_holder_that_lost_its_lock_cannot_overwrite_a_newer_record(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    # The stale holder even re-read the record, so the version check alone would let it
+    # through: only the fence, compared in the same UPDATE, refuses it.
+    stale, newer = (
+        PostgresStore(cluster.dsn, schema=schema),
+        PostgresStore(cluster.dsn, schema=schema),
+    )
+    stale.write(KEY, sample_record(), expected_version=None)
+    with stale.lock(KEY, timeout=5):
+        cut_grantkeeper_sessions(cluster, lock_holders_only=True)
+        with newer.lock(KEY, timeout=30):
+            current = newer.read(KEY)
+            assert current is not None
+            newer.write(KEY, sample_record("newer"), expected_version=current.version)
+        reread = stale.read(KEY)
+        assert reread is not None
+        with pytest.raises(LockLost):
+            stale.write(KEY, sample_record("stale"), expected_version=reread.version)
+        with pytest.raises(LockLost):
+            stale.delete(KEY, expected_version=reread.version)
+    kept = newer.read(KEY)
+    assert kept is not None and kept.version == reread.version
+    assert kept.record.access_token == sample_record("newer").access_token
+    stale.close()
+    newer.close()
+
+
+def test_a_holder_whose_session_survived_still_writes_after_a_peer_only_looked(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    # Fencing refuses writes over *newer writes*, not over a peer that merely held the lock
+    # and left the record alone: the holder's answer is authoritative and must be kept.
+    holder, peer = (
+        PostgresStore(cluster.dsn, schema=schema),
+        PostgresStore(cluster.dsn, schema=schema),
+    )
+    holder.write(KEY, sample_record(), expected_version=None)
+    with holder.lock(KEY, timeout=5):
+        noted = holder.write(KEY, sample_record("noted"), expected_version=1)
+        cut_grantkeeper_sessions(cluster, lock_holders_only=True)
+        with peer.lock(KEY, timeout=30):
+            assert peer.read(KEY) is not None
+        assert holder.write(KEY, sample_record("answer"), expected_version=noted) == noted + 1
+    holder.close()
+    peer.close()
+
+
+def test_lock_sessions_override_a_short_server_idle_timeout(cluster: PostgresCluster) -> None:
+    # A DBA's idle_session_timeout shorter than a provider call would end the lock's session
+    # mid-call; lock connections set their own (LOCK_IDLE_SESSION_TIMEOUT_MS).
+    database = f"idle_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+        admin.execute(f"ALTER DATABASE {database} SET idle_session_timeout = '100ms'")
+    dsn = cluster.dsn.rsplit("/", 1)[0] + f"/{database}"
+    store = PostgresStore(dsn, schema="gk")
+    idle = threading.Event()
+    with store.lock(KEY, timeout=5) as held:
+        # Idle on the lock session ten times longer than the server allows its sessions.
+        idle.wait(1.0)
+        held.ensure_held()
     store.close()

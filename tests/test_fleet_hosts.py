@@ -1,0 +1,456 @@
+"""A fleet across hosts: in-flight notes from elsewhere are leased, never guessed dead.
+
+The first tests need no privileges: notes written under another host identity (boot id
+plus pid namespace), in a file store and in PostgreSQL. The rest run workers as separate
+hosts for real (``harness/hosts.py``): network namespaces on a bridge, each worker in its
+own UTS and pid namespace with its own GRANTKEEPER_HOME, PostgreSQL and the real
+oidc-provider reachable only over the bridge. They need root, as CI has.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from grantkeeper import (
+    Credential,
+    CredentialKey,
+    FileStore,
+    Keeper,
+    LockLost,
+    PersistencePending,
+    PostgresStore,
+    Stored,
+)
+from grantkeeper._liveness import host_identity
+from grantkeeper._record import RefreshIntent, record_from_json, record_to_json
+from grantkeeper._store import ProcessLock
+from harness.authserver import AuthServer
+from harness.fake_provider import FakeProvider
+from harness.hosts import GatedProxy, HostAgent, HostNetwork, unavailable_reason
+from harness.postgres import PostgresCluster
+from harness.real_login import log_in
+from tests.helpers import KEY, T0, StepClock, make_record
+
+LEASE = timedelta(seconds=60)
+
+
+# -- host identity and leases, in one process ---------------------------------------------
+
+
+def test_host_identity_is_the_boot_and_the_pid_namespace() -> None:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+        boot = handle.read().strip()
+    assert host_identity() == f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    assert socket.gethostname() not in host_identity()
+
+
+def test_a_note_keeps_its_lease_and_host_through_json_and_old_notes_load() -> None:
+    record = make_record("at-1", "rt-1")
+    fingerprint = record.refresh_fingerprint
+    assert fingerprint is not None
+    intent = RefreshIntent(
+        fingerprint, 7, "box", T0, holder="h", host_id="boot/42", lease_until=T0 + LEASE
+    )
+    noted = record.replace(intent=intent)
+    assert record_from_json(record_to_json(noted)) == noted
+    legacy = record_to_json(noted)
+    del legacy["intent"]["host_id"], legacy["intent"]["lease_until"]
+    loaded = record_from_json(legacy).intent
+    assert loaded is not None and (loaded.host_id, loaded.lease_until) == ("", None)
+
+
+def _noted_elsewhere(store: FileStore | PostgresStore, provider: FakeProvider) -> None:
+    """A credential whose refresh is in flight on another host with the same hostname and
+    the same pid as ours (two containers of one pod): only the lease tells it is live."""
+    access, refresh = provider.issue()
+    record = make_record(access, refresh, now=T0 - timedelta(hours=2))  # expired at T0
+    fingerprint = record.refresh_fingerprint
+    assert fingerprint is not None
+    intent = RefreshIntent(
+        fingerprint,
+        os.getpid(),
+        socket.gethostname(),
+        T0,
+        holder="the-other-container",
+        host_id="another-boot/4026531836",
+        lease_until=T0 + LEASE,
+    )
+    store.write(KEY, record.replace(intent=intent), expected_version=None)
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+def test_a_note_from_another_host_is_live_until_its_lease_expires(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    store = FileStore(tmp_path)
+    _noted_elsewhere(store, provider)
+    clock = StepClock(T0 + LEASE - timedelta(seconds=1))  # only a refresh could serve
+    http = httpx.Client(transport=provider.transport())
+    keeper = Keeper(store, KEY, http_client=http, clock=clock)
+    with pytest.raises(PersistencePending):
+        keeper.credential()
+    assert provider.refresh_calls == 0  # A was not spent again
+    clock.now = T0 + LEASE  # the lease ran out: the outcome is unknown (one guarded retry)
+    keeper.credential()
+    assert provider.refresh_calls == 1
+    stored = store.read(KEY)
+    assert stored is not None and stored.record.intent is None
+
+
+def test_a_lock_lost_before_the_spend_spends_nothing(tmp_path: Path) -> None:
+    provider = FakeProvider()
+    with PostgresCluster() as cluster:
+        store = PostgresStore(cluster.dsn, schema=f"lost_{uuid.uuid4().hex[:10]}")
+        access, refresh = provider.issue()
+        original = make_record(access, refresh)
+        store.write(KEY, original, expected_version=None)
+
+        cuts = [1]
+
+        def cut_lock_session(stage: str) -> None:
+            # After the note, before the spend: the lock's session ends (a failover, a
+            # pg_terminate_backend, an idle timeout), and a peer may take the lock now.
+            if stage == "before_provider" and cuts and cuts.pop():
+                with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                        "WHERE locktype = 'advisory' AND granted"
+                    )
+
+        clock = StepClock()
+        clock.advance(3600)
+        http = httpx.Client(transport=provider.transport())
+        keeper = Keeper(store, KEY, http_client=http, clock=clock, checkpoint=cut_lock_session)
+        with pytest.raises(LockLost):
+            keeper.credential()
+        assert provider.refresh_calls == 0
+        stored = store.read(KEY)
+        assert stored is not None and stored.record == original  # the note was withdrawn
+        assert keeper.credential().access_token != access  # the next transaction refreshes
+        assert provider.refresh_calls == 1 and provider.replays == 0
+        store.close()
+
+
+class LeaseWatch:
+    """A file store that reports each lease it writes, so a test can wait for renewals."""
+
+    def __init__(self, inner: FileStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.leases: queue.Queue[datetime] = queue.Queue()
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        return self.inner.read(key)
+
+    def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
+        version = self.inner.write(key, record, expected_version=expected_version)
+        if record.intent is not None and record.intent.lease_until is not None:
+            self.leases.put(record.intent.lease_until)
+        return version
+
+    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        return self.inner.delete(key, expected_version=expected_version)
+
+    def keys(self) -> list[CredentialKey]:
+        return self.inner.keys()
+
+    def lock(
+        self, key: CredentialKey, *, timeout: float = 60.0
+    ) -> AbstractContextManager[ProcessLock]:
+        return self.inner.lock(key, timeout=timeout)
+
+
+def test_the_lease_is_renewed_while_the_provider_call_runs(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    store = LeaseWatch(FileStore(tmp_path))
+    access, refresh = provider.issue()
+    store.write(KEY, make_record(access, refresh), expected_version=None)
+    clock = StepClock()
+    clock.advance(3600)
+    leases: list[datetime] = []
+
+    def slow_provider(form: dict[str, str]) -> None:
+        # The call lasts until the note's lease has been renewed twice; time moves meanwhile.
+        for _ in range(3):
+            leases.append(store.leases.get(timeout=60))
+            clock.advance(10)
+        return None
+
+    provider.faults.append(slow_provider)
+    http = httpx.Client(transport=provider.transport())
+    keeper = Keeper(store, KEY, http_client=http, clock=clock, lease=timedelta(seconds=0.3))
+    keeper.credential()
+    assert leases[1] > leases[0] and leases[2] > leases[1]  # renewed, each time later
+    assert provider.refresh_calls == 1
+    stored = store.read(KEY)
+    assert stored is not None and stored.record.intent is None
+
+
+# -- separate hosts for real ---------------------------------------------------------------
+
+needs_hosts = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+
+RESOURCE = "http://127.0.0.1:9/mcp"
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[HostNetwork]:
+    if unavailable_reason() is not None:
+        pytest.skip(str(unavailable_reason()))
+    net = HostNetwork(hosts=4)
+    try:
+        net.start()
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(network: HostNetwork) -> Iterator[PostgresCluster]:
+    # Reachable only on the bridge: the hosts have no other way to the database.
+    with PostgresCluster(listen=network.gateway, allow=network.cidr) as running:
+        yield running
+
+
+class Hosts:
+    """Agents started by a test, all stopped when it ends."""
+
+    def __init__(self, network: HostNetwork, cluster: PostgresCluster, root: Path) -> None:
+        self.network, self.cluster, self.root = network, cluster, root
+        self.schema = f"hosts_{uuid.uuid4().hex[:10]}"
+        self.agents: list[HostAgent] = []
+
+    def keeper(self, host: int, hostname: str, *, key: CredentialKey) -> HostAgent:
+        agent = self.network.spawn(
+            host,
+            hostname,
+            self.root / f"home-{len(self.agents)}",
+            "keeper",
+            "--key-url",
+            key.server_url,
+            "--key-profile",
+            key.profile or "",
+            schema=self.schema,
+            dsn=self.cluster.dsn,
+        )
+        self.agents.append(agent)
+        return agent
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.close()
+        self.network.unexpose_all()
+
+
+@pytest.fixture
+def hosts(network: HostNetwork, cluster: PostgresCluster, tmp_path: Path) -> Iterator[Hosts]:
+    made = Hosts(network, cluster, tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _terminate(cluster: PostgresCluster, address: str, *, lock: bool) -> int:
+    """End ``address``'s lock sessions (``lock``) or its data sessions; return how many."""
+    holds = "IN" if lock else "NOT IN"
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'grantkeeper' AND client_addr = %s::inet "
+            f"AND pid {holds} (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)",
+            (address,),
+        ).fetchall()
+    return len(rows)
+
+
+@needs_hosts
+def test_each_host_has_its_own_identity_and_reaches_only_the_bridge(hosts: Hosts) -> None:
+    key = CredentialKey.for_server(RESOURCE, "identity")
+    one, two = hosts.keeper(0, "host-1", key=key), hosts.keeper(1, "host-2", key=key)
+    first, second = one.call("identity"), two.call("identity")
+    assert (first["hostname"], second["hostname"]) == ("host-1", "host-2")
+    assert first["host_id"] != second["host_id"] != host_identity()
+    assert first["host_id"].split("/")[0] == host_identity().split("/")[0]  # one kernel
+
+
+@needs_hosts
+@pytest.mark.parametrize(
+    "names",
+    [("host-1", "host-2"), ("pod", "pod")],
+    ids=["two-hosts", "two-containers-one-hostname"],
+)
+def test_a_cut_data_connection_after_the_answer_never_makes_another_host_spend_a(
+    hosts: Hosts, names: tuple[str, str]
+) -> None:
+    # "pod": two containers with one hostname, each its own pid namespace (the holder is pid
+    # 1 in its own, like its peer): a live holder must be seen as live there too.
+    key = CredentialKey.for_server(RESOURCE, f"cut-data-{names[0]}")
+    with AuthServer(resources=[RESOURCE], access_ttl=600) as server:
+        hosts.network.expose(server.port)
+        seed = PostgresStore(hosts.cluster.dsn, schema=hosts.schema)
+        a = log_in(server, seed, key, resource=RESOURCE)
+        one, two = hosts.keeper(0, names[0], key=key), hosts.keeper(1, names[1], key=key)
+        first, second = one.call("identity"), two.call("identity")
+        assert first["host_id"] != second["host_id"] and first["pid"] == second["pid"] == 1
+        assert one.call("credential")["token"] == two.call("credential")["token"] == a.access_token
+        server.reset_stats()
+        for agent in (one, two):
+            agent.call("clock", offset=3600)  # A is expired everywhere
+
+        one.call("pause_at", stage="after_provider")
+        asked = one.send("credential")
+        one.wait(event="paused")
+        # The provider answered host 1 with B; now its data connection dies, so B's write
+        # fails. Its lock session stays up.
+        assert _terminate(hosts.cluster, hosts.network.addresses[0], lock=False) >= 1
+        one.call("resume")
+        answer = one.wait(id=asked)
+        assert answer["ok"] and answer["pending"], answer
+        b = answer["token"]
+
+        refused = two.call("credential")
+        assert not refused["ok"] and refused["error"] == "PersistencePending", refused
+        assert server.stats()["refresh_success"] == 1  # host 2 did not spend A
+
+        for agent in (one, two):
+            agent.call("clock", offset=3600 + 600)  # B is expired too: host 1 heals, refreshes
+        c = one.call("credential")
+        assert c["ok"] and not c["pending"] and c["token"] != b, c
+        assert two.call("credential")["token"] == c["token"]
+        stats = server.stats()
+        assert stats["refresh_success"] == 2 and stats["replays"] == 0
+        assert stats["refresh_errors"] == [] and stats["code_success"] == 0  # no re-login
+        assert server.is_active(c["token"])
+        seed.close()
+
+
+@needs_hosts
+@pytest.mark.parametrize("newer_login", [False, True], ids=["peer-only-looks", "newer-login"])
+def test_a_lock_session_ended_mid_call_spends_a_once_and_overwrites_nothing_newer(
+    hosts: Hosts, newer_login: bool
+) -> None:
+    key = CredentialKey.for_server(RESOURCE, f"cut-lock-{newer_login}")
+    with AuthServer(resources=[RESOURCE], access_ttl=600) as server:
+        proxy = GatedProxy("127.0.0.1", server.issuer)
+        hosts.network.expose(server.port)
+        hosts.network.expose(int(proxy.url.rsplit(":", 1)[1]))
+        try:
+            seed = PostgresStore(hosts.cluster.dsn, schema=hosts.schema)
+            login = log_in(server, seed, key, resource=RESOURCE)
+            stored = seed.read(key)
+            assert stored is not None and login.token_endpoint is not None
+            slowed = login.replace(
+                token_endpoint=login.token_endpoint.replace(server.issuer, proxy.url)
+            )
+            seed.write(key, slowed, expected_version=stored.version)
+            one, two = hosts.keeper(0, "host-1", key=key), hosts.keeper(1, "host-2", key=key)
+            for agent in (one, two):
+                assert agent.call("credential")["token"] == login.access_token
+            server.reset_stats()
+            for agent in (one, two):
+                agent.call("clock", offset=3600)
+
+            proxy.hold()
+            asked = one.send("credential")
+            assert proxy.arrived.wait(60)  # host 1's refresh of A is in flight, held
+            assert _terminate(hosts.cluster, hosts.network.addresses[0], lock=True) == 1
+            refused = two.call("credential")  # host 2 takes the free lock...
+            assert not refused["ok"] and refused["error"] == "PersistencePending", refused
+            if newer_login:
+                newer = log_in(server, seed, key, resource=RESOURCE)
+            proxy.release()
+            answer = one.wait(id=asked)
+            assert answer["ok"], answer
+            stats = server.stats()
+            assert stats["replays"] == 0 and stats["refresh_success"] == 1
+            final = seed.read(key)
+            assert final is not None
+            if newer_login:
+                # Host 1's B must not replace the newer login's record; both hosts move to it.
+                assert answer["pending"]
+                assert final.record.access_token == newer.access_token
+                for agent in (one, two):
+                    agent.call("clock", offset=0)
+                for agent, held in ((one, answer["token"]), (two, login.access_token)):
+                    moved = agent.call("credential", rejected=held)
+                    assert moved["token"] == newer.access_token, moved
+            else:
+                assert not answer["pending"] and final.record.access_token == answer["token"]
+                assert two.call("credential")["token"] == answer["token"]
+            assert server.stats()["replays"] == 0
+            seed.close()
+        finally:
+            proxy.close()
+
+
+@needs_hosts
+def test_a_storm_across_four_hosts_refreshes_once_per_rotation(hosts: Hosts) -> None:
+    hosts_count, processes, threads, rounds = 4, 4, 4, 6
+    key = CredentialKey.for_server(RESOURCE, "storm")
+    with AuthServer(resources=[RESOURCE]) as server:
+        hosts.network.expose(server.port)
+        seed = PostgresStore(hosts.cluster.dsn, schema=hosts.schema)
+        log_in(server, seed, key, resource=RESOURCE)
+        server.reset_stats()
+        agents = [
+            hosts.network.spawn(
+                number,
+                f"storm-{number + 1}",
+                hosts.root / f"storm-{number}",
+                "fleet",
+                "--key-url",
+                key.server_url,
+                "--key-profile",
+                key.profile or "",
+                "--processes",
+                str(processes),
+                "--threads",
+                str(threads),
+                "--rounds",
+                str(rounds),
+                schema=hosts.schema,
+                dsn=hosts.cluster.dsn,
+            )
+            for number in range(hosts_count)
+        ]
+        hosts.agents += agents
+        per_round: list[set[str]] = []
+        for number in range(rounds):
+            for agent in agents:
+                agent.send("go")
+            seen: set[str] = set()
+            for agent in agents:
+                seen.update(agent.wait(round=number)["tokens"])
+            per_round.append(seen)
+        reports = [agent.wait()["report"] for agent in agents]
+        stats = server.stats()
+        errors = [error for report in reports for error in report["errors"]]
+        requests = sum(report["requests"] for report in reports)
+        print(
+            f"\nP6 two-host storm: {hosts_count} hosts x {processes} processes x {threads} "
+            f"threads, {rounds} rotations: {requests} calls, {len(errors)} errors, "
+            f"{stats['refresh_success']} provider refreshes, {stats['replays']} replays"
+        )
+        assert errors == []
+        assert requests == hosts_count * processes * threads * rounds  # every call served
+        assert [len(tokens) for tokens in per_round] == [1] * rounds
+        assert stats["refresh_success"] == rounds  # provider refresh calls == rotations
+        assert stats["replays"] == 0 and stats["refresh_errors"] == []
+        seed.close()
