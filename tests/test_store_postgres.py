@@ -16,6 +16,7 @@ from grantkeeper import (
     LockLost,
     LockTimeout,
     PostgresStore,
+    SessionLocksUnsupported,
     StoreConfigError,
     StoreCorrupt,
     StoreUnavailable,
@@ -23,6 +24,7 @@ from grantkeeper import (
 from grantkeeper._postgres_store import SCHEMA_VERSION
 from grantkeeper._sealing import KEY_ENV, Sealer
 from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
+from harness.pgbouncer import PgBouncer
 from harness.postgres import PostgresCluster, _free_port
 
 
@@ -357,3 +359,35 @@ def test_lock_sessions_override_a_short_server_idle_timeout(cluster: PostgresClu
         idle.wait(1.0)
         held.ensure_held()
     store.close()
+
+
+# -- refuse what cannot work: a pooler that does not keep sessions -------------------------
+
+
+def test_a_transaction_pooling_pgbouncer_is_refused_with_the_fix(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    with PgBouncer(cluster, pool_mode="transaction") as bouncer:
+        store = PostgresStore(bouncer.dsn, schema=schema)
+        store.write(KEY, sample_record(), expected_version=None)  # plain statements work
+        with pytest.raises(SessionLocksUnsupported) as caught, store.lock(KEY, timeout=5):
+            pytest.fail("a lock was granted through a transaction-pooling PgBouncer")
+        assert "pool_mode = session" in str(caught.value)
+        assert isinstance(caught.value, StoreConfigError) and not caught.value.retryable
+        store.close()
+
+
+def test_a_session_pooling_pgbouncer_keeps_locks_and_fences(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    with PgBouncer(cluster, pool_mode="session") as bouncer:
+        one = PostgresStore(bouncer.dsn, schema=schema)
+        two = PostgresStore(bouncer.dsn, schema=schema)
+        with one.lock(KEY, timeout=5) as held:
+            held.ensure_held()
+            with pytest.raises(LockTimeout), two.lock(KEY, timeout=0):
+                pass
+        with two.lock(KEY, timeout=5) as again:
+            assert again.fence == held.fence + 1
+        one.close()
+        two.close()
