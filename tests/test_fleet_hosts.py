@@ -112,6 +112,38 @@ def test_a_note_from_another_host_is_live_until_its_lease_expires(
     assert stored is not None and stored.record.intent is None
 
 
+def test_a_host_with_a_valid_token_serves_it_while_a_peer_elsewhere_is_in_flight(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    store = FileStore(tmp_path)
+    access, refresh = provider.issue()
+    store.write(KEY, make_record(access, refresh), expected_version=None)
+    clock = StepClock()
+    keeper = Keeper(
+        store, KEY, http_client=httpx.Client(transport=provider.transport()), clock=clock
+    )
+    assert keeper.access_token() == access
+    stored = store.read(KEY)
+    assert stored is not None and stored.record.refresh_fingerprint is not None
+    intent = RefreshIntent(
+        stored.record.refresh_fingerprint,
+        os.getpid(),
+        socket.gethostname(),
+        T0,
+        holder="elsewhere",
+        host_id="another-boot/1",
+        lease_until=T0 + timedelta(hours=2),
+    )
+    store.write(KEY, stored.record.replace(intent=intent), expected_version=stored.version)
+    clock.advance(3600 - 30)  # stale (a refresh is due) but still valid
+    assert keeper.access_token() == access
+    assert provider.refresh_calls == 0
+    clock.advance(60)  # expired: nothing valid to serve, and A must not be spent
+    with pytest.raises(PersistencePending):
+        keeper.credential()
+    assert provider.refresh_calls == 0
+
+
 def test_a_lock_lost_before_the_spend_spends_nothing(tmp_path: Path) -> None:
     provider = FakeProvider()
     with PostgresCluster() as cluster:

@@ -383,6 +383,17 @@ class Keeper:
                 self._mark_dead(stored, decision.mark)
             if isinstance(decision.error, LoginRequired):
                 self._current = self._durable = None
+            current = self._current
+            if (
+                isinstance(decision.error, PersistencePending)
+                and current is not None
+                and current.access_token != rejected
+                and freshness(current, self._clock(), self._skew) is not Freshness.EXPIRED
+            ):
+                # A live peer holds the answer: our own token is still valid, so serve it
+                # rather than fail; the next call asks again.
+                event(logging.INFO, "transaction.served_while_peer_pending", key=key)
+                return current
             event(
                 logging.INFO,
                 "transaction.failed_closed",
