@@ -21,6 +21,7 @@ from grantkeeper import (
     StoreCorrupt,
     StoreUnavailable,
 )
+from grantkeeper._cli_stores import diagnose
 from grantkeeper._postgres_store import SCHEMA_VERSION
 from grantkeeper._sealing import KEY_ENV, Sealer
 from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
@@ -374,7 +375,13 @@ def test_a_transaction_pooling_pgbouncer_is_refused_with_the_fix(
             pytest.fail("a lock was granted through a transaction-pooling PgBouncer")
         assert "pool_mode = session" in str(caught.value)
         assert isinstance(caught.value, StoreConfigError) and not caught.value.retryable
+        (check,) = [c for c in diagnose(store).checks if c.name == "session locks"]
+        assert not check.ok and "pool_mode = session" in check.detail  # grantkeeper doctor
         store.close()
+    plain = PostgresStore(cluster.dsn, schema=schema)
+    (direct,) = [c for c in diagnose(plain).checks if c.name == "session locks"]
+    assert direct.ok
+    plain.close()
 
 
 def test_a_session_pooling_pgbouncer_keeps_locks_and_fences(

@@ -129,6 +129,18 @@ def _keyring_check(keyring: KeyringStore) -> Check:
     return Check("keyring", True, "unavailable: Auto mode stores new credentials in files")
 
 
+def _session_locks_check(store: PostgresStore) -> Check:
+    try:
+        store.check_session_locks()
+    except StoreError as exc:
+        return Check("session locks", False, exc.message)
+    return Check(
+        "session locks",
+        True,
+        "held between statements; lock sessions fenced, idle_session_timeout 5 min, keepalives",
+    )
+
+
 def diagnose(store: Store) -> Report:
     """Everything ``doctor`` reports about ``store``."""
     report = Report(store=repr(store))
@@ -142,6 +154,7 @@ def diagnose(store: Store) -> Report:
         report.checks.append(
             Check("encryption at rest", True, "on" if store.encrypted else "off (records in plain)")
         )
+        report.checks.append(_session_locks_check(store))
     try:
         if isinstance(store, AutoStore):
             entries: list[tuple[CredentialKey, str | None, list[str], bool]] = [

@@ -409,7 +409,7 @@ class PostgresStore:
         if not self._schema_ready:
             self._query("SELECT 1")  # the fences table must exist before the first lock
         if not self._session_locks_checked:
-            self._check_session_locks()
+            self.check_session_locks()
         conn = self._lock_connection()
         released = False
         try:
@@ -463,8 +463,10 @@ class PostgresStore:
         assert row is not None
         return int(row[0])
 
-    def _check_session_locks(self) -> None:
-        """Refuse a server on which a session advisory lock does not last between statements.
+    def check_session_locks(self) -> None:
+        """Refuse a server on which a session advisory lock does not last between statements
+        (raise :class:`SessionLocksUnsupported`); the first lock of each store runs it, and
+        ``grantkeeper doctor`` reports it.
 
         A pooler in transaction mode hands each statement of a client connection to any
         server connection: the lock statement's server session keeps the lock, the next
