@@ -9,6 +9,7 @@ the round holding the same new token.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -37,6 +38,8 @@ class RoundResult:
     round: int
     tokens: list[str]
     errors: list[str]
+    lock_waits: list[float] = field(default_factory=list)
+    """Milliseconds each transaction of the round waited for the credential's lock."""
 
 
 @dataclass
@@ -49,6 +52,8 @@ class FleetReport:
     requests: int = 0
     tokens_per_round: list[set[str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    lock_waits: list[float] = field(default_factory=list)
+    """Milliseconds every locked transaction of the fleet waited for the lock."""
 
     @property
     def distinct_tokens(self) -> int:
@@ -61,6 +66,23 @@ def _virtual_clock(offset: Synchronized[float]) -> Callable[[], datetime]:
         return datetime.now(UTC) + timedelta(seconds=offset.value)
 
     return now
+
+
+class _LockWaits(logging.Handler):
+    """Collects ``waited_ms`` of each ``transaction.locked`` event in this process."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.waits: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "grantkeeper", None)
+        if isinstance(fields, dict) and fields.get("event") == "transaction.locked":
+            self.waits.append(float(fields["waited_ms"]))
+
+    def take(self) -> list[float]:
+        waits, self.waits = self.waits, []
+        return waits
 
 
 def _round(keeper: Keeper, held: dict[int, str], mode: str) -> tuple[list[str], list[str]]:
@@ -97,6 +119,10 @@ def _worker(
     offset: Synchronized[float],
     results: multiprocessing.Queue[RoundResult],
 ) -> None:
+    waits = _LockWaits()
+    logger = logging.getLogger("grantkeeper")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(waits)
     keeper = Keeper(store_factory(), key, clock=_virtual_clock(offset))
     first_error = ""
     try:
@@ -109,7 +135,7 @@ def _worker(
         tokens, errors = _round(keeper, held, mode)
         if first_error and number == 0:
             errors.insert(0, first_error)
-        results.put(RoundResult(os.getpid(), number, tokens, errors))
+        results.put(RoundResult(os.getpid(), number, tokens, errors, waits.take()))
     keeper.close()
 
 
@@ -161,6 +187,7 @@ def run_fleet(
                     report.errors.append(f"round {number}: a worker sent no result")
                     break
                 report.requests += len(result.tokens) + len(result.errors)
+                report.lock_waits += result.lock_waits
                 seen.update(result.tokens)
                 report.errors += [f"round {number} pid {result.pid}: {e}" for e in result.errors]
             report.tokens_per_round.append(seen)

@@ -132,6 +132,7 @@ def fleet_mode(args: argparse.Namespace, key: CredentialKey) -> None:
             "requests": report.requests,
             "errors": report.errors,
             "tokens_per_round": [sorted(tokens) for tokens in report.tokens_per_round],
+            "lock_waits": report.lock_waits,
         }
     )
     for raw in sys.stdin:  # wait for quit, so the test reads everything first

@@ -476,10 +476,21 @@ def test_a_storm_across_four_hosts_refreshes_once_per_rotation(hosts: Hosts) -> 
         errors = [error for report in reports for error in report["errors"]]
         requests = sum(report["requests"] for report in reports)
         print(
-            f"\nP6 two-host storm: {hosts_count} hosts x {processes} processes x {threads} "
-            f"threads, {rounds} rotations: {requests} calls, {len(errors)} errors, "
+            f"\nP6 fleet storm across hosts: {hosts_count} hosts x {processes} processes x "
+            f"{threads} threads, {rounds} rotations: {requests} calls, {len(errors)} errors, "
             f"{stats['refresh_success']} provider refreshes, {stats['replays']} replays"
         )
+        for number, report in enumerate(reports):
+            waits = sorted(report["lock_waits"])
+            p50, p99 = (
+                (waits[len(waits) // 2], waits[min(len(waits) - 1, len(waits) * 99 // 100)])
+                if waits
+                else (0.0, 0.0)
+            )
+            print(
+                f"  host {number + 1}: {len(waits)} locked transactions, "
+                f"lock wait p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            )
         assert errors == []
         assert requests == hosts_count * processes * threads * rounds  # every call served
         assert [len(tokens) for tokens in per_round] == [1] * rounds
