@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.postgres import PostgresCluster, _free_port
 
@@ -64,15 +65,16 @@ class PgBouncer:
             f"logfile = {self.directory / 'pgbouncer.log'}\n"
             "ignore_startup_parameters = extra_float_digits\n"
         )
-        run_as: list[str] = []
+        owner: dict[str, Any] = {}
         if os.geteuid() == 0:
-            owner = "postgres"
-            entry = pwd.getpwnam(owner)
+            entry = pwd.getpwnam("postgres")
             for path in (self.directory, *self.directory.iterdir()):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-            run_as = ["runuser", "-u", owner, "--"]
+            # Exec'd as that user directly (no runuser in between), so killing this process
+            # kills PgBouncer itself.
+            owner = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         self._process = subprocess.Popen(
-            [*run_as, program, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [program, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **owner
         )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
