@@ -6,7 +6,7 @@ This module is the public API; everything else is private and may change.
 from ._auto_store import AutoStore
 from ._callback_server import CallbackServer
 from ._classify import authentication_required
-from ._decide import MAX_UNKNOWN_ATTEMPTS
+from ._decide import Outcome, outcome_of
 from ._discovery import Discovery, ResourceMetadata, discover
 from ._errors import (
     AccountChanged,
@@ -31,6 +31,7 @@ from ._errors import (
     RefreshOutcomeUnknown,
     RetryRequired,
     ServerConfigError,
+    ServerRejectsToken,
     StoreConfigError,
     StoreCorrupt,
     StoreError,
@@ -61,7 +62,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_SKEW",
-    "MAX_UNKNOWN_ATTEMPTS",
     "AccountChanged",
     "AuthState",
     "AuthStatus",
@@ -91,6 +91,7 @@ __all__ = [
     "LogoutResult",
     "MalformedResponse",
     "OAuthUnsupported",
+    "Outcome",
     "PersistencePending",
     "PostgresStore",
     "ProtocolError",
@@ -103,6 +104,7 @@ __all__ = [
     "RetryRequired",
     "ServerConfig",
     "ServerConfigError",
+    "ServerRejectsToken",
     "Store",
     "StoreConfigError",
     "StoreCorrupt",
@@ -113,6 +115,7 @@ __all__ = [
     "VersionConflict",
     "__version__",
     "auth_status",
+    "outcome_of",
     "authentication_required",
     "discover",
     "freshness",

@@ -8,6 +8,7 @@
     │   ├── ClientRegistrationInvalid     the authorization server no longer knows the client
     │   └── InsufficientScope             403 insufficient_scope: log in again with .scope
     ├── AccountChanged                    the store now holds another account's credential
+    ├── ServerRejectsToken                the MCP server keeps rejecting freshly issued tokens
     ├── ProviderError                     the token endpoint misbehaved
     │   ├── ProviderUnavailable           429, 503, refused: nothing was spent (retryable)
     │   ├── RefreshOutcomeUnknown         timeout, 5xx, lost connection after sending (retryable)
@@ -61,6 +62,7 @@ __all__ = [
     "ReauthenticationRequired",
     "RefreshOutcomeUnknown",
     "RetryRequired",
+    "ServerRejectsToken",
     "ServerConfigError",
     "StoreConfigError",
     "StoreCorrupt",
@@ -128,6 +130,20 @@ class AccountChanged(GrantkeeperError):
     """The store now holds a credential for a different account than this process uses."""
 
 
+class ServerRejectsToken(GrantkeeperError):
+    """The MCP server rejected a token that a refresh its own 401 forced had just obtained.
+
+    grantkeeper refreshes for such a server at most once a minute per credential (a wrong
+    audience or a broken token check would otherwise cost a refresh per request). The
+    message names the server; :attr:`server` is its URL.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, server: str = "") -> None:
+        super().__init__(message, key=key)
+        #: The MCP server (resource) that rejects the token.
+        self.server = server
+
+
 class ProviderError(GrantkeeperError):
     """The authorization server's token endpoint failed."""
 
@@ -159,10 +175,14 @@ class ProviderUnavailable(ProviderError):
         status: int | None = None,
         error: str | None = None,
         retry_after: float | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message, key=key, status=status, error=error)
         #: Seconds the provider asked us to wait, from ``Retry-After``.
         self.retry_after = retry_after
+        #: Whether the request reached the provider (which then said it did nothing: 429,
+        #: 503); ``False`` when it could not even be sent (refused, DNS, connect timeout).
+        self.sent = sent
 
 
 class RefreshOutcomeUnknown(ProviderError):

@@ -22,7 +22,13 @@ from ._redact import fingerprint, redact
 SCHEMA_VERSION = 1
 """Version of the stored JSON layout; a newer one is refused rather than misread."""
 
-IntentState = Literal["in_flight", "unknown"]
+IntentState = Literal["in_flight", "unknown", "unavailable", "answered"]
+"""``in_flight``: a process is spending the token now. ``unknown``: it was sent and no usable
+answer came back, so it may be spent. ``unavailable``: the provider did not process it (not
+sent, 429, 503): it is unspent, and the next attempt waits for ``retry_at``. ``answered``: the
+provider answered and its new token could be stored nowhere, so this one is spent for sure."""
+
+INTENT_STATES: tuple[IntentState, ...] = ("in_flight", "unknown", "unavailable", "answered")
 
 
 class _FieldError(ValueError):
@@ -89,6 +95,12 @@ class RefreshIntent:
     state: IntentState = "in_flight"
     holder: str = ""
     """Identifies the ``Keeper`` instance, since one process may run several."""
+    retry_at: datetime | None = None
+    """No attempt with this token before this time (backoff, or the provider's Retry-After)."""
+    since: datetime | None = None
+    """When the first failed attempt with this token started: how long the trouble lasts."""
+    last_error: str | None = None
+    """What the last failed attempt got (an error type and status), for status. Never a secret."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +127,9 @@ class Credential:
     reauth_reason: str | None = None
     """Set when a transaction found the grant dead; only a new login clears it."""
     intent: RefreshIntent | None = None
+    rejected_refresh_at: datetime | None = None
+    """When this token was obtained by a refresh that a server's 401 forced, so that a server
+    rejecting every fresh token is not answered with a refresh per request."""
 
     def __repr__(self) -> str:
         return (
@@ -207,7 +222,11 @@ def record_to_json(record: Credential) -> dict[str, Any]:
             "attempts": intent.attempts,
             "state": intent.state,
             "holder": intent.holder,
+            "retry_at": _iso(intent.retry_at),
+            "since": _iso(intent.since),
+            "last_error": intent.last_error,
         },
+        "rejected_refresh_at": _iso(record.rejected_refresh_at),
     }
 
 
@@ -264,7 +283,7 @@ def _record_from_json(data: Any) -> Credential:
             raise _FieldError("intent is not an object")
         started = _parse_time(intent_data["started_at"], "intent.started_at")
         state = intent_data.get("state", "in_flight")
-        if state not in ("in_flight", "unknown"):
+        if state not in INTENT_STATES:
             raise _FieldError("intent.state is not a known string")
         pid, attempts = intent_data["pid"], intent_data.get("attempts", 1)
         if not isinstance(pid, int) or not isinstance(attempts, int):
@@ -277,6 +296,9 @@ def _record_from_json(data: Any) -> Credential:
             attempts=attempts,
             state=state,
             holder=str(intent_data.get("holder", "")),
+            retry_at=_parse_time(intent_data.get("retry_at"), "intent.retry_at"),
+            since=_parse_time(intent_data.get("since"), "intent.since"),
+            last_error=_opt_str(intent_data, "last_error"),
         )
     return Credential(
         access_token=access_token,
@@ -295,4 +317,5 @@ def _record_from_json(data: Any) -> Credential:
         subject=_opt_str(data, "subject"),
         reauth_reason=_opt_str(data, "reauth_reason"),
         intent=intent,
+        rejected_refresh_at=_parse_time(data.get("rejected_refresh_at"), "rejected_refresh_at"),
     )

@@ -27,7 +27,7 @@ def _translated(url: str) -> Iterator[None]:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise ProviderUnavailable(
-            f"could not connect to the token endpoint {url} ({type(exc).__name__})"
+            f"could not connect to the token endpoint {url} ({type(exc).__name__})", sent=False
         ) from None
     except httpx.TransportError as exc:
         # Read/write timeouts, resets, protocol errors: the request may have been processed.
