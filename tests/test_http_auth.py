@@ -189,13 +189,16 @@ def test_a_401_on_the_retry_requires_authentication_without_a_second_refresh(
 
 
 @CLIENTS
-def test_stale_credential_is_refreshed_before_sending(world: World, get: Get) -> None:
+def test_stale_credential_is_sent_at_once_and_refreshed_ahead(world: World, get: Get) -> None:
     a = world.login()
     keeper = world.keeper()
-    world.clock.advance(3600 - 10)  # inside the refresh margin
+    world.clock.advance(3600 - 10)  # inside the refresh margin: still valid
     assert get(world, keeper, RESOURCE) == 200
+    assert world.resource.seen[0][1] == f"Bearer {a}"  # no request waits for the refresh
+    assert keeper.settle(10)
     assert world.provider.refresh_calls == 1
-    assert world.resource.seen[0][1] != f"Bearer {a}"
+    assert get(world, keeper, RESOURCE) == 200
+    assert world.resource.seen[-1][1] != f"Bearer {a}"
 
 
 def test_other_origins_never_get_the_token_not_even_through_a_redirect(world: World) -> None:

@@ -256,6 +256,9 @@ def worker(
         KEY,
         http_client=http,
         retry_unknown_outcome=retry_unknown_outcome,
+        # Every injection forces a refresh with a 401 for the token the last one obtained:
+        # a server rejecting fresh tokens, by design here, so no rejection throttle.
+        rejection_interval=timedelta(0),
         checkpoint=checkpoint,
     )
     token = error = error_type = None
