@@ -154,13 +154,21 @@ class _Body:
             )
         # Checked between chunks: a server dripping bytes never lets a read time out. An
         # answer already complete is kept, however late: it may have spent the token.
-        if self.deadline.passed() and not _complete(response):
+        if self.deadline.passed() and not _complete(response, len(self.data)):
             raise _unknown(self.request, _deadline_passed(self.deadline))
 
 
-def _complete(response: httpx.Response) -> bool:
+def _complete(response: httpx.Response, decoded: int) -> bool:
+    """Whether the whole body announced by ``Content-Length`` is in."""
     length = response.headers.get("content-length", "")
-    return length.isascii() and length.isdigit() and response.num_bytes_downloaded >= int(length)
+    if not (length.isascii() and length.isdigit()):
+        return False
+    # Bytes off the wire; without a content coding the decoded count is the same, and it
+    # is the only count for a body a transport handed over already read.
+    received = response.num_bytes_downloaded
+    if "content-encoding" not in response.headers:
+        received = max(received, decoded)
+    return received >= int(length)
 
 
 def _prepared(request: TokenRequest, timeouts: httpx.Timeout, deadline: _Deadline) -> httpx.Request:
