@@ -168,6 +168,7 @@ def test_malformed_success_bodies(body: Any) -> None:
         ({"refresh_token": 7}, ("refresh_token",)),
         ({"refresh_token": ""}, ("refresh_token",)),
         ({"refresh_token": ["r"]}, ("refresh_token",)),
+        ({"refresh_token": "r t\u00e9"}, ()),  # a form value: any non-empty string is sent
         ({"scope": None, "expires_in": None, "refresh_token": None}, ()),
         (
             {"scope": [], "token_type": "Bearer", "expires_in": "x", "id_token": 1},

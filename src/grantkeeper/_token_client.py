@@ -30,7 +30,10 @@ DEFAULT_DEADLINE = 30.0
 """Seconds the whole provider call may take, however slowly the server answers. Per-read
 timeouts alone let a server that drips a byte at a time hold the credential lock, and every
 process queued on it, without end; the store's lock timeout (60 s) counts on a holder
-keeping it for one 30 s provider call plus two writes."""
+keeping it for one 30 s provider call plus two writes. Each wait for bytes is cut to the
+time left and the body is checked between chunks; httpx has no hook between the reads of
+the status line and headers, so a server dripping those is bounded only by httpcore's
+100 KiB header limit."""
 
 _MIN_TIMEOUT = 0.001
 """A phase timeout never drops to zero, which a socket reads as "do not block" rather than

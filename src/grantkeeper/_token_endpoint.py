@@ -337,7 +337,8 @@ def _parse_success(body: dict[str, Any] | None) -> TokenResponse:
         expires_in = None  # "0" states no lifetime (issue 12 §3): treat it as omitted
 
     refresh_token = body.get("refresh_token")
-    if refresh_token is not None and not _usable_token(refresh_token):
+    # Only ever sent in a form body, so any non-empty string will do (RFC 6749 §A.17).
+    if refresh_token is not None and not (isinstance(refresh_token, str) and refresh_token):
         # Present but unusable is not omitted: the old refresh token is spent either way.
         dropped.append("refresh_token")
         refresh_token = None
