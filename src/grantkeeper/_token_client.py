@@ -115,25 +115,22 @@ def _deadline_passed(deadline: _Deadline) -> str:
 def _translated(request: TokenRequest, deadline: _Deadline) -> Iterator[None]:
     try:
         yield
-    except _NOT_SENT as exc:
-        raise ProviderUnavailable(
-            _scrubbed(
-                request,
-                f"could not connect to the token endpoint {request.url} ({type(exc).__name__})",
-            ),
-            sent=False,
-        ) from None
-    except httpx.UnsupportedProtocol as exc:
-        # Refused before sending, and trying again cannot help: a plain, definitive error.
-        raise ProviderError(
-            _scrubbed(
-                request, f"cannot send to the token endpoint {request.url} ({type(exc).__name__})"
-            )
-        ) from None
     except (httpx.RequestError, httpx.StreamError) as exc:
+        why = _deadline_passed(deadline) if deadline.passed() else type(exc).__name__
+        if isinstance(exc, _NOT_SENT):
+            raise ProviderUnavailable(
+                _scrubbed(
+                    request, f"could not connect to the token endpoint {request.url} ({why})"
+                ),
+                sent=False,
+            ) from None
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            # Refused before sending, and trying again cannot help: a plain, definitive error.
+            raise ProviderError(
+                _scrubbed(request, f"cannot send to the token endpoint {request.url} ({why})")
+            ) from None
         # Read/write timeouts, resets, protocol errors, an undecodable body, and anything
         # else httpx raises once the request may be on the wire: it may have been processed.
-        why = _deadline_passed(deadline) if deadline.passed() else type(exc).__name__
         raise _unknown(request, why) from None
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote, quote_plus, unquote
 
 import httpx
@@ -239,7 +239,7 @@ def _seconds(value: Any) -> float | None:
     return seconds
 
 
-def _usable_token(value: Any) -> bool:
+def _usable_token(value: Any) -> TypeGuard[str]:
     # It goes into an Authorization header as is: visible ASCII only (RFC 6750 §2.1).
     return isinstance(value, str) and bool(value) and all("!" <= c <= "~" for c in value)
 
@@ -313,7 +313,6 @@ def _parse_success(body: dict[str, Any] | None) -> TokenResponse:
     access_token = body.get("access_token")
     if not _usable_token(access_token):
         raise MalformedResponse("token response has no usable access_token")
-    assert isinstance(access_token, str)
     dropped: list[str] = []
 
     token_type = body.get("token_type")
@@ -334,7 +333,9 @@ def _parse_success(body: dict[str, Any] | None) -> TokenResponse:
     if raw_expiry is not None and expires_in is None:
         dropped.append("expires_in")  # the lifetime is unknown, as if it were omitted
     if expires_in == 0:
-        expires_in = None  # "0" states no lifetime (issue 12 §3): treat it as omitted
+        # Zero gives no lifetime, like an omitted one: the token serves until a server
+        # rejects it, instead of being expired on arrival and refreshed on every call.
+        expires_in = None
 
     refresh_token = body.get("refresh_token")
     # Only ever sent in a form body, so any non-empty string will do (RFC 6749 §A.17).
