@@ -15,6 +15,8 @@ from urllib.parse import quote, quote_plus
 import httpx
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from grantkeeper import (
     ClientRegistrationInvalid,
@@ -27,14 +29,17 @@ from grantkeeper import (
     RefreshOutcomeUnknown,
 )
 from grantkeeper._cli import cli
+from grantkeeper._redact import scrub
 from grantkeeper._token_client import asend_token_request, send_token_request
 from grantkeeper._token_endpoint import (
+    MAX_DESCRIPTION_CHARS,
     MAX_RESPONSE_BYTES,
     TokenRequest,
     code_request,
     parse_token_response,
     refresh_request,
 )
+from tests.fuzzing import FUZZ
 from tests.helpers import KEY, RESOURCE, T0, make_record
 from tests.loopback_endpoint import Received, loopback_endpoint, send
 
@@ -277,3 +282,34 @@ def test_cli_token_never_prints_the_client_secret(
     for secret in SECRETS:
         for i in range(len(secret) - 8 + 1):
             assert secret[i : i + 8] not in output, (secret[i : i + 8], output)
+
+
+# -- the scrub itself, fuzzed ----------------------------------------------------------
+
+WORD_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=%"
+secret_strings = st.text(alphabet=WORD_CHARS, min_size=8, max_size=40)
+
+
+@FUZZ
+@given(
+    secrets=st.lists(secret_strings, min_size=1, max_size=4, unique=True),
+    data=st.data(),
+    limit=st.sampled_from([40, MAX_DESCRIPTION_CHARS, 10_000]),
+)
+def test_no_secret_or_eight_characters_of_one_survive_a_scrub(
+    secrets: list[str], data: st.DataObject, limit: int
+) -> None:
+    pieces = st.one_of(
+        st.sampled_from(secrets),
+        st.sampled_from(secrets).flatmap(  # a truncated or partial echo
+            lambda s: st.integers(0, len(s) - 8).map(lambda i: s[i:])
+        ),
+        st.sampled_from(["got", "authorization_code", " ", ":", "\n", "…", "é"]),
+        st.text(alphabet=WORD_CHARS + " :", max_size=6),
+    )
+    text = "".join(data.draw(st.lists(pieces, max_size=12)))
+    shown = scrub(text, secrets, limit)
+    assert len(shown) <= limit
+    for secret in secrets:
+        for i in range(len(secret) - 8 + 1):
+            assert secret[i : i + 8] not in shown, (secret, text, shown)
