@@ -163,7 +163,7 @@ class ProviderError(GrantkeeperError):
 
 
 class ProviderUnavailable(ProviderError):
-    """The provider did not process the request (5xx, 429, refused): try again later."""
+    """The provider did not process the request (429, 503, refused): try again later."""
 
     retryable = True
 
@@ -180,8 +180,9 @@ class ProviderUnavailable(ProviderError):
         super().__init__(message, key=key, status=status, error=error)
         #: Seconds the provider asked us to wait, from ``Retry-After``.
         self.retry_after = retry_after
-        #: Whether the request reached the provider (which then said it did nothing: 429,
-        #: 503); ``False`` when it could not even be sent (refused, DNS, connect timeout).
+        #: Whether the request reached the provider. ``False`` (refused, DNS, connect or
+        #: pool timeout): retry freely. ``True`` (429, 503, ``temporarily_unavailable``):
+        #: it was seen and not processed, so retry with backoff.
         self.sent = sent
 
 
