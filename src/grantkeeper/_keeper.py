@@ -175,7 +175,6 @@ class Keeper:
         # No background refresh before this (backoff after a failed one).
         self._ahead_after: datetime | None = None
         self._ahead_failures = 0
-        self._store_id = repr(store)
         self._host = socket.gethostname()
         self._holder = secrets.token_hex(8)
         _live_holders[self._holder] = self
@@ -710,15 +709,14 @@ class Keeper:
         the copy replaced, so the copy is authoritative. If the store moved on (a login, a
         logout, a peer that had the answer after all), the copy is stale and is dropped.
         """
-        rescued = _rescue.load(self._store_id, self.key)
+        spent = stored.record.refresh_fingerprint if stored is not None else None
+        rescued = _rescue.load(self.key, spent) if spent is not None else None
         if rescued is None:
             return stored
+        assert stored is not None
         key = str(self.key)
-        if (
-            stored is None
-            or stored.record.refresh_fingerprint != rescued.spent
-            or stored.record.reauth_reason is not None
-            or identity_error(self._identity, rescued.record, key) is not None
+        if stored.record.reauth_reason is not None or (
+            identity_error(self._identity, rescued.record, key) is not None
         ):
             event(logging.INFO, "rescue.discarded", key=key)
             _rescue.discard_path(rescued.path)
@@ -753,7 +751,7 @@ class Keeper:
         if pending is None:
             return
         spent = durable.record.refresh_fingerprint if durable is not None else None
-        if spent is not None and _rescue.save(self._store_id, self.key, spent, pending):
+        if spent is not None and _rescue.save(self.key, spent, pending):
             event(logging.WARNING, "pending.rescued", key=key)
             return
         event(logging.ERROR, "pending.lost", key=key)

@@ -68,12 +68,14 @@ def _usable_dir(path: Path, *, create: bool) -> bool:
     )
 
 
-def _name(store_id: str, key: CredentialKey) -> str:
-    digest = hashlib.sha256(f"{store_id}\0{key}".encode()).hexdigest()[:32]
+def _name(key: CredentialKey, spent: str) -> str:
+    # Named by the key and the spent token's fingerprint: a copy can only ever apply to a
+    # store that still holds exactly that spent token, whichever store that is.
+    digest = hashlib.sha256(f"{key}\0{spent}".encode()).hexdigest()[:32]
     return f"{digest}.json"
 
 
-def save(store_id: str, key: CredentialKey, spent: str, record: Credential) -> Path | None:
+def save(key: CredentialKey, spent: str, record: Credential) -> Path | None:
     """Keep ``record`` in the first usable place; return where, or ``None`` if nowhere."""
     payload = json.dumps(
         {"format": FORMAT, "key": str(key), "spent": spent, "record": record_to_json(record)}
@@ -81,7 +83,7 @@ def save(store_id: str, key: CredentialKey, spent: str, record: Credential) -> P
     for directory in _candidates():
         if not _usable_dir(directory, create=True):
             continue
-        target = directory / _name(store_id, key)
+        target = directory / _name(key, spent)
         temporary = directory / f".{target.name}.{os.getpid()}.tmp"
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -99,9 +101,9 @@ def save(store_id: str, key: CredentialKey, spent: str, record: Credential) -> P
     return None
 
 
-def load(store_id: str, key: CredentialKey) -> Rescued | None:
-    """The rescued credential for ``key`` in the store ``store_id``, if any."""
-    name = _name(store_id, key)
+def load(key: CredentialKey, spent: str) -> Rescued | None:
+    """The rescued answer that replaced the refresh token fingerprinted ``spent``, if any."""
+    name = _name(key, spent)
     for directory in _candidates():
         if not _usable_dir(directory, create=False):
             continue
@@ -116,7 +118,7 @@ def load(store_id: str, key: CredentialKey) -> Rescued | None:
             document = json.loads(raw)
             if not isinstance(document, dict) or document.get("format") != FORMAT:
                 raise ValueError
-            if document.get("key") != str(key) or not isinstance(document.get("spent"), str):
+            if document.get("key") != str(key) or document.get("spent") != spent:
                 raise ValueError
             record = record_from_json(document["record"], key=str(key))
         except (ValueError, KeyError, RecursionError, StoreCorrupt):
