@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -70,7 +70,7 @@ def _refused(form: dict[str, str]) -> httpx.Response:
     raise httpx.ConnectError("connection refused")
 
 
-def _gateway(status: int) -> object:
+def _gateway(status: int) -> Callable[[dict[str, str]], httpx.Response]:
     def fault(form: dict[str, str]) -> httpx.Response:
         return httpx.Response(status, headers={"Retry-After": "1"}, text="bad gateway")
 
@@ -88,12 +88,14 @@ def _gateway(status: int) -> object:
         pytest.param([_gateway(502), _gateway(504), _refused, _gateway(500)] * 3, id="mixed"),
     ],
 )
-def test_an_outage_of_any_length_leaves_the_grant_alive(world: World, faults: list[object]) -> None:
+def test_an_outage_of_any_length_leaves_the_grant_alive(
+    world: World, faults: list[Callable[[dict[str, str]], httpx.Response]]
+) -> None:
     # The 12 s gateway blip that used to mark the record dead after one retry.
     a = world.login()
     keeper = world.keeper()
     keeper.access_token()
-    world.provider.faults += faults  # type: ignore[arg-type]
+    world.provider.faults += faults
     world.clock.advance(3600)  # expired: callers must wait for a refresh
     failures = 0
     while world.provider.faults:
@@ -150,7 +152,7 @@ def test_the_stale_window_serves_the_valid_token_while_the_provider_hangs(world:
         release.wait(60)
         raise httpx.ReadTimeout("timed out")
 
-    world.provider.faults.append(hang)  # type: ignore[arg-type]
+    world.provider.faults.append(hang)
     world.clock.advance(3600 - 30)  # stale, still valid
     assert keeper.access_token() == a.access_token  # at once, and a refresh starts ahead
     assert entered.wait(30)

@@ -473,6 +473,8 @@ def status_verdict(
     if intent is None:
         return False, ""
     if intent.state == "answered":
+        if state is Freshness.FRESH:
+            return False, f"{ANSWERED_NOT_STORED}: log in again when this token expires"
         return True, ANSWERED_NOT_STORED
     since = _hms(intent.since or intent.started_at)
     next_at = f"; next attempt after {_hms(intent.retry_at)}" if intent.retry_at else ""
