@@ -51,8 +51,20 @@ def configuration(scenario: str, context: dict[str, Any]) -> dict[str, Any]:
     """The login settings an operator would give this application for the deployment."""
     if scenario == "auth/pre-registration":
         return {"client_id": context["client_id"], "client_secret": context["client_secret"]}
-    if scenario in ("auth/client-credentials-basic", "auth/client-credentials-jwt"):
-        return {"client_credentials": True, **context}
+    if scenario == "auth/client-credentials-basic":
+        return {
+            "client_credentials": True,
+            "client_id": context["client_id"],
+            "client_secret": context["client_secret"],
+        }
+    if scenario == "auth/client-credentials-jwt":
+        # The operator hands the key over in the environment, never on a command line.
+        os.environ["CONFORMANCE_CLIENT_KEY"] = context["private_key_pem"]
+        return {
+            "client_credentials": True,
+            "client_id": context["client_id"],
+            "client_key_env": "CONFORMANCE_CLIENT_KEY",
+        }
     if scenario == "auth/cross-app-access-complete-flow":
         return {"cross_app": True, **context}
     return {"client_metadata_url": CLIENT_METADATA_URL}
@@ -113,6 +125,9 @@ def main(url: str) -> int:
                 scope=scope,
                 client_id=settings.get("client_id"),
                 client_secret=settings.get("client_secret"),
+                client_metadata_url=settings.get("client_metadata_url"),
+                client_credentials=settings.get("client_credentials", False),
+                client_key_env=settings.get("client_key_env"),
                 discovery=found,
                 open_browser=browser,
                 callback_timeout=30,

@@ -111,7 +111,7 @@ def decide(
     if ctx.rejected is not None and not_rejected and state is not Freshness.EXPIRED:
         # A late 401 for a token that was already replaced: retry with the new one.
         return Decision(Action.ADOPT, record=stored)
-    if not stored.refresh_token:
+    if not stored.renewable:
         if state is Freshness.STALE and not_rejected:
             return Decision(Action.ADOPT, record=stored)  # still valid; nothing to refresh with
         reason = "the token was rejected" if not not_rejected else "the token expired"

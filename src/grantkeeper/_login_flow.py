@@ -14,14 +14,16 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from ._callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
+from ._client_assertion import key_source
 from ._discovery import Discovery, choose_scope, discover
-from ._errors import ClientRegistrationInvalid
+from ._errors import ClientRegistrationInvalid, ServerConfigError
 from ._freshness import Clock, utc_now
+from ._grants import choose_auth_method, obtain
 from ._log import event
 from ._login import Authorize
 from ._login import login as run_code_flow
-from ._record import Credential
-from ._registration import ClientRegistration
+from ._record import CLIENT_CREDENTIALS, Credential
+from ._registration import ClientRegistration, metadata_document_client
 from ._servers import ServerConfig, resolve_server
 from ._store import DEFAULT_LOCK_TIMEOUT, Store
 
@@ -62,8 +64,23 @@ def login(
     http: httpx.Client | None = None,
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    client_metadata_url: str | None = None,
+    client_credentials: bool | None = None,
+    client_auth_method: str | None = None,
+    client_key_file: str | None = None,
+    client_key_env: str | None = None,
 ) -> Credential:
     """Log in to ``server`` (a URL, a configured name, or a :class:`ServerConfig`).
+
+    Which client logs in: ``client_id`` (pre-registered), else ``client_metadata_url`` when
+    the authorization server supports client ID metadata documents (SEP-991), else a client
+    registered dynamically (RFC 7591).
+
+    ``client_credentials=True`` logs in a machine client instead (RFC 6749 §4.4): no
+    browser, ``client_id`` with ``client_secret`` (``client_secret_basic`` or
+    ``client_secret_post``) or with a PEM private key from ``client_key_file`` or the
+    environment variable ``client_key_env`` (``private_key_jwt``, RFC 7523). The Keeper
+    renews such a credential by asking again. Each of these may come from servers.json.
 
     By default a browser opens and a loopback listener takes the redirect. An application
     that presents the authorization URL itself passes ``authorize`` (given the URL, returns
@@ -90,10 +107,30 @@ def login(
             scope or config.scope, found.challenge, found.resource_metadata, found.metadata
         )
         fixed_id = client_id or config.client_id
+        secret = client_secret or config.client_secret
+        if client_credentials or (
+            client_credentials is None and config.grant == CLIENT_CREDENTIALS
+        ):
+            return _machine_login(
+                config,
+                found,
+                store=store,
+                http=client,
+                client_id=fixed_id,
+                client_secret=secret,
+                auth_method=client_auth_method or config.client_auth_method,
+                key_file=client_key_file or config.client_key_file,
+                key_env=client_key_env or config.client_key_env,
+                scope=scope or config.scope,
+                clock=clock,
+                lock_timeout=lock_timeout,
+            )
         registration = (
-            ClientRegistration(fixed_id, client_secret or config.client_secret)
+            ClientRegistration(fixed_id, secret)
             if fixed_id
-            else None
+            else metadata_document_client(
+                client_metadata_url or config.client_metadata_url, found.metadata
+            )
         )
 
         def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
@@ -123,6 +160,48 @@ def login(
     finally:
         if own:
             client.close()
+
+
+def _machine_login(
+    config: ServerConfig,
+    found: Discovery,
+    *,
+    store: Store,
+    http: httpx.Client,
+    client_id: str | None,
+    client_secret: str | None,
+    auth_method: str | None,
+    key_file: str | None,
+    key_env: str | None,
+    scope: str | None,
+    clock: Clock,
+    lock_timeout: float,
+) -> Credential:
+    """The client credentials grant: the scope asked for is the caller's, else the
+    resource's (a machine has no challenge to answer)."""
+    if not client_id:
+        raise ServerConfigError("client credentials need a client id")
+    has_key = key_file is not None or key_env is not None
+    method = choose_auth_method(
+        found.metadata, explicit=auth_method, has_secret=bool(client_secret), has_key=has_key
+    )
+    source = key_source(file=key_file, env=key_env) if method == "private_key_jwt" else None
+    if scope is None and found.resource_metadata is not None:
+        scope = " ".join(found.resource_metadata.scopes_supported) or None
+    return obtain(
+        store,
+        config.key,
+        metadata=found.metadata,
+        resource=found.resource,
+        http=http,
+        client_id=client_id,
+        auth_method=method,
+        client_secret=client_secret,
+        key_source=source,
+        scope=scope,
+        clock=clock,
+        lock_timeout=lock_timeout,
+    )
 
 
 def _with_reregistration(run: Callable[[], Credential], *, dynamic: bool, key: str) -> Credential:

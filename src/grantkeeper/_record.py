@@ -24,6 +24,9 @@ SCHEMA_VERSION = 1
 
 IntentState = Literal["in_flight", "unknown"]
 
+CLIENT_CREDENTIALS = "client_credentials"
+"""The ``grant`` of a machine client's credential: renewed by asking again (RFC 6749 §4.4)."""
+
 
 class _FieldError(ValueError):
     """A malformed field, described by name only: values may be secrets."""
@@ -115,6 +118,14 @@ class Credential:
     reauth_reason: str | None = None
     """Set when a transaction found the grant dead; only a new login clears it."""
     intent: RefreshIntent | None = None
+    grant: str | None = None
+    """How the credential was obtained: ``None`` for a person's login (renewed with its
+    refresh token), :data:`CLIENT_CREDENTIALS` for a machine client (renewed by asking again)."""
+    client_key_source: str | None = None
+    """Where a ``private_key_jwt`` client's key is read from (``file:…``/``env:…``), never
+    the key itself."""
+    scope_requested: str | None = None
+    """The scope a client-credentials renewal asks for again."""
 
     def __repr__(self) -> str:
         return (
@@ -134,8 +145,18 @@ class Credential:
 
     @property
     def refresh_fingerprint(self) -> str | None:
-        """Fingerprint of the refresh token, for intents and logs."""
-        return fingerprint(self.refresh_token) if self.refresh_token else None
+        """Fingerprint of what a renewal spends or replaces, for intents and logs: the
+        refresh token, or for a client-credentials credential its access token."""
+        if self.refresh_token:
+            return fingerprint(self.refresh_token)
+        if self.grant == CLIENT_CREDENTIALS:
+            return fingerprint(self.access_token)
+        return None
+
+    @property
+    def renewable(self) -> bool:
+        """Whether a renewal needs no person: a refresh token, or client credentials."""
+        return bool(self.refresh_token) or self.grant == CLIENT_CREDENTIALS
 
     def same_identity(self, other: Credential) -> bool:
         """Whether ``other`` belongs to the same issuer and resource as this record."""
@@ -194,7 +215,10 @@ def record_to_json(record: Credential) -> dict[str, Any]:
             "client_id": record.client_id,
             "client_secret": record.client_secret,
             "token_endpoint_auth_method": record.token_endpoint_auth_method,
+            "key_source": record.client_key_source,
         },
+        "grant": record.grant,
+        "scope_requested": record.scope_requested,
         "subject": record.subject,
         "reauth_reason": record.reauth_reason,
         "intent": None
@@ -295,4 +319,7 @@ def _record_from_json(data: Any) -> Credential:
         subject=_opt_str(data, "subject"),
         reauth_reason=_opt_str(data, "reauth_reason"),
         intent=intent,
+        grant=_opt_str(data, "grant"),
+        client_key_source=_opt_str(client, "key_source"),
+        scope_requested=_opt_str(data, "scope_requested"),
     )

@@ -74,7 +74,7 @@ def status_of(
 
     if record.reauth_reason:
         return reauth(record.reauth_reason)
-    if state is Freshness.EXPIRED and not record.refresh_token:
+    if state is Freshness.EXPIRED and not record.renewable:
         return reauth("the token expired and no refresh token is stored")
     intent = record.intent
     if intent is not None and intent.token_fingerprint == record.refresh_fingerprint:
