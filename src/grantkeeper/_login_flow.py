@@ -6,9 +6,10 @@ policies that span them: which scope to ask for, and when to register again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -16,11 +17,12 @@ import httpx
 from ._callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
 from ._client_assertion import key_source
 from ._discovery import Discovery, choose_scope, discover
-from ._errors import ClientRegistrationInvalid, ServerConfigError
+from ._errors import CallbackUnavailable, ClientRegistrationInvalid, ServerConfigError
 from ._freshness import Clock, utc_now
 from ._grants import choose_auth_method, obtain
+from ._kept_registrations import KeptRegistrations
 from ._log import event
-from ._login import Authorize
+from ._login import Authorize, register_client
 from ._login import login as run_code_flow
 from ._record import CLIENT_CREDENTIALS, Credential
 from ._registration import ClientRegistration, metadata_document_client
@@ -133,9 +135,12 @@ def login(
             )
         )
 
+        kept = KeptRegistrations(getattr(store, "home", None))
+        issuer = found.metadata.issuer
+
         def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
-            return _with_reregistration(
-                lambda: run_code_flow(
+            def run(client_registration: ClientRegistration | None) -> Credential:
+                return run_code_flow(
                     store,
                     config.key,
                     metadata=found.metadata,
@@ -144,17 +149,41 @@ def login(
                     authorize=authorize,
                     http=client,
                     scope=chosen_scope,
-                    client=registration,
+                    client=client_registration,
                     clock=clock,
                     lock_timeout=lock_timeout,
-                ),
-                dynamic=registration is None,
-                key=str(config.key),
-            )
+                )
+
+            if registration is not None:
+                # Pre-registered or a metadata document: the user's to fix, so invalid_client
+                # is final.
+                return run(registration)
+
+            def register() -> ClientRegistration:
+                # Kept before the browser opens: an attempt that times out must not cost the
+                # next one a registration of its own.
+                new = register_client(client, found.metadata, redirect_uri, chosen_scope)
+                kept.keep(issuer, redirect_uri, new)
+                return new
+
+            try:
+                return run(kept.find(issuer, redirect_uri) or register())
+            except ClientRegistrationInvalid:
+                # The server forgot the client (a restart, an expiry): replace it, once.
+                kept.forget(issuer, redirect_uri)
+                event(logging.WARNING, "login.reregistering", key=str(config.key))
+                return run(register())
 
         if authorize is not None and redirect_uri is not None:
             return attempt(authorize, redirect_uri)
-        with CallbackServer(port=config.callback_port or 0) as listener:
+        fixed_port = config.callback_port
+        if fixed_port:
+            ports = [fixed_port]
+        elif registration is not None:
+            ports = [0]
+        else:
+            ports = [*kept.ports(issuer), 0]
+        with _listen(ports) as listener:
             browser = loopback_authorizer(listener, open_browser, timeout=callback_timeout)
             return attempt(browser, listener.redirect_uri)
     finally:
@@ -204,15 +233,20 @@ def _machine_login(
     )
 
 
-def _with_reregistration(run: Callable[[], Credential], *, dynamic: bool, key: str) -> Credential:
-    """Run the code flow; if the server forgot a client we registered, register once more.
-
-    A pre-registered client is the user's to fix, so its ``invalid_client`` is final.
-    """
+@contextlib.contextmanager
+def _listen(ports: list[int]) -> Iterator[CallbackServer]:
+    """A listener on the first free port of ``ports``: a kept registration's port is worth
+    trying first (its client can be reused); the last one (0: any free port) must bind."""
+    listener = None
+    for port in ports[:-1]:
+        try:
+            listener = CallbackServer(port=port).__enter__()
+            break
+        except CallbackUnavailable:
+            continue
+    if listener is None:
+        listener = CallbackServer(port=ports[-1]).__enter__()
     try:
-        return run()
-    except ClientRegistrationInvalid:
-        if not dynamic:
-            raise
-        event(logging.WARNING, "login.reregistering", key=key)
-        return run()
+        yield listener
+    finally:
+        listener.close()
