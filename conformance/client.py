@@ -66,7 +66,17 @@ def configuration(scenario: str, context: dict[str, Any]) -> dict[str, Any]:
             "client_key_env": "CONFORMANCE_CLIENT_KEY",
         }
     if scenario == "auth/cross-app-access-complete-flow":
-        return {"cross_app": True, **context}
+        # The user signed in at their enterprise IdP; this client is registered at the
+        # MCP server's authorization server.
+        return {
+            "client_id": context["client_id"],
+            "client_secret": context["client_secret"],
+            "enterprise": grantkeeper.EnterpriseIdentity(
+                token_endpoint=context["idp_token_endpoint"],
+                client_id=context["idp_client_id"],
+                id_token=context["idp_id_token"],
+            ),
+        }
     return {"client_metadata_url": CLIENT_METADATA_URL}
 
 
@@ -128,6 +138,7 @@ def main(url: str) -> int:
                 client_metadata_url=settings.get("client_metadata_url"),
                 client_credentials=settings.get("client_credentials", False),
                 client_key_env=settings.get("client_key_env"),
+                enterprise=settings.get("enterprise"),
                 discovery=found,
                 open_browser=browser,
                 callback_timeout=30,

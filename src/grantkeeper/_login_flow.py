@@ -19,7 +19,7 @@ from ._client_assertion import key_source
 from ._discovery import Discovery, choose_scope, discover
 from ._errors import CallbackUnavailable, ClientRegistrationInvalid, ServerConfigError
 from ._freshness import Clock, utc_now
-from ._grants import choose_auth_method, obtain
+from ._grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
 from ._kept_registrations import KeptRegistrations
 from ._log import event
 from ._login import Authorize, register_client
@@ -71,6 +71,7 @@ def login(
     client_auth_method: str | None = None,
     client_key_file: str | None = None,
     client_key_env: str | None = None,
+    enterprise: EnterpriseIdentity | None = None,
 ) -> Credential:
     """Log in to ``server`` (a URL, a configured name, or a :class:`ServerConfig`).
 
@@ -83,6 +84,10 @@ def login(
     ``client_secret_post``) or with a PEM private key from ``client_key_file`` or the
     environment variable ``client_key_env`` (``private_key_jwt``, RFC 7523). The Keeper
     renews such a credential by asking again. Each of these may come from servers.json.
+
+    ``enterprise`` (an :class:`EnterpriseIdentity`: the user's ID token at their enterprise
+    IdP) logs in by cross-app access instead: an RFC 8693 token exchange at the IdP, then
+    the RFC 7523 jwt-bearer grant at the server's authorization server, as ``client_id``.
 
     By default a browser opens and a loopback listener takes the redirect. An application
     that presents the authorization URL itself passes ``authorize`` (given the URL, returns
@@ -123,6 +128,22 @@ def login(
                 auth_method=client_auth_method or config.client_auth_method,
                 key_file=client_key_file or config.client_key_file,
                 key_env=client_key_env or config.client_key_env,
+                scope=scope or config.scope,
+                clock=clock,
+                lock_timeout=lock_timeout,
+            )
+        if enterprise is not None:
+            if not fixed_id:
+                raise ServerConfigError("cross-app access needs this client's client id")
+            return cross_app_access(
+                store,
+                config.key,
+                identity=enterprise,
+                metadata=found.metadata,
+                resource=found.resource,
+                http=client,
+                client_id=fixed_id,
+                client_secret=secret,
                 scope=scope or config.scope,
                 clock=clock,
                 lock_timeout=lock_timeout,
