@@ -4,6 +4,9 @@ documents (SEP-991) replace registration where the server takes them."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -207,3 +210,33 @@ def test_repeated_logins_register_one_client_at_the_real_server(
     )
     assert auth_server.stats()["registrations"] == before + 1
     assert first.client_id == second.client_id
+
+
+def cli_login(auth_server: AuthServer, url: str, home: Path) -> str:
+    """``grantkeeper login URL --no-browser --json``, with a browser approving the URL."""
+    env = {**os.environ, "GRANTKEEPER_HOME": str(home), "GRANTKEEPER_STORE": "file"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grantkeeper", "login", url, "--no-browser", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    authorize_url = next((line.strip() for line in process.stderr if line.startswith("http")), "")
+    assert authorize_url, "login printed no authorization URL"
+    Browser(auth_server)(authorize_url)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    return parse_qs(urlsplit(authorize_url).query)["client_id"][0]
+
+
+@pytest.mark.realserver
+def test_repeated_cli_logins_register_one_client_at_the_real_server(
+    auth_server: AuthServer, resource: ResourceServer, tmp_path: Path
+) -> None:
+    before = auth_server.stats()["registrations"]
+    first = cli_login(auth_server, resource.url, tmp_path)
+    second = cli_login(auth_server, resource.url, tmp_path)
+    assert auth_server.stats()["registrations"] == before + 1
+    assert first == second

@@ -157,7 +157,8 @@ def login(
     """Log in to an MCP server with OAuth and store the credential."""
     import dataclasses
 
-    from ._callback_server import CallbackServer
+    from ._discovery import discover
+    from ._login_flow import callback_ports, listen_first_free
     from ._login_flow import login as run_login
     from ._servers import resolve_server, save_server
 
@@ -187,12 +188,22 @@ def login(
     if config.grant == "client_credentials":
         record = run_login(config, store=store)
     else:
-        with CallbackServer(port=config.callback_port or 0) as listener:
+        # Discovered once, here: the issuer says which kept registration's port to listen on,
+        # so a second login reuses its client instead of registering another.
+        # A configured port is bound first: a taken one is reported before any network.
+        found = None if config.callback_port else discover(config.url)
+        issuer = found.metadata.issuer if found is not None else ""
+        ports = callback_ports(config, store, issuer, dynamic=not config.client_id)
+        with listen_first_free(ports) as listener:
             authorize = _authorizer(
                 listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
             )
             record = run_login(
-                config, store=store, authorize=authorize, redirect_uri=listener.redirect_uri
+                config,
+                store=store,
+                authorize=authorize,
+                redirect_uri=listener.redirect_uri,
+                discovery=found,
             )
     saved = save_server(config)
     if as_json:

@@ -197,14 +197,8 @@ def login(
 
         if authorize is not None and redirect_uri is not None:
             return attempt(authorize, redirect_uri)
-        fixed_port = config.callback_port
-        if fixed_port:
-            ports = [fixed_port]
-        elif registration is not None:
-            ports = [0]
-        else:
-            ports = [*kept.ports(issuer), 0]
-        with _listen(ports) as listener:
+        dynamic = registration is None
+        with listen_first_free(callback_ports(config, store, issuer, dynamic)) as listener:
             browser = loopback_authorizer(listener, open_browser, timeout=callback_timeout)
             return attempt(browser, listener.redirect_uri)
     finally:
@@ -254,8 +248,18 @@ def _machine_login(
     )
 
 
+def callback_ports(config: ServerConfig, store: Store, issuer: str, dynamic: bool) -> list[int]:
+    """Ports for the loopback listener, in order: the configured one, else (for a client
+    registered dynamically) those of registrations kept for ``issuer``, then any."""
+    if config.callback_port:
+        return [config.callback_port]
+    if not dynamic:
+        return [0]
+    return [*KeptRegistrations(getattr(store, "home", None)).ports(issuer), 0]
+
+
 @contextlib.contextmanager
-def _listen(ports: list[int]) -> Iterator[CallbackServer]:
+def listen_first_free(ports: list[int]) -> Iterator[CallbackServer]:
     """A listener on the first free port of ``ports``: a kept registration's port is worth
     trying first (its client can be reused); the last one (0: any free port) must bind."""
     listener = None
