@@ -62,9 +62,12 @@ def test_an_outage_says_since_when_and_that_it_retries() -> None:
 def test_an_answer_that_could_be_stored_nowhere_needs_a_login() -> None:
     record = make_record("a", "r")
     intent = RefreshIntent(record.refresh_fingerprint or "", 42, "host", T0, 1, "answered")
-    status = status_of(KEY, record.replace(intent=intent), now=T0)
+    status = status_of(KEY, record.replace(intent=intent), now=T0 + timedelta(seconds=3590))
     assert status.state is AuthState.REAUTHENTICATION_REQUIRED
     assert "spent" in status.detail
+    # Until the access token expires it still works; status says what comes next.
+    fresh = status_of(KEY, record.replace(intent=intent), now=T0)
+    assert fresh.state is AuthState.OAUTH and "log in again when this token expires" in fresh.detail
 
 
 def test_without_the_retry_policy_one_lost_outcome_needs_a_login_and_says_so() -> None:

@@ -11,6 +11,8 @@
 //   POST /__admin/reset-stats  zero the counters
 //   POST /__admin/account      {"account": "bob"}: account used by later logins
 //   POST /__admin/revoke-all   revoke every grant and every token issued under it
+//   GET  /__admin/cc-jwt-key   the private key of the private_key_jwt machine client "cc-jwt"
+// Machine clients: cc-basic / cc-post (secrets cc-basic-secret, cc-post-secret), cc-jwt.
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -174,6 +176,7 @@ function resetStats() {
     grant_revoked: 0,
     admin_revoked: 0,
     registrations: 0,
+    client_credentials_success: 0,
     // Wall-clock milliseconds of every token issued (refresh or code), so a benchmark can
     // tell which of its requests were in flight while a token was being replaced.
     issued_at: [],
@@ -190,6 +193,30 @@ const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).pr
 const jwk = { ...signingKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), use: 'sig', alg: 'RS256' };
 
 const INTROSPECTOR = 'introspector';
+
+// Machine clients (client_credentials grant), one per token endpoint auth method. The
+// private_key_jwt client's key pair is made here; tests fetch the private half from
+// GET /__admin/cc-jwt-key (loopback, test-only) and sign their own assertions with it.
+const ccJwtKey = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const ccJwtPrivatePem = ccJwtKey.privateKey.export({ format: 'pem', type: 'pkcs8' });
+const ccJwtPublicJwk = { ...ccJwtKey.publicKey.export({ format: 'jwk' }), alg: 'ES256', use: 'sig' };
+const machineClient = (clientId, method, extra) => ({
+  client_id: clientId,
+  token_endpoint_auth_method: method,
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'mcp mcp:read mcp:write',
+  ...extra,
+});
+const MACHINE_CLIENTS = [
+  machineClient('cc-basic', 'client_secret_basic', { client_secret: 'cc-basic-secret' }),
+  machineClient('cc-post', 'client_secret_post', { client_secret: 'cc-post-secret' }),
+  machineClient('cc-jwt', 'private_key_jwt', {
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks: { keys: [ccJwtPublicJwk] },
+  }),
+];
 
 // ---------------------------------------------------------------------------------------------
 // Provider
@@ -210,6 +237,7 @@ function buildProvider(issuer) {
         response_types: [],
         redirect_uris: [],
       },
+      ...MACHINE_CLIENTS,
     ],
     clientDefaults: {
       token_endpoint_auth_method: 'none',
@@ -256,6 +284,7 @@ function buildProvider(issuer) {
     features: {
       devInteractions: { enabled: false },
       registration: { enabled: true },
+      clientCredentials: { enabled: true },
       introspection: {
         enabled: true,
         // The introspector may look at any token; other clients only at their own.
@@ -292,6 +321,7 @@ function buildProvider(issuer) {
     const grantType = ctx.oidc?.params?.grant_type;
     if (grantType === 'refresh_token') stats.refresh_success += 1;
     else if (grantType === 'authorization_code') stats.code_success += 1;
+    else if (grantType === 'client_credentials') stats.client_credentials_success += 1;
     stats.issued_at.push(Date.now());
   });
 
@@ -406,6 +436,8 @@ async function revokeAll(provider) {
 async function admin(provider, req, res, path) {
   if (req.method === 'GET' && path === '/__admin/stats') {
     sendJson(res, 200, stats);
+  } else if (req.method === 'GET' && path === '/__admin/cc-jwt-key') {
+    sendJson(res, 200, { client_id: 'cc-jwt', private_key_pem: ccJwtPrivatePem });
   } else if (req.method === 'POST' && path === '/__admin/reset-stats') {
     resetStats();
     sendJson(res, 200, stats);

@@ -41,6 +41,7 @@ from ._errors import (
 )
 from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
+from ._grants import EnterpriseIdentity
 from ._http_auth import HttpxAuth
 from ._keeper import Keeper
 from ._keyring_store import KeyringStore
@@ -78,6 +79,7 @@ __all__ = [
     "CredentialKey",
     "DeadlineExceeded",
     "Discovery",
+    "EnterpriseIdentity",
     "FileStore",
     "Freshness",
     "GrantkeeperError",

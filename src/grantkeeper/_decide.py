@@ -59,7 +59,7 @@ from ._errors import (
     ServerRejectsToken,
 )
 from ._freshness import DEFAULT_SKEW, Freshness, freshness
-from ._record import Credential, RefreshIntent
+from ._record import CLIENT_CREDENTIALS, Credential, RefreshIntent
 
 BACKOFF_BASE = timedelta(seconds=1)
 """Wait after the first failed attempt with one refresh token; it doubles per attempt."""
@@ -135,8 +135,9 @@ class Context:
 
 
 def renewable(record: Credential) -> bool:
-    """Whether a new access token can be had for ``record`` without a person."""
-    return bool(record.refresh_token)
+    """Whether a new access token can be had for ``record`` without a person: with its
+    refresh token, or by asking again (a client-credentials grant)."""
+    return record.renewable
 
 
 def _state(record: Credential, ctx: Context) -> Freshness:
@@ -280,7 +281,9 @@ def decide(
     attempts, since, unknown = 1, ctx.now, False
     if intent is not None:
         ours = intent.host == ctx.host and intent.pid == ctx.pid and intent.holder == ctx.holder
-        if intent.state == "answered":
+        # A client-credentials renewal spends nothing: asking again is always safe.
+        harmless = stored.grant == CLIENT_CREDENTIALS
+        if intent.state == "answered" and not harmless:
             return Decision(
                 Action.FAIL,
                 error=ReauthenticationRequired(f"log in again: {ANSWERED_NOT_STORED}", key=key),
@@ -296,7 +299,7 @@ def decide(
                     key=key,
                 ),
             )
-        unknown = intent.state in ("in_flight", "unknown")
+        unknown = intent.state in ("in_flight", "unknown") and not harmless
         if unknown and not ctx.retry_unknown_outcome:
             reason = (
                 f"the outcome of a refresh started {_hms(intent.started_at)} is unknown "

@@ -48,12 +48,13 @@ from ._errors import (
     StoreError,
 )
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
+from ._grants import renewal_request
 from ._log import event
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
 from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
 from ._token_client import DEFAULT_TIMEOUT, send_token_request
-from ._token_endpoint import apply_response, refresh_request
+from ._token_endpoint import apply_response
 
 Checkpoint = Callable[[str], None]
 """Test seam: called with a stage name at each step of a transaction. ``None`` in production."""
@@ -559,7 +560,7 @@ class Keeper:
     ) -> Credential:
         key = str(self.key)
         old = stored.record
-        request = refresh_request(old)
+        request = renewal_request(old, self._clock())
         noted = old.replace(intent=intent)
         # Durable note first: if it cannot be written, nothing is spent.
         noted_version = self.store.write(self.key, noted, expected_version=stored.version)

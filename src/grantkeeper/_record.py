@@ -30,6 +30,9 @@ provider answered and its new token could be stored nowhere, so this one is spen
 
 INTENT_STATES: tuple[IntentState, ...] = ("in_flight", "unknown", "unavailable", "answered")
 
+CLIENT_CREDENTIALS = "client_credentials"
+"""The ``grant`` of a machine client's credential: renewed by asking again (RFC 6749 §4.4)."""
+
 
 class _FieldError(ValueError):
     """A malformed field, described by name only: values may be secrets."""
@@ -130,6 +133,14 @@ class Credential:
     rejected_refresh_at: datetime | None = None
     """When this token was obtained by a refresh that a server's 401 forced, so that a server
     rejecting every fresh token is not answered with a refresh per request."""
+    grant: str | None = None
+    """How the credential was obtained: ``None`` for a person's login (renewed with its
+    refresh token), :data:`CLIENT_CREDENTIALS` for a machine client (renewed by asking again)."""
+    client_key_source: str | None = None
+    """Where a ``private_key_jwt`` client's key is read from (``file:…``/``env:…``), never
+    the key itself."""
+    scope_requested: str | None = None
+    """The scope a client-credentials renewal asks for again."""
 
     def __repr__(self) -> str:
         return (
@@ -149,8 +160,18 @@ class Credential:
 
     @property
     def refresh_fingerprint(self) -> str | None:
-        """Fingerprint of the refresh token, for intents and logs."""
-        return fingerprint(self.refresh_token) if self.refresh_token else None
+        """Fingerprint of what a renewal spends or replaces, for intents and logs: the
+        refresh token, or for a client-credentials credential its access token."""
+        if self.refresh_token:
+            return fingerprint(self.refresh_token)
+        if self.grant == CLIENT_CREDENTIALS:
+            return fingerprint(self.access_token)
+        return None
+
+    @property
+    def renewable(self) -> bool:
+        """Whether a renewal needs no person: a refresh token, or client credentials."""
+        return bool(self.refresh_token) or self.grant == CLIENT_CREDENTIALS
 
     def same_identity(self, other: Credential) -> bool:
         """Whether ``other`` belongs to the same issuer and resource as this record."""
@@ -209,7 +230,10 @@ def record_to_json(record: Credential) -> dict[str, Any]:
             "client_id": record.client_id,
             "client_secret": record.client_secret,
             "token_endpoint_auth_method": record.token_endpoint_auth_method,
+            "key_source": record.client_key_source,
         },
+        "grant": record.grant,
+        "scope_requested": record.scope_requested,
         "subject": record.subject,
         "reauth_reason": record.reauth_reason,
         "intent": None
@@ -318,4 +342,7 @@ def _record_from_json(data: Any) -> Credential:
         reauth_reason=_opt_str(data, "reauth_reason"),
         intent=intent,
         rejected_refresh_at=_parse_time(data.get("rejected_refresh_at"), "rejected_refresh_at"),
+        grant=_opt_str(data, "grant"),
+        client_key_source=_opt_str(client, "key_source"),
+        scope_requested=_opt_str(data, "scope_requested"),
     )

@@ -154,10 +154,21 @@ def client_auth(
     client_id: str | None,
     client_secret: str | None,
     method: str | None,
+    *,
+    assertion: str | None = None,
 ) -> dict[str, str]:
-    """Add client authentication (RFC 6749 §2.3) to ``form``; return extra headers."""
+    """Add client authentication (RFC 6749 §2.3) to ``form``; return extra headers.
+
+    ``private_key_jwt`` sends the signed ``assertion`` (RFC 7523 §2.2) and no secret.
+    """
     if client_id is None:
         raise ProviderError("the credential has no client_id; log in again to register")
+    if method == "private_key_jwt":
+        if not assertion:
+            raise ProviderError("private_key_jwt needs a signed client assertion")
+        form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        form["client_assertion"] = assertion
+        return {}
     if client_secret and method != "client_secret_post":
         # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
         pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
