@@ -106,7 +106,7 @@ def login(
         auth_method=registration.token_endpoint_auth_method,
     )
     tokens = send_token_request(http, request, now=clock)
-    now = clock()
+    now = tokens.requested_at or clock()  # a lifetime counts from when the request left
     record = Credential(
         access_token=tokens.access_token,
         token_type=tokens.token_type,
