@@ -23,6 +23,7 @@ from grantkeeper._as_metadata import AuthServerMetadata, parse_metadata
 from grantkeeper._authorization import parse_callback
 from grantkeeper._file_store import FILE_FORMAT
 from grantkeeper._postgres_store import _key_id
+from grantkeeper._private_dir import PrivateDir
 from grantkeeper._private_dir import key_slug as _slug
 from grantkeeper._record import record_to_json
 from grantkeeper._registration import ClientRegistration, parse_registration
@@ -329,7 +330,7 @@ def damaged(draw: st.DrawFn, original: bytes) -> bytes:
 
 
 def _write_record_file(raw: bytes) -> None:
-    with _STORE.private_dir.open(create=True):
+    with PrivateDir(_STORE.directory).open(create=True):
         pass
     (_STORE.directory / (_slug(KEY) + ".json")).write_bytes(raw)
     (_STORE.directory / (_slug(KEY) + ".json")).chmod(0o600)

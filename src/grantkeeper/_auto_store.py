@@ -144,6 +144,16 @@ class AutoStore:
         except StoreCorrupt:
             return True
 
+    def _may_hold(self, where: Backend, key: CredentialKey) -> bool:
+        """Whether unreachable ``where`` may hold ``key``: only the keyring can be
+        unreachable, and its index (a file) says what this home put there."""
+        if where != "keyring":
+            return True
+        try:
+            return self.keyring.indexed(key)
+        except StoreCorrupt:
+            return True  # an unreadable index proves nothing
+
     def _check_drift(self, key: CredentialKey, placed: Backend) -> None:
         if key in self._drift_reported:
             return
@@ -212,7 +222,7 @@ class AutoStore:
             try:
                 existed = self.backend(where).delete(key) or existed
             except StoreUnavailable:
-                if where == "keyring" and not self.keyring.indexed(key):
+                if not self._may_hold(where, key):
                     continue  # this home never put it there
                 unchecked.append(where)
         if unchecked:

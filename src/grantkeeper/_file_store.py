@@ -47,8 +47,7 @@ class FileStore:
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home) if home is not None else grantkeeper_home()
         self.directory = self.home / "credentials"
-        self.private_dir = PrivateDir(self.directory)
-        """The directory's checks and atomic writes, shared with the side files."""
+        self._dir = PrivateDir(self.directory)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
@@ -110,7 +109,7 @@ class FileStore:
 
     def read(self, key: CredentialKey) -> Stored | None:
         """Return the stored record for ``key`` with its version, or ``None``."""
-        with self.private_dir.open(create=False) as dir_fd:
+        with self._dir.open(create=False) as dir_fd:
             if dir_fd is None:
                 return None
             loaded = self._load(dir_fd, key_slug(key) + ".json", key)
@@ -127,7 +126,7 @@ class FileStore:
     def _scan(self) -> tuple[list[tuple[CredentialKey, Stored]], list[str]]:
         found: list[tuple[CredentialKey, Stored]] = []
         problems: list[str] = []
-        with self.private_dir.open(create=False) as dir_fd:
+        with self._dir.open(create=False) as dir_fd:
             if dir_fd is None:
                 return found, problems
             for name in sorted(os.listdir(dir_fd)):
@@ -154,7 +153,7 @@ class FileStore:
         deleted (how a user recovers from one).
         """
         name = key_slug(key)
-        with self.private_dir.open(create=True) as dir_fd:
+        with self._dir.open(create=True) as dir_fd:
             assert dir_fd is not None
             what = f"write {key}"
             with locked_file(dir_fd, _cas_lock(name), timeout=CAS_LOCK_TIMEOUT, what=what):
@@ -179,7 +178,7 @@ class FileStore:
                 "record": record_to_json(record),
             }
             payload = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
-            self.private_dir.write_atomic(dir_fd, name, payload)
+            self._dir.write_atomic(dir_fd, name, payload)
             self._sweep(dir_fd, name)
             return version
 
@@ -190,7 +189,7 @@ class FileStore:
         """
         with self._cas(key, parse=expected_version is not None) as (dir_fd, name, current):
             # A temp file left by a writer killed mid-write holds a copy of the record.
-            self.private_dir.remove_temps(dir_fd, name)
+            self._dir.remove_temps(dir_fd, name)
             self._sweep(dir_fd, name)
             if expected_version is not None:
                 if current is None:
@@ -221,14 +220,14 @@ class FileStore:
                 return None  # side files clean their own temp files when next written
             return _cas_lock(target.removesuffix(".json"))
 
-        self.private_dir.sweep(dir_fd, lock_of)
+        self._dir.sweep(dir_fd, lock_of)
 
     # -- locking ------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def lock(self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
         """Hold ``key``'s transaction lock (an ``flock`` on a sibling lock file)."""
-        with self.private_dir.open(create=True) as dir_fd:
+        with self._dir.open(create=True) as dir_fd:
             assert dir_fd is not None
             with locked_file(
                 dir_fd, f".{key_slug(key)}.lock", timeout=timeout, what=f"the lock of {key}"

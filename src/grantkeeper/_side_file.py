@@ -15,6 +15,7 @@ from typing import Any
 from ._errors import StoreCorrupt, UnsafeStorePath
 from ._file_lock import locked_file
 from ._file_store import FileStore
+from ._private_dir import PrivateDir
 
 UPDATE_LOCK_TIMEOUT = 10.0
 """A side file's lock is held for one small read-modify-write."""
@@ -26,7 +27,7 @@ class SideFile:
     """One JSON document named ``name`` in ``files``' directory, marked with ``format``."""
 
     def __init__(self, files: FileStore, name: str, format: str) -> None:
-        self._dir = files.private_dir
+        self._dir = PrivateDir(files.directory)
         self.name = name
         self.format = format
         self.path = files.directory / name
