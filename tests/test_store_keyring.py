@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -254,6 +255,8 @@ def test_the_locks_live_in_the_users_runtime_directory(tmp_path: Path, service: 
     assert a.lock_directory == b.lock_directory
     assert a.lock_directory != KeyringStore(tmp_path / "a", service=service + "-x").lock_directory
     assert not a.lock_directory.is_relative_to(tmp_path)
+    if os.environ.get("XDG_RUNTIME_DIR"):  # scripts/with-keyring sets the daemon's
+        assert a.lock_directory.parent == Path(os.environ["XDG_RUNTIME_DIR"]) / "grantkeeper"
     with a.lock(KEY):
         pass
     assert stat.S_IMODE(a.lock_directory.stat().st_mode) == 0o700
