@@ -57,6 +57,15 @@ from ._server_status import auth_status, known_servers
 from ._servers import ServerConfig, load_servers, remove_server, resolve_server, save_server
 from ._status import AuthState, AuthStatus
 from ._store import DEFAULT_LOCK_TIMEOUT, Store, Stored
+from ._store_admin import (
+    CredentialReport,
+    MigrationResult,
+    StoreCheck,
+    StoreReport,
+    diagnose_store,
+    migrate_credential,
+    migrate_store,
+)
 
 __version__ = "0.1.0"
 
@@ -77,6 +86,7 @@ __all__ = [
     "Clock",
     "Credential",
     "CredentialKey",
+    "CredentialReport",
     "DeadlineExceeded",
     "Discovery",
     "EnterpriseIdentity",
@@ -92,6 +102,7 @@ __all__ = [
     "LoginRequired",
     "LogoutResult",
     "MalformedResponse",
+    "MigrationResult",
     "OAuthUnsupported",
     "Outcome",
     "PersistencePending",
@@ -108,9 +119,11 @@ __all__ = [
     "ServerConfigError",
     "ServerRejectsToken",
     "Store",
+    "StoreCheck",
     "StoreConfigError",
     "StoreCorrupt",
     "StoreError",
+    "StoreReport",
     "StoreUnavailable",
     "Stored",
     "UnsafeStorePath",
@@ -119,6 +132,7 @@ __all__ = [
     "auth_status",
     "outcome_of",
     "authentication_required",
+    "diagnose_store",
     "discover",
     "freshness",
     "grantkeeper_home",
@@ -126,6 +140,8 @@ __all__ = [
     "load_servers",
     "login",
     "logout",
+    "migrate_credential",
+    "migrate_store",
     "open_store",
     "redact",
     "refresh_margin",

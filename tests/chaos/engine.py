@@ -57,8 +57,8 @@ from grantkeeper import (
     Stored,
 )
 from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._file_store import _slug
 from grantkeeper._login import login
+from grantkeeper._private_dir import key_slug as _slug
 from grantkeeper._record import Credential
 from grantkeeper._status import AuthState, status_of
 from harness import remember_secret
