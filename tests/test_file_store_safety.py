@@ -203,6 +203,8 @@ def _paused_writer(tmp_path: Path, token: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
+        # A script's own directory heads its path, not the cwd: give it ours (tests, src).
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert child.stdout is not None and child.stdout.readline() == "renaming\n"
     return child
