@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import httpx
 
@@ -34,6 +34,7 @@ from ._token_endpoint import (
     MAX_RESPONSE_BYTES,
     TokenRequest,
     client_auth,
+    new_credential,
     parse_token_response,
     refresh_request,
 )
@@ -141,22 +142,15 @@ def obtain(
         resource=resource,
     )
     tokens = send_token_request(http, request, now=clock)
-    now = clock()
-    record = Credential(
-        access_token=tokens.access_token,
-        token_type=tokens.token_type,
-        scope=tokens.scope if tokens.scope is not None else scope,
-        expires_at=None
-        if tokens.expires_in is None
-        else now + timedelta(seconds=tokens.expires_in),
-        obtained_at=now,
-        issuer=metadata.issuer,
-        token_endpoint=metadata.token_endpoint,
-        revocation_endpoint=metadata.revocation_endpoint,
+    record = new_credential(
+        tokens,
+        received=clock(),
+        metadata=metadata,
         resource=resource,
+        scope=scope,
         client_id=client_id,
         client_secret=client_secret if auth_method != "private_key_jwt" else None,
-        token_endpoint_auth_method=auth_method,
+        auth_method=auth_method,
         grant=CLIENT_CREDENTIALS,
         client_key_source=key_source,
         scope_requested=scope,
@@ -310,23 +304,15 @@ def cross_app_access(
         scope=scope,
     )
     tokens = send_token_request(http, request, now=clock)
-    now = clock()
-    record = Credential(
-        access_token=tokens.access_token,
-        token_type=tokens.token_type,
-        refresh_token=tokens.refresh_token,
-        scope=tokens.scope if tokens.scope is not None else scope,
-        expires_at=None
-        if tokens.expires_in is None
-        else now + timedelta(seconds=tokens.expires_in),
-        obtained_at=now,
-        issuer=metadata.issuer,
-        token_endpoint=metadata.token_endpoint,
-        revocation_endpoint=metadata.revocation_endpoint,
+    record = new_credential(
+        tokens,
+        received=clock(),
+        metadata=metadata,
         resource=resource,
+        scope=scope,
         client_id=client_id,
         client_secret=client_secret,
-        token_endpoint_auth_method=method,
+        auth_method=method,
         grant=JWT_BEARER,
     )
     save(store, key, record, lock_timeout=lock_timeout)

@@ -18,6 +18,7 @@ from urllib.parse import quote, quote_plus, unquote
 
 import httpx
 
+from ._as_metadata import AuthServerMetadata
 from ._errors import (
     ClientRegistrationInvalid,
     MalformedResponse,
@@ -401,4 +402,39 @@ def apply_response(record: Credential, response: TokenResponse, now: datetime) -
         obtained_at=start,
         reauth_reason=None,
         intent=None,
+    )
+
+
+def new_credential(
+    response: TokenResponse,
+    *,
+    received: datetime,
+    metadata: AuthServerMetadata,
+    resource: str,
+    scope: str | None,
+    client_id: str,
+    client_secret: str | None,
+    auth_method: str | None,
+    **extra: Any,
+) -> Credential:
+    """The credential a grant's first ``response`` makes (a login, client credentials,
+    jwt-bearer); its lifetime counts from when the request left (else ``received``)."""
+    obtained = response.requested_at or received
+    return Credential(
+        access_token=response.access_token,
+        token_type=response.token_type,
+        refresh_token=response.refresh_token,
+        scope=response.scope if response.scope is not None else scope,
+        expires_at=None
+        if response.expires_in is None
+        else obtained + timedelta(seconds=response.expires_in),
+        obtained_at=obtained,
+        issuer=metadata.issuer,
+        token_endpoint=metadata.token_endpoint,
+        revocation_endpoint=metadata.revocation_endpoint,
+        resource=resource,
+        client_id=client_id,
+        client_secret=client_secret,
+        token_endpoint_auth_method=auth_method,
+        **extra,
     )
