@@ -366,3 +366,83 @@ def test_cli_lists_tools_and_calls_one_and_exits_3_when_login_is_needed(
     missing = runner.invoke(call, [other, "echo", "--arg", "text=hi"])
     assert missing.exit_code == 3
     assert "grantkeeper login" in missing.stderr
+
+
+def gets(seen: list[Seen]) -> list[int]:
+    return [s.status for s in seen if s.method == "GET"]
+
+
+async def scope_error_on_the_get_stream(server: McpServer, session: McpSession) -> None:
+    """Make the GET stream's auth flow raise InsufficientScope, which the SDK swallows and
+    retries; return once the retry is open, so the error has surely been raised."""
+    await add(session, 1, 1)
+    await asyncio.to_thread(server.wait_for, lambda seen: gets(seen)[-2:] == [403, 200])
+
+
+def test_an_auth_error_on_the_get_stream_does_not_stick_to_later_session_expiry(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    server.fail_next("GET", status=403, scope="mcp:admin")
+
+    async def go() -> tuple[Any, int]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await scope_error_on_the_get_stream(server, session)
+            server.expire_sessions()
+            return await add(session, 2, 3), session.reconnects
+
+    assert asyncio.run(go()) == (5, 1)
+    assert refreshes(auth) == (0, 0)
+
+
+def test_an_auth_error_on_the_get_stream_does_not_stick_to_a_cancelled_call(
+    keeper: Keeper, server: McpServer
+) -> None:
+    server.fail_next("GET", status=403, scope="mcp:admin")
+
+    def barrier_sent(seen: list[Seen]) -> bool:
+        return sum(s.method == "POST" and s.status == 200 for s in seen) >= 5
+
+    async def go() -> tuple[bool, Any]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await scope_error_on_the_get_stream(server, session)
+            before = len([s for s in server.seen() if s.method == "POST"])
+            # barrier(2) with one caller answers only after BARRIER_TIMEOUT: it is in flight
+            # until we cancel it, which we do once the server has its POST.
+            call = asyncio.create_task(session.call_tool("barrier", {"n": 2}))
+            await asyncio.to_thread(
+                server.wait_for,
+                lambda seen: len([s for s in seen if s.method == "POST"]) > before,
+            )
+            call.cancel()
+            try:
+                await call
+            except asyncio.CancelledError:
+                cancelled = True
+            else:
+                cancelled = False
+            return cancelled, await add(session, 3, 4)
+
+    assert asyncio.run(go()) == (True, 7)
+
+
+def test_an_auth_error_on_the_get_stream_does_not_stick_to_a_timeout(
+    keeper: Keeper, server: McpServer
+) -> None:
+    server.fail_next("GET", status=403, scope="mcp:admin")
+
+    async def go() -> Any:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await scope_error_on_the_get_stream(server, session)
+            before = len([s for s in server.seen() if s.method == "POST"])
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(None) as deadline:
+                    call = asyncio.ensure_future(session.call_tool("barrier", {"n": 2}))
+                    await asyncio.to_thread(
+                        server.wait_for,
+                        lambda seen: len([s for s in seen if s.method == "POST"]) > before,
+                    )
+                    deadline.reschedule(asyncio.get_running_loop().time())
+                    await call
+            return await add(session, 5, 6)
+
+    assert asyncio.run(go()) == 11
