@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from grantkeeper import (
+    AuthState,
     CredentialKey,
     FileStore,
     HttpxAuth,
@@ -27,6 +28,8 @@ from grantkeeper import (
     Keeper,
     LoginRequired,
     ReauthenticationRequired,
+    ServerConfig,
+    auth_status,
 )
 from grantkeeper._cli_tools import call, tools
 from grantkeeper._freshness import utc_now
@@ -446,3 +449,92 @@ def test_an_auth_error_on_the_get_stream_does_not_stick_to_a_timeout(
             return await add(session, 5, 6)
 
     assert asyncio.run(go()) == 11
+
+
+def test_a_401_on_the_closing_delete_is_recovered_once(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    a = keeper.access_token()
+    server.fail_next("DELETE")
+
+    async def go() -> Any:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            return await add(session, 1, 2)
+
+    assert asyncio.run(go()) == 3
+    deletes = [(s.status, s.token) for s in server.seen() if s.method == "DELETE"]
+    b = keeper.access_token()
+    assert deletes == [(401, a), (200, b)] and b != a
+    assert refreshes(auth) == (1, 0)
+
+
+@pytest.fixture(scope="module")
+def json_server(servers: tuple[AuthServer, McpServer]) -> Iterator[McpServer]:
+    """The same server answering each POST with one JSON document, not an event stream."""
+    with McpServer(auth_server=servers[0], json_response=True) as server:
+        yield server
+
+
+@pytest.mark.parametrize("answer", ["text/event-stream", "application/json"])
+def test_a_401_on_a_post_is_recovered_once_whatever_the_answer_is(
+    answer: str,
+    auth: AuthServer,
+    server: McpServer,
+    json_server: McpServer,
+    store: FileStore,
+) -> None:
+    target = server if answer == "text/event-stream" else json_server
+    target.reset()
+    login(auth, target.url, store)
+    auth.reset_stats()
+    keeper = Keeper(store, CredentialKey.for_server(target.url))
+    a = keeper.access_token()
+
+    async def go() -> Any:
+        async with connect(target.url, keeper=keeper, mode="legacy") as session:
+            await asyncio.to_thread(target.wait_for, handshake_done)
+            target.fail_next("POST")
+            return await add(session, 20, 22)
+
+    try:
+        assert asyncio.run(go()) == 42
+    finally:
+        keeper.close()
+    posts = [s for s in target.seen() if s.method == "POST"]
+    refused = [s.status for s in posts].index(401)
+    calls = posts[refused : refused + 2]  # the refused request and its one retry
+    assert [(s.status, s.token) for s in calls] == [(401, a), (200, keeper.access_token())]
+    assert calls[1].content_type == answer
+    assert refreshes(auth) == (1, 0)
+
+
+def test_an_expired_token_without_a_refresh_token_fails_at_start_up(
+    auth: AuthServer, server: McpServer, store: FileStore
+) -> None:
+    issued = login(auth, server.url, store)
+    key = CredentialKey.for_server(server.url)
+    stored = store.read(key)
+    assert stored is not None
+    store.write(key, stored.record.replace(refresh_token=None), expected_version=stored.version)
+    auth.reset_stats()
+    clock = ShiftClock()
+    clock.offset = timedelta(hours=2)  # the stored access token has expired
+    keeper = Keeper(store, key, clock=clock)
+    reached_the_body = False
+
+    async def go() -> None:
+        nonlocal reached_the_body
+        async with connect(server.url, keeper=keeper, mode="legacy"):
+            reached_the_body = True
+
+    try:
+        with pytest.raises(ReauthenticationRequired):
+            asyncio.run(go())
+    finally:
+        keeper.close()
+    assert not reached_the_body
+    assert server.seen() == []  # the expired token was never sent
+    assert refreshes(auth) == (0, 0)
+    status = auth_status(ServerConfig(url=server.url), store, clock=clock)
+    assert status.state is AuthState.REAUTHENTICATION_REQUIRED
+    assert issued.access_token not in status.detail
