@@ -52,7 +52,8 @@ def httpx2_auth(
     token: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Httpx2Auth:
-    """Choose the policy: a static token or ``Authorization`` header turns OAuth off."""
+    """Choose the policy: a static token or ``Authorization`` header turns OAuth off, a
+    ``keeper`` supplies OAuth credentials, and with neither no credential is sent."""
     return Httpx2Auth.choose(url, keeper=keeper, token=token, headers=headers)
 
 
@@ -374,7 +375,8 @@ def fastmcp_client(
 ) -> Any:
     """A fastmcp ``Client`` for ``url`` that authenticates with grantkeeper.
 
-    Extra keyword arguments go to ``fastmcp.Client``. Use it as fastmcp documents:
+    Auth is chosen as by :func:`connect`: ``keeper``, ``token``, or none. Extra keyword
+    arguments go to ``fastmcp.Client``. Use it as fastmcp documents:
     ``async with fastmcp_client(url, keeper=keeper) as client: ...``.
     """
     from fastmcp import Client as FastMCPClient
