@@ -365,10 +365,17 @@ def test_cli_lists_tools_and_calls_one_and_exits_3_when_login_is_needed(
     assert echoed.exit_code == 0
     assert json.loads(echoed.output)["structuredContent"] == {"result": "hi"}
 
-    other = server.url.replace("/mcp", "/other")
-    missing = runner.invoke(call, [other, "echo", "--arg", "text=hi"])
+    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path / "nothing-stored"))
+    missing = runner.invoke(call, [server.url, "echo", "--arg", "text=hi"])
     assert missing.exit_code == 3
     assert "grantkeeper login" in missing.stderr
+
+    # A path the server does not serve offers no OAuth: a login would not help.
+    other = server.url.replace("/mcp", "/other")
+    unsupported = runner.invoke(call, [other, "echo", "--arg", "text=hi"])
+    assert unsupported.exit_code == 1
+    assert "offers no OAuth" in unsupported.stderr
+    assert "grantkeeper login" not in unsupported.stderr
 
 
 def gets(seen: list[Seen]) -> list[int]:

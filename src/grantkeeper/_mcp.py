@@ -326,15 +326,17 @@ async def _start(session: McpSession, auth: _Observed, *, allow_unauthenticated:
         error = _grantkeeper_error(exc)
         if not isinstance(error, LoginRequired) or not _is_oauth(auth.inner):
             raise
-        offered = await _offers_oauth(session.url)
-        if offered is not False:
-            raise
-        if not allow_unauthenticated:
-            raise OAuthUnsupported(
-                f"nothing is stored for {session.url}, and the server offers no OAuth: "
-                "connect without a Keeper (or with allow_unauthenticated) if it needs no auth",
-                key=error.key,
-            ) from error
+        nothing_stored = error
+    # Raised outside the except block: an OAuthUnsupported that carried the LoginRequired
+    # as its context would read as "log in" to authentication_required().
+    if await _offers_oauth(session.url) is not False:
+        raise nothing_stored
+    if not allow_unauthenticated:
+        raise OAuthUnsupported(
+            f"nothing is stored for {session.url}, and the server offers no OAuth: "
+            "connect without a Keeper (or with allow_unauthenticated) if it needs no auth",
+            key=nothing_stored.key,
+        )
     auth.inner = Httpx2Auth.anonymous(session.url)
     await session.open()
 
