@@ -6,7 +6,8 @@ at once), metadata is served at ``/.well-known/oauth-protected-resource/mcp`` an
 carries ``WWW-Authenticate: Bearer ..., resource_metadata="..."``.
 
 Tools: ``echo``, ``add``, ``slow(ms)``, ``whoami`` and ``barrier(n)``, which returns only
-once ``n`` calls are inside it at the same time (a concurrency proof without timing). Four
+once ``n`` calls are inside it at the same time (a concurrency proof without timing), and
+``hold``, which stays in flight until the client cancels it. Four
 more call back into the client, to prove its handlers are wired: ``sample`` (sampling),
 ``ask`` (elicitation), ``roots`` (roots/list) and ``log`` (a log message notification).
 The SDK deprecates these features from protocol 2026-07-28 on; they work on sessions that
@@ -247,6 +248,13 @@ class McpServer:
             if token is None:
                 return {"subject": None}
             return {"subject": token.subject, "client_id": token.client_id, "scopes": token.scopes}
+
+        @server.tool()
+        async def hold() -> str:
+            """Answer only when cancelled: a call that stays in flight until the client
+            gives up on it. Fails after ``BARRIER_TIMEOUT``, so nothing lingers."""
+            await anyio.sleep(BARRIER_TIMEOUT)
+            raise TimeoutError("hold was never cancelled")
 
         @server.tool()
         async def barrier(n: int) -> int:

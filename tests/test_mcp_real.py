@@ -409,16 +409,12 @@ def test_an_auth_error_on_the_get_stream_does_not_stick_to_a_cancelled_call(
 ) -> None:
     server.fail_next("GET", status=403, scope="mcp:admin")
 
-    def barrier_sent(seen: list[Seen]) -> bool:
-        return sum(s.method == "POST" and s.status == 200 for s in seen) >= 5
-
     async def go() -> tuple[bool, Any]:
         async with connect(server.url, keeper=keeper, mode="legacy") as session:
             await scope_error_on_the_get_stream(server, session)
             before = len([s for s in server.seen() if s.method == "POST"])
-            # barrier(2) with one caller answers only after BARRIER_TIMEOUT: it is in flight
-            # until we cancel it, which we do once the server has its POST.
-            call = asyncio.create_task(session.call_tool("barrier", {"n": 2}))
+            # hold stays in flight until we cancel it, which we do once the server has it.
+            call = asyncio.create_task(session.call_tool("hold", {}))
             await asyncio.to_thread(
                 server.wait_for,
                 lambda seen: len([s for s in seen if s.method == "POST"]) > before,
@@ -446,7 +442,7 @@ def test_an_auth_error_on_the_get_stream_does_not_stick_to_a_timeout(
             before = len([s for s in server.seen() if s.method == "POST"])
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(None) as deadline:
-                    call = asyncio.ensure_future(session.call_tool("barrier", {"n": 2}))
+                    call = asyncio.ensure_future(session.call_tool("hold", {}))
                     await asyncio.to_thread(
                         server.wait_for,
                         lambda seen: len([s for s in seen if s.method == "POST"]) > before,
