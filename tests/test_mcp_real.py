@@ -543,16 +543,18 @@ def test_an_expired_token_without_a_refresh_token_fails_at_start_up(
     assert issued.access_token not in status.detail
 
 
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
 def test_a_calls_own_auth_error_reaches_that_call_not_as_a_cancellation(
-    keeper: Keeper, server: McpServer
+    mode: str, keeper: Keeper, server: McpServer
 ) -> None:
     """The call's POST fails in the transport's task, which cancels the caller: the call
     learns why from its own attempt (this relies on mcp sending in the caller's context)."""
     at_the_call: list[type[BaseException]] = []
 
     async def go() -> None:
-        async with connect(server.url, keeper=keeper, mode="legacy") as session:
-            await asyncio.to_thread(server.wait_for, handshake_done)
+        async with connect(server.url, keeper=keeper, mode=mode) as session:
+            if mode == "legacy":  # let the handshake's own POSTs through first
+                await asyncio.to_thread(server.wait_for, handshake_done)
             server.fail_next("POST", count=2)
             try:
                 await add(session, 1, 1)
