@@ -565,3 +565,26 @@ def test_a_calls_own_auth_error_reaches_that_call_not_as_a_cancellation(
     with pytest.raises(ReauthenticationRequired):
         asyncio.run(go())
     assert at_the_call == [ReauthenticationRequired]
+
+
+def test_concurrent_calls_on_an_expired_session_share_one_new_session(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    n = 4
+
+    async def go() -> tuple[list[Any], int]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await add(session, 1, 1)
+            server.expire_sessions()
+            # barrier(n) answers only once all n calls are inside the server at once, so
+            # every one of them met the 404 and all run on the same new session.
+            calls = [session.call_tool("barrier", {"n": n}) for _ in range(n)]
+            results = await asyncio.gather(*calls)
+            return [(r.structured_content or {}).get("result") for r in results], (
+                session.reconnects
+            )
+
+    assert asyncio.run(go()) == ([n] * n, 1)
+    initializes = [s for s in server.seen() if s.method == "POST" and s.session_id is None]
+    assert len(initializes) == 2  # the first session's and the one new session's
+    assert refreshes(auth) == (0, 0)

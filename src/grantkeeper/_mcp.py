@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -20,11 +21,15 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
+import anyio.abc
+import anyio.to_thread
 import httpx2
 
 from ._errors import GrantkeeperError, LoginRequired, OAuthUnsupported, ProtocolError
 from ._httpx2_auth import Httpx2Auth
 from ._keeper import Keeper
+from ._log import event
 
 if TYPE_CHECKING:
     from mcp.client.client import Client
@@ -132,6 +137,10 @@ class McpSession:
     Use :meth:`call_tool` and :meth:`list_tools`, or :meth:`run` for any other call on the
     underlying ``mcp.Client`` (``session.client``). ``client_options`` are keyword arguments
     for every ``mcp.Client`` the session opens (its callbacks, say).
+
+    Each ``mcp.Client`` lives in a task of its own, started in ``task_group``: its transport
+    is an anyio task group, which must be left by the task that entered it, and a session
+    may be opened again by whichever task's call met the expiry.
     """
 
     def __init__(
@@ -140,16 +149,22 @@ class McpSession:
         http: httpx2.AsyncClient,
         *,
         mode: str,
+        task_group: anyio.abc.TaskGroup,
         auth: _Observed | None = None,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self._http = http
         self._mode = mode
+        self._task_group = task_group
         self._auth = auth
         self._options = dict(client_options or {})
-        self._stack: contextlib.AsyncExitStack | None = None
         self._client: Client | None = None
+        self._close: anyio.Event | None = None
+        self._closed: anyio.Event | None = None
+        # Bumped by each open; a call that met an expiry reopens only the session it ran on.
+        self._generation = 0
+        self._reopening = anyio.Lock()
         #: How many responses were 404 to a request that named a session.
         self.expiries = 0
         #: How many times a session was opened again after it expired.
@@ -171,56 +186,114 @@ class McpSession:
 
     async def open(self) -> None:
         """Connect and initialise a session."""
+        if self._auth is not None:
+            self._auth.fatal = None
+        opened, close, closed = anyio.Event(), anyio.Event(), anyio.Event()
+        failed: list[BaseException] = []
+        self._task_group.start_soon(self._hold_open, opened, failed, close, closed)
+        await opened.wait()
+        if failed:
+            raise failed[0]
+        self._close, self._closed = close, closed
+        self._generation += 1
+
+    async def _hold_open(
+        self,
+        opened: anyio.Event,
+        failed: list[BaseException],
+        close: anyio.Event,
+        closed: anyio.Event,
+    ) -> None:
+        """Own one ``mcp.Client`` from entering it to leaving it.
+
+        A failure to open goes to :meth:`open`'s caller. Once open, an error that ends the
+        transport leaves this task and so cancels ``connect``'s body, as it would have had
+        the transport run there.
+        """
         from mcp.client.client import Client
         from mcp.client.streamable_http import streamable_http_client
 
-        if self._auth is not None:
-            self._auth.fatal = None
-        stack = contextlib.AsyncExitStack()
-        with _attempt() as attempt:
-            try:
-                client = Client(
-                    streamable_http_client(self.url, http_client=self._http),
-                    mode=self._mode,
-                    **self._options,
-                )
-                self._client = await stack.enter_async_context(client)
-            except BaseException as exc:
-                self._client = None
-                await stack.aclose()
-                self._raise_auth_error(attempt, exc)
-                raise
-        self._stack = stack
+        entered = False
+        try:
+            with _attempt() as attempt:
+                try:
+                    async with Client(
+                        streamable_http_client(self.url, http_client=self._http),
+                        mode=self._mode,
+                        **self._options,
+                    ) as client:
+                        entered = True
+                        self._client = client
+                        opened.set()
+                        await close.wait()
+                except BaseException as exc:
+                    if isinstance(exc, anyio.get_cancelled_exc_class()):
+                        failed.append(exc)
+                        raise  # a cancellation is never swallowed
+                    if not entered:
+                        failed.append(self._auth_error(attempt, exc) or exc)
+                    elif not close.is_set():
+                        raise
+                    # Else the session was being closed on purpose, say for a new one after
+                    # an expiry: its late replies to calls that moved on find the streams
+                    # closed, and that is no reason to end connect().
+                    event(logging.DEBUG, "mcp.session_closed", error=type(exc).__name__)
+        finally:
+            opened.set()
+            closed.set()
 
     async def aclose(self) -> None:
         """End the session (the transport sends its DELETE)."""
-        stack, self._stack, self._client = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        close, closed = self._close, self._closed
+        self._close = self._closed = self._client = None
+        if close is not None and closed is not None:
+            close.set()
+            await closed.wait()
+
+    async def _reopen(self, generation: int) -> None:
+        """Open a new session in place of session ``generation``, unless one already was."""
+        async with self._reopening:
+            if self._generation != generation:
+                return
+            self.reconnects += 1
+            await self.aclose()
+            await self.open()
+
+    async def _current(self) -> tuple[Client, int]:
+        if self._client is None and self._reopening.locked():
+            async with self._reopening:  # another call is opening the new session
+                pass
+        return self.client, self._generation
 
     async def run(self, call: Callable[[Client], Awaitable[T]]) -> T:
-        """Run ``call``; if the session expired under it, open a new one and run it again."""
+        """Run ``call``; if the session expired under it, open a new one and run it again.
+
+        Concurrent calls that meet the same expiry share one new session.
+        """
         from mcp.shared.exceptions import MCPError
 
+        client, generation = await self._current()
         with _attempt() as attempt:
             try:
-                return await call(self.client)
+                return await call(client)
             except BaseException as exc:
                 self._raise_auth_error(attempt, exc)
-                if not isinstance(exc, MCPError) or not attempt.expired:
+                # Expired: this call met the 404. Replaced: another call's 404 closed the
+                # session while this one was in flight on it.
+                replaced = self._generation != generation or self._client is not client
+                if not isinstance(exc, MCPError) or not (attempt.expired or replaced):
                     raise
-        self.reconnects += 1
-        await self.aclose()
-        await self.open()
+        await self._reopen(generation)
+        client, _ = await self._current()
         with _attempt() as attempt:
             try:
-                return await call(self.client)
+                return await call(client)
             except BaseException as exc:
                 self._raise_auth_error(attempt, exc)
                 raise
 
-    def _raise_auth_error(self, attempt: _Attempt, exc: BaseException) -> None:
-        """Raise the auth error that caused ``exc``, if one did.
+    def _auth_error(self, attempt: _Attempt, exc: BaseException) -> GrantkeeperError | None:
+        """The auth error that caused ``exc``, if one did.
 
         The SDK's transport runs requests in its own tasks, so an auth error there reaches
         the caller only as "Connection closed" or a cancellation. The cause is the call's
@@ -233,7 +306,11 @@ class McpSession:
         error = attempt.error
         if error is None and isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED:
             error = self._auth.fatal if self._auth is not None else None
-        if error is not None and error is not exc:
+        return None if error is exc else error
+
+    def _raise_auth_error(self, attempt: _Attempt, exc: BaseException) -> None:
+        error = self._auth_error(attempt, exc)
+        if error is not None:
             raise error from exc
 
     async def call_tool(
@@ -300,16 +377,26 @@ async def connect(
     options = {name: value for name, value in handlers.items() if value is not None}
     auth = _Observed(httpx2_auth(url, keeper=keeper, token=token, headers=headers))
     try:
-        async with httpx2.AsyncClient(
-            auth=auth, headers=dict(headers or {}), timeout=http_timeout, follow_redirects=False
-        ) as http:
-            session = McpSession(url, http, mode=mode, auth=auth, client_options=options)
+        async with (
+            httpx2.AsyncClient(
+                auth=auth,
+                headers=dict(headers or {}),
+                timeout=http_timeout,
+                follow_redirects=False,
+            ) as http,
+            anyio.create_task_group() as sessions,
+        ):
+            session = McpSession(
+                url, http, mode=mode, task_group=sessions, auth=auth, client_options=options
+            )
             http.event_hooks["response"].append(session._on_response)
             await _start(session, auth, allow_unauthenticated=allow_unauthenticated)
             try:
                 yield session
             finally:
                 await session.aclose()
+                # A session still opening (for a call that is being abandoned) goes too.
+                sessions.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         found = _grantkeeper_error(group)
         if found is None:
@@ -343,8 +430,6 @@ async def _start(session: McpSession, auth: _Observed, *, allow_unauthenticated:
 
 async def _offers_oauth(url: str) -> bool | None:
     """Whether ``url`` offers OAuth, by discovery; ``None`` when discovery cannot tell."""
-    import anyio.to_thread
-
     from ._discovery import discover
 
     try:
