@@ -271,6 +271,7 @@ class McpSession:
         Concurrent calls that meet the same expiry share one new session.
         """
         from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED
 
         client, generation = await self._current()
         with _attempt() as attempt:
@@ -278,10 +279,15 @@ class McpSession:
                 return await call(client)
             except BaseException as exc:
                 self._raise_auth_error(attempt, exc)
-                # Expired: this call met the 404. Replaced: another call's 404 closed the
-                # session while this one was in flight on it.
-                replaced = self._generation != generation or self._client is not client
-                if not isinstance(exc, MCPError) or not (attempt.expired or replaced):
+                if not isinstance(exc, MCPError):
+                    raise
+                # Expired: this call met the 404 (the server never ran it). Replaced:
+                # another call's 404 closed the session under this one, which then saw
+                # only the connection close.
+                replaced = exc.code == CONNECTION_CLOSED and (
+                    self._generation != generation or self._client is not client
+                )
+                if not (attempt.expired or replaced):
                     raise
         await self._reopen(generation)
         client, _ = await self._current()
