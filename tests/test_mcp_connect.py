@@ -36,7 +36,7 @@ from grantkeeper import (
     OAuthUnsupported,
     authentication_required,
 )
-from grantkeeper.mcp import McpSession, connect
+from grantkeeper.mcp import McpSession, connect, fastmcp_client, httpx2_auth
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
@@ -116,6 +116,16 @@ def test_no_auth_connects_to_a_server_that_needs_none(open_server: McpServer) ->
 
     assert asyncio.run(go()) == 4
     assert {s.token for s in open_server.seen()} == {None}
+
+
+def test_fastmcp_client_without_auth(open_server: McpServer) -> None:
+    async def go() -> Any:
+        async with fastmcp_client(open_server.url) as client:
+            result = await client.call_tool("add", {"a": 1, "b": 2})
+            return result.structured_content
+
+    assert asyncio.run(go()) == {"result": 3}
+    assert not httpx2_auth(open_server.url).oauth
 
 
 def test_no_auth_to_a_protected_server_is_login_required_not_an_http_error(
