@@ -50,9 +50,13 @@ STORM_PHASE = 6.0
 TRIGGER_TIMEOUT = 3.0 * ACCESS_TTL
 """Seconds to wait for the fleet's next refresh request, which one token lifetime brings."""
 
-RECOVERY_TIMEOUT = 45.0
+RECOVERY_TIMEOUT = 60.0
 """Seconds for every caller to be served again once the provider is back: generous, as
-a retry may be backing off when the provider returns."""
+a retry may be backing off (capped) when the provider returns."""
+
+FLEET_TEST_TIMEOUT = 180
+"""Per-test bound for the fleet runs: start, a 30 s outage and a full recovery wait fit,
+so a broken run fails with its figures rather than at pytest-timeout's default."""
 
 
 def hold(seconds: float) -> None:
@@ -147,7 +151,7 @@ class Figures:
 
 
 def run_outage(
-    auth: AuthServer, home: Path, key: CredentialKey, outage: Callable[[], None]
+    auth: AuthServer, home: Path, key: CredentialKey, outage: Callable[[], object]
 ) -> Figures:
     """Start the fleet on the stored login, run ``outage`` once every caller is served,
     then let the fleet recover and collect the figures."""
@@ -178,6 +182,11 @@ def run_outage(
     return figures
 
 
+def check(figures: Figures) -> None:
+    problems = figures.problems()
+    assert not problems, "\n".join([figures.summary(), *problems])
+
+
 @pytest.fixture
 def key() -> CredentialKey:
     return CredentialKey.for_server(RESOURCE)
@@ -194,6 +203,7 @@ def proxied(tmp_path: Path) -> Iterator[tuple[FaultProxy, AuthServer]]:
 # -- the three outages ----------------------------------------------------------------------
 
 
+@pytest.mark.timeout(FLEET_TEST_TIMEOUT)
 def test_connections_refused_for_30_s(
     proxied: tuple[FaultProxy, AuthServer], tmp_path: Path, key: CredentialKey
 ) -> None:
@@ -205,10 +215,10 @@ def test_connections_refused_for_30_s(
         hold(OUTAGE)
         proxy.set_mode(Mode.PASS)
 
-    figures = run_outage(auth, tmp_path, key, outage)
-    assert figures.problems() == []
+    check(run_outage(auth, tmp_path, key, outage))
 
 
+@pytest.mark.timeout(FLEET_TEST_TIMEOUT)
 def test_server_stopped_for_30_s_and_restarted(tmp_path: Path, key: CredentialKey) -> None:
     state, home = tmp_path / "as-state", tmp_path / "home"
     state.mkdir()
@@ -217,9 +227,10 @@ def test_server_stopped_for_30_s_and_restarted(tmp_path: Path, key: CredentialKe
         port = auth.port
         figures = run_outage(auth, home, key, lambda: auth.restart(downtime=OUTAGE))
         assert auth.port == port
-    assert figures.problems() == []
+    check(figures)
 
 
+@pytest.mark.timeout(FLEET_TEST_TIMEOUT)
 def test_503_then_500_storm(tmp_path: Path, key: CredentialKey) -> None:
     with (
         FaultProxy(paths=["/token"]) as proxy,
@@ -242,7 +253,7 @@ def test_503_then_500_storm(tmp_path: Path, key: CredentialKey) -> None:
             mode: proxy.counts[("/token", mode)] for mode in (Mode.UNAVAILABLE, Mode.SERVER_ERROR)
         }
     print(f"token requests answered by the storm: {hit}")
-    assert figures.problems() == []
+    check(figures)
     assert hit[Mode.UNAVAILABLE] > 0 and hit[Mode.SERVER_ERROR] > 0  # both phases bit
 
 
