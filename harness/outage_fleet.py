@@ -80,8 +80,6 @@ class Tally:
     failed_while_valid_samples: list[str] = field(default_factory=list)
     served_expired: int = 0
     distinct_tokens: int = 0
-    final_token: str | None = None
-    """The last token served after recovery began (for introspection by the test)."""
     crashed: str | None = None
 
 
@@ -129,14 +127,16 @@ def _run(plan: Plan, controls: _Controls, tally: Tally) -> None:
                     tokens.add(token)
                     if isinstance(served, Credential) and served.expires_at is not None:
                         tally.served_expired += served.expires_at <= started
-                    if after_recovery:
-                        tally.final_token = token
                 if not first:
                     first = True
                     controls.messages.put(("ready", tally.pid, slot))
                 if after_recovery and not recovered:
                     recovered = True
-                    controls.messages.put(("recovered", tally.pid, slot))
+                    credential = served if isinstance(served, Credential) else keeper.current
+                    expires_at = None
+                    if credential is not None and credential.access_token == token:
+                        expires_at = credential.expires_at
+                    controls.messages.put(("recovered", tally.pid, slot, token, expires_at))
             controls.stop.wait(plan.pause)
 
     threads = [
@@ -183,6 +183,8 @@ class OutageFleet:
         ]
         self._ready: set[tuple[int, int]] = set()
         self._recovered: set[tuple[int, int]] = set()
+        #: The first token each caller was served after recovery, with its expiry if known.
+        self.recovered_tokens: list[tuple[str, datetime | None]] = []
         self.tallies: list[Tally] = []
 
     @property
@@ -222,6 +224,7 @@ class OutageFleet:
                 self._ready.add((message[1], message[2]))
             elif kind == "recovered":
                 self._recovered.add((message[1], message[2]))
+                self.recovered_tokens.append((message[3], message[4]))
             elif kind == "tally":
                 self.tallies.append(message[1])
 
@@ -232,7 +235,7 @@ class OutageFleet:
 
     def recover(self, timeout: float) -> int:
         """Tell the workers the provider is back; wait until every thread has been served
-        since. Return how many were within ``timeout``."""
+        since (see :attr:`recovered_tokens`). Return how many were within ``timeout``."""
         self._controls.recovered.set()
         self._drain(time.monotonic() + timeout, lambda: len(self._recovered) >= self.callers)
         return len(self._recovered)

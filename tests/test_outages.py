@@ -68,6 +68,7 @@ def hold(seconds: float) -> None:
 class Figures:
     """What one outage run shows, and every promise it breaks (see :meth:`problems`)."""
 
+    processes: int
     callers: int
     ready: int
     recovered: int = 0
@@ -80,7 +81,7 @@ class Figures:
     replays: int = 0
     relogins: int = 0
     refresh_errors: list[str] = field(default_factory=list)
-    inactive_final_tokens: int = 0
+    inactive_recovered_tokens: int = 0
 
     def total(self, name: str) -> int:
         return sum(int(getattr(tally, name)) for tally in self.tallies)
@@ -107,8 +108,8 @@ class Figures:
         """Every broken promise, in words; empty when the run kept them all."""
         found: list[str] = []
         crashed = [t.crashed for t in self.tallies if t.crashed]
-        if len(self.tallies) < len({t.pid for t in self.tallies}) or crashed:
-            found.append(f"workers crashed: {crashed}")
+        if len(self.tallies) < self.processes or crashed:
+            found.append(f"{len(self.tallies)} of {self.processes} workers reported: {crashed}")
         if self.total("not_typed_retryable_count"):
             found.append(
                 f"{self.total('not_typed_retryable_count')} call(s) raised something other "
@@ -143,11 +144,25 @@ class Figures:
                 f"only {self.recovered} of {self.callers} callers were served again "
                 f"within {RECOVERY_TIMEOUT:g} s of the provider's return"
             )
-        if self.inactive_final_tokens:
-            found.append(f"{self.inactive_final_tokens} worker(s) ended on a dead token")
+        if self.inactive_recovered_tokens:
+            found.append(
+                f"{self.inactive_recovered_tokens} caller(s) were served again with a token "
+                "the server does not accept"
+            )
         if not self.errors:
             found.append("no call failed at all: the outage did not happen (harness defect)")
         return found
+
+
+def dead_tokens(auth: AuthServer, served: list[tuple[str, datetime | None]]) -> int:
+    """How many of the tokens callers were served since recovery the server rejects,
+    leaving out any that have merely expired since they were served."""
+    dead = 0
+    for token, expires_at in served:
+        remember_secret(token)
+        if not auth.is_active(token):
+            dead += expires_at is None or expires_at > datetime.now(UTC)
+    return dead
 
 
 def run_outage(
@@ -158,10 +173,11 @@ def run_outage(
     auth.reset_stats()  # the initial login is not a forced re-login
     plan = Plan(str(home), key)
     with StoreWatch(home, key) as watch, OutageFleet(plan) as fleet:
-        figures = Figures(fleet.callers, fleet.wait_ready())
+        figures = Figures(fleet.processes, fleet.callers, fleet.wait_ready())
         if figures.ready == fleet.callers:
             outage()
             figures.recovered = fleet.recover(RECOVERY_TIMEOUT)
+            figures.inactive_recovered_tokens = dead_tokens(auth, fleet.recovered_tokens)
         figures.tallies = fleet.stop()
     assert figures.ready == figures.callers, f"the fleet never got going: {figures.summary()}"
     figures.dead_reasons = watch.dead_reasons
@@ -174,10 +190,6 @@ def run_outage(
     figures.refresh_errors = [f"{e['error']}: {e['detail']}" for e in stats["refresh_errors"]]
     figures.replays = int(stats["replays"])
     figures.relogins = int(stats["code_success"])
-    for tally in figures.tallies:
-        if tally.final_token is not None:
-            remember_secret(tally.final_token)
-            figures.inactive_final_tokens += not auth.is_active(tally.final_token)
     print(figures.summary())  # the closing note's figures: run with -s to see them
     return figures
 
