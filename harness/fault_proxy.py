@@ -231,7 +231,9 @@ class FaultProxy:
                 connection.sock.shutdown(socket.SHUT_RDWR)
         if self._accept_thread is not None:
             self._accept_thread.join(SWITCH_TIMEOUT)
-        for thread in list(self._threads):
+        with self._state:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(SWITCH_TIMEOUT)
         os.close(self._wake_r)
         os.close(self._wake_w)
