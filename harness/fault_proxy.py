@@ -273,6 +273,12 @@ class FaultProxy:
             self.triggered.clear()
             self._armed = _Armed(mode, when)
 
+    def wait_for(self, path: str, mode: Mode, count: int = 1, timeout: float = 30.0) -> bool:
+        """Wait until ``count`` requests for ``path`` got ``mode`` (a hung one counts as it
+        arrives); return whether they did within ``timeout``."""
+        with self._state:
+            return self._state.wait_for(lambda: self.counts[(path, mode)] >= count, timeout)
+
     def _switch(self, mode: Mode) -> None:
         # Under self._state.
         self._mode = mode
@@ -418,6 +424,7 @@ class FaultProxy:
                 if request.path not in self.paths:
                     mode = Mode.PASS
             self.counts[(request.path, mode)] += 1
+            self._state.notify_all()
             return mode
 
     def _handle(self, sock: socket.socket, request: Request) -> bool:

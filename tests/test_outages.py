@@ -16,10 +16,11 @@ A provider that sends no ``expires_in`` gets no refresh until a server rejects t
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -267,6 +268,66 @@ def test_503_then_500_storm(tmp_path: Path, key: CredentialKey) -> None:
     print(f"token requests answered by the storm: {hit}")
     check(figures)
     assert hit[Mode.UNAVAILABLE] > 0 and hit[Mode.SERVER_ERROR] > 0  # both phases bit
+
+
+# -- the stale window ----------------------------------------------------------------------
+
+
+class Clock:
+    """Real time plus an offset the test moves: into the refresh margin, say."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def serve_while_hanging(
+    proxy: FaultProxy, auth: AuthServer, home: Path, key: CredentialKey, *, loaded: bool
+) -> None:
+    """A request in the refresh margin, the provider hanging, gets the valid token; once
+    the provider answers again, the one background refresh lands. ``loaded``: whether the
+    Keeper served the token before the margin (or starts inside it, a new process)."""
+    store = FileStore(home)
+    login = log_in(auth, store, key, resource=RESOURCE)
+    assert login.expires_at is not None and login.obtained_at is not None
+    auth.reset_stats()
+    clock = Clock()
+    with Keeper(store, key, clock=clock) as keeper:
+        if loaded:
+            assert keeper.credential().access_token == login.access_token
+        # A refresh is due, and the token is still valid at the server for most of its life.
+        clock.offset = login.expires_at - login.obtained_at - timedelta(seconds=1)
+        proxy.set_mode(Mode.HANG)
+        try:
+            served = keeper.credential(timeout=5.0)  # a caller's own bound
+            assert served.access_token == login.access_token
+            assert auth.is_active(served.access_token)
+            assert proxy.wait_for("/token", Mode.HANG), "no refresh was attempted in the margin"
+        finally:
+            proxy.set_mode(Mode.PASS)  # the hung request is dropped unanswered, never forwarded
+        renewed = served
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        while renewed.access_token == login.access_token and time.monotonic() < deadline:
+            threading.Event().wait(0.2)  # polling a bounded condition: the background retry
+            renewed = keeper.credential(timeout=5.0)
+    remember_secret(renewed.access_token)
+    stats = auth.stats()
+    assert renewed.access_token != login.access_token and auth.is_active(renewed.access_token)
+    assert (stats["refresh_success"], len(stats["refresh_errors"]), stats["replays"]) == (1, 0, 0)
+
+
+def test_stale_window_serves_the_valid_token_while_the_provider_hangs(
+    proxied: tuple[FaultProxy, AuthServer], tmp_path: Path, key: CredentialKey
+) -> None:
+    serve_while_hanging(*proxied, tmp_path, key, loaded=True)
+
+
+def test_process_starting_in_the_stale_window_is_served_while_the_provider_hangs(
+    proxied: tuple[FaultProxy, AuthServer], tmp_path: Path, key: CredentialKey
+) -> None:
+    serve_while_hanging(*proxied, tmp_path, key, loaded=False)
 
 
 # -- a provider that never says when tokens expire -------------------------------------------
