@@ -8,9 +8,15 @@ callers see valid tokens or typed retryable errors, and no process marks the rec
 Afterwards no one logs in again, nothing was replayed, every refresh that reached the
 server rotated, and every caller is served again.
 
-A provider that sends no ``expires_in`` gets no refresh until a server rejects the token.
+In the refresh margin a request gets the still-valid token at once while the provider
+hangs, whether the process already held it or starts inside the margin. A provider that
+sends no ``expires_in`` gets no refresh until a server rejects the token.
 
-    PYTHONPATH=src:. scripts/with-keyring .venv/bin/python -m pytest tests/test_outages.py
+The harness: ``harness/fault_proxy.py`` (the proxy, switched from here), the state dir and
+``--omit-expires-in`` of ``harness/oidc/server.mjs``, ``harness/outage_fleet.py`` (the
+fleet and its tallies). About two minutes in all, three quarters of it the three outages:
+
+    PYTHONPATH=src:. scripts/with-keyring .venv/bin/python -m pytest tests/test_outages.py -s
 """
 
 from __future__ import annotations
