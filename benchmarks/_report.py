@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, field
+
+
+def ratio_cell(ratios: list[float]) -> str:
+    """Ratios from repeated runs as one cell: the median, with its min–max when runs
+    differ; runs that had nothing to compare (NaN) are left out, and none at all is "–"."""
+    known = [r for r in ratios if not math.isnan(r)]
+    if not known:
+        return "–"
+    low, high = min(known), max(known)
+    spread = "" if f"{low:.2f}" == f"{high:.2f}" else f" ({low:.2f}–{high:.2f})"
+    return f"{statistics.median(known):.2f}×{spread}"
 
 
 @dataclass

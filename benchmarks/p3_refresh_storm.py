@@ -8,7 +8,8 @@ when a spent one comes back, so every replay costs the fleet its login.
 From the authorization server: refresh calls, rotations (successful refreshes), replays and
 forced re-authentications (authorization codes redeemed after the initial login). From the
 clients: calls, failed calls, and the latency of calls that were in flight while a token was
-issued ("hit a rotation"), against all calls.
+issued ("hit a rotation"), against all calls. A rotation should cost no caller a wait: the
+p99 of the calls that hit one stays within :data:`RATIO_GOAL` of the p99 of all calls.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import Section
+from benchmarks._report import Section, ratio_cell
 from benchmarks._storm import KINDS, Call, Plan, log_in_once, work
 
 PACE = 4.0
@@ -47,6 +48,11 @@ PEERS_NOTE = (
 START_TIMEOUT = 180.0
 """Seconds for every worker to import, connect and reach the start line."""
 
+RATIO_GOAL = 1.2
+"""The p99 of calls hitting a rotation, at most this many times the p99 of all calls: a
+refresh ahead of expiry (in the background) keeps callers from waiting on the provider,
+and 20 % leaves room for the noise of a shared machine."""
+
 
 @dataclass
 class Outcome:
@@ -63,6 +69,12 @@ class Outcome:
     all_latency: tuple[float, float] = (float("nan"), float("nan"))
     rotation_latency: tuple[float, float] = (float("nan"), float("nan"))
     rotation_calls: int = 0
+
+    @property
+    def p99_ratio(self) -> float:
+        """p99 of calls hitting a rotation over p99 of all calls (NaN if either is)."""
+        everyone, hit = self.all_latency[1], self.rotation_latency[1]
+        return hit / everyone if everyone > 0 else float("nan")
 
 
 def _percentiles(values: list[float]) -> tuple[float, float]:
@@ -202,7 +214,8 @@ def run(
         f"refresh storm: {processes} processes × {tasks} tasks for {seconds:g} s, "
         f"a call every {pace:g} s per task, access tokens live {ttl} s",
         "grantkeeper: provider refresh calls == rotations, 0 replays, 0 failed calls "
-        "(and no forced re-authentication)",
+        "(and no forced re-authentication), and p99 of calls hitting a rotation "
+        f"≤ {RATIO_GOAL}× p99 of all calls",
         [
             "client",
             "calls",
@@ -213,6 +226,7 @@ def run(
             "forced re-auths",
             "p50 / p99, all calls",
             "p50 / p99, calls hitting a rotation",
+            "p99 ratio, hitting a rotation / all",
         ],
     )
     outcomes: dict[str, list[Outcome]] = {kind: [] for kind in KINDS}
@@ -233,24 +247,32 @@ def run(
                 _cell([o.reauths for o in runs]),
                 _ms([o.all_latency for o in runs]),
                 _ms([o.rotation_latency for o in runs]),
+                ratio_cell([o.p99_ratio for o in runs]),
             ]
         )
     ours = outcomes["grantkeeper"]
-    section.met = all(
-        o.rotations > 0
-        and o.refresh_calls == o.rotations
-        and o.replays == 0
-        and o.failed == 0
-        and o.reauths == 0
-        and o.crashed == 0
-        for o in ours
+    ratios = [o.p99_ratio for o in ours if o.p99_ratio == o.p99_ratio]
+    section.met = (
+        all(
+            o.rotations > 0
+            and o.refresh_calls == o.rotations
+            and o.replays == 0
+            and o.failed == 0
+            and o.reauths == 0
+            and o.crashed == 0
+            for o in ours
+        )
+        # Latency is noisy on a shared machine: the median run is judged, as in the cells.
+        and bool(ratios)
+        and statistics.median(ratios) <= RATIO_GOAL
     )
     expected = seconds / ttl
     section.notes.append(
         f"Median (min–max where repeats differ) over {repeats} repeat(s); each run starts "
         "fresh servers and one shared login, then all workers start together at a barrier. "
         f'About {expected:.0f} expiries fall in each run. A call "hits a rotation" when '
-        "the authorization server issued a token while it was in flight. Forced "
+        "the authorization server issued a token while it was in flight; the p99 ratio is "
+        "per run, then the median (min–max) over runs, and the median run is judged. Forced "
         "re-authentications are browser logins the client started (the harness plays the "
         "browser); in real use each is a person interrupted."
     )

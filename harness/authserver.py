@@ -2,6 +2,10 @@
 
 The Node side lives in ``harness/oidc`` (``server.mjs``, pinned by ``package-lock.json``).
 Install it once with ``npm ci --prefix harness/oidc``.
+
+With a ``state_dir`` the server keeps its keys, clients, grants, tokens and counters there,
+and :meth:`AuthServer.restart` stops it and starts it again on the same port and state: an
+outage a client must ride out, not a new server that knows no one.
 """
 
 from __future__ import annotations
@@ -53,15 +57,28 @@ class AuthServer:
         token_format: str = "opaque",
         resources: Sequence[str] = (),
         port: int = 0,
+        state_dir: Path | None = None,
+        omit_expires_in: bool = False,
+        issuer: str | None = None,
     ) -> None:
+        """``state_dir``: an existing directory for state that survives :meth:`restart`.
+        ``omit_expires_in``: token responses carry no ``expires_in`` (the tokens still
+        expire at the server after ``access_ttl``). ``issuer``: the issuer URL to announce
+        instead of the server's own, for a proxy in front of it (see
+        ``harness/fault_proxy.py``); the admin calls here always go to the server itself."""
         if token_format not in ("opaque", "jwt"):
             raise ValueError(f"token_format must be 'opaque' or 'jwt', not {token_format!r}")
         if access_ttl <= 0:
             raise ValueError("access_ttl must be positive")
+        if state_dir is not None and not Path(state_dir).is_dir():
+            raise ValueError(f"state_dir must be an existing directory, not {state_dir}")
         self.access_ttl = access_ttl
         self.token_format = token_format
         self.resources: tuple[str, ...] = tuple(resources)
         self.requested_port = port
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.omit_expires_in = omit_expires_in
+        self.issuer_override = issuer
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._stderr_thread: threading.Thread | None = None
@@ -94,6 +111,12 @@ class AuthServer:
         ]
         for resource in self.resources:
             command += ["--resource-url", resource]
+        if self.state_dir is not None:
+            command += ["--state-dir", str(self.state_dir)]
+        if self.omit_expires_in:
+            command.append("--omit-expires-in")
+        if self.issuer_override is not None:
+            command += ["--issuer", self.issuer_override]
 
         self._stderr_tail.clear()
         process = subprocess.Popen(
@@ -118,8 +141,28 @@ class AuthServer:
             raise
         self.issuer = str(announcement["issuer"])
         self.port = int(announcement["port"])
-        self._http = httpx.Client(base_url=self.issuer, timeout=10.0, trust_env=False)
+        self._http = httpx.Client(base_url=self.origin, timeout=10.0, trust_env=False)
         return self
+
+    @property
+    def origin(self) -> str:
+        """Where the server itself listens (the issuer, unless a proxy stands in front)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def restart(self, *, downtime: float = 0.0) -> AuthServer:
+        """Stop the server (letting requests in progress finish), stay down ``downtime``
+        seconds (the length of the outage under test), and start it again on the same port
+        with the same state. Needs a ``state_dir``: without one the new process would know
+        no client, grant or token of the old one."""
+        if self.state_dir is None:
+            raise RuntimeError("restart needs a state_dir; without one every grant is lost")
+        if downtime < 0:
+            raise ValueError("downtime must not be negative")
+        port = self.port
+        self.stop()
+        threading.Event().wait(downtime)
+        self.requested_port = port
+        return self.start()
 
     def _read_announcement(self, process: subprocess.Popen[bytes], stdout: IO[bytes]) -> Any:
         deadline = time.monotonic() + START_TIMEOUT

@@ -6,7 +6,14 @@ at once), metadata is served at ``/.well-known/oauth-protected-resource/mcp`` an
 carries ``WWW-Authenticate: Bearer ..., resource_metadata="..."``.
 
 Tools: ``echo``, ``add``, ``slow(ms)``, ``whoami`` and ``barrier(n)``, which returns only
-once ``n`` calls are inside it at the same time (a concurrency proof without timing).
+once ``n`` calls are inside it at the same time (a concurrency proof without timing), and
+``hold``, which stays in flight until the client cancels it. Four
+more call back into the client, to prove its handlers are wired: ``sample`` (sampling),
+``ask`` (elicitation), ``roots`` (roots/list) and ``log`` (a log message notification).
+The SDK deprecates these features from protocol 2026-07-28 on; they work on sessions that
+negotiated an earlier version (``mode="legacy"``).
+
+With ``auth_server=None`` the server is not protected at all: no metadata, no 401.
 
 Around the SDK's app sits a thin test-control layer: it records every HTTP request (method,
 status, session id, the bearer token sent), and on demand answers the next requests of a
@@ -35,7 +42,9 @@ import uvicorn
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import SamplingMessage, TextContent
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harness import remember_secret
@@ -72,6 +81,8 @@ class Seen:
     status: int
     token: str | None
     session_id: str | None
+    content_type: str | None = dataclasses.field(default=None, compare=False)
+    """The answer's ``Content-Type``: ``text/event-stream`` for a stream."""
     at: float = dataclasses.field(default_factory=time.monotonic, compare=False)
     """When the answer started (``time.monotonic``), for benchmarks and debugging."""
 
@@ -84,6 +95,12 @@ class _Fault:
     scope: str | None
     skip: int
     hold: str | None = None
+
+
+class Answer(BaseModel):
+    """What the ``ask`` tool elicits from the client."""
+
+    answer: str
 
 
 class _IntrospectionVerifier:
@@ -233,9 +250,47 @@ class McpServer:
             return {"subject": token.subject, "client_id": token.client_id, "scopes": token.scopes}
 
         @server.tool()
+        async def hold() -> str:
+            """Answer only when cancelled: a call that stays in flight until the client
+            gives up on it. Fails after ``BARRIER_TIMEOUT``, so nothing lingers."""
+            await anyio.sleep(BARRIER_TIMEOUT)
+            raise TimeoutError("hold was never cancelled")
+
+        @server.tool()
         async def barrier(n: int) -> int:
             """Return only once ``n`` calls are waiting here at the same time."""
             return await self._barrier(n)
+
+        @server.tool()
+        async def sample(prompt: str, ctx: Context) -> str:
+            """Ask the client's model to answer ``prompt`` (sampling); return its text."""
+            message = SamplingMessage(role="user", content=TextContent(type="text", text=prompt))
+            result = await ctx.session.create_message(
+                [message], max_tokens=64, related_request_id=ctx.request_id
+            )
+            content = result.content
+            return content.text if isinstance(content, TextContent) else repr(content)
+
+        @server.tool()
+        async def ask(question: str, ctx: Context) -> dict[str, Any]:
+            """Elicit an answer to ``question`` from the client's user."""
+            result = await ctx.elicit(question, schema=Answer)
+            data = getattr(result, "data", None)
+            return {"action": result.action, "answer": data.answer if data else None}
+
+        @server.tool()
+        async def roots(ctx: Context) -> list[str]:
+            """The URIs of the client's roots (roots/list)."""
+            listed = await ctx.session.list_roots()
+            return [str(root.uri) for root in listed.roots]
+
+        @server.tool()
+        async def log(text: str, ctx: Context) -> str:
+            """Send ``text`` to the client as an ``info`` log message, then answer."""
+            await ctx.session.send_log_message(
+                level="info", data=text, logger="harness", related_request_id=ctx.request_id
+            )
+            return "logged"
 
         return server.streamable_http_app(json_response=self.json_response)
 
@@ -373,17 +428,22 @@ class _Controls:
         method = scope["method"]
         status = 0
         new_session: str | None = None
+        content_type: str | None = None
 
         def record() -> None:
-            self.owner._record(Seen(method, scope["path"], status, token, session_id), new_session)
+            seen = Seen(method, scope["path"], status, token, session_id, content_type)
+            self.owner._record(seen, new_session)
 
         async def recording_send(message: Message) -> None:
-            nonlocal status, new_session
+            nonlocal status, new_session, content_type
             if message["type"] == "http.response.start":
                 status = message["status"]
                 for key, value in message.get("headers", []):
-                    if key.decode("latin-1").lower() == SESSION_HEADER:
+                    name = key.decode("latin-1").lower()
+                    if name == SESSION_HEADER:
                         new_session = value.decode("latin-1")
+                    elif name == "content-type":
+                        content_type = value.decode("latin-1").split(";")[0].strip()
                 # Recorded when the answer starts: an event stream may stay open for long.
                 record()
             await send(message)

@@ -10,6 +10,7 @@ from grantkeeper import (
     AuthenticationRequired,
     GrantkeeperError,
     InsufficientScope,
+    LoginRequired,
     ReauthenticationRequired,
     RetryRequired,
 )
@@ -19,6 +20,7 @@ from grantkeeper._auth_flow import (
     Flow,
     Reply,
     Send,
+    anonymous_flow,
     oauth_flow,
     static_flow,
 )
@@ -150,6 +152,18 @@ def test_static_bearer_never_acquires_and_a_401_is_final() -> None:
         scoped.send(Reply(403, ('Bearer error="insufficient_scope", scope="s"',)))
 
 
+def test_anonymous_sends_the_request_as_it_is_and_a_401_needs_a_login() -> None:
+    flow = anonymous_flow(key="https://x.test/mcp")
+    assert next(flow) == Send(None)
+    with pytest.raises(LoginRequired) as raised:
+        flow.send(Reply(401, (INVALID,)))
+    assert raised.value.requires_login
+
+    healthy = anonymous_flow()
+    next(healthy)
+    finish(healthy, Reply(200))
+
+
 def test_the_driver_must_answer_each_step_in_kind() -> None:
     flow = oauth()
     next(flow)
@@ -192,3 +206,6 @@ def test_every_flow_ends_quietly_on_a_status_it_does_not_act_on(
     static = static_flow(token="S")
     assert next(static) == Send("S")
     finish(static, Reply(status, tuple(challenges)))
+    anonymous = anonymous_flow()
+    assert next(anonymous) == Send(None)
+    finish(anonymous, Reply(status, tuple(challenges)))

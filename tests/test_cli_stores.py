@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -13,7 +15,19 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from grantkeeper import AutoStore, CredentialKey, FileStore, KeyringStore, PostgresStore
+from grantkeeper import (
+    AuthState,
+    AutoStore,
+    CredentialKey,
+    FileStore,
+    KeyringStore,
+    PostgresStore,
+    ServerConfig,
+    StoreConfigError,
+    auth_status,
+    diagnose_store,
+    migrate_store,
+)
 from grantkeeper._cli_stores import COMMANDS, doctor, store
 from grantkeeper.testing import sample_record
 from harness.postgres import PostgresCluster
@@ -173,3 +187,111 @@ class _Locked:
 
     def delete_password(self, service: str, username: str) -> None:
         raise RuntimeError("locked")
+
+
+# -- migrate keeps the placements true, both ways -----------------------------------------
+
+NO_KEYRING = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+
+
+def grantkeeper(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
+    """Run the real ``grantkeeper`` command, as a user would, and parse its JSON."""
+    result = subprocess.run(
+        [sys.executable, "-m", "grantkeeper", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GRANTKEEPER_HOME": str(home), **(env or {})},
+    )
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def status_of_key(home: Path, key: CredentialKey, env: dict[str, str] | None = None) -> str:
+    code, rows = grantkeeper(home, "status", env=env)
+    [row] = [r for r in rows if r["url"] == key.server_url]
+    assert (code == 0) == (row["state"] == "oauth"), rows
+    return str(row["state"])
+
+
+@linux_only
+def test_migrate_keyring_to_file_moves_the_placement_too(home: Path, key: CredentialKey) -> None:
+    AutoStore(home).write(key, sample_record("keyring-to-file"), expected_version=None)
+    assert AutoStore(home).placement(key) == "keyring"
+    code, report = grantkeeper(home, "store", "migrate", "--store", "keyring", "--to", "file")
+    assert code == 0 and report["results"] == [{"key": str(key), "result": "moved"}]
+    assert AutoStore(home).placement(key) == "file"
+    assert KeyringStore(home).read(key) is None
+    # The credential is in the file, and status finds it there with or without a keyring.
+    assert status_of_key(home, key) == "oauth"
+    assert status_of_key(home, key, env=NO_KEYRING) == "oauth"
+
+
+@linux_only
+def test_migrate_file_to_keyring_moves_the_placement_too(home: Path, key: CredentialKey) -> None:
+    auto = AutoStore(home, keyring=KeyringStore(home, backend=_Locked()))
+    auto.write(key, sample_record("file-to-keyring"), expected_version=None)
+    assert auto.placement(key) == "file"
+    code, report = grantkeeper(home, "store", "migrate", "--store", "file", "--to", "keyring")
+    assert code == 0 and report["results"] == [{"key": str(key), "result": "moved"}]
+    assert AutoStore(home).placement(key) == "keyring"
+    assert FileStore(home).keys() == []
+    assert status_of_key(home, key) == "oauth"
+    KeyringStore(home).delete(key)
+
+
+@linux_only
+def test_the_library_migration_keeps_auto_mode_following_the_credential(
+    home: Path, key: CredentialKey
+) -> None:
+    service = f"grantkeeper-test-{uuid.uuid4().hex[:12]}"
+    keyring = KeyringStore(home, service=service)
+    with_keyring = AutoStore(home, keyring=keyring)
+    without_keyring = AutoStore(home, keyring=KeyringStore(home, backend=_Locked()))
+    server = ServerConfig(key.server_url)
+    with_keyring.write(key, sample_record("library-migrated"), expected_version=None)
+
+    [result] = migrate_store(keyring, FileStore(home))
+    assert (result.key, result.outcome, result.ok) == (key, "moved", True)
+    for auto in (with_keyring, without_keyring, AutoStore(home, keyring=keyring)):
+        assert auth_status(server, auto).state is AuthState.OAUTH
+    assert with_keyring.placement(key) == "file"
+
+    [result] = migrate_store(FileStore(home), keyring)
+    assert result.outcome == "moved"
+    assert with_keyring.placement(key) == "keyring"
+    assert auth_status(server, AutoStore(home, keyring=keyring)).state is AuthState.OAUTH
+    assert FileStore(home).keys() == []
+    keyring.delete(key)
+
+
+def test_migrating_to_postgresql_forgets_the_local_placement(
+    home: Path, key: CredentialKey
+) -> None:
+    FileStore(home).write(key, sample_record("to-the-fleet"), expected_version=None)
+    auto = AutoStore(home, keyring=KeyringStore(home, backend=_Locked()))
+    assert auto.read(key) is not None and auto.placement(key) == "file"
+    with PostgresCluster() as cluster:
+        pg = PostgresStore(cluster.dsn)
+        try:
+            [result] = migrate_store(FileStore(home), pg)
+            assert result.outcome == "moved"
+            assert auto.placement(key) is None
+            [back] = migrate_store(pg, FileStore(home))
+            assert back.outcome == "moved" and auto.placement(key) == "file"
+        finally:
+            pg.close()
+
+
+def test_migrate_refuses_auto_mode_as_the_target(home: Path) -> None:
+    with pytest.raises(StoreConfigError, match="concrete target"):
+        migrate_store(FileStore(home), AutoStore(home))
+
+
+def test_diagnosis_is_a_library_function(home: Path, key: CredentialKey) -> None:
+    FileStore(home).write(key, sample_record("diagnosed-secret"), expected_version=None)
+    report = diagnose_store(FileStore(home))
+    assert report.healthy
+    [credential] = report.credentials
+    assert (credential.key, credential.version, credential.lock) == (str(key), 1, "free")
+    assert "diagnosed-secret" not in repr(report)

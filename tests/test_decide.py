@@ -98,8 +98,11 @@ def intent(**kw: object) -> RefreshIntent:
 
 
 def test_live_peer_holding_an_unstored_answer_blocks_spending() -> None:
-    decision = decide(A.replace(intent=intent()), ctx(3590), key="k", holder_alive=True)
-    assert isinstance(decision.error, PersistencePending)
+    # Still valid: serve it, spend nothing. Expired: wait for the peer, spend nothing.
+    valid = decide(A.replace(intent=intent()), ctx(3590), key="k", holder_alive=True)
+    assert valid.action is Action.ADOPT
+    expired = decide(A.replace(intent=intent()), ctx(3600), key="k", holder_alive=True)
+    assert isinstance(expired.error, PersistencePending)
 
 
 def test_dead_holder_means_unknown_outcome_and_one_retry() -> None:
@@ -108,9 +111,20 @@ def test_dead_holder_means_unknown_outcome_and_one_retry() -> None:
     assert decision.intent is not None and decision.intent.attempts == 2
 
 
-def test_unknown_outcome_after_the_retry_requires_reauthentication() -> None:
-    stored = A.replace(intent=intent(attempts=2, state="unknown"))
-    decision = decide(stored, ctx(3590), key="k")
+def test_an_unknown_outcome_is_retried_again_however_often_it_was_lost() -> None:
+    # A retry of a token whose first use may have been processed adds no risk: the
+    # provider answers invalid_grant if it was, and that ends the grant. So an outage of
+    # any length never ends the grant by itself.
+    stored = A.replace(intent=intent(attempts=7, state="unknown", since=T0))
+    decision = decide(stored, ctx(3600), key="k")
+    assert decision.action is Action.REFRESH and decision.outcome_unknown
+    assert decision.intent is not None and decision.intent.attempts == 8
+    assert decision.intent.since == T0 and decision.mark is None
+
+
+def test_without_the_retry_an_unknown_outcome_ends_the_grant() -> None:
+    stored = A.replace(intent=intent(state="unknown"))
+    decision = decide(stored, ctx(3590, retry_unknown_outcome=False), key="k")
     assert isinstance(decision.error, ReauthenticationRequired) and decision.mark
 
 

@@ -146,9 +146,10 @@ def test_resource_metadata_for_another_resource_is_refused() -> None:
         (as_doc(token_endpoint=None), "token_endpoint is missing"),
         (as_doc(authorization_endpoint=None), "authorization_endpoint is missing"),
         (as_doc(code_challenge_methods_supported=["plain"]), "S256"),
-        (b"<html>oops</html>", "not JSON"),
-        ([1, 2], "not a JSON object"),
-        (b"{" + b" " * (300 * 1024) + b"}", "too large"),
+        # Not a metadata document at all: absent, and with no other location, none at all.
+        (b"<html>oops</html>", "publishes no metadata"),
+        ([1, 2], "publishes no metadata"),
+        (b"{" + b" " * (300 * 1024) + b"}", "publishes no metadata"),
     ],
 )
 def test_bad_authorization_server_metadata_is_a_typed_error(doc: Any, match: str) -> None:
@@ -167,7 +168,6 @@ def test_bad_authorization_server_metadata_is_a_typed_error(doc: Any, match: str
         (prm_doc(authorization_servers=[]), "names no authorization server"),
         (prm_doc(authorization_servers=["http://auth.example.com"]), "HTTPS"),
         ({"authorization_servers": [ISSUER]}, "has no resource"),
-        (b"nope", "not JSON"),
     ],
 )
 def test_bad_resource_metadata_is_a_typed_error(doc: Any, match: str) -> None:
@@ -238,3 +238,154 @@ def test_scope_precedence_explicit_challenge_resource_server() -> None:
     no_offline = AuthServerMetadata(ISSUER, f"{ISSUER}/a", f"{ISSUER}/t")
     assert choose_scope(None, None, None, no_offline) is None
     assert choose_scope("x offline_access", None, None, META) == "x offline_access"
+
+
+# -- what is not a metadata document counts as absent ------------------------------------
+
+EVENT_STREAM = {"Content-Type": "text/event-stream"}
+PRM_ROOT_DOC = prm_doc("https://mcp.example.com/v1/mcp")
+
+
+class Endless:
+    """A response body that never ends; counts the chunks anyone read."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk = chunk
+        self.read = 0
+
+    def __iter__(self) -> Any:
+        while True:
+            self.read += 1
+            yield self.chunk
+
+
+def streaming_client(
+    routes: dict[str, Route], streams: dict[str, tuple[Endless, dict[str, str]]]
+) -> httpx.Client:
+    plain = client(routes)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        stream = streams.get(str(request.url))
+        if stream is not None:
+            body, headers = stream
+            return httpx.Response(200, headers=headers, content=iter(body))
+        return plain.send(request)
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"data: {}\n\n", EVENT_STREAM),
+        (b"<!doctype html><p>Welcome</p>", {"Content-Type": "text/html"}),
+        # Would be refused if read (another resource): it must not even be parsed.
+        (json.dumps(prm_doc("https://evil.example.com")).encode(), {"Content-Type": "text/plain"}),
+        (b"<!doctype html>", {"Content-Type": "application/json"}),
+        (b"[1, 2]", {"Content-Type": "application/json"}),
+        (b"{" + b" " * (300 * 1024) + b"}", {"Content-Type": "application/json"}),
+        (b"{}", {"Content-Type": "application/json", "Content-Length": str(1 << 30)}),
+    ],
+    ids=["event-stream", "html", "wrong-type", "html-as-json", "array", "oversized", "declared"],
+)
+def test_a_path_aware_answer_that_is_no_document_falls_back_to_the_root(
+    body: bytes, headers: dict[str, str]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        if url == PRM_PATH:
+            if "Content-Length" in headers:  # claims a gigabyte; must not be read
+                return httpx.Response(200, headers=headers, content=iter([b"{}"]))
+            return httpx.Response(200, headers=headers, content=body)
+        if url == SERVER:
+            return httpx.Response(401, headers=challenge())
+        if url == PRM_ROOT:
+            return httpx.Response(200, json=PRM_ROOT_DOC)
+        if url == AS_META:
+            return httpx.Response(200, json=as_doc())
+        return httpx.Response(404)
+
+    found = discover(SERVER, http=httpx.Client(transport=httpx.MockTransport(handler)))
+    assert found.resource_metadata is not None
+    assert found.resource == "https://mcp.example.com/v1/mcp"
+    assert found.metadata.issuer == ISSUER
+
+
+def test_an_endless_event_stream_is_never_read() -> None:
+    stream = Endless(b"id: 1\nretry: 500\ndata: \n\n")
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge()),
+        PRM_ROOT: (200, PRM_ROOT_DOC),
+        AS_META: (200, as_doc()),
+    }
+    found = discover(SERVER, http=streaming_client(routes, {PRM_PATH: (stream, EVENT_STREAM)}))
+    assert found.metadata.issuer == ISSUER
+    assert stream.read == 0
+
+
+def test_an_endless_json_stream_is_cut_at_the_size_bound() -> None:
+    stream = Endless(b" " * 4096)
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge()),
+        PRM_ROOT: (200, PRM_ROOT_DOC),
+        AS_META: (200, as_doc()),
+    }
+    json_type = {"Content-Type": "application/json"}
+    found = discover(SERVER, http=streaming_client(routes, {PRM_PATH: (stream, json_type)}))
+    assert found.metadata.issuer == ISSUER
+    assert 0 < stream.read * 4096 <= 256 * 1024 + 4096
+
+
+def test_a_metadata_url_that_times_out_counts_as_absent() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        if url == SERVER:
+            return httpx.Response(401, headers=challenge())
+        if url == PRM_PATH:
+            raise httpx.ReadTimeout("silent", request=request)
+        if url == PRM_ROOT:
+            return httpx.Response(200, json=PRM_ROOT_DOC)
+        if url == AS_META:
+            return httpx.Response(200, json=as_doc())
+        return httpx.Response(404)
+
+    found = discover(SERVER, http=httpx.Client(transport=httpx.MockTransport(handler)))
+    assert found.metadata.issuer == ISSUER
+
+
+def test_an_authorization_server_html_page_falls_back_to_openid_configuration() -> None:
+    oidc = "https://auth.example.com/.well-known/openid-configuration"
+    routes: dict[str, Route] = {
+        SERVER: (401, {}, challenge(resource_metadata=PRM_PATH)),
+        PRM_PATH: (200, prm_doc()),
+        AS_META: (200, b"<html>catch-all</html>", {"Content-Type": "text/html"}),
+        oidc: (200, as_doc()),
+    }
+    assert discover(SERVER, http=client(routes)).metadata.issuer == ISSUER
+
+
+def test_a_server_that_streams_everything_and_wants_no_token_is_unsupported() -> None:
+    """The conformance suite's sse-retry server: every GET is an endless event stream."""
+    streams = {
+        url: (Endless(b"data: \n\n"), EVENT_STREAM)
+        for url in (
+            PRM_PATH,
+            PRM_ROOT,
+            "https://mcp.example.com/.well-known/oauth-authorization-server",
+            "https://mcp.example.com/.well-known/openid-configuration",
+        )
+    }
+    probe = Endless(b"data: \n\n")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, headers=EVENT_STREAM, content=iter(probe))
+        stream = streams.get(str(request.url))
+        if stream is None:
+            return httpx.Response(404)
+        return httpx.Response(200, headers=EVENT_STREAM, content=iter(stream[0]))
+
+    with pytest.raises(OAuthUnsupported, match="HTTP 200"):
+        discover(SERVER, http=httpx.Client(transport=httpx.MockTransport(handler)))
+    assert probe.read <= 1
+    assert all(body.read == 0 for body, _ in streams.values())

@@ -33,6 +33,7 @@ from grantkeeper import (
     PostgresStore,
     Store,
     _file_store,
+    _private_dir,
 )
 from grantkeeper._as_metadata import parse_metadata
 from grantkeeper._login import login
@@ -145,6 +146,7 @@ def test_file_store_write_faults_serve_b_and_heal(
 ) -> None:
     faulty = FaultyOS(call, code)
     monkeypatch.setattr(_file_store, "os", faulty)
+    monkeypatch.setattr(_private_dir, "os", faulty)  # the file system layer under it
     store, clock = FileStore(tmp_path), StepClock()
     seeded(store, provider, clock)
     clock.advance(3600)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,116 @@ def test_a_corrupt_record_can_be_deleted_or_replaced_by_a_new_login(tmp_path: Pa
     path.write_bytes(b"{torn again")
     assert store.delete(KEY) is True
     assert store.read(KEY) is None and store.keys() == [OTHER]
+
+
+# -- temp files a killed writer leaves behind ----------------------------------------------
+
+PAUSED_WRITER = """
+import os, sys
+from pathlib import Path
+from grantkeeper import FileStore
+from tests.helpers import KEY, make_record
+
+real_replace = os.replace
+
+
+def paused_replace(*args, **kwargs):
+    # The temp file is written and synced; stop before it is renamed into place.
+    print("renaming", flush=True)
+    if sys.stdin.readline() == "":
+        raise SystemExit(3)
+    return real_replace(*args, **kwargs)
+
+
+os.replace = paused_replace
+FileStore(Path(sys.argv[1])).write(KEY, make_record(sys.argv[2], "r"), expected_version=1)
+print("written", flush=True)
+"""
+
+
+def _temps(store: FileStore) -> list[str]:
+    return sorted(p.name for p in store.directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def _paused_writer(tmp_path: Path, token: str) -> subprocess.Popen[str]:
+    script = tmp_path / "writer.py"
+    script.write_text(PAUSED_WRITER)
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "home"), token],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        # A script's own directory heads its path, not the cwd: give it ours (tests, src).
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert child.stdout is not None and child.stdout.readline() == "renaming\n"
+    return child
+
+
+@pytest.mark.parametrize("next_write", ["same record", "other record", "logout"])
+def test_the_temp_file_of_a_writer_killed_mid_write_is_removed_by_the_next_write(
+    tmp_path: Path, next_write: str
+) -> None:
+    store = FileStore(tmp_path / "home")
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    with _paused_writer(tmp_path, "killed-mid-write") as child:
+        [leftover] = _temps(store)
+        assert "killed-mid-write" in (store.directory / leftover).read_text()
+        child.kill()
+        child.wait(timeout=60)
+    assert _temps(store) == [leftover]
+    if next_write == "same record":
+        store.write(KEY, make_record("b", "r"), expected_version=1)
+    elif next_write == "other record":
+        store.write(OTHER, make_record("c", "r"), expected_version=None)
+    else:
+        assert store.delete(KEY, expected_version=1)
+    assert _temps(store) == []
+
+
+def test_a_live_writers_temp_file_is_never_removed_under_it(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "home")
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    with _paused_writer(tmp_path, "still-writing") as child:
+        assert child.stdin is not None and child.stdout is not None
+        [in_use] = _temps(store)
+        # Another record's write (and its sweep) runs while the writer holds its lock.
+        store.write(OTHER, make_record("c", "r"), expected_version=None)
+        assert _temps(store) == [in_use]
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "written\n"
+        assert child.wait(timeout=60) == 0
+    found = store.read(KEY)
+    assert found is not None and found.record.access_token == "still-writing"
+    assert _temps(store) == []
+
+
+def test_only_our_temp_files_are_cleaned(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "home")
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    name = next(p.name for p in store.directory.iterdir() if p.suffix == ".json")
+    ours = store.directory / f".{name}.999999.140000000000.tmp"
+    foreign = [store.directory / n for n in ("notes.tmp", f".{name}.tmp", f"{name}.1.2.tmp")]
+    for path in [ours, *foreign]:
+        path.write_text("{}")
+        path.chmod(0o600)
+    store.write(KEY, make_record("b", "r"), expected_version=1)
+    assert not ours.exists()
+    assert all(path.exists() for path in foreign)
+
+
+def test_a_side_files_leftover_temp_file_is_removed_by_its_next_update(tmp_path: Path) -> None:
+    from keyring.backends import fail
+
+    from grantkeeper import AutoStore, KeyringStore
+
+    no_keyring = KeyringStore(tmp_path, backend=fail.Keyring())  # type: ignore[no-untyped-call]
+    store = AutoStore(tmp_path, keyring=no_keyring)
+    store.write(KEY, make_record("a", "r"), expected_version=None)
+    leftover = store.file.directory / "..placements.999999.140000000000.tmp"
+    leftover.write_text("{}")
+    leftover.chmod(0o600)
+    store.write(OTHER, make_record("b", "r"), expected_version=None)  # places OTHER
+    assert not leftover.exists()

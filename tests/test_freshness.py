@@ -43,6 +43,21 @@ def test_skew_is_configurable() -> None:
     assert DEFAULT_SKEW == timedelta(seconds=60)
 
 
-def test_unknown_expiry_is_stale() -> None:
+def test_a_token_without_a_lifetime_is_fresh_until_rejected() -> None:
+    # No expires_in from the provider (GitHub OAuth apps, Slack): never refreshed ahead.
     record = make_record("a", "r").replace(expires_at=None)
+    assert record.obtained_at is not None
+    assert freshness(record, T0 + timedelta(days=400)) is Freshness.FRESH
+
+
+def test_default_lifetime_is_assumed_for_a_token_without_one() -> None:
+    record = make_record("a", "r").replace(expires_at=None, obtained_at=T0)
+    hour = timedelta(hours=1)
+    assert freshness(record, T0 + timedelta(minutes=58), default_lifetime=hour) is Freshness.FRESH
+    assert freshness(record, T0 + timedelta(seconds=3590), default_lifetime=hour) is Freshness.STALE
+    assert freshness(record, T0 + hour, default_lifetime=hour) is Freshness.EXPIRED
+
+
+def test_a_legacy_record_of_unknown_expiry_is_stale() -> None:
+    record = make_record("a", "r").replace(expires_at=None, obtained_at=None)
     assert freshness(record, T0) is Freshness.STALE

@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 from grantkeeper import FileStore, GrantkeeperError, PostgresStore, StoreCorrupt
 from grantkeeper._as_metadata import AuthServerMetadata, parse_metadata
 from grantkeeper._authorization import parse_callback
-from grantkeeper._file_store import FILE_FORMAT, _slug
+from grantkeeper._file_store import FILE_FORMAT
 from grantkeeper._postgres_store import _key_id
+from grantkeeper._private_dir import PrivateDir
+from grantkeeper._private_dir import key_slug as _slug
 from grantkeeper._record import record_to_json
 from grantkeeper._registration import ClientRegistration, parse_registration
 from grantkeeper._sealing import Sealer
@@ -328,7 +330,8 @@ def damaged(draw: st.DrawFn, original: bytes) -> bytes:
 
 
 def _write_record_file(raw: bytes) -> None:
-    _STORE._ensure_directory()
+    with PrivateDir(_STORE.directory).open(create=True):
+        pass
     (_STORE.directory / (_slug(KEY) + ".json")).write_bytes(raw)
     (_STORE.directory / (_slug(KEY) + ".json")).chmod(0o600)
 

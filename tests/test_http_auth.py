@@ -19,6 +19,7 @@ from grantkeeper import (
     FileStore,
     HttpxAuth,
     Keeper,
+    LoginRequired,
     RetryRequired,
 )
 from grantkeeper.mcp import Httpx2Auth
@@ -189,13 +190,16 @@ def test_a_401_on_the_retry_requires_authentication_without_a_second_refresh(
 
 
 @CLIENTS
-def test_stale_credential_is_refreshed_before_sending(world: World, get: Get) -> None:
+def test_stale_credential_is_sent_at_once_and_refreshed_ahead(world: World, get: Get) -> None:
     a = world.login()
     keeper = world.keeper()
-    world.clock.advance(3600 - 10)  # inside the refresh margin
+    world.clock.advance(3600 - 10)  # inside the refresh margin: still valid
     assert get(world, keeper, RESOURCE) == 200
+    assert world.resource.seen[0][1] == f"Bearer {a}"  # no request waits for the refresh
+    assert keeper.settle(10)
     assert world.provider.refresh_calls == 1
-    assert world.resource.seen[0][1] != f"Bearer {a}"
+    assert get(world, keeper, RESOURCE) == 200
+    assert world.resource.seen[-1][1] != f"Bearer {a}"
 
 
 def test_other_origins_never_get_the_token_not_even_through_a_redirect(world: World) -> None:
@@ -237,6 +241,33 @@ def test_static_bearer_is_sent_as_is_and_a_401_is_final(world: World) -> None:
     own = HttpxAuth.bearer(RESOURCE)  # the request's own Authorization header
     with httpx.Client(auth=own, transport=transport, headers={"Authorization": f"Bearer {a}"}) as c:
         assert c.get(RESOURCE).status_code == 200
+
+
+def test_anonymous_sends_no_credential_and_a_401_says_a_login_is_needed(world: World) -> None:
+    transport = httpx.MockTransport(world.resource.httpx)
+    with httpx.Client(auth=HttpxAuth.anonymous(RESOURCE), transport=transport) as c:
+        with pytest.raises(LoginRequired, match="without any"):
+            c.get(RESOURCE)
+    assert world.resource.seen == [(RESOURCE, None)]
+    assert world.provider.refresh_calls == 0
+
+
+def test_choose_picks_one_of_three_policies(world: World) -> None:
+    keeper = world.keeper()
+    header = {"Authorization": "Bearer own"}
+    for cls in (HttpxAuth, Httpx2Auth):
+        assert cls.choose(RESOURCE, keeper=keeper).oauth
+        assert not cls.choose(RESOURCE, keeper=keeper, token="static").oauth
+        assert not cls.choose(RESOURCE, keeper=keeper, headers=header).oauth
+        assert not cls.choose(RESOURCE).oauth
+    transport = httpx.MockTransport(world.resource.httpx)
+    with httpx.Client(auth=HttpxAuth.choose(RESOURCE), transport=transport) as c:
+        with pytest.raises(LoginRequired):
+            c.get(RESOURCE)
+    with httpx.Client(auth=HttpxAuth.choose(RESOURCE, token="static"), transport=transport) as c:
+        with pytest.raises(AuthenticationRequired, match="static"):
+            c.get(RESOURCE)
+    assert world.resource.seen == [(RESOURCE, None), (RESOURCE, "Bearer static")]
 
 
 def test_deadline_ends_the_wait_but_not_the_refresh(world: World) -> None:

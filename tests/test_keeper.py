@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from grantkeeper import (
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
+    ServerRejectsToken,
 )
 from harness.fake_provider import FakeProvider
 from tests.helpers import KEY, CountingStore, StepClock, make_record
@@ -79,6 +81,9 @@ def test_stale_token_is_refreshed_once_before_expiry_and_persisted(world: World)
     keeper = world.keeper()
     keeper.access_token()
     world.clock.advance(3600 - 30)  # inside the 60 s margin, not yet expired
+    # Still valid: served at once, while one background transaction refreshes ahead.
+    assert keeper.credential().access_token == old
+    assert keeper.settle(10)
     new = keeper.credential()
     assert new.access_token != old
     assert world.provider.refresh_calls == 1
@@ -93,8 +98,12 @@ def test_a_peers_refresh_is_adopted_without_queueing_for_the_lock(world: World) 
     first, second = world.keeper(), world.keeper()
     first.access_token(), second.access_token()
     world.clock.advance(3600 - 30)  # both stale
+    first.credential()
+    assert first.settle(10)
     renewed = first.credential()
     world.store.calls.clear()
+    second.credential()  # its stale token, at once; the refresh ahead adopts the peer's
+    assert second.settle(10)
     assert second.credential() == renewed
     assert world.store.calls == ["read"]  # no lock: nothing was spent
     assert world.provider.refresh_calls == 1
@@ -107,6 +116,7 @@ def test_a_stale_store_still_takes_the_lock_before_spending(world: World) -> Non
     world.clock.advance(3600 - 30)
     world.store.calls.clear()
     keeper.credential()
+    assert keeper.settle(10)
     assert world.store.calls[:3] == ["read", "lock", "read"]
     assert world.provider.refresh_calls == 1
 
@@ -148,7 +158,13 @@ def test_401_forces_one_refresh_and_late_401s_for_the_old_token_adopt_the_new(
     assert first.credential(rejected=old).access_token == new
     assert second.credential(rejected=old).access_token == new
     assert world.provider.refresh_calls == 1
-    # A 401 for the new token is a new rejection: exactly one more refresh.
+    # A 401 for the new token right away: the server rejects what a refresh just got it,
+    # so no second refresh within the rejection interval.
+    with pytest.raises(ServerRejectsToken) as info:
+        second.credential(rejected=new)
+    assert info.value.server == KEY.server_url and world.provider.refresh_calls == 1
+    # Later, a 401 for the new token is a new rejection: exactly one more refresh.
+    world.clock.advance(61)
     newer = second.credential(rejected=new).access_token
     assert newer not in (old, new) and world.provider.refresh_calls == 2
     assert world.provider.replays == 0
@@ -183,13 +199,16 @@ def test_peer_refresh_is_adopted_without_a_provider_call(world: World) -> None:
 
 
 def test_persistence_failure_keeps_serving_b_never_replays_a_and_heals(world: World) -> None:
-    world.login()
+    spent_a = world.login()
     keeper = world.keeper()
     keeper.access_token()
     # The intent note can be written, the provider's answer cannot (disk filled meanwhile).
     world.store.fail_writes = lambda record: record.intent is None
     world.clock.advance(3600 - 30)
+    keeper.credential()
+    assert keeper.settle(10)
     b = keeper.credential()
+    assert b.access_token != spent_a
     assert keeper.persistence_pending
     assert world.provider.refresh_calls == 1
     spent = world.stored()
@@ -198,11 +217,18 @@ def test_persistence_failure_keeps_serving_b_never_replays_a_and_heals(world: Wo
     world.store.calls.clear()
     assert keeper.access_token() == b.access_token
     assert world.store.calls == []
-    # A sibling keeper sees the live holder's note and refuses to spend A.
+    # A sibling keeper sees the live holder's note: it serves A's still-valid access
+    # token, and once that expires it refuses to spend A.
+    sibling = world.keeper()
+    assert sibling.credential().access_token == spent_a
+    assert sibling.settle(10)  # its refresh ahead saw the live holder and spent nothing
+    world.clock.advance(30)
     with pytest.raises(PersistencePending):
-        world.keeper().credential()
+        sibling.credential()
     # B goes stale: the write is retried, fails, and B (still valid) keeps serving.
-    world.clock.advance(3600 - 30)
+    world.clock.advance(3600 - 60)
+    assert keeper.access_token() == b.access_token
+    assert keeper.settle(10)
     assert keeper.access_token() == b.access_token
     # B expires with the store still broken: fail closed, never reinstall or spend A.
     world.clock.advance(60)
@@ -231,6 +257,8 @@ def test_pending_b_yields_to_a_changed_store(world: World) -> None:
     world.clock.advance(1800)
     relogin = world.login()
     world.clock.advance(1800 - 30)  # B is stale, the new login is not
+    keeper.access_token()  # B, still valid; the refresh ahead finds the new login
+    assert keeper.settle(10)
     assert keeper.access_token() == relogin
     assert not keeper.persistence_pending
 
@@ -272,8 +300,14 @@ def test_timeout_leaves_a_durable_unknown_outcome_and_one_serialized_retry_succe
     stored = world.stored()
     assert stored.access_token == a  # durable credentials preserved
     assert stored.intent is not None and stored.intent.state == "unknown"
+    assert stored.intent.retry_at is not None and stored.intent.retry_at > world.clock()
     with world.store.inner.lock(KEY, timeout=0):  # the lock was released
         pass
+    # Until the backoff ends, callers get the typed retryable error, and nothing is spent.
+    with pytest.raises(RefreshOutcomeUnknown) as info:
+        keeper.credential()
+    assert info.value.retryable and world.provider.refresh_calls == 0  # never processed
+    world.clock.advance(2)
     fresh = keeper.credential()
     assert fresh.access_token != a and world.stored() == fresh
     assert world.provider.replays == 0
@@ -290,6 +324,7 @@ def test_lost_answer_then_retry_rejected_requires_reauthentication_without_loopi
     with pytest.raises(RefreshOutcomeUnknown):
         keeper.credential()
     caplog.set_level("WARNING", logger="grantkeeper")
+    world.clock.advance(2)  # past the backoff
     with pytest.raises(ReauthenticationRequired, match="outcome was lost"):
         keeper.credential()
     assert "refresh.outcome_unknown" in caplog.text
@@ -301,18 +336,28 @@ def test_lost_answer_then_retry_rejected_requires_reauthentication_without_loopi
     assert world.stored().reauth_reason is not None
 
 
-def test_repeated_unknown_outcomes_stop_after_one_retry(world: World) -> None:
-    world.login()
+def test_repeated_unknown_outcomes_never_end_the_grant(world: World) -> None:
+    # Five lost answers in a row (a gateway failing for a while): each retry is serialized
+    # and backed off, none ends the grant, and the provider's first real answer is kept.
+    a = world.login()
     keeper = world.keeper()
     keeper.access_token()
-    world.provider.faults += [_timeout_before_processing, _timeout_before_processing]
+    world.provider.faults += [_timeout_before_processing] * 5
     world.clock.advance(3600)
-    for _ in range(2):
+    waits = []
+    for _ in range(5):
         with pytest.raises(RefreshOutcomeUnknown):
             keeper.credential()
-    with pytest.raises(ReauthenticationRequired, match="unknown"):
-        keeper.credential()
-    assert world.stored().reauth_reason is not None
+        intent = world.stored().intent
+        assert intent is not None and intent.state == "unknown" and intent.retry_at is not None
+        assert world.stored().reauth_reason is None
+        waits.append((intent.retry_at - world.clock()).total_seconds())
+        world.clock.advance(waits[-1])
+    assert waits == sorted(waits) and waits[0] < waits[-1]  # backoff grows
+    fresh = keeper.credential()
+    assert fresh.access_token != a and world.stored() == fresh
+    # The faults answered before the provider processed anything.
+    assert world.provider.refresh_calls == 1 and world.provider.replays == 0
 
 
 def test_connection_refused_is_retryable_and_clears_the_note(world: World) -> None:
@@ -327,9 +372,14 @@ def test_connection_refused_is_retryable_and_clears_the_note(world: World) -> No
     world.clock.advance(3600)
     with pytest.raises(ProviderUnavailable) as info:
         keeper.credential()
-    assert info.value.retryable
-    assert world.stored().intent is None and world.stored().access_token == a
+    assert info.value.retryable and not info.value.sent
+    # Nothing was spent: the note says the provider is unavailable, not that A may be spent.
+    intent = world.stored().intent
+    assert intent is not None and intent.state == "unavailable"
+    assert world.stored().access_token == a
+    world.clock.advance(2)
     assert keeper.access_token() != a
+    assert world.stored().intent is None
 
 
 def test_429_carries_retry_after(world: World) -> None:
@@ -343,7 +393,9 @@ def test_429_carries_retry_after(world: World) -> None:
     with pytest.raises(ProviderUnavailable) as info:
         keeper.credential()
     assert info.value.retry_after == 7.0
-    assert world.stored().intent is None
+    intent = world.stored().intent
+    assert intent is not None and intent.state == "unavailable"
+    assert intent.retry_at == world.clock() + timedelta(seconds=7)  # Retry-After honoured
 
 
 @pytest.mark.parametrize("status", [400, 401])
@@ -448,6 +500,9 @@ def test_account_change_is_never_adopted_silently(world: World) -> None:
     keeper.access_token()
     world.login(subject="bob")
     world.clock.advance(3600 - 30)
+    alice = keeper.credential()  # alice's token is still valid; the refresh ahead refuses bob
+    assert alice.subject == "alice" and keeper.settle(10)
+    world.clock.advance(30)
     with pytest.raises(AccountChanged):
         keeper.credential()
     # A new lifecycle takes bob's credential.
@@ -470,7 +525,10 @@ def test_legacy_record_without_absolute_expiry_is_refreshed_on_first_use(world: 
     access, refresh = world.provider.issue()
     legacy = make_record(access, refresh).replace(expires_at=None, obtained_at=None)
     world.store.inner.write(KEY, legacy, expected_version=None)
-    fresh = world.keeper().credential()
+    keeper = world.keeper()
+    assert keeper.credential().access_token == access  # may still work: served at once
+    assert keeper.settle(10)
+    fresh = keeper.credential()
     assert fresh.expires_at is not None and fresh.access_token != access
     assert world.provider.refresh_calls == 1
 

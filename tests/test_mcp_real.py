@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from grantkeeper import (
+    AuthState,
     CredentialKey,
     FileStore,
     HttpxAuth,
@@ -27,6 +28,8 @@ from grantkeeper import (
     Keeper,
     LoginRequired,
     ReauthenticationRequired,
+    ServerConfig,
+    auth_status,
 )
 from grantkeeper._cli_tools import call, tools
 from grantkeeper._freshness import utc_now
@@ -362,7 +365,226 @@ def test_cli_lists_tools_and_calls_one_and_exits_3_when_login_is_needed(
     assert echoed.exit_code == 0
     assert json.loads(echoed.output)["structuredContent"] == {"result": "hi"}
 
-    other = server.url.replace("/mcp", "/other")
-    missing = runner.invoke(call, [other, "echo", "--arg", "text=hi"])
+    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path / "nothing-stored"))
+    missing = runner.invoke(call, [server.url, "echo", "--arg", "text=hi"])
     assert missing.exit_code == 3
     assert "grantkeeper login" in missing.stderr
+
+    # A path the server does not serve offers no OAuth: a login would not help.
+    other = server.url.replace("/mcp", "/other")
+    unsupported = runner.invoke(call, [other, "echo", "--arg", "text=hi"])
+    assert unsupported.exit_code == 1
+    assert "offers no OAuth" in unsupported.stderr
+    assert "grantkeeper login" not in unsupported.stderr
+
+
+def gets(seen: list[Seen]) -> list[int]:
+    return [s.status for s in seen if s.method == "GET"]
+
+
+async def scope_error_on_the_get_stream(server: McpServer, session: McpSession) -> None:
+    """Make the GET stream's auth flow raise InsufficientScope, which the SDK swallows and
+    retries; return once the retry is open, so the error has surely been raised."""
+    await add(session, 1, 1)
+    await asyncio.to_thread(server.wait_for, lambda seen: gets(seen)[-2:] == [403, 200])
+
+
+def test_an_auth_error_on_the_get_stream_does_not_stick_to_later_session_expiry(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    server.fail_next("GET", status=403, scope="mcp:admin")
+
+    async def go() -> tuple[Any, int]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await scope_error_on_the_get_stream(server, session)
+            server.expire_sessions()
+            return await add(session, 2, 3), session.reconnects
+
+    assert asyncio.run(go()) == (5, 1)
+    assert refreshes(auth) == (0, 0)
+
+
+def test_an_auth_error_on_the_get_stream_does_not_stick_to_a_cancelled_call(
+    keeper: Keeper, server: McpServer
+) -> None:
+    server.fail_next("GET", status=403, scope="mcp:admin")
+
+    async def go() -> tuple[bool, Any]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await scope_error_on_the_get_stream(server, session)
+            before = len([s for s in server.seen() if s.method == "POST"])
+            # hold stays in flight until we cancel it, which we do once the server has it.
+            call = asyncio.create_task(session.call_tool("hold", {}))
+            await asyncio.to_thread(
+                server.wait_for,
+                lambda seen: len([s for s in seen if s.method == "POST"]) > before,
+            )
+            call.cancel()
+            try:
+                await call
+            except asyncio.CancelledError:
+                cancelled = True
+            else:
+                cancelled = False
+            return cancelled, await add(session, 3, 4)
+
+    assert asyncio.run(go()) == (True, 7)
+
+
+def test_an_auth_error_on_the_get_stream_does_not_stick_to_a_timeout(
+    keeper: Keeper, server: McpServer
+) -> None:
+    server.fail_next("GET", status=403, scope="mcp:admin")
+
+    async def go() -> Any:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await scope_error_on_the_get_stream(server, session)
+            before = len([s for s in server.seen() if s.method == "POST"])
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(None) as deadline:
+                    call = asyncio.ensure_future(session.call_tool("hold", {}))
+                    await asyncio.to_thread(
+                        server.wait_for,
+                        lambda seen: len([s for s in seen if s.method == "POST"]) > before,
+                    )
+                    deadline.reschedule(asyncio.get_running_loop().time())
+                    await call
+            return await add(session, 5, 6)
+
+    assert asyncio.run(go()) == 11
+
+
+def test_a_401_on_the_closing_delete_is_recovered_once(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    a = keeper.access_token()
+    server.fail_next("DELETE")
+
+    async def go() -> Any:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            return await add(session, 1, 2)
+
+    assert asyncio.run(go()) == 3
+    deletes = [(s.status, s.token) for s in server.seen() if s.method == "DELETE"]
+    b = keeper.access_token()
+    assert deletes == [(401, a), (200, b)] and b != a
+    assert refreshes(auth) == (1, 0)
+
+
+@pytest.fixture(scope="module")
+def json_server(servers: tuple[AuthServer, McpServer]) -> Iterator[McpServer]:
+    """The same server answering each POST with one JSON document, not an event stream."""
+    with McpServer(auth_server=servers[0], json_response=True) as server:
+        yield server
+
+
+@pytest.mark.parametrize("answer", ["text/event-stream", "application/json"])
+def test_a_401_on_a_post_is_recovered_once_whatever_the_answer_is(
+    answer: str,
+    auth: AuthServer,
+    server: McpServer,
+    json_server: McpServer,
+    store: FileStore,
+) -> None:
+    target = server if answer == "text/event-stream" else json_server
+    target.reset()
+    login(auth, target.url, store)
+    auth.reset_stats()
+    keeper = Keeper(store, CredentialKey.for_server(target.url))
+    a = keeper.access_token()
+
+    async def go() -> Any:
+        async with connect(target.url, keeper=keeper, mode="legacy") as session:
+            await asyncio.to_thread(target.wait_for, handshake_done)
+            target.fail_next("POST")
+            return await add(session, 20, 22)
+
+    try:
+        assert asyncio.run(go()) == 42
+    finally:
+        keeper.close()
+    posts = [s for s in target.seen() if s.method == "POST"]
+    refused = [s.status for s in posts].index(401)
+    calls = posts[refused : refused + 2]  # the refused request and its one retry
+    assert [(s.status, s.token) for s in calls] == [(401, a), (200, keeper.access_token())]
+    assert calls[1].content_type == answer
+    assert refreshes(auth) == (1, 0)
+
+
+def test_an_expired_token_without_a_refresh_token_fails_at_start_up(
+    auth: AuthServer, server: McpServer, store: FileStore
+) -> None:
+    issued = login(auth, server.url, store)
+    key = CredentialKey.for_server(server.url)
+    stored = store.read(key)
+    assert stored is not None
+    store.write(key, stored.record.replace(refresh_token=None), expected_version=stored.version)
+    auth.reset_stats()
+    clock = ShiftClock()
+    clock.offset = timedelta(hours=2)  # the stored access token has expired
+    keeper = Keeper(store, key, clock=clock)
+    reached_the_body = False
+
+    async def go() -> None:
+        nonlocal reached_the_body
+        async with connect(server.url, keeper=keeper, mode="legacy"):
+            reached_the_body = True
+
+    try:
+        with pytest.raises(ReauthenticationRequired):
+            asyncio.run(go())
+    finally:
+        keeper.close()
+    assert not reached_the_body
+    assert server.seen() == []  # the expired token was never sent
+    assert refreshes(auth) == (0, 0)
+    status = auth_status(ServerConfig(url=server.url), store, clock=clock)
+    assert status.state is AuthState.REAUTHENTICATION_REQUIRED
+    assert issued.access_token not in status.detail
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_a_calls_own_auth_error_reaches_that_call_not_as_a_cancellation(
+    mode: str, keeper: Keeper, server: McpServer
+) -> None:
+    """The call's POST fails in the transport's task, which cancels the caller: the call
+    learns why from its own attempt (this relies on mcp sending in the caller's context)."""
+    at_the_call: list[type[BaseException]] = []
+
+    async def go() -> None:
+        async with connect(server.url, keeper=keeper, mode=mode) as session:
+            if mode == "legacy":  # let the handshake's own POSTs through first
+                await asyncio.to_thread(server.wait_for, handshake_done)
+            server.fail_next("POST", count=2)
+            try:
+                await add(session, 1, 1)
+            except BaseException as exc:
+                at_the_call.append(type(exc))
+                raise
+
+    with pytest.raises(ReauthenticationRequired):
+        asyncio.run(go())
+    assert at_the_call == [ReauthenticationRequired]
+
+
+def test_concurrent_calls_on_an_expired_session_share_one_new_session(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    n = 4
+
+    async def go() -> tuple[list[Any], int]:
+        async with connect(server.url, keeper=keeper, mode="legacy") as session:
+            await add(session, 1, 1)
+            server.expire_sessions()
+            # barrier(n) answers only once all n calls are inside the server at once, so
+            # every one of them met the 404 and all run on the same new session.
+            calls = [session.call_tool("barrier", {"n": n}) for _ in range(n)]
+            results = await asyncio.gather(*calls)
+            return [(r.structured_content or {}).get("result") for r in results], (
+                session.reconnects
+            )
+
+    assert asyncio.run(go()) == ([n] * n, 1)
+    initializes = [s for s in server.seen() if s.method == "POST" and s.session_id is None]
+    assert len(initializes) == 2  # the first session's and the one new session's
+    assert refreshes(auth) == (0, 0)

@@ -127,7 +127,7 @@ def test_holder_killed_after_the_answer_is_reported_then_needs_a_new_login(
     assert stored is not None and stored.record.intent is not None
     # Status says so before anything else runs.
     status = status_of(key, stored.record, now=datetime.now(UTC))
-    assert status.state is AuthState.OAUTH and "unknown outcome" in status.detail
+    assert status.state is AuthState.OAUTH and "has not finished" in status.detail
 
     caplog.set_level("WARNING", logger="grantkeeper")
     # The documented policy: retry the old refresh token once (a provider with a reuse grace

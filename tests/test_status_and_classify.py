@@ -29,13 +29,45 @@ def test_states_follow_codex_semantics_and_beyond() -> None:
     assert state(record, bearer=True) is AuthState.BEARER
 
 
-def test_unknown_outcome_is_shown_then_escalates() -> None:
+def test_an_unknown_outcome_is_shown_and_retried_never_escalated() -> None:
     record = make_record("a", "r")
-    intent = RefreshIntent(record.refresh_fingerprint or "", 42, "host", T0, 1, "unknown")
-    once = status_of(KEY, record.replace(intent=intent), now=T0 + timedelta(seconds=3590))
-    assert once.state is AuthState.OAUTH and "unknown outcome" in once.detail
-    twice = record.replace(intent=RefreshIntent(intent.token_fingerprint, 42, "host", T0, 2))
-    assert state(twice, 3590) is AuthState.REAUTHENTICATION_REQUIRED
+    retry_at = T0 + timedelta(seconds=3595)
+    intent = RefreshIntent(
+        record.refresh_fingerprint or "", 42, "host", T0, 5, "unknown", retry_at=retry_at
+    )
+    many = status_of(KEY, record.replace(intent=intent), now=T0 + timedelta(seconds=3590))
+    assert many.state is AuthState.OAUTH
+    assert "unknown" in many.detail and "retrying" in many.detail
+    assert "next attempt after 2026" in many.detail
+
+
+def test_an_outage_says_since_when_and_that_it_retries() -> None:
+    record = make_record("a", "r")
+    intent = RefreshIntent(
+        record.refresh_fingerprint or "",
+        42,
+        "host",
+        T0 + timedelta(seconds=3600),
+        3,
+        "unavailable",
+        since=T0 + timedelta(seconds=3540),
+        last_error="ProviderUnavailable, HTTP 503",
+    )
+    status = status_of(KEY, record.replace(intent=intent), now=T0 + timedelta(seconds=3700))
+    assert status.state is AuthState.OAUTH and status.action is None
+    assert status.detail.startswith("provider unavailable since ")
+    assert "HTTP 503" in status.detail and "retrying" in status.detail
+
+
+def test_an_answer_that_could_be_stored_nowhere_needs_a_login() -> None:
+    record = make_record("a", "r")
+    intent = RefreshIntent(record.refresh_fingerprint or "", 42, "host", T0, 1, "answered")
+    status = status_of(KEY, record.replace(intent=intent), now=T0 + timedelta(seconds=3590))
+    assert status.state is AuthState.REAUTHENTICATION_REQUIRED
+    assert "spent" in status.detail
+    # Until the access token expires it still works; status says what comes next.
+    fresh = status_of(KEY, record.replace(intent=intent), now=T0)
+    assert fresh.state is AuthState.OAUTH and "log in again when this token expires" in fresh.detail
 
 
 def test_without_the_retry_policy_one_lost_outcome_needs_a_login_and_says_so() -> None:
@@ -44,11 +76,11 @@ def test_without_the_retry_policy_one_lost_outcome_needs_a_login_and_says_so() -
     lost = record.replace(intent=intent)
     fresh = status_of(KEY, lost, now=T0, retry_unknown_outcome=False)
     assert fresh.state is AuthState.OAUTH
-    assert "not retried" in fresh.detail and "retries it once" not in fresh.detail
+    assert "not retried" in fresh.detail and "retrying" not in fresh.detail
     stale = status_of(KEY, lost, now=T0 + timedelta(seconds=3590), retry_unknown_outcome=False)
     assert stale.state is AuthState.REAUTHENTICATION_REQUIRED
-    assert stale.detail == "the outcome of 1 refresh attempt is unknown"
-    assert "retries it once" in status_of(KEY, lost, now=T0).detail
+    assert stale.detail.startswith("the outcome of a refresh started") and "unknown" in stale.detail
+    assert "retrying" in status_of(KEY, lost, now=T0).detail
 
 
 def test_action_names_the_login_command() -> None:

@@ -6,7 +6,7 @@ import functools
 import logging
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from grantkeeper import (
     PostgresStore,
     StoreConfigError,
     StoreUnavailable,
+    logout,
     open_store,
 )
 from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
@@ -209,3 +210,79 @@ def test_open_store_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(StoreConfigError, match="use auto, file, keyring") as caught:
         open_store("postgressql://worker:hunter2@db/x")
     assert "hunter2" not in str(caught.value)
+
+
+# -- a logout removes every copy ----------------------------------------------------------
+
+
+def _no_copy_anywhere(home: Path, keyring: KeyringStore, make: Callable[[], AutoStore]) -> None:
+    assert make().read(KEY) is None  # a fresh Auto store adopts nothing
+    assert FileStore(home).read(KEY) is None
+    assert keyring.read(KEY) is None
+
+
+def test_a_logout_deletes_the_stray_copy_in_the_other_backend(
+    tmp_path: Path, memory: MemoryKeyring
+) -> None:
+    store = auto(tmp_path, memory)
+    store.write(KEY, sample_record("keyring-copy"), expected_version=None)
+    FileStore(tmp_path).write(KEY, sample_record("stray-file-copy"), expected_version=None)
+    result = logout(store, KEY, revoke=False)
+    assert result.removed
+    assert store.read(KEY) is None
+    _no_copy_anywhere(
+        tmp_path, KeyringStore(tmp_path, backend=memory), lambda: auto(tmp_path, memory)
+    )
+
+
+def test_a_logout_deletes_a_stray_copy_beside_an_empty_placement(
+    tmp_path: Path, memory: MemoryKeyring
+) -> None:
+    # Placed in the keyring, gone from there, and a stray copy in the file: reads see
+    # nothing, and the logout must still remove the copy they ignore.
+    store = auto(tmp_path, memory)
+    store.write(KEY, sample_record(), expected_version=None)
+    KeyringStore(tmp_path, backend=memory).delete(KEY)
+    FileStore(tmp_path).write(KEY, sample_record("stray-file-copy"), expected_version=None)
+    assert store.read(KEY) is None
+    assert logout(store, KEY, revoke=False).removed
+    _no_copy_anywhere(
+        tmp_path, KeyringStore(tmp_path, backend=memory), lambda: auto(tmp_path, memory)
+    )
+    assert store.placement(KEY) is None
+
+
+def test_a_delete_with_the_keyring_unreachable_keeps_an_indexed_copy_from_coming_back(
+    tmp_path: Path, memory: MemoryKeyring
+) -> None:
+    memory.locked = True
+    store = auto(tmp_path, memory)
+    store.write(KEY, sample_record("file-copy"), expected_version=None)
+    memory.locked = False
+    KeyringStore(tmp_path, backend=memory).write(KEY, sample_record("stray"), expected_version=None)
+    memory.locked = True
+    assert logout(store, KEY, revoke=False).removed
+    assert FileStore(tmp_path).read(KEY) is None
+    # The keyring copy could not be deleted; the placement stays so nobody adopts it.
+    memory.locked = False
+    assert auto(tmp_path, memory).read(KEY) is None
+    # Once the keyring is back, the next logout finishes the job.
+    assert logout(auto(tmp_path, memory), KEY, revoke=False).removed
+    assert KeyringStore(tmp_path, backend=memory).read(KEY) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real Secret Service on Linux")
+def test_a_logout_deletes_every_copy_on_the_real_keyring(tmp_path: Path) -> None:
+    home, service = tmp_path / "home", f"grantkeeper-test-{uuid.uuid4().hex[:12]}"
+    store = auto_on_real_keyring(home, service)
+    store.write(KEY, sample_record("keyring-copy"), expected_version=None)
+    FileStore(home).write(KEY, sample_record("stray-file-copy"), expected_version=None)
+    assert logout(store, KEY, revoke=False).removed
+    keyring = KeyringStore(home, service=service)
+    _no_copy_anywhere(home, keyring, lambda: auto_on_real_keyring(home, service))
+    # The other way round: placed in the file, a stray copy in the keyring.
+    without = auto_without_keyring(home)
+    without.write(KEY, sample_record("file-copy"), expected_version=None)
+    keyring.write(KEY, sample_record("stray-keyring-copy"), expected_version=None)
+    assert logout(auto_on_real_keyring(home, service), KEY, revoke=False).removed
+    _no_copy_anywhere(home, keyring, lambda: auto_on_real_keyring(home, service))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import stat
 import subprocess
 import sys
 import uuid
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from grantkeeper import KeyringStore, StoreCorrupt, StoreUnavailable
+from grantkeeper import AutoStore, KeyringStore, LockTimeout, Store, StoreCorrupt, StoreUnavailable
 from grantkeeper._keyring_store import PART_CHARS, KeyringBackend, default_backend
 from grantkeeper.testing import KEY, StoreContract, StoreFactory, sample_record
 
@@ -145,3 +148,115 @@ def test_a_locked_keyring_is_a_typed_actionable_error(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("StoreUnavailable cannot read from the OS keyring")
     assert "locked" in result.stdout and "unlock it" in result.stdout
+
+
+# -- one lock per keyring entry, whatever GRANTKEEPER_HOME --------------------------------
+
+HOLDER_SCRIPT = """
+import sys
+from grantkeeper import AutoStore, KeyringStore
+from grantkeeper._keyring_store import default_backend
+from grantkeeper.testing import KEY, sample_record
+
+kind, home, service = sys.argv[1:]
+
+
+class Pausing:
+    # Stops inside the write (the short write lock held) until told to go on.
+    def __init__(self, inner):
+        self.inner = inner
+
+    def get_password(self, service, username):
+        return self.inner.get_password(service, username)
+
+    def set_password(self, service, username, password):
+        print("writing", flush=True)
+        sys.stdin.readline()
+        self.inner.set_password(service, username, password)
+
+    def delete_password(self, service, username):
+        self.inner.delete_password(service, username)
+
+
+if kind == "write":
+    store = KeyringStore(home, service=service, backend=Pausing(default_backend()))
+    store.write(KEY, sample_record("written-from-home-a"), expected_version=None)
+else:
+    keyring = KeyringStore(home, service=service)
+    store = keyring if kind == "keyring" else AutoStore(home, keyring=keyring)
+    with store.lock(KEY):
+        print("locked", flush=True)
+        sys.stdin.readline()
+print("done", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def holder(tmp_path: Path, kind: str, service: str) -> Iterator[subprocess.Popen[str]]:
+    """A process on home A that holds a lock of ``KEY`` until the block ends."""
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER_SCRIPT)
+    with subprocess.Popen(
+        [sys.executable, str(script), kind, str(tmp_path / "home-a"), service],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdout.readline().strip() in ("locked", "writing")
+        try:
+            yield child
+        finally:
+            child.stdin.write("\n")
+            child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        assert child.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize(
+    ("held_by", "tried_by"),
+    [("keyring", "keyring"), ("auto", "auto"), ("auto", "keyring"), ("keyring", "auto")],
+)
+def test_two_homes_on_one_keyring_exclude_each_other(
+    tmp_path: Path, service: str, held_by: str, tried_by: str
+) -> None:
+    keyring = KeyringStore(tmp_path / "home-b", service=service)
+    other: Store = (
+        keyring if tried_by == "keyring" else AutoStore(tmp_path / "home-b", keyring=keyring)
+    )
+    with holder(tmp_path, held_by, service):
+        with pytest.raises(LockTimeout), other.lock(KEY, timeout=0):
+            pass
+    with other.lock(KEY, timeout=60):
+        pass  # free again once the holder in home A let go
+
+
+def test_two_homes_on_one_keyring_never_write_at_once(
+    tmp_path: Path, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import grantkeeper._keyring_store as keyring_store
+
+    store = KeyringStore(tmp_path / "home-b", service=service)
+    with holder(tmp_path, "write", service):
+        monkeypatch.setattr(keyring_store, "CAS_LOCK_TIMEOUT", 0)
+        with pytest.raises(LockTimeout):
+            store.write(KEY, sample_record("written-from-home-b"), expected_version=None)
+        monkeypatch.undo()
+    stored = store.read(KEY)
+    assert stored is not None and stored.record.access_token == "written-from-home-a"
+    store.delete(KEY)
+
+
+def test_the_locks_live_in_the_users_runtime_directory(tmp_path: Path, service: str) -> None:
+    a, b = (
+        KeyringStore(tmp_path / "a", service=service),
+        KeyringStore(tmp_path / "b", service=service),
+    )
+    assert a.lock_directory == b.lock_directory
+    assert a.lock_directory != KeyringStore(tmp_path / "a", service=service + "-x").lock_directory
+    assert not a.lock_directory.is_relative_to(tmp_path)
+    if os.environ.get("XDG_RUNTIME_DIR"):  # scripts/with-keyring sets the daemon's
+        assert a.lock_directory.parent == Path(os.environ["XDG_RUNTIME_DIR"]) / "grantkeeper"
+    with a.lock(KEY):
+        pass
+    assert stat.S_IMODE(a.lock_directory.stat().st_mode) == 0o700

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
+import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -133,18 +136,113 @@ def test_other_oauth_errors_are_plain_provider_errors() -> None:
         {"token_type": "Bearer"},
         {"access_token": ""},
         {"access_token": 5},
+        {"access_token": "a b"},  # cannot go into an Authorization header
+        {"access_token": "a\n"},
         {"access_token": "a", "token_type": "DPoP"},
-        {"access_token": "a", "expires_in": "soon"},
-        {"access_token": "a", "expires_in": -1},
-        {"access_token": "a", "expires_in": 1e12},
-        {"access_token": "a", "expires_in": True},
-        {"access_token": "a", "refresh_token": 7},
-        {"access_token": "a", "scope": ["mcp"]},
+        {"access_token": "a", "token_type": "mac"},
     ],
 )
 def test_malformed_success_bodies(body: Any) -> None:
     with pytest.raises(MalformedResponse):
         parse(200, body)
+
+
+@pytest.mark.parametrize(
+    ("extra", "dropped"),
+    [
+        ({"scope": ["mcp"]}, ("scope",)),
+        ({"scope": 7}, ("scope",)),
+        ({"token_type": "BEARER"}, ()),
+        ({"token_type": "bEaReR"}, ()),
+        ({"token_type": 1}, ("token_type",)),
+        ({"token_type": ""}, ("token_type",)),
+        ({"expires_in": "soon"}, ("expires_in",)),
+        ({"expires_in": -1}, ("expires_in",)),
+        ({"expires_in": 1e12}, ("expires_in",)),
+        ({"expires_in": True}, ("expires_in",)),
+        ({"expires_in": "nan"}, ("expires_in",)),
+        ({"expires_in": "inf"}, ("expires_in",)),
+        ({"expires_in": 10**400}, ("expires_in",)),  # too large for a float
+        ({"expires_in": [60]}, ("expires_in",)),
+        ({"id_token": {"sub": "x"}}, ("id_token",)),
+        ({"refresh_token": 7}, ("refresh_token",)),
+        ({"refresh_token": ""}, ("refresh_token",)),
+        ({"refresh_token": ["r"]}, ("refresh_token",)),
+        ({"refresh_token": "r t\u00e9"}, ()),  # a form value: any non-empty string is sent
+        ({"scope": None, "expires_in": None, "refresh_token": None}, ()),
+        (
+            {"scope": [], "token_type": "Bearer", "expires_in": "x", "id_token": 1},
+            ("expires_in", "scope", "id_token"),
+        ),
+    ],
+)
+def test_a_200_that_spent_the_token_is_kept_whatever_its_optional_fields(
+    extra: dict[str, Any], dropped: tuple[str, ...]
+) -> None:
+    response = parse(200, {"access_token": "A2-issued", **extra})
+    assert response.access_token == "A2-issued" and response.token_type == "Bearer"
+    assert response.dropped == dropped
+    assert response.refresh_token_dropped == ("refresh_token" in dropped)
+    for name in dropped:
+        assert getattr(response, name) is None or name == "token_type"
+
+
+def test_a_zero_expires_in_states_no_lifetime() -> None:
+    response = parse(200, {"access_token": "A2", "expires_in": 0})
+    assert response.expires_in is None and response.dropped == ()
+    assert apply_response(make_record("a", RT), response, T0).expires_at is None
+
+
+def test_an_unusable_refresh_token_is_not_replaced_by_the_spent_one() -> None:
+    record = make_record("a", RT).replace(scope="mcp")
+    omitted = apply_response(record, parse(200, {"access_token": "A2"}), T0)
+    assert omitted.refresh_token == RT  # RFC 6749 §6: omitted means the old one stays
+    unusable = apply_response(record, parse(200, {"access_token": "A2", "refresh_token": 7}), T0)
+    assert unusable.refresh_token is None and unusable.access_token == "A2"
+    kept_scope = apply_response(record, parse(200, {"access_token": "A2", "scope": 1}), T0)
+    assert kept_scope.scope == "mcp"
+
+
+def test_expiry_counts_from_when_the_request_was_sent() -> None:
+    sent = T0 - timedelta(seconds=40)
+    response = dataclasses.replace(
+        parse(200, {"access_token": "A2", "expires_in": 300}), requested_at=sent
+    )
+    updated = apply_response(make_record("a", RT), response, T0)
+    assert updated.expires_at == sent + timedelta(seconds=300) and updated.obtained_at == sent
+    unsent = apply_response(make_record("a", RT), parse(200, {"access_token": "A2"}), T0)
+    assert unsent.obtained_at == T0
+
+
+def test_the_senders_stamp_the_moment_before_sending() -> None:
+    ticks = iter([T0, T0 + timedelta(seconds=5)])
+    request = refresh_request(make_record("a", RT))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": "b", "expires_in": 60})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        response = send_token_request(client, request, now=lambda: next(ticks))
+    assert response.requested_at == T0
+
+
+def test_each_dropped_field_is_one_warning_event_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"access_token": "b", "scope": ["x"], "refresh_token": 5, "expires_in": "x"}
+        return httpx.Response(200, json=body)
+
+    with caplog.at_level(logging.WARNING, logger="grantkeeper"):
+        for outcome in send_both_ways(handler):
+            assert getattr(outcome, "access_token", None) == "b"
+    events = [r.grantkeeper for r in caplog.records if hasattr(r, "grantkeeper")]
+    assert [(e["event"], e["field"]) for e in events] == 2 * [
+        ("token_response.field_dropped", "expires_in"),
+        ("token_response.field_dropped", "refresh_token"),
+        ("token_response.field_dropped", "scope"),
+    ]
+    assert all(e["grant_type"] == "refresh_token" for e in events)
 
 
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -77,7 +77,7 @@ def test_without_the_retry_an_unknown_outcome_requires_reauthentication_and_spen
     clock.advance(7200)
     caplog.set_level("WARNING", logger="grantkeeper")
     keeper = Keeper(store, KEY, http_client=http, clock=clock, retry_unknown_outcome=False)
-    with pytest.raises(ReauthenticationRequired, match="outcome of 1 refresh attempt is unknown"):
+    with pytest.raises(ReauthenticationRequired, match="outcome of a refresh .* is unknown"):
         keeper.credential()
     assert provider.refresh_calls == 0
     assert "refresh.outcome_unknown" in caplog.text

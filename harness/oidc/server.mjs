@@ -1,19 +1,29 @@
 // A loopback OAuth authorization server for grantkeeper's tests, built on oidc-provider 9.
 //
 //   node server.mjs --port 0 --access-ttl 60 --format opaque|jwt [--resource-url URL]...
+//                   [--state-dir DIR] [--omit-expires-in] [--issuer URL]
 //
 // Once listening it prints exactly one JSON line to stdout:
 //   {"issuer": "http://127.0.0.1:PORT", "port": PORT}
-// Everything else goes to stderr. All state lives in memory and dies with the process.
+// Everything else goes to stderr. All state lives in memory and dies with the process,
+// unless --state-dir names a directory: then keys, clients, grants, tokens and the counters
+// are kept there and a restart on the same port carries on where the last process stopped.
+// --omit-expires-in drops expires_in from every token response (GitHub OAuth apps, Slack).
+// --issuer sets the issuer URL, for a loopback proxy in front of the server (the server
+// still listens on --port).
 //
 // Test-only admin endpoints (no authentication; loopback only):
 //   GET  /__admin/stats        counters as JSON
 //   POST /__admin/reset-stats  zero the counters
 //   POST /__admin/account      {"account": "bob"}: account used by later logins
 //   POST /__admin/revoke-all   revoke every grant and every token issued under it
+//   GET  /__admin/cc-jwt-key   the private key of the private_key_jwt machine client "cc-jwt"
+// Machine clients: cc-basic / cc-post (secrets cc-basic-secret, cc-post-secret), cc-jwt.
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as nodePath from 'node:path';
 import { parseArgs } from 'node:util';
 
 // oidc-provider prints its notices with console.info, which goes to stdout. stdout belongs to
@@ -33,6 +43,9 @@ const { values: argv } = parseArgs({
     'access-ttl': { type: 'string', default: '60' },
     format: { type: 'string', default: 'opaque' },
     'resource-url': { type: 'string', multiple: true, default: [] },
+    'state-dir': { type: 'string' },
+    'omit-expires-in': { type: 'boolean', default: false },
+    issuer: { type: 'string' },
   },
   strict: true,
 });
@@ -41,6 +54,9 @@ const port = Number.parseInt(argv.port, 10);
 const accessTTL = Number.parseInt(argv['access-ttl'], 10);
 const accessTokenFormat = argv.format;
 const resources = argv['resource-url'];
+const stateDir = argv['state-dir'];
+const omitExpiresIn = argv['omit-expires-in'];
+const issuerOverride = argv.issuer;
 
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   throw new Error(`--port must be an integer in 0..65535, got ${argv.port}`);
@@ -55,6 +71,12 @@ for (const resource of resources) {
   if (!URL.canParse(resource)) {
     throw new Error(`--resource-url must be an absolute URL, got ${resource}`);
   }
+}
+if (issuerOverride !== undefined && !URL.canParse(issuerOverride)) {
+  throw new Error(`--issuer must be an absolute URL, got ${issuerOverride}`);
+}
+if (stateDir !== undefined && !fs.statSync(stateDir, { throwIfNoEntry: false })?.isDirectory()) {
+  throw new Error(`--state-dir must be an existing directory, got ${stateDir}`);
 }
 
 const log = (...args) => console.error('[oidc]', ...args);
@@ -119,15 +141,9 @@ class UnboundedMemoryAdapter {
 
   async upsert(id, payload, expiresIn) {
     const key = this.key(id);
-    if (store.has(key)) dropKey(key);
     const expiresAt = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : undefined;
-    store.set(key, { payload, expiresAt });
-    if (GRANTABLE.has(this.model) && payload.grantId) {
-      if (!grantMembers.has(payload.grantId)) grantMembers.set(payload.grantId, new Set());
-      grantMembers.get(payload.grantId).add(key);
-    }
-    if (this.model === 'Session' && payload.uid) sessionUids.set(payload.uid, id);
-    if (payload.userCode) userCodes.set(payload.userCode, id);
+    putKey(key, payload, expiresAt);
+    journal({ op: 'upsert', key, payload, expiresAt });
   }
 
   async find(id) {
@@ -145,17 +161,101 @@ class UnboundedMemoryAdapter {
   }
 
   async consume(id) {
-    const payload = live(this.key(id));
-    if (payload) payload.consumed = Math.floor(Date.now() / 1000);
+    const key = this.key(id);
+    const payload = live(key);
+    if (payload) {
+      payload.consumed = Math.floor(Date.now() / 1000);
+      journal({ op: 'consume', key, consumed: payload.consumed });
+    }
   }
 
   async destroy(id) {
-    dropKey(this.key(id));
+    const key = this.key(id);
+    dropKey(key);
+    journal({ op: 'destroy', key });
   }
 
   async revokeByGrantId(grantId) {
-    revokeGrantMembers(grantId);
+    revokeGrant(grantId);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistence (--state-dir): the adapter's changes in an append-only journal.
+//
+// Each change is appended synchronously before the adapter call returns, so no answer the
+// server sends describes state the journal lacks: a process stopped at any point (SIGKILL
+// too; the kernel keeps what was written) restarts with every client, grant and token it
+// answered for, consumed refresh tokens included, so a replay is still detected. Start-up
+// replays the journal and rewrites it compacted.
+
+const journalPath = stateDir && nodePath.join(stateDir, 'adapter.jsonl');
+let journalFd;
+
+function journal(entry) {
+  if (journalFd !== undefined) fs.writeSync(journalFd, `${JSON.stringify(entry)}\n`);
+}
+
+function putKey(key, payload, expiresAt) {
+  if (store.has(key)) dropKey(key);
+  store.set(key, { payload, expiresAt });
+  const model = key.slice(0, key.indexOf(':'));
+  const id = key.slice(key.indexOf(':') + 1);
+  if (GRANTABLE.has(model) && payload.grantId) {
+    if (!grantMembers.has(payload.grantId)) grantMembers.set(payload.grantId, new Set());
+    grantMembers.get(payload.grantId).add(key);
+  }
+  if (model === 'Session' && payload.uid) sessionUids.set(payload.uid, id);
+  if (payload.userCode) userCodes.set(payload.userCode, id);
+}
+
+function revokeGrant(grantId) {
+  revokeGrantMembers(grantId);
+  journal({ op: 'revoke', grantId });
+}
+
+function replay(entry) {
+  if (entry.op === 'upsert') putKey(entry.key, entry.payload, entry.expiresAt);
+  else if (entry.op === 'consume') {
+    const payload = live(entry.key);
+    if (payload) payload.consumed = entry.consumed;
+  } else if (entry.op === 'destroy') dropKey(entry.key);
+  else if (entry.op === 'revoke') revokeGrantMembers(entry.grantId);
+  else throw new Error(`unknown journal entry ${entry.op}`);
+}
+
+// Writes `text` to `path` so that a reader sees the old file or the new one, never half.
+function writeAtomic(path, text) {
+  const temp = `${path}.tmp`;
+  fs.writeFileSync(temp, text, { mode: 0o600 });
+  fs.renameSync(temp, path);
+}
+
+function openJournal() {
+  if (!journalPath) return;
+  const lines = fs.existsSync(journalPath) ? fs.readFileSync(journalPath, 'utf8').split('\n') : [];
+  let replayed = 0;
+  for (const [index, line] of lines.entries()) {
+    if (!line) continue;
+    let entry;
+    try {
+      entry = JSON.parse(line);
+    } catch (err) {
+      // Only the last line can be torn (the process died mid-append); it was never answered.
+      if (index >= lines.length - 2) break;
+      throw new Error(`${journalPath} line ${index + 1} is corrupt: ${err.message}`);
+    }
+    replay(entry);
+    replayed += 1;
+  }
+  const compacted = [];
+  for (const key of [...store.keys()]) {
+    const payload = live(key);
+    if (payload) compacted.push(JSON.stringify({ op: 'upsert', key, payload, expiresAt: store.get(key).expiresAt }));
+  }
+  writeAtomic(journalPath, compacted.map((line) => `${line}\n`).join(''));
+  journalFd = fs.openSync(journalPath, 'a', 0o600);
+  log(`state dir ${stateDir}: replayed ${replayed} change(s), kept ${compacted.length} entr(ies)`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -164,6 +264,11 @@ class UnboundedMemoryAdapter {
 let currentAccount = 'alice';
 
 const stats = {};
+const statsPath = stateDir && nodePath.join(stateDir, 'stats.json');
+// With --state-dir the counters survive a restart too, so a test counts across it.
+function saveStats() {
+  if (statsPath) writeAtomic(statsPath, JSON.stringify(stats));
+}
 function resetStats() {
   Object.assign(stats, {
     refresh_success: 0,
@@ -174,22 +279,64 @@ function resetStats() {
     grant_revoked: 0,
     admin_revoked: 0,
     registrations: 0,
+    client_credentials_success: 0,
     // Wall-clock milliseconds of every token issued (refresh or code), so a benchmark can
     // tell which of its requests were in flight while a token was being replaced.
     issued_at: [],
   });
+  saveStats();
 }
-resetStats();
+if (statsPath && fs.existsSync(statsPath)) Object.assign(stats, JSON.parse(fs.readFileSync(statsPath, 'utf8')));
+else resetStats();
 
 // The exact error_detail oidc-provider 9.13.3 gives a replayed (already rotated) refresh token,
 // lib/actions/grants/refresh_token.js: `throw new InvalidGrant('refresh token already used')`.
 // It then destroys that token and revokes the whole grant.
 const REPLAY_DETAIL = 'refresh token already used';
 
-const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
-const jwk = { ...signingKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), use: 'sig', alg: 'RS256' };
+// Signing and cookie keys: new each start, or kept in the state dir so that ID tokens, JWT
+// access tokens and browser cookies issued before a restart still verify after it.
+function makeKeys() {
+  const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  return {
+    jwk: { ...signingKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), use: 'sig', alg: 'RS256' },
+    cookieKey: crypto.randomBytes(32).toString('base64url'),
+  };
+}
+const keysPath = stateDir && nodePath.join(stateDir, 'keys.json');
+let keys;
+if (keysPath && fs.existsSync(keysPath)) keys = JSON.parse(fs.readFileSync(keysPath, 'utf8'));
+else {
+  keys = makeKeys();
+  if (keysPath) writeAtomic(keysPath, JSON.stringify(keys));
+}
+const { jwk } = keys;
 
 const INTROSPECTOR = 'introspector';
+
+// Machine clients (client_credentials grant), one per token endpoint auth method. The
+// private_key_jwt client's key pair is made here; tests fetch the private half from
+// GET /__admin/cc-jwt-key (loopback, test-only) and sign their own assertions with it.
+const ccJwtKey = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const ccJwtPrivatePem = ccJwtKey.privateKey.export({ format: 'pem', type: 'pkcs8' });
+const ccJwtPublicJwk = { ...ccJwtKey.publicKey.export({ format: 'jwk' }), alg: 'ES256', use: 'sig' };
+const machineClient = (clientId, method, extra) => ({
+  client_id: clientId,
+  token_endpoint_auth_method: method,
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'mcp mcp:read mcp:write',
+  ...extra,
+});
+const MACHINE_CLIENTS = [
+  machineClient('cc-basic', 'client_secret_basic', { client_secret: 'cc-basic-secret' }),
+  machineClient('cc-post', 'client_secret_post', { client_secret: 'cc-post-secret' }),
+  machineClient('cc-jwt', 'private_key_jwt', {
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks: { keys: [ccJwtPublicJwk] },
+  }),
+];
 
 // ---------------------------------------------------------------------------------------------
 // Provider
@@ -198,7 +345,7 @@ function buildProvider(issuer) {
   const configuration = {
     adapter: UnboundedMemoryAdapter,
     jwks: { keys: [jwk] },
-    cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+    cookies: { keys: [keys.cookieKey] },
 
     clients: [
       {
@@ -210,6 +357,7 @@ function buildProvider(issuer) {
         response_types: [],
         redirect_uris: [],
       },
+      ...MACHINE_CLIENTS,
     ],
     clientDefaults: {
       token_endpoint_auth_method: 'none',
@@ -256,6 +404,7 @@ function buildProvider(issuer) {
     features: {
       devInteractions: { enabled: false },
       registration: { enabled: true },
+      clientCredentials: { enabled: true },
       introspection: {
         enabled: true,
         // The introspector may look at any token; other clients only at their own.
@@ -288,11 +437,22 @@ function buildProvider(issuer) {
 
   const provider = new Provider(issuer, configuration);
 
+  if (omitExpiresIn) {
+    // A provider that never says how long its tokens live: drop the field from the answer
+    // after oidc-provider built it (the token still expires at the server after --access-ttl).
+    provider.use(async (ctx, next) => {
+      await next();
+      if (ctx.path === '/token' && ctx.body && typeof ctx.body === 'object') delete ctx.body.expires_in;
+    });
+  }
+
   provider.on('grant.success', (ctx) => {
     const grantType = ctx.oidc?.params?.grant_type;
     if (grantType === 'refresh_token') stats.refresh_success += 1;
     else if (grantType === 'authorization_code') stats.code_success += 1;
+    else if (grantType === 'client_credentials') stats.client_credentials_success += 1;
     stats.issued_at.push(Date.now());
+    saveStats();
   });
 
   provider.on('grant.error', (ctx, err) => {
@@ -306,15 +466,18 @@ function buildProvider(issuer) {
     } else if (grantType === 'authorization_code') {
       stats.code_errors.push({ error, detail });
     }
+    saveStats();
   });
 
   provider.on('grant.revoked', (_ctx, grantId) => {
     stats.grant_revoked += 1;
+    saveStats();
     log(`grant.revoked ${grantId}`);
   });
 
   provider.on('registration_create.success', () => {
     stats.registrations += 1;
+    saveStats();
   });
 
   for (const event of ['server_error', 'authorization.error', 'registration_create.error',
@@ -397,8 +560,9 @@ async function revokeAll(provider) {
     await provider.Grant.adapter.destroy(grantId);
   }
   // Tokens whose grant record already expired or vanished still carry a grantId.
-  for (const grantId of [...grantMembers.keys()]) revokeGrantMembers(grantId);
+  for (const grantId of [...grantMembers.keys()]) revokeGrant(grantId);
   stats.admin_revoked += grantIds.length;
+  saveStats();
   log(`admin revoke-all: ${grantIds.length} grant(s)`);
   return grantIds.length;
 }
@@ -406,6 +570,8 @@ async function revokeAll(provider) {
 async function admin(provider, req, res, path) {
   if (req.method === 'GET' && path === '/__admin/stats') {
     sendJson(res, 200, stats);
+  } else if (req.method === 'GET' && path === '/__admin/cc-jwt-key') {
+    sendJson(res, 200, { client_id: 'cc-jwt', private_key_pem: ccJwtPrivatePem });
   } else if (req.method === 'POST' && path === '/__admin/reset-stats') {
     resetStats();
     sendJson(res, 200, stats);
@@ -449,20 +615,32 @@ const server = http.createServer((req, res) => {
   });
 });
 
+openJournal();
+
 server.listen(port, '127.0.0.1', () => {
   const actualPort = server.address().port;
-  const issuer = `http://127.0.0.1:${actualPort}`;
+  const issuer = issuerOverride ?? `http://127.0.0.1:${actualPort}`;
   provider = buildProvider(issuer);
   providerHandler = provider.callback();
-  log(`listening issuer=${issuer} format=${accessTokenFormat} access_ttl=${accessTTL} resources=${JSON.stringify(resources)}`);
+  log(`listening issuer=${issuer} format=${accessTokenFormat} access_ttl=${accessTTL} resources=${JSON.stringify(resources)} state_dir=${stateDir ?? '-'} omit_expires_in=${omitExpiresIn}`);
   // Spaced like Python's json.dumps, so the line reads the same from either side.
   process.stdout.write(`{"issuer": ${JSON.stringify(issuer)}, "port": ${actualPort}}\n`);
 });
 
+// Stop the way a deployment does: take no new connection, let the requests in progress get
+// their answers (a refresh the server processed but never answered would look lost to the
+// client, and its retry would be a replay), then exit. Idle keep-alive connections close at
+// once; a request arriving on one then was never read, so it was not processed either.
+const DRAIN_MS = 2000;
 for (const signal of ['SIGTERM', 'SIGINT']) {
   process.on(signal, () => {
-    server.close();
-    server.closeAllConnections();
-    process.exit(0);
+    server.close(() => process.exit(0));
+    server.closeIdleConnections();
+    // A connection turns idle once its answer is out: close those as they turn idle.
+    setInterval(() => server.closeIdleConnections(), 20).unref();
+    setTimeout(() => {
+      server.closeAllConnections();
+      process.exit(0);
+    }, DRAIN_MS).unref();
   });
 }

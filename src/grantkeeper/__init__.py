@@ -6,7 +6,7 @@ This module is the public API; everything else is private and may change.
 from ._auto_store import AutoStore
 from ._callback_server import CallbackServer
 from ._classify import authentication_required
-from ._decide import MAX_UNKNOWN_ATTEMPTS
+from ._decide import Outcome, outcome_of
 from ._discovery import Discovery, ResourceMetadata, discover
 from ._errors import (
     AccountChanged,
@@ -32,6 +32,7 @@ from ._errors import (
     RefreshOutcomeUnknown,
     RetryRequired,
     ServerConfigError,
+    ServerRejectsToken,
     SessionLocksUnsupported,
     StoreConfigError,
     StoreCorrupt,
@@ -42,6 +43,7 @@ from ._errors import (
 )
 from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
+from ._grants import EnterpriseIdentity
 from ._http_auth import HttpxAuth
 from ._keeper import Keeper
 from ._keyring_store import KeyringStore
@@ -57,13 +59,21 @@ from ._server_status import auth_status, known_servers
 from ._servers import ServerConfig, load_servers, remove_server, resolve_server, save_server
 from ._status import AuthState, AuthStatus
 from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, HeldLock, Store, Stored
+from ._store_admin import (
+    CredentialReport,
+    MigrationResult,
+    StoreCheck,
+    StoreReport,
+    diagnose_store,
+    migrate_credential,
+    migrate_store,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_SKEW",
-    "MAX_UNKNOWN_ATTEMPTS",
     "PROCESS_LOCK",
     "AccountChanged",
     "AuthState",
@@ -79,8 +89,10 @@ __all__ = [
     "Clock",
     "Credential",
     "CredentialKey",
+    "CredentialReport",
     "DeadlineExceeded",
     "Discovery",
+    "EnterpriseIdentity",
     "FileStore",
     "Freshness",
     "HeldLock",
@@ -95,7 +107,9 @@ __all__ = [
     "LoginRequired",
     "LogoutResult",
     "MalformedResponse",
+    "MigrationResult",
     "OAuthUnsupported",
+    "Outcome",
     "PersistencePending",
     "PostgresStore",
     "ProtocolError",
@@ -109,17 +123,22 @@ __all__ = [
     "ServerConfig",
     "ServerConfigError",
     "SessionLocksUnsupported",
+    "ServerRejectsToken",
     "Store",
+    "StoreCheck",
     "StoreConfigError",
     "StoreCorrupt",
     "StoreError",
+    "StoreReport",
     "StoreUnavailable",
     "Stored",
     "UnsafeStorePath",
     "VersionConflict",
     "__version__",
     "auth_status",
+    "outcome_of",
     "authentication_required",
+    "diagnose_store",
     "discover",
     "freshness",
     "grantkeeper_home",
@@ -127,6 +146,8 @@ __all__ = [
     "load_servers",
     "login",
     "logout",
+    "migrate_credential",
+    "migrate_store",
     "open_store",
     "redact",
     "refresh_margin",

@@ -26,6 +26,10 @@ class AuthServerMetadata:
     scopes_supported: tuple[str, ...] = ()
     code_challenge_methods_supported: tuple[str, ...] = ()
     iss_parameter_supported: bool = False
+    client_id_metadata_document_supported: bool = False
+    """The server takes a client ID metadata document URL as ``client_id`` (SEP-991)."""
+    grant_types_supported: tuple[str, ...] = ()
+    token_endpoint_auth_methods_supported: tuple[str, ...] = ()
 
 
 def metadata_urls(issuer: str) -> list[str]:
@@ -91,4 +95,12 @@ def parse_metadata(body: bytes, *, expected_issuer: str) -> AuthServerMetadata:
         scopes_supported=_strings(data.get("scopes_supported"), "scopes_supported"),
         code_challenge_methods_supported=methods,
         iss_parameter_supported=data.get("authorization_response_iss_parameter_supported") is True,
+        client_id_metadata_document_supported=(
+            data.get("client_id_metadata_document_supported") is True
+        ),
+        grant_types_supported=_strings(data.get("grant_types_supported"), "grant_types_supported"),
+        token_endpoint_auth_methods_supported=_strings(
+            data.get("token_endpoint_auth_methods_supported"),
+            "token_endpoint_auth_methods_supported",
+        ),
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ._errors import (
     AuthenticationRequired,
     InsufficientScope,
+    LoginRequired,
     ProtocolError,
     ReauthenticationRequired,
     RetryRequired,
@@ -96,6 +97,22 @@ def static_flow(*, token: str | None, key: str | None = None) -> Flow:
         raise AuthenticationRequired(
             "the server rejected the configured bearer token (HTTP 401); "
             "grantkeeper does not refresh a static token",
+            key=key,
+        )
+    _check_scope(reply, key)
+
+
+def anonymous_flow(*, key: str | None = None) -> Flow:
+    """No credential at all: the request goes out as it is, and a 401 says one is needed.
+
+    For servers that need no auth. A 401 is final (there is nothing to renew), and it
+    raises :class:`LoginRequired` rather than leaving the caller with a bare HTTP error.
+    """
+    reply = _reply((yield Send(None)))
+    if reply.status == 401:
+        raise LoginRequired(
+            "the server requires authentication (HTTP 401), and this client connects "
+            "without any: log in, or give a bearer token",
             key=key,
         )
     _check_scope(reply, key)

@@ -8,14 +8,21 @@ not yet placed is pinned for the life of the object.
 
 If a credential shows up in the store it was not placed in, that is drift: it is logged
 (``store.drift``) and reported by ``grantkeeper doctor``, and never followed silently.
+A delete (a logout) removes the credential from every backend, stray copies included, so
+none of them is adopted by the next read.
+
+The lock is the file store's lock and then the keyring store's, always in that order: it
+excludes a peer on either store, and Auto processes of other homes on the same keyring.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +32,7 @@ from ._keyring_store import KeyringStore
 from ._log import event
 from ._record import Credential, CredentialKey
 from ._side_file import SideFile
-from ._store import DEFAULT_LOCK_TIMEOUT, ProcessLock, Store, Stored
+from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Store, Stored
 
 Backend = Literal["keyring", "file"]
 BACKENDS: tuple[Backend, ...] = ("keyring", "file")
@@ -137,6 +144,16 @@ class AutoStore:
         except StoreCorrupt:
             return True
 
+    def _may_hold(self, where: Backend, key: CredentialKey) -> bool:
+        """Whether unreachable ``where`` may hold ``key``: only the keyring can be
+        unreachable, and its index (a file) says what this home put there."""
+        if where != "keyring":
+            return True
+        try:
+            return self.keyring.indexed(key)
+        except StoreCorrupt:
+            return True  # an unreadable index proves nothing
+
     def _check_drift(self, key: CredentialKey, placed: Backend) -> None:
         if key in self._drift_reported:
             return
@@ -189,13 +206,38 @@ class AutoStore:
         return self.backend(placed).write(key, record, expected_version=expected_version)
 
     def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        """Remove ``key`` from its placed store (at ``expected_version``, if given), then any
+        stray copy from the other backend, and forget the placement."""
         placed = self.placement(key)
         if placed is None:
-            self.read(key)
+            self.read(key)  # adopts an unplaced copy, so the version check applies to it
             placed = self.placement(key)
-            if placed is None:
-                return False
-        existed = self.backend(placed).delete(key, expected_version=expected_version)
+        existed = False
+        if placed is not None:
+            existed = self.backend(placed).delete(key, expected_version=expected_version)
+        unchecked: list[Backend] = []
+        for where in BACKENDS:
+            if where == placed:
+                continue
+            try:
+                existed = self.backend(where).delete(key) or existed
+            except StoreUnavailable:
+                if not self._may_hold(where, key):
+                    continue  # this home never put it there
+                unchecked.append(where)
+        if unchecked:
+            # A copy may sit in a backend we cannot reach. Keep the (now empty) placement,
+            # so reads keep returning nothing instead of adopting that copy later.
+            keep: Backend = placed or self._other(unchecked[0])
+            self.place(key, keep, replace=True)
+            event(
+                logging.WARNING,
+                "store.delete_unchecked",
+                key=str(key),
+                unchecked=",".join(unchecked),
+                hint="a copy may remain there; run grantkeeper doctor once it is reachable",
+            )
+            return existed
         # A later login places the credential afresh, by the preference of that day.
         self.place(key, None, replace=True)
         return existed
@@ -209,11 +251,17 @@ class AutoStore:
             pass
         return sorted(found)
 
+    @contextlib.contextmanager
     def lock(
         self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
-    ) -> AbstractContextManager[ProcessLock]:
-        # The keyring store's lock *is* the file store's, so both placements share one lock.
-        return self.file.lock(key, timeout=timeout)
+    ) -> Iterator[ProcessLock]:
+        """Hold both backends' locks of ``key``: file first, then keyring (one order for every
+        process, so no two wait on each other), within ``timeout`` overall. Both are
+        ``flock``s: they cannot be lost while this process holds them."""
+        deadline = time.monotonic() + timeout
+        with self.file.lock(key, timeout=timeout):
+            with self.keyring.lock(key, timeout=max(0.0, deadline - time.monotonic())):
+                yield PROCESS_LOCK
 
     # -- diagnosis ----------------------------------------------------------------------
 

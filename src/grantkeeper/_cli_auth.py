@@ -106,6 +106,22 @@ def _authorizer(listener: CallbackServer, *, browser: bool, manual: bool, timeou
     envvar="GRANTKEEPER_CLIENT_SECRET",
     help="The pre-registered client's secret. Default: $GRANTKEEPER_CLIENT_SECRET.",
 )
+@click.option(
+    "--client-metadata-url",
+    help="This client's ID metadata document URL, used as client id where the server takes it.",
+)
+@click.option(
+    "--client-credentials",
+    is_flag=True,
+    help="Log in as a machine client (client_credentials grant): no browser.",
+)
+@click.option(
+    "--client-auth-method",
+    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt"]),
+    help="How the machine client authenticates (default: from the secret or key given).",
+)
+@click.option("--client-key-file", help="PEM private key file for private_key_jwt.")
+@click.option("--client-key-env", help="Environment variable holding that PEM private key.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Loopback port for the redirect.")
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
 @click.option("--manual", is_flag=True, help="Paste the redirect URL yourself (remote shells).")
@@ -126,6 +142,11 @@ def login(
     scopes: tuple[str, ...],
     client_id: str | None,
     client_secret: str | None,
+    client_metadata_url: str | None,
+    client_credentials: bool,
+    client_auth_method: str | None,
+    client_key_file: str | None,
+    client_key_env: str | None,
     port: int | None,
     no_browser: bool,
     manual: bool,
@@ -136,7 +157,8 @@ def login(
     """Log in to an MCP server with OAuth and store the credential."""
     import dataclasses
 
-    from ._callback_server import CallbackServer
+    from ._discovery import discover
+    from ._login_flow import callback_ports, listen_first_free
     from ._login_flow import login as run_login
     from ._servers import resolve_server, save_server
 
@@ -150,15 +172,39 @@ def login(
         changes.update(client_id=client_id, client_secret=client_secret)
     if port is not None:
         changes["callback_port"] = port
+    if client_metadata_url:
+        changes["client_metadata_url"] = client_metadata_url
+    if client_credentials:
+        changes["grant"] = "client_credentials"
+    for field, value in (
+        ("client_auth_method", client_auth_method),
+        ("client_key_file", client_key_file),
+        ("client_key_env", client_key_env),
+    ):
+        if value:
+            changes[field] = value
     config = dataclasses.replace(config, **changes)
     store = _store(store_spec)
-    with CallbackServer(port=config.callback_port or 0) as listener:
-        authorize = _authorizer(
-            listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
-        )
-        record = run_login(
-            config, store=store, authorize=authorize, redirect_uri=listener.redirect_uri
-        )
+    if config.grant == "client_credentials":
+        record = run_login(config, store=store)
+    else:
+        # Discovered once, here: the issuer says which kept registration's port to listen on,
+        # so a second login reuses its client instead of registering another.
+        # A configured port is bound first: a taken one is reported before any network.
+        found = None if config.callback_port else discover(config.url)
+        issuer = found.metadata.issuer if found is not None else ""
+        ports = callback_ports(config, store, issuer, dynamic=not config.client_id)
+        with listen_first_free(ports) as listener:
+            authorize = _authorizer(
+                listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
+            )
+            record = run_login(
+                config,
+                store=store,
+                authorize=authorize,
+                redirect_uri=listener.redirect_uri,
+                discovery=found,
+            )
     saved = save_server(config)
     if as_json:
         click.echo(
@@ -173,7 +219,7 @@ def login(
                     "account": record.subject,
                     "issuer": record.issuer,
                     "store": store.name,
-                    "refreshable": record.refresh_token is not None,
+                    "refreshable": record.renewable,
                 }
             )
         )
@@ -183,7 +229,7 @@ def login(
         f"Logged in to {saved.name} ({saved.url}){who}; "
         f"token expires in {_expires_in(record.expires_at)}; stored in {store.name}."
     )
-    if record.refresh_token is None:
+    if not record.renewable:
         _say("warning: the server issued no refresh token; you will need to log in again soon")
 
 

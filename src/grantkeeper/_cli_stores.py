@@ -6,33 +6,27 @@ Exit codes: 0 all is well; 1 a problem was found (or a credential was not moved)
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import stat
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from ._auto_store import AutoStore
-from ._errors import GrantkeeperError, LockTimeout, StoreError
-from ._file_store import FileStore
-from ._keyring_store import KeyringStore
+from ._errors import StoreError
 from ._open_store import SPECS, open_store
-from ._postgres_store import PostgresStore
-from ._record import CredentialKey
 from ._store import Store
+from ._store_admin import (
+    DEFAULT_MIGRATE_LOCK_TIMEOUT,
+    StoreReport,
+    diagnose_store,
+    migrate_store,
+)
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
-
-DEFAULT_MIGRATE_LOCK_TIMEOUT = 30.0
-"""Seconds ``migrate`` waits for each credential's lock: one refresh takes at most ~30 s."""
 
 store_option = click.option(
     "--store",
@@ -51,136 +45,7 @@ def _open(spec: str | None) -> Store:
         raise click.UsageError(exc.message) from None
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass
-class CredentialReport:
-    key: str
-    server_url: str
-    profile: str | None
-    store: str | None
-    found_in: list[str]
-    drift: bool
-    version: int | None
-    lock: str
-    problem: str | None = None
-
-
-@dataclass
-class Report:
-    store: str
-    checks: list[Check] = field(default_factory=list)
-    credentials: list[CredentialReport] = field(default_factory=list)
-
-    @property
-    def healthy(self) -> bool:
-        return all(c.ok for c in self.checks) and not any(
-            c.drift or c.problem for c in self.credentials
-        )
-
-
-def _lock_state(store: Store, key: CredentialKey) -> str:
-    try:
-        with store.lock(key, timeout=0):
-            return "free"
-    except LockTimeout:
-        return "held (a refresh or login may be running)"
-    except StoreError as exc:
-        return f"error: {exc.message}"
-
-
-def _permission_checks(files: FileStore) -> list[Check]:
-    checks = []
-    for path in (files.home, files.directory):
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            checks.append(Check(f"permissions {path}", True, "not created yet"))
-            continue
-        mode = stat.S_IMODE(info.st_mode)
-        if stat.S_ISLNK(info.st_mode):
-            checks.append(Check(f"permissions {path}", False, "is a symlink"))
-        elif info.st_uid != os.getuid():
-            checks.append(Check(f"permissions {path}", False, "owned by another user"))
-        elif mode & 0o077:
-            checks.append(
-                Check(f"permissions {path}", False, f"mode {mode:o}; run: chmod 700 {path}")
-            )
-        else:
-            checks.append(Check(f"permissions {path}", True, f"mode {mode:o}"))
-    try:
-        problems = files.problems()
-    except StoreError as exc:
-        problems = [exc.message]
-    checks.append(
-        Check("credential files", not problems, "; ".join(problems) or "all readable and private")
-    )
-    return checks
-
-
-def _keyring_check(keyring: KeyringStore) -> Check:
-    if keyring.available():
-        return Check("keyring", True, f"available ({keyring.backend_name()})")
-    return Check("keyring", True, "unavailable: Auto mode stores new credentials in files")
-
-
-def _session_locks_check(store: PostgresStore) -> Check:
-    try:
-        store.check_session_locks()
-    except StoreError as exc:
-        return Check("session locks", False, exc.message)
-    return Check(
-        "session locks",
-        True,
-        "held between statements; lock sessions fenced, idle_session_timeout 5 min, keepalives",
-    )
-
-
-def diagnose(store: Store) -> Report:
-    """Everything ``doctor`` reports about ``store``."""
-    report = Report(store=repr(store))
-    if isinstance(store, AutoStore | FileStore | KeyringStore):
-        files = store.file if isinstance(store, AutoStore) else FileStore(store.home)
-        report.checks.extend(_permission_checks(files))
-    if isinstance(store, AutoStore | KeyringStore):
-        keyring = store.keyring if isinstance(store, AutoStore) else store
-        report.checks.append(_keyring_check(keyring))
-    if isinstance(store, PostgresStore):
-        report.checks.append(
-            Check("encryption at rest", True, "on" if store.encrypted else "off (records in plain)")
-        )
-        report.checks.append(_session_locks_check(store))
-    try:
-        if isinstance(store, AutoStore):
-            entries: list[tuple[CredentialKey, str | None, list[str], bool]] = [
-                (p.key, p.placed, list(p.found_in), p.drift) for p in store.placements()
-            ]
-        else:
-            entries = [(k, store.name, [store.name], False) for k in store.keys()]
-        report.checks.append(Check("store reachable", True, store.name))
-    except StoreError as exc:
-        report.checks.append(Check("store reachable", False, exc.message))
-        return report
-    for key, placed, found_in, drift in entries:
-        entry = CredentialReport(
-            str(key), key.server_url, key.profile, placed, found_in, drift, None, "unknown"
-        )
-        try:
-            stored = store.read(key)
-            entry.version = stored.version if stored else None
-        except GrantkeeperError as exc:
-            entry.problem = str(exc)
-        entry.lock = _lock_state(store, key)
-        report.credentials.append(entry)
-    return report
-
-
-def _print_report(report: Report, console: Console) -> None:
+def _print_report(report: StoreReport, console: Console) -> None:
     console.print(f"store: {report.store}")
     checks = Table("check", "ok", "detail", title="health")
     for check in report.checks:
@@ -207,7 +72,7 @@ def _print_report(report: Report, console: Console) -> None:
 @json_option
 def doctor(spec: str | None, as_json: bool) -> None:
     """Check the store: where each credential lives, drift, locks, keyring, permissions."""
-    report = diagnose(_open(spec))
+    report = diagnose_store(_open(spec))
     if as_json:
         click.echo(json.dumps({"healthy": report.healthy, **asdict(report)}, indent=2))
     else:
@@ -216,55 +81,6 @@ def doctor(spec: str | None, as_json: bool) -> None:
 
 
 # -- migrate ------------------------------------------------------------------------------
-
-
-def _share_lock(source: Store, target: Store) -> bool:
-    """Whether both stores use the same file lock, so taking both would wait on ourselves."""
-    local = (AutoStore, FileStore, KeyringStore)
-    if not (isinstance(source, local) and isinstance(target, local)):
-        return False
-    return source.home == target.home
-
-
-@contextlib.contextmanager
-def _locked(source: Store, target: Store, key: CredentialKey, timeout: float) -> Iterator[None]:
-    with source.lock(key, timeout=timeout):
-        if _share_lock(source, target):
-            yield
-        else:
-            with target.lock(key, timeout=timeout):
-                yield
-
-
-def _concrete(source: Store, key: CredentialKey) -> Store:
-    """The store that really holds ``key`` (Auto mode resolves to keyring or file)."""
-    if isinstance(source, AutoStore):
-        source.read(key)  # places an unplaced credential where it is
-        placed = source.placement(key)
-        if placed is not None:
-            return source.backend(placed)
-    return source
-
-
-def migrate_one(source: Store, target: Store, key: CredentialKey, timeout: float) -> str:
-    """Move ``key`` under its lock(s); return what happened."""
-    with _locked(source, target, key, timeout):
-        holder = _concrete(source, key)
-        if holder.name == target.name and not isinstance(target, PostgresStore):
-            return "already there"
-        stored = holder.read(key)
-        if stored is None:
-            return "gone"
-        existing = target.read(key)
-        if existing is None:
-            target.write(key, stored.record, expected_version=None)
-        elif existing.record != stored.record:
-            return "conflict: the target holds a different record; left both in place"
-        if isinstance(source, AutoStore):
-            where = target.name if target.name in ("keyring", "file") else None
-            source.place(key, where, replace=True)  # type: ignore[arg-type]
-        holder.delete(key, expected_version=stored.version)
-        return "moved"
 
 
 @click.group()
@@ -292,18 +108,12 @@ def migrate(spec: str | None, to: str, lock_timeout: float, as_json: bool) -> No
     source, target = _open(spec), _open(to)
     if type(source) is type(target) and repr(source) == repr(target):
         raise click.UsageError("the source and target are the same store")
-    results: list[dict[str, Any]] = []
     try:
-        keys = source.keys()
+        moved = migrate_store(source, target, lock_timeout=lock_timeout)
     except StoreError as exc:
         raise click.ClickException(exc.message) from None
-    for key in keys:
-        try:
-            outcome = migrate_one(source, target, key, lock_timeout)
-        except GrantkeeperError as exc:
-            outcome = f"failed: {exc}"
-        results.append({"key": str(key), "result": outcome})
-    ok = all(r["result"] in ("moved", "already there", "gone") for r in results)
+    results: list[dict[str, Any]] = [{"key": str(r.key), "result": str(r)} for r in moved]
+    ok = all(r.ok for r in moved)
     if as_json:
         click.echo(json.dumps({"from": repr(source), "to": repr(target), "results": results}))
     else:

@@ -1,29 +1,81 @@
-"""The refresh decision, pure: given what is stored and what this process knows, what now?
+"""Every rule of the credential lifecycle, pure: what to serve, what to do, what it means.
 
-This is the heart of grantkeeper and does no I/O. The caller holds the credential's lock,
-has just re-read the store, and acts on the returned :class:`Decision`.
+Like h11's ``_state.py``, every rule that affects the lifecycle lives here, and nothing here
+does I/O. :class:`~grantkeeper.Keeper` only sequences reads, locks, writes and provider
+calls around these functions:
+
+- :func:`serve_from_memory`: what a request gets from memory, and whether to refresh ahead;
+- :func:`decide`: what a transaction does with the record it re-read under the lock;
+- :func:`outcome_of` and :func:`after_provider_error`: what a provider's answer (or its
+  absence) means, and what to record durably about it;
+- :func:`fallback`: whether a failed transaction may still serve a valid token;
+- :func:`status_verdict`: what ``status`` tells a person.
+
+The provider outcome table (RFC 6749 §5.2 errors, HTTP statuses and transport failures):
+
+===============  ==========================================  =================================
+outcome          what produced it                            what it means
+===============  ==========================================  =================================
+NOT_SENT         connect refused, DNS, connect/pool timeout  nothing reached the provider:
+                                                             retry (with backoff)
+NOT_PROCESSED    429, 503, ``temporarily_unavailable``       the provider did nothing: retry
+                                                             with backoff, honour Retry-After
+UNKNOWN          other 5xx, read timeout, reset after        the token may be spent: keep the
+                 sending, an unusable 200, any other         intent, retry serialized with
+                 failure after the request left              capped backoff
+REFUSED          another 4xx with an ``error`` code          processed and refused; nothing
+                                                             was issued or spent
+DEFINITIVE       ``invalid_grant``, ``invalid_client``,      the grant is over: one guarded
+                 ``unauthorized_client``                     re-read, then mark it dead
+===============  ==========================================  =================================
+
+Once an outcome is unknown, further retries of the same refresh token add no risk: if the
+provider processed the first one, the token is spent and any retry gets ``invalid_grant``,
+which is definitive. So an outage of any length ends with the grant alive if the provider
+never processed a request, and dead only when the provider says so.
+``retry_unknown_outcome=False`` refuses the first retry after an unknown outcome (for
+providers whose reuse detection would treat it as theft); it never treats NOT_SENT or
+NOT_PROCESSED as unknown.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ._errors import (
     AccountChanged,
+    AuthenticationRequired,
+    ClientRegistrationInvalid,
     GrantkeeperError,
     LoginRequired,
     PersistencePending,
+    ProviderError,
+    ProviderUnavailable,
     ReauthenticationRequired,
+    RefreshOutcomeUnknown,
+    ServerRejectsToken,
 )
-from ._freshness import Freshness, freshness
-from ._record import Credential, RefreshIntent
+from ._freshness import DEFAULT_SKEW, Freshness, freshness
+from ._record import CLIENT_CREDENTIALS, Credential, RefreshIntent
 
-MAX_UNKNOWN_ATTEMPTS = 2
-"""Refresh attempts allowed with one refresh token whose earlier outcome is unknown: the
-original and one retry. Providers with a reuse grace period accept the retry; the rest
-answer ``invalid_grant``. Either way the outcome is then known, so we never loop."""
+BACKOFF_BASE = timedelta(seconds=1)
+"""Wait after the first failed attempt with one refresh token; it doubles per attempt."""
+
+BACKOFF_CAP = timedelta(seconds=10)
+"""The longest wait between attempts we choose ourselves: short enough that a provider back
+from an outage is used within seconds, long enough that a fleet does not hammer it."""
+
+MAX_RETRY_AFTER = timedelta(minutes=5)
+"""A provider's ``Retry-After`` is honoured up to this; a longer one is a misconfiguration,
+and the token it strands expires either way."""
+
+REJECTION_INTERVAL = timedelta(minutes=1)
+"""At most one refresh per credential per this interval is forced by a server's 401. A
+server that rejects every fresh token (a wrong audience, a broken introspection) would
+otherwise cost a refresh or two on every request, forever."""
 
 
 class Action(enum.Enum):
@@ -35,6 +87,16 @@ class Action(enum.Enum):
     """Write ``intent`` into the record, then spend its refresh token."""
     FAIL = "fail"
     """Raise ``error``; if ``mark`` is set, first store the record marked dead."""
+
+
+class Outcome(enum.Enum):
+    """What a provider call's result means for the refresh token it carried (see above)."""
+
+    NOT_SENT = "not_sent"
+    NOT_PROCESSED = "not_processed"
+    UNKNOWN = "unknown"
+    REFUSED = "refused"
+    DEFINITIVE = "definitive"
 
 
 @dataclass(frozen=True)
@@ -56,26 +118,46 @@ class Context:
     """What the process knows beside the stored record."""
 
     now: datetime
-    skew: timedelta
-    pid: int
-    host: str
+    skew: timedelta = DEFAULT_SKEW
+    pid: int = 0
+    host: str = ""
     holder: str = ""
     """This ``Keeper`` instance's identifier."""
     known: Credential | None = None
-    """The credential this lifecycle serves (its identity must not silently change)."""
+    """The identity this lifecycle serves (it must not silently change account)."""
     rejected: str | None = None
     """The access token a server rejected with 401, if that is why we are here."""
-    max_unknown_attempts: int = MAX_UNKNOWN_ATTEMPTS
-    """Attempts allowed with a refresh token whose earlier outcome is unknown; 1 means never
-    retry it (for providers without a reuse grace period, where a retry after a lost answer
-    is a replay that revokes the grant and raises a reuse alert)."""
+    retry_unknown_outcome: bool = True
+    """Whether a refresh token whose earlier outcome is unknown may be sent again."""
+    default_lifetime: timedelta | None = None
+    """The lifetime assumed for a token the provider gave none."""
+    rejection_interval: timedelta = REJECTION_INTERVAL
+
+
+def renewable(record: Credential) -> bool:
+    """Whether a new access token can be had for ``record`` without a person: with its
+    refresh token, or by asking again (a client-credentials grant)."""
+    return record.renewable
+
+
+def _state(record: Credential, ctx: Context) -> Freshness:
+    return freshness(record, ctx.now, ctx.skew, ctx.default_lifetime)
+
+
+# -- identity -----------------------------------------------------------------------------
 
 
 def identity_error(known: Credential | None, stored: Credential, key: str) -> AccountChanged | None:
-    """Refuse to adopt a record for another issuer, resource or account mid-lifecycle."""
+    """Refuse to adopt a record for another issuer, resource or account mid-lifecycle.
+
+    What is unknown on either side (a legacy record without an issuer or subject) cannot
+    differ; what is known on both sides must agree.
+    """
     if known is None:
         return None
-    if not known.same_identity(stored):
+    if known.resource != stored.resource or (
+        known.issuer and stored.issuer and known.issuer != stored.issuer
+    ):
         return AccountChanged(
             "the stored credential is for another issuer or resource; restart to use it",
             key=key,
@@ -87,13 +169,71 @@ def identity_error(known: Credential | None, stored: Credential, key: str) -> Ac
     return None
 
 
+def merged_identity(known: Credential | None, adopted: Credential) -> Credential:
+    """The lifecycle's identity once ``adopted`` is served: it follows every record, and
+    keeps what it already knew where the record does not say (so a legacy record without
+    a subject never opens the door to a second account)."""
+    if known is None:
+        return adopted
+    return adopted.replace(
+        issuer=adopted.issuer or known.issuer, subject=adopted.subject or known.subject
+    )
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+def serve_from_memory(current: Credential | None, ctx: Context) -> tuple[Credential | None, bool]:
+    """What a request gets from memory: ``(credential or None, refresh ahead)``.
+
+    A token inside its refresh margin is still valid: it is served at once, and one
+    background transaction refreshes ahead (google-auth's non-blocking refresh). Only an
+    expired or rejected token makes a request wait.
+    """
+    if current is None:
+        return None, False
+    state = _state(current, ctx)
+    if state is Freshness.EXPIRED or current.access_token == ctx.rejected:
+        return None, False
+    return current, state is Freshness.STALE and renewable(current)
+
+
+def servable(record: Credential, ctx: Context, key: str) -> bool:
+    """Whether ``record``'s access token may be served as it is: valid, not rejected, not
+    marked dead, and of this lifecycle's identity."""
+    return (
+        record.reauth_reason is None
+        and identity_error(ctx.known, record, key) is None
+        and _state(record, ctx) is not Freshness.EXPIRED
+        and record.access_token != ctx.rejected
+    )
+
+
+def fallback(
+    record: Credential | None, error: BaseException, ctx: Context, key: str
+) -> Credential | None:
+    """The token a failed transaction may still serve: a failure that does not end the
+    grant (an outage, a busy lock, an unreachable store) never fails a request whose token
+    is still valid."""
+    if record is None or not isinstance(error, GrantkeeperError):
+        return None
+    if isinstance(error, AuthenticationRequired | AccountChanged | ServerRejectsToken):
+        return None  # the grant is over, or this is not our credential
+    if not error.retryable and not isinstance(error, ProviderError):
+        return None
+    return record if servable(record, ctx, key) else None
+
+
+# -- the transaction ----------------------------------------------------------------------
+
+
 def decide(
     stored: Credential | None, ctx: Context, *, key: str, holder_alive: bool = False
 ) -> Decision:
     """Decide between adopting ``stored``, refreshing it, or failing.
 
-    ``holder_alive`` says whether the process named in ``stored.intent`` still runs on
-    this host (the caller checks; this function does no I/O).
+    ``holder_alive`` says whether the process named in ``stored.intent`` may still hold an
+    unstored answer (the caller checks; this function does no I/O).
     """
     if stored is None:
         return Decision(Action.FAIL, error=LoginRequired("not logged in", key=key))
@@ -104,17 +244,31 @@ def decide(
             Action.FAIL,
             error=ReauthenticationRequired(f"log in again: {stored.reauth_reason}", key=key),
         )
-    state = freshness(stored, ctx.now, ctx.skew)
-    not_rejected = ctx.rejected is None or stored.access_token != ctx.rejected
-    if state is Freshness.FRESH and not_rejected:
+    state = _state(stored, ctx)
+    rejected_here = ctx.rejected is not None and stored.access_token == ctx.rejected
+    valid = state is not Freshness.EXPIRED and not rejected_here
+    if state is Freshness.FRESH and not rejected_here:
         return Decision(Action.ADOPT, record=stored)
-    if ctx.rejected is not None and not_rejected and state is not Freshness.EXPIRED:
+    if ctx.rejected is not None and valid:
         # A late 401 for a token that was already replaced: retry with the new one.
         return Decision(Action.ADOPT, record=stored)
-    if not stored.refresh_token:
-        if state is Freshness.STALE and not_rejected:
-            return Decision(Action.ADOPT, record=stored)  # still valid; nothing to refresh with
-        reason = "the token was rejected" if not not_rejected else "the token expired"
+    if rejected_here and stored.rejected_refresh_at is not None:
+        again_at = stored.rejected_refresh_at + ctx.rejection_interval
+        if ctx.now < again_at:
+            return Decision(
+                Action.FAIL,
+                error=ServerRejectsToken(
+                    f"the server rejected a token that a refresh forced by its previous 401 "
+                    f"had just obtained; not refreshing again before {_hms(again_at)}. "
+                    "Check the server's resource and audience settings, or log in again",
+                    key=key,
+                    server=stored.resource,
+                ),
+            )
+    if not renewable(stored):
+        if valid:
+            return Decision(Action.ADOPT, record=stored)  # nothing to refresh with; still valid
+        reason = "the token was rejected" if rejected_here else "the token expired"
         return Decision(
             Action.FAIL,
             error=ReauthenticationRequired(
@@ -123,26 +277,33 @@ def decide(
         )
     fingerprint = stored.refresh_fingerprint
     assert fingerprint is not None
-    attempts = 1
-    unknown = False
-    intent = stored.intent
-    if intent is not None and intent.token_fingerprint == fingerprint:
+    intent = stored.intent if _concerns(stored) else None
+    attempts, since, unknown = 1, ctx.now, False
+    if intent is not None:
         ours = intent.host == ctx.host and intent.pid == ctx.pid and intent.holder == ctx.holder
+        # A client-credentials renewal spends nothing: asking again is always safe.
+        harmless = stored.grant == CLIENT_CREDENTIALS
+        if intent.state == "answered" and not harmless:
+            return Decision(
+                Action.FAIL,
+                error=ReauthenticationRequired(f"log in again: {ANSWERED_NOT_STORED}", key=key),
+            )
         if intent.state == "in_flight" and holder_alive and not ours:
+            if valid:
+                return Decision(Action.ADOPT, record=stored)
             return Decision(
                 Action.FAIL,
                 error=PersistencePending(
-                    f"process {intent.pid} refreshed this credential but has not stored the "
-                    "result yet; not spending the old refresh token",
+                    f"process {intent.pid} is refreshing this credential and has not stored "
+                    "the result yet; not spending the old refresh token",
                     key=key,
                 ),
             )
-        unknown = True
-        if intent.attempts >= ctx.max_unknown_attempts:
+        unknown = intent.state in ("in_flight", "unknown") and not harmless
+        if unknown and not ctx.retry_unknown_outcome:
             reason = (
-                f"the outcome of {intent.attempts} refresh attempt"
-                f"{'s' if intent.attempts > 1 else ''} is unknown "
-                "(a process died or lost the answer)"
+                f"the outcome of a refresh started {_hms(intent.started_at)} is unknown "
+                "(a process died or lost the answer), and retrying it is turned off"
             )
             return Decision(
                 Action.FAIL,
@@ -150,7 +311,13 @@ def decide(
                 mark=reason,
                 outcome_unknown=True,
             )
-        attempts = intent.attempts + 1
+        if intent.retry_at is not None and ctx.now < intent.retry_at:
+            if valid:
+                return Decision(Action.ADOPT, record=stored, outcome_unknown=unknown)
+            return Decision(
+                Action.FAIL, error=backoff_error(intent, ctx.now, key), outcome_unknown=unknown
+            )
+        attempts, since = intent.attempts + 1, intent.since or intent.started_at
     return Decision(
         Action.REFRESH,
         record=stored,
@@ -161,6 +328,172 @@ def decide(
             started_at=ctx.now,
             attempts=attempts,
             holder=ctx.holder,
+            since=since,
+            last_error=intent.last_error if intent is not None else None,
         ),
         outcome_unknown=unknown,
     )
+
+
+ANSWERED_NOT_STORED = (
+    "a refresh was answered, but its new token could be stored nowhere, so the old refresh "
+    "token is spent"
+)
+
+
+def _concerns(record: Credential) -> bool:
+    """Whether ``record``'s intent is about the refresh token it holds now."""
+    intent = record.intent
+    return intent is not None and intent.token_fingerprint == record.refresh_fingerprint
+
+
+def _hms(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}Z"
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> timedelta:
+    """How long to wait after ``attempts`` failed attempts with one refresh token."""
+    ours = min(BACKOFF_CAP, BACKOFF_BASE * (1 << min(max(attempts - 1, 0), 16)))
+    theirs = timedelta(seconds=retry_after) if retry_after and retry_after > 0 else timedelta(0)
+    return min(MAX_RETRY_AFTER, max(ours, theirs))
+
+
+def backoff_error(intent: RefreshIntent, now: datetime, key: str) -> ProviderError:
+    """The retryable error for a request that must wait for the next attempt."""
+    since = intent.since or intent.started_at
+    what = f" ({intent.last_error})" if intent.last_error else ""
+    retry_at = intent.retry_at or since
+    trouble = (
+        "refreshes with this token have had no usable answer"
+        if intent.state == "unknown"
+        else "the authorization server has been unavailable"
+    )
+    message = f"{trouble} since {_hms(since)}{what}; retrying, next attempt after {_hms(retry_at)}"
+    if intent.state == "unknown":
+        return RefreshOutcomeUnknown(message, key=key)
+    wait = max(0.0, (retry_at - now).total_seconds())
+    return ProviderUnavailable(message, key=key, retry_after=wait)
+
+
+# -- what a provider's answer means -------------------------------------------------------
+
+
+def outcome_of(error: BaseException) -> Outcome:
+    """Classify the failure of a provider call (see the module's table)."""
+    if isinstance(error, ReauthenticationRequired | ClientRegistrationInvalid):
+        return Outcome.DEFINITIVE
+    if isinstance(error, ProviderUnavailable):
+        return Outcome.NOT_PROCESSED if getattr(error, "sent", True) else Outcome.NOT_SENT
+    if type(error) is ProviderError:
+        return Outcome.REFUSED
+    return Outcome.UNKNOWN  # RefreshOutcomeUnknown, MalformedResponse, anything unexpected
+
+
+@dataclass(frozen=True)
+class ErrorPlan:
+    """What to do after a provider call failed: from :func:`after_provider_error`."""
+
+    outcome: Outcome
+    error: GrantkeeperError
+    """What to raise (unless :func:`fallback` serves a still-valid token)."""
+    write: Credential | None = None
+    """The record to put in place of our in-flight note."""
+    mark: str | None = None
+    """The grant is dead for this reason, unless a guarded re-read finds a replacement."""
+
+
+def after_provider_error(
+    error: BaseException, noted: Credential, ctx: Context, *, key: str, was_unknown: bool
+) -> ErrorPlan:
+    """What a failed provider call means, and what to record about it.
+
+    ``noted`` is the record with our in-flight intent; ``was_unknown`` says whether an
+    earlier attempt with the same token had an unknown outcome.
+    """
+    outcome = outcome_of(error)
+    intent = noted.intent
+    assert intent is not None
+    if outcome is Outcome.DEFINITIVE:
+        assert isinstance(error, GrantkeeperError)
+        if isinstance(error, ClientRegistrationInvalid):
+            reason = "the authorization server no longer accepts this client registration"
+        elif intent.attempts > 1 and was_unknown:
+            reason = (
+                "an earlier refresh's outcome was lost, and the authorization server "
+                "rejected the retry (invalid_grant)"
+            )
+        else:
+            reason = "the authorization server rejected the refresh token (invalid_grant)"
+        final = type(error)(f"log in again: {reason}", key=key)
+        final.__cause__ = error
+        return ErrorPlan(outcome, final, mark=reason)
+    if isinstance(error, GrantkeeperError):
+        raised = error
+    else:
+        raised = RefreshOutcomeUnknown(
+            f"the refresh failed after it was sent ({type(error).__name__}); "
+            "its outcome is unknown",
+            key=key,
+        )
+        raised.__cause__ = error
+    if outcome is Outcome.REFUSED:
+        return ErrorPlan(outcome, raised, write=noted.replace(intent=None))
+    unknown = was_unknown or outcome is Outcome.UNKNOWN
+    retry_after = getattr(error, "retry_after", None)
+    note = dataclasses.replace(
+        intent,
+        state="unknown" if unknown else "unavailable",
+        retry_at=ctx.now + backoff(intent.attempts, retry_after),
+        since=intent.since or intent.started_at,
+        last_error=_describe(error),
+    )
+    return ErrorPlan(outcome, raised, write=noted.replace(intent=note))
+
+
+def _describe(error: BaseException) -> str:
+    status = getattr(error, "status", None)
+    return f"{type(error).__name__}, HTTP {status}" if status else type(error).__name__
+
+
+# -- what status says ---------------------------------------------------------------------
+
+
+def status_verdict(
+    record: Credential,
+    *,
+    now: datetime,
+    skew: timedelta = DEFAULT_SKEW,
+    default_lifetime: timedelta | None = None,
+    retry_unknown_outcome: bool = True,
+) -> tuple[bool, str]:
+    """``(needs a new login, detail)`` for a stored record, in words a person can act on."""
+    state = freshness(record, now, skew, default_lifetime)
+    if record.reauth_reason:
+        return True, record.reauth_reason
+    if state is Freshness.EXPIRED and not renewable(record):
+        return True, "the token expired and no refresh token is stored"
+    intent = record.intent if _concerns(record) else None
+    if intent is None:
+        return False, ""
+    if intent.state == "answered":
+        if state is Freshness.FRESH:
+            return False, f"{ANSWERED_NOT_STORED}: log in again when this token expires"
+        return True, ANSWERED_NOT_STORED
+    since = _hms(intent.since or intent.started_at)
+    next_at = f"; next attempt after {_hms(intent.retry_at)}" if intent.retry_at else ""
+    last = f" ({intent.last_error})" if intent.last_error else ""
+    if intent.state == "unavailable":
+        return False, f"provider unavailable since {since}{last}; retrying{next_at}"
+    if intent.state == "in_flight" and retry_unknown_outcome:
+        return False, (
+            f"a refresh started {_hms(intent.started_at)} by pid {intent.pid} on {intent.host} "
+            "has not finished; if that process died, the next refresh retries it"
+        )
+    if not retry_unknown_outcome:
+        if state is Freshness.FRESH:
+            return False, (
+                f"the outcome of a refresh started {since} is unknown; it is not retried "
+                "(a replay could revoke the grant): log in again when this token expires"
+            )
+        return True, f"the outcome of a refresh started {since} is unknown"
+    return False, (f"the outcome of a refresh started {since} is unknown{last}; retrying{next_at}")

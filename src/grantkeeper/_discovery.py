@@ -15,6 +15,8 @@ URL building and document parsing are pure; :func:`discover` is the thin HTTP dr
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +25,7 @@ import httpx
 
 from ._as_metadata import MAX_METADATA_BYTES, AuthServerMetadata, metadata_urls, parse_metadata
 from ._errors import OAuthUnsupported, ProtocolError
+from ._log import event
 from ._record import canonical_url
 from ._urls import require_secure
 from ._www_authenticate import Challenge, bearer_challenge
@@ -31,7 +34,13 @@ PRM_WELL_KNOWN = "/.well-known/oauth-protected-resource"
 """RFC 9728 §3's well-known path prefix."""
 
 DISCOVERY_TIMEOUT = httpx.Timeout(15.0, connect=10.0)
-"""Bounds each discovery request; metadata is small and a slow answer means a broken server."""
+"""Bounds the unauthenticated probe of the MCP server itself."""
+
+METADATA_TIMEOUT = httpx.Timeout(5.0, connect=5.0)
+"""Bounds each well-known request: metadata is a few KiB, and a silent one is not there."""
+
+METADATA_DEADLINE = 10.0
+"""Seconds for a whole metadata body: a trickling stream must not outlast the read timeout."""
 
 NOT_THERE = frozenset({400, 401, 403, 404, 405, 406, 410})
 """Statuses that mean "no document here, try the next location" rather than a failure."""
@@ -193,32 +202,72 @@ def choose_scope(
 # -- I/O --------------------------------------------------------------------------------
 
 
-def _get(http: httpx.Client, url: str) -> tuple[int, bytes]:
-    """GET ``url``; return status and at most ``MAX_METADATA_BYTES + 1`` bytes of body."""
+def _json_type(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` may carry a JSON document (none at all is given a chance)."""
+    if not content_type:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _get(http: httpx.Client, url: str) -> tuple[int, bytes | None]:
+    """GET ``url``: its status, and its body if it is a bounded JSON object, else ``None``.
+
+    A 2xx that is an event stream, an HTML catch-all page, too large, too slow or not a
+    JSON object is no metadata document: ``None``, and discovery tries the next location.
+    """
+    deadline = time.monotonic() + METADATA_DEADLINE
     try:
         with http.stream(
-            "GET", url, headers={"Accept": "application/json"}, timeout=DISCOVERY_TIMEOUT
+            "GET", url, headers={"Accept": "application/json"}, timeout=METADATA_TIMEOUT
         ) as response:
+            status = response.status_code
+            if status >= 300:
+                return status, b""
+            if not _json_type(response.headers.get("content-type")):
+                return _absent(url, status, "content_type")
+            declared = response.headers.get("content-length", "")
+            if declared.isascii() and declared.isdigit() and int(declared) > MAX_METADATA_BYTES:
+                return _absent(url, status, "too_large")
             body = bytearray()
-            if response.status_code < 300:
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_METADATA_BYTES:
-                        break
-            return response.status_code, bytes(body)
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_METADATA_BYTES:
+                    return _absent(url, status, "too_large")
+                if time.monotonic() > deadline:
+                    return _absent(url, status, "too_slow")
+    except httpx.TimeoutException:
+        # A document that does not arrive in time is not there; a refused connection is an error.
+        return _absent(url, 200, "timeout")
     except httpx.HTTPError as exc:
         raise ProtocolError(f"could not fetch {url} ({type(exc).__name__})") from None
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _absent(url, status, "not_json")
+    if not isinstance(data, dict):
+        return _absent(url, status, "not_an_object")
+    return status, bytes(body)
+
+
+def _absent(url: str, status: int, reason: str) -> tuple[int, None]:
+    event(logging.INFO, "discovery.not_a_document", url=url, status=status, reason=reason)
+    return status, None
 
 
 def probe(http: httpx.Client, server_url: str) -> tuple[int, Challenge | None]:
     """Send an unauthenticated MCP request; return the status and any Bearer challenge."""
     try:
-        response = http.post(
+        # Only the status and headers matter: a server that lets us in may answer with an
+        # event stream that never ends, so the body is never read.
+        with http.stream(
+            "POST",
             server_url,
             json=PROBE_BODY,
             headers={"Accept": "application/json, text/event-stream"},
             timeout=DISCOVERY_TIMEOUT,
-        )
+        ) as response:
+            pass
     except httpx.HTTPError as exc:
         raise ProtocolError(f"could not reach {server_url} ({type(exc).__name__})") from None
     session = response.headers.get("mcp-session-id")
@@ -236,6 +285,8 @@ def probe(http: httpx.Client, server_url: str) -> tuple[int, Challenge | None]:
 def _first_document(http: httpx.Client, urls: Iterable[str]) -> tuple[str, bytes] | None:
     for url in urls:
         status, body = _get(http, url)
+        if body is None:
+            continue
         if 200 <= status < 300:
             return url, body
         if status not in NOT_THERE:

@@ -8,6 +8,7 @@
     │   ├── ClientRegistrationInvalid     the authorization server no longer knows the client
     │   └── InsufficientScope             403 insufficient_scope: log in again with .scope
     ├── AccountChanged                    the store now holds another account's credential
+    ├── ServerRejectsToken                the MCP server keeps rejecting freshly issued tokens
     ├── ProviderError                     the token endpoint misbehaved
     │   ├── ProviderUnavailable           429, 503, refused: nothing was spent (retryable)
     │   ├── RefreshOutcomeUnknown         timeout, 5xx, lost connection after sending (retryable)
@@ -66,6 +67,7 @@ __all__ = [
     "ReauthenticationRequired",
     "RefreshOutcomeUnknown",
     "RetryRequired",
+    "ServerRejectsToken",
     "ServerConfigError",
     "SessionLocksUnsupported",
     "StoreConfigError",
@@ -134,6 +136,20 @@ class AccountChanged(GrantkeeperError):
     """The store now holds a credential for a different account than this process uses."""
 
 
+class ServerRejectsToken(GrantkeeperError):
+    """The MCP server rejected a token that a refresh its own 401 forced had just obtained.
+
+    grantkeeper refreshes for such a server at most once a minute per credential (a wrong
+    audience or a broken token check would otherwise cost a refresh per request). The
+    message names the server; :attr:`server` is its URL.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, server: str = "") -> None:
+        super().__init__(message, key=key)
+        #: The MCP server (resource) that rejects the token.
+        self.server = server
+
+
 class ProviderError(GrantkeeperError):
     """The authorization server's token endpoint failed."""
 
@@ -153,7 +169,7 @@ class ProviderError(GrantkeeperError):
 
 
 class ProviderUnavailable(ProviderError):
-    """The provider did not process the request (5xx, 429, refused): try again later."""
+    """The provider did not process the request (429, 503, refused): try again later."""
 
     retryable = True
 
@@ -165,10 +181,15 @@ class ProviderUnavailable(ProviderError):
         status: int | None = None,
         error: str | None = None,
         retry_after: float | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message, key=key, status=status, error=error)
         #: Seconds the provider asked us to wait, from ``Retry-After``.
         self.retry_after = retry_after
+        #: Whether the request reached the provider. ``False`` (refused, DNS, connect or
+        #: pool timeout): retry freely. ``True`` (429, 503, ``temporarily_unavailable``):
+        #: it was seen and not processed, so retry with backoff.
+        self.sent = sent
 
 
 class RefreshOutcomeUnknown(ProviderError):

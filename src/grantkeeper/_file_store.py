@@ -5,18 +5,16 @@ Every path is opened relative to a descriptor of the credentials directory with
 Files are created 0600 and the directory 0700; nothing is chmodded after the fact.
 Writes are atomic (temp file, fsync, rename, fsync of the directory), so a reader sees the
 old record or the new one and never half a file, even if the writer is killed mid-write.
+The temp file such a killed writer leaves behind (a copy of a secret) is deleted by the
+next write or delete that can take its write lock (see ``_private_dir``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import json
 import os
-import re
 import stat
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 from ._errors import StoreCorrupt, StoreUnavailable, UnsafeStorePath, VersionConflict
 from ._file_lock import locked_file
 from ._paths import grantkeeper_home
+from ._private_dir import PrivateDir, key_slug, os_error
 from ._record import Credential, CredentialKey, record_from_json, record_to_json
 from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Stored
 
@@ -35,19 +34,9 @@ CAS_LOCK_TIMEOUT = 10.0
 """A compare-and-swap holds its lock only for one read and one rename."""
 
 
-def _slug(key: CredentialKey) -> str:
-    """A file name for ``key``: readable host part plus a hash that keeps keys distinct."""
-    digest = hashlib.sha256(str(key).encode("utf-8")).hexdigest()[:20]
-    host = key.server_url.split("://", 1)[-1].split("/", 1)[0]
-    readable = re.sub(r"[^A-Za-z0-9.-]+", "_", host)[:40]
-    return f"{readable}-{digest}"
-
-
-def _os_error(action: str, name: str, exc: OSError) -> StoreUnavailable | UnsafeStorePath:
-    if exc.errno == errno.ELOOP:
-        return UnsafeStorePath(f"{name} is a symlink; refusing to follow it")
-    code = errno.errorcode.get(exc.errno or 0, "error")
-    return StoreUnavailable(f"cannot {action} {name}: {exc.strerror} ({code})")
+def _cas_lock(stem: str) -> str:
+    """The short write lock of the record ``<stem>.json``, held by every writer of it."""
+    return f".{stem}.cas"
 
 
 class FileStore:
@@ -58,54 +47,10 @@ class FileStore:
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home) if home is not None else grantkeeper_home()
         self.directory = self.home / "credentials"
+        self._dir = PrivateDir(self.directory)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
-
-    # -- directory handling -------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _dir(self, *, create: bool) -> Iterator[int | None]:
-        """Yield a descriptor of the credentials directory (``None`` if absent and not created)."""
-        if create:
-            self._ensure_directory()
-        try:
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            if create:
-                raise StoreUnavailable(f"{self.directory} vanished while in use") from None
-            yield None
-            return
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafeStorePath(
-                    f"{self.directory} is a symlink or not a directory; refusing it"
-                ) from None
-            raise _os_error("open", str(self.directory), exc) from None
-        try:
-            self._check_directory(fd)
-            yield fd
-        finally:
-            os.close(fd)
-
-    def _ensure_directory(self) -> None:
-        try:
-            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.mkdir(self.directory, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise _os_error("create", str(self.directory), exc) from None
-
-    def _check_directory(self, fd: int) -> None:
-        info = os.fstat(fd)
-        if info.st_uid != os.getuid():
-            raise UnsafeStorePath(f"{self.directory} is owned by another user")
-        if info.st_mode & 0o077:
-            raise UnsafeStorePath(
-                f"{self.directory} is accessible by other users "
-                f"(mode {stat.S_IMODE(info.st_mode):o}); run: chmod 700 {self.directory}"
-            )
 
     # -- reading ------------------------------------------------------------------------
 
@@ -117,7 +62,7 @@ class FileStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _os_error("read", name, exc) from None
+            raise os_error("read", name, exc) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -129,7 +74,7 @@ class FileStore:
             with os.fdopen(os.dup(fd), "rb") as handle:
                 raw = handle.read()
         except OSError as exc:
-            raise _os_error("read", name, exc) from None
+            raise os_error("read", name, exc) from None
         finally:
             os.close(fd)
         return self._parse(raw, name, key)
@@ -164,10 +109,10 @@ class FileStore:
 
     def read(self, key: CredentialKey) -> Stored | None:
         """Return the stored record for ``key`` with its version, or ``None``."""
-        with self._dir(create=False) as dir_fd:
+        with self._dir.open(create=False) as dir_fd:
             if dir_fd is None:
                 return None
-            loaded = self._load(dir_fd, _slug(key) + ".json", key)
+            loaded = self._load(dir_fd, key_slug(key) + ".json", key)
             return loaded[1] if loaded else None
 
     def keys(self) -> list[CredentialKey]:
@@ -181,7 +126,7 @@ class FileStore:
     def _scan(self) -> tuple[list[tuple[CredentialKey, Stored]], list[str]]:
         found: list[tuple[CredentialKey, Stored]] = []
         problems: list[str] = []
-        with self._dir(create=False) as dir_fd:
+        with self._dir.open(create=False) as dir_fd:
             if dir_fd is None:
                 return found, problems
             for name in sorted(os.listdir(dir_fd)):
@@ -198,38 +143,6 @@ class FileStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _write_atomic(self, dir_fd: int, name: str, payload: bytes) -> None:
-        # Unique per writer thread; the CAS lock already excludes other writers of this key.
-        temp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
-            fd = os.open(
-                temp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=dir_fd,
-            )
-        except FileExistsError:
-            # Left behind by a writer killed mid-write with our pid and thread id; ours now.
-            os.unlink(temp, dir_fd=dir_fd)
-            return self._write_atomic(dir_fd, name, payload)
-        except OSError as exc:
-            raise _os_error("write", name, exc) from None
-        try:
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            os.fsync(dir_fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=dir_fd)
-            raise _os_error("write", name, exc) from None
-        return None
-
     @contextlib.contextmanager
     def _cas(
         self, key: CredentialKey, *, parse: bool = True
@@ -239,10 +152,11 @@ class FileStore:
         With ``parse=False`` the current record is not read, so even a corrupt file can be
         deleted (how a user recovers from one).
         """
-        name = _slug(key)
-        with self._dir(create=True) as dir_fd:
+        name = key_slug(key)
+        with self._dir.open(create=True) as dir_fd:
             assert dir_fd is not None
-            with locked_file(dir_fd, f".{name}.cas", timeout=CAS_LOCK_TIMEOUT, what=f"write {key}"):
+            what = f"write {key}"
+            with locked_file(dir_fd, _cas_lock(name), timeout=CAS_LOCK_TIMEOUT, what=what):
                 loaded = self._load(dir_fd, name + ".json", key) if parse else None
                 yield dir_fd, name + ".json", loaded[1] if loaded else None
 
@@ -264,7 +178,8 @@ class FileStore:
                 "record": record_to_json(record),
             }
             payload = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
-            self._write_atomic(dir_fd, name, payload)
+            self._dir.write_atomic(dir_fd, name, payload)
+            self._sweep(dir_fd, name)
             return version
 
     def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
@@ -273,6 +188,9 @@ class FileStore:
         Without ``expected_version`` the file goes even if it is corrupt.
         """
         with self._cas(key, parse=expected_version is not None) as (dir_fd, name, current):
+            # A temp file left by a writer killed mid-write holds a copy of the record.
+            self._dir.remove_temps(dir_fd, name)
+            self._sweep(dir_fd, name)
             if expected_version is not None:
                 if current is None:
                     return False
@@ -286,12 +204,23 @@ class FileStore:
             except FileNotFoundError:
                 return False
             except OSError as exc:
-                raise _os_error("delete", name, exc) from None
+                raise os_error("delete", name, exc) from None
             try:
                 os.fsync(dir_fd)
             except OSError as exc:
-                raise _os_error("delete", name, exc) from None
+                raise os_error("delete", name, exc) from None
             return True
+
+    def _sweep(self, dir_fd: int, held: str) -> None:
+        """Delete other records' leftover temp files whose write lock is free; ``held`` is
+        the record whose write lock we hold (its temp files are already gone)."""
+
+        def lock_of(target: str) -> str | None:
+            if target == held or not target.endswith(".json"):
+                return None  # side files clean their own temp files when next written
+            return _cas_lock(target.removesuffix(".json"))
+
+        self._dir.sweep(dir_fd, lock_of)
 
     # -- locking ------------------------------------------------------------------------
 
@@ -301,9 +230,9 @@ class FileStore:
     ) -> Iterator[ProcessLock]:
         """Hold ``key``'s transaction lock (an ``flock`` on a sibling lock file): the kernel
         keeps it until this process closes the file, so it cannot be lost while held."""
-        with self._dir(create=True) as dir_fd:
+        with self._dir.open(create=True) as dir_fd:
             assert dir_fd is not None
             with locked_file(
-                dir_fd, f".{_slug(key)}.lock", timeout=timeout, what=f"the lock of {key}"
+                dir_fd, f".{key_slug(key)}.lock", timeout=timeout, what=f"the lock of {key}"
             ):
                 yield PROCESS_LOCK

@@ -32,38 +32,62 @@ class Freshness(enum.Enum):
     FRESH = "fresh"
     """Use it; no refresh is due."""
     STALE = "stale"
-    """Still valid, but inside the refresh margin (or of unknown expiry): refresh now."""
+    """Still valid, but inside the refresh margin (or of unknown expiry): serve it, and
+    refresh ahead in the background."""
     EXPIRED = "expired"
     """Past its expiry: it will be rejected."""
 
 
-def refresh_margin(record: Credential, skew: timedelta = DEFAULT_SKEW) -> timedelta:
-    """The margin before ``expires_at`` at which ``record`` becomes STALE."""
-    if record.expires_at is not None and record.obtained_at is not None:
-        lifetime = record.expires_at - record.obtained_at
+def expiry(record: Credential, default_lifetime: timedelta | None = None) -> datetime | None:
+    """When ``record`` expires: its own expiry, else ``default_lifetime`` after it was obtained."""
+    if record.expires_at is not None:
+        return record.expires_at
+    if default_lifetime is not None and record.obtained_at is not None:
+        return record.obtained_at + default_lifetime
+    return None
+
+
+def refresh_margin(
+    record: Credential, skew: timedelta = DEFAULT_SKEW, default_lifetime: timedelta | None = None
+) -> timedelta:
+    """The margin before expiry at which ``record`` becomes STALE."""
+    expires_at = expiry(record, default_lifetime)
+    if expires_at is not None and record.obtained_at is not None:
+        lifetime = expires_at - record.obtained_at
         if lifetime > timedelta(0):
             return min(skew, lifetime * MAX_MARGIN_FRACTION)
     return skew
 
 
-def freshness(record: Credential, now: datetime, skew: timedelta = DEFAULT_SKEW) -> Freshness:
+def freshness(
+    record: Credential,
+    now: datetime,
+    skew: timedelta = DEFAULT_SKEW,
+    default_lifetime: timedelta | None = None,
+) -> Freshness:
     """Classify ``record`` at ``now``.
 
-    A record of unknown expiry (a legacy record that kept only ``expires_in``) is STALE:
-    it may still work, and the first refresh gives it an absolute expiry.
+    A token the provider gave no lifetime (no ``expires_in``; ``obtained_at`` known) is FRESH
+    until a server rejects it, as Codex treats it: refreshing it proactively would spend a
+    refresh token per request. ``default_lifetime`` assumes a lifetime for such tokens instead.
+    A legacy record that kept only ``expires_in`` (neither expiry nor receipt time known) is
+    STALE: it may still work, and the first refresh gives it an absolute expiry.
     """
-    expires_at, turns_stale = record.expires_at, stale_at(record, skew)
-    if expires_at is None or turns_stale is None:
-        return Freshness.STALE
+    expires_at = expiry(record, default_lifetime)
+    if expires_at is None:
+        return Freshness.FRESH if record.obtained_at is not None else Freshness.STALE
     if now >= expires_at:
         return Freshness.EXPIRED
-    if now >= turns_stale:
+    if now >= expires_at - refresh_margin(record, skew, default_lifetime):
         return Freshness.STALE
     return Freshness.FRESH
 
 
-def stale_at(record: Credential, skew: timedelta = DEFAULT_SKEW) -> datetime | None:
-    """When ``record`` turns STALE; ``None`` if its expiry is unknown (it is STALE now)."""
-    if record.expires_at is None:
+def stale_at(
+    record: Credential, skew: timedelta = DEFAULT_SKEW, default_lifetime: timedelta | None = None
+) -> datetime | None:
+    """When ``record`` turns STALE; ``None`` if that is never known in advance."""
+    expires_at = expiry(record, default_lifetime)
+    if expires_at is None:
         return None
-    return record.expires_at - refresh_margin(record, skew)
+    return expires_at - refresh_margin(record, skew, default_lifetime)

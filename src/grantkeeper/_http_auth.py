@@ -19,7 +19,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._auth_flow import ACTIONABLE, Acquire, Flow, Reply, Send, oauth_flow, static_flow
+from ._auth_flow import (
+    ACTIONABLE,
+    Acquire,
+    Flow,
+    Reply,
+    Send,
+    anonymous_flow,
+    oauth_flow,
+    static_flow,
+)
 from ._errors import DeadlineExceeded
 from ._keeper import Keeper
 from ._record import canonical_url
@@ -79,9 +88,11 @@ class AuthDriver:
         token: str | None,
         recovery_timeout: float | None,
         replayable: Callable[[Any], bool],
+        anonymous: bool = False,
     ) -> None:
         if keeper is None and server_url is None:
             raise ValueError("give a Keeper, or the server URL a static bearer token is for")
+        self._anonymous = anonymous
         self.keeper = keeper
         url = server_url if server_url is not None else keeper.key.server_url  # type: ignore[union-attr]
         self._origin = origin(url)
@@ -95,6 +106,8 @@ class AuthDriver:
 
     def _flow(self, request: _Request, replayable: bool) -> Flow:
         if self.keeper is None:
+            if self._anonymous:
+                return anonymous_flow(key=self._key)
             return static_flow(token=self._token, key=self._key)
         return oauth_flow(replayable=replayable, key=self._key)
 
@@ -255,6 +268,21 @@ class DriverAuth:
         return auth
 
     @classmethod
+    def anonymous(cls, server_url: str) -> Self:
+        """Send no credential to ``server_url``, for servers that need none; a 401 then
+        raises :class:`~grantkeeper.LoginRequired`."""
+        auth = cls.__new__(cls)
+        auth._driver = AuthDriver(
+            None,
+            server_url=server_url,
+            token=None,
+            recovery_timeout=None,
+            replayable=cls._replayable,
+            anonymous=True,
+        )
+        return auth
+
+    @classmethod
     def choose(
         cls,
         server_url: str,
@@ -263,14 +291,21 @@ class DriverAuth:
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Self:
-        """The policy for a client: a static ``token``, or an ``Authorization`` header among
-        the client's ``headers``, turns OAuth off; otherwise ``keeper`` supplies credentials."""
+        """The policy for a client, one of three: a static ``token``, or an ``Authorization``
+        header among the client's ``headers``, turns OAuth off (:meth:`bearer`); else
+        ``keeper`` supplies OAuth credentials; with neither, no credential is sent
+        (:meth:`anonymous`)."""
         configured = any(name.lower() == "authorization" for name in (headers or {}))
         if token is not None or configured:
             return cls.bearer(server_url, token)
         if keeper is None:
-            raise ValueError("give a Keeper, a bearer token or an Authorization header")
+            return cls.anonymous(server_url)
         return cls(keeper)
+
+    @property
+    def oauth(self) -> bool:
+        """Whether this auth sends a Keeper's OAuth credentials (not a static or no token)."""
+        return self._driver.keeper is not None
 
     def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         return self._driver.sync_flow(request)
@@ -286,6 +321,8 @@ class HttpxAuth(DriverAuth, httpx.Auth):
     after a 401 renews it once (or adopts a newer one, without refreshing) and retries
     once. ``HttpxAuth.bearer(url, token)`` sends a fixed token (or, with ``token=None``,
     the request's own ``Authorization`` header): OAuth is off and a 401 is final.
+    ``HttpxAuth.anonymous(url)`` sends none, for servers that need none: a 401 raises
+    :class:`LoginRequired`. :meth:`choose` picks one of the three from a client's settings.
 
     Requests to any other origin pass through untouched. Errors are grantkeeper's:
     :class:`AuthenticationRequired` (and subclasses such as :class:`InsufficientScope`),

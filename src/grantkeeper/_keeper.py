@@ -2,13 +2,16 @@
 
 The healthy path reads memory only. Anything else runs one transaction at a time per
 ``Keeper`` on a worker thread: take the store's lock for the key, re-read the store, let
-the pure :func:`decide` choose, then act. Callers join the transaction in flight and may
-stop waiting (deadline, cancellation) without stopping it: its result serves the next call.
+the pure rules of ``_decide`` choose, then act. Callers join the transaction in flight and
+may stop waiting (deadline, cancellation) without stopping it: its result serves the next
+call. A token inside its refresh margin is served while a background transaction refreshes
+ahead. This module only sequences I/O: every rule it follows is in ``_decide``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -20,31 +23,41 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from ._decide import MAX_UNKNOWN_ATTEMPTS, Action, Context, decide
+from . import _rescue
+from ._decide import (
+    REJECTION_INTERVAL,
+    Action,
+    Context,
+    after_provider_error,
+    backoff,
+    decide,
+    fallback,
+    identity_error,
+    merged_identity,
+    servable,
+    serve_from_memory,
+)
 from ._errors import (
-    ClientRegistrationInvalid,
     DeadlineExceeded,
     GrantkeeperError,
     LockLost,
     LoginRequired,
     PersistencePending,
-    ProviderError,
-    ProviderUnavailable,
-    ReauthenticationRequired,
     StoreError,
 )
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
+from ._grants import renewal_request
 from ._liveness import DEFAULT_LEASE, host_identity, lease_live, process_alive
 from ._log import event
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
 from ._store import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored
 from ._token_client import DEFAULT_TIMEOUT, send_token_request
-from ._token_endpoint import apply_response, refresh_request
+from ._token_endpoint import apply_response
 
 Checkpoint = Callable[[str], None]
 """Test seam: called with a stage name at each step of a transaction. ``None`` in production."""
@@ -54,18 +67,41 @@ _live_holders: weakref.WeakValueDictionary[str, Keeper] = weakref.WeakValueDicti
 """Keepers alive in this process, by intent holder id: a sibling's pending refresh is live."""
 
 
+FLUSH_LOCK_TIMEOUT = 5.0
+"""How long closing (or exiting) waits for the lock to store a pending credential, before
+it keeps a rescue copy instead: an exit must not hang for a full lock timeout."""
+
+_FOREVER = datetime.max.replace(tzinfo=UTC)
+
+
 class Keeper:
     """Serve a valid credential for ``key`` from ``store``, refreshing it safely.
 
     One ``Keeper`` per credential per process is enough; it is thread-safe and may be used
     from sync and async code at once. It never holds a lock while the caller uses a token.
 
-    When a refresh's outcome is unknown (its process died, or the answer was lost after
-    the request was sent), the next transaction retries the old refresh token once:
-    providers with a reuse grace period accept it. ``retry_unknown_outcome=False`` skips
-    that retry and requires re-authentication at once: the right choice for providers
-    without a grace period, where the retry is a replay that revokes the grant and looks
-    like token theft to the provider's reuse detection.
+    A token inside its refresh margin is served at once while one background transaction
+    refreshes ahead; only an expired or rejected token makes a caller wait. A failure that
+    does not end the grant (an outage, a busy lock, an unreachable store) never fails a
+    request whose token is still valid: it is logged and retried with backoff.
+
+    Only a definitive answer from the provider (``invalid_grant``, ``invalid_client``)
+    ends a grant. When a refresh's outcome is unknown (its process died, or the answer was
+    lost after the request was sent), later transactions retry the same refresh token,
+    serialized, with capped exponential backoff: if the first attempt was processed the
+    retry gets ``invalid_grant``, so retrying again adds no risk. ``retry_unknown_outcome=
+    False`` refuses the first retry after an unknown outcome and requires a new login: the
+    choice for providers whose reuse detection treats any replay as theft. It never counts
+    a request that was not sent, or answered 429/503, as unknown.
+
+    ``default_lifetime`` is assumed for tokens the provider gives no ``expires_in``;
+    without it such a token is used until a server rejects it. A server that rejects the
+    token a 401-forced refresh just obtained gets no second refresh within
+    ``rejection_interval`` (:class:`~grantkeeper.ServerRejectsToken` instead).
+
+    A refreshed credential the store would not take is retried at :meth:`close` and at
+    interpreter exit; if the store still refuses it, it is kept as a rescue copy in the
+    user's runtime directory, which the next transaction adopts.
     """
 
     def __init__(
@@ -79,6 +115,8 @@ class Keeper:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         token_timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         retry_unknown_outcome: bool = True,
+        default_lifetime: timedelta | None = None,
+        rejection_interval: timedelta = REJECTION_INTERVAL,
         lease: timedelta = DEFAULT_LEASE,
         checkpoint: Checkpoint | None = None,
     ) -> None:
@@ -90,7 +128,9 @@ class Keeper:
         self._skew = skew
         self._lock_timeout = lock_timeout
         self._token_timeout = token_timeout
-        self._max_unknown_attempts = MAX_UNKNOWN_ATTEMPTS if retry_unknown_outcome else 1
+        self._retry_unknown = retry_unknown_outcome
+        self._default_lifetime = default_lifetime
+        self._rejection_interval = rejection_interval
         self._checkpoint = checkpoint
         self._mutex = threading.Lock()
         self._inflight: concurrent.futures.Future[Credential] | None = None
@@ -101,8 +141,11 @@ class Keeper:
         self._durable: Stored | None = None
         # A refreshed credential the store does not hold yet (the provider's answer B).
         self._pending: Credential | None = None
-        # The first credential this lifecycle served: its account must not change silently.
+        # The identity this lifecycle serves: its account must not change silently.
         self._identity: Credential | None = None
+        # No background refresh before this (backoff after a failed one).
+        self._ahead_after: datetime | None = None
+        self._ahead_failures = 0
         self._host = socket.gethostname()
         self._host_id = host_identity()
         self._lease = lease
@@ -129,14 +172,15 @@ class Keeper:
     def cached(self, *, rejected: str | None = None) -> Credential | None:
         """The credential :meth:`credential` would return at once from memory, else ``None``.
 
-        Never waits and does no I/O: the healthy path of every request.
+        Never waits and does no I/O (beyond starting a background refresh when one is due):
+        the healthy path of every request.
         """
         return self._from_memory(rejected)
 
     def credential(
         self, *, rejected: str | None = None, timeout: float | None = None
     ) -> Credential:
-        """Return a credential that is fresh (or at least not ``rejected``).
+        """Return a credential that is valid (and not ``rejected``).
 
         ``rejected`` is the access token a server just answered 401 for; at most one
         refresh is spent on it, and none if another token has already replaced it.
@@ -145,14 +189,19 @@ class Keeper:
         hit = self._from_memory(rejected)
         if hit is not None:
             return hit
-        future = self._join(rejected)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise DeadlineExceeded(
-                f"no credential within {timeout:g} s; the refresh continues in the background",
-                key=str(self.key),
-            ) from None
+        for _ in range(2):
+            future, ours = self._join(rejected)
+            try:
+                result = future.result(timeout)
+            except concurrent.futures.TimeoutError:
+                raise DeadlineExceeded(
+                    f"no credential within {timeout:g} s; the refresh continues in the background",
+                    key=str(self.key),
+                ) from None
+            if ours or self._usable(result, rejected):
+                break  # else we joined a transaction that began before our reason to wait
+        self._served(result, rejected)  # starts a refresh ahead if one is due
+        return result
 
     async def acredential(self, *, rejected: str | None = None) -> Credential:
         """Async :meth:`credential`. Bound the wait with ``asyncio.timeout``: cancelling
@@ -160,22 +209,37 @@ class Keeper:
         hit = self._from_memory(rejected)
         if hit is not None:
             return hit
-        waiter = asyncio.wrap_future(self._join(rejected))
-        # Whoever stops waiting first, the outcome must still be retrieved, or asyncio
-        # reports an exception that was never retrieved.
-        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
-        return await asyncio.shield(waiter)
+        for _ in range(2):
+            future, ours = self._join(rejected)
+            waiter = asyncio.wrap_future(future)
+            # Whoever stops waiting first, the outcome must still be retrieved, or asyncio
+            # reports an exception that was never retrieved.
+            waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+            result = await asyncio.shield(waiter)
+            if ours or self._usable(result, rejected):
+                break
+        self._served(result, rejected)  # starts a refresh ahead if one is due
+        return result
 
     def access_token(self, *, timeout: float | None = None) -> str:
-        """Return a fresh access token."""
+        """Return a valid access token."""
         return self.credential(timeout=timeout).access_token
 
-    def close(self) -> None:
-        """Wait for a transaction in flight, then close the HTTP client we created."""
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for the transaction in flight (a refresh ahead, say) to finish; return
+        whether none is left running. Its outcome serves later calls and is not raised."""
         with self._mutex:
             inflight = self._inflight
-        if inflight is not None:
-            concurrent.futures.wait([inflight])
+        if inflight is None:
+            return True
+        done, _ = concurrent.futures.wait([inflight], timeout)
+        return bool(done)
+
+    def close(self) -> None:
+        """Wait for a transaction in flight, store a pending credential (or keep a rescue
+        copy of it), then close the HTTP client we created."""
+        self.settle()
+        self._flush_pending()
         if self._owns_http and self._http is not None:
             self._http.close()
             self._http = None
@@ -188,48 +252,107 @@ class Keeper:
 
     # -- in-process coordination --------------------------------------------------------
 
+    def _context(self, rejected: str | None = None) -> Context:
+        return Context(
+            now=self._clock(),
+            skew=self._skew,
+            pid=os.getpid(),
+            host=self._host,
+            holder=self._holder,
+            known=self._identity,
+            rejected=rejected,
+            retry_unknown_outcome=self._retry_unknown,
+            default_lifetime=self._default_lifetime,
+            rejection_interval=self._rejection_interval,
+        )
+
     def _from_memory(self, rejected: str | None) -> Credential | None:
         """The healthy path: no store, lock or network I/O."""
         current = self._current
         if current is None:
             return None
-        now = self._clock()
         if rejected is None:
             # Every request asks this; the moment the credential turns stale is worked out
             # once per credential rather than per request.
             fresh_until = self._fresh_until
             if fresh_until[0] is not current:
-                fresh_until = self._fresh_until = (current, stale_at(current, self._skew))
-            if fresh_until[1] is not None and now < fresh_until[1]:
+                fresh_until = self._fresh_until = (current, self._stale_moment(current))
+            if fresh_until[1] is not None and self._clock() < fresh_until[1]:
                 return current
-        state = freshness(current, now, self._skew)
-        if rejected is None:
-            if state is Freshness.FRESH:
-                return current
-            if state is Freshness.STALE and not current.refresh_token:
-                return current  # nothing to refresh with; still valid
-            return None
-        if current.access_token != rejected and state is not Freshness.EXPIRED:
-            return current  # a late 401 for a token already replaced
-        return None
+        return self._served(current, rejected)
 
-    def _join(self, rejected: str | None) -> concurrent.futures.Future[Credential]:
+    def _usable(self, credential: Credential, rejected: str | None) -> bool:
+        return serve_from_memory(credential, self._context(rejected))[0] is not None
+
+    def _stale_moment(self, record: Credential) -> datetime | None:
+        turns_stale = stale_at(record, self._skew, self._default_lifetime)
+        if turns_stale is None and record.obtained_at is not None:
+            return _FOREVER  # no lifetime: valid until a server rejects it
+        return turns_stale
+
+    def _served(self, credential: Credential, rejected: str | None) -> Credential | None:
+        """What memory may serve of ``credential``; starts a refresh ahead when one is due."""
+        serve, ahead = serve_from_memory(credential, self._context(rejected))
+        if ahead:
+            self._refresh_ahead()
+        return serve
+
+    def _refresh_ahead(self) -> None:
+        """Start one background transaction, unless one runs or a backoff is on."""
+        after = self._ahead_after
+        if after is not None and self._clock() < after:
+            return
         with self._mutex:
             if self._inflight is not None:
-                return self._inflight
+                return
+        future, _ = self._join(None, background=True)
+        future.add_done_callback(self._ahead_done)
+
+    def _ahead_done(self, future: concurrent.futures.Future[Credential]) -> None:
+        error = future.exception()
+        if error is None:
+            self._ahead_failures = 0
+            return
+        self._ahead_failures += 1
+        retry_at = self._clock() + backoff(self._ahead_failures)
+        if self._ahead_after is None or self._ahead_after < retry_at:
+            self._ahead_after = retry_at
+        event(
+            logging.WARNING,
+            "refresh.background_failed",
+            key=str(self.key),
+            error=type(error).__name__,
+            failures=self._ahead_failures,
+            next_attempt=self._ahead_after.isoformat(),
+        )
+
+    def _join(
+        self, rejected: str | None, *, background: bool = False
+    ) -> tuple[concurrent.futures.Future[Credential], bool]:
+        """The transaction in flight, or a new one: ``(future, whether we started it)``."""
+        with self._mutex:
+            if self._inflight is not None:
+                return self._inflight, False
             future: concurrent.futures.Future[Credential] = concurrent.futures.Future()
             # Running futures cannot be cancelled by a waiter that gives up.
             future.set_running_or_notify_cancel()
             self._inflight = future
         # Not a daemon: an interpreter exiting mid-refresh still gets to persist the result.
         threading.Thread(
-            target=self._run, args=(future, rejected), name=f"grantkeeper {self.key}"
+            target=self._run,
+            args=(future, rejected, background),
+            name=f"grantkeeper {self.key}",
         ).start()
-        return future
+        return future, True
 
-    def _run(self, future: concurrent.futures.Future[Credential], rejected: str | None) -> None:
+    def _run(
+        self,
+        future: concurrent.futures.Future[Credential],
+        rejected: str | None,
+        background: bool,
+    ) -> None:
         try:
-            result = self._transact(rejected)
+            result = self._transact(rejected, background)
         except BaseException as exc:
             with self._mutex:
                 self._inflight = None
@@ -251,55 +374,85 @@ class Keeper:
         return self._http
 
     def _install(self, stored: Stored) -> Credential:
-        self._current = stored.record
+        record = stored.record
+        self._current = record
         self._durable = stored
         self._pending = None
-        if self._identity is None:
-            self._identity = stored.record
-        return stored.record
+        self._identity = merged_identity(self._identity, record)
+        intent = record.intent
+        if intent is not None and intent.retry_at is not None and intent.retry_at > self._clock():
+            self._ahead_after = intent.retry_at  # a peer's backoff binds us too
+        return record
 
-    def _transact(self, rejected: str | None) -> Credential:
+    def _transact(self, rejected: str | None, background: bool = False) -> Credential:
         key = str(self.key)
-        if self._pending is None:
-            adopted = self._adopt_unlocked(rejected)
-            if adopted is not None:
-                return adopted
-        self._stage("lock_wait")
-        started = time.monotonic()
-        with self.store.lock(self.key, timeout=self._lock_timeout) as held:
-            self._held = held
+        seen = self._current
+        try:
+            if self._pending is None:
+                stored = self.store.read(self.key)
+                seen = stored.record if stored else seen
+                adopted = self._adopt_unlocked(stored, rejected, background)
+                if adopted is not None:
+                    return adopted
+            self._stage("lock_wait")
+            started = time.monotonic()
+            with self.store.lock(self.key, timeout=self._lock_timeout) as held:
+                event(
+                    logging.DEBUG,
+                    "transaction.locked",
+                    key=key,
+                    waited_ms=round((time.monotonic() - started) * 1000, 1),
+                )
+                self._held = held
+                try:
+                    self._stage("locked")
+                    stored = self.store.read(self.key)
+                    seen = stored.record if stored else None
+                    self._stage("after_read")
+                    stored = self._adopt_rescued(stored)
+                    if self._pending is not None:
+                        served = self._reconcile_pending(stored, rejected)
+                        if isinstance(served, Credential):
+                            return served
+                        stored = served
+                    return self._decide_and_act(stored, rejected)
+                finally:
+                    self._held = None
+        except GrantkeeperError as exc:
+            served = fallback(seen, exc, self._context(rejected), key)
+            if served is None:
+                raise
             event(
-                logging.DEBUG,
-                "transaction.locked",
+                logging.WARNING,
+                "transaction.served_valid_token",
                 key=key,
-                waited_ms=round((time.monotonic() - started) * 1000, 1),
+                error=type(exc).__name__,
+                background=background,
             )
-            self._stage("locked")
-            stored = self.store.read(self.key)
-            self._stage("after_read")
-            try:
-                if self._pending is not None:
-                    served = self._reconcile_pending(stored, rejected)
-                    if isinstance(served, Credential):
-                        return served
-                    stored = served
-                return self._decide_and_act(stored, rejected)
-            finally:
-                self._held = None
+            if self._current is None or self._current.access_token == served.access_token:
+                self._current = served
+                self._identity = merged_identity(self._identity, served)
+            return served
 
-    def _adopt_unlocked(self, rejected: str | None) -> Credential | None:
+    def _adopt_unlocked(
+        self, stored: Stored | None, rejected: str | None, background: bool
+    ) -> Credential | None:
         """A usable credential already in the store (first use, a peer's refresh, a new login).
 
         Read without the lock: reading spends nothing, and when one process of a fleet has
         refreshed, the others would otherwise queue for the lock one by one just to read
-        its result. Anything but a plain adoption (a refresh to spend, an intent to judge,
-        a failure to record) goes through the locked path, which reads again.
+        its result. A caller with nothing valid to send also takes a stored token that is
+        still valid but due (the refresh then runs ahead in the background). Anything else
+        (a refresh to spend, an intent to judge, a failure to record) goes through the
+        locked path, which reads again.
         """
-        key = str(self.key)
-        stored = self.store.read(self.key)
-        if stored is None or stored.record.intent is not None:
+        if stored is None:
             return None
-        if decide(stored.record, self._context(rejected), key=key).action is not Action.ADOPT:
+        key = str(self.key)
+        ctx = self._context(rejected)
+        decision = decide(stored.record, ctx, key=key)
+        plain = stored.record.intent is None and decision.action is Action.ADOPT
+        if not plain and (background or not servable(stored.record, ctx, key)):
             return None
         if self._durable is None:
             event(logging.DEBUG, "credential.loaded", key=key, version=stored.version)
@@ -314,18 +467,6 @@ class Keeper:
                 locked=False,
             )
         return self._install(stored)
-
-    def _context(self, rejected: str | None) -> Context:
-        return Context(
-            now=self._clock(),
-            skew=self._skew,
-            pid=os.getpid(),
-            host=self._host,
-            holder=self._holder,
-            known=self._identity,
-            rejected=rejected,
-            max_unknown_attempts=self._max_unknown_attempts,
-        )
 
     def _holder_alive(self, intent: RefreshIntent | None) -> bool:
         """Whether the writer of ``intent`` may still hold an unstored answer.
@@ -383,17 +524,6 @@ class Keeper:
                 self._mark_dead(stored, decision.mark)
             if isinstance(decision.error, LoginRequired):
                 self._current = self._durable = None
-            current = self._current
-            if (
-                isinstance(decision.error, PersistencePending)
-                and current is not None
-                and current.access_token != rejected
-                and freshness(current, self._clock(), self._skew) is not Freshness.EXPIRED
-            ):
-                # A live peer holds the answer: our own token is still valid, so serve it
-                # rather than fail; the next call asks again.
-                event(logging.INFO, "transaction.served_while_peer_pending", key=key)
-                return current
             event(
                 logging.INFO,
                 "transaction.failed_closed",
@@ -402,7 +532,7 @@ class Keeper:
             )
             raise decision.error
         assert stored is not None and decision.intent is not None
-        return self._refresh(stored, decision.intent)
+        return self._refresh(stored, decision.intent, rejected, decision.outcome_unknown)
 
     def _mark_dead(self, stored: Stored, reason: str) -> None:
         """Record durably that the grant is dead, so no process retries it."""
@@ -413,10 +543,12 @@ class Keeper:
             event(logging.ERROR, "store.mark_failed", key=str(self.key), error=type(exc).__name__)
         self._current = None
 
-    def _refresh(self, stored: Stored, intent: RefreshIntent) -> Credential:
+    def _refresh(
+        self, stored: Stored, intent: RefreshIntent, rejected: str | None, was_unknown: bool
+    ) -> Credential:
         key = str(self.key)
         old = stored.record
-        request = refresh_request(old)
+        request = renewal_request(old, self._clock())
         intent = dataclasses.replace(
             intent, host_id=self._host_id, lease_until=self._clock() + self._lease
         )
@@ -432,7 +564,7 @@ class Keeper:
                 response = send_token_request(
                     self._client(), request, now=self._clock, timeouts=self._token_timeout
                 )
-        except (ProviderError, ReauthenticationRequired, ClientRegistrationInvalid) as exc:
+        except Exception as exc:
             event(
                 logging.WARNING,
                 "refresh.provider_call",
@@ -443,7 +575,7 @@ class Keeper:
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
                 token=intent.token_fingerprint,
             )
-            raise self._after_provider_error(old, renewer.noted, exc) from None
+            return self._after_provider_error(renewer.noted, exc, rejected, was_unknown)
         event(
             logging.INFO,
             "refresh.provider_call",
@@ -454,25 +586,29 @@ class Keeper:
             rotated=response.refresh_token is not None,
         )
         self._stage("after_provider")
-        fresh = apply_response(old, response, self._clock())
+        now = self._clock()
+        forced = rejected is not None and rejected == old.access_token
+        fresh = apply_response(old, response, now).replace(
+            rejected_refresh_at=now if forced else None
+        )
         # The provider's answer is authoritative from here on, whatever the store does.
         self._current = fresh
-        if self._identity is None:
-            self._identity = fresh
-        self._stage("before_write")
+        self._identity = merged_identity(self._identity, fresh)
         noted, noted_version = renewer.noted.record, renewer.noted.version
+        self._durable = Stored(noted, noted_version)
+        self._pending = fresh
+        self._stage("before_write")
         try:
             version = self.store.write(self.key, fresh, expected_version=noted_version)
-        except StoreError as exc:
-            self._durable = Stored(noted, noted_version)
-            self._pending = fresh
+        except Exception as exc:
+            # Any failure, not only the store's own: B stays pending and is never lost.
             event(
                 logging.ERROR,
                 "refresh.persist_failed",
                 key=key,
                 provider_answered=True,
                 error=type(exc).__name__,
-                detail=exc.message,
+                detail=exc.message if isinstance(exc, GrantkeeperError) else "",
                 serving=redact(fresh.access_token),
             )
             return fresh
@@ -497,44 +633,43 @@ class Keeper:
             raise
 
     def _after_provider_error(
-        self, old: Credential, noted: Stored, exc: GrantkeeperError
-    ) -> GrantkeeperError:
-        """Record durably what the provider's error means; return the error to raise."""
-        if isinstance(exc, ReauthenticationRequired | ClientRegistrationInvalid):
-            retried = noted.record.intent is not None and noted.record.intent.attempts > 1
-            if isinstance(exc, ReauthenticationRequired) and retried:
-                reason = (
-                    "an earlier refresh's outcome was lost, and the authorization server "
-                    "rejected the retry (invalid_grant)"
+        self, noted: Stored, exc: Exception, rejected: str | None, was_unknown: bool
+    ) -> Credential:
+        """Record durably what the provider's failure means, then raise what it means.
+
+        A definitive answer gets one guarded re-read first: a login (or a peer) may have
+        replaced the record, and that replacement is adopted, not marked dead.
+        """
+        key = str(self.key)
+        ctx = self._context(rejected)
+        plan = after_provider_error(exc, noted.record, ctx, key=key, was_unknown=was_unknown)
+        if plan.mark is not None:
+            try:
+                now_stored = self.store.read(self.key)
+            except StoreError:
+                now_stored = noted
+            if now_stored is not None and now_stored != noted:
+                event(logging.INFO, "refresh.rejected_but_replaced", key=key)
+                return self._decide_and_act(now_stored, rejected)
+            self._mark_dead(noted, plan.mark)
+            raise plan.error
+        if plan.write is not None:
+            try:
+                self.store.write(self.key, plan.write, expected_version=noted.version)
+            except StoreError as write_exc:
+                event(
+                    logging.ERROR,
+                    "store.note_failed",
+                    key=key,
+                    outcome=plan.outcome.value,
+                    error=type(write_exc).__name__,
                 )
-            elif isinstance(exc, ReauthenticationRequired):
-                reason = "the authorization server rejected the refresh token (invalid_grant)"
-            else:
-                reason = "the authorization server no longer accepts this client registration"
-            self._mark_dead(noted, reason)
-            error = type(exc)(f"log in again: {reason}", key=str(self.key))
-            error.__cause__ = exc
-            return error
-        if isinstance(exc, ProviderUnavailable) or type(exc) is ProviderError:
-            # Nothing was spent: put the record back as it was before our note.
-            restored = old
-            state = "restored"
-        else:
-            # Sent, but no usable answer: the token may be spent. Leave a note that says so.
-            assert noted.record.intent is not None
-            restored = old.replace(intent=dataclasses.replace(noted.record.intent, state="unknown"))
-            state = "outcome_unknown"
-        try:
-            self.store.write(self.key, restored, expected_version=noted.version)
-        except StoreError as write_exc:
-            event(
-                logging.ERROR,
-                "store.note_failed",
-                key=str(self.key),
-                state=state,
-                error=type(write_exc).__name__,
-            )
-        return exc
+            note = plan.write.intent
+            if note is not None and note.retry_at is not None:
+                self._ahead_after = note.retry_at
+        raise plan.error
+
+    # -- a credential the store would not take --------------------------------------------
 
     def _reconcile_pending(
         self, stored: Stored | None, rejected: str | None
@@ -554,7 +689,7 @@ class Keeper:
         try:
             version = self.store.write(self.key, pending, expected_version=stored.version)
         except StoreError as exc:
-            state = freshness(pending, self._clock(), self._skew)
+            state = freshness(pending, self._clock(), self._skew, self._default_lifetime)
             if state is not Freshness.EXPIRED and rejected != pending.access_token:
                 event(
                     logging.WARNING,
@@ -574,6 +709,84 @@ class Keeper:
         self._durable = healed
         self._pending = None
         return healed
+
+    def _adopt_rescued(self, stored: Stored | None) -> Stored | None:
+        """Adopt a rescue copy a process left when its store refused a refreshed credential.
+
+        Under the lock, before anything else: the store still holds the spent refresh token
+        the copy replaced, so the copy is authoritative. If the store moved on (a login, a
+        logout, a peer that had the answer after all), the copy is stale and is dropped.
+        """
+        spent = stored.record.refresh_fingerprint if stored is not None else None
+        rescued = _rescue.load(self.key, spent) if spent is not None else None
+        if rescued is None:
+            return stored
+        assert stored is not None
+        key = str(self.key)
+        if stored.record.reauth_reason is not None or (
+            identity_error(self._identity, rescued.record, key) is not None
+        ):
+            event(logging.INFO, "rescue.discarded", key=key)
+            _rescue.discard_path(rescued.path)
+            return stored
+        try:
+            version = self.store.write(self.key, rescued.record, expected_version=stored.version)
+        except StoreError as exc:
+            event(logging.WARNING, "rescue.still_unwritable", key=key, error=type(exc).__name__)
+            self._current = self._pending = rescued.record
+            self._durable = stored
+            self._identity = merged_identity(self._identity, rescued.record)
+            return stored
+        event(logging.WARNING, "rescue.adopted", key=key, version=version)
+        _rescue.discard_path(rescued.path)
+        return Stored(rescued.record, version)
+
+    def _flush_pending(self) -> None:
+        """Store the pending credential before this process lets go of it.
+
+        If the store still refuses, keep a rescue copy; if that fails too, leave the
+        durable note "answered, not stored", so no process ever retries the spent token.
+        """
+        if self._pending is None:
+            return
+        key = str(self.key)
+        try:
+            with self.store.lock(self.key, timeout=FLUSH_LOCK_TIMEOUT):
+                self._reconcile_pending(self.store.read(self.key), None)
+        except GrantkeeperError as exc:
+            event(logging.WARNING, "pending.flush_failed", key=key, error=type(exc).__name__)
+        pending, durable = self._pending, self._durable
+        if pending is None:
+            return
+        spent = durable.record.refresh_fingerprint if durable is not None else None
+        if spent is not None and _rescue.save(self.key, spent, pending):
+            event(logging.WARNING, "pending.rescued", key=key)
+            return
+        event(logging.ERROR, "pending.lost", key=key)
+        if durable is None or durable.record.intent is None:
+            return
+        answered = durable.record.replace(
+            intent=dataclasses.replace(durable.record.intent, state="answered")
+        )
+        try:
+            with self.store.lock(self.key, timeout=FLUSH_LOCK_TIMEOUT):
+                if self.store.read(self.key) == durable:
+                    self.store.write(self.key, answered, expected_version=durable.version)
+        except GrantkeeperError as exc:
+            event(logging.ERROR, "pending.note_failed", key=key, error=type(exc).__name__)
+
+
+def _flush_at_exit() -> None:
+    """Interpreter exit: every Keeper still holding an unstored credential stores it (or
+    keeps a rescue copy), so a short-lived process (the CLI) never takes B with it."""
+    for keeper in list(_live_holders.values()):
+        try:
+            keeper._flush_pending()
+        except Exception:  # noqa: BLE001 - exiting; each Keeper gets its chance
+            event(logging.ERROR, "pending.exit_flush_failed", key=str(keeper.key))
+
+
+atexit.register(_flush_at_exit)
 
 
 class _LeaseRenewer:

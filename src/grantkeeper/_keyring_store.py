@@ -1,9 +1,17 @@
 """Credentials as secrets in the OS keyring (Secret Service, Keychain, Credential Manager).
 
 The record's JSON is the secret. Keyrings cannot list their entries, so an index of keys
-(no secrets) lives in ``GRANTKEEPER_HOME``. Locks are the file store's ``flock`` locks in
-the same directory: the transaction lock of a key is the very lock file the file store
-uses, so a process on the file store and one on the keyring still exclude each other.
+(no secrets) lives in ``GRANTKEEPER_HOME``.
+
+A keyring entry belongs to the user account, not to one ``GRANTKEEPER_HOME``: two homes
+(two tools, a test run, a container sharing the session) read and write the same entries.
+So the locks (the transaction lock and the short write lock) are ``flock`` files in a
+directory keyed by the service name under the user's runtime directory
+(:func:`~grantkeeper._paths.user_runtime_dir`), which every process of the user resolves
+alike whatever its ``GRANTKEEPER_HOME``. The runtime directory, rather than the state
+directory, because it is local, private and per user like the keyring daemon's own
+sockets, and emptied at logout, so lock files never pile up. Auto mode takes the file
+store's lock and then this one, so it excludes both a file-store and a keyring-store peer.
 
 Windows limits a secret to 2560 bytes, so a long record is split into parts written under
 a fresh generation name; the head entry (version, and where the parts are) is replaced
@@ -18,16 +26,18 @@ import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ._errors import StoreCorrupt, StoreError, StoreUnavailable, VersionConflict
 from ._file_lock import locked_file
-from ._file_store import CAS_LOCK_TIMEOUT, FileStore, _slug
+from ._file_store import CAS_LOCK_TIMEOUT, FileStore
+from ._paths import user_runtime_dir
+from ._private_dir import PrivateDir, key_slug
 from ._record import Credential, CredentialKey, record_from_json, record_to_json
 from ._side_file import SideFile
-from ._store import DEFAULT_LOCK_TIMEOUT, ProcessLock, Stored
+from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Stored
 
 SERVICE = "grantkeeper"
 """The keyring service name every entry is filed under."""
@@ -94,13 +104,16 @@ class KeyringStore:
         service: str = SERVICE,
         backend: KeyringBackend | None = None,
     ) -> None:
-        # The file store owns the directory: its checks (0700, owner, no symlinks) and locks.
-        self._files = FileStore(home)
-        self.home = self._files.home
+        # The index lives in the file store's directory, with its checks (0700, owner, no
+        # symlinks); the locks live in the keyring's namespace (see the module docstring).
+        files = FileStore(home)
+        self.home = files.home
         self.service = service
         self._backend = backend
-        index_name = f".keyring-{hashlib.sha256(service.encode()).hexdigest()[:12]}.index"
-        self._index = SideFile(self._files, index_name, INDEX_FORMAT)
+        tag = hashlib.sha256(service.encode()).hexdigest()[:12]
+        self._index = SideFile(files, f".keyring-{tag}.index", INDEX_FORMAT)
+        self._lock_name = f"keyring-{tag}"
+        self._locks: PrivateDir | None = None
 
     def __repr__(self) -> str:
         return f"KeyringStore(service={self.service!r}, home={str(self.home)!r})"
@@ -234,12 +247,9 @@ class KeyringStore:
 
     @contextlib.contextmanager
     def _cas(self, key: CredentialKey) -> Iterator[None]:
-        """Hold ``key``'s short write lock (a sibling of the file store's) for a CAS."""
-        with self._files._dir(create=True) as dir_fd:
-            assert dir_fd is not None
-            name = f".{_slug(key)}.kcas"
-            with locked_file(dir_fd, name, timeout=CAS_LOCK_TIMEOUT, what=f"write {key}"):
-                yield
+        """Hold ``key``'s short write lock for a compare-and-swap."""
+        with self._locked(f"{key_slug(key)}.cas", CAS_LOCK_TIMEOUT, f"write {key}"):
+            yield
 
     def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
         """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent)."""
@@ -332,14 +342,40 @@ class KeyringStore:
 
         self._index.update(change)
 
+    def indexed(self, key: CredentialKey) -> bool:
+        """Whether this home's index lists ``key``: answered without the keyring, so it tells
+        whether an unreachable keyring may hold a copy written from this home."""
+        return key in self._indexed()
+
     def keys(self) -> list[CredentialKey]:
         """Every indexed key whose record is in the keyring, sorted."""
         return sorted(k for k in self._indexed() if self._get(self._head_name(k)) is not None)
 
     # -- locking ------------------------------------------------------------------------
 
+    @property
+    def lock_directory(self) -> Path:
+        """Where this service's locks live, shared by every home of this user account."""
+        return self._lock_dir().path
+
+    def _lock_dir(self) -> PrivateDir:
+        # Resolved on first use: opening a store touches nothing.
+        if self._locks is None:
+            self._locks = PrivateDir(user_runtime_dir() / self._lock_name)
+        return self._locks
+
+    @contextlib.contextmanager
+    def _locked(self, name: str, timeout: float, what: str) -> Iterator[None]:
+        with self._lock_dir().open(create=True) as dir_fd:
+            assert dir_fd is not None
+            with locked_file(dir_fd, name, timeout=timeout, what=what):
+                yield
+
+    @contextlib.contextmanager
     def lock(
         self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT
-    ) -> AbstractContextManager[ProcessLock]:
-        """Hold ``key``'s transaction lock: the file store's lock for the same key."""
-        return self._files.lock(key, timeout=timeout)
+    ) -> Iterator[ProcessLock]:
+        """Hold ``key``'s transaction lock, in the keyring's namespace for this user: an
+        ``flock``, which cannot be lost while this process holds it."""
+        with self._locked(f"{key_slug(key)}.lock", timeout, f"the lock of {key}"):
+            yield PROCESS_LOCK

@@ -12,7 +12,6 @@ import json
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
 
 import httpx
 
@@ -26,7 +25,7 @@ from ._record import Credential, CredentialKey
 from ._registration import ClientRegistration, parse_registration, registration_body
 from ._store import DEFAULT_LOCK_TIMEOUT, Store
 from ._token_client import send_token_request
-from ._token_endpoint import code_request
+from ._token_endpoint import code_request, new_credential
 
 Authorize = Callable[[str], str]
 """Shows the authorization URL to a person and returns the callback URL they reached."""
@@ -106,23 +105,15 @@ def login(
         auth_method=registration.token_endpoint_auth_method,
     )
     tokens = send_token_request(http, request, now=clock)
-    now = clock()
-    record = Credential(
-        access_token=tokens.access_token,
-        token_type=tokens.token_type,
-        refresh_token=tokens.refresh_token,
-        scope=tokens.scope if tokens.scope is not None else scope,
-        expires_at=None
-        if tokens.expires_in is None
-        else now + timedelta(seconds=tokens.expires_in),
-        obtained_at=now,
-        issuer=metadata.issuer,
-        token_endpoint=metadata.token_endpoint,
-        revocation_endpoint=metadata.revocation_endpoint,
+    record = new_credential(
+        tokens,
+        received=clock(),
+        metadata=metadata,
         resource=resource,
+        scope=scope,
         client_id=registration.client_id,
         client_secret=registration.client_secret,
-        token_endpoint_auth_method=registration.token_endpoint_auth_method,
+        auth_method=registration.token_endpoint_auth_method,
         subject=_subject(tokens.id_token),
     )
     save(store, key, record, lock_timeout=lock_timeout)

@@ -6,22 +6,26 @@ policies that span them: which scope to ask for, and when to register again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from ._callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
+from ._client_assertion import key_source
 from ._discovery import Discovery, choose_scope, discover
-from ._errors import ClientRegistrationInvalid
+from ._errors import CallbackUnavailable, ClientRegistrationInvalid, ServerConfigError
 from ._freshness import Clock, utc_now
+from ._grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
+from ._kept_registrations import KeptRegistrations
 from ._log import event
-from ._login import Authorize
+from ._login import Authorize, register_client
 from ._login import login as run_code_flow
-from ._record import Credential
-from ._registration import ClientRegistration
+from ._record import CLIENT_CREDENTIALS, Credential
+from ._registration import ClientRegistration, metadata_document_client
 from ._servers import ServerConfig, resolve_server
 from ._store import DEFAULT_LOCK_TIMEOUT, Store
 
@@ -62,8 +66,28 @@ def login(
     http: httpx.Client | None = None,
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    client_metadata_url: str | None = None,
+    client_credentials: bool | None = None,
+    client_auth_method: str | None = None,
+    client_key_file: str | None = None,
+    client_key_env: str | None = None,
+    enterprise: EnterpriseIdentity | None = None,
 ) -> Credential:
     """Log in to ``server`` (a URL, a configured name, or a :class:`ServerConfig`).
+
+    Which client logs in: ``client_id`` (pre-registered), else ``client_metadata_url`` when
+    the authorization server supports client ID metadata documents (SEP-991), else a client
+    registered dynamically (RFC 7591).
+
+    ``client_credentials=True`` logs in a machine client instead (RFC 6749 §4.4): no
+    browser, ``client_id`` with ``client_secret`` (``client_secret_basic`` or
+    ``client_secret_post``) or with a PEM private key from ``client_key_file`` or the
+    environment variable ``client_key_env`` (``private_key_jwt``, RFC 7523). The Keeper
+    renews such a credential by asking again. Each of these may come from servers.json.
+
+    ``enterprise`` (an :class:`EnterpriseIdentity`: the user's ID token at their enterprise
+    IdP) logs in by cross-app access instead: an RFC 8693 token exchange at the IdP, then
+    the RFC 7523 jwt-bearer grant at the server's authorization server, as ``client_id``.
 
     By default a browser opens and a loopback listener takes the redirect. An application
     that presents the authorization URL itself passes ``authorize`` (given the URL, returns
@@ -90,15 +114,54 @@ def login(
             scope or config.scope, found.challenge, found.resource_metadata, found.metadata
         )
         fixed_id = client_id or config.client_id
+        secret = client_secret or config.client_secret
+        if client_credentials or (
+            client_credentials is None and config.grant == CLIENT_CREDENTIALS
+        ):
+            return _machine_login(
+                config,
+                found,
+                store=store,
+                http=client,
+                client_id=fixed_id,
+                client_secret=secret,
+                auth_method=client_auth_method or config.client_auth_method,
+                key_file=client_key_file or config.client_key_file,
+                key_env=client_key_env or config.client_key_env,
+                scope=scope or config.scope,
+                clock=clock,
+                lock_timeout=lock_timeout,
+            )
+        if enterprise is not None:
+            if not fixed_id:
+                raise ServerConfigError("cross-app access needs this client's client id")
+            return cross_app_access(
+                store,
+                config.key,
+                identity=enterprise,
+                metadata=found.metadata,
+                resource=found.resource,
+                http=client,
+                client_id=fixed_id,
+                client_secret=secret,
+                scope=scope or config.scope,
+                clock=clock,
+                lock_timeout=lock_timeout,
+            )
         registration = (
-            ClientRegistration(fixed_id, client_secret or config.client_secret)
+            ClientRegistration(fixed_id, secret)
             if fixed_id
-            else None
+            else metadata_document_client(
+                client_metadata_url or config.client_metadata_url, found.metadata
+            )
         )
 
+        kept = KeptRegistrations(getattr(store, "home", None))
+        issuer = found.metadata.issuer
+
         def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
-            return _with_reregistration(
-                lambda: run_code_flow(
+            def run(client_registration: ClientRegistration | None) -> Credential:
+                return run_code_flow(
                     store,
                     config.key,
                     metadata=found.metadata,
@@ -107,17 +170,35 @@ def login(
                     authorize=authorize,
                     http=client,
                     scope=chosen_scope,
-                    client=registration,
+                    client=client_registration,
                     clock=clock,
                     lock_timeout=lock_timeout,
-                ),
-                dynamic=registration is None,
-                key=str(config.key),
-            )
+                )
+
+            if registration is not None:
+                # Pre-registered or a metadata document: the user's to fix, so invalid_client
+                # is final.
+                return run(registration)
+
+            def register() -> ClientRegistration:
+                # Kept before the browser opens: an attempt that times out must not cost the
+                # next one a registration of its own.
+                new = register_client(client, found.metadata, redirect_uri, chosen_scope)
+                kept.keep(issuer, redirect_uri, new)
+                return new
+
+            try:
+                return run(kept.find(issuer, redirect_uri) or register())
+            except ClientRegistrationInvalid:
+                # The server forgot the client (a restart, an expiry): replace it, once.
+                kept.forget(issuer, redirect_uri)
+                event(logging.WARNING, "login.reregistering", key=str(config.key))
+                return run(register())
 
         if authorize is not None and redirect_uri is not None:
             return attempt(authorize, redirect_uri)
-        with CallbackServer(port=config.callback_port or 0) as listener:
+        dynamic = registration is None
+        with listen_first_free(callback_ports(config, store, issuer, dynamic)) as listener:
             browser = loopback_authorizer(listener, open_browser, timeout=callback_timeout)
             return attempt(browser, listener.redirect_uri)
     finally:
@@ -125,15 +206,72 @@ def login(
             client.close()
 
 
-def _with_reregistration(run: Callable[[], Credential], *, dynamic: bool, key: str) -> Credential:
-    """Run the code flow; if the server forgot a client we registered, register once more.
+def _machine_login(
+    config: ServerConfig,
+    found: Discovery,
+    *,
+    store: Store,
+    http: httpx.Client,
+    client_id: str | None,
+    client_secret: str | None,
+    auth_method: str | None,
+    key_file: str | None,
+    key_env: str | None,
+    scope: str | None,
+    clock: Clock,
+    lock_timeout: float,
+) -> Credential:
+    """The client credentials grant: the scope asked for is the caller's, else the
+    resource's (a machine has no challenge to answer)."""
+    if not client_id:
+        raise ServerConfigError("client credentials need a client id")
+    has_key = key_file is not None or key_env is not None
+    method = choose_auth_method(
+        found.metadata, explicit=auth_method, has_secret=bool(client_secret), has_key=has_key
+    )
+    source = key_source(file=key_file, env=key_env) if method == "private_key_jwt" else None
+    if scope is None and found.resource_metadata is not None:
+        scope = " ".join(found.resource_metadata.scopes_supported) or None
+    return obtain(
+        store,
+        config.key,
+        metadata=found.metadata,
+        resource=found.resource,
+        http=http,
+        client_id=client_id,
+        auth_method=method,
+        client_secret=client_secret,
+        key_source=source,
+        scope=scope,
+        clock=clock,
+        lock_timeout=lock_timeout,
+    )
 
-    A pre-registered client is the user's to fix, so its ``invalid_client`` is final.
-    """
+
+def callback_ports(config: ServerConfig, store: Store, issuer: str, dynamic: bool) -> list[int]:
+    """Ports for the loopback listener, in order: the configured one, else (for a client
+    registered dynamically) those of registrations kept for ``issuer``, then any."""
+    if config.callback_port:
+        return [config.callback_port]
+    if not dynamic:
+        return [0]
+    return [*KeptRegistrations(getattr(store, "home", None)).ports(issuer), 0]
+
+
+@contextlib.contextmanager
+def listen_first_free(ports: list[int]) -> Iterator[CallbackServer]:
+    """A listener on the first free port of ``ports``: a kept registration's port is worth
+    trying first (its client can be reused); the last one (0: any free port) must bind."""
+    listener = None
+    for port in ports[:-1]:
+        try:
+            listener = CallbackServer(port=port).__enter__()
+            break
+        except CallbackUnavailable:
+            continue
+    if listener is None:
+        listener = CallbackServer(port=ports[-1]).__enter__()
     try:
-        return run()
-    except ClientRegistrationInvalid:
-        if not dynamic:
-            raise
-        event(logging.WARNING, "login.reregistering", key=key)
-        return run()
+        yield listener
+    finally:
+        listener.close()

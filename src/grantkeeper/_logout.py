@@ -4,6 +4,9 @@ Taking the lock that refresh takes means a refresh in flight elsewhere either fi
 first (and we delete and revoke what it wrote) or starts after us and finds nothing: it can
 never write a logged-out credential back. Revocation happens inside the lock too, so the
 next login cannot interleave with the revocation of the previous one.
+
+The delete removes every copy the store holds: in Auto mode a stray copy in the other
+backend goes too, even when the read found nothing, so no later read can bring it back.
 """
 
 from __future__ import annotations
@@ -64,7 +67,12 @@ def logout(
             stage("deleted")
             return LogoutResult(removed, problems=(f"the stored record was unreadable: {exc}",))
         if stored is None:
-            return LogoutResult(False)
+            # Nothing to serve, but a store may still hold a copy its reads ignore (Auto
+            # mode's stray copy beside an empty placement): it must not outlive the logout.
+            removed = store.delete(key)
+            if removed:
+                event(logging.INFO, "logout.deleted_stray", key=str(key))
+            return LogoutResult(removed)
         store.delete(key, expected_version=stored.version)
         stage("deleted")
         event(logging.INFO, "logout.deleted", key=str(key), version=stored.version)

@@ -32,7 +32,8 @@ async def streamablehttp_client_v1(
 
     Yields what ``mcp`` 1.x's own client yields, ``(read, write, get_session_id)``, for a
     ``mcp.ClientSession``. ``keeper`` supplies an OAuth credential; ``token`` (or an
-    ``Authorization`` header in ``headers``) sends a static one instead. Under ``mcp`` 2.x
+    ``Authorization`` header in ``headers``) sends a static one instead; with neither, no
+    credential is sent (a 401 raises :class:`~grantkeeper.LoginRequired`). Under ``mcp`` 2.x
     use :func:`grantkeeper.mcp.connect`. ``http_timeout`` and ``sse_read_timeout`` are
     ``mcp``'s own ``timeout`` and ``sse_read_timeout``.
     """

@@ -22,7 +22,16 @@ from ._redact import fingerprint, redact
 SCHEMA_VERSION = 1
 """Version of the stored JSON layout; a newer one is refused rather than misread."""
 
-IntentState = Literal["in_flight", "unknown"]
+IntentState = Literal["in_flight", "unknown", "unavailable", "answered"]
+"""``in_flight``: a process is spending the token now. ``unknown``: it was sent and no usable
+answer came back, so it may be spent. ``unavailable``: the provider did not process it (not
+sent, 429, 503): it is unspent, and the next attempt waits for ``retry_at``. ``answered``: the
+provider answered and its new token could be stored nowhere, so this one is spent for sure."""
+
+INTENT_STATES: tuple[IntentState, ...] = ("in_flight", "unknown", "unavailable", "answered")
+
+CLIENT_CREDENTIALS = "client_credentials"
+"""The ``grant`` of a machine client's credential: renewed by asking again (RFC 6749 §4.4)."""
 
 
 class _FieldError(ValueError):
@@ -95,6 +104,12 @@ class RefreshIntent:
     lease_until: datetime | None = None
     """Until when a reader under another ``host_id`` must treat the note as live; renewed
     while the provider call runs. ``None`` in notes written before leases existed."""
+    retry_at: datetime | None = None
+    """No attempt with this token before this time (backoff, or the provider's Retry-After)."""
+    since: datetime | None = None
+    """When the first failed attempt with this token started: how long the trouble lasts."""
+    last_error: str | None = None
+    """What the last failed attempt got (an error type and status), for status. Never a secret."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +136,17 @@ class Credential:
     reauth_reason: str | None = None
     """Set when a transaction found the grant dead; only a new login clears it."""
     intent: RefreshIntent | None = None
+    rejected_refresh_at: datetime | None = None
+    """When this token was obtained by a refresh that a server's 401 forced, so that a server
+    rejecting every fresh token is not answered with a refresh per request."""
+    grant: str | None = None
+    """How the credential was obtained: ``None`` for a person's login (renewed with its
+    refresh token), :data:`CLIENT_CREDENTIALS` for a machine client (renewed by asking again)."""
+    client_key_source: str | None = None
+    """Where a ``private_key_jwt`` client's key is read from (``file:…``/``env:…``), never
+    the key itself."""
+    scope_requested: str | None = None
+    """The scope a client-credentials renewal asks for again."""
 
     def __repr__(self) -> str:
         return (
@@ -140,8 +166,18 @@ class Credential:
 
     @property
     def refresh_fingerprint(self) -> str | None:
-        """Fingerprint of the refresh token, for intents and logs."""
-        return fingerprint(self.refresh_token) if self.refresh_token else None
+        """Fingerprint of what a renewal spends or replaces, for intents and logs: the
+        refresh token, or for a client-credentials credential its access token."""
+        if self.refresh_token:
+            return fingerprint(self.refresh_token)
+        if self.grant == CLIENT_CREDENTIALS:
+            return fingerprint(self.access_token)
+        return None
+
+    @property
+    def renewable(self) -> bool:
+        """Whether a renewal needs no person: a refresh token, or client credentials."""
+        return bool(self.refresh_token) or self.grant == CLIENT_CREDENTIALS
 
     def same_identity(self, other: Credential) -> bool:
         """Whether ``other`` belongs to the same issuer and resource as this record."""
@@ -200,7 +236,10 @@ def record_to_json(record: Credential) -> dict[str, Any]:
             "client_id": record.client_id,
             "client_secret": record.client_secret,
             "token_endpoint_auth_method": record.token_endpoint_auth_method,
+            "key_source": record.client_key_source,
         },
+        "grant": record.grant,
+        "scope_requested": record.scope_requested,
         "subject": record.subject,
         "reauth_reason": record.reauth_reason,
         "intent": None
@@ -215,7 +254,11 @@ def record_to_json(record: Credential) -> dict[str, Any]:
             "holder": intent.holder,
             "host_id": intent.host_id,
             "lease_until": _iso(intent.lease_until),
+            "retry_at": _iso(intent.retry_at),
+            "since": _iso(intent.since),
+            "last_error": intent.last_error,
         },
+        "rejected_refresh_at": _iso(record.rejected_refresh_at),
     }
 
 
@@ -272,7 +315,7 @@ def _record_from_json(data: Any) -> Credential:
             raise _FieldError("intent is not an object")
         started = _parse_time(intent_data["started_at"], "intent.started_at")
         state = intent_data.get("state", "in_flight")
-        if state not in ("in_flight", "unknown"):
+        if state not in INTENT_STATES:
             raise _FieldError("intent.state is not a known string")
         pid, attempts = intent_data["pid"], intent_data.get("attempts", 1)
         if not isinstance(pid, int) or not isinstance(attempts, int):
@@ -287,6 +330,9 @@ def _record_from_json(data: Any) -> Credential:
             holder=str(intent_data.get("holder", "")),
             host_id=str(intent_data.get("host_id") or ""),
             lease_until=_parse_time(intent_data.get("lease_until"), "intent.lease_until"),
+            retry_at=_parse_time(intent_data.get("retry_at"), "intent.retry_at"),
+            since=_parse_time(intent_data.get("since"), "intent.since"),
+            last_error=_opt_str(intent_data, "last_error"),
         )
     return Credential(
         access_token=access_token,
@@ -305,4 +351,8 @@ def _record_from_json(data: Any) -> Credential:
         subject=_opt_str(data, "subject"),
         reauth_reason=_opt_str(data, "reauth_reason"),
         intent=intent,
+        rejected_refresh_at=_parse_time(data.get("rejected_refresh_at"), "rejected_refresh_at"),
+        grant=_opt_str(data, "grant"),
+        client_key_source=_opt_str(client, "key_source"),
+        scope_requested=_opt_str(data, "scope_requested"),
     )

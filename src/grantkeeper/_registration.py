@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from ._errors import ProtocolError
+from ._as_metadata import AuthServerMetadata
+from ._errors import ProtocolError, ServerConfigError
 from ._redact import redact
 
 MAX_REGISTRATION_BYTES = 64 * 1024
@@ -26,6 +28,27 @@ class ClientRegistration:
             f"ClientRegistration(client_id={self.client_id!r}, "
             f"client_secret={redact(self.client_secret)!r})"
         )
+
+
+def metadata_document_client(
+    url: str | None, metadata: AuthServerMetadata
+) -> ClientRegistration | None:
+    """The client a metadata document URL names, if there is one and the server takes it.
+
+    SEP-991 (OAuth Client ID Metadata Documents): the URL itself is the ``client_id`` of a
+    public client, so no registration happens. It must be HTTPS with a path. Without
+    server support this is ``None`` and the caller registers dynamically instead.
+    """
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.path in ("", "/") or parts.fragment:
+        raise ServerConfigError(
+            f"the client metadata URL {url[:200]!r} must be an https URL with a path"
+        )
+    if not metadata.client_id_metadata_document_supported:
+        return None
+    return ClientRegistration(url, None, "none")
 
 
 def registration_body(

@@ -51,6 +51,17 @@ class ServerConfig:
     """Extra static headers for the MCP transport, e.g. an API key."""
     callback_port: int | None = None
     """A fixed loopback port for the login redirect, for clients registered with one."""
+    client_metadata_url: str | None = None
+    """This client's ID metadata document (SEP-991), used as client id where supported."""
+    grant: str | None = None
+    """``"client_credentials"`` for a machine client; otherwise a person logs in."""
+    client_auth_method: str | None = None
+    """How a client-credentials client authenticates: ``client_secret_basic`` (default with a
+    secret), ``client_secret_post`` or ``private_key_jwt``."""
+    client_key_file: str | None = None
+    """A PEM private key file for ``private_key_jwt`` (the key itself is never stored here)."""
+    client_key_env: str | None = None
+    """Name of an environment variable holding that PEM private key."""
 
     def __repr__(self) -> str:
         shown = [f"url={self.url!r}", f"name={self.name!r}"]

@@ -1,7 +1,8 @@
 """Small non-secret JSON documents beside the credential files (keyring index, placements).
 
 They live in the file store's directory, so they get its checks (owner, 0700, no
-symlinks); they are replaced atomically and changed only under their own ``flock``.
+symlinks); they are replaced atomically and changed only under their own ``flock``, which
+also makes it safe for each update to delete the temp file a killed updater left behind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from ._errors import StoreCorrupt, UnsafeStorePath
 from ._file_lock import locked_file
 from ._file_store import FileStore
+from ._private_dir import PrivateDir
 
 UPDATE_LOCK_TIMEOUT = 10.0
 """A side file's lock is held for one small read-modify-write."""
@@ -25,7 +27,7 @@ class SideFile:
     """One JSON document named ``name`` in ``files``' directory, marked with ``format``."""
 
     def __init__(self, files: FileStore, name: str, format: str) -> None:
-        self._files = files
+        self._dir = PrivateDir(files.directory)
         self.name = name
         self.format = format
         self.path = files.directory / name
@@ -50,12 +52,12 @@ class SideFile:
 
     def load(self) -> Document:
         """The current document (just ``{"format": ...}`` when there is none)."""
-        with self._files._dir(create=False) as dir_fd:
+        with self._dir.open(create=False) as dir_fd:
             return self._read(dir_fd) if dir_fd is not None else {"format": self.format}
 
     def update(self, change: Callable[[Document], Document | None]) -> Document:
         """Apply ``change`` under the lock; it returns the new document, or ``None`` to keep it."""
-        with self._files._dir(create=True) as dir_fd:
+        with self._dir.open(create=True) as dir_fd:
             assert dir_fd is not None
             with locked_file(
                 dir_fd, self.name + ".lock", timeout=UPDATE_LOCK_TIMEOUT, what=str(self.path)
@@ -66,5 +68,5 @@ class SideFile:
                     return current
                 changed["format"] = self.format
                 payload = json.dumps(changed, indent=2, ensure_ascii=False).encode("utf-8")
-                self._files._write_atomic(dir_fd, self.name, payload)
+                self._dir.write_atomic(dir_fd, self.name, payload)
                 return changed

@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ._decide import MAX_UNKNOWN_ATTEMPTS
+from ._decide import status_verdict
 from ._freshness import DEFAULT_SKEW, Freshness, freshness
 from ._record import Credential, CredentialKey
 
@@ -56,43 +56,26 @@ def status_of(
     store: str | None = None,
     bearer: bool = False,
     retry_unknown_outcome: bool = True,
+    default_lifetime: timedelta | None = None,
 ) -> AuthStatus:
     """Classify ``record`` without any network I/O.
 
     ``retry_unknown_outcome`` is the :class:`~grantkeeper.Keeper`'s option of that name:
-    whether a refresh whose outcome was lost is retried once, or needs a new login.
+    whether a refresh whose outcome was lost is retried, or needs a new login. The rules
+    live in :func:`grantkeeper._decide.status_verdict`, beside the ones the Keeper follows.
     """
     if bearer:
         return AuthStatus(key, AuthState.BEARER, "a static bearer token is configured", store=store)
     if record is None:
         return AuthStatus(key, AuthState.LOGIN_REQUIRED, "not logged in", store=store)
-    state = freshness(record, now, skew)
+    state = freshness(record, now, skew, default_lifetime)
     ok = AuthStatus(key, AuthState.OAUTH, "", record.expires_at, state, record.subject, store)
-
-    def reauth(detail: str) -> AuthStatus:
-        return dataclasses.replace(ok, state=AuthState.REAUTHENTICATION_REQUIRED, detail=detail)
-
-    if record.reauth_reason:
-        return reauth(record.reauth_reason)
-    if state is Freshness.EXPIRED and not record.refresh_token:
-        return reauth("the token expired and no refresh token is stored")
-    intent = record.intent
-    if intent is not None and intent.token_fingerprint == record.refresh_fingerprint:
-        limit = MAX_UNKNOWN_ATTEMPTS if retry_unknown_outcome else 1
-        attempts = f"{intent.attempts} refresh attempt{'s' if intent.attempts != 1 else ''}"
-        if intent.attempts >= limit and state is not Freshness.FRESH:
-            return reauth(f"the outcome of {attempts} is unknown")
-        then = (
-            "the next refresh retries it once"
-            if intent.attempts < limit
-            else "it is not retried (a replay could revoke the grant): log in again "
-            "when this token expires"
-        )
-        return dataclasses.replace(
-            ok,
-            detail=(
-                f"a refresh started {intent.started_at:%Y-%m-%d %H:%M:%S}Z by pid {intent.pid} "
-                f"on {intent.host} has an unknown outcome; {then}"
-            ),
-        )
-    return ok
+    needs_login, detail = status_verdict(
+        record,
+        now=now,
+        skew=skew,
+        default_lifetime=default_lifetime,
+        retry_unknown_outcome=retry_unknown_outcome,
+    )
+    state_now = AuthState.REAUTHENTICATION_REQUIRED if needs_login else AuthState.OAUTH
+    return dataclasses.replace(ok, state=state_now, detail=detail)

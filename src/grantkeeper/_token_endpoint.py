@@ -6,17 +6,19 @@ Building a request and classifying an answer do no I/O; ``_token_client`` sends.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeGuard
+from urllib.parse import quote, quote_plus, unquote
 
 import httpx
 
+from ._as_metadata import AuthServerMetadata
 from ._errors import (
     ClientRegistrationInvalid,
     MalformedResponse,
@@ -26,7 +28,7 @@ from ._errors import (
     RefreshOutcomeUnknown,
 )
 from ._record import Credential
-from ._redact import redact
+from ._redact import redact, scrub
 
 MAX_RESPONSE_BYTES = 1 << 20
 """Token responses are a few KiB; anything near a megabyte is not one, so stop reading."""
@@ -36,6 +38,23 @@ MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
 
 MAX_DESCRIPTION_CHARS = 200
 """How much of a provider's ``error_description`` we repeat in our own messages."""
+
+SECRET_FORM_FIELDS = frozenset(
+    {
+        "client_secret",
+        "client_assertion",
+        "refresh_token",
+        "code",
+        "code_verifier",
+        "assertion",
+        "subject_token",
+        "actor_token",
+        "password",
+    }
+)
+"""Form fields whose values authenticate the client or are a grant's secret. The others
+(``grant_type``, ``redirect_uri``, ``resource``, ``client_id``, ``scope``) are ordinary
+words that error messages must keep readable."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,33 @@ class TokenRequest:
     def __repr__(self) -> str:
         return f"TokenRequest(url={self.url!r}, grant_type={self.form.get('grant_type')!r})"
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Return every value an error message must not repeat, in each encoding it can take.
+
+        These are the :data:`SECRET_FORM_FIELDS` values and the ``Authorization`` header: its
+        whole value, its credential and, for Basic, the client secret inside the decoded
+        ``client_id:secret`` pair. Hiding that half hides the pair while its client id stays
+        readable. Each value also comes percent-encoded, as a server echoing the raw form
+        would write it.
+        """
+        values = [v for k, v in self.form.items() if k in SECRET_FORM_FIELDS and v]
+        for name, value in self.headers.items():
+            if name.lower() != "authorization" or not value:
+                continue
+            scheme, _, credential = value.strip().partition(" ")
+            credential = credential.strip()
+            values += [value, credential, credential.rstrip("=")]
+            if scheme.lower() == "basic":
+                values += _basic_secret(credential)
+        return tuple(
+            dict.fromkeys(
+                variant
+                for value in values
+                if value
+                for variant in (value, quote(value, safe=""), quote_plus(value))
+            )
+        )
+
     def to_httpx(self) -> httpx.Request:
         """Return the request for an httpx client."""
         return httpx.Request(
@@ -59,9 +105,26 @@ class TokenRequest:
         )
 
 
+def _basic_secret(credential: str) -> list[str]:
+    """Return the secret half of a Basic credential, form-encoded and decoded (RFC 6749 §2.3.1)."""
+    try:
+        pair = base64.b64decode(credential, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return []
+    _, colon, encoded = pair.partition(":")
+    if not colon:
+        return [pair]
+    return [encoded, unquote(encoded)]
+
+
 @dataclass(frozen=True)
 class TokenResponse:
-    """A successful token response, with ``expires_in`` coerced to seconds."""
+    """A successful token response, with ``expires_in`` coerced to seconds.
+
+    Optional fields that were present but unusable are ``None`` here, and their names are in
+    :attr:`dropped`. A token endpoint answer that spent the refresh token is too valuable
+    to throw away over a cosmetic field.
+    """
 
     access_token: str
     token_type: str
@@ -69,11 +132,21 @@ class TokenResponse:
     refresh_token: str | None
     scope: str | None
     id_token: str | None
+    #: Names (never values) of optional fields that were present but unusable.
+    dropped: tuple[str, ...] = ()
+    #: When the request was sent: the token's lifetime counts from here.
+    requested_at: datetime | None = None
+
+    @property
+    def refresh_token_dropped(self) -> bool:
+        """Whether a ``refresh_token`` came back unusable: the old one is spent all the same."""
+        return "refresh_token" in self.dropped
 
     def __repr__(self) -> str:
         return (
             f"TokenResponse(access_token={redact(self.access_token)!r}, "
-            f"refresh_token={redact(self.refresh_token)!r}, expires_in={self.expires_in!r})"
+            f"refresh_token={redact(self.refresh_token)!r}, expires_in={self.expires_in!r}, "
+            f"dropped={self.dropped!r})"
         )
 
 
@@ -82,10 +155,21 @@ def client_auth(
     client_id: str | None,
     client_secret: str | None,
     method: str | None,
+    *,
+    assertion: str | None = None,
 ) -> dict[str, str]:
-    """Add client authentication (RFC 6749 §2.3) to ``form``; return extra headers."""
+    """Add client authentication (RFC 6749 §2.3) to ``form``; return extra headers.
+
+    ``private_key_jwt`` sends the signed ``assertion`` (RFC 7523 §2.2) and no secret.
+    """
     if client_id is None:
         raise ProviderError("the credential has no client_id; log in again to register")
+    if method == "private_key_jwt":
+        if not assertion:
+            raise ProviderError("private_key_jwt needs a signed client assertion")
+        form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        form["client_assertion"] = assertion
+        return {}
     if client_secret and method != "client_secret_post":
         # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
         pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
@@ -136,11 +220,8 @@ def code_request(
     return TokenRequest(token_endpoint, form, headers)
 
 
-def _scrub(text: str, secrets: Iterable[str | None]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, redact(secret))
-    return text[:MAX_DESCRIPTION_CHARS]
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    return scrub(text, secrets, MAX_DESCRIPTION_CHARS)
 
 
 def _retry_after(value: str | None, now: datetime) -> float | None:
@@ -157,30 +238,22 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
         return None
 
 
-def _coerce_expires_in(value: Any) -> float | None:
-    if value is None:
+def _seconds(value: Any) -> float | None:
+    """Return ``value`` as a usable lifetime in seconds, or ``None`` if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, bool):
-        raise MalformedResponse("token response has a non-numeric expires_in")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise MalformedResponse("token response has a non-numeric expires_in") from None
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        raise MalformedResponse("token response has a non-numeric expires_in")
-    if value < 0 or value > MAX_EXPIRES_IN:
-        raise MalformedResponse(f"token response has an implausible expires_in ({value:g} s)")
-    return float(value)
+    try:
+        seconds = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):  # "soon"; an integer too large for a float
+        return None
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_EXPIRES_IN:
+        return None
+    return seconds
 
 
-def _opt_str(body: Mapping[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise MalformedResponse(f"token response field {name!r} is not a string")
-    return value
+def _usable_token(value: Any) -> TypeGuard[str]:
+    # It goes into an Authorization header as is: visible ASCII only (RFC 6750 §2.1).
+    return isinstance(value, str) and bool(value) and all("!" <= c <= "~" for c in value)
 
 
 def parse_token_response(
@@ -195,36 +268,38 @@ def parse_token_response(
 
     ``invalid_grant`` arrives as 400 or 401 depending on the server; both mean the grant is
     dead. 429 and 503 mean nothing was processed. Any other failure after the request was
-    sent leaves the outcome unknown. ``secrets`` are scrubbed from any text we repeat.
+    sent leaves the outcome unknown. ``secrets`` (:meth:`TokenRequest.secret_values`) are
+    scrubbed from the provider's text we repeat; this is the one place that text enters.
     """
-    secrets = tuple(secrets)
+    hidden = tuple(secret for secret in secrets if secret)
     try:
         payload = json.loads(body) if body else None
     except (ValueError, RecursionError):
         payload = None
     obj: dict[str, Any] = payload if isinstance(payload, dict) else {}
-    error = obj.get("error") if isinstance(obj.get("error"), str) else None
-    if error is not None:
-        error = _scrub(error, secrets)  # repeated in messages: a server may echo the token
+    code = obj.get("error") if isinstance(obj.get("error"), str) else None
+    # Classify by the code as sent; repeat only scrubbed text, since a server may echo
+    # anything it was given, the client's credentials included.
+    error = None if code is None else _scrub(code, hidden)
     description = obj.get("error_description")
-    detail = f": {_scrub(description, secrets)}" if isinstance(description, str) else ""
+    detail = f": {_scrub(description, hidden)}" if isinstance(description, str) else ""
 
-    if status == 200 and payload is not None and error is None:
+    if status == 200 and payload is not None and code is None:
         return _parse_success(obj if isinstance(payload, dict) else None)
-    if error == "invalid_grant":
+    if code == "invalid_grant":
         raise ReauthenticationRequired(f"the authorization server rejected the grant{detail}")
-    if error in ("invalid_client", "unauthorized_client"):
+    if code in ("invalid_client", "unauthorized_client"):
         raise ClientRegistrationInvalid(
             f"the authorization server does not accept this client ({error}){detail}"
         )
-    if status in (429, 503) or error == "temporarily_unavailable":
+    if status in (429, 503) or code == "temporarily_unavailable":
         raise ProviderUnavailable(
             f"the authorization server is unavailable (HTTP {status}){detail}",
             status=status,
             error=error,
             retry_after=_retry_after(headers.get("retry-after"), now),
         )
-    if error is not None and 400 <= status < 500:
+    if code is not None and 400 <= status < 500:
         raise ProviderError(
             f"the authorization server refused the request ({error}){detail}",
             status=status,
@@ -240,41 +315,126 @@ def parse_token_response(
 
 
 def _parse_success(body: dict[str, Any] | None) -> TokenResponse:
+    """Return the tokens of a 200 answer, dropping unusable optional fields.
+
+    The refresh token that was sent is spent by now, so only an answer without a usable
+    access token, or with one we cannot present, is refused.
+    """
     if body is None:
         raise MalformedResponse("token response is not a JSON object")
-    access_token = _opt_str(body, "access_token")
-    if not access_token:
-        raise MalformedResponse("token response has no access_token")
-    token_type = _opt_str(body, "token_type") or "Bearer"
-    if token_type.lower() != "bearer":
-        raise MalformedResponse(f"unsupported token_type {token_type[:20]!r}; only Bearer is")
-    refresh_token = _opt_str(body, "refresh_token") or None
+    access_token = body.get("access_token")
+    if not _usable_token(access_token):
+        raise MalformedResponse("token response has no usable access_token")
+    dropped: list[str] = []
+
+    token_type = body.get("token_type")
+    if isinstance(token_type, str) and token_type.strip():
+        if token_type.strip().lower() != "bearer":
+            # Not cosmetic: a DPoP or MAC token is bound to a proof or key that grantkeeper
+            # cannot produce, so presenting it as Bearer fails on every request, or worse,
+            # strips a sender constraint. Storing it would loop refresh after refresh; the
+            # client registration has to ask for Bearer tokens instead.
+            raise MalformedResponse(
+                f"unsupported token_type {token_type[:20]!r}; grantkeeper sends only Bearer"
+            )
+    elif token_type is not None:
+        dropped.append("token_type")  # not a type at all: it claims nothing, keep Bearer
+
+    raw_expiry = body.get("expires_in")
+    expires_in = _seconds(raw_expiry)
+    if raw_expiry is not None and expires_in is None:
+        dropped.append("expires_in")  # the lifetime is unknown, as if it were omitted
+    if expires_in == 0:
+        # Zero gives no lifetime, like an omitted one: the token serves until a server
+        # rejects it, instead of being expired on arrival and refreshed on every call.
+        expires_in = None
+
+    refresh_token = body.get("refresh_token")
+    # Only ever sent in a form body, so any non-empty string will do (RFC 6749 §A.17).
+    if refresh_token is not None and not (isinstance(refresh_token, str) and refresh_token):
+        # Present but unusable is not omitted: the old refresh token is spent either way.
+        dropped.append("refresh_token")
+        refresh_token = None
+
+    def optional_str(name: str) -> str | None:
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            dropped.append(name)
+            return None
+        return value
+
+    scope = optional_str("scope")
+    id_token = optional_str("id_token")
     return TokenResponse(
         access_token=access_token,
         token_type="Bearer",
-        expires_in=_coerce_expires_in(body.get("expires_in")),
+        expires_in=expires_in,
         refresh_token=refresh_token,
-        scope=_opt_str(body, "scope"),
-        id_token=_opt_str(body, "id_token"),
+        scope=scope,
+        id_token=id_token,
+        dropped=tuple(dropped),
     )
 
 
 def apply_response(record: Credential, response: TokenResponse, now: datetime) -> Credential:
     """Return ``record`` updated with ``response``, received at ``now``.
 
-    A response that omits ``refresh_token`` or ``scope`` keeps the old ones (RFC 6749 §6).
-    An omitted ``expires_in`` leaves the expiry unknown rather than guessing.
+    The lifetime counts from :attr:`TokenResponse.requested_at` when known: the server
+    started it at some moment after we sent the request, never before, so counting from
+    the sending errs early. A response that omits ``refresh_token`` or ``scope`` keeps the
+    old ones (RFC 6749 §6); one whose ``refresh_token`` was unusable keeps none, since the
+    old one is spent. An omitted ``expires_in`` leaves the expiry unknown.
     """
+    start = response.requested_at or now
     expires_at = (
-        None if response.expires_in is None else now + timedelta(seconds=response.expires_in)
+        None if response.expires_in is None else start + timedelta(seconds=response.expires_in)
     )
+    if response.refresh_token is not None or response.refresh_token_dropped:
+        refresh_token = response.refresh_token
+    else:
+        refresh_token = record.refresh_token
     return record.replace(
         access_token=response.access_token,
         token_type=response.token_type,
-        refresh_token=response.refresh_token or record.refresh_token,
+        refresh_token=refresh_token,
         scope=response.scope if response.scope is not None else record.scope,
         expires_at=expires_at,
-        obtained_at=now,
+        obtained_at=start,
         reauth_reason=None,
         intent=None,
+    )
+
+
+def new_credential(
+    response: TokenResponse,
+    *,
+    received: datetime,
+    metadata: AuthServerMetadata,
+    resource: str,
+    scope: str | None,
+    client_id: str,
+    client_secret: str | None,
+    auth_method: str | None,
+    **extra: Any,
+) -> Credential:
+    """The credential a grant's first ``response`` makes (a login, client credentials,
+    jwt-bearer); its lifetime counts from when the request left (else ``received``)."""
+    obtained = response.requested_at or received
+    return Credential(
+        access_token=response.access_token,
+        token_type=response.token_type,
+        refresh_token=response.refresh_token,
+        scope=response.scope if response.scope is not None else scope,
+        expires_at=None
+        if response.expires_in is None
+        else obtained + timedelta(seconds=response.expires_in),
+        obtained_at=obtained,
+        issuer=metadata.issuer,
+        token_endpoint=metadata.token_endpoint,
+        revocation_endpoint=metadata.revocation_endpoint,
+        resource=resource,
+        client_id=client_id,
+        client_secret=client_secret,
+        token_endpoint_auth_method=auth_method,
+        **extra,
     )

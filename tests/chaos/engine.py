@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,8 @@ from grantkeeper import (
     Stored,
 )
 from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._file_store import _slug
 from grantkeeper._login import login
+from grantkeeper._private_dir import key_slug as _slug
 from grantkeeper._record import Credential
 from grantkeeper._status import AuthState, status_of
 from harness import remember_secret
@@ -256,6 +256,9 @@ def worker(
         KEY,
         http_client=http,
         retry_unknown_outcome=retry_unknown_outcome,
+        # Every injection forces a refresh with a 401 for the token the last one obtained:
+        # a server rejecting fresh tokens, by design here, so no rejection throttle.
+        rejection_interval=timedelta(0),
         checkpoint=checkpoint,
     )
     token = error = error_type = None

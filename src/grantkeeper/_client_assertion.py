@@ -1,0 +1,131 @@
+"""RFC 7523 §2.2 client assertions for ``private_key_jwt``: a short-lived JWT we sign.
+
+The private key is read when an assertion is made, from where the configuration says
+(a PEM file or an environment variable), and is never stored, logged or repr'd: a record
+keeps only the *source* (``file:/path`` or ``env:NAME``). Signing needs ``cryptography``
+(the ``grantkeeper[encryption]`` extra).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from datetime import datetime
+from typing import Any
+
+from ._errors import ServerConfigError
+
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+"""RFC 7523 §2.2's ``client_assertion_type``."""
+
+ASSERTION_LIFETIME = 60
+"""Seconds an assertion is valid: one token request, with room for clock skew."""
+
+MAX_KEY_BYTES = 64 * 1024
+"""A PEM private key is a few KiB; refuse to read anything that large."""
+
+
+def key_source(*, file: str | None = None, env: str | None = None) -> str:
+    """The stored name of where a client key comes from (never the key)."""
+    if (file is None) == (env is None):
+        raise ServerConfigError("give the private key as a PEM file or an environment variable")
+    return f"file:{os.path.abspath(file)}" if file is not None else f"env:{env}"
+
+
+def load_key(source: str) -> bytes:
+    """Read the PEM private key named by ``source``; errors never contain it."""
+    kind, _, where = source.partition(":")
+    if kind == "env":
+        value = os.environ.get(where)
+        if not value:
+            raise ServerConfigError(f"the client key comes from ${where}, which is not set")
+        return value.encode()
+    if kind == "file":
+        try:
+            with open(where, "rb") as handle:
+                data = handle.read(MAX_KEY_BYTES + 1)
+        except OSError as exc:
+            raise ServerConfigError(
+                f"cannot read the client key file {where}: {exc.strerror}"
+            ) from None
+        if len(data) > MAX_KEY_BYTES:
+            raise ServerConfigError(f"the client key file {where} is too large for a PEM key")
+        return data
+    raise ServerConfigError("the client key source is neither file: nor env:")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _signer(pem: bytes, algorithm: str | None) -> tuple[str, Any]:
+    """The JWS ``alg`` and a function signing bytes with the key in ``pem``."""
+    try:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    except ImportError:
+        raise ServerConfigError(
+            "private_key_jwt needs the cryptography package: pip install 'grantkeeper[encryption]'"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        # The library's message may quote the input; ours names only the problem.
+        raise ServerConfigError("the client key is not an unencrypted PEM private key") from None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        curves = {"secp256r1": ("ES256", hashes.SHA256()), "secp384r1": ("ES384", hashes.SHA384())}
+        if key.curve.name not in curves:
+            raise ServerConfigError(f"unsupported EC curve {key.curve.name} for private_key_jwt")
+        alg, digest = curves[key.curve.name]
+        size = (key.curve.key_size + 7) // 8
+
+        def sign_ec(data: bytes) -> bytes:
+            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(digest)))
+            return r.to_bytes(size, "big") + s.to_bytes(size, "big")  # JWS wants r || s
+
+        chosen = alg, sign_ec
+    elif isinstance(key, rsa.RSAPrivateKey):
+        alg = algorithm if algorithm in ("RS256", "PS256") else "RS256"
+        pad = (
+            padding.PKCS1v15()
+            if alg == "RS256"
+            else padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        )
+        chosen = alg, lambda data: key.sign(data, pad, hashes.SHA256())
+    elif isinstance(key, ed25519.Ed25519PrivateKey):
+        chosen = "EdDSA", key.sign
+    else:
+        raise ServerConfigError("unsupported private key type for private_key_jwt")
+    if algorithm is not None and algorithm != chosen[0]:
+        raise ServerConfigError(f"the client key signs {chosen[0]}, not {algorithm}")
+    return chosen
+
+
+def client_assertion(
+    source: str,
+    *,
+    client_id: str,
+    audience: str,
+    now: datetime,
+    algorithm: str | None = None,
+) -> str:
+    """A signed RFC 7523 client assertion: ``iss`` = ``sub`` = ``client_id``, ``aud`` =
+    the authorization server's issuer identifier (RFC 7523bis), a fresh ``jti``."""
+    alg, sign = _signer(load_key(source), algorithm)
+    issued = int(now.timestamp())
+    header = {"alg": alg, "typ": "JWT"}
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ASSERTION_LIFETIME,
+        "jti": secrets.token_urlsafe(16),
+    }
+    signing_input = ".".join(
+        _b64(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+    )
+    return f"{signing_input}.{_b64(sign(signing_input.encode('ascii')))}"

@@ -1,0 +1,319 @@
+"""The client credentials grant (RFC 6749 §4.4), and how any stored credential is renewed.
+
+A person's credential is renewed with its refresh token; a machine client's by asking
+again with its own credentials. Both go through the Keeper's one transaction per expiry:
+:func:`renewal_request` is the only place that tells them apart. Building requests is
+pure; :func:`obtain` sends the first request and stores the result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+
+from ._as_metadata import AuthServerMetadata
+from ._client_assertion import client_assertion
+from ._errors import (
+    MalformedResponse,
+    ProtocolError,
+    ProviderError,
+    ProviderUnavailable,
+    ServerConfigError,
+)
+from ._freshness import Clock, utc_now
+from ._login import save
+from ._record import CLIENT_CREDENTIALS, Credential, CredentialKey
+from ._redact import redact
+from ._store import DEFAULT_LOCK_TIMEOUT, Store
+from ._token_client import send_token_request
+from ._token_endpoint import (
+    MAX_RESPONSE_BYTES,
+    TokenRequest,
+    client_auth,
+    new_credential,
+    parse_token_response,
+    refresh_request,
+)
+from ._urls import require_secure
+
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+"""How a client-credentials client may authenticate at the token endpoint."""
+
+
+def client_credentials_request(
+    *,
+    token_endpoint: str,
+    issuer: str,
+    client_id: str,
+    auth_method: str,
+    now: datetime,
+    client_secret: str | None = None,
+    key_source: str | None = None,
+    scope: str | None = None,
+    resource: str | None = None,
+) -> TokenRequest:
+    """Build the client_credentials grant, authenticated as ``auth_method`` says."""
+    form = {"grant_type": CLIENT_CREDENTIALS}
+    if scope:
+        form["scope"] = scope
+    if resource:
+        form["resource"] = resource
+    assertion = None
+    if auth_method == "private_key_jwt":
+        if key_source is None:
+            raise ServerConfigError("private_key_jwt needs a client key (a PEM file or env var)")
+        assertion = client_assertion(key_source, client_id=client_id, audience=issuer, now=now)
+    elif not client_secret:
+        raise ServerConfigError(f"{auth_method} needs a client secret")
+    headers = client_auth(form, client_id, client_secret, auth_method, assertion=assertion)
+    return TokenRequest(token_endpoint, form, headers)
+
+
+def renewal_request(record: Credential, now: datetime) -> TokenRequest:
+    """The request that renews ``record``: ask again for client credentials, else refresh."""
+    if record.grant != CLIENT_CREDENTIALS:
+        return refresh_request(record)
+    if not record.token_endpoint or not record.issuer or not record.client_id:
+        raise ProviderError("the credential lacks its token endpoint or client; obtain it again")
+    return client_credentials_request(
+        token_endpoint=record.token_endpoint,
+        issuer=record.issuer,
+        client_id=record.client_id,
+        auth_method=record.token_endpoint_auth_method or "client_secret_basic",
+        now=now,
+        client_secret=record.client_secret,
+        key_source=record.client_key_source,
+        scope=record.scope_requested,
+        resource=record.resource,
+    )
+
+
+def choose_auth_method(
+    metadata: AuthServerMetadata, *, explicit: str | None, has_secret: bool, has_key: bool
+) -> str:
+    """The configured method, else what the credentials given allow and the server takes."""
+    if explicit is not None:
+        if explicit not in AUTH_METHODS:
+            raise ServerConfigError(
+                f"client auth method {explicit[:40]!r} is not one of {', '.join(AUTH_METHODS)}"
+            )
+        return explicit
+    if has_key:
+        return "private_key_jwt"
+    if not has_secret:
+        raise ServerConfigError("client credentials need a client secret or a private key")
+    offered = metadata.token_endpoint_auth_methods_supported
+    if offered and "client_secret_basic" not in offered and "client_secret_post" in offered:
+        return "client_secret_post"
+    return "client_secret_basic"  # RFC 6749 §2.3.1: every server must support it
+
+
+def obtain(
+    store: Store,
+    key: CredentialKey,
+    *,
+    metadata: AuthServerMetadata,
+    resource: str,
+    http: httpx.Client,
+    client_id: str,
+    auth_method: str,
+    client_secret: str | None = None,
+    key_source: str | None = None,
+    scope: str | None = None,
+    clock: Clock = utc_now,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Credential:
+    """Ask for a client-credentials token and store it; return the credential."""
+    if auth_method != "private_key_jwt":
+        key_source = None  # only a signing method reads a key
+    request = client_credentials_request(
+        token_endpoint=metadata.token_endpoint,
+        issuer=metadata.issuer,
+        client_id=client_id,
+        auth_method=auth_method,
+        now=clock(),
+        client_secret=client_secret,
+        key_source=key_source,
+        scope=scope,
+        resource=resource,
+    )
+    tokens = send_token_request(http, request, now=clock)
+    record = new_credential(
+        tokens,
+        received=clock(),
+        metadata=metadata,
+        resource=resource,
+        scope=scope,
+        client_id=client_id,
+        client_secret=client_secret if auth_method != "private_key_jwt" else None,
+        auth_method=auth_method,
+        grant=CLIENT_CREDENTIALS,
+        client_key_source=key_source,
+        scope_requested=scope,
+    )
+    save(store, key, record, lock_timeout=lock_timeout)
+    return record
+
+
+# -- cross-app access: RFC 8693 at the enterprise IdP, then RFC 7523 at the MCP server's AS --
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
+ID_JAG_TYPE = "urn:ietf:params:oauth:token-type:id-jag"
+"""An Identity Assertion JWT Authorization Grant (the enterprise-managed authorization draft)."""
+
+
+@dataclass(frozen=True)
+class EnterpriseIdentity:
+    """A user's sign-in at their enterprise identity provider, for cross-app access.
+
+    The IdP exchanges ``id_token`` (RFC 8693) for an identity assertion grant that the MCP
+    server's authorization server takes as a jwt-bearer grant (RFC 7523): no browser, no
+    consent page. ``repr`` hides the token and the secret.
+    """
+
+    token_endpoint: str
+    client_id: str
+    id_token: str
+    client_secret: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"EnterpriseIdentity(token_endpoint={self.token_endpoint!r}, "
+            f"client_id={self.client_id!r}, id_token={redact(self.id_token)!r})"
+        )
+
+
+def token_exchange_request(
+    identity: EnterpriseIdentity, *, audience: str, resource: str, scope: str | None
+) -> TokenRequest:
+    """Ask the IdP for an assertion grant for ``audience``'s ``resource`` (RFC 8693 §2.1)."""
+    form = {
+        "grant_type": TOKEN_EXCHANGE,
+        "requested_token_type": ID_JAG_TYPE,
+        "audience": audience,
+        "resource": resource,
+        "subject_token": identity.id_token,
+        "subject_token_type": ID_TOKEN_TYPE,
+    }
+    if scope:
+        form["scope"] = scope
+    method = "client_secret_basic" if identity.client_secret else None
+    headers = client_auth(form, identity.client_id, identity.client_secret, method)
+    return TokenRequest(
+        require_secure(identity.token_endpoint, "IdP token endpoint"), form, headers
+    )
+
+
+def jwt_bearer_request(
+    *,
+    token_endpoint: str,
+    assertion: str,
+    client_id: str,
+    client_secret: str | None,
+    auth_method: str | None,
+    scope: str | None,
+) -> TokenRequest:
+    """Trade the assertion grant for an access token (RFC 7523 §2.1), as our own client."""
+    form = {"grant_type": JWT_BEARER, "assertion": assertion}
+    if scope:
+        form["scope"] = scope
+    headers = client_auth(form, client_id, client_secret, auth_method)
+    return TokenRequest(token_endpoint, form, headers)
+
+
+def parse_exchange_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: datetime
+) -> str:
+    """The assertion grant from an RFC 8693 §2.2 answer, or the typed error.
+
+    Its ``token_type`` is ``N_A`` (it is no access token), so the access-token parser,
+    which insists on Bearer, takes only the error answers.
+    """
+    if status == 200:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            raise MalformedResponse("the token exchange answer is not a JSON object")
+        grant = data.get("access_token")
+        if data.get("issued_token_type") != ID_JAG_TYPE or not isinstance(grant, str) or not grant:
+            raise MalformedResponse("the identity provider issued no identity assertion grant")
+        return grant
+    parse_token_response(status, headers, body, now=now)  # raises the typed error
+    raise MalformedResponse(f"the identity provider answered HTTP {status}")
+
+
+def _exchange(http: httpx.Client, request: TokenRequest, clock: Clock) -> str:
+    try:
+        response = http.send(request.to_httpx(), stream=True, follow_redirects=False)
+        try:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise MalformedResponse("the token exchange answer is too large")
+        finally:
+            response.close()
+    except httpx.HTTPError as exc:
+        raise ProviderUnavailable(
+            f"the identity provider could not be reached ({type(exc).__name__})"
+        ) from None
+    return parse_exchange_response(response.status_code, response.headers, bytes(body), now=clock())
+
+
+def cross_app_access(
+    store: Store,
+    key: CredentialKey,
+    *,
+    identity: EnterpriseIdentity,
+    metadata: AuthServerMetadata,
+    resource: str,
+    http: httpx.Client,
+    client_id: str,
+    client_secret: str | None,
+    scope: str | None = None,
+    clock: Clock = utc_now,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Credential:
+    """Exchange the enterprise sign-in for an access token to ``resource``; store it.
+
+    The result renews with its refresh token if one came; otherwise, at expiry, a new
+    cross-app login (a fresh ID token) is needed, which the Keeper reports as usual.
+    """
+    if JWT_BEARER not in metadata.grant_types_supported:
+        raise ProtocolError("the authorization server does not accept jwt-bearer grants")
+    assertion = _exchange(
+        http,
+        token_exchange_request(identity, audience=metadata.issuer, resource=resource, scope=scope),
+        clock,
+    )
+    method = "client_secret_basic" if client_secret else None
+    request = jwt_bearer_request(
+        token_endpoint=metadata.token_endpoint,
+        assertion=assertion,
+        client_id=client_id,
+        client_secret=client_secret,
+        auth_method=method,
+        scope=scope,
+    )
+    tokens = send_token_request(http, request, now=clock)
+    record = new_credential(
+        tokens,
+        received=clock(),
+        metadata=metadata,
+        resource=resource,
+        scope=scope,
+        client_id=client_id,
+        client_secret=client_secret,
+        auth_method=method,
+        grant=JWT_BEARER,
+    )
+    save(store, key, record, lock_timeout=lock_timeout)
+    return record

@@ -1,0 +1,103 @@
+"""Dynamic client registrations kept per issuer and redirect URI, for later logins to reuse.
+
+Without this every login attempt registered a new client, and an authorization server
+counted one per attempt (timed-out ones included). Only public clients are kept (what
+grantkeeper registers: no secret), in ``registrations.json`` beside the credential files,
+with the file store's checks. Losing the file costs one registration, nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from ._errors import StoreError
+from ._file_store import FileStore
+from ._log import event
+from ._registration import ClientRegistration
+from ._side_file import Document, SideFile
+from ._urls import is_loopback
+
+REGISTRATIONS_FILE = "registrations.json"
+FORMAT = "grantkeeper-registrations"
+
+MAX_PER_ISSUER = 16
+"""Redirect URIs kept per issuer; the oldest go first (each was one taken loopback port)."""
+
+
+class KeptRegistrations:
+    """The registrations kept under ``home`` (default: ``GRANTKEEPER_HOME``)."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self._file = SideFile(FileStore(home), REGISTRATIONS_FILE, FORMAT)
+
+    def _issuer(self, document: Document, issuer: str) -> dict[str, dict[str, str]]:
+        kept = document.get("registrations")
+        entries = kept.get(issuer) if isinstance(kept, dict) else None
+        return entries if isinstance(entries, dict) else {}
+
+    def _load(self) -> Document:
+        try:
+            return self._file.load()
+        except StoreError as exc:
+            event(logging.WARNING, "registrations.unreadable", error=type(exc).__name__)
+            return {}
+
+    def find(self, issuer: str, redirect_uri: str) -> ClientRegistration | None:
+        """The client registered at ``issuer`` for ``redirect_uri``, if one is kept."""
+        entry = self._issuer(self._load(), issuer).get(redirect_uri)
+        if not isinstance(entry, dict) or not isinstance(entry.get("client_id"), str):
+            return None
+        method = entry.get("token_endpoint_auth_method")
+        return ClientRegistration(
+            entry["client_id"], None, method if isinstance(method, str) else None
+        )
+
+    def ports(self, issuer: str) -> list[int]:
+        """Loopback ports of the redirect URIs kept for ``issuer``, newest first."""
+        found = []
+        for uri in reversed(list(self._issuer(self._load(), issuer))):
+            if is_loopback(uri):
+                port = urlsplit(uri).port
+                if port:
+                    found.append(port)
+        return found
+
+    def keep(self, issuer: str, redirect_uri: str, registration: ClientRegistration) -> None:
+        """Remember a public client; one with a secret is not kept. Never fails a login."""
+        if registration.client_secret:
+            return
+        entry = {"client_id": registration.client_id}
+        if registration.token_endpoint_auth_method:
+            entry["token_endpoint_auth_method"] = registration.token_endpoint_auth_method
+
+        def change(document: Document) -> Document:
+            kept = document.get("registrations")
+            kept = kept if isinstance(kept, dict) else {}
+            entries = {k: v for k, v in self._issuer(document, issuer).items() if k != redirect_uri}
+            entries[redirect_uri] = entry
+            kept[issuer] = dict(list(entries.items())[-MAX_PER_ISSUER:])
+            document["registrations"] = kept
+            return document
+
+        self._change(change, "keep")
+
+    def forget(self, issuer: str, redirect_uri: str) -> None:
+        """Drop the registration the server no longer knows."""
+
+        def change(document: Document) -> Document | None:
+            entries = self._issuer(document, issuer)
+            if redirect_uri not in entries:
+                return None
+            del entries[redirect_uri]
+            return document
+
+        self._change(change, "forget")
+
+    def _change(self, change: Callable[[Document], Document | None], what: str) -> None:
+        try:
+            self._file.update(change)
+        except StoreError as exc:
+            event(logging.WARNING, f"registrations.{what}_failed", error=type(exc).__name__)

@@ -1,0 +1,320 @@
+"""Machine clients: the client_credentials grant with every auth method, renewed by the Keeper.
+
+Pure pieces are stepped by hand; each auth method is then shown against the real
+oidc-provider (its cc-basic, cc-post and cc-jwt clients in harness/oidc/server.mjs).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from grantkeeper import Credential, CredentialKey, FileStore, Keeper, ServerConfigError, login
+from grantkeeper._client_assertion import CLIENT_ASSERTION_TYPE, client_assertion, key_source
+from grantkeeper._decide import Action, Context, decide
+from grantkeeper._grants import renewal_request
+from grantkeeper._record import CLIENT_CREDENTIALS, record_from_json, record_to_json
+from harness.authserver import AuthServer
+from harness.resource_server import ResourceServer
+from tests.login_helpers import introspect, remember
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ISSUER = "https://auth.example.com"
+
+
+def b64decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+@pytest.fixture
+def ec_key(tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "client.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    return key, path
+
+
+def machine_record(**changes: Any) -> Credential:
+    record = Credential(
+        access_token="cc-access-1",
+        resource="https://mcp.example.com/mcp",
+        expires_at=NOW - timedelta(seconds=1),
+        obtained_at=NOW - timedelta(hours=1),
+        issuer=ISSUER,
+        token_endpoint=f"{ISSUER}/token",
+        client_id="machine",
+        client_secret="machine-secret",
+        token_endpoint_auth_method="client_secret_basic",
+        grant=CLIENT_CREDENTIALS,
+        scope_requested="mcp",
+    )
+    return record.replace(**changes)
+
+
+# -- pure -------------------------------------------------------------------------------
+
+
+def test_a_client_assertion_is_a_valid_es256_jwt_for_the_issuer(
+    ec_key: tuple[ec.EllipticCurvePrivateKey, Path],
+) -> None:
+    key, path = ec_key
+    token = client_assertion(key_source(file=str(path)), client_id="m", audience=ISSUER, now=NOW)
+    header, claims, signature = token.split(".")
+    assert json.loads(b64decode(header)) == {"alg": "ES256", "typ": "JWT"}
+    body = json.loads(b64decode(claims))
+    assert body["iss"] == body["sub"] == "m"
+    assert body["aud"] == ISSUER
+    assert body["exp"] - body["iat"] == 60 and body["iat"] == int(NOW.timestamp())
+    assert len(body["jti"]) >= 16
+    raw = b64decode(signature)
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    key.public_key().verify(der, f"{header}.{claims}".encode(), ec.ECDSA(hashes.SHA256()))
+    second = client_assertion(key_source(file=str(path)), client_id="m", audience=ISSUER, now=NOW)
+    assert json.loads(b64decode(second.split(".")[1]))["jti"] != body["jti"]
+
+
+def test_the_key_never_appears_in_errors_or_records(
+    ec_key: tuple[ec.EllipticCurvePrivateKey, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = ec_key
+    pem = path.read_text()
+    broken = pem.replace("A", "B", 5)
+    monkeypatch.setenv("GK_TEST_KEY", broken)
+    with pytest.raises(ServerConfigError) as caught:
+        client_assertion(key_source(env="GK_TEST_KEY"), client_id="m", audience=ISSUER, now=NOW)
+    assert "PRIVATE KEY" not in str(caught.value) and broken[40:80] not in str(caught.value)
+    record = machine_record(
+        token_endpoint_auth_method="private_key_jwt",
+        client_secret=None,
+        client_key_source=key_source(file=str(path)),
+    )
+    stored = json.dumps(record_to_json(record))
+    assert pem[40:80] not in stored and "PRIVATE KEY" not in stored
+    assert pem[40:80] not in repr(record)
+    assert record_from_json(json.loads(stored)) == record
+
+
+def test_a_missing_key_env_is_a_typed_error() -> None:
+    with pytest.raises(ServerConfigError, match="GK_NO_SUCH_KEY"):
+        client_assertion(key_source(env="GK_NO_SUCH_KEY"), client_id="m", audience=ISSUER, now=NOW)
+
+
+def test_renewal_of_a_machine_credential_asks_again_with_basic_auth() -> None:
+    request = renewal_request(machine_record(), NOW)
+    assert request.form == {
+        "grant_type": "client_credentials",
+        "scope": "mcp",
+        "resource": "https://mcp.example.com/mcp",
+    }
+    expected = base64.b64encode(b"machine:machine-secret").decode()
+    assert request.headers == {"Authorization": f"Basic {expected}"}
+
+
+def test_renewal_with_client_secret_post_puts_the_secret_in_the_form() -> None:
+    request = renewal_request(machine_record(token_endpoint_auth_method="client_secret_post"), NOW)
+    assert request.form["client_id"] == "machine"
+    assert request.form["client_secret"] == "machine-secret"
+    assert request.headers == {}
+
+
+def test_renewal_with_private_key_jwt_signs_a_new_assertion(
+    ec_key: tuple[ec.EllipticCurvePrivateKey, Path],
+) -> None:
+    record = machine_record(
+        token_endpoint_auth_method="private_key_jwt",
+        client_secret=None,
+        client_key_source=key_source(file=str(ec_key[1])),
+    )
+    request = renewal_request(record, NOW)
+    assert request.form["client_assertion_type"] == CLIENT_ASSERTION_TYPE
+    assert request.form["client_assertion"].count(".") == 2
+    assert "client_secret" not in request.form and request.headers == {}
+    assert "client_assertion" not in repr(request) and request.form["client_assertion"] not in repr(
+        request
+    )
+
+
+def test_renewal_of_a_person_s_credential_still_spends_the_refresh_token() -> None:
+    record = machine_record(grant=None, refresh_token="rt-1")
+    assert renewal_request(record, NOW).form["grant_type"] == "refresh_token"
+
+
+def test_an_expired_machine_credential_is_renewed_not_sent_to_a_login() -> None:
+    ctx = Context(now=NOW, skew=timedelta(seconds=30), pid=1, host="h")
+    decision = decide(machine_record(), ctx, key="k")
+    assert decision.action is Action.REFRESH
+    assert decision.intent is not None
+    # A person's credential without a refresh token still needs the person.
+    person = decide(machine_record(grant=None), ctx, key="k")
+    assert person.action is Action.FAIL
+
+
+# -- against the real oidc-provider ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[AuthServer]:
+    with AuthServer(access_ttl=60) as server:
+        yield server
+
+
+@pytest.fixture
+def resource(auth_server: AuthServer) -> Iterator[ResourceServer]:
+    with ResourceServer(issuer=auth_server.issuer) as server:
+        yield server
+
+
+def cc_count(server: AuthServer) -> int:
+    return int(server.stats()["client_credentials_success"])
+
+
+def jwt_key_file(server: AuthServer, tmp_path: Path) -> Path:
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        pem = http.get(f"{server.issuer}/__admin/cc-jwt-key").json()["private_key_pem"]
+    path = tmp_path / "cc-jwt.pem"
+    path.write_text(pem)
+    path.chmod(0o600)
+    return path
+
+
+def renew_concurrently(keeper: Keeper, rejected: str, callers: int = 8) -> set[str]:
+    """``callers`` threads report the same rejected token at once; return what they got."""
+    barrier = threading.Barrier(callers)
+    got: list[str] = []
+
+    def call() -> None:
+        barrier.wait()
+        got.append(keeper.credential(rejected=rejected, timeout=60).access_token)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == callers
+    return set(got)
+
+
+@pytest.mark.realserver
+@pytest.mark.parametrize(
+    ("client_id", "secret", "method"),
+    [
+        ("cc-basic", "cc-basic-secret", None),
+        ("cc-post", "cc-post-secret", "client_secret_post"),
+        ("cc-jwt", None, "private_key_jwt"),
+    ],
+)
+def test_each_auth_method_obtains_and_renews_once_per_expiry(
+    auth_server: AuthServer,
+    resource: ResourceServer,
+    tmp_path: Path,
+    client_id: str,
+    secret: str | None,
+    method: str | None,
+) -> None:
+    store = FileStore(tmp_path)
+    key_file = str(jwt_key_file(auth_server, tmp_path)) if client_id == "cc-jwt" else None
+    before = cc_count(auth_server)
+    record = remember(
+        login(
+            resource.url,
+            store=store,
+            client_credentials=True,
+            client_id=client_id,
+            client_secret=secret,
+            client_auth_method=method,
+            client_key_file=key_file,
+        )
+    )
+    assert record.grant == CLIENT_CREDENTIALS and record.refresh_token is None
+    assert record.token_endpoint_auth_method == (method or "client_secret_basic")
+    assert introspect(auth_server, record.access_token)["active"] is True
+    assert cc_count(auth_server) == before + 1
+    on_disk = next((tmp_path / "credentials").iterdir()).read_text()
+    assert "PRIVATE KEY" not in on_disk
+
+    with Keeper(store, CredentialKey.for_server(resource.url)) as keeper:
+        assert keeper.credential().access_token == record.access_token
+        renewed = renew_concurrently(keeper, record.access_token)
+    assert len(renewed) == 1 and record.access_token not in renewed
+    assert cc_count(auth_server) == before + 2  # eight callers, one request
+    assert introspect(auth_server, renewed.pop())["active"] is True
+
+
+@pytest.mark.realserver
+def test_a_wrong_secret_is_a_typed_error_that_names_no_secret(
+    auth_server: AuthServer, resource: ResourceServer, tmp_path: Path
+) -> None:
+    from grantkeeper import ClientRegistrationInvalid
+
+    with pytest.raises(ClientRegistrationInvalid) as caught:
+        login(
+            resource.url,
+            store=FileStore(tmp_path),
+            client_credentials=True,
+            client_id="cc-basic",
+            client_secret="not-the-secret-at-all",
+        )
+    assert "not-the-secret-at-all" not in str(caught.value)
+
+
+@pytest.mark.realserver
+def test_cli_login_client_credentials_with_a_key_from_the_environment(
+    auth_server: AuthServer, resource: ResourceServer, tmp_path: Path
+) -> None:
+    pem = jwt_key_file(auth_server, tmp_path).read_text()
+    env = {
+        **os.environ,
+        "GRANTKEEPER_HOME": str(tmp_path),
+        "GRANTKEEPER_STORE": "file",
+        "GK_CC_KEY": pem,
+    }
+    before = cc_count(auth_server)
+    done = subprocess.run(
+        [sys.executable, "-m", "grantkeeper", "login", resource.url, "--name", "machine"]
+        + ["--client-credentials", "--client-id", "cc-jwt", "--client-key-env", "GK_CC_KEY"]
+        + ["--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["refreshable"] is True
+    assert "PRIVATE KEY" not in done.stdout + done.stderr
+    servers = json.loads((tmp_path / "servers.json").read_text())["servers"]["machine"]
+    assert servers["grant"] == "client_credentials" and servers["client_key_env"] == "GK_CC_KEY"
+    assert cc_count(auth_server) == before + 1
+    # A later process renews from servers.json's settings alone: `token` prints a fresh one.
+    token = subprocess.run(
+        [sys.executable, "-m", "grantkeeper", "token", "machine"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert token.returncode == 0, token.stderr
+    assert introspect(auth_server, token.stdout.strip())["active"] is True

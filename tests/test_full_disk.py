@@ -1,0 +1,137 @@
+"""A short-lived process on a full disk never takes the provider's answer with it.
+
+The adversarial run that broke the promise: the store on a 64 KiB tmpfs, full while
+``grantkeeper token`` refreshes. The CLI printed B and exited 0 after
+``refresh.persist_failed``, the note stayed ``in_flight`` under a dead pid, and once space
+was freed the next call retried A: the authorization server saw a replay and revoked the
+grant. Here, against the real oidc-provider and a real tmpfs, B survives the exit (a rescue
+copy on another file system) and the next process adopts it: 0 replays, no new login.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from grantkeeper import CredentialKey, FileStore
+from grantkeeper._rescue import RESCUE_DIR_ENV
+from harness.authserver import AuthServer
+from harness.real_login import log_in
+
+pytestmark = [pytest.mark.slow, pytest.mark.realserver]
+
+RESOURCE = "http://127.0.0.1:9/mcp"
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)], check=True
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte; return the ballast file."""
+    ballast = disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return ballast
+
+
+_FILL_AFTER_THE_ANSWER = """
+import pathlib
+import sys
+import grantkeeper._keeper as keeper_module
+from grantkeeper._cli import main
+from tests.test_full_disk import _fill
+
+disk = pathlib.Path(sys.argv.pop(1))
+sent = keeper_module.send_token_request
+
+def send_then_fill(*args, **kwargs):
+    answer = sent(*args, **kwargs)
+    _fill(disk)  # the disk fills while the provider answers
+    return answer
+
+keeper_module.send_token_request = send_then_fill
+sys.argv[0] = "grantkeeper"
+main()
+"""
+
+
+def _cli(
+    home: Path, rescue: Path, key: CredentialKey, *args: str, fill: bool = False
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "GRANTKEEPER_HOME": str(home),
+        "GRANTKEEPER_STORE": "file",
+        RESCUE_DIR_ENV: str(rescue),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    if fill:
+        command = [sys.executable, "-c", _FILL_AFTER_THE_ANSWER, str(home), *args, key.server_url]
+    else:
+        command = [sys.executable, "-m", "grantkeeper", *args, key.server_url]
+    if key.profile:
+        command += ["--profile", key.profile]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_a_cli_on_a_full_disk_keeps_b_across_its_exit_and_the_next_one_adopts_it(
+    tiny_disk: Path, tmp_path: Path
+) -> None:
+    with AuthServer(resources=[RESOURCE], access_ttl=60) as server:
+        key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
+        store = FileStore(tiny_disk)
+        a = log_in(server, store, key, resource=RESOURCE)
+        stored = store.read(key)
+        assert stored is not None
+        # Expired: the next `token` must refresh before it can print anything.
+        long_ago = datetime.now(UTC) - timedelta(hours=2)
+        expired = stored.record.replace(expires_at=long_ago, obtained_at=long_ago)
+        store.write(key, expired, expected_version=stored.version)
+        server.reset_stats()
+        rescue = tmp_path / "rescue"
+        first = _cli(tiny_disk, rescue, key, "token", fill=True)
+        assert first.returncode == 0, first.stderr
+        b = first.stdout.strip()
+        assert b and b != a.access_token
+        assert server.stats()["refresh_success"] == 1
+        assert list(rescue.glob("*.json")), "B left with the process"
+
+        assert store.read(key).record.access_token != b  # type: ignore[union-attr]
+        (tiny_disk / "ballast").unlink()  # space is freed
+        second = _cli(tiny_disk, rescue, key, "token")
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.strip() == b  # adopted, not refreshed again
+        stats = server.stats()
+        assert stats["replays"] == 0 and stats["refresh_success"] == 1
+        assert not stats["refresh_errors"]
+        assert server.is_active(b)
+        after = store.read(key)
+        assert after is not None and after.record.access_token == b
+        assert not list(rescue.glob("*.json"))

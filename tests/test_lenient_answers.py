@@ -1,0 +1,81 @@
+"""A 200 that spent the refresh token is stored through the Keeper, whatever its optional
+fields say, and its lifetime counts from when the request was sent."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from grantkeeper import FileStore, Keeper
+from harness.fake_provider import FakeProvider
+from tests.helpers import KEY, StepClock, make_record
+
+NEW_ACCESS = "at-issued-with-odd-fields-0123456789"
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+@pytest.fixture
+def keeper(tmp_path: Path, provider: FakeProvider) -> Iterator[tuple[Keeper, FileStore, StepClock]]:
+    clock = StepClock()
+    store = FileStore(tmp_path)
+    access, refresh = provider.issue()
+    store.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
+    with httpx.Client(transport=provider.transport()) as http:
+        yield Keeper(store, KEY, http_client=http, clock=clock), store, clock
+
+
+def test_a_200_with_bad_optional_fields_is_stored_and_the_spent_token_not_kept(
+    keeper: tuple[Keeper, FileStore, StepClock],
+    provider: FakeProvider,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    k, store, clock = keeper
+    spent = k.credential().refresh_token
+    body = {
+        "access_token": NEW_ACCESS,
+        "token_type": "BEARER",
+        "scope": ["mcp"],
+        "expires_in": "soon",
+        "refresh_token": 7,
+    }
+    provider.faults.append(lambda form: httpx.Response(200, json=body))
+    clock.advance(3600)
+    with caplog.at_level(logging.WARNING, logger="grantkeeper"):
+        renewed = k.credential()
+    assert renewed.access_token == NEW_ACCESS and renewed.token_type == "Bearer"
+    assert renewed.refresh_token is None and spent is not None  # A is spent: never kept
+    stored = store.read(KEY)
+    assert stored is not None and stored.record == renewed
+    dropped = [
+        r.grantkeeper["field"]  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "grantkeeper", {}).get("event") == "token_response.field_dropped"
+    ]
+    assert sorted(dropped) == ["expires_in", "refresh_token", "scope"]
+
+
+def test_the_lifetime_counts_from_when_the_refresh_was_sent(
+    keeper: tuple[Keeper, FileStore, StepClock], provider: FakeProvider
+) -> None:
+    k, _, clock = keeper
+    k.credential()
+    clock.advance(3600)
+    sent = clock()
+
+    def slow(form: dict[str, str]) -> None:
+        clock.advance(20)  # the provider takes 20 s to answer
+        return None  # then answers normally, expires_in 3600
+
+    provider.faults.append(slow)
+    renewed = k.credential()
+    assert renewed.obtained_at == sent
+    assert renewed.expires_at == sent + timedelta(seconds=3600)

@@ -1,0 +1,383 @@
+"""The lifecycle rules of issue 12, in process: outages, the stale window, tokens without a
+lifetime, identity, a guarded re-read on invalid_grant, and answers that must never be lost.
+
+Against the in-process provider with rotation and reuse detection; the same guarantees run
+against the real oidc-provider in ``test_outages.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from grantkeeper import (
+    AccountChanged,
+    Credential,
+    FileStore,
+    Keeper,
+    ProviderUnavailable,
+    ReauthenticationRequired,
+    RefreshOutcomeUnknown,
+    auth_status,
+)
+from grantkeeper._rescue import RESCUE_DIR_ENV
+from grantkeeper._servers import ServerConfig
+from grantkeeper._status import AuthState
+from harness.fake_provider import FakeProvider
+from tests.helpers import KEY, CountingStore, StepClock, make_record
+
+
+class World:
+    def __init__(self, tmp_path: Path) -> None:
+        self.provider = FakeProvider()
+        self.http = httpx.Client(transport=self.provider.transport())
+        self.store = CountingStore(FileStore(tmp_path / "store"))
+        self.clock = StepClock()
+
+    def keeper(self, **options: object) -> Keeper:
+        return Keeper(self.store, KEY, http_client=self.http, clock=self.clock, **options)  # type: ignore[arg-type]
+
+    def login(self, *, subject: str | None = "alice", **changes: object) -> Credential:
+        access, refresh = self.provider.issue()
+        record = make_record(access, refresh, now=self.clock(), subject=subject).replace(**changes)
+        current = self.store.inner.read(KEY)
+        self.store.inner.write(KEY, record, expected_version=current.version if current else None)
+        return record
+
+    def stored(self) -> Credential:
+        found = self.store.inner.read(KEY)
+        assert found is not None
+        return found.record
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    monkeypatch.setenv(RESCUE_DIR_ENV, str(tmp_path / "rescue"))
+    w = World(tmp_path)
+    yield w
+    w.http.close()
+
+
+def _refused(form: dict[str, str]) -> httpx.Response:
+    raise httpx.ConnectError("connection refused")
+
+
+def _gateway(status: int) -> Callable[[dict[str, str]], httpx.Response]:
+    def fault(form: dict[str, str]) -> httpx.Response:
+        return httpx.Response(status, headers={"Retry-After": "1"}, text="bad gateway")
+
+    return fault
+
+
+# -- only a definitive answer ends a grant --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        pytest.param([_gateway(503)] * 6 + [_gateway(500)] * 6, id="503-then-500"),
+        pytest.param([_refused] * 10, id="refused"),
+        pytest.param([_gateway(502), _gateway(504), _refused, _gateway(500)] * 3, id="mixed"),
+    ],
+)
+def test_an_outage_of_any_length_leaves_the_grant_alive(
+    world: World, faults: list[Callable[[dict[str, str]], httpx.Response]]
+) -> None:
+    # The 12 s gateway blip that used to mark the record dead after one retry.
+    a = world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.provider.faults += faults
+    world.clock.advance(3600)  # expired: callers must wait for a refresh
+    failures = 0
+    while world.provider.faults:
+        with pytest.raises((ProviderUnavailable, RefreshOutcomeUnknown)) as info:
+            keeper.credential()
+        assert info.value.retryable
+        failures += 1
+        record = world.stored()
+        assert record.reauth_reason is None and record.access_token == a.access_token
+        assert record.intent is not None and record.intent.retry_at is not None
+        status = auth_status(ServerConfig(url=KEY.server_url), world.store.inner, clock=world.clock)
+        assert status.state is AuthState.OAUTH and "retrying" in status.detail
+        world.clock.advance((record.intent.retry_at - world.clock()).total_seconds())
+    assert failures == len(faults)
+    fresh = keeper.credential()
+    assert fresh.access_token != a.access_token and world.stored() == fresh
+    assert world.provider.replays == 0 and world.provider.refresh_calls == 1
+
+
+def test_an_unknown_outcome_that_was_processed_ends_only_on_the_providers_word(
+    world: World,
+) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+
+    def processed_then_lost(form: dict[str, str]) -> httpx.Response:
+        world.provider.handle(form)
+        return httpx.Response(502)
+
+    world.provider.faults += [processed_then_lost, _gateway(500), _gateway(503)]
+    world.clock.advance(3600)
+    for _ in range(3):
+        with pytest.raises((ProviderUnavailable, RefreshOutcomeUnknown)):
+            keeper.credential()
+        world.clock.advance(60)
+    with pytest.raises(ReauthenticationRequired, match="invalid_grant"):
+        keeper.credential()
+    assert world.stored().reauth_reason is not None
+    assert world.provider.replays == 1  # the only one: the provider's word ends it
+
+
+# -- the stale window ---------------------------------------------------------------------
+
+
+def test_the_stale_window_serves_the_valid_token_while_the_provider_hangs(world: World) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    entered, release = threading.Event(), threading.Event()
+
+    def hang(form: dict[str, str]) -> None:
+        entered.set()
+        release.wait(60)
+        raise httpx.ReadTimeout("timed out")
+
+    world.provider.faults.append(hang)
+    world.clock.advance(3600 - 30)  # stale, still valid
+    assert keeper.access_token() == a.access_token  # at once, and a refresh starts ahead
+    assert entered.wait(30)
+    for _ in range(50):  # while the provider hangs, requests never wait
+        assert keeper.access_token(timeout=0) == a.access_token
+    # A second process (nothing in memory) is served the stored valid token too.
+    assert world.keeper().access_token(timeout=30) == a.access_token
+    release.set()
+    assert keeper.settle(30)
+    # The failed refresh ahead failed no request, and the token keeps serving.
+    assert keeper.access_token(timeout=0) == a.access_token
+    assert world.stored().intent is not None and world.stored().intent.state == "unknown"  # type: ignore[union-attr]
+    world.clock.advance(20)  # past the backoff, still valid: the next refresh ahead succeeds
+    keeper.access_token()
+    assert keeper.settle(30)
+    assert keeper.access_token() != a.access_token
+    assert world.provider.replays == 0
+
+
+def test_a_busy_lock_or_unwritable_store_in_the_stale_window_fails_no_request(
+    world: World,
+) -> None:
+    a = world.login()
+    world.clock.advance(3600 - 30)
+    world.store.fail_writes = lambda record: True  # not even the intent note can be written
+    for _ in range(3):
+        keeper = world.keeper()
+        assert keeper.credential(timeout=30).access_token == a.access_token
+        assert keeper.settle(30)
+    with world.store.inner.lock(KEY, timeout=5):  # a peer holds the lock for long
+        keeper = world.keeper(lock_timeout=0.2)
+        assert keeper.credential(timeout=30).access_token == a.access_token
+    assert world.provider.refresh_calls == 0
+
+
+# -- tokens without a lifetime ---------------------------------------------------------
+
+
+def test_a_token_without_expires_in_is_used_until_rejected(world: World) -> None:
+    world.login(expires_at=None)
+    world.provider.expires_in = None
+    keeper = world.keeper()
+    first = keeper.access_token()
+    for step in range(100):
+        world.clock.advance(3600 * step)
+        assert keeper.access_token() == first
+    assert keeper.settle(5) and world.provider.refresh_calls == 0
+    renewed = keeper.credential(rejected=first)
+    assert renewed.access_token != first and renewed.expires_at is None
+    assert world.provider.refresh_calls == 1
+    for _ in range(100):
+        assert keeper.access_token() == renewed.access_token
+    assert world.provider.refresh_calls == 1
+
+
+def test_default_lifetime_is_assumed_when_the_provider_gives_none(world: World) -> None:
+    world.login(expires_at=None)
+    keeper = world.keeper(default_lifetime=timedelta(minutes=10))
+    first = keeper.access_token()
+    world.clock.advance(600)
+    assert keeper.access_token() != first
+    assert world.provider.refresh_calls == 1
+
+
+# -- identity ---------------------------------------------------------------------------
+
+
+def test_a_lifecycle_without_a_subject_learns_it_once_then_refuses_another(
+    world: World,
+) -> None:
+    world.login(subject=None)  # a legacy record: no subject
+    keeper = world.keeper()
+    keeper.access_token()
+    world.login(subject="alice")  # a login that names the account: adopted, once
+    world.clock.advance(3600)
+    assert keeper.credential().subject == "alice"
+    world.login(subject="bob")  # now another account: never adopted silently
+    world.clock.advance(3600)
+    with pytest.raises(AccountChanged):
+        keeper.credential()
+
+
+def test_a_lifecycle_without_an_issuer_adopts_a_login_that_has_one(world: World) -> None:
+    world.login(issuer=None)
+    keeper = world.keeper()
+    keeper.access_token()
+    world.clock.advance(3600)
+    relogin = world.login()  # same account, now with its issuer
+    assert keeper.access_token() == relogin.access_token
+    world.login(issuer="https://other.test")
+    world.clock.advance(3600)
+    with pytest.raises(AccountChanged):
+        keeper.credential()
+
+
+# -- invalid_grant gets one guarded re-read -------------------------------------------------
+
+
+def test_invalid_grant_adopts_a_replacement_written_meanwhile(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    replacement: list[Credential] = []
+
+    def relogin_then_reject(form: dict[str, str]) -> httpx.Response:
+        # A login elsewhere replaces the record (a store without our lock, or a peer on a
+        # host whose lock lapsed) while the provider rejects the old grant.
+        replacement.append(world.login())
+        return httpx.Response(400, json={"error": "invalid_grant"})
+
+    world.provider.faults.append(relogin_then_reject)
+    world.clock.advance(3600)
+    served = keeper.credential()
+    assert served.access_token == replacement[0].access_token
+    assert world.stored().reauth_reason is None
+
+
+# -- never lose an answer that spent A ---------------------------------------------------------
+
+
+def test_any_failure_after_the_answer_keeps_b_pending(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+
+    class Boom(Exception):
+        pass
+
+    inner_write = world.store.write
+
+    def write(key: object, record: Credential, *, expected_version: int | None) -> int:
+        if record.intent is None:
+            raise Boom("not a StoreError")
+        return inner_write(key, record, expected_version=expected_version)  # type: ignore[arg-type]
+
+    world.store.write = write  # type: ignore[method-assign]
+    world.clock.advance(3600)
+    b = keeper.credential()
+    assert keeper.persistence_pending and world.provider.is_active(b.access_token)
+    world.store.write = inner_write  # type: ignore[method-assign]
+    keeper.close()  # the pending write is retried on close
+    assert world.stored() == b and world.provider.replays == 0
+
+
+def test_b_the_store_refuses_through_close_is_rescued_and_adopted(world: World) -> None:
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.store.fail_writes = lambda record: record.intent is None
+    world.clock.advance(3600)
+    b = keeper.credential()
+    keeper.close()  # the store still refuses: a rescue copy is kept
+    assert world.stored().access_token != b.access_token
+    assert list((world.store.inner.directory.parent.parent / "rescue").glob("*.json"))  # type: ignore[attr-defined]
+    world.store.fail_writes = lambda record: False
+    # The next lifecycle adopts B under the lock before anything else; A is never replayed.
+    assert world.keeper().access_token() == b.access_token
+    assert world.stored() == b
+    assert world.provider.replays == 0 and world.provider.refresh_calls == 1
+    assert not list((world.store.inner.directory.parent.parent / "rescue").glob("*.json"))  # type: ignore[attr-defined]
+
+
+def test_with_no_place_for_b_the_note_says_answered_and_a_is_never_retried(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("grantkeeper._rescue.save", lambda *args, **kw: None)
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.store.fail_writes = lambda record: record.intent is None  # B cannot be stored
+    world.clock.advance(3600)
+    keeper.credential()
+    keeper.close()
+    intent = world.stored().intent
+    assert intent is not None and intent.state == "answered"
+    world.store.fail_writes = lambda record: False
+    with pytest.raises(ReauthenticationRequired, match="spent"):
+        world.keeper().credential()
+    status = auth_status(ServerConfig(url=KEY.server_url), world.store.inner, clock=world.clock)
+    assert status.state is AuthState.REAUTHENTICATION_REQUIRED
+    assert world.provider.replays == 0 and world.provider.refresh_calls == 1
+
+
+_EXITING_HOLDER = """
+import sys
+from pathlib import Path
+import httpx
+from grantkeeper import FileStore, Keeper
+from harness.fake_provider import FakeProvider
+from tests.helpers import KEY, CountingStore
+
+url = sys.argv[1]
+store = CountingStore(FileStore(Path(sys.argv[2])))
+store.fail_writes = lambda record: record.intent is None
+keeper = Keeper(store, KEY, http_client=httpx.Client())
+token = keeper.access_token()
+store.fail_writes = lambda record: True
+print(token)
+# No close(): the interpreter exits holding the unstored answer.
+"""
+
+
+def test_a_process_exiting_with_an_unstored_b_leaves_a_rescue(world: World, tmp_path: Path) -> None:
+    url = world.provider.serve()
+    try:
+        access, refresh = world.provider.issue()
+        old = make_record(access, refresh, token_endpoint=url)  # long expired in real time
+        world.store.inner.write(KEY, old, expected_version=None)
+        env = {
+            **os.environ,
+            RESCUE_DIR_ENV: str(tmp_path / "rescue"),
+            "PYTHONPATH": os.pathsep.join(sys.path),
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", _EXITING_HOLDER, url, str(tmp_path / "store")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
+        )
+        b = done.stdout.strip()
+        assert b and b != access
+        with Keeper(world.store.inner, KEY, http_client=httpx.Client()) as next_process:
+            assert next_process.access_token() == b
+        assert world.provider.replays == 0 and world.provider.refresh_calls == 1
+    finally:
+        world.provider.close()

@@ -1,0 +1,242 @@
+"""Dynamic registrations are kept per issuer and redirect URI and reused by later logins; a
+registration the server forgot (invalid_client) is replaced once. Client ID metadata
+documents (SEP-991) replace registration where the server takes them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from grantkeeper import (
+    CallbackTimeout,
+    ClientRegistrationInvalid,
+    FileStore,
+    ServerConfig,
+    ServerConfigError,
+    login,
+)
+from grantkeeper._as_metadata import parse_metadata
+from grantkeeper._discovery import Discovery
+from grantkeeper._kept_registrations import KeptRegistrations
+from grantkeeper._registration import metadata_document_client
+from harness.authserver import AuthServer
+from harness.resource_server import ResourceServer
+from tests.login_helpers import Browser, auth_server, remember, resource
+from tests.test_login_flow import FOUND, ISSUER, META, REDIRECT, SERVER, FakeAS, browser
+
+__all__ = ["auth_server", "resource"]  # fixtures, used by name
+
+CIMD_URL = "https://app.example.com/oauth/client.json"
+
+
+def run(home: Path, fake: FakeAS, authorize: Callable[[str], str], **kw: object) -> object:
+    return login(
+        ServerConfig(SERVER),
+        store=FileStore(home),
+        discovery=kw.pop("discovery", FOUND),  # type: ignore[arg-type]
+        authorize=authorize,
+        redirect_uri=kw.pop("redirect_uri", REDIRECT),  # type: ignore[arg-type]
+        http=fake.client(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def client_ids(fake: FakeAS) -> list[str]:
+    return [form["client_id"][0] for form in fake.token_forms]
+
+
+def test_a_second_login_reuses_the_kept_registration(tmp_path: Path) -> None:
+    fake = FakeAS()
+    run(tmp_path, fake, browser())
+    run(tmp_path, fake, browser())
+    assert fake.registered == ["client-1"]
+    assert client_ids(fake) == ["client-1", "client-1"]
+
+
+def test_another_redirect_uri_gets_its_own_registration(tmp_path: Path) -> None:
+    fake = FakeAS()
+    run(tmp_path, fake, browser())
+    run(tmp_path, fake, browser(), redirect_uri="http://127.0.0.1:9999/callback")
+    assert fake.registered == ["client-1", "client-2"]
+    kept = KeptRegistrations(tmp_path)
+    assert kept.find(ISSUER, REDIRECT) is not None
+    assert kept.ports(ISSUER) == [9999, 8765]
+
+
+def test_an_attempt_that_timed_out_leaves_its_registration_for_the_next(tmp_path: Path) -> None:
+    fake = FakeAS()
+
+    def gone(url: str) -> str:
+        raise CallbackTimeout("no redirect")
+
+    with pytest.raises(CallbackTimeout):
+        run(tmp_path, fake, gone)
+    with pytest.raises(CallbackTimeout):
+        run(tmp_path, fake, gone)
+    run(tmp_path, fake, browser())
+    assert fake.registered == ["client-1"]
+
+
+def test_a_forgotten_kept_registration_is_replaced_once_and_the_new_one_kept(
+    tmp_path: Path,
+) -> None:
+    fake = FakeAS()
+    run(tmp_path, fake, browser())
+    fake.forget = 1  # the server restarted and lost client-1
+    run(tmp_path, fake, browser())
+    run(tmp_path, fake, browser())
+    assert fake.registered == ["client-1", "client-2"]
+    assert client_ids(fake) == ["client-1", "client-1", "client-2", "client-2"]
+
+
+def test_a_replacement_the_server_refuses_too_is_final(tmp_path: Path) -> None:
+    fake = FakeAS()
+    run(tmp_path, fake, browser())
+    fake.forget = 2
+    with pytest.raises(ClientRegistrationInvalid):
+        run(tmp_path, fake, browser())
+    assert fake.registered == ["client-1", "client-2"]  # one replacement, no loop
+
+
+def test_a_client_with_a_secret_is_not_kept(tmp_path: Path) -> None:
+    from grantkeeper._registration import ClientRegistration
+
+    kept = KeptRegistrations(tmp_path)
+    kept.keep(ISSUER, REDIRECT, ClientRegistration("c", "a-client-secret-value"))
+    assert kept.find(ISSUER, REDIRECT) is None
+    assert not (tmp_path / "credentials" / "registrations.json").exists()
+
+
+def test_the_loopback_listener_takes_the_kept_port_again(tmp_path: Path) -> None:
+    """Without a configured port, the second login listens where the first one did, so its
+    redirect URI (and client) match."""
+    fake = FakeAS()
+    redirects: list[str] = []
+
+    def open_browser(url: str) -> None:
+        query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        redirects.append(query["redirect_uri"])
+        callback = browser()(url)
+        assert httpx.get(callback, trust_env=False, timeout=10).status_code == 200
+
+    for _ in range(2):
+        login(
+            ServerConfig(SERVER),
+            store=FileStore(tmp_path),
+            discovery=FOUND,
+            open_browser=open_browser,
+            http=fake.client(),
+        )
+    assert redirects[0] == redirects[1]
+    assert fake.registered == ["client-1"]
+
+
+# -- client ID metadata documents ------------------------------------------------------
+
+
+def test_metadata_document_flag_is_parsed() -> None:
+    doc = (
+        b'{"issuer": "https://a.example.com", "authorization_endpoint": '
+        b'"https://a.example.com/a", "token_endpoint": "https://a.example.com/t", '
+        b'"client_id_metadata_document_supported": true}'
+    )
+    assert parse_metadata(
+        doc, expected_issuer="https://a.example.com"
+    ).client_id_metadata_document_supported
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://app.example.com/c.json", "https://app.example.com", "https://app.example.com/", "x"],
+)
+def test_a_metadata_url_must_be_https_with_a_path(url: str) -> None:
+    with pytest.raises(ServerConfigError, match="https URL with a path"):
+        metadata_document_client(url, META)
+
+
+def test_cimd_is_used_as_client_id_without_registering(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    fake = FakeAS()
+    supporting = Discovery(
+        SERVER, SERVER, replace(META, client_id_metadata_document_supported=True)
+    )
+    run(tmp_path, fake, browser(), discovery=supporting, client_metadata_url=CIMD_URL)
+    assert fake.registered == []
+    assert client_ids(fake) == [CIMD_URL]
+    assert "client_secret" not in fake.token_forms[0]
+
+
+def test_without_server_support_cimd_falls_back_to_registration(tmp_path: Path) -> None:
+    fake = FakeAS()
+    run(tmp_path, fake, browser(), client_metadata_url=CIMD_URL)
+    assert fake.registered == ["client-1"]
+
+
+def test_a_cimd_client_the_server_refuses_is_not_replaced_by_registration(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    fake = FakeAS(forget=1)
+    supporting = Discovery(
+        SERVER, SERVER, replace(META, client_id_metadata_document_supported=True)
+    )
+    with pytest.raises(ClientRegistrationInvalid):
+        run(tmp_path, fake, browser(), discovery=supporting, client_metadata_url=CIMD_URL)
+    assert fake.registered == []
+
+
+# -- against the real oidc-provider ----------------------------------------------------
+
+
+@pytest.mark.realserver
+def test_repeated_logins_register_one_client_at_the_real_server(
+    auth_server: AuthServer, resource: ResourceServer, tmp_path: Path
+) -> None:
+    before = auth_server.stats()["registrations"]
+    first = remember(
+        login(resource.url, store=FileStore(tmp_path), open_browser=Browser(auth_server))
+    )
+    second = remember(
+        login(resource.url, store=FileStore(tmp_path), open_browser=Browser(auth_server))
+    )
+    assert auth_server.stats()["registrations"] == before + 1
+    assert first.client_id == second.client_id
+
+
+def cli_login(auth_server: AuthServer, url: str, home: Path) -> str:
+    """``grantkeeper login URL --no-browser --json``, with a browser approving the URL."""
+    env = {**os.environ, "GRANTKEEPER_HOME": str(home), "GRANTKEEPER_STORE": "file"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grantkeeper", "login", url, "--no-browser", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    authorize_url = next((line.strip() for line in process.stderr if line.startswith("http")), "")
+    assert authorize_url, "login printed no authorization URL"
+    Browser(auth_server)(authorize_url)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    return parse_qs(urlsplit(authorize_url).query)["client_id"][0]
+
+
+@pytest.mark.realserver
+def test_repeated_cli_logins_register_one_client_at_the_real_server(
+    auth_server: AuthServer, resource: ResourceServer, tmp_path: Path
+) -> None:
+    before = auth_server.stats()["registrations"]
+    first = cli_login(auth_server, resource.url, tmp_path)
+    second = cli_login(auth_server, resource.url, tmp_path)
+    assert auth_server.stats()["registrations"] == before + 1
+    assert first == second
