@@ -7,7 +7,6 @@ rich is imported only by the commands that draw tables or spinners.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from datetime import UTC, datetime
@@ -15,7 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._cli import EXIT_AUTH, EXIT_OK, fail, handle_errors, json_option, store_option
+from ._cli import (
+    EXIT_AUTH,
+    EXIT_OK,
+    handle_errors,
+    hint_for,
+    json_option,
+    keeper_for,
+    login_hint,
+    open_store_for,
+    profile_option,
+    retry_option,
+    store_option,
+    verbose_option,
+)
+from ._cli_output import print_json, print_table
 
 if TYPE_CHECKING:
     from ._callback_server import CallbackServer
@@ -25,13 +38,7 @@ if TYPE_CHECKING:
 
 
 def _store(spec: str | None) -> Store:
-    from ._errors import StoreConfigError
-    from ._open_store import open_store
-
-    try:
-        return open_store(spec)
-    except StoreConfigError as exc:
-        raise click.UsageError(exc.message) from None
+    return open_store_for(spec)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -95,10 +102,44 @@ def _authorizer(listener: CallbackServer, *, browser: bool, manual: bool, timeou
     return authorize
 
 
-@click.command()
+def _read_token() -> str:
+    """The static token piped on stdin (``--with-token``), as ``gh auth login`` reads it."""
+    if sys.stdin.isatty():
+        _say("Paste the token, then press Enter:")
+    token = sys.stdin.readline().strip()
+    if not token or any(c.isspace() for c in token):
+        raise click.UsageError("--with-token reads one token (no spaces) from standard input")
+    return token
+
+
+def _saved_under(config: ServerConfig) -> ServerConfig:
+    """``config`` as login saves it: a profile never overwrites the entry it was derived from.
+
+    ``login demo --profile work`` keeps ``demo`` (no profile) as it is, and saves the work
+    credential's settings as an entry of its own.
+    """
+    import dataclasses
+
+    from ._servers import load_servers
+
+    named = next((c for c in load_servers() if c.name == config.name), None)
+    if named is not None and named.profile != config.profile:
+        return dataclasses.replace(config, name=None)
+    return config
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper login https://mcp.example.com/mcp --name example
+  grantkeeper login example --profile work          # a second account
+  grantkeeper login example --manual                # over ssh: paste the redirect URL
+  echo "$TOKEN" | grantkeeper login api --with-token   # a server with a static token
+"""
+)
 @click.argument("server", metavar="URL|NAME")
 @click.option("--name", help="Name to save the server under (default: its host).")
-@click.option("--profile", help="A second credential for the same server, e.g. another account.")
+@profile_option
 @click.option("--scope", "scopes", multiple=True, help="Scope to ask for (repeatable).")
 @click.option("--client-id", help="A pre-registered client id (default: register dynamically).")
 @click.option(
@@ -110,6 +151,11 @@ def _authorizer(listener: CallbackServer, *, browser: bool, manual: bool, timeou
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
 @click.option("--manual", is_flag=True, help="Paste the redirect URL yourself (remote shells).")
 @click.option(
+    "--with-token",
+    is_flag=True,
+    help="Read a static bearer token from stdin and save it for this server (no OAuth).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=1),
     default=300.0,
@@ -118,6 +164,7 @@ def _authorizer(listener: CallbackServer, *, browser: bool, manual: bool, timeou
 )
 @store_option
 @json_option
+@verbose_option
 @handle_errors
 def login(
     server: str,
@@ -129,17 +176,39 @@ def login(
     port: int | None,
     no_browser: bool,
     manual: bool,
+    with_token: bool,
     timeout: float,
     store_spec: str | None,
     as_json: bool,
 ) -> None:
-    """Log in to an MCP server with OAuth and store the credential."""
+    """Log in to an MCP server with OAuth and store the credential.
+
+    With --with-token, save a static bearer token read from stdin instead.
+    """
     import dataclasses
 
     from ._callback_server import CallbackServer
+    from ._errors import OAuthUnsupported
     from ._login_flow import login as run_login
     from ._servers import resolve_server, save_server
 
+    if with_token:
+        if profile:
+            raise click.UsageError("a static token has no profiles: drop --profile")
+        token = _read_token()
+        config = resolve_server(server)
+        config = dataclasses.replace(
+            config, name=name or config.name, bearer_token=token, bearer_token_env=None
+        )
+        saved = save_server(config)
+        if as_json:
+            print_json({"name": saved.name, "url": saved.url, "profile": None, "state": "bearer"})
+            return
+        click.echo(
+            f"Saved a static token for {saved.name} ({saved.url}); "
+            f"try: grantkeeper tools {saved.name}"
+        )
+        return
     config = resolve_server(server, profile=profile)
     changes: dict[str, Any] = {}
     if name:
@@ -152,50 +221,76 @@ def login(
         changes["callback_port"] = port
     config = dataclasses.replace(config, **changes)
     store = _store(store_spec)
-    with CallbackServer(port=config.callback_port or 0) as listener:
-        authorize = _authorizer(
-            listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
-        )
-        record = run_login(
-            config, store=store, authorize=authorize, redirect_uri=listener.redirect_uri
-        )
-    saved = save_server(config)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "name": saved.name,
-                    "url": saved.url,
-                    "profile": saved.profile,
-                    "state": "oauth",
-                    "expires_at": _iso(record.expires_at),
-                    "scope": record.scope,
-                    "account": record.subject,
-                    "issuer": record.issuer,
-                    "store": store.name,
-                    "refreshable": record.refresh_token is not None,
-                }
+    try:
+        with CallbackServer(port=config.callback_port or 0) as listener:
+            authorize = _authorizer(
+                listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
             )
+            record = run_login(
+                config, store=store, authorize=authorize, redirect_uri=listener.redirect_uri
+            )
+    except OAuthUnsupported as exc:
+        # Not a dead end: a public server needs no login, a token server takes --with-token.
+        raise OAuthUnsupported(
+            f"{exc.message}. If it needs no login, use it as it is: grantkeeper tools "
+            f"{server}; if it takes a static token: grantkeeper login {server} --with-token",
+            key=exc.key,
+        ) from None
+    saved = save_server(_saved_under(config))
+    shown = config.name or saved.name
+    if as_json:
+        print_json(
+            {
+                "name": shown,
+                "url": saved.url,
+                "profile": saved.profile,
+                "state": "oauth",
+                "expires_at": _iso(record.expires_at),
+                "scope": record.scope,
+                "account": record.subject,
+                "issuer": record.issuer,
+                "store": _placed(store, config),
+                "refreshable": record.refresh_token is not None,
+            }
         )
         return
     who = f" as {record.subject}" if record.subject else ""
+    as_profile = f" (profile {saved.profile})" if saved.profile else ""
     click.echo(
-        f"Logged in to {saved.name} ({saved.url}){who}; "
-        f"token expires in {_expires_in(record.expires_at)}; stored in {store.name}."
+        f"Logged in to {shown}{as_profile} ({saved.url}){who}; "
+        f"token expires in {_expires_in(record.expires_at)}; "
+        f"stored in {_placed(store, config)}."
     )
     if record.refresh_token is None:
         _say("warning: the server issued no refresh token; you will need to log in again soon")
 
 
+def _placed(store: Store, config: ServerConfig) -> str:
+    """Where the credential went: keyring or file in Auto mode, else the store's name."""
+    from ._auto_store import AutoStore
+
+    if isinstance(store, AutoStore):
+        return store.placement(config.key) or store.name
+    return store.name
+
+
 # -- logout -------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper logout example
+  grantkeeper logout example --profile work
+  grantkeeper logout https://mcp.example.com/mcp --no-revoke
+"""
+)
 @click.argument("server", metavar="URL|NAME")
-@click.option("--profile", help="The profile to log out of.")
+@profile_option
 @click.option("--no-revoke", is_flag=True, help="Only delete locally; do not revoke the tokens.")
 @store_option
 @json_option
+@verbose_option
 @handle_errors
 def logout(
     server: str, profile: str | None, no_revoke: bool, store_spec: str | None, as_json: bool
@@ -205,23 +300,28 @@ def logout(
     from ._servers import resolve_server
 
     config = resolve_server(server, profile=profile)
+    if config.static:
+        raise click.UsageError(
+            f"{server} uses a static token, not a stored credential; "
+            "to forget it, edit servers.json"
+        )
     result = run_logout(_store(store_spec), config.key, revoke=not no_revoke)
+    label = f"{config.label}" + (f" (profile {config.profile})" if config.profile else "")
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "name": config.name,
-                    "url": config.url,
-                    "removed": result.removed,
-                    "revoked": list(result.revoked),
-                    "revocation_supported": result.revocation_supported,
-                    "problems": list(result.problems),
-                }
-            )
+        print_json(
+            {
+                "name": config.name,
+                "url": config.url,
+                "profile": config.profile,
+                "removed": result.removed,
+                "revoked": list(result.revoked),
+                "revocation_supported": result.revocation_supported,
+                "problems": list(result.problems),
+            }
         )
         return
     if not result.removed:
-        click.echo(f"Not logged in to {config.label}; nothing to do.")
+        click.echo(f"Not logged in to {label}; nothing to do.")
         return
     if result.revoked:
         revoked = f"; revoked the {' and '.join(k.replace('_', ' ') for k in result.revoked)}"
@@ -231,7 +331,7 @@ def logout(
         revoked = "; the server offers no revocation endpoint"
     else:
         revoked = ""
-    click.echo(f"Logged out of {config.label}{revoked}.")
+    click.echo(f"Logged out of {label}{revoked}.")
     for problem in result.problems:
         _say(f"warning: {problem}")
 
@@ -239,7 +339,14 @@ def logout(
 # -- status -------------------------------------------------------------------------------
 
 
-def _status_json(config: ServerConfig, status: AuthStatus) -> dict[str, Any]:
+def _action(config: ServerConfig, status: AuthStatus, given: str | None) -> str | None:
+    """The command to run, naming the server as the user did (else by its name or URL)."""
+    if status.action is None:
+        return None
+    return login_hint(given, config.profile) if given else hint_for(config)
+
+
+def _status_json(config: ServerConfig, status: AuthStatus, given: str | None) -> dict[str, Any]:
     return {
         "name": config.name,
         "url": config.url,
@@ -249,66 +356,122 @@ def _status_json(config: ServerConfig, status: AuthStatus) -> dict[str, Any]:
         "expires_at": _iso(status.expires_at),
         "store": status.store,
         "account": status.subject,
-        "action": status.action,
+        "action": _action(config, status, given),
     }
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper status
+  grantkeeper status example --profile work --check
+  grantkeeper status --json | jq -r '.[] | select(.action) | .action'
+"""
+)
 @click.argument("server", metavar="[URL|NAME]", required=False)
 @click.option("--profile", help="With URL|NAME: the profile to show.")
 @click.option("--check", is_flag=True, help="Also probe each server (network).")
+@retry_option
 @store_option
 @json_option
+@verbose_option
 @handle_errors
 def status(
-    server: str | None, profile: str | None, check: bool, store_spec: str | None, as_json: bool
+    server: str | None,
+    profile: str | None,
+    check: bool,
+    retry_unknown: bool | None,
+    store_spec: str | None,
+    as_json: bool,
 ) -> None:
     """Show each server's auth state, from the store alone unless --check.
 
     Exits 3 when a listed server needs a (re)login.
     """
+    from ._cli import retry_unknown_outcome
     from ._server_status import auth_status, known_servers
     from ._servers import resolve_server
     from ._status import AuthState
 
     store = _store(store_spec)
     servers = [resolve_server(server, profile=profile)] if server else known_servers(store)
-    rows = [(config, auth_status(config, store, check=check)) for config in servers]
+    rows = [
+        (
+            config,
+            auth_status(
+                config,
+                store,
+                check=check,
+                retry_unknown_outcome=retry_unknown_outcome(retry_unknown, config),
+            ),
+        )
+        for config in servers
+    ]
     needs_person = any(
         s.state in (AuthState.LOGIN_REQUIRED, AuthState.REAUTHENTICATION_REQUIRED) for _, s in rows
     )
     if as_json:
-        click.echo(json.dumps([_status_json(c, s) for c, s in rows], indent=2))
+        print_json([_status_json(c, s, server) for c, s in rows])
     elif not rows:
         click.echo("No servers yet: run grantkeeper login URL")
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("name", "URL", "state", "expires in", "store", "account", "detail")
-        for config, st in rows:
-            table.add_row(
-                config.name or "-",
-                config.url + (f" #{config.profile}" if config.profile else ""),
-                st.state.value,
-                _expires_in(st.expires_at) if st.state is AuthState.OAUTH else "-",
-                st.store or "-",
-                st.subject or "-",
-                st.detail + (f" → {st.action}" if st.action else ""),
-            )
-        Console().print(table)
+        print_table(
+            (
+                "server",
+                "URL",
+                "profile",
+                "state",
+                "expires",
+                "store",
+                "account",
+                "detail",
+                "action",
+            ),
+            [
+                (
+                    config.label,
+                    config.url,
+                    config.profile or "-",
+                    st.state.value,
+                    _expires_in(st.expires_at) if st.state is AuthState.OAUTH else "-",
+                    st.store or "-",
+                    st.subject or "-",
+                    st.detail or "-",
+                    _action(config, st, server) or "-",
+                )
+                for config, st in rows
+            ],
+            styles={"state": {"reauthentication_required": "red", "login_required": "yellow"}},
+            whole=("profile", "state", "expires", "store"),
+            terminal_drop=("URL", "account"),  # 80 columns are few: see --json
+        )
     raise click.exceptions.Exit(EXIT_AUTH if needs_person else EXIT_OK)
 
 
 # -- token --------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  curl -H "Authorization: Bearer $(grantkeeper token example)" https://mcp.example.com/mcp
+  grantkeeper token example --profile work --json   # token, expires_at, scope
+"""
+)
 @click.argument("server", metavar="URL|NAME")
-@click.option("--profile", help="The profile whose token to print.")
+@profile_option
+@retry_option
 @store_option
+@json_option
+@verbose_option
 @handle_errors
-def token(server: str, profile: str | None, store_spec: str | None) -> None:
+def token(
+    server: str,
+    profile: str | None,
+    retry_unknown: bool | None,
+    store_spec: str | None,
+    as_json: bool,
+) -> None:
     """Print a valid access token, refreshing it first if needed. For scripts.
 
     This is the only command that prints a secret. Exits 3 if a login is needed.
@@ -318,25 +481,40 @@ def token(server: str, profile: str | None, store_spec: str | None) -> None:
     config = resolve_server(server, profile=profile)
     bearer = config.bearer()
     if bearer is not None:
-        click.echo(bearer)
+        if as_json:
+            print_json({"token": bearer, "expires_at": None, "scope": None, "type": "bearer"})
+        else:
+            click.echo(bearer)
         return
-    from ._errors import AuthenticationRequired
-    from ._keeper import Keeper
-
-    with Keeper(_store(store_spec), config.key) as keeper:
-        try:
-            click.echo(keeper.access_token())
-        except AuthenticationRequired as exc:
-            again = f" --profile {config.profile}" if config.profile else ""
-            raise fail(f"{exc}; run: grantkeeper login {config.label}{again}", EXIT_AUTH) from None
+    with keeper_for(config, _store(store_spec), retry_unknown) as keeper:
+        credential = keeper.credential()
+    if as_json:
+        print_json(
+            {
+                "token": credential.access_token,
+                "expires_at": _iso(credential.expires_at),
+                "scope": credential.scope,
+                "type": "oauth",
+            }
+        )
+    else:
+        click.echo(credential.access_token)
 
 
 # -- list ---------------------------------------------------------------------------------
 
 
-@click.command(name="list")
+@click.command(
+    name="list",
+    epilog="""\b
+Examples:
+  grantkeeper list
+  grantkeeper list --json
+""",
+)
 @store_option
 @json_option
+@verbose_option
 @handle_errors
 def list_servers(store_spec: str | None, as_json: bool) -> None:
     """List configured servers and stored credentials."""
@@ -348,32 +526,32 @@ def list_servers(store_spec: str | None, as_json: bool) -> None:
             "name": c.name,
             "url": c.url,
             "profile": c.profile,
-            "auth": "bearer" if (c.bearer_token or c.bearer_token_env) else "oauth",
+            "auth": "bearer" if c.static else "oauth",
             "client_id": c.client_id,
             "scope": c.scope,
         }
         for c in servers
     ]
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        print_json(entries)
         return
     if not entries:
         click.echo("No servers yet: run grantkeeper login URL")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("name", "URL", "profile", "auth", "client id", "scope")
-    for e in entries:
-        table.add_row(
-            *(str(e[k] or "-") for k in ("name", "url", "profile", "auth")),
-            str(e["client_id"] or "dynamic"),
-            str(e["scope"] or "-"),
-        )
-    Console().print(table)
+    print_table(
+        ("name", "URL", "profile", "auth", "client id", "scope"),
+        [
+            (
+                *(str(e[k] or "-") for k in ("name", "url", "profile", "auth")),
+                str(e["client_id"] or "dynamic"),
+                str(e["scope"] or "-"),
+            )
+            for e in entries
+        ],
+    )
 
 
 COMMANDS: list[click.Command] = [login, logout, status, token, list_servers]
 """The commands this module adds to ``grantkeeper``'s CLI."""
 
-__all__ = ["COMMANDS", "fail"]
+__all__ = ["COMMANDS"]

@@ -15,21 +15,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from ._auto_store import AutoStore
+from ._cli import EXIT_OK, handle_errors, json_option, open_store_for, verbose_option
+from ._cli_output import print_json, print_table, store_label
 from ._errors import GrantkeeperError, LockTimeout, StoreError
 from ._file_store import FileStore
 from ._keyring_store import KeyringStore
-from ._open_store import SPECS, open_store
+from ._open_store import SPECS
 from ._postgres_store import PostgresStore
 from ._record import CredentialKey
 from ._store import Store
 
-EXIT_OK = 0
 EXIT_PROBLEM = 1
-EXIT_USAGE = 2
 
 DEFAULT_MIGRATE_LOCK_TIMEOUT = 30.0
 """Seconds ``migrate`` waits for each credential's lock: one refresh takes at most ~30 s."""
@@ -41,14 +39,10 @@ store_option = click.option(
     default=None,
     help=f"Store to use: {SPECS}. Default: $GRANTKEEPER_STORE, else auto.",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 def _open(spec: str | None) -> Store:
-    try:
-        return open_store(spec)
-    except StoreError as exc:
-        raise click.UsageError(exc.message) from None
+    return open_store_for(spec)
 
 
 @dataclass
@@ -124,9 +118,30 @@ def _permission_checks(files: FileStore) -> list[Check]:
 
 
 def _keyring_check(keyring: KeyringStore) -> Check:
+    import importlib.util
+
     if keyring.available():
         return Check("keyring", True, f"available ({keyring.backend_name()})")
+    try:
+        installed = importlib.util.find_spec("keyring") is not None
+    except ValueError:  # imported as None: treated as absent
+        installed = False
+    if not installed:
+        # A plain install has no keyring package: say how to get one, not just "unavailable".
+        return Check(
+            "keyring",
+            True,
+            "not installed: Auto mode stores new credentials in files; for the OS keyring "
+            "run: pip install 'grantkeeper[keyring]'",
+        )
     return Check("keyring", True, "unavailable: Auto mode stores new credentials in files")
+
+
+def _servers_check() -> Check:
+    from ._servers import loose_permissions
+
+    problem = loose_permissions()
+    return Check("servers file", problem is None, problem or "private (or not created yet)")
 
 
 def diagnose(store: Store) -> Report:
@@ -167,39 +182,53 @@ def diagnose(store: Store) -> Report:
     return report
 
 
-def _print_report(report: Report, console: Console) -> None:
-    console.print(f"store: {report.store}")
-    checks = Table("check", "ok", "detail", title="health")
-    for check in report.checks:
-        checks.add_row(check.name, "yes" if check.ok else "[red]NO[/red]", check.detail)
-    console.print(checks)
-    creds = Table(
-        "credential", "store", "found in", "version", "lock", "problem", title="credentials"
+def _print_report(report: Report, label: str) -> None:
+    click.echo(f"store: {label}")
+    print_table(
+        ("check", "ok", "detail"),
+        [(check.name, "yes" if check.ok else "NO", check.detail) for check in report.checks],
+        title="health",
+        styles={"ok": {"NO": "red"}},
     )
-    for c in report.credentials:
-        problem = c.problem or ("[yellow]drift[/yellow]: run store migrate" if c.drift else "")
-        creds.add_row(
-            c.key,
-            c.store or "-",
-            ", ".join(c.found_in) or "-",
-            str(c.version or "-"),
-            c.lock,
-            problem,
-        )
-    console.print(creds)
+    print_table(
+        ("credential", "store", "found in", "version", "lock", "problem"),
+        [
+            (
+                c.key,
+                c.store or "-",
+                ", ".join(c.found_in) or "-",
+                str(c.version or "-"),
+                c.lock,
+                c.problem or ("drift: run grantkeeper store migrate" if c.drift else "-"),
+            )
+            for c in report.credentials
+        ],
+        title="credentials",
+    )
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper doctor
+  grantkeeper doctor --store keyring --json
+"""
+)
 @store_option
 @json_option
+@verbose_option
+@handle_errors
 def doctor(spec: str | None, as_json: bool) -> None:
     """Check the store: where each credential lives, drift, locks, keyring, permissions."""
-    report = diagnose(_open(spec))
+    store = _open(spec)
+    report = diagnose(store)
+    report.checks.append(_servers_check())
+    label = store_label(store)
     if as_json:
-        click.echo(json.dumps({"healthy": report.healthy, **asdict(report)}, indent=2))
+        print_json({"healthy": report.healthy, **asdict(report), "store": label})
     else:
-        _print_report(report, Console())
-    raise SystemExit(EXIT_OK if report.healthy else EXIT_PROBLEM)
+        _print_report(report, label)
+    raise click.exceptions.Exit(EXIT_OK if report.healthy else EXIT_PROBLEM)
 
 
 # -- migrate ------------------------------------------------------------------------------
@@ -259,7 +288,13 @@ def store() -> None:
     """Manage the credential store."""
 
 
-@store.command()
+@store.command(
+    epilog="""\b
+Examples:
+  grantkeeper store migrate --to keyring
+  grantkeeper store migrate --store file --to postgresql://grantkeeper@db/grantkeeper
+"""
+)
 @store_option
 @click.option("--to", "to", metavar="SPEC", required=True, help="keyring, file or postgresql://...")
 @click.option(
@@ -270,6 +305,8 @@ def store() -> None:
     help="Seconds to wait for each credential's lock.",
 )
 @json_option
+@verbose_option
+@handle_errors
 def migrate(spec: str | None, to: str, lock_timeout: float, as_json: bool) -> None:
     """Move every credential to another store, each under its lock."""
     if to.strip().lower() == "auto":
@@ -292,13 +329,16 @@ def migrate(spec: str | None, to: str, lock_timeout: float, as_json: bool) -> No
         results.append({"key": str(key), "result": outcome})
     ok = all(r["result"] in ("moved", "already there", "gone") for r in results)
     if as_json:
-        click.echo(json.dumps({"from": repr(source), "to": repr(target), "results": results}))
+        click.echo(
+            json.dumps({"from": store_label(source), "to": store_label(target), "results": results})
+        )
     else:
-        table = Table("credential", "result", title=f"{source!r} -> {target!r}")
-        for r in results:
-            table.add_row(r["key"], r["result"])
-        Console().print(table)
-    raise SystemExit(EXIT_OK if ok else EXIT_PROBLEM)
+        print_table(
+            ("credential", "result"),
+            [(r["key"], r["result"]) for r in results],
+            title=f"{store_label(source)} -> {store_label(target)}",
+        )
+    raise click.exceptions.Exit(EXIT_OK if ok else EXIT_PROBLEM)
 
 
 COMMANDS: list[click.Command] = [doctor, store]

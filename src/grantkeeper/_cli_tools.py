@@ -1,6 +1,7 @@
-"""``grantkeeper tools`` and ``grantkeeper call``: use an MCP server with the stored credential.
+"""``grantkeeper tools`` and ``grantkeeper call``: use an MCP server, authenticated as it needs.
 
-The credential is refreshed silently when it is due, and a 401 is recovered from once.
+OAuth (the stored credential, refreshed when due, a 401 recovered from once), a static
+bearer from servers.json (`login --with-token`), or nothing for a public server.
 
 Exit codes: 0 done; 1 the tool reported an error, or the server or the store failed;
 2 bad usage; 3 a person must log in (again): ``grantkeeper login`` fixes it.
@@ -9,35 +10,40 @@ Exit codes: 0 done; 1 the tool reported an error, or the server or the store fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
 from ._classify import authentication_required
-from ._errors import GrantkeeperError, StoreError
+from ._cli import (
+    EXIT_ERROR,
+    EXIT_OK,
+    fail,
+    fail_for,
+    handle_errors,
+    json_option,
+    keeper_for,
+    open_store_for,
+    profile_option,
+    retry_option,
+    store_option,
+    verbose_option,
+)
+from ._errors import GrantkeeperError, LoginRequired
 from ._record import CredentialKey
 
 if TYPE_CHECKING:
+    from ._keeper import Keeper
     from ._mcp import McpSession
+    from ._servers import ServerConfig
+    from ._store import Store
 
 T = TypeVar("T")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-
-store_option = click.option(
-    "--store",
-    "spec",
-    metavar="SPEC",
-    default=None,
-    help="Store to use: auto, file, keyring or postgresql://... Default: $GRANTKEEPER_STORE.",
-)
-profile_option = click.option("--profile", default=None, help="Credential profile (account).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+AuthMode = Literal["oauth", "bearer", "none"]
 
 
 def resolve_server(name_or_url: str, profile: str | None) -> tuple[str, CredentialKey]:
@@ -49,6 +55,34 @@ def resolve_server(name_or_url: str, profile: str | None) -> tuple[str, Credenti
         return config.url, CredentialKey.for_server(config.url, config.profile)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def auth_mode(config: ServerConfig, store: Store) -> AuthMode:
+    """How to reach ``config``: a static bearer it configures, the OAuth credential stored
+    for it, or no authentication at all (a public server; a protected one answers 401,
+    which says to log in)."""
+    if config.static or any(name.lower() == "authorization" for name in config.headers):
+        return "bearer"
+    if store.read(config.key) is not None:  # a corrupt record raises: log in again
+        return "oauth"
+    return "none"
+
+
+def _connect(
+    config: ServerConfig, mode: AuthMode, keeper: Keeper | None
+) -> contextlib.AbstractAsyncContextManager[McpSession]:
+    """The one call of ``grantkeeper.mcp.connect``, with the credential ``mode`` chose."""
+    from .mcp import connect  # MissingExtra, naming [mcp], when the SDK is not installed
+
+    headers = dict(config.headers)
+    if mode == "oauth":
+        return connect(config.url, keeper=keeper, headers=headers)
+    if mode == "bearer":
+        return connect(config.url, token=config.bearer(), headers=headers)
+    # No authentication. connect() has no mode for it yet: an Authorization header of its
+    # own makes it send the request as it is and never refresh (Httpx2Auth.choose); an empty
+    # value is what a server without auth ignores and a protected one answers with 401.
+    return connect(config.url, headers={**headers, "Authorization": ""})
 
 
 def parse_arguments(pairs: tuple[str, ...], json_args: str | None) -> dict[str, Any]:
@@ -81,52 +115,78 @@ def _run(
     name_or_url: str,
     spec: str | None,
     profile: str | None,
+    retry: bool | None,
     call: Callable[[McpSession], Awaitable[T]],
 ) -> T:
-    """Open a session with the stored credential, run ``call``, map errors to exit codes."""
-    from ._keeper import Keeper
-    from ._mcp import connect
-    from ._open_store import open_store
+    """Open a session with the right credential, run ``call``, map errors to exit codes."""
+    from ._servers import resolve_server as resolve
 
-    url, key = resolve_server(name_or_url, profile)
-    try:
-        store = open_store(spec)
-    except StoreError as exc:
-        raise click.UsageError(exc.message) from None
+    config = resolve(name_or_url, profile=profile)
+    store = open_store_for(spec)
+    mode = auth_mode(config, store)
 
-    async def session() -> T:
-        async with connect(url, keeper=keeper) as opened:
+    async def session(keeper: Keeper | None) -> T:
+        async with _connect(config, mode, keeper) as opened:
             return await call(opened)
 
-    keeper = Keeper(store, key)
-    try:
-        return asyncio.run(session())
-    except Exception as exc:
-        _fail(exc, key)
-    finally:
-        keeper.close()
+    with contextlib.ExitStack() as stack:
+        keeper = stack.enter_context(keeper_for(config, store, retry)) if mode == "oauth" else None
+        try:
+            return asyncio.run(session(keeper))
+        except Exception as exc:
+            raise _exit_for(exc, config, mode) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _fail(exc: BaseException, key: CredentialKey) -> NoReturn:
+def _exit_for(exc: BaseException, config: ServerConfig, mode: AuthMode) -> click.exceptions.Exit:
     needed = authentication_required(exc)
     if needed is not None:
-        click.echo(f"error: {needed}", err=True)
-        click.echo(f"run: grantkeeper login {key.server_url}", err=True)
-        raise SystemExit(EXIT_AUTH)
-    found = exc if isinstance(exc, GrantkeeperError) else None
-    detail = str(found) if found else f"{type(exc).__name__}: {exc}"
-    click.echo(f"error: {detail}", err=True)
-    raise SystemExit(EXIT_FAILED)
+        if mode == "none":
+            # We sent nothing: the server wants a credential we do not have.
+            needed = LoginRequired(f"{config.label} requires a login", key=str(config.key))
+        return fail_for(needed)
+    if isinstance(exc, GrantkeeperError):
+        return fail_for(exc)
+    found = _grantkeeper_cause(exc)
+    if found is not None:
+        return fail_for(found)
+    # A transport error (connection refused, a timeout): its type and message are plain.
+    return fail(f"{type(exc).__name__}: {exc}", EXIT_ERROR)
 
 
-@click.command()
+def _grantkeeper_cause(exc: BaseException) -> GrantkeeperError | None:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _grantkeeper_cause(inner)
+            if found is not None:
+                return found
+    cause = exc.__cause__
+    return cause if isinstance(cause, GrantkeeperError) else None
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper tools example
+  grantkeeper tools https://mcp.example.com/mcp --profile work --json
+"""
+)
 @click.argument("server", metavar="NAME|URL")
 @store_option
 @profile_option
+@retry_option
 @json_option
-def tools(server: str, spec: str | None, profile: str | None, as_json: bool) -> None:
-    """List the tools an MCP server offers."""
-    result = _run(server, spec, profile, lambda session: session.list_tools())
+@verbose_option
+@handle_errors
+def tools(
+    server: str,
+    store_spec: str | None,
+    profile: str | None,
+    retry_unknown: bool | None,
+    as_json: bool,
+) -> None:
+    """List the tools an MCP server offers (OAuth, a static token, or no auth)."""
+    result = _run(server, store_spec, profile, retry_unknown, lambda s: s.list_tools())
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)))
         return
@@ -135,26 +195,38 @@ def tools(server: str, spec: str | None, profile: str | None, as_json: bool) -> 
         click.echo(f"{tool.name}\t{summary[0] if summary else ''}")
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper call example echo --arg text=hello
+  grantkeeper call example add --json-args '{"a": 1, "b": 2}' --json
+"""
+)
 @click.argument("server", metavar="NAME|URL")
 @click.argument("tool")
 @click.option("--arg", "pairs", multiple=True, metavar="KEY=VALUE", help="A tool argument.")
 @click.option("--json-args", default=None, metavar="JSON", help="Tool arguments as an object.")
 @store_option
 @profile_option
+@retry_option
 @json_option
+@verbose_option
+@handle_errors
 def call(
     server: str,
     tool: str,
     pairs: tuple[str, ...],
     json_args: str | None,
-    spec: str | None,
+    store_spec: str | None,
     profile: str | None,
+    retry_unknown: bool | None,
     as_json: bool,
 ) -> None:
-    """Call TOOL on an MCP server and print its result."""
+    """Call TOOL on an MCP server and print its result. Exits 1 if the tool reports an error."""
     arguments = parse_arguments(pairs, json_args)
-    result = _run(server, spec, profile, lambda session: session.call_tool(tool, arguments))
+    result = _run(
+        server, store_spec, profile, retry_unknown, lambda s: s.call_tool(tool, arguments)
+    )
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)))
     elif result.structured_content is not None:
@@ -163,7 +235,7 @@ def call(
         for item in result.content:
             text = getattr(item, "text", None)
             click.echo(text if text is not None else item.model_dump_json())
-    raise SystemExit(EXIT_FAILED if result.is_error else EXIT_OK)
+    raise click.exceptions.Exit(EXIT_ERROR if result.is_error else EXIT_OK)
 
 
 COMMANDS: list[click.Command] = [tools, call]
