@@ -147,6 +147,26 @@ def test_a_protected_server_without_a_login_says_exactly_what_to_type(
     assert "Traceback" not in err
 
 
+def test_a_missing_scope_hint_asks_for_it(home: Path, public_mcp: McpServer) -> None:
+    invoke("login", public_mcp.url, "--name", "api", "--with-token", stdin="tok-value\n")
+    public_mcp.fail_next("POST", status=403, scope="mcp:write", skip=2)  # after initialize
+    code, _, err = invoke("call", "api", "echo", "--arg", "text=x")
+    assert code == 3 and err.strip().endswith("run: grantkeeper login api --scope mcp:write"), err
+
+
+def test_login_to_a_server_without_oauth_is_no_dead_end(home: Path, public_mcp: McpServer) -> None:
+    code, out, err = invoke("login", public_mcp.url, "--no-browser", "--timeout", "5")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert f"grantkeeper tools {public_mcp.url}" in err and "--with-token" in err
+    assert load_servers() == []
+
+
+def test_status_with_only_a_profile_lists_that_profile(home: Path) -> None:
+    store_two_profiles(home)
+    code, out, _ = invoke("status", "--profile", "work", "--json")
+    assert code == 0 and [(e["name"], e["profile"]) for e in json.loads(out)] == [("demo", "work")]
+
+
 # -- 4. no tracebacks; a missing extra is named ----------------------------------------------
 
 

@@ -70,11 +70,14 @@ def needs_person(exc: BaseException) -> bool:
     )
 
 
-def login_hint(server: str, profile: str | None = None) -> str:
-    """The exact command that logs in to ``server`` as the user named it, with its profile."""
+def login_hint(server: str, profile: str | None = None, scope: str | None = None) -> str:
+    """The exact command that logs in to ``server`` as the user named it, with its profile
+    (and the scope a server said it lacks)."""
     words = ["grantkeeper", "login", server]
     if profile:
         words += ["--profile", profile]
+    if scope:
+        words += ["--scope", scope]
     return shlex.join(words)
 
 
@@ -104,7 +107,8 @@ def fail_for(exc: BaseException) -> click.exceptions.Exit:
     if not needs_person(exc):
         return fail(str(exc), EXIT_ERROR)
     given = _given_server()
-    hint = f"; run: {login_hint(*given)}" if given else ""
+    scope = getattr(exc, "scope", None)  # InsufficientScope: a login must ask for it
+    hint = f"; run: {login_hint(*given, scope=scope)}" if given else ""
     return fail(f"{exc}{hint}", EXIT_AUTH)
 
 

@@ -369,7 +369,7 @@ Examples:
 """
 )
 @click.argument("server", metavar="[URL|NAME]", required=False)
-@click.option("--profile", help="With URL|NAME: the profile to show.")
+@click.option("--profile", help="Only this profile's credentials (with URL|NAME: that one).")
 @click.option("--check", is_flag=True, help="Also probe each server (network).")
 @retry_option
 @store_option
@@ -394,7 +394,10 @@ def status(
     from ._status import AuthState
 
     store = _store(store_spec)
-    servers = [resolve_server(server, profile=profile)] if server else known_servers(store)
+    if server:
+        servers = [resolve_server(server, profile=profile)]
+    else:
+        servers = [c for c in known_servers(store) if profile is None or c.profile == profile]
     rows = [
         (
             config,
