@@ -87,7 +87,7 @@ def test_a_url_with_a_profile_keeps_the_named_servers_settings(home: Path) -> No
 
 
 def test_a_profile_login_never_overwrites_the_entry_it_came_from(home: Path) -> None:
-    from grantkeeper._cli_auth import _saved_under
+    from grantkeeper._cli._auth import _saved_under
 
     save_server(ServerConfig(RESOURCE, name="demo"))
     saved = save_server(_saved_under(resolve_server("demo", profile="work")))
@@ -332,9 +332,9 @@ def test_an_80_column_table_cuts_nothing_and_prints_the_action_whole(home: Path)
 
 
 def test_markup_in_values_is_printed_as_typed(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from grantkeeper import _cli_output
+    from grantkeeper._cli import _output
 
-    monkeypatch.setattr(_cli_output, "is_terminal", lambda: True)
+    monkeypatch.setattr(_output, "is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", "400")  # one line per row, whatever the temp path
     monkeypatch.setitem(sys.modules, "keyring", None)
     code, out, _ = invoke("doctor", "--store", "auto")

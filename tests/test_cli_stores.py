@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from grantkeeper import AutoStore, CredentialKey, FileStore, KeyringStore, PostgresStore
-from grantkeeper._cli_stores import COMMANDS, doctor, store
+from grantkeeper._cli._stores import COMMANDS, doctor, store
 from grantkeeper.testing import sample_record
 from harness.postgres import PostgresCluster
 

@@ -28,7 +28,7 @@ from grantkeeper import (
     LoginRequired,
     ReauthenticationRequired,
 )
-from grantkeeper._cli_tools import call, tools
+from grantkeeper._cli._tools import call, tools
 from grantkeeper._freshness import utc_now
 from grantkeeper.mcp import Httpx2Auth, McpSession, connect, fastmcp_client
 from harness.authserver import AuthServer

@@ -1,13 +1,6 @@
-"""The ``grantkeeper`` command line: a group whose commands live in small modules.
-
-Each module in :data:`COMMAND_MODULES` exports ``COMMANDS``; adding a module is a one-line
-change. Modules are imported only when one of their commands runs (or for ``--help``),
-so ``grantkeeper token`` starts without loading rich, the stores it does not use or the
-MCP SDK.
-
-This module is the one place that declares the CLI's policy: its exit codes, which errors
-need a person, the hint that tells the person what to type, the shared options, and how a
-command opens a store and a Keeper. Commands import these and never decide on their own.
+"""The CLI's policy, declared once: exit codes, which errors need a person, the hint that
+tells the person what to type, the shared options, logging, and how a command opens a store
+and a Keeper. Commands import these and never decide on their own.
 
 Exit codes: 0 ok; 1 error; 2 bad usage; 3 a person must act (log in, or log in again).
 """
@@ -16,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import logging
 import os
 import shlex
@@ -27,22 +19,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from ._keeper import Keeper
-    from ._servers import ServerConfig
-    from ._store import Store
+    from .._keeper import Keeper
+    from .._servers import ServerConfig
+    from .._store import Store
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 """A person must log in or log in again; scripts branch on this, not on messages."""
-
-COMMAND_MODULES = (
-    "grantkeeper._cli_auth",
-    "grantkeeper._cli_stores",
-    "grantkeeper._cli_tools",
-)
-"""Modules whose ``COMMANDS`` make up the CLI, searched in this order."""
 
 DEBUG_ENV = "GRANTKEEPER_DEBUG"
 """Set to 1 to see tracebacks of unexpected errors (they may show request details)."""
@@ -61,7 +46,7 @@ def needs_person(exc: BaseException) -> bool:
 
     A stored credential that does not parse counts: nothing but a new login replaces it.
     """
-    from ._errors import GrantkeeperError, StoreCorrupt
+    from .._errors import GrantkeeperError, StoreCorrupt
 
     if isinstance(exc, StoreCorrupt):
         return True
@@ -117,7 +102,7 @@ def handle_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ._errors import GrantkeeperError
+        from .._errors import GrantkeeperError
 
         try:
             return command(*args, **kwargs)
@@ -230,16 +215,16 @@ def retry_option(command: F) -> F:
 # -- stores and keepers -------------------------------------------------------------------
 
 
-def open_store_for(spec: str | None) -> Store:
-    """The store ``--store`` (or ``$GRANTKEEPER_STORE``) names; a bad spec is a usage error
-    that names where it came from."""
-    from ._errors import StoreConfigError
-    from ._open_store import STORE_ENV, open_store
+def open_store_for(spec: str | None, *, option: str = "--store") -> Store:
+    """The store ``option`` (or, without it, ``$GRANTKEEPER_STORE``) names; a bad spec is a
+    usage error that names where it came from."""
+    from .._errors import StoreConfigError
+    from .._open_store import STORE_ENV, open_store
 
     try:
         return open_store(spec)
     except StoreConfigError as exc:
-        where = "--store" if spec is not None else f"${STORE_ENV}"
+        where = option if spec is not None else f"${STORE_ENV}"
         raise click.UsageError(f"{where}: {exc.message}") from None
 
 
@@ -262,60 +247,10 @@ def retry_unknown_outcome(flag: bool | None, config: ServerConfig) -> bool:
 @contextlib.contextmanager
 def keeper_for(config: ServerConfig, store: Store, retry: bool | None) -> Iterator[Keeper]:
     """A Keeper for ``config``'s credential, closed (pending writes retried) on the way out."""
-    from ._keeper import Keeper
+    from .._keeper import Keeper
 
     keeper = Keeper(store, config.key, retry_unknown_outcome=retry_unknown_outcome(retry, config))
     try:
         yield keeper
     finally:
         keeper.close()
-
-
-# -- the group ----------------------------------------------------------------------------
-
-
-def _commands(module_name: str) -> list[click.Command]:
-    commands: list[click.Command] = importlib.import_module(module_name).COMMANDS
-    return commands
-
-
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        names = {c.name for module in COMMAND_MODULES for c in _commands(module) if c.name}
-        return sorted(names)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        for module in COMMAND_MODULES:
-            for command in _commands(module):
-                if command.name == cmd_name:
-                    return command
-        return None
-
-
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="grantkeeper")
-@verbose_option
-def cli() -> None:
-    """OAuth credentials for MCP servers that never break.
-
-    \b
-    Examples:
-      grantkeeper login https://mcp.example.com/mcp --name example
-      grantkeeper status
-      grantkeeper token example --profile work
-      grantkeeper call example echo --arg text=hi
-
-    \b
-    Exit codes: 0 ok, 1 error, 2 usage, 3 a person must log in (again).
-    Output: a table on a terminal, tab-separated lines when piped, --json for scripts;
-    NO_COLOR=1 turns colour off.
-    Environment: GRANTKEEPER_HOME (files; default: the platform's user data directory),
-    GRANTKEEPER_STORE (default store), GRANTKEEPER_RETRY_UNKNOWN_OUTCOME (0 or 1),
-    GRANTKEEPER_DEBUG=1 (tracebacks of unexpected errors; they may show request details).
-    """
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``grantkeeper`` script."""
-    configure_logging(False)
-    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="grantkeeper")

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._cli import (
+from ._output import print_json, print_table
+from ._policy import (
     EXIT_AUTH,
     EXIT_OK,
     handle_errors,
@@ -28,13 +29,13 @@ from ._cli import (
     store_option,
     verbose_option,
 )
-from ._cli_output import print_json, print_table
 
 if TYPE_CHECKING:
-    from ._callback_server import CallbackServer
-    from ._servers import ServerConfig
-    from ._status import AuthStatus
-    from ._store import Store
+    from .._callback_server import CallbackServer
+    from .._login import Authorize
+    from .._servers import ServerConfig
+    from .._status import AuthStatus
+    from .._store import Store
 
 
 def _store(spec: str | None) -> Store:
@@ -75,11 +76,17 @@ def _paste_reader(listener: CallbackServer) -> None:
     threading.Thread(target=read, name="grantkeeper paste", daemon=True).start()
 
 
-def _authorizer(listener: CallbackServer, *, browser: bool, manual: bool, timeout: float) -> Any:
-    from urllib.parse import parse_qs, urlsplit
+def _authorizer(
+    listener: CallbackServer, *, browser: bool, manual: bool, timeout: float
+) -> Authorize:
+    """The library's loopback authorizer, presenting the URL for a person at a terminal."""
+    import contextlib
 
-    def authorize(url: str) -> str:
-        listener.rearm(parse_qs(urlsplit(url).query).get("state", [None])[0])
+    from .._login_flow import loopback_authorizer
+
+    waiting = contextlib.ExitStack()
+
+    def present(url: str) -> None:
         _say("Open this URL in a browser to log in:")
         _say(url)  # on its own line, so scripts and terminals can pick it out
         if browser:
@@ -95,9 +102,16 @@ def _authorizer(listener: CallbackServer, *, browser: bool, manual: bool, timeou
         if sys.stderr.isatty():
             from rich.console import Console
 
-            with Console(stderr=True).status("Waiting for the authorization redirect…"):
-                return listener.wait(timeout)
-        return listener.wait(timeout)
+            # Shown while the library's authorizer waits; closed when it returns.
+            waiting.enter_context(
+                Console(stderr=True).status("Waiting for the authorization redirect…")
+            )
+
+    inner = loopback_authorizer(listener, present, timeout=timeout)
+
+    def authorize(url: str) -> str:
+        with waiting:
+            return inner(url)
 
     return authorize
 
@@ -120,7 +134,7 @@ def _saved_under(config: ServerConfig) -> ServerConfig:
     """
     import dataclasses
 
-    from ._servers import load_servers
+    from .._servers import load_servers
 
     named = next((c for c in load_servers() if c.name == config.name), None)
     if named is not None and named.profile != config.profile:
@@ -187,10 +201,10 @@ def login(
     """
     import dataclasses
 
-    from ._callback_server import CallbackServer
-    from ._errors import OAuthUnsupported
-    from ._login_flow import login as run_login
-    from ._servers import resolve_server, save_server
+    from .._callback_server import CallbackServer
+    from .._errors import OAuthUnsupported
+    from .._login_flow import login as run_login
+    from .._servers import resolve_server, save_server
 
     if with_token:
         if profile:
@@ -267,7 +281,7 @@ def login(
 
 def _placed(store: Store, config: ServerConfig) -> str:
     """Where the credential went: keyring or file in Auto mode, else the store's name."""
-    from ._auto_store import AutoStore
+    from .._auto_store import AutoStore
 
     if isinstance(store, AutoStore):
         return store.placement(config.key) or store.name
@@ -296,8 +310,8 @@ def logout(
     server: str, profile: str | None, no_revoke: bool, store_spec: str | None, as_json: bool
 ) -> None:
     """Delete a server's credential and revoke its tokens at the server."""
-    from ._logout import logout as run_logout
-    from ._servers import resolve_server
+    from .._logout import logout as run_logout
+    from .._servers import resolve_server
 
     config = resolve_server(server, profile=profile)
     if config.static:
@@ -388,10 +402,10 @@ def status(
 
     Exits 3 when a listed server needs a (re)login.
     """
-    from ._cli import retry_unknown_outcome
-    from ._server_status import auth_status, known_servers
-    from ._servers import resolve_server
-    from ._status import AuthState
+    from .._server_status import auth_status, known_servers
+    from .._servers import resolve_server
+    from .._status import AuthState
+    from ._policy import retry_unknown_outcome
 
     store = _store(store_spec)
     if server:
@@ -479,7 +493,7 @@ def token(
 
     This is the only command that prints a secret. Exits 3 if a login is needed.
     """
-    from ._servers import resolve_server
+    from .._servers import resolve_server
 
     config = resolve_server(server, profile=profile)
     bearer = config.bearer()
@@ -521,7 +535,7 @@ Examples:
 @handle_errors
 def list_servers(store_spec: str | None, as_json: bool) -> None:
     """List configured servers and stored credentials."""
-    from ._server_status import known_servers
+    from .._server_status import known_servers
 
     servers = known_servers(_store(store_spec))
     entries = [

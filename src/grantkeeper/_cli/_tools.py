@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from ._classify import authentication_required
-from ._cli import (
+from .._classify import authentication_required
+from .._errors import GrantkeeperError, LoginRequired
+from .._record import CredentialKey
+from ._policy import (
     EXIT_ERROR,
     EXIT_OK,
     fail,
@@ -32,14 +34,12 @@ from ._cli import (
     store_option,
     verbose_option,
 )
-from ._errors import GrantkeeperError, LoginRequired
-from ._record import CredentialKey
 
 if TYPE_CHECKING:
-    from ._keeper import Keeper
-    from ._mcp import McpSession
-    from ._servers import ServerConfig
-    from ._store import Store
+    from .._keeper import Keeper
+    from .._mcp import McpSession
+    from .._servers import ServerConfig
+    from .._store import Store
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ AuthMode = Literal["oauth", "bearer", "none"]
 
 def resolve_server(name_or_url: str, profile: str | None) -> tuple[str, CredentialKey]:
     """The MCP server URL and credential key for ``NAME|URL`` (names from servers.json)."""
-    from ._servers import resolve_server as resolve
+    from .._servers import resolve_server as resolve
 
     config = resolve(name_or_url, profile=profile)
     try:
@@ -72,7 +72,7 @@ def _connect(
     config: ServerConfig, mode: AuthMode, keeper: Keeper | None
 ) -> contextlib.AbstractAsyncContextManager[McpSession]:
     """The one call of ``grantkeeper.mcp.connect``, with the credential ``mode`` chose."""
-    from .mcp import connect  # MissingExtra, naming [mcp], when the SDK is not installed
+    from ..mcp import connect  # MissingExtra, naming [mcp], when the SDK is not installed
 
     headers = dict(config.headers)
     if mode == "oauth":
@@ -119,7 +119,7 @@ def _run(
     call: Callable[[McpSession], Awaitable[T]],
 ) -> T:
     """Open a session with the right credential, run ``call``, map errors to exit codes."""
-    from ._servers import resolve_server as resolve
+    from .._servers import resolve_server as resolve
 
     config = resolve(name_or_url, profile=profile)
     store = open_store_for(spec)

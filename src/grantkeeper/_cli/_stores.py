@@ -16,33 +16,30 @@ from typing import Any
 
 import click
 
-from ._auto_store import AutoStore
-from ._cli import EXIT_OK, handle_errors, json_option, open_store_for, verbose_option
-from ._cli_output import print_json, print_table, store_label
-from ._errors import GrantkeeperError, LockTimeout, StoreError
-from ._file_store import FileStore
-from ._keyring_store import KeyringStore
-from ._open_store import SPECS
-from ._postgres_store import PostgresStore
-from ._record import CredentialKey
-from ._store import Store
-
-EXIT_PROBLEM = 1
+from .._auto_store import AutoStore
+from .._errors import GrantkeeperError, LockTimeout, StoreError
+from .._file_store import FileStore
+from .._keyring_store import KeyringStore
+from .._postgres_store import PostgresStore
+from .._record import CredentialKey
+from .._store import Store
+from ._output import print_json, print_table, store_label
+from ._policy import (
+    EXIT_ERROR,
+    EXIT_OK,
+    handle_errors,
+    json_option,
+    open_store_for,
+    store_option,
+    verbose_option,
+)
 
 DEFAULT_MIGRATE_LOCK_TIMEOUT = 30.0
 """Seconds ``migrate`` waits for each credential's lock: one refresh takes at most ~30 s."""
 
-store_option = click.option(
-    "--store",
-    "spec",
-    metavar="SPEC",
-    default=None,
-    help=f"Store to use: {SPECS}. Default: $GRANTKEEPER_STORE, else auto.",
-)
 
-
-def _open(spec: str | None) -> Store:
-    return open_store_for(spec)
+def _open(spec: str | None, option: str = "--store") -> Store:
+    return open_store_for(spec, option=option)
 
 
 @dataclass
@@ -138,7 +135,7 @@ def _keyring_check(keyring: KeyringStore) -> Check:
 
 
 def _servers_check() -> Check:
-    from ._servers import loose_permissions
+    from .._servers import loose_permissions
 
     problem = loose_permissions()
     return Check("servers file", problem is None, problem or "private (or not created yet)")
@@ -218,9 +215,9 @@ Examples:
 @json_option
 @verbose_option
 @handle_errors
-def doctor(spec: str | None, as_json: bool) -> None:
+def doctor(store_spec: str | None, as_json: bool) -> None:
     """Check the store: where each credential lives, drift, locks, keyring, permissions."""
-    store = _open(spec)
+    store = _open(store_spec)
     report = diagnose(store)
     report.checks.append(_servers_check())
     label = store_label(store)
@@ -228,7 +225,7 @@ def doctor(spec: str | None, as_json: bool) -> None:
         print_json({"healthy": report.healthy, **asdict(report), "store": label})
     else:
         _print_report(report, label)
-    raise click.exceptions.Exit(EXIT_OK if report.healthy else EXIT_PROBLEM)
+    raise click.exceptions.Exit(EXIT_OK if report.healthy else EXIT_ERROR)
 
 
 # -- migrate ------------------------------------------------------------------------------
@@ -307,13 +304,13 @@ Examples:
 @json_option
 @verbose_option
 @handle_errors
-def migrate(spec: str | None, to: str, lock_timeout: float, as_json: bool) -> None:
+def migrate(store_spec: str | None, to: str, lock_timeout: float, as_json: bool) -> None:
     """Move every credential to another store, each under its lock."""
     if to.strip().lower() == "auto":
         raise click.UsageError(
             "migrate --to needs a concrete store: keyring, file or postgresql://"
         )
-    source, target = _open(spec), _open(to)
+    source, target = _open(store_spec), _open(to, option="--to")
     if type(source) is type(target) and repr(source) == repr(target):
         raise click.UsageError("the source and target are the same store")
     results: list[dict[str, Any]] = []
@@ -338,7 +335,7 @@ def migrate(spec: str | None, to: str, lock_timeout: float, as_json: bool) -> No
             [(r["key"], r["result"]) for r in results],
             title=f"{store_label(source)} -> {store_label(target)}",
         )
-    raise click.exceptions.Exit(EXIT_OK if ok else EXIT_PROBLEM)
+    raise click.exceptions.Exit(EXIT_OK if ok else EXIT_ERROR)
 
 
 COMMANDS: list[click.Command] = [doctor, store]
