@@ -284,6 +284,7 @@ def test_every_command_has_examples_in_its_help(home: Path) -> None:
         code, out, _ = invoke(name, "--help")
         assert code == 0 and "Examples:" in out and "  grantkeeper " in out, name
     assert "Examples:" in invoke("store", "migrate", "--help")[1]
+    assert "Examples:" in invoke("store", "--help")[1]
 
 
 def run_on_terminal(args: list[str], env: dict[str, str], columns: int = 80) -> str:

@@ -174,11 +174,14 @@ def test_the_wheel_works_with_only_its_declared_dependencies_at_their_lowest(
     assert _run(cli, "token", RESOURCE, env=env) == "wheel-access-tok\n"
     doctor = _run(cli, "doctor", env=env)
     assert "pip install 'grantkeeper[keyring]'" in doctor
-    tools = subprocess.run(
-        [cli, "tools", RESOURCE], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert tools.returncode == 1 and "Traceback" not in tools.stderr
-    assert "pip install 'grantkeeper[mcp]'" in tools.stderr
+    for args, extra in (
+        (["tools", RESOURCE], "mcp"),
+        (["status", "--store", "keyring"], "keyring"),
+        (["status", "--store", "postgresql://gk@127.0.0.1:9/gk"], "postgresql"),
+    ):
+        done = subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode in (1, 2) and "Traceback" not in done.stderr, done.stderr
+        assert f"pip install 'grantkeeper[{extra}]'" in done.stderr, done.stderr
 
 
 def test_python_313_runs_the_basic_tests_and_the_cli() -> None:

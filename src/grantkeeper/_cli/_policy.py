@@ -222,10 +222,26 @@ def open_store_for(spec: str | None, *, option: str = "--store") -> Store:
     from .._open_store import STORE_ENV, open_store
 
     try:
-        return open_store(spec)
+        store = open_store(spec)
     except StoreConfigError as exc:
         where = option if spec is not None else f"${STORE_ENV}"
         raise click.UsageError(f"{where}: {exc.message}") from None
+    if store.name == "keyring" and not importable("keyring"):
+        # Asked for by name, the keyring must not be silently empty on a plain install.
+        from .._errors import MissingExtra
+
+        raise MissingExtra("the keyring store", "keyring", module="keyring")
+    return store
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` can be imported (an optional dependency is installed)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # set to None in sys.modules: treated as absent
+        return False
 
 
 def retry_unknown_outcome(flag: bool | None, config: ServerConfig) -> bool:

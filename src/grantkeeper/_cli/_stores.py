@@ -28,6 +28,7 @@ from ._policy import (
     EXIT_ERROR,
     EXIT_OK,
     handle_errors,
+    importable,
     json_option,
     open_store_for,
     store_option,
@@ -115,15 +116,9 @@ def _permission_checks(files: FileStore) -> list[Check]:
 
 
 def _keyring_check(keyring: KeyringStore) -> Check:
-    import importlib.util
-
     if keyring.available():
         return Check("keyring", True, f"available ({keyring.backend_name()})")
-    try:
-        installed = importlib.util.find_spec("keyring") is not None
-    except ValueError:  # imported as None: treated as absent
-        installed = False
-    if not installed:
+    if not importable("keyring"):
         # A plain install has no keyring package: say how to get one, not just "unavailable".
         return Check(
             "keyring",
@@ -280,7 +275,12 @@ def migrate_one(source: Store, target: Store, key: CredentialKey, timeout: float
         return "moved"
 
 
-@click.group()
+@click.group(
+    epilog="""\b
+Examples:
+  grantkeeper store migrate --to keyring
+"""
+)
 def store() -> None:
     """Manage the credential store."""
 
