@@ -322,8 +322,9 @@ def test_an_80_column_table_cuts_nothing_and_prints_the_action_whole(home: Path)
     store_two_profiles(home)
     long_name = "a-server-with-a-rather-long-name"
     save_server(ServerConfig("https://x.example.test/mcp/with/a/long/path", name=long_name))
+    assert "\x1b[33m" in run_on_terminal(["status"], {})  # login_required in yellow...
     drawn = run_on_terminal(["status"], {"NO_COLOR": "1"})
-    assert "…" not in drawn and "\x1b[3" not in drawn  # nothing cut, no colour
+    assert "…" not in drawn and "\x1b[3" not in drawn  # ...but not with NO_COLOR; none cut
     assert "┃" in drawn or "│" in drawn
     hint = f"{long_name}: run grantkeeper login {long_name}"
     assert hint in drawn.replace("\r\n", "\n").splitlines()
@@ -350,6 +351,24 @@ def test_doctor_names_the_keyring_extra_when_it_is_not_installed(
     [check] = [c for c in json.loads(out)["checks"] if c["name"] == "keyring"]
     assert "pip install 'grantkeeper[keyring]'" in check["detail"]
     assert "AutoStore(" not in out
+
+
+def test_every_keeper_the_cli_builds_is_closed(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A regression guard (it passed before too): close() is where a pending write is retried.
+    from grantkeeper import Keeper
+
+    closed: list[str] = []
+    original = Keeper.close
+
+    def close(self: Keeper) -> None:
+        closed.append("x")
+        original(self)
+
+    monkeypatch.setattr(Keeper, "close", close)
+    store_two_profiles(home)
+    assert invoke("token", "demo")[0] == 0
+    assert invoke("tools", "demo", "--profile", "work")[0] == 1  # the server is unreachable
+    assert closed == ["x", "x"]
 
 
 # -- unknown-outcome policy from the CLI, env and servers.json -------------------------------

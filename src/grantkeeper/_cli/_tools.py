@@ -20,6 +20,7 @@ import click
 from .._classify import authentication_required
 from .._errors import GrantkeeperError, LoginRequired
 from .._record import CredentialKey
+from ._output import print_table
 from ._policy import (
     EXIT_ERROR,
     EXIT_OK,
@@ -190,9 +191,11 @@ def tools(
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)))
         return
+    rows = []
     for tool in result.tools:
         summary = (tool.description or "").strip().splitlines()
-        click.echo(f"{tool.name}\t{summary[0] if summary else ''}")
+        rows.append((tool.name, summary[0] if summary else "-"))
+    print_table(("tool", "description"), rows)
 
 
 @click.command(
