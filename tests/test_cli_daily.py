@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -77,6 +77,14 @@ def test_a_profile_with_a_name_acts_on_that_profile_only(home: Path) -> None:
     [entry] = json.loads(out)
     assert code == 3 and entry["profile"] == "work" and entry["state"] == "login_required"
     assert entry["action"] == "grantkeeper login demo --profile work"
+
+
+def test_a_profile_saved_in_servers_json_is_the_credential_its_name_means(home: Path) -> None:
+    store_two_profiles(home)
+    save_server(ServerConfig(RESOURCE, name="work-demo", profile="work"))
+    assert invoke("token", "work-demo")[:2] == (0, "work-access-tok\n")
+    assert invoke("token", "work-demo", "--profile", "work")[:2] == (0, "work-access-tok\n")
+    assert invoke("token", RESOURCE, "--profile", "work")[:2] == (0, "work-access-tok\n")
 
 
 def test_a_url_with_a_profile_keeps_the_named_servers_settings(home: Path) -> None:
@@ -333,12 +341,22 @@ def test_an_80_column_table_cuts_nothing_and_prints_the_action_whole(home: Path)
     assert any("│ login_required │" in line for line in table)  # the state is never wrapped
 
 
+def without_keyring_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a plain install (the wheel test shows it for real, in a clean venv): hiding the
+    package in this process would leave the keyring half-imported for later tests."""
+    from grantkeeper import KeyringStore
+    from grantkeeper._cli import _stores
+
+    monkeypatch.setattr(_stores, "importable", lambda module: module != "keyring")
+    monkeypatch.setattr(KeyringStore, "available", lambda self: False)
+
+
 def test_markup_in_values_is_printed_as_typed(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from grantkeeper._cli import _output
 
     monkeypatch.setattr(_output, "is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", "400")  # one line per row, whatever the temp path
-    monkeypatch.setitem(sys.modules, "keyring", None)
+    without_keyring_package(monkeypatch)
     code, out, _ = invoke("doctor", "--store", "auto")
     assert "pip install 'grantkeeper[keyring]'" in out and "AutoStore(" not in out, out
 
@@ -346,7 +364,7 @@ def test_markup_in_values_is_printed_as_typed(home: Path, monkeypatch: pytest.Mo
 def test_doctor_names_the_keyring_extra_when_it_is_not_installed(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "keyring", None)
+    without_keyring_package(monkeypatch)
     code, out, _ = invoke("doctor", "--store", "auto", "--json")
     [check] = [c for c in json.loads(out)["checks"] if c["name"] == "keyring"]
     assert "pip install 'grantkeeper[keyring]'" in check["detail"]
@@ -375,11 +393,11 @@ def test_every_keeper_the_cli_builds_is_closed(home: Path, monkeypatch: pytest.M
 
 
 def store_unknown_outcome(home: Path, **server: object) -> None:
-    """``demo``'s credential with one refresh of unknown outcome, now stale."""
+    """``demo``'s credential with one refresh of unknown outcome, expired an hour ago."""
     from grantkeeper import RefreshIntent
 
     save_server(ServerConfig(RESOURCE, name="demo", **server))  # type: ignore[arg-type]
-    record = make_record("old-access", "old-refresh", now=NOW, lifetime=1)
+    record = make_record("old-access", "old-refresh", now=NOW - timedelta(hours=2))
     assert record.refresh_fingerprint is not None
     intent = RefreshIntent(
         token_fingerprint=record.refresh_fingerprint,

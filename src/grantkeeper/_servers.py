@@ -179,6 +179,11 @@ def _holds_secret(entry: Any) -> bool:
     )
 
 
+def servers_file(home: str | os.PathLike[str] | None = None) -> Path:
+    """Where the servers file lives: ``GRANTKEEPER_HOME/servers.json``."""
+    return _path(home)
+
+
 def loose_permissions(home: str | os.PathLike[str] | None = None) -> str | None:
     """What is wrong with the servers file's permissions, with the fix; ``None`` if nothing.
 

@@ -130,10 +130,13 @@ def _keyring_check(keyring: KeyringStore) -> Check:
 
 
 def _servers_check() -> Check:
-    from .._servers import loose_permissions
+    from .._servers import loose_permissions, servers_file
 
     problem = loose_permissions()
-    return Check("servers file", problem is None, problem or "private (or not created yet)")
+    if problem is not None:
+        return Check("servers file", False, problem)
+    path = servers_file()
+    return Check("servers file", True, f"{path}: private" if path.exists() else "none yet")
 
 
 def diagnose(store: Store) -> Report:
