@@ -130,13 +130,16 @@ def _run(
         async with _connect(config, mode, keeper) as opened:
             return await call(opened)
 
-    with contextlib.ExitStack() as stack:
-        keeper = stack.enter_context(keeper_for(config, store, retry)) if mode == "oauth" else None
+    def run(keeper: Keeper | None) -> T:
         try:
             return asyncio.run(session(keeper))
         except Exception as exc:
             raise _exit_for(exc, config, mode) from None
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    if mode != "oauth":
+        return run(None)
+    with keeper_for(config, store, retry) as keeper:  # closed before the command exits
+        return run(keeper)
 
 
 def _exit_for(exc: BaseException, config: ServerConfig, mode: AuthMode) -> click.exceptions.Exit:
