@@ -344,10 +344,9 @@ def test_an_80_column_table_cuts_nothing_and_prints_the_action_whole(home: Path)
 def without_keyring_package(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on a plain install (the wheel test shows it for real, in a clean venv): hiding the
     package in this process would leave the keyring half-imported for later tests."""
-    from grantkeeper import KeyringStore
-    from grantkeeper._cli import _stores
+    from grantkeeper import KeyringStore, _store_admin
 
-    monkeypatch.setattr(_stores, "importable", lambda module: module != "keyring")
+    monkeypatch.setattr(_store_admin, "installed", lambda module: module != "keyring")
     monkeypatch.setattr(KeyringStore, "available", lambda self: False)
 
 

@@ -371,12 +371,12 @@ def test_cli_lists_tools_and_calls_one_and_exits_3_when_login_is_needed(
     assert missing.exit_code == 3, missing.stderr
     assert f"run: grantkeeper login {server.url} --profile p2" in missing.stderr
 
-    # A path the server does not serve offers no OAuth: a login would not help.
+    # A path the server does not serve: a login would not help, and the user is told why.
     other = server.url.replace("/mcp", "/other")
     unsupported = runner.invoke(call, [other, "echo", "--arg", "text=hi"])
     assert unsupported.exit_code == 1
-    assert "offers no OAuth" in unsupported.stderr
-    assert "grantkeeper login" not in unsupported.stderr
+    assert "Not Found" in unsupported.stderr or "HTTP 404" in unsupported.stderr
+    assert "grantkeeper login" not in unsupported.stderr and "TaskGroup" not in unsupported.stderr
 
 
 def gets(seen: list[Seen]) -> list[int]:

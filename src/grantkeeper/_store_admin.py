@@ -182,7 +182,7 @@ def _permission_checks(files: FileStore) -> list[StoreCheck]:
 def _keyring_check(keyring: KeyringStore) -> StoreCheck:
     if keyring.available():
         return StoreCheck("keyring", True, f"available ({keyring.backend_name()})")
-    if importlib.util.find_spec("keyring") is None:
+    if not installed("keyring"):
         # A plain install has no keyring package: say how to get one, not just "unavailable".
         return StoreCheck(
             "keyring",
@@ -191,6 +191,14 @@ def _keyring_check(keyring: KeyringStore) -> StoreCheck:
             "run: pip install 'grantkeeper[keyring]'",
         )
     return StoreCheck("keyring", True, "unavailable: Auto mode stores new credentials in files")
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (an optional dependency, an extra)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # set to None in sys.modules: treated as absent
+        return False
 
 
 def servers_file_check(home: str | os.PathLike[str] | None = None) -> StoreCheck:

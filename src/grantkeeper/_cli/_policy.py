@@ -226,22 +226,14 @@ def open_store_for(spec: str | None, *, option: str = "--store") -> Store:
     except StoreConfigError as exc:
         where = option if spec is not None else f"${STORE_ENV}"
         raise click.UsageError(f"{where}: {exc.message}") from None
-    if store.name == "keyring" and not importable("keyring"):
+    from .._store_admin import installed
+
+    if store.name == "keyring" and not installed("keyring"):
         # Asked for by name, the keyring must not be silently empty on a plain install.
         from .._errors import MissingExtra
 
         raise MissingExtra("the keyring store", "keyring", module="keyring")
     return store
-
-
-def importable(module: str) -> bool:
-    """Whether ``module`` can be imported (an optional dependency is installed)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ValueError:  # set to None in sys.modules: treated as absent
-        return False
 
 
 def retry_unknown_outcome(flag: bool | None, config: ServerConfig) -> bool:

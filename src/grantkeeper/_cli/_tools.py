@@ -153,8 +153,21 @@ def _exit_for(exc: BaseException, config: ServerConfig, mode: AuthMode) -> click
     found = _grantkeeper_cause(exc)
     if found is not None:
         return fail_for(found)
+    leaf = _leaf(exc)
+    status = getattr(getattr(leaf, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return fail(
+            f"{config.label} answered HTTP {status}; is {config.url} an MCP endpoint?", EXIT_ERROR
+        )
     # A transport error (connection refused, a timeout): its type and message are plain.
-    return fail(f"{type(exc).__name__}: {exc}", EXIT_ERROR)
+    return fail(f"{type(leaf).__name__}: {leaf}", EXIT_ERROR)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first error inside ``exc``'s task groups: what actually went wrong."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _grantkeeper_cause(exc: BaseException) -> GrantkeeperError | None:
