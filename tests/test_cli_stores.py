@@ -28,7 +28,7 @@ from grantkeeper import (
     diagnose_store,
     migrate_store,
 )
-from grantkeeper._cli_stores import COMMANDS, doctor, store
+from grantkeeper._cli._stores import COMMANDS, doctor, store
 from grantkeeper.testing import sample_record
 from harness.postgres import PostgresCluster
 

@@ -10,7 +10,7 @@ import pytest
 
 import grantkeeper.mcp
 from grantkeeper import ServerConfigError
-from grantkeeper._cli_tools import COMMANDS, parse_arguments, resolve_server
+from grantkeeper._cli._tools import COMMANDS, parse_arguments, resolve_server
 
 
 def test_arguments_json_first_then_each_arg_parsed_as_json_when_it_is() -> None:

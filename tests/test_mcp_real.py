@@ -31,7 +31,7 @@ from grantkeeper import (
     ServerConfig,
     auth_status,
 )
-from grantkeeper._cli_tools import call, tools
+from grantkeeper._cli._tools import call, tools
 from grantkeeper._freshness import utc_now
 from grantkeeper.mcp import Httpx2Auth, McpSession, connect, fastmcp_client
 from harness.authserver import AuthServer
@@ -365,17 +365,18 @@ def test_cli_lists_tools_and_calls_one_and_exits_3_when_login_is_needed(
     assert echoed.exit_code == 0
     assert json.loads(echoed.output)["structuredContent"] == {"result": "hi"}
 
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path / "nothing-stored"))
-    missing = runner.invoke(call, [server.url, "echo", "--arg", "text=hi"])
-    assert missing.exit_code == 3
-    assert "grantkeeper login" in missing.stderr
+    # Nothing is stored for this profile: the request goes out without a token, the
+    # protected server answers 401, and the hint names the same URL and profile.
+    missing = runner.invoke(call, [server.url, "echo", "--arg", "text=hi", "--profile", "p2"])
+    assert missing.exit_code == 3, missing.stderr
+    assert f"run: grantkeeper login {server.url} --profile p2" in missing.stderr
 
-    # A path the server does not serve offers no OAuth: a login would not help.
+    # A path the server does not serve: a login would not help, and the user is told why.
     other = server.url.replace("/mcp", "/other")
     unsupported = runner.invoke(call, [other, "echo", "--arg", "text=hi"])
     assert unsupported.exit_code == 1
-    assert "offers no OAuth" in unsupported.stderr
-    assert "grantkeeper login" not in unsupported.stderr
+    assert "Not Found" in unsupported.stderr or "HTTP 404" in unsupported.stderr
+    assert "grantkeeper login" not in unsupported.stderr and "TaskGroup" not in unsupported.stderr
 
 
 def gets(seen: list[Seen]) -> list[int]:

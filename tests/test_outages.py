@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from grantkeeper import CredentialKey, FileStore, HttpxAuth, Keeper
+from grantkeeper import CredentialKey, FileStore, GrantkeeperError, HttpxAuth, Keeper
 from harness import remember_secret
 from harness.authserver import AuthServer
 from harness.fault_proxy import FaultProxy, Mode, Request
@@ -317,7 +317,12 @@ def serve_while_hanging(
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         while renewed.access_token == login.access_token and time.monotonic() < deadline:
             threading.Event().wait(0.2)  # polling a bounded condition: the background retry
-            renewed = keeper.credential(timeout=5.0)
+            try:
+                renewed = keeper.credential(timeout=5.0)
+            except GrantkeeperError as exc:
+                # The token had a second left on the Keeper's clock: once it expires before
+                # the backed-off retry, callers get a typed retryable error until then.
+                assert exc.retryable, exc
     remember_secret(renewed.access_token)
     stats = auth.stats()
     assert renewed.access_token != login.access_token and auth.is_active(renewed.access_token)

@@ -190,7 +190,7 @@ def test_token_starts_without_other_command_modules_or_the_sdk(home: Path) -> No
         "import sys\n"
         "from grantkeeper._cli import main\n"
         "try:\n    main(['token', 'b'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('grantkeeper._cli_stores', 'mcp', 'keyring') if m in sys.modules]\n"
+        "heavy = [m for m in ('grantkeeper._cli._stores', 'mcp', 'keyring') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     out = subprocess.run(

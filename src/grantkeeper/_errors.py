@@ -20,6 +20,8 @@
     │   ├── CallbackTimeout               no redirect reached the loopback listener in time
     │   └── CallbackUnavailable           the loopback port is in use or cannot be bound
     ├── ServerConfigError                 an unknown server name or a malformed servers file
+    ├── MissingExtra                      an optional dependency is not installed: the
+    │                                     message names the extra (also an ImportError)
     ├── StoreError
     │   ├── StoreCorrupt                  a stored record does not parse
     │   ├── UnsafeStorePath               symlink or loose permissions on the store
@@ -59,6 +61,7 @@ __all__ = [
     "LoginFailed",
     "LoginRequired",
     "MalformedResponse",
+    "MissingExtra",
     "OAuthUnsupported",
     "PersistencePending",
     "ProtocolError",
@@ -234,6 +237,20 @@ class CallbackUnavailable(LoginFailed):
 
 class ServerConfigError(GrantkeeperError):
     """A server name is unknown, or the servers file is malformed. The message says what to fix."""
+
+
+class MissingExtra(GrantkeeperError, ImportError):
+    """An optional dependency is not installed; :attr:`extra` names what to install.
+
+    Also an :class:`ImportError`, so code that guards an optional import keeps working.
+    """
+
+    def __init__(self, feature: str, extra: str, *, module: str | None = None) -> None:
+        super().__init__(f"{feature} needs the {extra} extra: pip install 'grantkeeper[{extra}]'")
+        #: The extra to install, e.g. ``"mcp"``.
+        self.extra = extra
+        #: The module that was missing, e.g. ``"httpx2"``.
+        self.module = module
 
 
 class StoreError(GrantkeeperError):

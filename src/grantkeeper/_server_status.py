@@ -7,8 +7,10 @@ from datetime import timedelta
 
 import httpx
 
+from ._auto_store import AutoStore
 from ._errors import OAuthUnsupported, ProtocolError, StoreCorrupt
 from ._freshness import DEFAULT_SKEW, Clock, utc_now
+from ._record import CredentialKey
 from ._servers import ServerConfig, load_servers
 from ._status import AuthState, AuthStatus, status_of
 from ._store import Store
@@ -18,12 +20,26 @@ def known_servers(store: Store, home: str | None = None) -> list[ServerConfig]:
     """Configured servers, then any stored credential no configured server names."""
     configured = load_servers(home)
     keys = {config.key for config in configured}
-    unnamed = [
-        ServerConfig(url=key.server_url, profile=key.profile)
-        for key in store.keys()
-        if key not in keys
-    ]
+    unnamed = [_settings_for(key, configured) for key in store.keys() if key not in keys]
     return configured + unnamed
+
+
+def _settings_for(key: CredentialKey, configured: list[ServerConfig]) -> ServerConfig:
+    """A stored credential no entry names: another profile of a configured server carries
+    that server's name and settings (as ``NAME --profile P`` resolves), else its URL alone."""
+    for config in configured:
+        if config.profile is None and not config.static and config.key.server_url == key.server_url:
+            return dataclasses.replace(config, profile=key.profile)
+    return ServerConfig(url=key.server_url, profile=key.profile)
+
+
+def _holder(store: Store, key: CredentialKey) -> str:
+    """The backend that holds ``key``: Auto mode names keyring or file, not itself."""
+    if isinstance(store, AutoStore):
+        placed = store.placement(key)
+        if placed is not None:
+            return placed
+    return store.name
 
 
 def auth_status(
@@ -40,8 +56,8 @@ def auth_status(
     which tells ``login_required`` from ``unsupported`` and finds broken metadata.
     ``retry_unknown_outcome`` is the policy of the Keepers that use this credential."""
     key = server.key
-    if server.bearer_token or server.bearer_token_env:
-        return status_of(key, None, now=clock(), store=store.name, bearer=True)
+    if server.static:
+        return status_of(key, None, now=clock(), store=None, bearer=True)
     try:
         stored = store.read(key)
     except StoreCorrupt as exc:
@@ -52,7 +68,7 @@ def auth_status(
         stored.record if stored else None,
         now=clock(),
         skew=skew,
-        store=store.name,
+        store=_holder(store, key) if stored else None,
         retry_unknown_outcome=retry_unknown_outcome,
     )
     if not check:

@@ -13,9 +13,10 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +63,8 @@ class ServerConfig:
     """A PEM private key file for ``private_key_jwt`` (the key itself is never stored here)."""
     client_key_env: str | None = None
     """Name of an environment variable holding that PEM private key."""
+    retry_unknown_outcome: bool | None = None
+    """The :class:`~grantkeeper.Keeper` option for this server; ``None`` keeps the default."""
 
     def __repr__(self) -> str:
         shown = [f"url={self.url!r}", f"name={self.name!r}"]
@@ -75,6 +78,8 @@ class ServerConfig:
             shown.append(f"bearer_token={redact(self.bearer_token)!r}")
         if self.headers:
             shown.append(f"headers={sorted(self.headers)!r}")
+        if self.retry_unknown_outcome is not None:
+            shown.append(f"retry_unknown_outcome={self.retry_unknown_outcome!r}")
         return f"ServerConfig({', '.join(shown)})"
 
     __str__ = __repr__
@@ -101,6 +106,16 @@ class ServerConfig:
             return value
         return self.bearer_token
 
+    @property
+    def static(self) -> bool:
+        """Whether a static bearer token (in the file or the environment) replaces OAuth."""
+        return bool(self.bearer_token or self.bearer_token_env)
+
+    @property
+    def secrets(self) -> bool:
+        """Whether this entry holds a secret itself (not by reference to the environment)."""
+        return bool(self.client_secret or self.bearer_token or self.headers)
+
 
 def _path(home: str | os.PathLike[str] | None) -> Path:
     return (Path(home) if home is not None else grantkeeper_home()) / SERVERS_FILE
@@ -125,10 +140,12 @@ def _from_json(name: str, data: Any) -> ServerConfig:
     bad_types = [
         f.name
         for f in fields(ServerConfig)
-        if f.name not in ("headers", "callback_port")
+        if f.name not in ("headers", "callback_port", "retry_unknown_outcome")
         and getattr(config, f.name) is not None
         and not isinstance(getattr(config, f.name), str)
     ]
+    if config.retry_unknown_outcome not in (None, True, False):
+        bad_types.append("retry_unknown_outcome")
     if bad_types or not isinstance(config.headers, dict):
         raise ServerConfigError(f"{SERVERS_FILE}: server {name!r} has malformed {bad_types}")
     return config
@@ -148,6 +165,7 @@ def _read(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ServerConfigError(f"cannot read {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         raw = handle.read()
     try:
         document = json.loads(raw)
@@ -158,7 +176,41 @@ def _read(path: Path) -> dict[str, Any]:
     servers = document.get("servers", {})
     if not isinstance(servers, dict):
         raise ServerConfigError(f"{path}: servers is not an object")
+    if mode & 0o077 and any(_holds_secret(entry) for entry in servers.values()):
+        # The same rule as a credential file: a secret others can read is refused, not used.
+        raise ServerConfigError(
+            f"{path} holds secrets but is readable by others (mode {mode:o}); run: chmod 600 {path}"
+        )
     return servers
+
+
+def _holds_secret(entry: Any) -> bool:
+    return isinstance(entry, dict) and any(
+        entry.get(name) for name in ("client_secret", "bearer_token", "headers")
+    )
+
+
+def servers_file(home: str | os.PathLike[str] | None = None) -> Path:
+    """Where the servers file lives: ``GRANTKEEPER_HOME/servers.json``."""
+    return _path(home)
+
+
+def loose_permissions(home: str | os.PathLike[str] | None = None) -> str | None:
+    """What is wrong with the servers file's permissions, with the fix; ``None`` if nothing.
+
+    ``doctor`` reports it; reading the file refuses the same file when it holds secrets.
+    """
+    path = _path(home)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISLNK(info.st_mode):
+        return f"{path} is a symlink"
+    if mode & 0o077:
+        return f"{path} has mode {mode:o}; run: chmod 600 {path}"
+    return None
 
 
 def load_servers(home: str | os.PathLike[str] | None = None) -> list[ServerConfig]:
@@ -260,22 +312,35 @@ def _looks_like_url(text: str) -> bool:
 def resolve_server(
     name_or_url: str, home: str | os.PathLike[str] | None = None, *, profile: str | None = None
 ) -> ServerConfig:
-    """The server a user means by ``name_or_url``.
+    """The server and credential a user means by ``name_or_url`` and ``profile``.
 
     A name must be configured. A URL matches a configured server with the same canonical
-    URL (and ``profile``), else stands for itself with default settings.
+    URL, else stands for itself with default settings. ``profile`` selects another
+    credential of the same server, whether it is named or given by URL: an entry saved
+    with that profile wins, else the server's entry without a profile lends its settings.
+
+    Raises :class:`ServerConfigError` rather than act on a credential other than the one
+    named: a name saved with profile ``a`` asked for with ``--profile b``, or a profile on
+    a server that uses a static bearer token (which has no profiles).
     """
     text = name_or_url.strip()
     servers = load_servers(home)
     if not _looks_like_url(text):
-        for config in servers:
-            if config.name == text:
-                return config
-        known = ", ".join(c.name for c in servers if c.name) or "none yet"
-        raise ServerConfigError(
-            f"no server named {text[:70]!r} (configured: {known}); "
-            "use a URL, or run: grantkeeper login URL --name NAME"
-        )
+        named = next((config for config in servers if config.name == text), None)
+        if named is None:
+            known = ", ".join(c.name for c in servers if c.name) or "none yet"
+            raise ServerConfigError(
+                f"no server named {text[:70]!r} (configured: {known}); "
+                "use a URL, or run: grantkeeper login URL --name NAME"
+            )
+        if profile is None or named.profile == profile:
+            return named
+        if named.profile is not None:
+            raise ServerConfigError(
+                f"server {text!r} is saved with profile {named.profile!r}, not {profile!r}; "
+                f"drop --profile, or name the server by its URL: {named.url}"
+            )
+        return _with_profile(named, profile, servers, text)
     try:
         url = canonical_url(require_secure(text, "server URL"))
     except ValueError:
@@ -285,4 +350,25 @@ def resolve_server(
     for config in servers:
         if canonical_url(config.url) == url and config.profile == profile:
             return config
+    for config in servers:
+        if canonical_url(config.url) == url and config.profile is None and not config.static:
+            return _with_profile(config, profile, servers, text)
     return ServerConfig(url=url, profile=profile)
+
+
+def _with_profile(
+    base: ServerConfig, profile: str | None, servers: list[ServerConfig], given: str
+) -> ServerConfig:
+    """``base``'s settings for the credential ``profile``: its own entry when one is saved."""
+    if profile is None:
+        return base
+    url = canonical_url(base.url)
+    for config in servers:
+        if canonical_url(config.url) == url and config.profile == profile:
+            return config
+    if base.static:
+        raise ServerConfigError(
+            f"server {given!r} uses a static bearer token, which has no profiles; drop --profile"
+        )
+    # The entry's name stays for messages; it is not saved under that name (see login).
+    return replace(base, profile=profile)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,9 +42,14 @@ class AuthStatus:
 
     @property
     def action(self) -> str | None:
-        """The command that fixes this state, if one is needed."""
+        """The command that fixes this state, if one is needed, for this very credential.
+
+        It names the server by URL, the one name a key knows; the CLI, which knows the
+        name the user typed, shows that instead.
+        """
         if self.state in (AuthState.LOGIN_REQUIRED, AuthState.REAUTHENTICATION_REQUIRED):
-            return f"grantkeeper login {self.key.server_url}"
+            profile = f" --profile {shlex.quote(self.key.profile)}" if self.key.profile else ""
+            return f"grantkeeper login {shlex.quote(self.key.server_url)}{profile}"
         return None
 
 

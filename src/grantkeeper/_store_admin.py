@@ -12,6 +12,7 @@ mode follows it whichever way it moved.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import stat
 import time
@@ -194,7 +195,35 @@ def _permission_checks(files: FileStore) -> list[StoreCheck]:
 def _keyring_check(keyring: KeyringStore) -> StoreCheck:
     if keyring.available():
         return StoreCheck("keyring", True, f"available ({keyring.backend_name()})")
+    if not installed("keyring"):
+        # A plain install has no keyring package: say how to get one, not just "unavailable".
+        return StoreCheck(
+            "keyring",
+            True,
+            "not installed: Auto mode stores new credentials in files; for the OS keyring "
+            "run: pip install 'grantkeeper[keyring]'",
+        )
     return StoreCheck("keyring", True, "unavailable: Auto mode stores new credentials in files")
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (an optional dependency, an extra)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # set to None in sys.modules: treated as absent
+        return False
+
+
+def servers_file_check(home: str | os.PathLike[str] | None = None) -> StoreCheck:
+    """Whether ``servers.json`` keeps its secrets private (it may hold client secrets and
+    static tokens: group or world access is a problem, with the exact ``chmod``)."""
+    from ._servers import loose_permissions, servers_file
+
+    problem = loose_permissions(home)
+    if problem is not None:
+        return StoreCheck("servers file", False, problem)
+    path = servers_file(home)
+    return StoreCheck("servers file", True, f"{path}: private" if path.exists() else "none yet")
 
 
 # -- migration ----------------------------------------------------------------------------

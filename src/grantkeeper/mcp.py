@@ -36,11 +36,24 @@ _HOMES = {
 }
 
 
+_EXTRA_MODULES = frozenset({"httpx2", "mcp", "mcp_types", "httpcore2"})
+"""What ``pip install 'grantkeeper[mcp]'`` brings: missing, they name the extra."""
+
+
 def __getattr__(name: str) -> object:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(home, __package__), name)
+    try:
+        module = _importlib.import_module(home, __package__)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in _EXTRA_MODULES:
+            raise
+        from ._errors import MissingExtra
+
+        raise MissingExtra(f"grantkeeper.mcp.{name}", "mcp", module=missing) from None
+    value = getattr(module, name)
     globals()[name] = value
     return value
 

@@ -1,0 +1,620 @@
+"""``grantkeeper login | logout | status | token | list``: thin commands over the public API.
+
+Human output goes to stderr (prompts, progress) and stdout (results); ``--json`` makes
+stdout one JSON document. Only ``token`` ever prints a secret, because that is its job.
+rich is imported only by the commands that draw tables or spinners.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ._output import print_json, print_table
+from ._policy import (
+    EXIT_AUTH,
+    EXIT_OK,
+    handle_errors,
+    hint_for,
+    json_option,
+    keeper_for,
+    login_hint,
+    open_store_for,
+    profile_option,
+    retry_option,
+    store_option,
+    verbose_option,
+)
+
+if TYPE_CHECKING:
+    from .._callback_server import CallbackServer
+    from .._login import Authorize
+    from .._servers import ServerConfig
+    from .._status import AuthStatus
+    from .._store import Store
+
+
+def _store(spec: str | None) -> Store:
+    return open_store_for(spec)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _expires_in(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = int((moment - datetime.now(UTC)).total_seconds())
+    if seconds <= 0:
+        return "expired"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# -- login --------------------------------------------------------------------------------
+
+
+def _paste_reader(listener: CallbackServer) -> None:
+    """Feed a pasted redirect URL to ``listener`` (``--manual``, for remote shells)."""
+
+    def read() -> None:
+        line = sys.stdin.readline()
+        if line.strip():
+            listener.deliver(line.strip())
+
+    threading.Thread(target=read, name="grantkeeper paste", daemon=True).start()
+
+
+def _authorizer(
+    listener: CallbackServer, *, browser: bool, manual: bool, timeout: float
+) -> Authorize:
+    """The library's loopback authorizer, presenting the URL for a person at a terminal."""
+    import contextlib
+
+    from .._login_flow import loopback_authorizer
+
+    waiting = contextlib.ExitStack()
+
+    def present(url: str) -> None:
+        _say("Open this URL in a browser to log in:")
+        _say(url)  # on its own line, so scripts and terminals can pick it out
+        if browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        if manual:
+            _say(
+                "Then paste here the full URL your browser was sent to "
+                "(it is fine if that page failed to load):"
+            )
+            _paste_reader(listener)
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            # Shown while the library's authorizer waits; closed when it returns.
+            waiting.enter_context(
+                Console(stderr=True).status("Waiting for the authorization redirect…")
+            )
+
+    inner = loopback_authorizer(listener, present, timeout=timeout)
+
+    def authorize(url: str) -> str:
+        with waiting:
+            return inner(url)
+
+    return authorize
+
+
+def _read_token() -> str:
+    """The static token piped on stdin (``--with-token``), as ``gh auth login`` reads it."""
+    if sys.stdin.isatty():
+        _say("Paste the token, then press Enter:")
+    token = sys.stdin.readline().strip()
+    if not token or any(c.isspace() for c in token):
+        raise click.UsageError("--with-token reads one token (no spaces) from standard input")
+    return token
+
+
+def _saved_under(config: ServerConfig) -> ServerConfig:
+    """``config`` as login saves it: a profile never overwrites the entry it was derived from.
+
+    ``login demo --profile work`` keeps ``demo`` (no profile) as it is, and saves the work
+    credential's settings as an entry of its own.
+    """
+    import dataclasses
+
+    from .._servers import load_servers
+
+    named = next((c for c in load_servers() if c.name == config.name), None)
+    if named is not None and named.profile != config.profile:
+        return dataclasses.replace(config, name=None)
+    return config
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper login https://mcp.example.com/mcp --name example
+  grantkeeper login example --profile work          # a second account
+  grantkeeper login example --manual                # over ssh: paste the redirect URL
+  echo "$TOKEN" | grantkeeper login api --with-token   # a server with a static token
+"""
+)
+@click.argument("server", metavar="URL|NAME")
+@click.option("--name", help="Name to save the server under (default: its host).")
+@profile_option
+@click.option("--scope", "scopes", multiple=True, help="Scope to ask for (repeatable).")
+@click.option("--client-id", help="A pre-registered client id (default: register dynamically).")
+@click.option(
+    "--client-secret",
+    envvar="GRANTKEEPER_CLIENT_SECRET",
+    help="The pre-registered client's secret. Default: $GRANTKEEPER_CLIENT_SECRET.",
+)
+@click.option(
+    "--client-metadata-url",
+    help="This client's ID metadata document URL, used as client id where the server takes it.",
+)
+@click.option(
+    "--client-credentials",
+    is_flag=True,
+    help="Log in as a machine client (client_credentials grant): no browser.",
+)
+@click.option(
+    "--client-auth-method",
+    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt"]),
+    help="How the machine client authenticates (default: from the secret or key given).",
+)
+@click.option("--client-key-file", help="PEM private key file for private_key_jwt.")
+@click.option("--client-key-env", help="Environment variable holding that PEM private key.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Loopback port for the redirect.")
+@click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
+@click.option("--manual", is_flag=True, help="Paste the redirect URL yourself (remote shells).")
+@click.option(
+    "--with-token",
+    is_flag=True,
+    help="Read a static bearer token from stdin and save it for this server (no OAuth).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the browser.",
+)
+@store_option
+@json_option
+@verbose_option
+@handle_errors
+def login(
+    server: str,
+    name: str | None,
+    profile: str | None,
+    scopes: tuple[str, ...],
+    client_id: str | None,
+    client_secret: str | None,
+    client_metadata_url: str | None,
+    client_credentials: bool,
+    client_auth_method: str | None,
+    client_key_file: str | None,
+    client_key_env: str | None,
+    port: int | None,
+    no_browser: bool,
+    manual: bool,
+    with_token: bool,
+    timeout: float,
+    store_spec: str | None,
+    as_json: bool,
+) -> None:
+    """Log in to an MCP server with OAuth and store the credential.
+
+    With --with-token, save a static bearer token read from stdin instead.
+    """
+    import dataclasses
+
+    from .._discovery import discover
+    from .._errors import OAuthUnsupported
+    from .._login_flow import callback_ports, listen_first_free
+    from .._login_flow import login as run_login
+    from .._servers import resolve_server, save_server
+
+    if with_token:
+        if profile:
+            raise click.UsageError("a static token has no profiles: drop --profile")
+        token = _read_token()
+        config = resolve_server(server)
+        config = dataclasses.replace(
+            config, name=name or config.name, bearer_token=token, bearer_token_env=None
+        )
+        saved = save_server(config)
+        if as_json:
+            print_json({"name": saved.name, "url": saved.url, "profile": None, "state": "bearer"})
+            return
+        click.echo(
+            f"Saved a static token for {saved.name} ({saved.url}); "
+            f"try: grantkeeper tools {saved.name}"
+        )
+        return
+    config = resolve_server(server, profile=profile)
+    changes: dict[str, Any] = {}
+    if name:
+        changes["name"] = name
+    if scopes:
+        changes["scope"] = " ".join(s for scope in scopes for s in scope.split())
+    if client_id:
+        changes.update(client_id=client_id, client_secret=client_secret)
+    if port is not None:
+        changes["callback_port"] = port
+    if client_metadata_url:
+        changes["client_metadata_url"] = client_metadata_url
+    if client_credentials:
+        changes["grant"] = "client_credentials"
+    for field, value in (
+        ("client_auth_method", client_auth_method),
+        ("client_key_file", client_key_file),
+        ("client_key_env", client_key_env),
+    ):
+        if value:
+            changes[field] = value
+    config = dataclasses.replace(config, **changes)
+    store = _store(store_spec)
+    try:
+        if config.grant == "client_credentials":
+            record = run_login(config, store=store)
+        else:
+            # Discovered once, here: the issuer says which kept registration's port to
+            # listen on, so a second login reuses its client instead of registering another.
+            # A configured port is bound first: a taken one is reported before any network.
+            found = None if config.callback_port else discover(config.url)
+            issuer = found.metadata.issuer if found is not None else ""
+            ports = callback_ports(config, store, issuer, dynamic=not config.client_id)
+            with listen_first_free(ports) as listener:
+                authorize = _authorizer(
+                    listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
+                )
+                record = run_login(
+                    config,
+                    store=store,
+                    authorize=authorize,
+                    redirect_uri=listener.redirect_uri,
+                    discovery=found,
+                )
+    except OAuthUnsupported as exc:
+        # Not a dead end: a public server needs no login, a token server takes --with-token.
+        raise OAuthUnsupported(
+            f"{exc.message}. If it needs no login, use it as it is: grantkeeper tools "
+            f"{server}; if it takes a static token: grantkeeper login {server} --with-token",
+            key=exc.key,
+        ) from None
+    saved = save_server(_saved_under(config))
+    shown = config.name or saved.name
+    if as_json:
+        print_json(
+            {
+                "name": shown,
+                "url": saved.url,
+                "profile": saved.profile,
+                "state": "oauth",
+                "expires_at": _iso(record.expires_at),
+                "scope": record.scope,
+                "account": record.subject,
+                "issuer": record.issuer,
+                "store": _placed(store, config),
+                "refreshable": record.renewable,
+            }
+        )
+        return
+    who = f" as {record.subject}" if record.subject else ""
+    as_profile = f" (profile {saved.profile})" if saved.profile else ""
+    click.echo(
+        f"Logged in to {shown}{as_profile} ({saved.url}){who}; "
+        f"token expires in {_expires_in(record.expires_at)}; "
+        f"stored in {_placed(store, config)}."
+    )
+    if not record.renewable:
+        _say("warning: the server issued no refresh token; you will need to log in again soon")
+
+
+def _placed(store: Store, config: ServerConfig) -> str:
+    """Where the credential went: keyring or file in Auto mode, else the store's name."""
+    from .._auto_store import AutoStore
+
+    if isinstance(store, AutoStore):
+        return store.placement(config.key) or store.name
+    return store.name
+
+
+# -- logout -------------------------------------------------------------------------------
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper logout example
+  grantkeeper logout example --profile work
+  grantkeeper logout https://mcp.example.com/mcp --no-revoke
+"""
+)
+@click.argument("server", metavar="URL|NAME")
+@profile_option
+@click.option("--no-revoke", is_flag=True, help="Only delete locally; do not revoke the tokens.")
+@store_option
+@json_option
+@verbose_option
+@handle_errors
+def logout(
+    server: str, profile: str | None, no_revoke: bool, store_spec: str | None, as_json: bool
+) -> None:
+    """Delete a server's credential and revoke its tokens at the server."""
+    from .._logout import logout as run_logout
+    from .._servers import resolve_server
+
+    config = resolve_server(server, profile=profile)
+    if config.static:
+        raise click.UsageError(
+            f"{server} uses a static token, not a stored credential; "
+            "to forget it, edit servers.json"
+        )
+    result = run_logout(_store(store_spec), config.key, revoke=not no_revoke)
+    label = f"{config.label}" + (f" (profile {config.profile})" if config.profile else "")
+    if as_json:
+        print_json(
+            {
+                "name": config.name,
+                "url": config.url,
+                "profile": config.profile,
+                "removed": result.removed,
+                "revoked": list(result.revoked),
+                "revocation_supported": result.revocation_supported,
+                "problems": list(result.problems),
+            }
+        )
+        return
+    if not result.removed:
+        click.echo(f"Not logged in to {label}; nothing to do.")
+        return
+    if result.revoked:
+        revoked = f"; revoked the {' and '.join(k.replace('_', ' ') for k in result.revoked)}"
+    elif no_revoke:
+        revoked = "; tokens not revoked (--no-revoke)"
+    elif not result.revocation_supported:
+        revoked = "; the server offers no revocation endpoint"
+    else:
+        revoked = ""
+    click.echo(f"Logged out of {label}{revoked}.")
+    for problem in result.problems:
+        _say(f"warning: {problem}")
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def _action(config: ServerConfig, status: AuthStatus, given: str | None) -> str | None:
+    """The command to run, naming the server as the user did (else by its name or URL)."""
+    if status.action is None:
+        return None
+    return login_hint(given, config.profile) if given else hint_for(config)
+
+
+def _status_json(config: ServerConfig, status: AuthStatus, given: str | None) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "url": config.url,
+        "profile": config.profile,
+        "state": status.state.value,
+        "detail": status.detail or None,
+        "expires_at": _iso(status.expires_at),
+        "store": status.store,
+        "account": status.subject,
+        "action": _action(config, status, given),
+    }
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper status
+  grantkeeper status example --profile work --check
+  grantkeeper status --json | jq -r '.[] | select(.action) | .action'
+"""
+)
+@click.argument("server", metavar="[URL|NAME]", required=False)
+@click.option("--profile", help="Only this profile's credentials (with URL|NAME: that one).")
+@click.option("--check", is_flag=True, help="Also probe each server (network).")
+@retry_option
+@store_option
+@json_option
+@verbose_option
+@handle_errors
+def status(
+    server: str | None,
+    profile: str | None,
+    check: bool,
+    retry_unknown: bool | None,
+    store_spec: str | None,
+    as_json: bool,
+) -> None:
+    """Show each server's auth state, from the store alone unless --check.
+
+    Exits 3 when a listed server needs a (re)login.
+    """
+    from .._server_status import auth_status, known_servers
+    from .._servers import resolve_server
+    from .._status import AuthState
+    from ._policy import retry_unknown_outcome
+
+    store = _store(store_spec)
+    if server:
+        servers = [resolve_server(server, profile=profile)]
+    else:
+        servers = [c for c in known_servers(store) if profile is None or c.profile == profile]
+    rows = [
+        (
+            config,
+            auth_status(
+                config,
+                store,
+                check=check,
+                retry_unknown_outcome=retry_unknown_outcome(retry_unknown, config),
+            ),
+        )
+        for config in servers
+    ]
+    needs_person = any(
+        s.state in (AuthState.LOGIN_REQUIRED, AuthState.REAUTHENTICATION_REQUIRED) for _, s in rows
+    )
+    if as_json:
+        print_json([_status_json(c, s, server) for c, s in rows])
+    elif not rows:
+        click.echo("No servers yet: run grantkeeper login URL")
+    else:
+        print_table(
+            (
+                "server",
+                "URL",
+                "profile",
+                "state",
+                "expires",
+                "store",
+                "account",
+                "detail",
+                "action",
+            ),
+            [
+                (
+                    config.label,
+                    config.url,
+                    config.profile or "-",
+                    st.state.value,
+                    _expires_in(st.expires_at) if st.state is AuthState.OAUTH else "-",
+                    st.store or "-",
+                    st.subject or "-",
+                    st.detail or "-",
+                    _action(config, st, server) or "-",
+                )
+                for config, st in rows
+            ],
+            styles={"state": {"reauthentication_required": "red", "login_required": "yellow"}},
+            whole=("profile", "state", "expires", "store"),
+            terminal_drop=("URL", "account"),  # 80 columns are few: see --json
+        )
+    raise click.exceptions.Exit(EXIT_AUTH if needs_person else EXIT_OK)
+
+
+# -- token --------------------------------------------------------------------------------
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  curl -H "Authorization: Bearer $(grantkeeper token example)" https://mcp.example.com/mcp
+  grantkeeper token example --profile work --json   # token, expires_at, scope
+"""
+)
+@click.argument("server", metavar="URL|NAME")
+@profile_option
+@retry_option
+@store_option
+@json_option
+@verbose_option
+@handle_errors
+def token(
+    server: str,
+    profile: str | None,
+    retry_unknown: bool | None,
+    store_spec: str | None,
+    as_json: bool,
+) -> None:
+    """Print a valid access token, refreshing it first if needed. For scripts.
+
+    This is the only command that prints a secret. Exits 3 if a login is needed.
+    """
+    from .._servers import resolve_server
+
+    config = resolve_server(server, profile=profile)
+    bearer = config.bearer()
+    if bearer is not None:
+        if as_json:
+            print_json({"token": bearer, "expires_at": None, "scope": None, "type": "bearer"})
+        else:
+            click.echo(bearer)
+        return
+    with keeper_for(config, _store(store_spec), retry_unknown) as keeper:
+        credential = keeper.credential()
+    if as_json:
+        print_json(
+            {
+                "token": credential.access_token,
+                "expires_at": _iso(credential.expires_at),
+                "scope": credential.scope,
+                "type": "oauth",
+            }
+        )
+    else:
+        click.echo(credential.access_token)
+
+
+# -- list ---------------------------------------------------------------------------------
+
+
+@click.command(
+    name="list",
+    epilog="""\b
+Examples:
+  grantkeeper list
+  grantkeeper list --json
+""",
+)
+@store_option
+@json_option
+@verbose_option
+@handle_errors
+def list_servers(store_spec: str | None, as_json: bool) -> None:
+    """List configured servers and stored credentials."""
+    from .._server_status import known_servers
+
+    servers = known_servers(_store(store_spec))
+    entries = [
+        {
+            "name": c.name,
+            "url": c.url,
+            "profile": c.profile,
+            "auth": "bearer" if c.static else "oauth",
+            "client_id": c.client_id,
+            "scope": c.scope,
+        }
+        for c in servers
+    ]
+    if as_json:
+        print_json(entries)
+        return
+    if not entries:
+        click.echo("No servers yet: run grantkeeper login URL")
+        return
+    print_table(
+        ("name", "URL", "profile", "auth", "client id", "scope"),
+        [
+            (
+                *(str(e[k] or "-") for k in ("name", "url", "profile", "auth")),
+                str(e["client_id"] or "dynamic"),
+                str(e["scope"] or "-"),
+            )
+            for e in entries
+        ],
+    )
+
+
+COMMANDS: list[click.Command] = [login, logout, status, token, list_servers]
+"""The commands this module adds to ``grantkeeper``'s CLI."""
+
+__all__ = ["COMMANDS"]

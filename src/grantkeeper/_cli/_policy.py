@@ -1,0 +1,264 @@
+"""The CLI's policy, declared once: exit codes, which errors need a person, the hint that
+tells the person what to type, the shared options, logging, and how a command opens a store
+and a Keeper. Commands import these and never decide on their own.
+
+Exit codes: 0 ok; 1 error; 2 bad usage; 3 a person must act (log in, or log in again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from .._keeper import Keeper
+    from .._servers import ServerConfig
+    from .._store import Store
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+"""A person must log in or log in again; scripts branch on this, not on messages."""
+
+DEBUG_ENV = "GRANTKEEPER_DEBUG"
+"""Set to 1 to see tracebacks of unexpected errors (they may show request details)."""
+
+RETRY_UNKNOWN_ENV = "GRANTKEEPER_RETRY_UNKNOWN_OUTCOME"
+"""``0`` or ``1``: the Keeper's ``retry_unknown_outcome`` when no flag is given."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- who needs a person, and what they type -----------------------------------------------
+
+
+def needs_person(exc: BaseException) -> bool:
+    """Whether ``exc`` is a state only a person can fix: log in, or log in again.
+
+    A stored credential that does not parse counts: nothing but a new login replaces it.
+    """
+    from .._errors import GrantkeeperError, StoreCorrupt
+
+    if isinstance(exc, StoreCorrupt):
+        return True
+    return isinstance(exc, GrantkeeperError) and (
+        exc.requires_login or exc.requires_reauthentication
+    )
+
+
+def login_hint(server: str, profile: str | None = None, scope: str | None = None) -> str:
+    """The exact command that logs in to ``server`` as the user named it, with its profile
+    (and the scope a server said it lacks)."""
+    words = ["grantkeeper", "login", server]
+    if profile:
+        words += ["--profile", profile]
+    if scope:
+        words += ["--scope", scope]
+    return shlex.join(words)
+
+
+def hint_for(config: ServerConfig) -> str:
+    """:func:`login_hint` for a configured server: its name if it has one, else its URL."""
+    return login_hint(config.label, config.profile)
+
+
+def _given_server() -> tuple[str, str | None] | None:
+    """The ``URL|NAME`` and ``--profile`` the running command was given, if any."""
+    ctx = click.get_current_context(silent=True)
+    server = ctx.params.get("server") if ctx else None
+    if not isinstance(server, str):
+        return None
+    profile = ctx.params.get("profile") if ctx else None
+    return server, profile if isinstance(profile, str) else None
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> click.exceptions.Exit:
+    """Print ``error: message`` on stderr; return the exit to raise."""
+    click.echo(f"error: {message}", err=True)
+    return click.exceptions.Exit(code)
+
+
+def fail_for(exc: BaseException) -> click.exceptions.Exit:
+    """Print ``exc`` in one line, the login hint when a person must act; the exit to raise."""
+    if not needs_person(exc):
+        return fail(str(exc), EXIT_ERROR)
+    given = _given_server()
+    scope = getattr(exc, "scope", None)  # InsufficientScope: a login must ask for it
+    hint = f"; run: {login_hint(*given, scope=scope)}" if given else ""
+    return fail(f"{exc}{hint}", EXIT_AUTH)
+
+
+def handle_errors(command: F) -> F:
+    """Turn grantkeeper errors into one clean line and the documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .._errors import GrantkeeperError
+
+        try:
+            return command(*args, **kwargs)
+        except GrantkeeperError as exc:
+            raise fail_for(exc) from None
+        except KeyboardInterrupt:
+            raise fail("cancelled", 130) from None
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            # The message of an unexpected error may quote a request; show only its type.
+            raise fail(
+                f"unexpected {type(exc).__name__}; set {DEBUG_ENV}=1 to see the traceback"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- logging ------------------------------------------------------------------------------
+
+
+class _EventFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        # Events carry only non-secret fields by construction (see _log): keys,
+        # fingerprints, durations, error classes.
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+_HANDLERS: list[logging.Handler] = []
+"""The handler the CLI installed, replaced on each call."""
+
+
+def configure_logging(verbose: bool) -> None:
+    """Without ``verbose`` no log line reaches stderr; with it, every event does."""
+    logger = logging.getLogger("grantkeeper")
+    while _HANDLERS:
+        logger.removeHandler(_HANDLERS.pop())
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_EventFormatter())
+        logger.setLevel(logging.DEBUG)
+    else:
+        # Python's last-resort handler would print warnings raw; the CLI reports instead.
+        handler = logging.NullHandler()
+    _HANDLERS.append(handler)
+    logger.addHandler(handler)
+
+
+def _verbose_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value or ctx.parent is None:
+        configure_logging(value)
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+def verbose_option(command: F) -> F:
+    """``-v/--verbose``: show grantkeeper's structured log events on stderr."""
+    return click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_verbose_callback,
+        help="Show grantkeeper's log events (secrets redacted) on stderr.",
+    )(command)
+
+
+def store_option(command: F) -> F:
+    """``--store SPEC``: which credential store (default ``$GRANTKEEPER_STORE``, else auto)."""
+    return click.option(
+        "--store",
+        "store_spec",
+        metavar="SPEC",
+        default=None,
+        help="auto, file, keyring or postgresql://... Default: $GRANTKEEPER_STORE, else auto.",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    """``--json``: machine-readable output on stdout."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(command)
+
+
+def profile_option(command: F) -> F:
+    """``--profile P``: a second credential for the same server, e.g. another account."""
+    return click.option(
+        "--profile", default=None, help="A second credential of the server, e.g. another account."
+    )(command)
+
+
+def retry_option(command: F) -> F:
+    """``--retry-unknown-outcome/--no-retry-unknown-outcome``: the Keeper's policy."""
+    return click.option(
+        "--retry-unknown-outcome/--no-retry-unknown-outcome",
+        "retry_unknown",
+        default=None,
+        help=(
+            "Whether a refresh whose outcome was lost is retried once (default) or needs a "
+            f"new login. Default: ${RETRY_UNKNOWN_ENV}, else the server's servers.json "
+            "setting, else retry."
+        ),
+    )(command)
+
+
+# -- stores and keepers -------------------------------------------------------------------
+
+
+def open_store_for(spec: str | None, *, option: str = "--store") -> Store:
+    """The store ``option`` (or, without it, ``$GRANTKEEPER_STORE``) names; a bad spec is a
+    usage error that names where it came from."""
+    from .._errors import StoreConfigError
+    from .._open_store import STORE_ENV, open_store
+
+    try:
+        store = open_store(spec)
+    except StoreConfigError as exc:
+        where = option if spec is not None else f"${STORE_ENV}"
+        raise click.UsageError(f"{where}: {exc.message}") from None
+    from .._store_admin import installed
+
+    if store.name == "keyring" and not installed("keyring"):
+        # Asked for by name, the keyring must not be silently empty on a plain install.
+        from .._errors import MissingExtra
+
+        raise MissingExtra("the keyring store", "keyring", module="keyring")
+    return store
+
+
+def retry_unknown_outcome(flag: bool | None, config: ServerConfig) -> bool:
+    """The unknown-outcome policy: the flag, else the environment, else servers.json, else on."""
+    if flag is not None:
+        return flag
+    raw = os.environ.get(RETRY_UNKNOWN_ENV, "").strip().lower()
+    if raw:
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise click.UsageError(f"${RETRY_UNKNOWN_ENV} must be 0 or 1, not {raw[:20]!r}")
+    if config.retry_unknown_outcome is not None:
+        return config.retry_unknown_outcome
+    return True
+
+
+@contextlib.contextmanager
+def keeper_for(config: ServerConfig, store: Store, retry: bool | None) -> Iterator[Keeper]:
+    """A Keeper for ``config``'s credential, closed (pending writes retried) on the way out."""
+    from .._keeper import Keeper
+
+    keeper = Keeper(store, config.key, retry_unknown_outcome=retry_unknown_outcome(retry, config))
+    try:
+        yield keeper
+    finally:
+        keeper.close()

@@ -1,0 +1,146 @@
+"""``grantkeeper doctor`` and ``grantkeeper store migrate``: store health, and moving stores.
+
+A thin layer over the library's :func:`~grantkeeper.diagnose_store` and
+:func:`~grantkeeper.migrate_store`. Exit codes: 0 all is well; 1 a problem was found (or a
+credential was not moved); 2 bad usage or an unknown store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from .._errors import StoreError
+from .._store import Store
+from .._store_admin import (
+    DEFAULT_MIGRATE_LOCK_TIMEOUT,
+    StoreReport,
+    diagnose_store,
+    migrate_store,
+    servers_file_check,
+)
+from ._output import print_json, print_table, store_label
+from ._policy import (
+    EXIT_ERROR,
+    EXIT_OK,
+    handle_errors,
+    json_option,
+    open_store_for,
+    store_option,
+    verbose_option,
+)
+
+
+def _open(spec: str | None, option: str = "--store") -> Store:
+    return open_store_for(spec, option=option)
+
+
+def _print_report(report: StoreReport, label: str) -> None:
+    click.echo(f"store: {label}")
+    print_table(
+        ("check", "ok", "detail"),
+        [(check.name, "yes" if check.ok else "NO", check.detail) for check in report.checks],
+        title="health",
+        styles={"ok": {"NO": "red"}},
+    )
+    print_table(
+        ("credential", "store", "found in", "version", "lock", "problem"),
+        [
+            (
+                c.key,
+                c.store or "-",
+                ", ".join(c.found_in) or "-",
+                str(c.version or "-"),
+                c.lock,
+                c.problem or ("drift: run grantkeeper store migrate" if c.drift else "-"),
+            )
+            for c in report.credentials
+        ],
+        title="credentials",
+    )
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  grantkeeper doctor
+  grantkeeper doctor --store keyring --json
+"""
+)
+@store_option
+@json_option
+@verbose_option
+@handle_errors
+def doctor(store_spec: str | None, as_json: bool) -> None:
+    """Check the store: where each credential lives, drift, locks, keyring, permissions."""
+    store = _open(store_spec)
+    report = diagnose_store(store)
+    report.checks.append(servers_file_check())
+    label = store_label(store)
+    if as_json:
+        print_json({"healthy": report.healthy, **asdict(report), "store": label})
+    else:
+        _print_report(report, label)
+    raise click.exceptions.Exit(EXIT_OK if report.healthy else EXIT_ERROR)
+
+
+# -- migrate ------------------------------------------------------------------------------
+
+
+@click.group(
+    epilog="""\b
+Examples:
+  grantkeeper store migrate --to keyring
+"""
+)
+def store() -> None:
+    """Manage the credential store."""
+
+
+@store.command(
+    epilog="""\b
+Examples:
+  grantkeeper store migrate --to keyring
+  grantkeeper store migrate --store file --to postgresql://grantkeeper@db/grantkeeper
+"""
+)
+@store_option
+@click.option("--to", "to", metavar="SPEC", required=True, help="keyring, file or postgresql://...")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=DEFAULT_MIGRATE_LOCK_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for each credential's lock.",
+)
+@json_option
+@verbose_option
+@handle_errors
+def migrate(store_spec: str | None, to: str, lock_timeout: float, as_json: bool) -> None:
+    """Move every credential to another store, each under its lock."""
+    if to.strip().lower() == "auto":
+        raise click.UsageError(
+            "migrate --to needs a concrete store: keyring, file or postgresql://"
+        )
+    source, target = _open(store_spec), _open(to, option="--to")
+    if type(source) is type(target) and repr(source) == repr(target):
+        raise click.UsageError("the source and target are the same store")
+    try:
+        moved = migrate_store(source, target, lock_timeout=lock_timeout)
+    except StoreError as exc:
+        raise click.ClickException(exc.message) from None
+    results = [{"key": str(r.key), "result": str(r)} for r in moved]
+    if as_json:
+        print_json({"from": store_label(source), "to": store_label(target), "results": results})
+    else:
+        print_table(
+            ("credential", "result"),
+            [(r["key"], r["result"]) for r in results],
+            title=f"{store_label(source)} -> {store_label(target)}",
+        )
+    raise click.exceptions.Exit(EXIT_OK if all(r.ok for r in moved) else EXIT_ERROR)
+
+
+COMMANDS: list[click.Command] = [doctor, store]
+"""The commands this module adds to ``grantkeeper``'s CLI."""
