@@ -18,6 +18,7 @@ from grantkeeper._auth_flow import (
     ACTIONABLE,
     Acquire,
     Flow,
+    Recover,
     Reply,
     Send,
     anonymous_flow,
@@ -59,10 +60,15 @@ def test_401_on_the_retry_requires_authentication_and_never_loops() -> None:
     flow.send("A")
     flow.send(Reply(401, (INVALID,)))
     flow.send("B")
-    with pytest.raises(ReauthenticationRequired) as raised:
+    # Only a person can help now: the driver runs the Keeper's recovery hook, or raises.
+    step = flow.send(Reply(401, (INVALID,)))
+    assert isinstance(step, Recover) and isinstance(step.error, ReauthenticationRequired)
+    assert step.error.requires_reauthentication
+    assert "https://x.test/mcp" in str(step.error)
+    # A new login's token gets one last try; a 401 for it too is final, never a loop.
+    assert flow.send("C") == Send("C")
+    with pytest.raises(ReauthenticationRequired):
         flow.send(Reply(401, (INVALID,)))
-    assert raised.value.requires_reauthentication
-    assert "https://x.test/mcp" in str(raised.value)
 
 
 def test_no_newer_token_means_no_replay_of_the_rejected_one() -> None:
@@ -105,10 +111,10 @@ def test_403_insufficient_scope_carries_the_scope_even_from_a_later_header() -> 
     next(flow)
     flow.send("A")
     headers = ('Basic realm="x"', 'Bearer error="insufficient_scope", scope="mcp:admin mcp"')
-    with pytest.raises(InsufficientScope) as raised:
-        flow.send(Reply(403, headers))
-    assert raised.value.scope == "mcp:admin mcp"
-    assert isinstance(raised.value, AuthenticationRequired)
+    step = flow.send(Reply(403, headers))
+    assert isinstance(step, Recover) and isinstance(step.error, InsufficientScope)
+    assert step.error.scope == "mcp:admin mcp"
+    assert isinstance(step.error, AuthenticationRequired)
 
 
 def test_403_after_a_recovered_401_is_a_scope_error_too() -> None:
@@ -117,9 +123,35 @@ def test_403_after_a_recovered_401_is_a_scope_error_too() -> None:
     flow.send("A")
     flow.send(Reply(401))
     flow.send("B")
-    with pytest.raises(InsufficientScope) as raised:
-        flow.send(Reply(403, ('Bearer error="insufficient_scope"',)))
-    assert raised.value.scope is None
+    step = flow.send(Reply(403, ('Bearer error="insufficient_scope"',)))
+    assert isinstance(step, Recover) and isinstance(step.error, InsufficientScope)
+    assert step.error.scope is None
+
+
+def test_step_up_retries_once_with_the_new_login_and_never_loops() -> None:
+    flow = oauth()
+    next(flow)
+    flow.send("A")
+    step = flow.send(Reply(403, ('Bearer error="insufficient_scope", scope="mcp:write"',)))
+    assert isinstance(step, Recover)
+    assert flow.send("A+write") == Send("A+write")
+    finish(flow, Reply(200))
+    again = oauth()
+    next(again)
+    again.send("A")
+    again.send(Reply(403, ('Bearer error="insufficient_scope", scope="mcp:write"',)))
+    again.send("A+write")
+    with pytest.raises(InsufficientScope):  # the new login did not satisfy it: final
+        again.send(Reply(403, ('Bearer error="insufficient_scope", scope="mcp:write"',)))
+
+
+def test_step_up_of_a_streamed_body_asks_to_send_it_again() -> None:
+    flow = oauth(replayable=False)
+    next(flow)
+    flow.send("A")
+    flow.send(Reply(403, ('Bearer error="insufficient_scope", scope="mcp:write"',)))
+    with pytest.raises(RetryRequired):
+        flow.send("A+write")
 
 
 def test_other_403s_and_other_statuses_pass_through() -> None:

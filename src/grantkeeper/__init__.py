@@ -46,7 +46,7 @@ from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
 from ._grants import EnterpriseIdentity
 from ._http_auth import HttpxAuth
-from ._keeper import Keeper
+from ._keeper import Keeper, Recovery
 from ._keyring_store import KeyringStore
 from ._login import Authorize
 from ._login_flow import login
@@ -55,6 +55,7 @@ from ._open_store import open_store
 from ._paths import grantkeeper_home
 from ._postgres_store import PostgresStore
 from ._record import Credential, CredentialKey, RefreshIntent
+from ._recovery import login_recovery
 from ._redact import redact
 from ._server_status import auth_status, known_servers
 from ._servers import ServerConfig, load_servers, remove_server, resolve_server, save_server
@@ -118,6 +119,7 @@ __all__ = [
     "ProviderError",
     "ProviderUnavailable",
     "ReauthenticationRequired",
+    "Recovery",
     "RefreshIntent",
     "RefreshOutcomeUnknown",
     "ResourceMetadata",
@@ -146,6 +148,7 @@ __all__ = [
     "grantkeeper_home",
     "known_servers",
     "load_servers",
+    "login_recovery",
     "login",
     "logout",
     "migrate_credential",

@@ -4,6 +4,10 @@ A flow is a generator. It yields :class:`Acquire` when it needs a credential and
 :class:`Send` when the request should go out with a bearer token; the driver answers an
 ``Acquire`` with the access token (from the :class:`~grantkeeper.Keeper`: memory on the
 healthy path, the refresh transaction otherwise) and a ``Send`` with a :class:`Reply`.
+When only a person can help (the renewed token was rejected too, or the server needs a
+scope the credential lacks), the flow yields :class:`Recover`: the driver answers with the
+token of a new login (the Keeper's recovery hook, a step-up with the union of the held and
+required scopes) or raises the error when there is no hook. One recovery per request.
 Errors end the flow by raising; the last reply is the response the caller gets.
 
 The flow remembers the exact token it sent, and names that token as rejected after a 401:
@@ -49,7 +53,14 @@ class Reply:
     challenges: tuple[str, ...] = ()
 
 
-Step = Acquire | Send
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """Asks the driver for the token of a new login that fixes ``error``, or to raise it."""
+
+    error: AuthenticationRequired
+
+
+Step = Acquire | Send | Recover
 Flow = Generator[Step, "str | Reply", None]
 
 ACTIONABLE = frozenset({401, 403})
@@ -83,11 +94,26 @@ def oauth_flow(*, replayable: bool, key: str | None = None) -> Flow:
             )
         reply = _reply((yield Send(renewed)))
         if reply.status == 401:
-            raise ReauthenticationRequired(
+            rejected = ReauthenticationRequired(
                 "the server rejected the renewed access token too (HTTP 401); log in again",
                 key=key,
             )
-    _check_scope(reply, key)
+            reply = _reply((yield Send(_token((yield Recover(rejected))))))
+            if reply.status == 401:
+                raise rejected
+            _check_scope(reply, key)
+            return
+    needed = _scope_needed(reply, key)
+    if needed is not None:
+        # Step-up: one new login with the scope the server asked for, then one retry.
+        stepped = _token((yield Recover(needed)))
+        if not replayable:
+            raise RetryRequired(
+                "the server needed another scope (HTTP 403); a login with it is in place, "
+                "but the request body was a stream and cannot be replayed: send it again",
+                key=key,
+            )
+        _check_scope(_reply((yield Send(stepped))), key)
 
 
 def static_flow(*, token: str | None, key: str | None = None) -> Flow:
@@ -157,15 +183,23 @@ def _refuse_other_schemes(reply: Reply, key: str | None) -> None:
 
 
 def _check_scope(reply: Reply, key: str | None) -> None:
+    needed = _scope_needed(reply, key)
+    if needed is not None:
+        raise needed
+
+
+def _scope_needed(reply: Reply, key: str | None) -> InsufficientScope | None:
+    """The 403 ``insufficient_scope`` challenge in ``reply``, as the error it means."""
     if reply.status != 403:
-        return
+        return None
     for challenge in _challenges(reply.challenges):
         if challenge.scheme == "bearer" and challenge.error == "insufficient_scope":
             scope = challenge.scope or None
             wanted = f" {scope!r}" if scope else ""
-            raise InsufficientScope(
+            return InsufficientScope(
                 f"the server needs scope{wanted} that this credential lacks (HTTP 403); "
                 "log in again asking for it",
                 key=key,
                 scope=scope,
             )
+    return None

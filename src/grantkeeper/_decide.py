@@ -9,7 +9,9 @@ calls around these functions:
 - :func:`outcome_of` and :func:`after_provider_error`: what a provider's answer (or its
   absence) means, and what to record durably about it;
 - :func:`fallback`: whether a failed transaction may still serve a valid token;
-- :func:`status_verdict`: what ``status`` tells a person.
+- :func:`status_verdict`: what ``status`` tells a person;
+- :func:`recovery_need`: what a recovery hook (a new login) is asked to fix, and with which
+  scope.
 
 The provider outcome table (RFC 6749 §5.2 errors, HTTP statuses and transport failures):
 
@@ -50,6 +52,7 @@ from ._errors import (
     AuthenticationRequired,
     ClientRegistrationInvalid,
     GrantkeeperError,
+    InsufficientScope,
     LoginRequired,
     PersistencePending,
     ProviderError,
@@ -453,6 +456,30 @@ def after_provider_error(
 def _describe(error: BaseException) -> str:
     status = getattr(error, "status", None)
     return f"{type(error).__name__}, HTTP {status}" if status else type(error).__name__
+
+
+# -- what a person's help (a recovery hook) is asked for ---------------------------------
+
+
+def recovery_need(error: BaseException, held: Credential | None) -> AuthenticationRequired | None:
+    """What a recovery hook is asked to fix, or ``None`` when no login can fix ``error``.
+
+    A needed login, a dead grant or a forgotten client registration ask for a login as it
+    was; ``insufficient_scope`` asks for a step-up: the union of the scopes held and the
+    ones the server requires, so the new token loses nothing the old one had.
+    """
+    if not isinstance(error, AuthenticationRequired):
+        return None  # an account change, an outage, a server rejecting fresh tokens: no
+    if not isinstance(error, InsufficientScope):
+        return error
+    wanted: list[str] = []
+    for scope in ((held.scope if held else None) or "").split() + (error.scope or "").split():
+        if scope not in wanted:
+            wanted.append(scope)
+    union = " ".join(wanted) or None
+    stepped = InsufficientScope(error.message, key=error.key, scope=union)
+    stepped.__cause__ = error
+    return stepped
 
 
 # -- what status says ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ._auth_flow import (
     ACTIONABLE,
     Acquire,
     Flow,
+    Recover,
     Reply,
     Send,
     anonymous_flow,
@@ -122,8 +123,9 @@ class AuthDriver:
                 self._origins[parts] = verdict
         return verdict
 
-    def steps(self, request: _Request) -> Generator[Acquire | _Request, Any, None]:
-        """Yield ``Acquire`` (answer: a token) or the request to send (answer: a response)."""
+    def steps(self, request: _Request) -> Generator[Acquire | Recover | _Request, Any, None]:
+        """Yield ``Acquire`` or ``Recover`` (answer: a token) or the request to send (answer:
+        a response)."""
         if not self._same_origin(request.url):
             # Never send our credential to another origin, redirects included: httpx builds
             # a redirect's request without Authorization when it leaves the origin.
@@ -152,7 +154,7 @@ class AuthDriver:
                 return
         while True:
             answer: str | Reply
-            if isinstance(step, Acquire):
+            if isinstance(step, Acquire | Recover):
                 answer = yield step
             else:
                 assert isinstance(step, Send)
@@ -179,8 +181,10 @@ class AuthDriver:
             limit = timeout.get("pool") if isinstance(timeout, dict) else None
         return None if limit is None else time.monotonic() + limit
 
-    def acquire(self, step: Acquire, request: _Request) -> str:
+    def acquire(self, step: Acquire | Recover, request: _Request) -> str:
         assert self.keeper is not None
+        if isinstance(step, Recover):
+            return self.keeper.recover(step.error).access_token
         hit = self.keeper.cached(rejected=step.rejected)
         if hit is not None:
             return hit.access_token
@@ -188,8 +192,10 @@ class AuthDriver:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.keeper.credential(rejected=step.rejected, timeout=remaining).access_token
 
-    async def aacquire(self, step: Acquire, request: _Request) -> str:
+    async def aacquire(self, step: Acquire | Recover, request: _Request) -> str:
         assert self.keeper is not None
+        if isinstance(step, Recover):
+            return (await self.keeper.arecover(step.error)).access_token
         # The healthy path first: no deadline to compute, no timeout scope to enter.
         hit = self.keeper.cached(rejected=step.rejected)
         if hit is not None:
@@ -214,7 +220,10 @@ class AuthDriver:
         steps = self.steps(request)
         item = next(steps)
         while True:
-            answer = self.acquire(item, request) if isinstance(item, Acquire) else (yield item)
+            if isinstance(item, Acquire | Recover):
+                answer = self.acquire(item, request)
+            else:
+                answer = yield item
             try:
                 item = steps.send(answer)
             except StopIteration:
@@ -224,7 +233,7 @@ class AuthDriver:
         steps = self.steps(request)
         item = next(steps)
         while True:
-            if isinstance(item, Acquire):
+            if isinstance(item, Acquire | Recover):
                 answer = await self.aacquire(item, request)
             else:
                 answer = yield item

@@ -38,10 +38,12 @@ from ._decide import (
     fallback,
     identity_error,
     merged_identity,
+    recovery_need,
     servable,
     serve_from_memory,
 )
 from ._errors import (
+    AuthenticationRequired,
     DeadlineExceeded,
     GrantkeeperError,
     LockLost,
@@ -58,6 +60,12 @@ from ._redact import redact
 from ._store import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored
 from ._token_client import DEFAULT_TIMEOUT, send_token_request
 from ._token_endpoint import apply_response
+
+Recovery = Callable[[AuthenticationRequired], object]
+"""A recovery hook: given what a person must fix (a needed login, a dead grant,
+``insufficient_scope`` with the scope to ask for), run a new login that stores the
+credential (``grantkeeper.login_recovery`` builds one). Its result is ignored: the Keeper
+adopts what the login stored, under the same lock as a refresh."""
 
 Checkpoint = Callable[[str], None]
 """Test seam: called with a stage name at each step of a transaction. ``None`` in production."""
@@ -118,6 +126,7 @@ class Keeper:
         default_lifetime: timedelta | None = None,
         rejection_interval: timedelta = REJECTION_INTERVAL,
         lease: timedelta = DEFAULT_LEASE,
+        recover: Recovery | None = None,
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.store = store
@@ -131,6 +140,10 @@ class Keeper:
         self._retry_unknown = retry_unknown_outcome
         self._default_lifetime = default_lifetime
         self._rejection_interval = rejection_interval
+        self._recover = recover
+        # One recovery (a person's login) at a time; later callers adopt its result.
+        self._recovering = threading.Lock()
+        self._recoveries = 0
         self._checkpoint = checkpoint
         self._mutex = threading.Lock()
         self._inflight: concurrent.futures.Future[Credential] | None = None
@@ -185,7 +198,50 @@ class Keeper:
         ``rejected`` is the access token a server just answered 401 for; at most one
         refresh is spent on it, and none if another token has already replaced it.
         ``timeout`` bounds the wait, not the refresh, which runs on and serves later calls.
+        When only a person can help and a recovery hook is set, it runs once (see
+        :meth:`recover`); without one, the typed error is raised.
         """
+        seen = self._recoveries
+        try:
+            return self._credential(rejected, timeout)
+        except AuthenticationRequired as exc:
+            if self._recover is None:
+                raise
+            return self._recover_once(exc, seen)
+
+    def recover(self, error: AuthenticationRequired) -> Credential:
+        """Have a person fix ``error`` through the recovery hook, once, and return the new
+        credential. Concurrent callers share one login. Without a hook, raise ``error``.
+
+        On ``insufficient_scope`` the login asks for the union of the held and required
+        scopes (a step-up); a needed login or a dead grant logs in again as before.
+        """
+        return self._recover_once(error, self._recoveries)
+
+    async def arecover(self, error: AuthenticationRequired) -> Credential:
+        """Async :meth:`recover`: the login runs on a worker thread."""
+        seen = self._recoveries
+        return await asyncio.to_thread(self._recover_once, error, seen)
+
+    def _recover_once(self, error: AuthenticationRequired, seen: int) -> Credential:
+        need = recovery_need(error, self._current)
+        if self._recover is None or need is None:
+            raise error
+        with self._recovering:
+            if self._recoveries == seen:  # nobody recovered since this caller failed
+                event(
+                    logging.WARNING,
+                    "recovery.started",
+                    key=str(self.key),
+                    need=type(need).__name__,
+                )
+                self._recover(need)
+                self._recoveries += 1
+                # The login replaced the record: memory is no longer the authority.
+                self._current = None
+        return self._credential(None, None)
+
+    def _credential(self, rejected: str | None, timeout: float | None) -> Credential:
         hit = self._from_memory(rejected)
         if hit is not None:
             return hit
@@ -206,6 +262,15 @@ class Keeper:
     async def acredential(self, *, rejected: str | None = None) -> Credential:
         """Async :meth:`credential`. Bound the wait with ``asyncio.timeout``: cancelling
         the caller does not cancel the refresh, whose result serves the next call."""
+        seen = self._recoveries
+        try:
+            return await self._acredential(rejected)
+        except AuthenticationRequired as exc:
+            if self._recover is None:
+                raise
+            return await asyncio.to_thread(self._recover_once, exc, seen)
+
+    async def _acredential(self, rejected: str | None) -> Credential:
         hit = self._from_memory(rejected)
         if hit is not None:
             return hit

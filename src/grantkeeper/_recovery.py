@@ -1,0 +1,48 @@
+"""A recovery hook that asks a person to log in again, for :class:`~grantkeeper.Keeper`.
+
+The Keeper calls it once when only a person can help: nothing is stored, the grant is dead,
+the client registration is gone, or the server needs a scope the credential lacks. For the
+last, the Keeper asks for the union of the held and required scopes (a step-up), so the new
+token keeps everything the old one could do. Discovery runs once and is kept for later
+recoveries; the client registration is kept by the login itself (per issuer and redirect
+URI), so a step-up re-authorizes the same client.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ._discovery import Discovery, discover
+from ._errors import AuthenticationRequired, InsufficientScope
+from ._keeper import Recovery
+from ._login_flow import login
+from ._servers import ServerConfig, resolve_server
+from ._store import Store
+
+
+def login_recovery(
+    server: str | ServerConfig, *, store: Store | None = None, **login_options: Any
+) -> Recovery:
+    """A recovery hook for ``Keeper(recover=...)`` that runs :func:`grantkeeper.login`.
+
+    ``login_options`` are :func:`~grantkeeper.login`'s (``authorize`` and ``redirect_uri``
+    for an application that presents the authorization URL itself, ``open_browser``,
+    ``scope``, ``client_id``...). Without them a browser opens on the loopback listener.
+    """
+    config = server if isinstance(server, ServerConfig) else resolve_server(server)
+    kept: list[Discovery] = []
+    lock = threading.Lock()
+    given_scope = login_options.pop("scope", None)
+
+    def recover(need: AuthenticationRequired) -> None:
+        scope = need.scope if isinstance(need, InsufficientScope) and need.scope else given_scope
+        with lock:
+            if not kept:
+                kept.append(
+                    login_options.pop("discovery", None)
+                    or discover(config.url, http=login_options.get("http"))
+                )
+            login(config, store=store, scope=scope, discovery=kept[0], **login_options)
+
+    return recover

@@ -1,0 +1,164 @@
+"""The recovery hook: when only a person can help, one new login, then the request goes on.
+
+Without a hook, the typed errors stay (``LoginRequired``, ``ReauthenticationRequired``,
+``InsufficientScope``). With one (``Keeper(recover=login_recovery(...))``), a needed login,
+a dead grant and ``insufficient_scope`` each get exactly one login, shared by concurrent
+callers; a step-up asks for the union of the held and required scopes and keeps the client
+registration. Against the real oidc-provider and a real MCP server last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from grantkeeper import (
+    AccountChanged,
+    AuthenticationRequired,
+    CredentialKey,
+    FileStore,
+    InsufficientScope,
+    Keeper,
+    LoginRequired,
+    ReauthenticationRequired,
+    login_recovery,
+)
+from grantkeeper._decide import recovery_need
+from grantkeeper.mcp import connect
+from harness.authserver import AuthServer
+from harness.fake_provider import FakeProvider
+from harness.mcp_server import McpServer
+from harness.real_login import REDIRECT_URI
+from tests.helpers import KEY, StepClock, make_record
+
+
+def test_a_step_up_asks_for_the_union_of_held_and_required_scopes() -> None:
+    held = make_record("a", "r").replace(scope="openid mcp")
+    need = recovery_need(InsufficientScope("403", scope="mcp mcp:write"), held)
+    assert isinstance(need, InsufficientScope) and need.scope == "openid mcp mcp:write"
+    assert recovery_need(LoginRequired("nothing"), None) is not None
+    assert recovery_need(AccountChanged("bob"), held) is None  # no login fixes that
+
+
+class Logins:
+    """A recovery hook that logs in with the fake provider, counting its calls."""
+
+    def __init__(self, store: FileStore, provider: FakeProvider, clock: StepClock) -> None:
+        self.store, self.provider, self.clock = store, provider, clock
+        self.needs: list[AuthenticationRequired] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, need: AuthenticationRequired) -> None:
+        self.needs.append(need)
+        self.entered.set()
+        assert self.release.wait(30)
+        access, refresh = self.provider.issue()
+        record = make_record(access, refresh, now=self.clock()).replace(scope=need_scope(need))
+        current = self.store.read(KEY)
+        self.store.write(KEY, record, expected_version=current.version if current else None)
+
+
+def need_scope(need: AuthenticationRequired) -> str | None:
+    return need.scope if isinstance(need, InsufficientScope) else "mcp"
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+def keeper_with(store: FileStore, provider: FakeProvider, hook: Any, clock: StepClock) -> Keeper:
+    http = httpx.Client(transport=provider.transport())
+    return Keeper(store, KEY, http_client=http, clock=clock, recover=hook)
+
+
+def test_without_a_hook_the_typed_errors_stay(tmp_path: Path, provider: FakeProvider) -> None:
+    keeper = keeper_with(FileStore(tmp_path), provider, None, StepClock())
+    with pytest.raises(LoginRequired):
+        keeper.credential()
+    with pytest.raises(InsufficientScope):
+        keeper.recover(InsufficientScope("403", scope="mcp:write"))
+
+
+def test_concurrent_callers_with_nothing_stored_share_one_login(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    store, clock = FileStore(tmp_path), StepClock()
+    logins = Logins(store, provider, clock)
+    logins.release.clear()
+    keeper = keeper_with(store, provider, logins, clock)
+    tokens: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: tokens.append(keeper.access_token())) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    assert logins.entered.wait(30)
+    logins.release.set()
+    for thread in threads:
+        thread.join(60)
+    assert len(logins.needs) == 1 and isinstance(logins.needs[0], LoginRequired)
+    assert len(tokens) == 8 and len(set(tokens)) == 1
+
+
+def test_a_dead_grant_gets_one_login_and_an_account_change_none(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    store, clock = FileStore(tmp_path), StepClock()
+    logins = Logins(store, provider, clock)
+    logins(LoginRequired("first login"))
+    keeper = keeper_with(store, provider, logins, clock)
+    first = keeper.access_token()
+    provider.grants[0].revoked = True
+    clock.advance(3600)
+    renewed = keeper.access_token()  # invalid_grant, then one login through the hook
+    assert renewed != first and isinstance(logins.needs[-1], ReauthenticationRequired)
+    assert len(logins.needs) == 2
+    record = store.read(KEY)
+    assert record is not None
+    store.write(KEY, record.record.replace(subject="bob"), expected_version=record.version)
+    clock.advance(3600)
+    with pytest.raises(AccountChanged):
+        keeper.credential()
+    assert len(logins.needs) == 2
+
+
+def test_a_step_up_against_the_real_servers(tmp_path: Path) -> None:
+    with AuthServer(access_ttl=60) as auth, McpServer(auth_server=auth) as server:
+        store = FileStore(tmp_path)
+        key = CredentialKey.for_server(server.url)
+        hook = login_recovery(
+            server.url,
+            store=store,
+            authorize=lambda url: auth.approve(url, REDIRECT_URI),
+            redirect_uri=REDIRECT_URI,
+        )
+        keeper = Keeper(store, key, recover=hook)
+
+        async def go() -> tuple[Any, Any]:
+            async with connect(server.url, keeper=keeper) as session:
+                first = await session.call_tool("add", {"a": 1, "b": 2})  # the first login
+                server.fail_next("POST", status=403, scope="mcp:write")
+                second = await session.call_tool("add", {"a": 2, "b": 3})  # a step-up
+                return first.structured_content, second.structured_content
+
+        try:
+            first, second = asyncio.run(go())
+        finally:
+            keeper.close()
+        assert (first or {}).get("result") == 3 and (second or {}).get("result") == 5
+        stored = store.read(key)
+        assert stored is not None and stored.record.scope is not None
+        granted = stored.record.scope.split()
+        assert "mcp:write" in granted and "mcp" in granted  # the union: nothing lost
+        stats = auth.stats()
+        assert stats["code_success"] == 2  # one login, one step-up
+        assert stats["registrations"] == 1  # the step-up kept the client registration
+        assert stats["replays"] == 0
