@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "grantkeeper._cli_auth",
     "grantkeeper._cli_stores",
     "grantkeeper._cli_tools",
+    "grantkeeper._cli_proxy",
 )
 """Modules whose ``COMMANDS`` make up the CLI, searched in this order."""
 
