@@ -11,7 +11,8 @@ once ``n`` calls are inside it at the same time (a concurrency proof without tim
 more call back into the client, to prove its handlers are wired: ``sample`` (sampling),
 ``ask`` (elicitation), ``roots`` (roots/list) and ``log`` (a log message notification).
 The SDK deprecates these features from protocol 2026-07-28 on; they work on sessions that
-negotiated an earlier version (``mode="legacy"``).
+negotiated an earlier version (``mode="legacy"``). ``harness.pipe_tools`` adds those a
+pipe (``grantkeeper proxy``) is tested with.
 
 With ``auth_server=None`` the server is not protected at all: no metadata, no 401.
 
@@ -49,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harness import remember_secret
 from harness.authserver import AuthServer
+from harness.pipe_tools import PipeEvents, add_pipe_tools
 
 INTROSPECTOR = ("introspector", "introspector-secret")
 """The static client harness/oidc registers for token introspection."""
@@ -161,6 +163,8 @@ class McpServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._verifier: _IntrospectionVerifier | None = None
+        #: What the talking-back tools of ``harness.pipe_tools`` saw.
+        self.pipe_events = PipeEvents()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -291,6 +295,8 @@ class McpServer:
                 level="info", data=text, logger="harness", related_request_id=ctx.request_id
             )
             return "logged"
+
+        add_pipe_tools(server, self.pipe_events)
 
         return server.streamable_http_app(json_response=self.json_response)
 

@@ -1,0 +1,104 @@
+"""Tools that make the MCP server talk back: proof that a pipe (``grantkeeper proxy``)
+carries every kind of message, in both directions.
+
+- ``chatty(steps)``: ``steps`` progress notifications and as many log messages on the
+  request's stream, then a ``tools/list_changed`` on the session's GET stream;
+- ``relay_sample(prompt)``: a ``sampling/createMessage`` request the client answers;
+- ``relay_ask(question)``: an ``elicitation/create`` request the client answers;
+- ``hang()``: waits until cancelled; :attr:`PipeEvents.cancelled` is set when it is.
+
+The typed server-to-client helpers of ``mcp`` 2.3 warn that sampling and logging are
+deprecated as of 2026-07-28, so these send the same messages through the session's
+generic ``send_request`` / ``send_notification``: the wire is identical.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.message import ServerMessageMetadata
+
+HANG_TIMEOUT = 30.0
+"""A ``hang`` call nobody cancels fails after this long instead of hanging the suite."""
+
+
+class PipeEvents:
+    """What the tools saw, for tests to wait on (threading events: the server has its own
+    thread and event loop)."""
+
+    def __init__(self) -> None:
+        self.hanging = threading.Event()
+        self.cancelled = threading.Event()
+
+
+def add_pipe_tools(server: MCPServer[Any], events: PipeEvents) -> None:
+    """Register the tools above on ``server``."""
+
+    @server.tool()
+    async def chatty(steps: int, ctx: Context) -> str:
+        """Report progress and log ``steps`` times, then announce a changed tool list."""
+        for step in range(1, steps + 1):
+            await ctx.report_progress(step, steps, f"step {step}")
+            await ctx.session.send_notification(
+                types.LoggingMessageNotification(
+                    params=types.LoggingMessageNotificationParams(
+                        level="info", data=f"log {step}", logger="chatty"
+                    )
+                ),
+                related_request_id=ctx.request_id,
+            )
+        # Not tied to this request: it travels on the session's own GET stream.
+        await ctx.session.send_notification(types.ToolListChangedNotification())
+        return f"chatted {steps}"
+
+    @server.tool()
+    async def relay_sample(prompt: str, ctx: Context) -> str:
+        """Ask the client's model to complete ``prompt``; return its text."""
+        request = types.CreateMessageRequest(
+            params=types.CreateMessageRequestParams(
+                messages=[
+                    types.SamplingMessage(
+                        role="user", content=types.TextContent(type="text", text=prompt)
+                    )
+                ],
+                max_tokens=16,
+            )
+        )
+        result = await ctx.session.send_request(
+            request,
+            types.CreateMessageResult,
+            metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+        )
+        content = result.content
+        return content.text if isinstance(content, types.TextContent) else repr(content)
+
+    @server.tool()
+    async def relay_ask(question: str, ctx: Context) -> str:
+        """Ask the user ``question`` (form elicitation); return the answer or the action."""
+        result = await ctx.session.elicit_form(
+            message=question,
+            requested_schema={
+                "type": "object",
+                "properties": {"answer": {"type": "string"}},
+                "required": ["answer"],
+            },
+            related_request_id=ctx.request_id,
+        )
+        if result.action == "accept" and result.content:
+            return str(result.content.get("answer"))
+        return str(result.action)
+
+    @server.tool()
+    async def hang() -> str:
+        """Wait until the client cancels this call."""
+        events.hanging.set()
+        try:
+            await anyio.sleep(HANG_TIMEOUT)
+        except anyio.get_cancelled_exc_class():
+            events.cancelled.set()
+            raise
+        return "nobody cancelled"
