@@ -93,7 +93,9 @@ def browser_windows(home: Path) -> list[dict[str, Any]]:
 
 
 def proxy_args(url: str, *extra: str) -> list[str]:
-    return ["-m", "grantkeeper", "proxy", url, "--ping-interval", "0", *extra]
+    # No pings unless a test asks: their requests would muddle what the server saw.
+    pings = [] if "--ping-interval" in extra else ["--ping-interval", "0"]
+    return ["-m", "grantkeeper", "proxy", url, *pings, *extra]
 
 
 @contextlib.asynccontextmanager
@@ -427,3 +429,60 @@ def test_stdout_carries_json_rpc_only_even_with_verbose_logs_and_a_chatty_browse
     assert "hygiene-secret-value-1234" not in log
     assert "X-Api-Key" in log  # the header's name may be shown, its value never
     assert len(browser_windows(home)) == 1
+
+
+def test_a_grant_revoked_mid_session_costs_one_browser_login_across_all_proxies(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    login(auth, server.url, FileStore(home))
+    auth.reset_stats()
+    count = 4
+
+    async def run() -> list[str]:
+        ready = asyncio.Barrier(count + 1)
+        revoked = asyncio.Event()
+
+        async def one(index: int) -> str:
+            errlog = home.parent / f"proxy-{index}.err"
+            async with host(server.url, home, errlog=errlog) as session:
+                await session.initialize()
+                await session.call_tool("echo", {"text": "before"})
+                await ready.wait()
+                await revoked.wait()
+                # Held while one of the proxies logs in again, then served.
+                return text_of(await session.call_tool("echo", {"text": f"after {index}"}))
+
+        calls = [asyncio.create_task(one(i)) for i in range(count)]
+        await ready.wait()
+        await asyncio.to_thread(auth.revoke_all)
+        revoked.set()
+        return list(await asyncio.gather(*calls))
+
+    assert asyncio.run(run()) == [f"after {i}" for i in range(count)]
+    assert len(browser_windows(home)) == 1
+    stats = auth.stats()
+    assert stats["code_success"] == 1
+    assert stats["replays"] == 0
+
+
+def test_keep_alive_pings_renew_a_session_the_server_forgot_while_the_host_was_idle(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    login(auth, server.url, FileStore(home))
+
+    def renewed(seen: list[Seen]) -> bool:
+        statuses = methods(seen)
+        if ("POST", 404) not in statuses:
+            return False
+        after = seen[statuses.index(("POST", 404)) :]
+        return any(s.method == "POST" and s.status == 200 and s.session_id is None for s in after)
+
+    async def run() -> str:
+        async with host(server.url, home, "--ping-interval", "0.2") as session:
+            await session.initialize()
+            assert server.expire_sessions()
+            await asyncio.to_thread(server.wait_for, renewed)  # no call from the host
+            return text_of(await session.call_tool("echo", {"text": "renewed"}))
+
+    assert asyncio.run(run()) == "renewed"
+    assert methods(server.seen()).count(("POST", 404)) == 1  # the host's call found a live one

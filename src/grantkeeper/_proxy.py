@@ -210,6 +210,7 @@ class Proxy:
             if not internal:
                 await self._ready.wait()
             generation = self._generation
+            sent = self.login.sent_token() if self.login is not None else None
             try:
                 return await self._post(message, relay=relay)
             except _SessionExpired:
@@ -232,7 +233,7 @@ class Proxy:
                     return None
                 logged_in = True
                 try:
-                    await self.login.ensure()
+                    await self.login.ensure(rejected=sent)
                 except GrantkeeperError as failure:
                     self._fail(message, self._explain(failure), failure, relay=relay)
                     return None
@@ -411,6 +412,7 @@ class Proxy:
             headers = self._headers(None, accept="text/event-stream")
             if last_event_id is not None:
                 headers[LAST_EVENT_ID] = last_event_id
+            sent = self.login.sent_token() if self.login is not None else None
             try:
                 async with self.http.stream("GET", self.url, headers=headers) as response:
                     if response.status_code == 405:
@@ -436,7 +438,7 @@ class Proxy:
             except GrantkeeperError as exc:
                 if self.login is not None and (exc.requires_login or exc.requires_reauthentication):
                     with contextlib.suppress(GrantkeeperError):
-                        await self.login.ensure()
+                        await self.login.ensure(rejected=sent)
                         continue
                 log.warning("event stream: %s", self._explain(exc))
             except httpx2.HTTPError as exc:

@@ -138,23 +138,31 @@ class LoginCoordinator:
         #: Logins this process ran (browser windows it opened).
         self.logins = 0
 
-    async def ensure(self) -> None:
-        """Return once the Keeper can serve; raise the reason it cannot."""
+    def sent_token(self) -> str | None:
+        """The access token requests carry now: the one to name if a server rejects it."""
+        current = self.keeper.current
+        return current.access_token if current is not None else None
+
+    async def ensure(self, rejected: str | None = None) -> None:
+        """Return once the Keeper can serve a token other than ``rejected`` (the one a
+        request just failed with); raise the reason it cannot."""
         if self._job is None or self._job.done():
-            self._job = asyncio.create_task(self._run())
+            self._job = asyncio.create_task(self._run(rejected))
         await asyncio.shield(self._job)
 
-    async def _usable(self) -> GrantkeeperError | None:
+    async def _usable(self, rejected: str | None) -> GrantkeeperError | None:
+        # ``rejected`` matters: the Keeper still serves a revoked token from memory to a
+        # caller that does not name it, until it expires.
         try:
-            await self.keeper.acredential()
+            await self.keeper.acredential(rejected=rejected)
         except GrantkeeperError as exc:
             if exc.requires_login or exc.requires_reauthentication:
                 return exc
             raise
         return None
 
-    async def _run(self) -> None:
-        if await self._usable() is None:
+    async def _run(self, rejected: str | None) -> None:
+        if await self._usable(rejected) is None:
             return
         if not self.browser:
             raise LoginFailed(
@@ -183,13 +191,13 @@ class LoginCoordinator:
                 raise LoginFailed(f"the login to {self.config.label} was abandoned")
         try:
             # The lock is ours: whoever held it before has stored a credential, or died.
-            if await self._usable() is None:
+            if await self._usable(rejected) is None:
                 log.warning("logged in to %s by another grantkeeper process", self.config.label)
                 return
             await in_daemon_thread(self._login)
         finally:
             lock.release()
-        failure = await self._usable()
+        failure = await self._usable(rejected)
         if failure is not None:
             raise failure
 
