@@ -52,7 +52,7 @@ def test_the_wheel_with_the_mcp_extra_serves_a_desktop_host(tmp_path: Path) -> N
     [wheel] = dist.glob("grantkeeper-*.whl")
     clean = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(clean)
-    pip = [clean / "bin" / "python", "-m", "pip", "install", "-q"]
+    pip: list[str | Path] = [clean / "bin" / "python", "-m", "pip", "install", "-q"]
     _run(*pip, "-c", ROOT / "constraints.txt", f"{wheel}[mcp]")
     command = clean / "bin" / "grantkeeper"
     home = tmp_path / "home"
