@@ -486,3 +486,33 @@ def test_keep_alive_pings_renew_a_session_the_server_forgot_while_the_host_was_i
 
     assert asyncio.run(run()) == "renewed"
     assert methods(server.seen()).count(("POST", 404)) == 1  # the host's call found a live one
+
+
+def test_a_2026_era_host_calls_and_cancels_through_the_proxy(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    from mcp.client.client import Client
+
+    login(auth, server.url, FileStore(home))
+    server.pipe_events.hanging.clear()
+    server.pipe_events.cancelled.clear()
+    params = StdioServerParameters(
+        command=sys.executable, args=proxy_args(server.url), env=environment(home), cwd=str(ROOT)
+    )
+
+    async def run() -> tuple[str, bool, str]:
+        with (home.parent / "proxy.err").open("w") as errlog:  # noqa: ASYNC230
+            async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
+                echoed = text_of(await client.call_tool("echo", {"text": "modern"}))
+                hanging = asyncio.create_task(client.call_tool("hang", {}))
+                await asyncio.to_thread(server.pipe_events.hanging.wait, CALL_TIMEOUT)
+                hanging.cancel()  # at 2026 the proxy closes the request's stream
+                events = server.pipe_events
+                cancelled = await asyncio.to_thread(events.cancelled.wait, CALL_TIMEOUT)
+                after = text_of(await client.call_tool("echo", {"text": "still fine"}))
+                return echoed, cancelled, after
+
+    assert asyncio.run(run()) == ("modern", True, "still fine")
+    seen = server.seen()
+    assert seen and all(s.session_id is None for s in seen)  # negotiated without a session
+    assert "GET" not in {s.method for s in seen}

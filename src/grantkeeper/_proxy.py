@@ -115,6 +115,8 @@ class Proxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._cancelled: set[Any] = set()
+        # Requests in flight by id, and whether each speaks the 2026 era (see _from_host).
+        self._in_flight: dict[str, tuple[asyncio.Task[Any], bool]] = {}
         self._internal_ids = itertools.count(1)
         #: Times the upstream session was opened again after the server forgot it.
         self.reinitializations = 0
@@ -148,14 +150,23 @@ class Proxy:
             if message["method"] == "initialize":
                 self._initialize = message
             log.debug("host.request method=%s id=%s", message["method"], message["id"])
-            self._spawn(self._send(message))
+            key = _key(message["id"])
+            task = self._spawn(self._send(message))
+            self._in_flight[key] = (task, _envelope_version(message) is not None)
+            task.add_done_callback(lambda done: self._forget(key, done))
             return
         if isinstance(message, dict):
             method = message.get("method")
             if method == "notifications/cancelled":
                 params = message.get("params")
-                if isinstance(params, dict):
-                    self._cancelled.add(_key(params.get("requestId")))
+                key = _key(params.get("requestId") if isinstance(params, dict) else None)
+                self._cancelled.add(key)
+                entry = self._in_flight.get(key)
+                if entry is not None and entry[1]:
+                    # The 2026 HTTP wire has no client notifications: closing the request's
+                    # stream is its cancellation.
+                    entry[0].cancel()
+                    return
             log.debug("host.message method=%s id=%s", method, message.get("id"))
         # Notifications and responses keep the host's order: each is sent before the next.
         await self._send(message)
@@ -166,10 +177,17 @@ class Proxy:
     def _to_host_message(self, message: Any) -> None:
         self.out.write(_line(message))
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _forget(self, key: str, task: asyncio.Task[Any]) -> None:
+        # Only this task's entry: the host may have reused the id for a newer request.
+        entry = self._in_flight.get(key)
+        if entry is not None and entry[0] is task:
+            del self._in_flight[key]
 
     # -- sending upstream -----------------------------------------------------------------
 
@@ -179,15 +197,14 @@ class Proxy:
             headers[SESSION_HEADER] = self.session_id
         version = self.protocol_version
         if isinstance(message, dict):
-            params = message.get("params")
-            meta = params.get("_meta") if isinstance(params, dict) else None
-            envelope = meta.get(VERSION_META_KEY) if isinstance(meta, dict) else None
-            if isinstance(envelope, str):
+            envelope = _envelope_version(message)
+            if envelope is not None:
                 version = envelope
                 method = message.get("method")
-                if isinstance(method, str):
+                params = message.get("params")
+                if isinstance(method, str) and isinstance(params, dict):
                     headers[METHOD_HEADER] = method
-                    name = params.get(NAME_BEARING.get(method, "")) if params else None
+                    name = params.get(NAME_BEARING.get(method, ""))
                     if isinstance(name, str) and name.isascii() and name.strip() == name:
                         headers[NAME_HEADER] = name
             elif message.get("method") == "initialize":
@@ -488,6 +505,14 @@ class Proxy:
 
 class _NoSession(Exception):
     """Re-initializing was refused; the request that found the expiry fails with this."""
+
+
+def _envelope_version(message: dict[str, Any]) -> str | None:
+    """The protocol version a 2026-era request carries in ``params._meta``, if any."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(VERSION_META_KEY) if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
 
 
 def _key(request_id: Any) -> str:
