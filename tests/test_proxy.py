@@ -516,3 +516,48 @@ def test_a_2026_era_host_calls_and_cancels_through_the_proxy(
     seen = server.seen()
     assert seen and all(s.session_id is None for s in seen)  # negotiated without a session
     assert "GET" not in {s.method for s in seen}
+
+
+def test_eight_proxies_through_rotations_spend_each_refresh_token_once(home: Path) -> None:
+    """Short access tokens, eight proxies calling all along: every rotation is one refresh,
+    nobody is sent to a browser, no refresh token is replayed, no call fails."""
+    count, rotations = 8, 3
+    with AuthServer(access_ttl=2) as auth, McpServer(auth_server=auth) as server:
+        login(auth, server.url, FileStore(home))
+        auth.reset_stats()
+
+        def rotated() -> bool:
+            return int(auth.stats()["refresh_success"]) >= rotations
+
+        async def one(index: int, done: asyncio.Event) -> int:
+            calls = 0
+            errlog = home.parent / f"proxy-{index}.err"
+            async with host(server.url, home, errlog=errlog) as session:
+                await session.initialize()
+                while not done.is_set():
+                    result = await session.call_tool("echo", {"text": f"{index}"})
+                    assert text_of(result) == f"{index}"
+                    calls += 1
+                    if index == 0 and await asyncio.to_thread(rotated):
+                        done.set()
+                    # Pacing, not synchronisation: a call every 0.3 s is a busy host
+                    # without making the 2-core machine the bottleneck.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), 0.3)
+            return calls
+
+        async def run() -> list[int]:
+            done = asyncio.Event()
+            return list(await asyncio.gather(*(one(i, done) for i in range(count))))
+
+        calls = asyncio.run(run())
+        stats = auth.stats()
+        tokens = {s.token for s in server.seen() if s.method == "POST"}
+    assert all(c > 0 for c in calls)
+    assert stats["refresh_success"] >= rotations
+    assert stats["replays"] == 0 and not stats["refresh_errors"]
+    assert stats["code_success"] == 0  # no forced login
+    assert browser_windows(home) == []
+    # One refresh per rotation, each token used: the login's and every refreshed one, but
+    # perhaps the last, refreshed ahead just before the calls stopped.
+    assert stats["refresh_success"] <= len(tokens) <= stats["refresh_success"] + 1
