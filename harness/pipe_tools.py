@@ -5,9 +5,10 @@ carries every kind of message, in both directions.
   request's stream, then a ``tools/list_changed`` on the session's GET stream;
 - ``relay_sample(prompt)``: a ``sampling/createMessage`` request the client answers;
 - ``relay_ask(question)``: an ``elicitation/create`` request the client answers;
+- ``relay_roots()``: a ``roots/list`` request the client answers;
 - ``hang()``: waits until cancelled; :attr:`PipeEvents.cancelled` is set when it is.
 
-The typed server-to-client helpers of ``mcp`` 2.3 warn that sampling and logging are
+The typed server-to-client helpers of ``mcp`` 2.3 warn that sampling, roots and logging are
 deprecated as of 2026-07-28, so these send the same messages through the session's
 generic ``send_request`` / ``send_notification``: the wire is identical.
 """
@@ -91,6 +92,16 @@ def add_pipe_tools(server: MCPServer[Any], events: PipeEvents) -> None:
         if result.action == "accept" and result.content:
             return str(result.content.get("answer"))
         return str(result.action)
+
+    @server.tool()
+    async def relay_roots(ctx: Context) -> list[str]:
+        """The URIs of the client's roots."""
+        result = await ctx.session.send_request(
+            types.ListRootsRequest(),
+            types.ListRootsResult,
+            metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+        )
+        return [str(root.uri) for root in result.roots]
 
     @server.tool()
     async def hang() -> str:

@@ -26,6 +26,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
+from pydantic import FileUrl
 
 from grantkeeper import FileStore
 from harness.authserver import AuthServer
@@ -276,7 +277,7 @@ def test_a_killed_login_instance_is_taken_over(
 # -- 4: a faithful pipe ---------------------------------------------------------------------
 
 
-def test_progress_logging_list_changed_sampling_elicitation_and_cancellation_pass_through(
+def test_progress_logging_list_changed_sampling_elicitation_roots_and_cancellation_pass_through(
     auth: AuthServer, server: McpServer, home: Path
 ) -> None:
     login(auth, server.url, FileStore(home))
@@ -305,6 +306,10 @@ def test_progress_logging_list_changed_sampling_elicitation_and_cancellation_pas
             model="fake",
         )
 
+    async def on_roots(context: Any) -> types.ListRootsResult:
+        root = types.Root(uri=FileUrl("file:///work/project"), name="project")
+        return types.ListRootsResult(roots=[root])
+
     async def on_elicitation(context: Any, params: Any) -> types.ElicitResult:
         return types.ElicitResult(action="accept", content={"answer": f"yes to {params.message}"})
 
@@ -321,6 +326,7 @@ def test_progress_logging_list_changed_sampling_elicitation_and_cancellation_pas
             message_handler=on_message,
             sampling_callback=on_sampling,
             elicitation_callback=on_elicitation,
+            list_roots_callback=on_roots,
         ) as session:
             await session.initialize()
             chatty = await session.call_tool("chatty", {"steps": 3}, progress_callback=on_progress)
@@ -328,6 +334,7 @@ def test_progress_logging_list_changed_sampling_elicitation_and_cancellation_pas
                 await list_changed.wait()
             sampled = await session.call_tool("relay_sample", {"prompt": "hello"})
             asked = await session.call_tool("relay_ask", {"question": "proceed?"})
+            roots = await session.call_tool("relay_roots", {})
             hanging = asyncio.create_task(session.call_tool("hang", {}))
             await asyncio.to_thread(server.pipe_events.hanging.wait, CALL_TIMEOUT)
             hanging.cancel()  # the client sends notifications/cancelled
@@ -338,6 +345,7 @@ def test_progress_logging_list_changed_sampling_elicitation_and_cancellation_pas
                 "progress": seen_progress,
                 "sampled": text_of(sampled),
                 "asked": text_of(asked),
+                "roots": roots.structured_content,
                 "cancelled": cancelled,
                 "after": text_of(after),
             }
@@ -349,6 +357,7 @@ def test_progress_logging_list_changed_sampling_elicitation_and_cancellation_pas
     assert notifications == ["notifications/tools/list_changed"]
     assert outcome["sampled"] == "sampled: hello"
     assert outcome["asked"] == "yes to proceed?"
+    assert outcome["roots"] == {"result": ["file:///work/project"]}
     assert outcome["cancelled"] is True
     assert outcome["after"] == "still fine"
 
