@@ -570,3 +570,35 @@ def test_eight_proxies_through_rotations_spend_each_refresh_token_once(home: Pat
     # One refresh per rotation, each token used: the login's and every refreshed one, but
     # perhaps the last, refreshed ahead just before the calls stopped.
     assert stats["refresh_success"] <= len(tokens) <= stats["refresh_success"] + 1
+
+
+def test_an_authorization_header_turns_oauth_off(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    token = login(auth, server.url, FileStore(home / "elsewhere")).access_token
+
+    async def run() -> str:
+        header = f"Authorization: Bearer {token}"
+        async with host(server.url, home, "--header", header) as session:
+            await session.initialize()
+            return text_of(await session.call_tool("echo", {"text": "static"}))
+
+    assert asyncio.run(run()) == "static"
+    assert {s.token for s in server.seen() if s.method == "POST"} == {token}
+    assert browser_windows(home) == []
+    assert not (home / "locks").exists()  # no login was even considered
+
+
+def test_an_unreachable_server_gets_an_error_that_says_so(home: Path) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/mcp"  # bound, never listening
+
+        async def run() -> MCPError:
+            async with host(url, home, "--header", "Authorization: Bearer static") as session:
+                with pytest.raises(MCPError) as caught:
+                    await session.initialize()
+                return caught.value
+
+        error = asyncio.run(run())
+    assert f"cannot reach the MCP server at {url}" in str(error)
