@@ -1,7 +1,8 @@
 """P7: ``grantkeeper proxy``, the stdio bridge desktop hosts start, on the real servers.
 
 - tool-call latency through the proxy (``mcp``'s stdio client → proxy → server) against a
-  direct ``mcp`` client (``grantkeeper.mcp.connect``) on the same server: the pipe's cost;
+  direct ``mcp`` client session (the SDK's HTTP transport with grantkeeper's auth) on the
+  same server: the pipe's cost;
 - spawn to the ``initialize`` answer with a stored credential: what a host waits for;
 - a fleet: N proxies for one credential with short-lived tokens, each calling a tool at a
   steady pace: forced logins, replayed refresh tokens, failed calls and dead instances, as
@@ -23,18 +24,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 from benchmarks._measure import Spread
 from benchmarks._report import Section
 from grantkeeper import CredentialKey, FileStore, Keeper
-from grantkeeper.mcp import connect
+from grantkeeper.mcp import httpx2_auth
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
 
 ROOT = Path(__file__).resolve().parent.parent
+HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 OVERHEAD_GOAL = 1e-3
 START_GOAL = 1.0
 
@@ -60,14 +64,24 @@ async def _through_proxy(url: str, home: str) -> AsyncIterator[ClientSession]:
             yield session
 
 
+@contextlib.asynccontextmanager
+async def _direct(url: str, keeper: Keeper) -> AsyncIterator[ClientSession]:
+    """The same client session class as the host's, over the SDK's own HTTP transport with
+    grantkeeper's auth: the only difference left is the proxy in between."""
+    async with (
+        httpx2.AsyncClient(auth=httpx2_auth(url, keeper=keeper), timeout=HTTP_TIMEOUT) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write, read_timeout_seconds=60) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
 async def _latencies(url: str, home: str, calls: int) -> tuple[list[float], list[float]]:
     direct: list[float] = []
     proxied: list[float] = []
     keeper = Keeper(FileStore(home), CredentialKey.for_server(url))
-    async with (
-        connect(url, keeper=keeper, mode="legacy") as session,
-        _through_proxy(url, home) as host,
-    ):
+    async with _direct(url, keeper) as session, _through_proxy(url, home) as host:
         for _ in range(max(1, calls // 10)):  # warm both paths up
             await session.call_tool("echo", {"text": "warm"})
             await host.call_tool("echo", {"text": "warm"})
@@ -172,7 +186,7 @@ def run(
             )
             stats: dict[str, Any] = auth.stats()
     section.rows += [
-        ["tool call, direct `mcp` client (p50)", f"{p50_direct * 1e3:.2f} ms"],
+        ["tool call, direct `mcp` client session (p50)", f"{p50_direct * 1e3:.2f} ms"],
         ["tool call through the proxy (p50)", f"{p50_proxy * 1e3:.2f} ms"],
         ["p50 overhead of the proxy", f"{overhead * 1e3:.2f} ms"],
         ["spawn to `initialize` answered, stored credential", start.fmt(" ms", 1e3, 0)],
