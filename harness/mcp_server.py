@@ -44,13 +44,14 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.streamable_http import EventStore
 from mcp_types import SamplingMessage, TextContent
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harness import remember_secret
 from harness.authserver import AuthServer
-from harness.pipe_tools import PipeEvents, add_pipe_tools
+from harness.pipe_tools import RESUME_RETRY_MS, PipeEvents, add_pipe_tools
 
 INTROSPECTOR = ("introspector", "introspector-secret")
 """The static client harness/oidc registers for token introspection."""
@@ -147,10 +148,13 @@ class McpServer:
         auth_server: AuthServer | None,
         required_scopes: tuple[str, ...] = (),
         json_response: bool = False,
+        event_store: EventStore | None = None,
     ) -> None:
         self.auth_server = auth_server
         self.required_scopes = required_scopes
         self.json_response = json_response
+        #: Numbers events so clients can resume a broken stream (``harness.pipe_tools``).
+        self.event_store = event_store
         self._condition = threading.Condition()
         self._seen: list[Seen] = []
         self._faults: list[_Fault] = []
@@ -298,7 +302,11 @@ class McpServer:
 
         add_pipe_tools(server, self.pipe_events)
 
-        return server.streamable_http_app(json_response=self.json_response)
+        return server.streamable_http_app(
+            json_response=self.json_response,
+            event_store=self.event_store,
+            retry_interval=RESUME_RETRY_MS if self.event_store is not None else None,
+        )
 
     async def _barrier(self, n: int) -> int:
         if self._barrier_event is None or self._barrier_event.is_set():

@@ -6,7 +6,10 @@ carries every kind of message, in both directions.
 - ``relay_sample(prompt)``: a ``sampling/createMessage`` request the client answers;
 - ``relay_ask(question)``: an ``elicitation/create`` request the client answers;
 - ``relay_roots()``: a ``roots/list`` request the client answers;
-- ``hang()``: waits until cancelled; :attr:`PipeEvents.cancelled` is set when it is.
+- ``hang()``: waits until cancelled; :attr:`PipeEvents.cancelled` is set when it is;
+- ``interrupted()``: reports progress, closes its own event stream, reports again and
+  answers: the client sees it all only if it resumes the stream (``Last-Event-ID``). Needs
+  a server with a :class:`MemoryEventStore`.
 
 The typed server-to-client helpers of ``mcp`` 2.3 warn that sampling, roots and logging are
 deprecated as of 2026-07-28, so these send the same messages through the session's
@@ -15,16 +18,47 @@ generic ``send_request`` / ``send_notification``: the wire is identical.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.message import ServerMessageMetadata
 
 HANG_TIMEOUT = 30.0
 """A ``hang`` call nobody cancels fails after this long instead of hanging the suite."""
+
+
+RESUME_RETRY_MS = 50
+"""The ``retry:`` a resumable server suggests: tests should not wait a second per resume."""
+
+
+class MemoryEventStore(EventStore):
+    """Every event of every stream, numbered in one sequence, kept in memory."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, str, types.JSONRPCMessage | None]] = []
+        self._ids = itertools.count(1)
+
+    async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
+        event_id = str(next(self._ids))
+        self._events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(
+        self, last_event_id: str, send_callback: EventCallback
+    ) -> str | None:
+        found = [i for i, (event_id, _, _) in enumerate(self._events) if event_id == last_event_id]
+        if not found:
+            return None
+        stream_id = self._events[found[0]][1]
+        for event_id, stream, message in self._events[found[0] + 1 :]:
+            if stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
 
 
 class PipeEvents:
@@ -102,6 +136,14 @@ def add_pipe_tools(server: MCPServer[Any], events: PipeEvents) -> None:
             metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
         )
         return [str(root.uri) for root in result.roots]
+
+    @server.tool()
+    async def interrupted(ctx: Context) -> str:
+        """Progress, a broken stream, more progress, then the answer."""
+        await ctx.report_progress(1, 2, "before the break")
+        await ctx.close_sse_stream()
+        await ctx.report_progress(2, 2, "after the break")
+        return "resumed"
 
     @server.tool()
     async def hang() -> str:

@@ -32,6 +32,7 @@ from grantkeeper import FileStore
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer, Seen
+from harness.pipe_tools import MemoryEventStore
 
 pytestmark = pytest.mark.realserver
 
@@ -602,3 +603,25 @@ def test_an_unreachable_server_gets_an_error_that_says_so(home: Path) -> None:
 
         error = asyncio.run(run())
     assert f"cannot reach the MCP server at {url}" in str(error)
+
+
+def test_a_broken_request_stream_is_resumed_with_last_event_id(
+    auth: AuthServer, home: Path
+) -> None:
+    with McpServer(auth_server=auth, event_store=MemoryEventStore()) as server:
+        login(auth, server.url, FileStore(home))
+        reports: list[str | None] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            reports.append(message)
+
+        async def run() -> str:
+            async with host(server.url, home) as session:
+                await session.initialize()
+                result = await session.call_tool("interrupted", {}, progress_callback=on_progress)
+                return text_of(result)
+
+        assert asyncio.run(run()) == "resumed"
+        resumed = [s for s in server.seen() if s.method == "GET" and s.status == 200]
+    assert reports == ["before the break", "after the break"]
+    assert len(resumed) >= 2  # the session's own stream, and the resumed request stream

@@ -66,6 +66,18 @@ CLOSE_TIMEOUT = 5.0
 """Bounds the DELETE of the session on exit: a dead server must not hang the host's quit."""
 
 
+RESUME_ATTEMPTS = 3
+"""Tries to resume a broken request stream that made no progress, before giving up."""
+
+
+class _Stream:
+    """Where a request's event stream stands: what to resume from, and when."""
+
+    def __init__(self) -> None:
+        self.last_event_id: str | None = None
+        self.retry = RECONNECT_DELAY
+
+
 class _SessionExpired(Exception):
     """The server answered 404 to a request that named our session."""
 
@@ -357,8 +369,50 @@ class Proxy:
     async def _relay_events(
         self, response: httpx2.Response, request_id: Any, *, relay: bool
     ) -> dict[str, Any] | None:
+        """Relay a request's event stream until its response; if the stream breaks first
+        and the server numbered its events, resume it (GET with ``Last-Event-ID``)."""
+        stream = _Stream()
+        final = await self._relay_stream(response, request_id, stream, relay=relay)
+        attempts = 0
+        while final is None and stream.last_event_id is not None and attempts < RESUME_ATTEMPTS:
+            if _key(request_id) in self._cancelled:
+                break
+            attempts += 1
+            await asyncio.sleep(stream.retry)  # the server's own hint (``retry:``)
+            headers = self._headers(None, accept="text/event-stream")
+            headers[LAST_EVENT_ID] = stream.last_event_id
+            before = stream.last_event_id
+            try:
+                async with self.http.stream("GET", self.url, headers=headers) as resumed:
+                    content_type = resumed.headers.get("content-type", "")
+                    if resumed.status_code >= 400 or "text/event-stream" not in content_type:
+                        log.info("the MCP server did not resume a stream: %s", resumed.status_code)
+                        break
+                    final = await self._relay_stream(resumed, request_id, stream, relay=relay)
+            except httpx2.HTTPError as exc:
+                log.debug("resuming a stream failed: %s", type(exc).__name__)
+            if stream.last_event_id != before:
+                attempts = 0  # it made progress: a stream may be resumed many times
+        if final is not None:
+            return final
+        if _key(request_id) in self._cancelled:
+            return None  # the host cancelled it: no answer is expected
+        self._fail(
+            {"id": request_id, "method": "?"},
+            "the MCP server closed the stream without answering",
+            relay=relay,
+        )
+        return None
+
+    async def _relay_stream(
+        self, response: httpx2.Response, request_id: Any, stream: _Stream, *, relay: bool
+    ) -> dict[str, Any] | None:
         try:
             async for event in httpx2.EventSource(response, max_event_size=MAX_EVENT_SIZE):
+                if event.id:
+                    stream.last_event_id = event.id
+                if event.retry is not None:
+                    stream.retry = event.retry / 1000
                 if not event.data or event.event not in ("message", ""):
                     continue  # a priming event, or one that is not a message
                 message = _parse(event.data)
@@ -369,15 +423,8 @@ class Proxy:
                         self._to_host(_raw(event.data, message))
                     return message
                 self._to_host(_raw(event.data, message))
-        except httpx2.SSEError as exc:
-            log.warning("event stream failed: %s", exc)
-        if _key(request_id) in self._cancelled:
-            return None  # the host cancelled it: no answer is expected
-        self._fail(
-            {"id": request_id, "method": "?"},
-            "the MCP server closed the stream without answering",
-            relay=relay,
-        )
+        except (httpx2.SSEError, httpx2.TransportError) as exc:
+            log.info("event stream broke: %s", type(exc).__name__)
         return None
 
     def _after_notification(self, message: Any) -> None:
