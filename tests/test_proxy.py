@@ -625,3 +625,31 @@ def test_a_broken_request_stream_is_resumed_with_last_event_id(
         resumed = [s for s in server.seen() if s.method == "GET" and s.status == 200]
     assert reports == ["before the break", "after the break"]
     assert len(resumed) >= 2  # the session's own stream, and the resumed request stream
+
+
+def test_a_malformed_header_is_a_usage_error_that_never_echoes_its_value(home: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, *proxy_args("https://mcp.example.com/mcp", "--header", "X-Key secret-x")],
+        env=environment(home),
+        cwd=ROOT,
+        input=b"",
+        capture_output=True,
+        timeout=CALL_TIMEOUT,
+    )
+    assert done.returncode == 2 and done.stdout == b""
+    assert b"Name: value" in done.stderr and b"secret-x" not in done.stderr
+
+
+def test_the_log_file_keeps_the_log_private(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    login(auth, server.url, FileStore(home))
+    log_file = home.parent / "proxy.log"
+
+    async def run() -> None:
+        async with host(server.url, home, "-v", "--log-file", str(log_file)) as session:
+            await session.initialize()
+
+    asyncio.run(run())
+    assert "proxy.start" in log_file.read_text() and "session ended" in log_file.read_text()
+    assert log_file.stat().st_mode & 0o777 == 0o600

@@ -71,8 +71,8 @@ def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
         name, colon, content = value.partition(":")
         name = name.strip()
         if not colon or not name or any(c.isspace() for c in name):
-            # Only the name is echoed: the value may be a secret.
-            raise click.BadParameter(f"expected 'Name: value', got a header named {name[:40]!r}")
+            # Nothing of it is echoed: without its colon, a value reads as a name.
+            raise click.BadParameter("expected 'Name: value' (not shown: it may hold a secret)")
         headers[name] = content.strip()
     return headers
 
