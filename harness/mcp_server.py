@@ -149,12 +149,15 @@ class McpServer:
         required_scopes: tuple[str, ...] = (),
         json_response: bool = False,
         event_store: EventStore | None = None,
+        transport: str = "streamable-http",
     ) -> None:
         self.auth_server = auth_server
         self.required_scopes = required_scopes
         self.json_response = json_response
         #: Numbers events so clients can resume a broken stream (``harness.pipe_tools``).
         self.event_store = event_store
+        #: ``"sse"`` serves the older HTTP+SSE transport at ``/sse`` instead.
+        self.transport = transport
         self._condition = threading.Condition()
         self._seen: list[Seen] = []
         self._faults: list[_Fault] = []
@@ -179,7 +182,7 @@ class McpServer:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         self.origin = f"http://127.0.0.1:{port}"
-        self.url = f"{self.origin}/mcp"
+        self.url = f"{self.origin}/{'sse' if self.transport == 'sse' else 'mcp'}"
         app = _Controls(self._build_app(), self)
         config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none")
         server = uvicorn.Server(config)
@@ -302,6 +305,8 @@ class McpServer:
 
         add_pipe_tools(server, self.pipe_events)
 
+        if self.transport == "sse":
+            return server.sse_app()
         return server.streamable_http_app(
             json_response=self.json_response,
             event_store=self.event_store,

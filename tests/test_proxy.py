@@ -653,3 +653,27 @@ def test_the_log_file_keeps_the_log_private(
     asyncio.run(run())
     assert "proxy.start" in log_file.read_text() and "session ended" in log_file.read_text()
     assert log_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_older_server_over_http_and_sse(auth: AuthServer, home: Path) -> None:
+    with McpServer(auth_server=auth, transport="sse") as server:
+        login(auth, server.url, FileStore(home))
+        reports: list[str | None] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            reports.append(message)
+
+        async def run() -> tuple[str, str]:
+            async with host(server.url, home, "--transport", "sse") as session:
+                await session.initialize()
+                echoed = await session.call_tool("echo", {"text": "over sse"})
+                chatty = await session.call_tool(
+                    "chatty", {"steps": 2}, progress_callback=on_progress
+                )
+                return text_of(echoed), text_of(chatty)
+
+        assert asyncio.run(run()) == ("over sse", "chatted 2")
+        seen = server.seen()
+    assert reports == ["step 1", "step 2"]
+    assert {(s.method, s.path) for s in seen} >= {("GET", "/sse"), ("POST", "/messages/")}
+    assert all(s.token for s in seen if s.path in ("/sse", "/messages/"))

@@ -107,6 +107,13 @@ def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="Seconds between keep-alive pings to the server; 0 turns them off.",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["streamable-http", "sse"]),
+    default="streamable-http",
+    show_default=True,
+    help="The server's transport: sse for older servers (HTTP+SSE, protocol 2024-11-05).",
+)
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also append the log here.")
 @store_option
@@ -119,6 +126,7 @@ def proxy(
     no_browser: bool,
     login_timeout: float,
     ping_interval: float,
+    transport: str,
     verbose: int,
     log_file: str | None,
     store_spec: str | None,
@@ -162,6 +170,7 @@ def proxy(
                 scope=scope,
                 login_timeout=login_timeout,
                 ping_interval=ping_interval,
+                transport=transport,
             )
         )
     finally:
@@ -181,11 +190,13 @@ async def _serve(
     scope: str | None,
     login_timeout: float,
     ping_interval: float,
+    transport: str,
 ) -> None:
     import httpx2
 
     from ._proxy import HTTP_TIMEOUT, Proxy
     from ._proxy_login import LoginCoordinator
+    from ._proxy_sse import SseProxy
     from ._proxy_stdio import read_lines
     from .mcp import httpx2_auth
 
@@ -209,7 +220,10 @@ async def _serve(
     async with httpx2.AsyncClient(
         auth=auth, headers=headers, timeout=HTTP_TIMEOUT, follow_redirects=False
     ) as http:
-        await Proxy(config, http=http, out=out, login=login, ping_interval=ping_interval).run(lines)
+        bridge = SseProxy if transport == "sse" else Proxy
+        await bridge(config, http=http, out=out, login=login, ping_interval=ping_interval).run(
+            lines
+        )
 
 
 COMMANDS = [proxy]

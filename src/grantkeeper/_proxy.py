@@ -78,11 +78,11 @@ class _Stream:
         self.retry = RECONNECT_DELAY
 
 
-class _SessionExpired(Exception):
+class SessionExpired(Exception):
     """The server answered 404 to a request that named our session."""
 
 
-def _is_response(message: Any) -> TypeGuard[dict[str, Any]]:
+def is_response(message: Any) -> TypeGuard[dict[str, Any]]:
     return (
         isinstance(message, dict)
         and "method" not in message
@@ -90,11 +90,11 @@ def _is_response(message: Any) -> TypeGuard[dict[str, Any]]:
     )
 
 
-def _is_request(message: Any) -> TypeGuard[dict[str, Any]]:
+def is_request(message: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(message, dict) and "method" in message and "id" in message
 
 
-def _line(message: Any) -> bytes:
+def encode(message: Any) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -158,11 +158,11 @@ class Proxy:
                 {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
             )
             return
-        if _is_request(message):
+        if is_request(message):
             if message["method"] == "initialize":
                 self._initialize = message
             log.debug("host.request method=%s id=%s", message["method"], message["id"])
-            key = _key(message["id"])
+            key = message_key(message["id"])
             task = self._spawn(self._send(message))
             self._in_flight[key] = (task, _envelope_version(message) is not None)
             task.add_done_callback(lambda done: self._forget(key, done))
@@ -171,7 +171,7 @@ class Proxy:
             method = message.get("method")
             if method == "notifications/cancelled":
                 params = message.get("params")
-                key = _key(params.get("requestId") if isinstance(params, dict) else None)
+                key = message_key(params.get("requestId") if isinstance(params, dict) else None)
                 self._cancelled.add(key)
                 entry = self._in_flight.get(key)
                 if entry is not None and entry[1]:
@@ -187,7 +187,7 @@ class Proxy:
         self.out.write(raw)
 
     def _to_host_message(self, message: Any) -> None:
-        self.out.write(_line(message))
+        self.out.write(encode(message))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(work)
@@ -233,7 +233,7 @@ class Proxy:
         Retries once after the session expired (re-initializing first) and once after a
         login; anything else the proxy cannot fix becomes a JSON-RPC error for a request.
         """
-        request_id = message.get("id") if _is_request(message) else None
+        request_id = message.get("id") if is_request(message) else None
         renewed = logged_in = False
         while True:
             if not internal:
@@ -242,14 +242,14 @@ class Proxy:
             sent = self.login.sent_token() if self.login is not None else None
             try:
                 return await self._post(message, relay=relay)
-            except _SessionExpired:
+            except SessionExpired:
                 if renewed or self._initialize is None:
                     self._fail(message, "the MCP server ended the session", relay=relay)
                     return None
                 renewed = True
                 try:
                     await self._reinitialize(generation)
-                except _NoSession as exc:
+                except NoSession as exc:
                     self._fail(message, str(exc), relay=relay)
                     return None
                 except GrantkeeperError as exc:
@@ -272,7 +272,7 @@ class Proxy:
                 return None
             finally:
                 if request_id is not None:
-                    self._cancelled.discard(_key(request_id))
+                    self._cancelled.discard(message_key(request_id))
 
     def _explain(self, exc: GrantkeeperError) -> str:
         text = str(exc)
@@ -291,7 +291,7 @@ class Proxy:
     ) -> None:
         method = message.get("method") if isinstance(message, dict) else None
         log.warning("%s (%s)", text, method or "response")
-        if not _is_request(message) or not relay:
+        if not is_request(message) or not relay:
             return
         data: dict[str, Any] = {"proxy": "grantkeeper"}
         if exc is not None:
@@ -312,14 +312,14 @@ class Proxy:
     async def _post(self, message: Any, *, relay: bool) -> dict[str, Any] | None:
         headers = self._headers(message)
         named_session = SESSION_HEADER in headers
-        request_id = message.get("id") if _is_request(message) else None
-        initializing = _is_request(message) and message.get("method") == "initialize"
+        request_id = message.get("id") if is_request(message) else None
+        initializing = is_request(message) and message.get("method") == "initialize"
         async with self.http.stream(
-            "POST", self.url, content=_line(message), headers=headers
+            "POST", self.url, content=encode(message), headers=headers
         ) as response:
             status = response.status_code
             if status == 404 and named_session:
-                raise _SessionExpired
+                raise SessionExpired
             if initializing and status < 400:
                 self.session_id = response.headers.get(SESSION_HEADER) or self.session_id
             content_type = response.headers.get("content-type", "").partition(";")[0]
@@ -352,7 +352,7 @@ class Proxy:
         messages = parsed if isinstance(parsed, list) else [parsed]
         final: dict[str, Any] | None = None
         for message in messages:
-            if _is_response(message) and message.get("id") in (request_id, None):
+            if is_response(message) and message.get("id") in (request_id, None):
                 if message.get("id") is None:  # rejected before the server read its id
                     message = {**message, "id": request_id}
                 final = message
@@ -375,7 +375,7 @@ class Proxy:
         final = await self._relay_stream(response, request_id, stream, relay=relay)
         attempts = 0
         while final is None and stream.last_event_id is not None and attempts < RESUME_ATTEMPTS:
-            if _key(request_id) in self._cancelled:
+            if message_key(request_id) in self._cancelled:
                 break
             attempts += 1
             await asyncio.sleep(stream.retry)  # the server's own hint (``retry:``)
@@ -395,7 +395,7 @@ class Proxy:
                 attempts = 0  # it made progress: a stream may be resumed many times
         if final is not None:
             return final
-        if _key(request_id) in self._cancelled:
+        if message_key(request_id) in self._cancelled:
             return None  # the host cancelled it: no answer is expected
         self._fail(
             {"id": request_id, "method": "?"},
@@ -415,14 +415,14 @@ class Proxy:
                     stream.retry = event.retry / 1000
                 if not event.data or event.event not in ("message", ""):
                     continue  # a priming event, or one that is not a message
-                message = _parse(event.data)
+                message = parse_event(event.data)
                 if message is None:
                     continue
-                if _is_response(message) and message.get("id") == request_id:
+                if is_response(message) and message.get("id") == request_id:
                     if relay:
-                        self._to_host(_raw(event.data, message))
+                        self._to_host(raw_line(event.data, message))
                     return message
-                self._to_host(_raw(event.data, message))
+                self._to_host(raw_line(event.data, message))
         except (httpx2.SSEError, httpx2.TransportError) as exc:
             log.info("event stream broke: %s", type(exc).__name__)
         return None
@@ -450,7 +450,7 @@ class Proxy:
                 replay = {**self._initialize, "id": f"grantkeeper-{next(self._internal_ids)}"}
                 answer = await self._send(replay, relay=False, internal=True)
                 if answer is None or "error" in answer:
-                    raise _NoSession("the MCP server refused to open a new session")
+                    raise NoSession("the MCP server refused to open a new session")
                 self._generation += 1
                 self.reinitializations += 1
                 await self._send(
@@ -496,9 +496,9 @@ class Proxy:
                                 last_event_id = event.id
                             if event.retry is not None:
                                 delay = event.retry / 1000
-                            message = _parse(event.data) if event.data else None
+                            message = parse_event(event.data) if event.data else None
                             if message is not None:
-                                self._to_host(_raw(event.data, message))
+                                self._to_host(raw_line(event.data, message))
             except GrantkeeperError as exc:
                 if self.login is not None and (exc.requires_login or exc.requires_reauthentication):
                     with contextlib.suppress(GrantkeeperError):
@@ -513,7 +513,7 @@ class Proxy:
     async def _renew_quietly(self, generation: int) -> None:
         try:
             await self._reinitialize(generation)
-        except (GrantkeeperError, _NoSession, httpx2.HTTPError) as exc:
+        except (GrantkeeperError, NoSession, httpx2.HTTPError) as exc:
             log.warning("could not open a new session: %s", exc)
 
     async def _prepare(self) -> None:
@@ -550,7 +550,7 @@ class Proxy:
         self.session_id = None
 
 
-class _NoSession(Exception):
+class NoSession(Exception):
     """Re-initializing was refused; the request that found the expiry fails with this."""
 
 
@@ -562,12 +562,12 @@ def _envelope_version(message: dict[str, Any]) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def _key(request_id: Any) -> str:
+def message_key(request_id: Any) -> str:
     # "1" and 1 are different ids; JSON keeps them apart.
     return json.dumps(request_id)
 
 
-def _parse(data: str) -> Any:
+def parse_event(data: str) -> Any:
     try:
         return json.loads(data)
     except ValueError:
@@ -575,6 +575,6 @@ def _parse(data: str) -> Any:
         return None
 
 
-def _raw(data: str, message: Any) -> bytes:
+def raw_line(data: str, message: Any) -> bytes:
     """The server's own bytes when they fit on one line, else the message re-encoded."""
-    return data.encode() if "\n" not in data else _line(message)
+    return data.encode() if "\n" not in data else encode(message)
