@@ -11,7 +11,8 @@ once ``n`` calls are inside it at the same time (a concurrency proof without tim
 more call back into the client, to prove its handlers are wired: ``sample`` (sampling),
 ``ask`` (elicitation), ``roots`` (roots/list) and ``log`` (a log message notification).
 The SDK deprecates these features from protocol 2026-07-28 on; they work on sessions that
-negotiated an earlier version (``mode="legacy"``).
+negotiated an earlier version (``mode="legacy"``). ``harness.pipe_tools`` adds those a
+pipe (``grantkeeper proxy``) is tested with.
 
 With ``auth_server=None`` the server is not protected at all: no metadata, no 401.
 
@@ -43,12 +44,14 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.streamable_http import EventStore
 from mcp_types import SamplingMessage, TextContent
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harness import remember_secret
 from harness.authserver import AuthServer
+from harness.pipe_tools import RESUME_RETRY_MS, PipeEvents, add_pipe_tools
 
 INTROSPECTOR = ("introspector", "introspector-secret")
 """The static client harness/oidc registers for token introspection."""
@@ -145,10 +148,16 @@ class McpServer:
         auth_server: AuthServer | None,
         required_scopes: tuple[str, ...] = (),
         json_response: bool = False,
+        event_store: EventStore | None = None,
+        transport: str = "streamable-http",
     ) -> None:
         self.auth_server = auth_server
         self.required_scopes = required_scopes
         self.json_response = json_response
+        #: Numbers events so clients can resume a broken stream (``harness.pipe_tools``).
+        self.event_store = event_store
+        #: ``"sse"`` serves the older HTTP+SSE transport at ``/sse`` instead.
+        self.transport = transport
         self._condition = threading.Condition()
         self._seen: list[Seen] = []
         self._faults: list[_Fault] = []
@@ -161,6 +170,8 @@ class McpServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._verifier: _IntrospectionVerifier | None = None
+        #: What the talking-back tools of ``harness.pipe_tools`` saw.
+        self.pipe_events = PipeEvents()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -171,7 +182,7 @@ class McpServer:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         self.origin = f"http://127.0.0.1:{port}"
-        self.url = f"{self.origin}/mcp"
+        self.url = f"{self.origin}/{'sse' if self.transport == 'sse' else 'mcp'}"
         app = _Controls(self._build_app(), self)
         config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none")
         server = uvicorn.Server(config)
@@ -292,7 +303,15 @@ class McpServer:
             )
             return "logged"
 
-        return server.streamable_http_app(json_response=self.json_response)
+        add_pipe_tools(server, self.pipe_events)
+
+        if self.transport == "sse":
+            return server.sse_app()
+        return server.streamable_http_app(
+            json_response=self.json_response,
+            event_store=self.event_store,
+            retry_interval=RESUME_RETRY_MS if self.event_store is not None else None,
+        )
 
     async def _barrier(self, n: int) -> int:
         if self._barrier_event is None or self._barrier_event.is_set():

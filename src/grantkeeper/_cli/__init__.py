@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "grantkeeper._cli._auth",
     "grantkeeper._cli._stores",
     "grantkeeper._cli._tools",
+    "grantkeeper._cli._proxy",
 )
 """Modules whose ``COMMANDS`` make up the CLI, searched in this order."""
 

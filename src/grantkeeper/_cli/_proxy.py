@@ -1,0 +1,228 @@
+"""``grantkeeper proxy URL|NAME``: the stdio MCP server a desktop host starts, bridged to a
+remote streamable HTTP server with grantkeeper's auth. The bridge is ``_proxy``.
+
+stdout carries JSON-RPC only, from the first byte: descriptor 1 is taken over before
+anything else runs. Everything for people goes to stderr (and ``--log-file``), one line
+per event; header values and tokens are never written.
+
+Exit codes: 0 the host closed stdin (or sent SIGTERM); 1 error; 2 bad usage; 3 a person
+must log in (only before the proxy starts serving; afterwards requests get JSON-RPC errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import click
+
+from ._policy import fail, handle_errors, open_store_for, store_option
+
+if TYPE_CHECKING:
+    from .._keeper import Keeper
+    from .._proxy_stdio import ProtocolOut
+    from .._servers import ServerConfig
+
+MISSING_EXTRA = (
+    "grantkeeper proxy needs the mcp extra: "
+    "uvx --from 'grantkeeper[mcp]' grantkeeper proxy URL (or pip install 'grantkeeper[mcp]')"
+)
+
+_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+class _Scrub(logging.Filter):
+    """Hides configured header values and bearer tokens, should any reach a message."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            from .._redact import scrub
+
+            record.msg = scrub(record.getMessage(), self.secrets, 10_000)
+            record.args = None
+        return True
+
+
+def _configure_logging(verbose: int, log_file: str | None, secrets: list[str]) -> None:
+    logger = logging.getLogger("grantkeeper")
+    logger.setLevel(_LEVELS[min(verbose, len(_LEVELS) - 1)])
+    logger.propagate = False
+    formatter = logging.Formatter("%(asctime)s grantkeeper %(levelname)s %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler()]  # stderr
+    if log_file:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handlers.append(logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8")))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_Scrub(secrets))
+        logger.addHandler(handler)
+
+
+def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for value in values:
+        name, colon, content = value.partition(":")
+        name = name.strip()
+        if not colon or not name or any(c.isspace() for c in name):
+            # Nothing of it is echoed: without its colon, a value reads as a name.
+            raise click.BadParameter("expected 'Name: value' (not shown: it may hold a secret)")
+        headers[name] = content.strip()
+    return headers
+
+
+@click.command()
+@click.argument("server", metavar="URL|NAME")
+@click.option("--profile", help="A second credential for the same server, e.g. another account.")
+@click.option("--scope", "scopes", multiple=True, help="Scope to ask for at login (repeatable).")
+@click.option(
+    "--header",
+    "header_values",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Extra header for every request (repeatable). An Authorization header turns OAuth off.",
+)
+@click.option(
+    "--no-browser",
+    is_flag=True,
+    help="Never open a browser: requests get an error naming `grantkeeper login` instead.",
+)
+@click.option(
+    "--login-timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for a browser login (here or in another proxy).",
+)
+@click.option(
+    "--ping-interval",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds between keep-alive pings to the server; 0 turns them off.",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["streamable-http", "sse"]),
+    default="streamable-http",
+    show_default=True,
+    help="The server's transport: sse for older servers (HTTP+SSE, protocol 2024-11-05).",
+)
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Also append the log here.")
+@store_option
+@handle_errors
+def proxy(
+    server: str,
+    profile: str | None,
+    scopes: tuple[str, ...],
+    header_values: tuple[str, ...],
+    no_browser: bool,
+    login_timeout: float,
+    ping_interval: float,
+    transport: str,
+    verbose: int,
+    log_file: str | None,
+    store_spec: str | None,
+) -> None:
+    """Serve MCP on stdio for a desktop host, bridged to the server at URL|NAME.
+
+    \b
+    In a host's config:  {"command": "uvx",
+      "args": ["--from", "grantkeeper[mcp]", "grantkeeper", "proxy", "https://…/mcp"]}
+    """
+    from .._proxy_stdio import ProtocolOut
+
+    out = ProtocolOut.claim_stdout()  # before anything can print
+    try:
+        import httpx2  # noqa: F401
+    except ImportError:
+        raise fail(MISSING_EXTRA) from None
+    from .._keeper import Keeper
+    from .._servers import resolve_server
+
+    config = resolve_server(server, profile=profile)
+    headers = {**config.headers, **_parse_headers(header_values)}
+    bearer = config.bearer()
+    _configure_logging(verbose, log_file, [*headers.values(), *([bearer] if bearer else [])])
+    logging.getLogger("grantkeeper.proxy").info(
+        "proxy.start url=%s key=%s headers=%s", config.url, config.key, sorted(headers) or "-"
+    )
+    oauth = bearer is None and not any(name.lower() == "authorization" for name in headers)
+    keeper = Keeper(open_store_for(store_spec), config.key) if oauth else None
+    scope = " ".join(s for value in scopes for s in value.split()) or None
+    try:
+        asyncio.run(
+            _serve(
+                config,
+                out=out,
+                keeper=keeper,
+                headers=headers,
+                bearer=bearer,
+                browser=not no_browser,
+                scope=scope,
+                login_timeout=login_timeout,
+                ping_interval=ping_interval,
+                transport=transport,
+            )
+        )
+    finally:
+        if keeper is not None:
+            keeper.close()  # stores (or rescues) a refresh still pending
+        out.close()
+
+
+async def _serve(
+    config: ServerConfig,
+    *,
+    out: ProtocolOut,
+    keeper: Keeper | None,
+    headers: dict[str, str],
+    bearer: str | None,
+    browser: bool,
+    scope: str | None,
+    login_timeout: float,
+    ping_interval: float,
+    transport: str,
+) -> None:
+    import httpx2
+
+    from .._proxy import HTTP_TIMEOUT, Proxy
+    from .._proxy_login import LoginCoordinator
+    from .._proxy_sse import SseProxy
+    from .._proxy_stdio import read_lines
+    from ..mcp import httpx2_auth
+
+    auth = httpx2_auth(config.url, keeper=keeper, token=bearer, headers=headers)
+    login = None
+    if keeper is not None:
+        login = LoginCoordinator(
+            config,
+            keeper.store,
+            keeper,
+            browser=browser,
+            scope=scope,
+            callback_timeout=login_timeout,
+        )
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+    read_lines(loop, lines)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        # Hosts stop their servers with SIGTERM: end the session as on a closed stdin.
+        loop.add_signal_handler(signum, lines.put_nowait, None)
+    async with httpx2.AsyncClient(
+        auth=auth, headers=headers, timeout=HTTP_TIMEOUT, follow_redirects=False
+    ) as http:
+        bridge = SseProxy if transport == "sse" else Proxy
+        await bridge(config, http=http, out=out, login=login, ping_interval=ping_interval).run(
+            lines
+        )
+
+
+COMMANDS = [proxy]

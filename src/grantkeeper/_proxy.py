@@ -1,0 +1,580 @@
+"""``grantkeeper proxy``: a desktop host's stdio MCP session, carried over streamable HTTP.
+
+A pipe, not a client: every message is forwarded as it came, ids untouched, in both
+directions. The host's requests are POSTed; what each answer carries (JSON, or an event
+stream of notifications, server requests and finally the response) goes to the host. The
+host's notifications and responses (cancellations, answers to sampling, elicitation or
+roots requests) are POSTed in the order the host sent them. The session's GET stream brings
+what the server sends unprompted (``list_changed``, ``resources/updated``, logging).
+
+What the pipe adds, and nothing else:
+- grantkeeper's auth on every request (the transport policy of ``grantkeeper.mcp.connect``);
+- a login when none is usable, one browser for every proxy of the credential, requests
+  held meanwhile (``_proxy_login``); without a browser, a JSON-RPC error naming the fix;
+- session expiry (404 to a request naming the session): the host's ``initialize`` is
+  replayed upstream, once per expiry, and the request sent again;
+- keep-alive pings, whose answers stay here, and a DELETE of the session on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeGuard
+
+import httpx2
+
+from ._errors import GrantkeeperError
+from ._proxy_login import LoginCoordinator, login_hint
+from ._proxy_stdio import ProtocolOut
+from ._servers import ServerConfig
+
+log = logging.getLogger("grantkeeper.proxy")
+
+SESSION_HEADER = "mcp-session-id"
+VERSION_HEADER = "mcp-protocol-version"
+METHOD_HEADER = "mcp-method"
+NAME_HEADER = "mcp-name"
+LAST_EVENT_ID = "last-event-id"
+ACCEPT = "application/json, text/event-stream"
+
+VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
+"""A 2026-era request carries its protocol version in ``params._meta``; HTTP repeats it in a
+header, with the method and (for these methods) the name it acts on."""
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
+"""The ``mcp`` SDK's defaults (and ``grantkeeper.mcp.connect``'s)."""
+
+MAX_EVENT_SIZE = 64 * 1024 * 1024
+"""A tool result may be large; the host bounds what it accepts, the pipe only a runaway."""
+
+PROXY_ERROR = -32603
+"""JSON-RPC internal error: the code of every answer the proxy gives in the server's place."""
+
+RECONNECT_DELAY = 1.0
+RECONNECT_MAX = 30.0
+"""Backoff of the GET stream's reconnects (the server's ``retry:`` field overrides the first)."""
+
+DEFAULT_PING_INTERVAL = 30.0
+
+CLOSE_TIMEOUT = 5.0
+"""Bounds the DELETE of the session on exit: a dead server must not hang the host's quit."""
+
+
+RESUME_ATTEMPTS = 3
+"""Tries to resume a broken request stream that made no progress, before giving up."""
+
+
+class _Stream:
+    """Where a request's event stream stands: what to resume from, and when."""
+
+    def __init__(self) -> None:
+        self.last_event_id: str | None = None
+        self.retry = RECONNECT_DELAY
+
+
+class SessionExpired(Exception):
+    """The server answered 404 to a request that named our session."""
+
+
+def is_response(message: Any) -> TypeGuard[dict[str, Any]]:
+    return (
+        isinstance(message, dict)
+        and "method" not in message
+        and ("result" in message or "error" in message)
+    )
+
+
+def is_request(message: Any) -> TypeGuard[dict[str, Any]]:
+    return isinstance(message, dict) and "method" in message and "id" in message
+
+
+def encode(message: Any) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Proxy:
+    """One host session, one upstream session (renewed when the server forgets it)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        http: httpx2.AsyncClient,
+        out: ProtocolOut,
+        login: LoginCoordinator | None,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+    ) -> None:
+        self.config = config
+        self.url = config.url
+        self.http = http
+        self.out = out
+        self.login = login
+        self.ping_interval = ping_interval
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
+        self._initialize: dict[str, Any] | None = None
+        self._listening = False
+        self._generation = 0
+        self._session_lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+        self._ready.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._cancelled: set[Any] = set()
+        # Requests in flight by id, and whether each speaks the 2026 era (see _from_host).
+        self._in_flight: dict[str, tuple[asyncio.Task[Any], bool]] = {}
+        self._internal_ids = itertools.count(1)
+        #: Times the upstream session was opened again after the server forgot it.
+        self.reinitializations = 0
+
+    # -- the host side --------------------------------------------------------------------
+
+    async def run(self, lines: asyncio.Queue[bytes | None]) -> None:
+        """Serve the host until its stdin closes, then end the upstream session."""
+        if self.login is not None:
+            self._spawn(self._prepare())
+        if self.ping_interval > 0:
+            self._spawn(self._keepalive())
+        try:
+            while not self.out.closed:
+                line = await lines.get()
+                if line is None:
+                    break
+                await self._from_host(line)
+        finally:
+            await self.close()
+
+    async def _from_host(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            self._to_host_message(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
+            )
+            return
+        if is_request(message):
+            if message["method"] == "initialize":
+                self._initialize = message
+            log.debug("host.request method=%s id=%s", message["method"], message["id"])
+            key = message_key(message["id"])
+            task = self._spawn(self._send(message))
+            self._in_flight[key] = (task, _envelope_version(message) is not None)
+            task.add_done_callback(lambda done: self._forget(key, done))
+            return
+        if isinstance(message, dict):
+            method = message.get("method")
+            if method == "notifications/cancelled":
+                params = message.get("params")
+                key = message_key(params.get("requestId") if isinstance(params, dict) else None)
+                self._cancelled.add(key)
+                entry = self._in_flight.get(key)
+                if entry is not None and entry[1]:
+                    # The 2026 HTTP wire has no client notifications: closing the request's
+                    # stream is its cancellation.
+                    entry[0].cancel()
+                    return
+            log.debug("host.message method=%s id=%s", method, message.get("id"))
+        # Notifications and responses keep the host's order: each is sent before the next.
+        await self._send(message)
+
+    def _to_host(self, raw: bytes) -> None:
+        self.out.write(raw)
+
+    def _to_host_message(self, message: Any) -> None:
+        self.out.write(encode(message))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _forget(self, key: str, task: asyncio.Task[Any]) -> None:
+        # Only this task's entry: the host may have reused the id for a newer request.
+        entry = self._in_flight.get(key)
+        if entry is not None and entry[0] is task:
+            del self._in_flight[key]
+
+    # -- sending upstream -----------------------------------------------------------------
+
+    def _headers(self, message: Any, *, accept: str = ACCEPT) -> dict[str, str]:
+        headers = {"accept": accept, "content-type": "application/json"}
+        if self.session_id:
+            headers[SESSION_HEADER] = self.session_id
+        version = self.protocol_version
+        if isinstance(message, dict):
+            envelope = _envelope_version(message)
+            if envelope is not None:
+                version = envelope
+                method = message.get("method")
+                params = message.get("params")
+                if isinstance(method, str) and isinstance(params, dict):
+                    headers[METHOD_HEADER] = method
+                    name = params.get(NAME_BEARING.get(method, ""))
+                    if isinstance(name, str) and name.isascii() and name.strip() == name:
+                        headers[NAME_HEADER] = name
+            elif message.get("method") == "initialize":
+                version = None  # initialize is the negotiation
+        if version:
+            headers[VERSION_HEADER] = version
+        return headers
+
+    async def _send(
+        self, message: Any, *, relay: bool = True, internal: bool = False
+    ) -> dict[str, Any] | None:
+        """Send ``message`` upstream, relaying what comes back; return a request's response.
+
+        Retries once after the session expired (re-initializing first) and once after a
+        login; anything else the proxy cannot fix becomes a JSON-RPC error for a request.
+        """
+        request_id = message.get("id") if is_request(message) else None
+        renewed = logged_in = False
+        while True:
+            if not internal:
+                await self._ready.wait()
+            generation = self._generation
+            sent = self.login.sent_token() if self.login is not None else None
+            try:
+                return await self._post(message, relay=relay)
+            except SessionExpired:
+                if renewed or self._initialize is None:
+                    self._fail(message, "the MCP server ended the session", relay=relay)
+                    return None
+                renewed = True
+                try:
+                    await self._reinitialize(generation)
+                except NoSession as exc:
+                    self._fail(message, str(exc), relay=relay)
+                    return None
+                except GrantkeeperError as exc:
+                    self._fail(message, self._explain(exc), exc, relay=relay)
+                    return None
+            except GrantkeeperError as exc:
+                needs_person = exc.requires_login or exc.requires_reauthentication
+                if logged_in or self.login is None or not needs_person:
+                    self._fail(message, self._explain(exc), exc, relay=relay)
+                    return None
+                logged_in = True
+                try:
+                    await self.login.ensure(rejected=sent)
+                except GrantkeeperError as failure:
+                    self._fail(message, self._explain(failure), failure, relay=relay)
+                    return None
+            except httpx2.HTTPError as exc:
+                what = f"cannot reach the MCP server at {self.url}: {type(exc).__name__}"
+                self._fail(message, what, relay=relay)
+                return None
+            finally:
+                if request_id is not None:
+                    self._cancelled.discard(message_key(request_id))
+
+    def _explain(self, exc: GrantkeeperError) -> str:
+        text = str(exc)
+        needs_person = exc.requires_login or exc.requires_reauthentication
+        if needs_person and "grantkeeper login" not in text:
+            text = f"{text}; run `{login_hint(self.config)}`"
+        return text
+
+    def _fail(
+        self,
+        message: Any,
+        text: str,
+        exc: BaseException | None = None,
+        *,
+        relay: bool = True,
+    ) -> None:
+        method = message.get("method") if isinstance(message, dict) else None
+        log.warning("%s (%s)", text, method or "response")
+        if not is_request(message) or not relay:
+            return
+        data: dict[str, Any] = {"proxy": "grantkeeper"}
+        if exc is not None:
+            data["error"] = type(exc).__name__
+        if isinstance(exc, GrantkeeperError) and (
+            exc.requires_login or exc.requires_reauthentication
+        ):
+            data["fix"] = login_hint(self.config)
+        self._to_host_message(
+            {
+                "jsonrpc": "2.0",
+                "id": message["id"],
+                "error": {"code": PROXY_ERROR, "message": text, "data": data},
+            }
+        )
+        return None
+
+    async def _post(self, message: Any, *, relay: bool) -> dict[str, Any] | None:
+        headers = self._headers(message)
+        named_session = SESSION_HEADER in headers
+        request_id = message.get("id") if is_request(message) else None
+        initializing = is_request(message) and message.get("method") == "initialize"
+        async with self.http.stream(
+            "POST", self.url, content=encode(message), headers=headers
+        ) as response:
+            status = response.status_code
+            if status == 404 and named_session:
+                raise SessionExpired
+            if initializing and status < 400:
+                self.session_id = response.headers.get(SESSION_HEADER) or self.session_id
+            content_type = response.headers.get("content-type", "").partition(";")[0]
+            content_type = content_type.strip().lower()
+            if request_id is None:
+                if status >= 400:
+                    log.warning("the MCP server answered %s to a %s", status, message.get("method"))
+                else:
+                    self._after_notification(message)
+                return None
+            if content_type == "text/event-stream" and status < 400:
+                final = await self._relay_events(response, request_id, relay=relay)
+            else:
+                final = await self._relay_body(response, request_id, relay=relay)
+        if initializing and final is not None:
+            result = final.get("result")
+            version = result.get("protocolVersion") if isinstance(result, dict) else None
+            if isinstance(version, str):
+                self.protocol_version = version
+        return final
+
+    async def _relay_body(
+        self, response: httpx2.Response, request_id: Any, *, relay: bool
+    ) -> dict[str, Any] | None:
+        body = await response.aread()
+        try:
+            parsed = json.loads(body) if body.strip() else None
+        except ValueError:
+            parsed = None
+        messages = parsed if isinstance(parsed, list) else [parsed]
+        final: dict[str, Any] | None = None
+        for message in messages:
+            if is_response(message) and message.get("id") in (request_id, None):
+                if message.get("id") is None:  # rejected before the server read its id
+                    message = {**message, "id": request_id}
+                final = message
+                if relay:
+                    self._to_host_message(message)
+            elif isinstance(message, dict):
+                self._to_host_message(message)
+        if final is None:
+            status = response.status_code
+            text = f"the MCP server answered HTTP {status} without a JSON-RPC response"
+            self._fail({"id": request_id, "method": "?"}, text, relay=relay)
+        return final
+
+    async def _relay_events(
+        self, response: httpx2.Response, request_id: Any, *, relay: bool
+    ) -> dict[str, Any] | None:
+        """Relay a request's event stream until its response; if the stream breaks first
+        and the server numbered its events, resume it (GET with ``Last-Event-ID``)."""
+        stream = _Stream()
+        final = await self._relay_stream(response, request_id, stream, relay=relay)
+        attempts = 0
+        while final is None and stream.last_event_id is not None and attempts < RESUME_ATTEMPTS:
+            if message_key(request_id) in self._cancelled:
+                break
+            attempts += 1
+            await asyncio.sleep(stream.retry)  # the server's own hint (``retry:``)
+            headers = self._headers(None, accept="text/event-stream")
+            headers[LAST_EVENT_ID] = stream.last_event_id
+            before = stream.last_event_id
+            try:
+                async with self.http.stream("GET", self.url, headers=headers) as resumed:
+                    content_type = resumed.headers.get("content-type", "")
+                    if resumed.status_code >= 400 or "text/event-stream" not in content_type:
+                        log.info("the MCP server did not resume a stream: %s", resumed.status_code)
+                        break
+                    final = await self._relay_stream(resumed, request_id, stream, relay=relay)
+            except httpx2.HTTPError as exc:
+                log.debug("resuming a stream failed: %s", type(exc).__name__)
+            if stream.last_event_id != before:
+                attempts = 0  # it made progress: a stream may be resumed many times
+        if final is not None:
+            return final
+        if message_key(request_id) in self._cancelled:
+            return None  # the host cancelled it: no answer is expected
+        self._fail(
+            {"id": request_id, "method": "?"},
+            "the MCP server closed the stream without answering",
+            relay=relay,
+        )
+        return None
+
+    async def _relay_stream(
+        self, response: httpx2.Response, request_id: Any, stream: _Stream, *, relay: bool
+    ) -> dict[str, Any] | None:
+        try:
+            async for event in httpx2.EventSource(response, max_event_size=MAX_EVENT_SIZE):
+                if event.id:
+                    stream.last_event_id = event.id
+                if event.retry is not None:
+                    stream.retry = event.retry / 1000
+                if not event.data or event.event not in ("message", ""):
+                    continue  # a priming event, or one that is not a message
+                message = parse_event(event.data)
+                if message is None:
+                    continue
+                if is_response(message) and message.get("id") == request_id:
+                    if relay:
+                        self._to_host(raw_line(event.data, message))
+                    return message
+                self._to_host(raw_line(event.data, message))
+        except (httpx2.SSEError, httpx2.TransportError) as exc:
+            log.info("event stream broke: %s", type(exc).__name__)
+        return None
+
+    def _after_notification(self, message: Any) -> None:
+        if (
+            isinstance(message, dict)
+            and message.get("method") == "notifications/initialized"
+            and self.session_id is not None
+        ):
+            self._listen()
+
+    # -- the session ------------------------------------------------------------------
+
+    async def _reinitialize(self, generation: int) -> None:
+        """Open a new session with the host's own ``initialize``, once per expiry."""
+        async with self._session_lock:
+            if generation != self._generation or self._initialize is None:
+                return  # another request already renewed it
+            self._ready.clear()
+            try:
+                log.warning("the MCP server forgot the session; initializing a new one")
+                self._stop_listening()
+                self.session_id = None
+                replay = {**self._initialize, "id": f"grantkeeper-{next(self._internal_ids)}"}
+                answer = await self._send(replay, relay=False, internal=True)
+                if answer is None or "error" in answer:
+                    raise NoSession("the MCP server refused to open a new session")
+                self._generation += 1
+                self.reinitializations += 1
+                await self._send(
+                    {"jsonrpc": "2.0", "method": "notifications/initialized"}, internal=True
+                )
+            finally:
+                self._ready.set()
+
+    def _listen(self) -> None:
+        """Open the GET stream for what the server sends unprompted (once per session)."""
+        self._stop_listening()
+        self._listener = asyncio.create_task(self._listen_loop(self._generation))
+
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+
+    async def _listen_loop(self, generation: int) -> None:
+        last_event_id: str | None = None
+        delay = RECONNECT_DELAY
+        while generation == self._generation and self.session_id is not None:
+            headers = self._headers(None, accept="text/event-stream")
+            if last_event_id is not None:
+                headers[LAST_EVENT_ID] = last_event_id
+            sent = self.login.sent_token() if self.login is not None else None
+            try:
+                async with self.http.stream("GET", self.url, headers=headers) as response:
+                    if response.status_code == 405:
+                        log.info("the MCP server offers no event stream for its session")
+                        return
+                    if response.status_code == 404:
+                        self._spawn(self._renew_quietly(generation))
+                        return
+                    if response.status_code >= 400:
+                        log.info("event stream refused with HTTP %s", response.status_code)
+                    else:
+                        delay = RECONNECT_DELAY
+                        async for event in httpx2.EventSource(
+                            response, max_event_size=MAX_EVENT_SIZE
+                        ):
+                            if event.id:
+                                last_event_id = event.id
+                            if event.retry is not None:
+                                delay = event.retry / 1000
+                            message = parse_event(event.data) if event.data else None
+                            if message is not None:
+                                self._to_host(raw_line(event.data, message))
+            except GrantkeeperError as exc:
+                if self.login is not None and (exc.requires_login or exc.requires_reauthentication):
+                    with contextlib.suppress(GrantkeeperError):
+                        await self.login.ensure(rejected=sent)
+                        continue
+                log.warning("event stream: %s", self._explain(exc))
+            except httpx2.HTTPError as exc:
+                log.debug("event stream ended: %s", type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _renew_quietly(self, generation: int) -> None:
+        try:
+            await self._reinitialize(generation)
+        except (GrantkeeperError, NoSession, httpx2.HTTPError) as exc:
+            log.warning("could not open a new session: %s", exc)
+
+    async def _prepare(self) -> None:
+        """Look for a credential at once (and log in if none is usable), while the host
+        starts up: its first request then finds one ready."""
+        assert self.login is not None
+        try:
+            await self.login.ensure()
+        except GrantkeeperError as exc:
+            log.warning("%s", self._explain(exc))
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if self.session_id is None or self._initialize is None:
+                continue
+            ping = {"jsonrpc": "2.0", "id": f"grantkeeper-{next(self._internal_ids)}"}
+            await self._send({**ping, "method": "ping"}, relay=False)
+
+    async def close(self) -> None:
+        """Stop everything in flight and end the upstream session (DELETE)."""
+        self._stop_listening()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.session_id is None:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                response = await self.http.delete(self.url, headers=self._headers(None))
+            log.info("session ended: HTTP %s", response.status_code)
+        except (GrantkeeperError, httpx2.HTTPError, TimeoutError) as exc:
+            log.info("could not end the session: %s", type(exc).__name__)
+        self.session_id = None
+
+
+class NoSession(Exception):
+    """Re-initializing was refused; the request that found the expiry fails with this."""
+
+
+def _envelope_version(message: dict[str, Any]) -> str | None:
+    """The protocol version a 2026-era request carries in ``params._meta``, if any."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(VERSION_META_KEY) if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def message_key(request_id: Any) -> str:
+    # "1" and 1 are different ids; JSON keeps them apart.
+    return json.dumps(request_id)
+
+
+def parse_event(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        log.warning("the MCP server sent an event that is not JSON; dropped")
+        return None
+
+
+def raw_line(data: str, message: Any) -> bytes:
+    """The server's own bytes when they fit on one line, else the message re-encoded."""
+    return data.encode() if "\n" not in data else encode(message)
