@@ -80,9 +80,9 @@ class SecretService:
                 shared.session = None
                 shared.owner = owner
             try:
-                if shared.session is None:
-                    shared.session = secretstorage.util.open_session(shared.connection)
                 try:
+                    if shared.session is None:
+                        shared.session = secretstorage.util.open_session(shared.connection)
                     path = self._collection_path or secretstorage.collection.DEFAULT_COLLECTION
                     try:
                         collection = secretstorage.Collection(
@@ -105,8 +105,9 @@ class SecretService:
             except (InitError, KeyringLocked, PasswordDeleteError):
                 raise  # answers, not failures of the connection
             except Exception as exc:
-                # The daemon may have restarted, which ends our session with it, or the bus
-                # connection itself broke: the next call opens them afresh. This call fails.
+                # The daemon may have restarted, which ends our session with it (its errors
+                # look like "no such object" too), or the bus connection itself broke: the
+                # next call opens them afresh. This call fails.
                 shared.session = None
                 if isinstance(exc, OSError | EOFError):
                     shared.owner = None
