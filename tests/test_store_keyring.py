@@ -17,6 +17,7 @@ import pytest
 
 from grantkeeper import AutoStore, KeyringStore, LockTimeout, Store, StoreCorrupt, StoreUnavailable
 from grantkeeper._keyring_store import PART_CHARS, KeyringBackend, default_backend
+from grantkeeper._secret_service import SecretService
 from grantkeeper.testing import KEY, StoreContract, StoreFactory, sample_record
 
 pytestmark = pytest.mark.skipif(
@@ -60,7 +61,52 @@ class Recording:
 
 
 def test_the_real_secret_service_is_in_use() -> None:
-    assert type(default_backend()).__module__ == "keyring.backends.SecretService"
+    import keyring
+
+    assert type(keyring.get_keyring()).__module__ == "keyring.backends.SecretService"
+    assert isinstance(default_backend(), SecretService)
+
+
+def _connections_so_far() -> int:
+    """How many connections the session bus has handed out, this probe's included: the bus
+    numbers its unique names ``:1.N`` in order."""
+    import secretstorage
+
+    with contextlib.closing(secretstorage.dbus_init()) as probe:
+        return int(probe.unique_name.rsplit(".", 1)[1])
+
+
+def test_a_process_talks_to_the_secret_service_over_one_connection(
+    tmp_path: Path, service: str
+) -> None:
+    # keyring's backend connects anew for every call, and gnome-keyring aborts on that
+    # churn (see grantkeeper._secret_service): then every keyring client of the user fails.
+    store = KeyringStore(tmp_path, service=service)
+    store.write(KEY, sample_record(scope="s" * 3 * PART_CHARS), expected_version=None)
+    before = _connections_so_far()
+    for version in range(1, 6):
+        store.write(KEY, sample_record(f"token-{version}"), expected_version=version)
+        stored = KeyringStore(tmp_path, service=service).read(KEY)
+        assert stored is not None and stored.record.access_token == f"token-{version}"
+    assert store.delete(KEY) is True
+    assert _connections_so_far() == before + 1  # the probe's own: the store opened none
+
+
+def test_entries_are_shared_with_the_keyring_package(tmp_path: Path, service: str) -> None:
+    # What keyring's own backend wrote (an older grantkeeper, another tool) is read, and
+    # the other way round.
+    import keyring
+
+    theirs = keyring.get_keyring()
+    record = sample_record("written-by-keyring")
+    KeyringStore(tmp_path, service=service).write(KEY, record, expected_version=None)
+    head = theirs.get_password(service, str(KEY))
+    assert head is not None and json.loads(head)["record"]["access_token"] == "written-by-keyring"
+    theirs.set_password(service, str(KEY), head.replace("written-by-keyring", "changed"))
+    stored = KeyringStore(tmp_path, service=service).read(KEY)
+    assert stored is not None and stored.record.access_token == "changed"
+    theirs.delete_password(service, str(KEY))
+    assert KeyringStore(tmp_path, service=service).read(KEY) is None
 
 
 def test_long_records_are_split_into_parts_windows_accepts(tmp_path: Path, service: str) -> None:

@@ -36,6 +36,7 @@ from ._file_store import CAS_LOCK_TIMEOUT, FileStore
 from ._paths import user_runtime_dir
 from ._private_dir import PrivateDir, key_slug
 from ._record import Credential, CredentialKey, record_from_json, record_to_json
+from ._secret_service import SecretService
 from ._side_file import SideFile
 from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Stored
 
@@ -68,7 +69,8 @@ class KeyringBackend(Protocol):
 
 
 def default_backend() -> KeyringBackend:
-    """The keyring the ``keyring`` package resolves for this platform and configuration."""
+    """The keyring the ``keyring`` package resolves for this platform and configuration;
+    its Secret Service backend is replaced by ours, which keeps one connection."""
     try:
         import keyring
     except ImportError:
@@ -76,6 +78,12 @@ def default_backend() -> KeyringBackend:
             "the OS keyring store needs the keyring package: pip install 'grantkeeper[keyring]'"
         ) from None
     backend: KeyringBackend = keyring.get_keyring()
+    from keyring.backends import SecretService as keyring_secret_service
+
+    if type(backend) is keyring_secret_service.Keyring:
+        # The same entries over one connection per process: keyring's connection per call
+        # crashes gnome-keyring (see grantkeeper._secret_service).
+        return SecretService(backend)
     return backend
 
 
