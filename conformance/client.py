@@ -13,6 +13,11 @@ operator would have written (which credentials, which grant), never a protocol s
 The "browser" fetches the authorization URL without following redirects, as a person's
 browser would show the consent page, and then goes to the redirect it was given, which is
 grantkeeper's own listener.
+
+Logins are the library's recovery policy, not this file's: the Keeper's hook
+(``login_recovery``) runs the first login when nothing is stored and one step-up, with the
+union of the held and required scopes, when the server answers 403 ``insufficient_scope``.
+A server that still refuses gets ``InsufficientScope`` and no further login.
 """
 
 from __future__ import annotations
@@ -28,13 +33,10 @@ import httpx
 
 import grantkeeper
 import grantkeeper.mcp
-from grantkeeper import CredentialKey, FileStore, Keeper
+from grantkeeper import CredentialKey, FileStore, Keeper, login_recovery
 
 CLIENT_METADATA_URL = "https://conformance-test.local/client-metadata.json"
 """This application's client ID metadata document (SEP-991), as its operator configured it."""
-
-MAX_LOGINS = 2
-"""One login, and one step-up login for a scope the server asks for; then give up."""
 
 
 def browser(url: str) -> None:
@@ -127,32 +129,17 @@ def main(url: str) -> int:
         except grantkeeper.OAuthUnsupported:
             asyncio.run(use_server(url, None))
             return 0
-        scope: str | None = None
-        for attempt in range(MAX_LOGINS):
-            grantkeeper.login(
-                url,
-                store=store,
-                scope=scope,
-                client_id=settings.get("client_id"),
-                client_secret=settings.get("client_secret"),
-                client_metadata_url=settings.get("client_metadata_url"),
-                client_credentials=settings.get("client_credentials", False),
-                client_key_env=settings.get("client_key_env"),
-                enterprise=settings.get("enterprise"),
-                discovery=found,
-                open_browser=browser,
-                callback_timeout=30,
-            )
-            with Keeper(store, key) as keeper:
-                try:
-                    asyncio.run(use_server(url, keeper))
-                    return 0
-                except grantkeeper.InsufficientScope as exc:
-                    if attempt + 1 == MAX_LOGINS or not exc.scope:
-                        raise
-                    held = (keeper.current.scope if keeper.current else None) or ""
-                    scope = " ".join(dict.fromkeys(held.split() + exc.scope.split()))
-    return 1
+        recover = login_recovery(
+            url,
+            store=store,
+            discovery=found,
+            open_browser=browser,
+            callback_timeout=30,
+            **settings,
+        )
+        with Keeper(store, key, recover=recover) as keeper:
+            asyncio.run(use_server(url, keeper))
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ outage a client must ride out, not a new server that knows no one.
 
 from __future__ import annotations
 
+import base64
 import collections
+import hashlib
 import json
 import os
+import secrets
 import select
 import shutil
 import subprocess
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -43,6 +46,12 @@ MAX_HOPS = 20
 
 _STDERR_TAIL_LINES = 60
 
+XAA_IDP_CLIENT = ("xaa-idp-client", "xaa-idp-secret")
+"""The application's client at an IdP started with ``cross_app_idp=True``."""
+XAA_IDP_REDIRECT = "http://127.0.0.1/xaa-idp-callback"
+XAA_APP_CLIENT = ("xaa-app", "xaa-app-secret")
+"""The same application's client at an AS started with ``trust_idp=...``."""
+
 
 class AuthServer:
     """A running oidc-provider on loopback, started from harness/oidc."""
@@ -60,12 +69,17 @@ class AuthServer:
         state_dir: Path | None = None,
         omit_expires_in: bool = False,
         issuer: str | None = None,
+        cross_app_idp: bool = False,
+        trust_idp: str | None = None,
     ) -> None:
         """``state_dir``: an existing directory for state that survives :meth:`restart`.
         ``omit_expires_in``: token responses carry no ``expires_in`` (the tokens still
         expire at the server after ``access_ttl``). ``issuer``: the issuer URL to announce
         instead of the server's own, for a proxy in front of it (see
-        ``harness/fault_proxy.py``); the admin calls here always go to the server itself."""
+        ``harness/fault_proxy.py``); the admin calls here always go to the server itself.
+        Cross-app access: ``cross_app_idp`` plays the enterprise IdP (RFC 8693 token
+        exchange of an ID token for an ID-JAG, see :meth:`sign_in`); ``trust_idp`` (an
+        IdP's issuer) plays the MCP server's AS taking that IdP's ID-JAGs (RFC 7523)."""
         if token_format not in ("opaque", "jwt"):
             raise ValueError(f"token_format must be 'opaque' or 'jwt', not {token_format!r}")
         if access_ttl <= 0:
@@ -79,6 +93,8 @@ class AuthServer:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.omit_expires_in = omit_expires_in
         self.issuer_override = issuer
+        self.cross_app_idp = cross_app_idp
+        self.trust_idp = trust_idp
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._stderr_thread: threading.Thread | None = None
@@ -117,6 +133,10 @@ class AuthServer:
             command.append("--omit-expires-in")
         if self.issuer_override is not None:
             command += ["--issuer", self.issuer_override]
+        if self.cross_app_idp:
+            command.append("--cross-app-idp")
+        if self.trust_idp is not None:
+            command += ["--trust-idp", self.trust_idp]
 
         self._stderr_tail.clear()
         process = subprocess.Popen(
@@ -294,6 +314,42 @@ class AuthServer:
             return play_browser(authorize_url, redirect_uri)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{self.stderr_tail()}") from None
+
+    def sign_in(self) -> str:
+        """Sign the current account in at this IdP (``cross_app_idp``) as the application's
+        client: the OIDC code flow with PKCE through :func:`play_browser`. Returns the ID
+        token, as the application would hold it after its enterprise login."""
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": XAA_IDP_CLIENT[0],
+                "redirect_uri": XAA_IDP_REDIRECT,
+                "scope": "openid",
+                "state": secrets.token_urlsafe(16),
+                "code_challenge": challenge.rstrip(b"=").decode(),
+                "code_challenge_method": "S256",
+            }
+        )
+        callback = self.approve(f"{self.issuer}/auth?{query}", XAA_IDP_REDIRECT)
+        code = parse_qs(urlsplit(callback).query)["code"][0]
+        response = self._client().post(
+            "/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": XAA_IDP_REDIRECT,
+                "code_verifier": verifier,
+            },
+            auth=XAA_IDP_CLIENT,
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"IdP sign-in answered {response.status_code}: {response.text}")
+        id_token: str = response.json()["id_token"]
+        remember_secret(id_token)
+        remember_secret(response.json().get("access_token"))
+        return id_token
 
     # -- the resource server's view -------------------------------------------------------
 

@@ -1,12 +1,15 @@
 """Cross-app access: RFC 8693 token exchange at the enterprise IdP, then the RFC 7523
 jwt-bearer grant at the MCP server's authorization server. The conformance suite's mock
 (``auth/cross-app-access-complete-flow``) plays both against the real client; these tests
-step the pieces and drive the flow over a mock transport."""
+step the pieces, drive the flow over a mock transport, and last run it against two real
+oidc-providers (the IdP and the MCP server's AS) and a real MCP server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +19,10 @@ import httpx
 import pytest
 
 from grantkeeper import (
+    CredentialKey,
     EnterpriseIdentity,
     FileStore,
+    Keeper,
     MalformedResponse,
     ProtocolError,
     ReauthenticationRequired,
@@ -33,6 +38,10 @@ from grantkeeper._grants import (
     parse_exchange_response,
     token_exchange_request,
 )
+from grantkeeper.mcp import connect
+from harness import remember_secret
+from harness.authserver import XAA_APP_CLIENT, XAA_IDP_CLIENT, AuthServer
+from harness.mcp_server import McpServer
 from tests.test_login_flow import ISSUER, META, SERVER
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -150,3 +159,112 @@ def test_a_server_without_jwt_bearer_is_refused_before_any_exchange(tmp_path: Pa
 def test_cross_app_access_needs_our_client_id(tmp_path: Path) -> None:
     with pytest.raises(ServerConfigError, match="client id"):
         run(tmp_path, World())
+
+
+# -- against the real servers: two oidc-providers (IdP, MCP server's AS), a real MCP server --
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[AuthServer]:
+    with AuthServer(cross_app_idp=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mcp_as(idp: AuthServer) -> Iterator[AuthServer]:
+    with AuthServer(trust_idp=idp.issuer) as server:
+        yield server
+
+
+def enterprise(idp: AuthServer, id_token: str) -> EnterpriseIdentity:
+    return EnterpriseIdentity(f"{idp.issuer}/token", XAA_IDP_CLIENT[0], id_token, XAA_IDP_CLIENT[1])
+
+
+def cross_app_login(mcp: McpServer, store: FileStore, identity: EnterpriseIdentity) -> object:
+    record = login(
+        mcp.url,
+        store=store,
+        enterprise=identity,
+        client_id=XAA_APP_CLIENT[0],
+        client_secret=XAA_APP_CLIENT[1],
+        scope="mcp",
+    )
+    remember_secret(getattr(record, "access_token", None))
+    return record
+
+
+def assert_no_secret(exc: BaseException, *secrets: str) -> None:
+    shown = f"{exc} {exc!r}"
+    for secret in secrets:
+        assert secret not in shown
+
+
+@pytest.mark.realserver
+def test_a_cross_app_login_calls_a_real_tool_as_the_enterprise_user(
+    idp: AuthServer, mcp_as: AuthServer, tmp_path: Path
+) -> None:
+    idp.set_account("carol")
+    id_token = idp.sign_in()
+    before_exchange = idp.stats()["token_exchange_success"]
+    before_bearer = mcp_as.stats()["jwt_bearer_success"]
+    with McpServer(auth_server=mcp_as) as mcp:
+        store = FileStore(tmp_path)
+        cross_app_login(mcp, store, enterprise(idp, id_token))
+        keeper = Keeper(store, CredentialKey.for_server(mcp.url))
+
+        async def call() -> object:
+            async with connect(mcp.url, keeper=keeper) as session:
+                return (await session.call_tool("whoami", {})).structured_content
+
+        try:
+            who = asyncio.run(call())
+        finally:
+            keeper.close()
+    assert isinstance(who, dict)
+    # The MCP server sees the enterprise user, through the application's own client.
+    assert who["subject"] == "carol" and who["client_id"] == XAA_APP_CLIENT[0]
+    assert who["scopes"] == ["mcp"]
+    assert idp.stats()["token_exchange_success"] == before_exchange + 1
+    assert mcp_as.stats()["jwt_bearer_success"] == before_bearer + 1
+
+
+@pytest.mark.realserver
+def test_the_idp_refusing_the_exchange_is_a_typed_error_without_secrets(
+    idp: AuthServer, mcp_as: AuthServer, tmp_path: Path
+) -> None:
+    id_token = idp.sign_in()
+    header, payload, signature = id_token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    forged_payload = base64.urlsafe_b64encode(json.dumps({**claims, "sub": "admin"}).encode())
+    forged = f"{header}.{forged_payload.rstrip(b'=').decode()}.{signature}"
+    remember_secret(forged)
+    with McpServer(auth_server=mcp_as) as mcp:
+        store = FileStore(tmp_path)
+        with pytest.raises(ReauthenticationRequired) as caught:
+            cross_app_login(mcp, store, enterprise(idp, forged))
+        assert store.read(CredentialKey.for_server(mcp.url)) is None
+    assert_no_secret(caught.value, forged, id_token, XAA_IDP_CLIENT[1], XAA_APP_CLIENT[1])
+    refusals = [e for e in idp.stats()["cross_app_errors"] if e["error"] == "invalid_grant"]
+    assert any("signature" in e["detail"] for e in refusals)  # refused by the IdP, not by us
+
+
+@pytest.mark.realserver
+def test_the_as_refusing_the_assertion_is_a_typed_error_without_secrets(
+    idp: AuthServer, tmp_path: Path
+) -> None:
+    # An AS that trusts another enterprise's IdP: our IdP's ID-JAG verifies nowhere there.
+    with (
+        AuthServer(cross_app_idp=True) as other_idp,
+        AuthServer(trust_idp=other_idp.issuer) as strict_as,
+        McpServer(auth_server=strict_as) as mcp,
+    ):
+        id_token = idp.sign_in()
+        store = FileStore(tmp_path)
+        with pytest.raises(ReauthenticationRequired) as caught:
+            cross_app_login(mcp, store, enterprise(idp, id_token))
+        assert store.read(CredentialKey.for_server(mcp.url)) is None
+        refusals = strict_as.stats()["cross_app_errors"]
+        assert [e["error"] for e in refusals] == ["invalid_grant"]
+        assert strict_as.stats()["jwt_bearer_success"] == 0
+    assert_no_secret(caught.value, id_token, XAA_IDP_CLIENT[1], XAA_APP_CLIENT[1])
+    assert idp.stats()["token_exchange_success"] >= 1  # the IdP did issue the assertion

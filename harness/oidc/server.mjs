@@ -19,6 +19,15 @@
 //   POST /__admin/revoke-all   revoke every grant and every token issued under it
 //   GET  /__admin/cc-jwt-key   the private key of the private_key_jwt machine client "cc-jwt"
 // Machine clients: cc-basic / cc-post (secrets cc-basic-secret, cc-post-secret), cc-jwt.
+//
+// Cross-app access (the enterprise-managed authorization draft), two roles, one per process:
+//   --cross-app-idp       play the enterprise IdP: client xaa-idp-client (secret
+//                         xaa-idp-secret) signs users in (OIDC code flow, redirect
+//                         http://127.0.0.1/xaa-idp-callback) and exchanges their ID token
+//                         (RFC 8693) for an ID-JAG JWT naming client xaa-app at the audience.
+//   --trust-idp ISSUER    play the MCP server's AS: client xaa-app (secret xaa-app-secret)
+//                         trades an ID-JAG from ISSUER (RFC 7523 jwt-bearer) for an access
+//                         token to the resource it names.
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -46,6 +55,8 @@ const { values: argv } = parseArgs({
     'state-dir': { type: 'string' },
     'omit-expires-in': { type: 'boolean', default: false },
     issuer: { type: 'string' },
+    'cross-app-idp': { type: 'boolean', default: false },
+    'trust-idp': { type: 'string' },
   },
   strict: true,
 });
@@ -57,6 +68,8 @@ const resources = argv['resource-url'];
 const stateDir = argv['state-dir'];
 const omitExpiresIn = argv['omit-expires-in'];
 const issuerOverride = argv.issuer;
+const crossAppIdp = argv['cross-app-idp'];
+const trustedIdp = argv['trust-idp'];
 
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   throw new Error(`--port must be an integer in 0..65535, got ${argv.port}`);
@@ -74,6 +87,9 @@ for (const resource of resources) {
 }
 if (issuerOverride !== undefined && !URL.canParse(issuerOverride)) {
   throw new Error(`--issuer must be an absolute URL, got ${issuerOverride}`);
+}
+if (trustedIdp !== undefined && !URL.canParse(trustedIdp)) {
+  throw new Error(`--trust-idp must be an absolute URL, got ${trustedIdp}`);
 }
 if (stateDir !== undefined && !fs.statSync(stateDir, { throwIfNoEntry: false })?.isDirectory()) {
   throw new Error(`--state-dir must be an existing directory, got ${stateDir}`);
@@ -280,6 +296,9 @@ function resetStats() {
     admin_revoked: 0,
     registrations: 0,
     client_credentials_success: 0,
+    token_exchange_success: 0,
+    jwt_bearer_success: 0,
+    cross_app_errors: [],
     // Wall-clock milliseconds of every token issued (refresh or code), so a benchmark can
     // tell which of its requests were in flight while a token was being replaced.
     issued_at: [],
@@ -339,6 +358,206 @@ const MACHINE_CLIENTS = [
 ];
 
 // ---------------------------------------------------------------------------------------------
+// Cross-app access: RFC 8693 token exchange at the IdP, RFC 7523 jwt-bearer grant at the AS.
+// oidc-provider has neither built in; both go in through its registerGrantType API.
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
+const ID_JAG_TYPE = 'urn:ietf:params:oauth:token-type:id-jag';
+const ID_JAG_TYP = 'oauth-id-jag+jwt';
+const ID_JAG_TTL = 300;
+const CLOCK_TOLERANCE = 30;
+// The IdP's map from its own client to that application's client at the MCP server's AS
+// (the draft's client_id claim): one application here.
+const XAA_IDP_CLIENT = 'xaa-idp-client';
+const XAA_APP_CLIENT = 'xaa-app';
+
+function resourceServerInfo(resourceIndicator) {
+  if (resources.length && !resources.includes(resourceIndicator)) {
+    throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
+  }
+  return {
+    audience: resourceIndicator,
+    scope: 'mcp mcp:read mcp:write',
+    accessTokenFormat,
+    accessTokenTTL: accessTTL,
+  };
+}
+
+function crossAppClients() {
+  const clients = [];
+  if (crossAppIdp) {
+    clients.push({
+      client_id: XAA_IDP_CLIENT,
+      client_secret: 'xaa-idp-secret',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['authorization_code', TOKEN_EXCHANGE],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/xaa-idp-callback'],
+    });
+  }
+  if (trustedIdp) {
+    clients.push({
+      client_id: XAA_APP_CLIENT,
+      client_secret: 'xaa-app-secret',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: [JWT_BEARER],
+      response_types: [],
+      redirect_uris: [],
+      scope: 'mcp mcp:read mcp:write',
+    });
+  }
+  return clients;
+}
+
+const epoch = () => Math.floor(Date.now() / 1000);
+
+function signJwt(header, payload) {
+  const input = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
+  const key = crypto.createPrivateKey({ key: jwk, format: 'jwk' });
+  return `${input}.${crypto.sign('sha256', Buffer.from(input), key).toString('base64url')}`;
+}
+
+// RS256 only (what both roles sign with); anything else, "none" included, does not verify.
+function verifyJwt(jwt, publicJwks) {
+  const parts = typeof jwt === 'string' ? jwt.split('.') : [];
+  if (parts.length !== 3) throw new Error('not a compact JWS');
+  const header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+  const payload = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  if (header.alg !== 'RS256') throw new Error(`alg ${header.alg} is not accepted`);
+  const candidates = publicJwks.filter((k) => k.kty === 'RSA' && (!header.kid || k.kid === header.kid));
+  const input = Buffer.from(`${parts[0]}.${parts[1]}`);
+  const signature = Buffer.from(parts[2], 'base64url');
+  const ok = candidates.some((k) => crypto.verify(
+    'sha256', input, crypto.createPublicKey({ key: { kty: k.kty, n: k.n, e: k.e }, format: 'jwk' }), signature,
+  ));
+  if (!ok) throw new Error('signature does not verify with the issuer keys');
+  if (typeof payload !== 'object' || payload === null) throw new Error('payload is not an object');
+  if (typeof payload.exp !== 'number' || payload.exp + CLOCK_TOLERANCE <= epoch()) throw new Error('expired');
+  return { header, payload };
+}
+
+const audiences = (aud) => (Array.isArray(aud) ? aud : [aud]);
+
+// The IdP: the user's ID token, issued by this IdP to the exchanging client, becomes an
+// ID-JAG for the audience (the MCP server's AS) and resource asked for.
+async function tokenExchange(ctx) {
+  const { params, client, provider } = ctx.oidc;
+  for (const name of ['subject_token', 'subject_token_type', 'requested_token_type', 'audience']) {
+    if (!params[name]) throw new errors.InvalidRequest(`missing required parameter '${name}'`);
+  }
+  if (params.subject_token_type !== ID_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('subject_token_type must be an ID token');
+  }
+  if (params.requested_token_type !== ID_JAG_TYPE) {
+    throw new errors.InvalidRequest('requested_token_type must be an ID-JAG');
+  }
+  let idToken;
+  try {
+    idToken = verifyJwt(params.subject_token, [jwk]).payload;
+  } catch (err) {
+    throw new errors.InvalidGrant(`subject_token is not a valid ID token: ${err.message}`);
+  }
+  if (idToken.iss !== provider.issuer) throw new errors.InvalidGrant('subject_token was issued by another issuer');
+  if (!audiences(idToken.aud).includes(client.clientId)) {
+    throw new errors.InvalidGrant('subject_token was issued to another client');
+  }
+  if (typeof idToken.sub !== 'string' || !idToken.sub) throw new errors.InvalidGrant('subject_token has no subject');
+  const now = epoch();
+  const claims = {
+    iss: provider.issuer,
+    sub: idToken.sub,
+    aud: params.audience,
+    client_id: XAA_APP_CLIENT,
+    jti: crypto.randomUUID(),
+    iat: now,
+    exp: now + ID_JAG_TTL,
+    ...(params.resource ? { resource: params.resource } : {}),
+    ...(params.scope ? { scope: params.scope } : {}),
+  };
+  ctx.body = {
+    access_token: signJwt({ alg: 'RS256', typ: ID_JAG_TYP, kid: jwk.kid }, claims),
+    issued_token_type: ID_JAG_TYPE,
+    token_type: 'N_A',
+    expires_in: ID_JAG_TTL,
+    ...(params.scope ? { scope: params.scope } : {}),
+  };
+}
+
+let trustedKeys;
+async function trustedIdpKeys(refresh) {
+  if (!trustedKeys || refresh) {
+    const config = await (await fetch(`${trustedIdp}/.well-known/openid-configuration`)).json();
+    trustedKeys = (await (await fetch(config.jwks_uri)).json()).keys;
+  }
+  return trustedKeys;
+}
+
+const spentJtis = new Map(); // jti -> exp: an ID-JAG is good for one access token
+
+// The AS: an ID-JAG from the trusted IdP, for this AS and the authenticated client, becomes
+// an access token for the user it names, under a grant (so revoke-all reaches it).
+async function jwtBearer(ctx) {
+  const { params, client, provider } = ctx.oidc;
+  if (!params.assertion) throw new errors.InvalidRequest("missing required parameter 'assertion'");
+  let verified;
+  try {
+    verified = verifyJwt(params.assertion, await trustedIdpKeys(false));
+  } catch {
+    try {
+      verified = verifyJwt(params.assertion, await trustedIdpKeys(true)); // the IdP rotated
+    } catch (err) {
+      throw new errors.InvalidGrant(`the assertion does not verify: ${err.message}`);
+    }
+  }
+  const { header, payload: jag } = verified;
+  if (header.typ !== ID_JAG_TYP) throw new errors.InvalidGrant(`the assertion is not an ID-JAG (typ ${header.typ})`);
+  if (jag.iss !== trustedIdp) throw new errors.InvalidGrant('the assertion issuer is not trusted');
+  if (!audiences(jag.aud).includes(provider.issuer)) throw new errors.InvalidGrant('the assertion is for another audience');
+  if (jag.client_id !== client.clientId) throw new errors.InvalidGrant('the assertion is for another client');
+  if (typeof jag.sub !== 'string' || !jag.sub) throw new errors.InvalidGrant('the assertion has no subject');
+  if (typeof jag.iat !== 'number' || jag.iat > epoch() + CLOCK_TOLERANCE) throw new errors.InvalidGrant('the assertion is not yet valid');
+  for (const [jti, exp] of spentJtis) if (exp + CLOCK_TOLERANCE <= epoch()) spentJtis.delete(jti);
+  if (typeof jag.jti !== 'string' || spentJtis.has(jag.jti)) throw new errors.InvalidGrant('the assertion was already used');
+  const resource = jag.resource ?? resources[0];
+  if (!resource) throw new errors.InvalidTarget('the assertion names no resource');
+  if (params.resource && params.resource !== resource) throw new errors.InvalidTarget('resource differs from the assertion');
+  const info = resourceServerInfo(resource);
+  const offered = new Set(info.scope.split(' '));
+  const allowed = jag.scope === undefined ? offered : new Set(String(jag.scope).split(' '));
+  const requested = (params.scope ?? jag.scope ?? '').split(' ').filter(Boolean);
+  if (requested.some((s) => !allowed.has(s))) throw new errors.InvalidScope('scope exceeds the assertion');
+  const scope = requested.filter((s) => offered.has(s)).join(' ');
+  spentJtis.set(jag.jti, jag.exp);
+
+  const grant = new provider.Grant({ accountId: jag.sub, clientId: client.clientId });
+  if (scope) grant.addResourceScope(resource, scope);
+  const grantId = await grant.save();
+  const token = new provider.AccessToken({
+    accountId: jag.sub, client, grantId, gty: 'jwt_bearer', scope: scope || undefined,
+  });
+  token.resourceServer = new provider.ResourceServer(resource, info);
+  ctx.oidc.entity('AccessToken', token);
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    token_type: token.tokenType,
+    expires_in: token.expiration,
+    ...(scope ? { scope } : {}),
+  };
+}
+
+function registerCrossAppGrants(provider) {
+  if (crossAppIdp) {
+    provider.registerGrantType(TOKEN_EXCHANGE, tokenExchange, [
+      'subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope',
+    ]);
+  }
+  if (trustedIdp) provider.registerGrantType(JWT_BEARER, jwtBearer, ['assertion', 'scope', 'resource']);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Provider
 
 function buildProvider(issuer) {
@@ -358,6 +577,7 @@ function buildProvider(issuer) {
         redirect_uris: [],
       },
       ...MACHINE_CLIENTS,
+      ...crossAppClients(),
     ],
     clientDefaults: {
       token_endpoint_auth_method: 'none',
@@ -420,22 +640,13 @@ function buildProvider(issuer) {
           return resources[0];
         },
         useGrantedResource: async () => true,
-        getResourceServerInfo: async (_ctx, resourceIndicator) => {
-          if (resources.length && !resources.includes(resourceIndicator)) {
-            throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
-          }
-          return {
-            audience: resourceIndicator,
-            scope: 'mcp mcp:read mcp:write',
-            accessTokenFormat,
-            accessTokenTTL: accessTTL,
-          };
-        },
+        getResourceServerInfo: async (_ctx, resourceIndicator) => resourceServerInfo(resourceIndicator),
       },
     },
   };
 
   const provider = new Provider(issuer, configuration);
+  registerCrossAppGrants(provider);
 
   if (omitExpiresIn) {
     // A provider that never says how long its tokens live: drop the field from the answer
@@ -451,6 +662,8 @@ function buildProvider(issuer) {
     if (grantType === 'refresh_token') stats.refresh_success += 1;
     else if (grantType === 'authorization_code') stats.code_success += 1;
     else if (grantType === 'client_credentials') stats.client_credentials_success += 1;
+    else if (grantType === TOKEN_EXCHANGE) stats.token_exchange_success += 1;
+    else if (grantType === JWT_BEARER) stats.jwt_bearer_success += 1;
     stats.issued_at.push(Date.now());
     saveStats();
   });
@@ -465,6 +678,8 @@ function buildProvider(issuer) {
       if (detail === REPLAY_DETAIL) stats.replays += 1;
     } else if (grantType === 'authorization_code') {
       stats.code_errors.push({ error, detail });
+    } else if (grantType === TOKEN_EXCHANGE || grantType === JWT_BEARER) {
+      stats.cross_app_errors.push({ grant_type: grantType, error, detail });
     }
     saveStats();
   });
