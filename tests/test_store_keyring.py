@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from grantkeeper import AutoStore, KeyringStore, LockTimeout, Store, StoreCorrupt, StoreUnavailable
-from grantkeeper._keyring_store import PART_CHARS, KeyringBackend, default_backend
+from grantkeeper._stores.keyring import PART_CHARS, KeyringBackend, default_backend
 from grantkeeper.testing import KEY, StoreContract, StoreFactory, sample_record
 
 pytestmark = pytest.mark.skipif(
@@ -155,7 +155,7 @@ def test_a_locked_keyring_is_a_typed_actionable_error(tmp_path: Path) -> None:
 HOLDER_SCRIPT = """
 import sys
 from grantkeeper import AutoStore, KeyringStore
-from grantkeeper._keyring_store import default_backend
+from grantkeeper._stores.keyring import default_backend
 from grantkeeper.testing import KEY, sample_record
 
 kind, home, service = sys.argv[1:]
@@ -234,7 +234,7 @@ def test_two_homes_on_one_keyring_exclude_each_other(
 def test_two_homes_on_one_keyring_never_write_at_once(
     tmp_path: Path, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import grantkeeper._keyring_store as keyring_store
+    import grantkeeper._stores.keyring as keyring_store
 
     store = KeyringStore(tmp_path / "home-b", service=service)
     with holder(tmp_path, "write", service):

@@ -25,7 +25,7 @@ import pytest
 
 from ._errors import LockTimeout, VersionConflict
 from ._record import Credential, CredentialKey
-from ._store import Store
+from ._stores.base import Store
 
 __all__ = ["StoreContract", "StoreFactory", "sample_record"]
 
