@@ -38,11 +38,11 @@ from grantkeeper._login import login
 from grantkeeper._status import AuthState, status_of
 from grantkeeper._stores import _fs
 from grantkeeper._stores import file as _file_store
+from grantkeeper.testing import MemoryKeyring
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.postgres import PostgresCluster
 from tests.helpers import KEY, StepClock, make_record
-from tests.test_store_auto import MemoryKeyring
 
 
 @pytest.fixture
