@@ -207,11 +207,14 @@ class PrivateDir:
 
     @contextlib.contextmanager
     def updating(
-        self, name: str, *, lock: str | None = None, timeout: float = UPDATE_LOCK_TIMEOUT
+        self, name: str, *, lock: str | None = None, timeout: float | None = None
     ) -> Iterator[int]:
         """Hold ``name``'s write lock (``lock``, default ``<name>.lock``) in the directory,
         created if need be; yield the directory's descriptor for reads and
-        :meth:`write_atomic`. Waits at most ``timeout`` (:class:`LockTimeout`)."""
+        :meth:`write_atomic`. Waits at most ``timeout`` (default
+        :data:`UPDATE_LOCK_TIMEOUT`), then raises :class:`LockTimeout`."""
+        if timeout is None:
+            timeout = UPDATE_LOCK_TIMEOUT
         with self.open(create=True) as dir_fd:
             assert dir_fd is not None
             lock_name = lock if lock is not None else name + ".lock"
