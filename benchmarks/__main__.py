@@ -26,6 +26,7 @@ BENCHMARKS = {
     "P3": "benchmarks.p3_refresh_storm",
     "P4": "benchmarks.p4_store_scale",
     "P5": "benchmarks.p5_cold_start",
+    "P6": "benchmarks.p6_fleet_hosts",
     "P7": "benchmarks.p7_proxy",
 }
 

@@ -1,159 +1,23 @@
-"""An in-process token endpoint with rotation and reuse detection, for fast tests.
+"""The in-process token endpoint of :mod:`grantkeeper.testing`, wired to the harness.
 
-It behaves like oidc-provider where it matters: each refresh token works once; replaying a
-spent one answers ``invalid_grant`` and revokes the whole grant, new tokens included.
-Faults can be scripted per call. It serves through ``httpx.MockTransport`` (same process)
-or over real HTTP on loopback (for multi-process tests).
+Every token it mints is recorded with :func:`harness.remember_secret`, so the suite's
+secret scanner knows what must never appear in logs.
 """
 
 from __future__ import annotations
 
-import http.server
-import itertools
-import json
-import secrets
-import threading
-import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from grantkeeper.testing import FakeProvider as _FakeProvider
+from grantkeeper.testing import Fault, Grant
 from harness import remember_secret
 
-Fault = Callable[[dict[str, str]], "httpx.Response | None"]
+__all__ = ["FakeProvider", "Fault", "Grant"]
 
 
-@dataclass
-class Grant:
-    """One authorization: its live refresh token and the access tokens it issued."""
+class FakeProvider(_FakeProvider):
+    """:class:`grantkeeper.testing.FakeProvider` recording its tokens as secrets."""
 
-    refresh_token: str
-    access_tokens: set[str] = field(default_factory=set)
-    revoked: bool = False
-
-
-class FakeProvider:
-    """A token endpoint at ``http://127.0.0.1:<port>/token`` (or any URL via MockTransport)."""
-
-    def __init__(self, *, expires_in: Any = 3600, invalid_grant_status: int = 400) -> None:
-        self.expires_in = expires_in
-        self.invalid_grant_status = invalid_grant_status
-        self.lock = threading.Lock()
-        self.grants: list[Grant] = []
-        self.spent: dict[str, Grant] = {}
-        self.refresh_calls = 0
-        self.rotations = 0
-        self.replays = 0
-        self.faults: list[Fault] = []
-        self._counter = itertools.count(1)
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self.url = "http://127.0.0.1:9/token"
-        self.omit_refresh_token = False
-
-    # -- grants -------------------------------------------------------------------------
-
-    def issue(self) -> tuple[str, str]:
-        """Start a new grant; return its (access token, refresh token)."""
-        with self.lock:
-            grant = Grant(self._token("rt"))
-            access = self._token("at")
-            grant.access_tokens.add(access)
-            self.grants.append(grant)
-            return access, grant.refresh_token
-
-    def _token(self, prefix: str) -> str:
-        token = f"{prefix}-{next(self._counter)}-{secrets.token_urlsafe(16)}"
-        remember_secret(token)
-        return token
-
-    def is_active(self, access_token: str) -> bool:
-        """Whether a resource server would accept ``access_token``."""
-        with self.lock:
-            return any(access_token in g.access_tokens and not g.revoked for g in self.grants)
-
-    # -- the endpoint -------------------------------------------------------------------
-
-    def handle(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        """Answer one token request."""
-        with self.lock:
-            if form.get("grant_type") != "refresh_token":
-                return 400, {"error": "unsupported_grant_type"}
-            self.refresh_calls += 1
-            token = form.get("refresh_token", "")
-            for grant in self.grants:
-                if grant.refresh_token == token and not grant.revoked:
-                    self.spent[token] = grant
-                    access = self._token("at")
-                    grant.access_tokens.add(access)
-                    body: dict[str, Any] = {
-                        "access_token": access,
-                        "token_type": "Bearer",
-                        "expires_in": self.expires_in,
-                    }
-                    if not self.omit_refresh_token:
-                        grant.refresh_token = self._token("rt")
-                        body["refresh_token"] = grant.refresh_token
-                        self.rotations += 1
-                    return 200, body
-            if token in self.spent:
-                self.replays += 1
-                self.spent[token].revoked = True
-            return self.invalid_grant_status, {
-                "error": "invalid_grant",
-                "error_description": "grant request is invalid",
-            }
-
-    def mock_handler(self, request: httpx.Request) -> httpx.Response:
-        """``httpx.MockTransport`` handler: scripted faults first, then :meth:`handle`."""
-        form = dict(urllib.parse.parse_qsl(request.content.decode()))
-        if self.faults:
-            fault = self.faults.pop(0)
-            answer = fault(form)
-            if answer is not None:
-                return answer
-        status, body = self.handle(form)
-        return httpx.Response(status, json=body)
-
-    def transport(self) -> httpx.MockTransport:
-        """A transport that routes every request to this provider."""
-        return httpx.MockTransport(self.mock_handler)
-
-    # -- over real HTTP -----------------------------------------------------------------
-
-    def serve(self) -> str:
-        """Serve on a free loopback port in a thread; return the token endpoint URL."""
-        provider = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                length = int(self.headers.get("Content-Length", "0"))
-                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                if self.path == "/introspect":
-                    status, body = 200, {"active": provider.is_active(form.get("token", ""))}
-                else:
-                    status, body = provider.handle(form)
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self._server = server
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/token"
-        return self.url
-
-    def close(self) -> None:
-        """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def __init__(self, **options: Any) -> None:
+        options.setdefault("on_token", remember_secret)
+        super().__init__(**options)

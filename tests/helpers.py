@@ -8,23 +8,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from grantkeeper import Credential, CredentialKey, Store, Stored, StoreUnavailable
+from grantkeeper.testing import StepClock as _StepClock
 
 RESOURCE = "https://mcp.example.test/mcp"
 KEY = CredentialKey.for_server(RESOURCE)
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
-class StepClock:
-    """A clock that moves only when the test says so."""
+class StepClock(_StepClock):
+    """The shipped stepping clock, starting at :data:`T0`."""
 
     def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+        super().__init__(start)
 
 
 def make_record(

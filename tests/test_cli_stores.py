@@ -29,7 +29,7 @@ from grantkeeper import (
     migrate_store,
 )
 from grantkeeper._cli._stores import COMMANDS, doctor, store
-from grantkeeper.testing import sample_record
+from grantkeeper.testing import MemoryKeyring, sample_record
 from harness.postgres import PostgresCluster
 
 linux_only = pytest.mark.skipif(
@@ -122,7 +122,7 @@ def test_an_unknown_store_is_a_usage_error(home: Path) -> None:
 @linux_only
 def test_migrate_file_to_keyring_and_auto_follows(home: Path, key: CredentialKey) -> None:
     record = sample_record("migrated-token")
-    auto = AutoStore(home, keyring=KeyringStore(home, backend=_Locked()))
+    auto = AutoStore(home, keyring=KeyringStore(home, backend=MemoryKeyring(locked=True)))
     auto.write(key, record, expected_version=None)  # keyring locked: placed in the file
     assert auto.placement(key) == "file"
     code, report = run(store, "migrate", "--to", "keyring")
@@ -178,17 +178,6 @@ def test_migrate_refuses_to_overwrite_a_different_record(home: Path, key: Creden
     keyring.delete(key)
 
 
-class _Locked:
-    def get_password(self, service: str, username: str) -> str | None:
-        raise RuntimeError("locked")
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        raise RuntimeError("locked")
-
-    def delete_password(self, service: str, username: str) -> None:
-        raise RuntimeError("locked")
-
-
 # -- migrate keeps the placements true, both ways -----------------------------------------
 
 NO_KEYRING = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
@@ -229,7 +218,7 @@ def test_migrate_keyring_to_file_moves_the_placement_too(home: Path, key: Creden
 
 @linux_only
 def test_migrate_file_to_keyring_moves_the_placement_too(home: Path, key: CredentialKey) -> None:
-    auto = AutoStore(home, keyring=KeyringStore(home, backend=_Locked()))
+    auto = AutoStore(home, keyring=KeyringStore(home, backend=MemoryKeyring(locked=True)))
     auto.write(key, sample_record("file-to-keyring"), expected_version=None)
     assert auto.placement(key) == "file"
     code, report = grantkeeper(home, "store", "migrate", "--store", "file", "--to", "keyring")
@@ -247,7 +236,9 @@ def test_the_library_migration_keeps_auto_mode_following_the_credential(
     service = f"grantkeeper-test-{uuid.uuid4().hex[:12]}"
     keyring = KeyringStore(home, service=service)
     with_keyring = AutoStore(home, keyring=keyring)
-    without_keyring = AutoStore(home, keyring=KeyringStore(home, backend=_Locked()))
+    without_keyring = AutoStore(
+        home, keyring=KeyringStore(home, backend=MemoryKeyring(locked=True))
+    )
     server = ServerConfig(key.server_url)
     with_keyring.write(key, sample_record("library-migrated"), expected_version=None)
 
@@ -269,7 +260,7 @@ def test_migrating_to_postgresql_forgets_the_local_placement(
     home: Path, key: CredentialKey
 ) -> None:
     FileStore(home).write(key, sample_record("to-the-fleet"), expected_version=None)
-    auto = AutoStore(home, keyring=KeyringStore(home, backend=_Locked()))
+    auto = AutoStore(home, keyring=KeyringStore(home, backend=MemoryKeyring(locked=True)))
     assert auto.read(key) is not None and auto.placement(key) == "file"
     with PostgresCluster() as cluster:
         pg = PostgresStore(cluster.dsn)

@@ -32,17 +32,17 @@ from grantkeeper import (
     PersistencePending,
     PostgresStore,
     Store,
-    _file_store,
-    _private_dir,
 )
 from grantkeeper._as_metadata import parse_metadata
 from grantkeeper._login import login
 from grantkeeper._status import AuthState, status_of
+from grantkeeper._stores import _fs
+from grantkeeper._stores import file as _file_store
+from grantkeeper.testing import MemoryKeyring
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.postgres import PostgresCluster
 from tests.helpers import KEY, StepClock, make_record
-from tests.test_store_auto import MemoryKeyring
 
 
 @pytest.fixture
@@ -118,7 +118,9 @@ class FaultyOS(SimpleNamespace):
             return real
 
         def failing(*args: Any, **kwargs: Any) -> Any:
-            creating = name != "open" or (len(args) > 1 and args[1] & os.O_CREAT)
+            # Only a new file fails to open (a write's temp file, O_EXCL): the lock files,
+            # opened through the same layer, already exist and still open.
+            creating = name != "open" or (len(args) > 1 and args[1] & os.O_EXCL)
             if self.armed and creating:
                 raise OSError(self._code, os.strerror(self._code))
             return real(*args, **kwargs)
@@ -146,7 +148,7 @@ def test_file_store_write_faults_serve_b_and_heal(
 ) -> None:
     faulty = FaultyOS(call, code)
     monkeypatch.setattr(_file_store, "os", faulty)
-    monkeypatch.setattr(_private_dir, "os", faulty)  # the file system layer under it
+    monkeypatch.setattr(_fs, "os", faulty)  # the file system layer under it
     store, clock = FileStore(tmp_path), StepClock()
     seeded(store, provider, clock)
     clock.advance(3600)

@@ -34,7 +34,7 @@ from grantkeeper import (
 )
 from grantkeeper._liveness import host_identity
 from grantkeeper._record import RefreshIntent, record_from_json, record_to_json
-from grantkeeper._store import ProcessLock
+from grantkeeper._stores.base import ProcessLock
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.hosts import GatedProxy, HostAgent, HostNetwork, unavailable_reason

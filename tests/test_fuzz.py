@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 from grantkeeper import FileStore, GrantkeeperError, PostgresStore, StoreCorrupt
 from grantkeeper._as_metadata import AuthServerMetadata, parse_metadata
 from grantkeeper._authorization import parse_callback
-from grantkeeper._file_store import FILE_FORMAT
-from grantkeeper._postgres_store import _key_id
-from grantkeeper._private_dir import PrivateDir
-from grantkeeper._private_dir import key_slug as _slug
 from grantkeeper._record import record_to_json
 from grantkeeper._registration import ClientRegistration, parse_registration
-from grantkeeper._sealing import Sealer
+from grantkeeper._stores._fs import PrivateDir
+from grantkeeper._stores._fs import key_slug as _slug
+from grantkeeper._stores.file import FILE_FORMAT
+from grantkeeper._stores.postgresql import _key_id
+from grantkeeper._stores.sealing import Sealer
 from grantkeeper._token_endpoint import TokenResponse, parse_token_response
 from tests.fuzzing import FUZZ
 from tests.helpers import KEY, T0, make_record

@@ -29,3 +29,14 @@ def test_the_error_tree_is_exported_whole_and_documented() -> None:
         assert issubclass(error, grantkeeper.GrantkeeperError)
         assert error.__name__ in grantkeeper.__all__
         assert error.__name__ in (_errors.__doc__ or ""), f"{error.__name__} missing from the tree"
+
+
+def test_exported_classes_report_the_public_module() -> None:
+    classes = [v for n in grantkeeper.__all__ if isinstance(v := getattr(grantkeeper, n), type)]
+    assert {"FileStore", "KeyringStore", "AutoStore", "PostgresStore", "Store", "Stored"} <= {
+        c.__name__ for c in classes
+    }
+    for cls in classes:
+        assert cls.__module__ == "grantkeeper", cls
+    assert repr(grantkeeper.LockTimeout("held")).startswith("LockTimeout(")
+    assert str(grantkeeper.FileStore).startswith("<class 'grantkeeper.FileStore'")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from keyring.backends import fail
-from keyring.errors import KeyringLocked
 
 from grantkeeper import (
     AutoStore,
@@ -23,31 +22,14 @@ from grantkeeper import (
     logout,
     open_store,
 )
-from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
-
-
-class MemoryKeyring:
-    """An in-memory keyring that can be locked, like a desktop keyring after screen lock."""
-
-    def __init__(self) -> None:
-        self.secrets: dict[tuple[str, str], str] = {}
-        self.locked = False
-
-    def _check(self) -> None:
-        if self.locked:
-            raise KeyringLocked("Failed to unlock the collection!")
-
-    def get_password(self, service: str, username: str) -> str | None:
-        self._check()
-        return self.secrets.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self._check()
-        self.secrets[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        self._check()
-        self.secrets.pop((service, username), None)
+from grantkeeper.testing import (
+    KEY,
+    OTHER,
+    MemoryKeyring,
+    StoreContract,
+    StoreFactory,
+    sample_record,
+)
 
 
 def auto_on_real_keyring(home: Path, service: str) -> AutoStore:

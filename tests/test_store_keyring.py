@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from grantkeeper import AutoStore, KeyringStore, LockTimeout, Store, StoreCorrupt, StoreUnavailable
-from grantkeeper._keyring_store import PART_CHARS, KeyringBackend, default_backend
-from grantkeeper._secret_service import SecretService
+from grantkeeper._stores.keyring import PART_CHARS, KeyringBackend, default_backend
+from grantkeeper._stores.secret_service import SecretService
 from grantkeeper.testing import KEY, StoreContract, StoreFactory, sample_record
 
 pytestmark = pytest.mark.skipif(
@@ -80,7 +80,7 @@ def test_a_process_talks_to_the_secret_service_over_one_connection(
     tmp_path: Path, service: str
 ) -> None:
     # keyring's backend connects anew for every call, and gnome-keyring aborts on that
-    # churn (see grantkeeper._secret_service): then every keyring client of the user fails.
+    # churn (see grantkeeper._stores.secret_service): then every keyring client of the user fails.
     store = KeyringStore(tmp_path, service=service)
     store.write(KEY, sample_record(scope="s" * 3 * PART_CHARS), expected_version=None)
     before = _connections_so_far()
@@ -201,7 +201,7 @@ def test_a_locked_keyring_is_a_typed_actionable_error(tmp_path: Path) -> None:
 HOLDER_SCRIPT = """
 import sys
 from grantkeeper import AutoStore, KeyringStore
-from grantkeeper._keyring_store import default_backend
+from grantkeeper._stores.keyring import default_backend
 from grantkeeper.testing import KEY, sample_record
 
 kind, home, service = sys.argv[1:]
@@ -280,7 +280,7 @@ def test_two_homes_on_one_keyring_exclude_each_other(
 def test_two_homes_on_one_keyring_never_write_at_once(
     tmp_path: Path, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import grantkeeper._keyring_store as keyring_store
+    import grantkeeper._stores.keyring as keyring_store
 
     store = KeyringStore(tmp_path / "home-b", service=service)
     with holder(tmp_path, "write", service):

@@ -21,9 +21,9 @@ from grantkeeper import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from grantkeeper._postgres_store import SCHEMA_VERSION
-from grantkeeper._sealing import KEY_ENV, Sealer
 from grantkeeper._store_admin import diagnose_store as diagnose
+from grantkeeper._stores.postgresql import SCHEMA_VERSION
+from grantkeeper._stores.sealing import KEY_ENV, Sealer
 from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
 from harness.pgbouncer import PgBouncer
 from harness.postgres import PostgresCluster, _free_port

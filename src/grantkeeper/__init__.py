@@ -3,7 +3,6 @@
 This module is the public API; everything else is private and may change.
 """
 
-from ._auto_store import AutoStore
 from ._callback_server import CallbackServer
 from ._classify import authentication_required
 from ._decide import Outcome, outcome_of
@@ -42,25 +41,20 @@ from ._errors import (
     UnsafeStorePath,
     VersionConflict,
 )
-from ._file_store import FileStore
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
 from ._grants import EnterpriseIdentity
 from ._http_auth import HttpxAuth
 from ._keeper import Keeper, Recovery
-from ._keyring_store import KeyringStore
 from ._login import Authorize
 from ._login_flow import login
 from ._logout import LogoutResult, logout
-from ._open_store import open_store
 from ._paths import grantkeeper_home
-from ._postgres_store import PostgresStore
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._recovery import login_recovery
 from ._redact import redact
 from ._server_status import auth_status, known_servers
 from ._servers import ServerConfig, load_servers, remove_server, resolve_server, save_server
 from ._status import AuthState, AuthStatus
-from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, HeldLock, Store, Stored
 from ._store_admin import (
     CredentialReport,
     MigrationResult,
@@ -70,6 +64,12 @@ from ._store_admin import (
     migrate_credential,
     migrate_store,
 )
+from ._stores.auto import AutoStore
+from ._stores.base import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, HeldLock, Store, Stored
+from ._stores.file import FileStore
+from ._stores.keyring import KeyringStore
+from ._stores.open import open_store
+from ._stores.postgresql import PostgresStore
 
 __version__ = "0.1.0"
 
@@ -160,3 +160,19 @@ __all__ = [
     "resolve_server",
     "save_server",
 ]
+
+
+def _public_home() -> None:
+    """Make every exported class name ``grantkeeper`` as its module, as httpx does.
+
+    Reprs, tracebacks and docs then show ``grantkeeper.FileStore``, the name users import,
+    not the private module it lives in (which may move). Pickling still works: the class
+    is reachable under that name.
+    """
+    for name in __all__:
+        value = globals()[name]
+        if isinstance(value, type) and value.__module__.startswith("grantkeeper."):
+            value.__module__ = "grantkeeper"
+
+
+_public_home()

@@ -28,7 +28,7 @@ from ._freshness import Clock, utc_now
 from ._login import save
 from ._record import CLIENT_CREDENTIALS, Credential, CredentialKey
 from ._redact import redact
-from ._store import DEFAULT_LOCK_TIMEOUT, Store
+from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 from ._token_client import send_token_request
 from ._token_endpoint import (
     MAX_RESPONSE_BYTES,

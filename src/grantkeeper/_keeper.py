@@ -57,7 +57,7 @@ from ._liveness import DEFAULT_LEASE, host_identity, lease_live, process_alive
 from ._log import event
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
-from ._store import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored
+from ._stores.base import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored
 from ._token_client import DEFAULT_TIMEOUT, send_token_request
 from ._token_endpoint import apply_response
 

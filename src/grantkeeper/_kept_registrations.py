@@ -14,10 +14,10 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from ._errors import StoreError
-from ._file_store import FileStore
 from ._log import event
 from ._registration import ClientRegistration
-from ._side_file import Document, SideFile
+from ._stores._fs import Document, SideFile
+from ._stores.file import FileStore
 from ._urls import is_loopback
 
 REGISTRATIONS_FILE = "registrations.json"
@@ -31,7 +31,7 @@ class KeptRegistrations:
     """The registrations kept under ``home`` (default: ``GRANTKEEPER_HOME``)."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self._file = SideFile(FileStore(home), REGISTRATIONS_FILE, FORMAT)
+        self._file = SideFile(FileStore(home).directory, REGISTRATIONS_FILE, FORMAT)
 
     def _issuer(self, document: Document, issuer: str) -> dict[str, dict[str, str]]:
         kept = document.get("registrations")

@@ -23,7 +23,7 @@ from ._log import event
 from ._pkce import new_verifier, s256_challenge
 from ._record import Credential, CredentialKey
 from ._registration import ClientRegistration, parse_registration, registration_body
-from ._store import DEFAULT_LOCK_TIMEOUT, Store
+from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 from ._token_client import send_token_request
 from ._token_endpoint import code_request, new_credential
 

@@ -27,7 +27,7 @@ from ._login import login as run_code_flow
 from ._record import CLIENT_CREDENTIALS, Credential
 from ._registration import ClientRegistration, metadata_document_client
 from ._servers import ServerConfig, resolve_server
-from ._store import DEFAULT_LOCK_TIMEOUT, Store
+from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 
 LOGIN_HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 """Bounds each request of a login (metadata, registration, code exchange)."""
@@ -101,7 +101,7 @@ def login(
     if (authorize is None) != (redirect_uri is None):
         raise ValueError("pass authorize and redirect_uri together, or neither")
     if store is None:
-        from ._open_store import open_store
+        from ._stores.open import open_store
 
         store = open_store()
     own = http is None

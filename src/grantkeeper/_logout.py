@@ -21,7 +21,7 @@ from ._errors import GrantkeeperError, StoreError
 from ._log import event
 from ._record import Credential, CredentialKey
 from ._revocation import TokenKind, check_revocation_response, revocation_request
-from ._store import DEFAULT_LOCK_TIMEOUT, Store
+from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 
 REVOCATION_TIMEOUT = httpx.Timeout(15.0, connect=10.0)
 """Bounds each revocation request, which runs while the credential's lock is held."""

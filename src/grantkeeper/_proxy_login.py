@@ -26,7 +26,7 @@ from ._keeper import Keeper
 from ._paths import grantkeeper_home
 from ._redact import fingerprint
 from ._servers import ServerConfig
-from ._store import Store
+from ._stores.base import Store
 
 log = logging.getLogger("grantkeeper.proxy")
 

@@ -18,7 +18,7 @@ from ._errors import AuthenticationRequired, InsufficientScope
 from ._keeper import Recovery
 from ._login_flow import login
 from ._servers import ServerConfig, resolve_server
-from ._store import Store
+from ._stores.base import Store
 
 
 def login_recovery(

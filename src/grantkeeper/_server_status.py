@@ -7,13 +7,13 @@ from datetime import timedelta
 
 import httpx
 
-from ._auto_store import AutoStore
 from ._errors import OAuthUnsupported, ProtocolError, StoreCorrupt
 from ._freshness import DEFAULT_SKEW, Clock, utc_now
 from ._record import CredentialKey
 from ._servers import ServerConfig, load_servers
 from ._status import AuthState, AuthStatus, status_of
-from ._store import Store
+from ._stores.auto import AutoStore
+from ._stores.base import Store
 
 
 def known_servers(store: Store, home: str | None = None) -> list[ServerConfig]:

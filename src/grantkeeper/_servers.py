@@ -8,26 +8,27 @@ atomically with mode 0600 and never followed through a symlink.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
 import stat
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._errors import ProtocolError, ServerConfigError
+from ._errors import LockTimeout, ProtocolError, ServerConfigError, StoreError
 from ._paths import grantkeeper_home
 from ._record import CredentialKey, canonical_url
 from ._redact import redact
+from ._stores._fs import PrivateDir
 from ._urls import require_secure
 
 SERVERS_FILE = "servers.json"
+SERVERS_LOCK = "servers.lock"
+"""The file's write lock: the name earlier versions lock, so old and new processes exclude
+each other."""
 FILE_FORMAT = "grantkeeper-servers"
 """Marks the file, so a stray JSON file is never mistaken for it."""
 
@@ -157,16 +158,25 @@ def _to_json(config: ServerConfig) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v not in (None, {}, "")}
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _home_dir(path: Path) -> PrivateDir:
+    # GRANTKEEPER_HOME may be a directory the user chose, so its mode is theirs; the file
+    # in it is still never followed through a symlink, created 0600, replaced atomically.
+    return PrivateDir(path.parent, owner_only=False)
+
+
+def _read(path: Path, dir_fd: int | None = None) -> dict[str, Any]:
+    home = _home_dir(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+        if dir_fd is None:
+            with home.open(create=False) as opened:
+                found = home.read_file(opened, path.name) if opened is not None else None
+        else:
+            found = home.read_file(dir_fd, path.name)
+    except StoreError as exc:
+        raise ServerConfigError(str(exc)) from None
+    if found is None:
         return {}
-    except OSError as exc:
-        raise ServerConfigError(f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
-        raw = handle.read()
+    raw, mode = found
     try:
         document = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -219,36 +229,21 @@ def load_servers(home: str | os.PathLike[str] | None = None) -> list[ServerConfi
     return [_from_json(name, servers[name]) for name in sorted(servers)]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(
-        path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held for one small read-modify-write
-        yield
-    finally:
-        os.close(fd)
-
-
 def _update(home: str | os.PathLike[str] | None, change: Callable[[dict[str, Any]], None]) -> None:
+    """Read-modify-write the file under its lock (:data:`SERVERS_LOCK`, a bounded wait),
+    then replace it atomically (temp file, fsync, rename, fsync of the directory)."""
     path = _path(home)
-    with _locked(path):
-        servers = _read(path)
-        change(servers)
-        payload = json.dumps({"format": FILE_FORMAT, "servers": servers}, indent=2).encode()
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".servers-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:  # mkstemp creates it 0600
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
+    directory = _home_dir(path)
+    try:
+        with directory.updating(path.name, lock=SERVERS_LOCK) as dir_fd:
+            servers = _read(path, dir_fd)
+            change(servers)
+            payload = json.dumps({"format": FILE_FORMAT, "servers": servers}, indent=2).encode()
+            directory.write_atomic(dir_fd, path.name, payload)
+    except LockTimeout:
+        raise  # retryable: another process is mid-update
+    except StoreError as exc:
+        raise ServerConfigError(str(exc)) from None
 
 
 def default_name(url: str) -> str:

@@ -21,13 +21,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._auto_store import AutoStore, Backend
 from ._errors import GrantkeeperError, LockTimeout, StoreConfigError, StoreError
-from ._file_store import FileStore
-from ._keyring_store import KeyringStore
-from ._postgres_store import PostgresStore
 from ._record import CredentialKey
-from ._store import HeldLock, Store
+from ._stores.auto import AutoStore, Backend
+from ._stores.base import HeldLock, Store
+from ._stores.file import FileStore
+from ._stores.keyring import KeyringStore
+from ._stores.postgresql import PostgresStore
 
 DEFAULT_MIGRATE_LOCK_TIMEOUT = 30.0
 """Seconds a migration waits for each credential's lock: one refresh takes at most ~30 s."""

@@ -1,4 +1,20 @@
-"""The store conformance suite: every backend's tests subclass :class:`StoreContract`.
+"""Test your code against grantkeeper: fakes to drive it, and the store conformance suite.
+
+The fakes, as ``trio.testing`` and ``httpx.MockTransport`` offer theirs:
+
+- :class:`StepClock`: a clock to pass as ``clock=``; it moves only by ``advance(seconds)``,
+  so freshness and expiry are stepped by hand, never waited for;
+- :class:`MemoryKeyring`: an in-memory ``keyring`` backend for
+  ``KeyringStore(home, backend=MemoryKeyring())``; set ``locked = True`` to see what a
+  locked desktop keyring does to your code;
+- :class:`FakeProvider`: a token endpoint that rotates refresh tokens and detects reuse as
+  oidc-provider does (a spent refresh token answers ``invalid_grant`` and revokes the whole
+  grant). ``issue()`` starts a grant; route requests to it with ``transport()`` (an
+  ``httpx.MockTransport``) or ``serve()`` (real HTTP on loopback, for other processes);
+  ``refresh_calls``, ``rotations`` and ``replays`` count what happened, and ``faults``
+  scripts answers.
+
+The conformance suite: every backend's tests subclass :class:`StoreContract`.
 
 A subclass provides a ``store_factory`` pytest fixture that returns a picklable callable
 (``functools.partial(FileStore, tmp_path)``, say). Each call must open the *same* store,
@@ -24,10 +40,21 @@ from typing import Any
 import pytest
 
 from ._errors import LockTimeout, VersionConflict
+from ._fakes import FakeProvider, Fault, Grant, KeyringLocked, MemoryKeyring, StepClock
 from ._record import Credential, CredentialKey
-from ._store import Store
+from ._stores.base import Store
 
-__all__ = ["StoreContract", "StoreFactory", "sample_record"]
+__all__ = [
+    "FakeProvider",
+    "Fault",
+    "Grant",
+    "KeyringLocked",
+    "MemoryKeyring",
+    "StepClock",
+    "StoreContract",
+    "StoreFactory",
+    "sample_record",
+]
 
 StoreFactory = Callable[[], Store]
 """Opens the store under test; must be picklable and open the same store on every call."""

@@ -58,9 +58,9 @@ from grantkeeper import (
 )
 from grantkeeper._as_metadata import parse_metadata
 from grantkeeper._login import login
-from grantkeeper._private_dir import key_slug as _slug
 from grantkeeper._record import Credential
 from grantkeeper._status import AuthState, status_of
+from grantkeeper._stores._fs import key_slug as _slug
 from harness import remember_secret
 from harness.authserver import AuthServer
 

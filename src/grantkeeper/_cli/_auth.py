@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .._login import Authorize
     from .._servers import ServerConfig
     from .._status import AuthStatus
-    from .._store import Store
+    from .._stores.base import Store
 
 
 def _store(spec: str | None) -> Store:
@@ -327,7 +327,7 @@ def login(
 
 def _placed(store: Store, config: ServerConfig) -> str:
     """Where the credential went: keyring or file in Auto mode, else the store's name."""
-    from .._auto_store import AutoStore
+    from .._stores.auto import AutoStore
 
     if isinstance(store, AutoStore):
         return store.placement(config.key) or store.name

@@ -89,10 +89,10 @@ def print_lines(lines: Sequence[str]) -> None:
 
 def store_label(store: Any) -> str:
     """How to name ``store`` to a person: its kind and where it keeps things, not a repr."""
-    from .._auto_store import AutoStore
-    from .._file_store import FileStore
-    from .._keyring_store import KeyringStore
-    from .._postgres_store import PostgresStore
+    from .._stores.auto import AutoStore
+    from .._stores.file import FileStore
+    from .._stores.keyring import KeyringStore
+    from .._stores.postgresql import PostgresStore
 
     if isinstance(store, AutoStore):
         return f"auto (the OS keyring when available, else files in {store.file.directory})"

@@ -21,7 +21,7 @@ import click
 if TYPE_CHECKING:
     from .._keeper import Keeper
     from .._servers import ServerConfig
-    from .._store import Store
+    from .._stores.base import Store
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -219,7 +219,7 @@ def open_store_for(spec: str | None, *, option: str = "--store") -> Store:
     """The store ``option`` (or, without it, ``$GRANTKEEPER_STORE``) names; a bad spec is a
     usage error that names where it came from."""
     from .._errors import StoreConfigError
-    from .._open_store import STORE_ENV, open_store
+    from .._stores.open import STORE_ENV, open_store
 
     try:
         store = open_store(spec)

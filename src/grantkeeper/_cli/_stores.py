@@ -12,7 +12,6 @@ from dataclasses import asdict
 import click
 
 from .._errors import StoreError
-from .._store import Store
 from .._store_admin import (
     DEFAULT_MIGRATE_LOCK_TIMEOUT,
     StoreReport,
@@ -20,6 +19,7 @@ from .._store_admin import (
     migrate_store,
     servers_file_check,
 )
+from .._stores.base import Store
 from ._output import print_json, print_table, store_label
 from ._policy import (
     EXIT_ERROR,

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .._keeper import Keeper
     from .._mcp import McpSession
     from .._servers import ServerConfig
-    from .._store import Store
+    from .._stores.base import Store
 
 T = TypeVar("T")
 

@@ -26,13 +26,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._errors import StoreCorrupt, StoreUnavailable
-from ._file_store import FileStore
-from ._keyring_store import KeyringStore
-from ._log import event
-from ._record import Credential, CredentialKey
-from ._side_file import SideFile
-from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Store, Stored
+from .._errors import StoreCorrupt, StoreUnavailable
+from .._log import event
+from .._record import Credential, CredentialKey
+from ._fs import SideFile
+from .base import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Store, Stored
+from .file import FileStore
+from .keyring import KeyringStore
 
 Backend = Literal["keyring", "file"]
 BACKENDS: tuple[Backend, ...] = ("keyring", "file")
@@ -70,7 +70,7 @@ class AutoStore:
         self.file = FileStore(home)
         self.home = self.file.home
         self.keyring = keyring if keyring is not None else KeyringStore(self.home)
-        self._placements = SideFile(self.file, ".placements", PLACEMENTS_FORMAT)
+        self._placements = SideFile(self.file.directory, ".placements", PLACEMENTS_FORMAT)
         self._mutex = threading.Lock()
         self._preferred: Backend | None = None
         self._drift_reported: set[CredentialKey] = set()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from ._auto_store import AutoStore
-from ._errors import StoreConfigError
-from ._file_store import FileStore
-from ._keyring_store import KeyringStore
-from ._postgres_store import PostgresStore
-from ._store import Store
+from .._errors import StoreConfigError
+from .auto import AutoStore
+from .base import Store
+from .file import FileStore
+from .keyring import KeyringStore
+from .postgresql import PostgresStore
 
 STORE_ENV = "GRANTKEEPER_STORE"
 """Environment variable naming the store when ``--store`` is not given."""

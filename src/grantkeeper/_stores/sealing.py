@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import os
 
-from ._errors import StoreConfigError, StoreCorrupt
+from .._errors import StoreConfigError, StoreCorrupt
 
 KEY_ENV = "GRANTKEEPER_STORE_KEY"
 """Environment variable holding the base64 encryption key; unset means records are plain."""

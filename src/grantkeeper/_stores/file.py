@@ -6,7 +6,7 @@ Files are created 0600 and the directory 0700; nothing is chmodded after the fac
 Writes are atomic (temp file, fsync, rename, fsync of the directory), so a reader sees the
 old record or the new one and never half a file, even if the writer is killed mid-write.
 The temp file such a killed writer leaves behind (a copy of a secret) is deleted by the
-next write or delete that can take its write lock (see ``_private_dir``).
+next write or delete that can take its write lock (see ``_fs``).
 """
 
 from __future__ import annotations
@@ -14,18 +14,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from ._errors import StoreCorrupt, StoreUnavailable, UnsafeStorePath, VersionConflict
-from ._file_lock import locked_file
-from ._paths import grantkeeper_home
-from ._private_dir import PrivateDir, key_slug, os_error
-from ._record import Credential, CredentialKey, record_from_json, record_to_json
-from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Stored
+from .._errors import StoreCorrupt, StoreUnavailable, UnsafeStorePath
+from .._paths import grantkeeper_home
+from .._record import Credential, CredentialKey, record_from_json, record_to_json
+from ._fs import PrivateDir, key_slug, locked_file, os_error
+from .base import (
+    DEFAULT_LOCK_TIMEOUT,
+    PROCESS_LOCK,
+    ProcessLock,
+    Stored,
+    envelope,
+    may_delete,
+    next_version,
+    open_envelope,
+)
 
 FILE_FORMAT = "grantkeeper-credential"
 """Marks our files, so a stray JSON file in the directory is never mistaken for one."""
@@ -57,55 +62,27 @@ class FileStore:
     def _load(
         self, dir_fd: int, name: str, key: CredentialKey | None
     ) -> tuple[CredentialKey, Stored] | None:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:
+        found = self._dir.read_file(dir_fd, name)
+        if found is None:
             return None
-        except OSError as exc:
-            raise os_error("read", name, exc) from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise UnsafeStorePath(f"{name} is not a regular file")
-            if info.st_mode & 0o077:
-                raise UnsafeStorePath(
-                    f"{name} is readable by other users; run: chmod 600 {self.directory / name}"
-                )
-            with os.fdopen(os.dup(fd), "rb") as handle:
-                raw = handle.read()
-        except OSError as exc:
-            raise os_error("read", name, exc) from None
-        finally:
-            os.close(fd)
+        raw, mode = found
+        if mode & 0o077:
+            raise UnsafeStorePath(
+                f"{name} is readable by other users; run: chmod 600 {self.directory / name}"
+            )
         return self._parse(raw, name, key)
 
     def _parse(
         self, raw: bytes, name: str, key: CredentialKey | None
     ) -> tuple[CredentialKey, Stored]:
-        where = str(key) if key else name
+        what = str(self.directory / name)
         try:
             document = json.loads(raw)
         except (ValueError, RecursionError):
-            raise StoreCorrupt(f"{self.directory / name} is not valid JSON", key=where) from None
-        if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
-            raise StoreCorrupt(f"{self.directory / name} is not a grantkeeper file", key=where)
-        stored_key = document.get("key")
-        version = document.get("version")
-        if (
-            not isinstance(stored_key, dict)
-            or not isinstance(stored_key.get("server_url"), str)
-            or not isinstance(version, int)
-            or isinstance(version, bool)
-            or version < 1
-        ):
-            raise StoreCorrupt(f"{self.directory / name} has a malformed header", key=where)
-        profile = stored_key.get("profile")
-        found = CredentialKey(
-            stored_key["server_url"], profile if isinstance(profile, str) else None
-        )
-        if key is not None and found != key:
-            raise StoreCorrupt(f"{self.directory / name} belongs to {found}, not {key}", key=where)
-        return found, Stored(record_from_json(document.get("record"), key=where), version)
+            raise StoreCorrupt(f"{what} is not valid JSON", key=str(key) if key else name) from None
+        found, version = open_envelope(document, FILE_FORMAT, what=what, key=key)
+        record = record_from_json(document.get("record"), key=str(key) if key else name)
+        return found, Stored(record, version)
 
     def read(self, key: CredentialKey) -> Stored | None:
         """Return the stored record for ``key`` with its version, or ``None``."""
@@ -163,20 +140,8 @@ class FileStore:
     def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
         """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent)."""
         with self._cas(key) as (dir_fd, name, current):
-            current_version = current.version if current else None
-            if current_version != expected_version:
-                raise VersionConflict(
-                    f"record is at version {current_version}, expected {expected_version}",
-                    key=str(key),
-                )
-            version = (current_version or 0) + 1
-            document: dict[str, Any] = {
-                "format": FILE_FORMAT,
-                "key": {"server_url": key.server_url, "profile": key.profile},
-                "version": version,
-                "updated_at": datetime.now(UTC).isoformat(),
-                "record": record_to_json(record),
-            }
+            version = next_version(key, current.version if current else None, expected_version)
+            document = {**envelope(FILE_FORMAT, key, version), "record": record_to_json(record)}
             payload = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
             self._dir.write_atomic(dir_fd, name, payload)
             self._sweep(dir_fd, name)
@@ -191,14 +156,10 @@ class FileStore:
             # A temp file left by a writer killed mid-write holds a copy of the record.
             self._dir.remove_temps(dir_fd, name)
             self._sweep(dir_fd, name)
-            if expected_version is not None:
-                if current is None:
-                    return False
-                if current.version != expected_version:
-                    raise VersionConflict(
-                        f"record is at version {current.version}, expected {expected_version}",
-                        key=str(key),
-                    )
+            if expected_version is not None and not may_delete(
+                key, current.version if current else None, expected_version
+            ):
+                return False
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:

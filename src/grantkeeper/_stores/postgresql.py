@@ -38,7 +38,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import (
+from .._errors import (
     LockLost,
     LockTimeout,
     SessionLocksUnsupported,
@@ -47,9 +47,9 @@ from ._errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from ._record import Credential, CredentialKey, record_from_json, record_to_json
-from ._sealing import KEY_ENV, Sealer
-from ._store import DEFAULT_LOCK_TIMEOUT, Stored
+from .._record import Credential, CredentialKey, record_from_json, record_to_json
+from .base import DEFAULT_LOCK_TIMEOUT, Stored, conflict
+from .sealing import KEY_ENV, Sealer
 
 if TYPE_CHECKING:
     import psycopg
@@ -340,8 +340,9 @@ class PostgresStore:
                 (key_id, key.server_url, key.profile, raw, sealed_with, fence or 0),
             )
         else:
-            # One statement: a holder that lost its lock cannot slip in between a check
-            # and the write. Without a fence (no lock held) only the version is compared.
+            # The rule of base.next_version, in one statement: a holder that lost its lock
+            # cannot slip in between a check and the write. Without a fence (no lock held)
+            # only the version is compared.
             rows = self._query(
                 "UPDATE {table} SET version = version + 1, record = %s, sealed_with = %s,"
                 " fence = COALESCE(%s, fence), updated_at = now()"
@@ -367,9 +368,7 @@ class PostgresStore:
                 "not overwriting the newer record",
                 key=str(key),
             )
-        return VersionConflict(
-            f"record is at version {version}, expected {expected_version}", key=str(key)
-        )
+        return conflict(key, version, expected_version)
 
     def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
         """Remove ``key``'s record (only at ``expected_version``, if given)."""

@@ -26,19 +26,25 @@ import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ._errors import StoreCorrupt, StoreError, StoreUnavailable, VersionConflict
-from ._file_lock import locked_file
-from ._file_store import CAS_LOCK_TIMEOUT, FileStore
-from ._paths import user_runtime_dir
-from ._private_dir import PrivateDir, key_slug
-from ._record import Credential, CredentialKey, record_from_json, record_to_json
-from ._secret_service import SecretService
-from ._side_file import SideFile
-from ._store import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Stored
+from .._errors import StoreCorrupt, StoreError, StoreUnavailable
+from .._paths import user_runtime_dir
+from .._record import Credential, CredentialKey, record_from_json, record_to_json
+from ._fs import PrivateDir, SideFile, key_slug, locked_file
+from .base import (
+    DEFAULT_LOCK_TIMEOUT,
+    PROCESS_LOCK,
+    ProcessLock,
+    Stored,
+    envelope,
+    may_delete,
+    next_version,
+    open_envelope,
+)
+from .file import CAS_LOCK_TIMEOUT, FileStore
+from .secret_service import SecretService
 
 SERVICE = "grantkeeper"
 """The keyring service name every entry is filed under."""
@@ -82,7 +88,7 @@ def default_backend() -> KeyringBackend:
 
     if type(backend) is keyring_secret_service.Keyring:
         # The same entries over one connection per process: keyring's connection per call
-        # crashes gnome-keyring (see grantkeeper._secret_service).
+        # crashes gnome-keyring (see grantkeeper._stores.secret_service).
         return SecretService(backend)
     return backend
 
@@ -119,7 +125,7 @@ class KeyringStore:
         self.service = service
         self._backend = backend
         tag = hashlib.sha256(service.encode()).hexdigest()[:12]
-        self._index = SideFile(files, f".keyring-{tag}.index", INDEX_FORMAT)
+        self._index = SideFile(files.directory, f".keyring-{tag}.index", INDEX_FORMAT)
         self._lock_name = f"keyring-{tag}"
         self._locks: PrivateDir | None = None
 
@@ -200,15 +206,8 @@ class KeyringStore:
             head = json.loads(raw)
         except (ValueError, RecursionError):
             raise StoreCorrupt("keyring entry is not valid JSON", key=str(key)) from None
-        version = head.get("version") if isinstance(head, dict) else None
-        if (
-            not isinstance(head, dict)
-            or head.get("format") != HEAD_FORMAT
-            or not isinstance(version, int)
-            or isinstance(version, bool)
-            or version < 1
-        ):
-            raise StoreCorrupt("keyring entry is not a grantkeeper record", key=str(key))
+        open_envelope(head, HEAD_FORMAT, what="keyring entry", key=key)
+        assert isinstance(head, dict)
         return head
 
     @staticmethod
@@ -268,21 +267,10 @@ class KeyringStore:
                 if expected_version is not None:
                     raise
                 current = None  # a new login may replace a corrupt entry
-            current_version = current["version"] if current else None
-            if current_version != expected_version:
-                raise VersionConflict(
-                    f"record is at version {current_version}, expected {expected_version}",
-                    key=str(key),
-                )
-            version = (current_version or 0) + 1
+            version = next_version(key, current["version"] if current else None, expected_version)
             # Index first: a secret the index misses could never be listed or migrated.
             self._update_index(add=key)
-            head: dict[str, Any] = {
-                "format": HEAD_FORMAT,
-                "key": {"server_url": key.server_url, "profile": key.profile},
-                "version": version,
-                "updated_at": datetime.now(UTC).isoformat(),
-            }
+            head = envelope(HEAD_FORMAT, key, version)
             body = json.dumps(record_to_json(record), ensure_ascii=True, separators=(",", ":"))
             inline = json.dumps({**head, "record": json.loads(body)}, ensure_ascii=True)
             if len(inline) <= PART_CHARS:
@@ -318,11 +306,8 @@ class KeyringStore:
             if current is None:
                 self._update_index(remove=key)
                 return False
-            if expected_version is not None and current["version"] != expected_version:
-                raise VersionConflict(
-                    f"record is at version {current['version']}, expected {expected_version}",
-                    key=str(key),
-                )
+            if current:  # readable (an unreadable one, {}, has no version to compare)
+                may_delete(key, current["version"], expected_version)
             self._delete(self._head_name(key))
             self._drop_parts(key, current)
             self._update_index(remove=key)
