@@ -6,7 +6,8 @@
 - spawn to the ``initialize`` answer with a stored credential: what a host waits for;
 - a fleet: N proxies for one credential with short-lived tokens, each calling a tool at a
   steady pace: forced logins, replayed refresh tokens, failed calls and dead instances, as
-  the authorization server and the hosts counted them.
+  the authorization server and the hosts counted them, side by side with ``mcp-remote``
+  0.15.1 in the same scenario (see ``benchmarks/_bridge_fleet.py``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx2
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from benchmarks._bridge_fleet import (
+    MCP_REMOTE_VERSION,
+    grantkeeper_params,
+    mcp_remote_params,
+    rows,
+    run_fleet,
+)
 from benchmarks._measure import Spread
 from benchmarks._report import Section
 from grantkeeper import CredentialKey, FileStore, Keeper
@@ -129,29 +136,6 @@ def _start_to_initialize(url: str, home: str) -> float:
     return elapsed
 
 
-async def _fleet(url: str, home: str, *, count: int, seconds: float, pace: float) -> dict[str, int]:
-    outcome = {"calls": 0, "failed calls": 0, "dead instances": 0}
-    deadline = time.monotonic() + seconds
-
-    async def one() -> None:
-        try:
-            async with _through_proxy(url, home) as host:
-                while time.monotonic() < deadline:
-                    try:
-                        result = await host.call_tool("echo", {"text": "fleet"})
-                        outcome["calls"] += 1
-                        if result.is_error:
-                            outcome["failed calls"] += 1
-                    except Exception:
-                        outcome["failed calls"] += 1
-                    await asyncio.sleep(pace)  # a host's steady pace, not synchronisation
-        except Exception:
-            outcome["dead instances"] += 1
-
-    await asyncio.gather(*(one() for _ in range(count)))
-    return outcome
-
-
 def run(
     *,
     repeats: int = 5,
@@ -160,6 +144,7 @@ def run(
     fleet_seconds: float = 60.0,
     ttl: int = 4,
     pace: float = 2.0,
+    mcp_remote: bool = True,
 ) -> Section:
     section = Section(
         "P7",
@@ -167,7 +152,7 @@ def run(
         f"p50 overhead ≤ {OVERHEAD_GOAL * 1e3:g} ms per tool call, spawn to `initialize` ≤ "
         f"{START_GOAL:g} s; in the fleet 0 forced logins, 0 replays, 0 failed calls, "
         "0 dead instances",
-        ["measure", "value"],
+        ["measure", "grantkeeper proxy", f"mcp-remote {MCP_REMOTE_VERSION}"],
     )
     with tempfile.TemporaryDirectory(prefix="gk-bench-") as home:
         with AuthServer(access_ttl=3600) as auth, McpServer(auth_server=auth) as server:
@@ -177,44 +162,45 @@ def run(
     p50_direct, p50_proxy = statistics.median(direct), statistics.median(proxied)
     overhead = p50_proxy - p50_direct
     start = Spread.of(starts)
-    with tempfile.TemporaryDirectory(prefix="gk-bench-") as home:
-        with AuthServer(access_ttl=ttl) as auth, McpServer(auth_server=auth) as server:
-            login(auth, server.url, FileStore(home))
-            auth.reset_stats()
-            outcome = asyncio.run(
-                _fleet(server.url, home, count=fleet, seconds=fleet_seconds, pace=pace)
-            )
-            stats: dict[str, Any] = auth.stats()
+    ours = run_fleet(grantkeeper_params, count=fleet, seconds=fleet_seconds, ttl=ttl, pace=pace)
+    theirs = (
+        run_fleet(mcp_remote_params, count=fleet, seconds=fleet_seconds, ttl=ttl, pace=pace)
+        if mcp_remote
+        else None
+    )
     section.rows += [
         ["tool call, direct `mcp` client session (p50)", f"{p50_direct * 1e3:.2f} ms"],
         ["tool call through the proxy (p50)", f"{p50_proxy * 1e3:.2f} ms"],
         ["p50 overhead of the proxy", f"{overhead * 1e3:.2f} ms"],
         ["spawn to `initialize` answered, stored credential", start.fmt(" ms", 1e3, 0)],
-        [f"fleet: calls by {fleet} proxies in {fleet_seconds:g} s", str(outcome["calls"])],
-        ["fleet: failed calls", str(outcome["failed calls"])],
-        ["fleet: dead instances", str(outcome["dead instances"])],
-        ["fleet: forced logins", str(stats["code_success"])],
-        ["fleet: refresh tokens replayed", str(stats["replays"])],
-        ["fleet: refreshes granted (= rotations)", str(stats["refresh_success"])],
     ]
+    section.rows = [[*row, "–"] for row in section.rows]
+    section.rows += rows(ours, theirs, count=fleet, seconds=fleet_seconds)
     section.met = (
         overhead <= OVERHEAD_GOAL
         and start.median <= START_GOAL
-        and outcome["failed calls"] == 0
-        and outcome["dead instances"] == 0
-        and stats["code_success"] == 0
-        and stats["replays"] == 0
+        and ours.failed_calls == 0
+        and ours.dead_instances == 0
+        and ours.forced_logins == 0
+        and ours.replays == 0
     )
     section.notes.append(
         f"Latency: {calls} alternating `echo` calls on each path after a warm-up, same server "
         "(real `mcp` 2.3 server checking tokens by introspection, real oidc-provider). "
         f"Start: median (min–max) of {repeats} spawns of `python -m grantkeeper proxy` until "
         f"the `initialize` answer. Fleet: {fleet} proxies, {ttl} s access tokens, one call "
-        f"every {pace:g} s each, counts from the authorization server. `mcp-remote` is not "
-        "measured here (not installed); the issue's figures for it came from this scenario."
+        f"every {pace:g} s each, {fleet_seconds:g} s, after one login by one instance with "
+        "nothing stored; the same for `mcp-remote` (npm, pinned in harness/mcp_remote, run "
+        "with its defaults but `--host 127.0.0.1` and a private `HOME`), each bridge on fresh "
+        "servers. Browser windows counted by a fake browser (`$BROWSER` for the proxy, a fake "
+        "`xdg-open` for mcp-remote), replays and refreshes by the authorization server. The "
+        "goal is judged on grantkeeper's column only."
     )
     return section
 
 
-def smoke() -> Section:
-    return run(repeats=1, calls=5, fleet=2, fleet_seconds=3.0, ttl=2, pace=0.5)
+def smoke(*, mcp_remote: bool = False) -> Section:
+    """Tiny sizes; mcp-remote only when asked (tests/test_benchmarks_smoke.py does)."""
+    return run(
+        repeats=1, calls=5, fleet=2, fleet_seconds=3.0, ttl=2, pace=0.5, mcp_remote=mcp_remote
+    )
