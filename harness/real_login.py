@@ -11,7 +11,7 @@ import httpx
 
 from grantkeeper import Credential, CredentialKey, Store
 from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._login import login
+from grantkeeper._code_flow import run_code_flow
 from harness import remember_secret
 from harness.authserver import AuthServer
 
@@ -26,7 +26,7 @@ def log_in(server: AuthServer, store: Store, key: CredentialKey, *, resource: st
     with httpx.Client(timeout=10.0, trust_env=False) as http:
         response = http.get(f"{server.issuer}/.well-known/openid-configuration")
         metadata = parse_metadata(response.content, expected_issuer=server.issuer)
-        credential = login(
+        credential = run_code_flow(
             store,
             key,
             metadata=metadata,

@@ -34,7 +34,7 @@ from grantkeeper import (
     Store,
 )
 from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._login import login
+from grantkeeper._code_flow import run_code_flow
 from grantkeeper._status import AuthState, status_of
 from grantkeeper._stores import _fs
 from grantkeeper._stores import file as _file_store
@@ -269,7 +269,7 @@ REAL_KEY = CredentialKey.for_server(RESOURCE)
 
 def real_login(server: AuthServer, store: Store, http: httpx.Client) -> None:
     body = http.get(f"{server.issuer}/.well-known/openid-configuration").content
-    login(
+    run_code_flow(
         store,
         REAL_KEY,
         metadata=parse_metadata(body, expected_issuer=server.issuer),

@@ -17,6 +17,7 @@ import httpx
 
 from ._as_metadata import AuthServerMetadata
 from ._client_assertion import client_assertion
+from ._code_flow import save
 from ._errors import (
     MalformedResponse,
     ProtocolError,
@@ -25,7 +26,6 @@ from ._errors import (
     ServerConfigError,
 )
 from ._freshness import Clock, utc_now
-from ._login import save
 from ._record import CLIENT_CREDENTIALS, Credential, CredentialKey
 from ._redact import redact
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx2
 
-from ._http_auth import DriverAuth
+from ._auth_driver import HttpxShapedAuth
 
 
-class Httpx2Auth(DriverAuth, httpx2.Auth):
+class Httpx2Auth(HttpxShapedAuth, httpx2.Auth):
     """:class:`~grantkeeper.HttpxAuth` for httpx2: the same policy, the same errors.
 
     Give it to ``httpx2.AsyncClient(auth=...)`` and that client to ``mcp``'s

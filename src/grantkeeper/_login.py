@@ -1,146 +1,276 @@
-"""Log in: register if needed, run the code flow with PKCE, and store the result under lock.
+"""Log in to a server end to end: discover, register, authorize, exchange, store.
 
-Presenting the authorization URL is the caller's job (``authorize``): a browser with a
-loopback listener, a pasted redirect, or an application's own UI. The lock is held only
-for the final write, never while a person reads a consent page.
+The pieces are in their own modules; this one only orders them and decides the two
+policies that span them: which scope to ask for, and when to register again.
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import contextlib
 import logging
-import secrets
-from collections.abc import Callable
+import webbrowser
+from collections.abc import Callable, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from ._as_metadata import AuthServerMetadata
-from ._authorization import authorization_url, parse_callback
-from ._errors import ProtocolError, StoreError
+from ._callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
+from ._client_assertion import key_source
+from ._code_flow import Authorize, register_client, run_code_flow
+from ._discovery import Discovery, choose_scope, discover
+from ._errors import CallbackUnavailable, ClientRegistrationInvalid, ServerConfigError
 from ._freshness import Clock, utc_now
+from ._grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
+from ._kept_registrations import KeptRegistrations
 from ._log import event
-from ._pkce import new_verifier, s256_challenge
-from ._record import Credential, CredentialKey
-from ._registration import ClientRegistration, parse_registration, registration_body
+from ._record import CLIENT_CREDENTIALS, Credential
+from ._registration import ClientRegistration, metadata_document_client
+from ._servers import ServerConfig, resolve_server
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
-from ._token_client import send_token_request
-from ._token_endpoint import code_request, new_credential
 
-Authorize = Callable[[str], str]
-"""Shows the authorization URL to a person and returns the callback URL they reached."""
-
-CLIENT_NAME = "grantkeeper"
+LOGIN_HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+"""Bounds each request of a login (metadata, registration, code exchange)."""
 
 
-def register_client(
-    http: httpx.Client, metadata: AuthServerMetadata, redirect_uri: str, scope: str | None
-) -> ClientRegistration:
-    """Register a public client dynamically (RFC 7591)."""
-    if not metadata.registration_endpoint:
-        raise ProtocolError(
-            "the authorization server offers no dynamic registration; pass a client id"
-        )
-    body = registration_body(redirect_uris=[redirect_uri], client_name=CLIENT_NAME, scope=scope)
-    try:
-        response = http.post(metadata.registration_endpoint, json=body)
-    except httpx.HTTPError as exc:
-        raise ProtocolError(f"client registration failed: {type(exc).__name__}") from None
-    return parse_registration(response.status_code, response.content)
+def loopback_authorizer(
+    listener: CallbackServer,
+    present: Callable[[str], object],
+    *,
+    timeout: float = DEFAULT_CALLBACK_TIMEOUT,
+) -> Authorize:
+    """An :data:`Authorize` that shows the URL with ``present`` and waits on ``listener``."""
 
+    def authorize(url: str) -> str:
+        # One redirect per authorization request; the state lets the listener's page say
+        # at once whether a redirect belongs to this request.
+        listener.rearm(parse_qs(urlsplit(url).query).get("state", [None])[0])
+        present(url)
+        return listener.wait(timeout)
 
-def _subject(id_token: str | None) -> str | None:
-    """The ``sub`` claim of an ID token, used only to tell accounts apart (not verified)."""
-    if not id_token or id_token.count(".") != 2:
-        return None
-    payload = id_token.split(".")[1]
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, RecursionError):
-        return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
-    return sub if isinstance(sub, str) else None
+    return authorize
 
 
 def login(
-    store: Store,
-    key: CredentialKey,
+    server: str | ServerConfig,
     *,
-    metadata: AuthServerMetadata,
-    resource: str,
-    redirect_uri: str,
-    authorize: Authorize,
-    http: httpx.Client,
+    store: Store | None = None,
     scope: str | None = None,
-    client: ClientRegistration | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    authorize: Authorize | None = None,
+    redirect_uri: str | None = None,
+    open_browser: Callable[[str], object] = webbrowser.open,
+    callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
+    discovery: Discovery | None = None,
+    http: httpx.Client | None = None,
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    client_metadata_url: str | None = None,
+    client_credentials: bool | None = None,
+    client_auth_method: str | None = None,
+    client_key_file: str | None = None,
+    client_key_env: str | None = None,
+    enterprise: EnterpriseIdentity | None = None,
 ) -> Credential:
-    """Run the authorization code flow and store the credential; return it."""
-    registration = client or register_client(http, metadata, redirect_uri, scope)
-    verifier, state = new_verifier(), secrets.token_urlsafe(24)
-    url = authorization_url(
-        metadata.authorization_endpoint,
-        client_id=registration.client_id,
-        redirect_uri=redirect_uri,
-        state=state,
-        code_challenge=s256_challenge(verifier),
-        resource=resource,
-        scope=scope,
-    )
-    code = parse_callback(
-        authorize(url),
-        expected_state=state,
-        issuer=metadata.issuer,
-        require_iss=metadata.iss_parameter_supported,
-    )
-    request = code_request(
-        token_endpoint=metadata.token_endpoint,
-        code=code,
-        redirect_uri=redirect_uri,
-        code_verifier=verifier,
-        resource=resource,
-        client_id=registration.client_id,
-        client_secret=registration.client_secret,
-        auth_method=registration.token_endpoint_auth_method,
-    )
-    tokens = send_token_request(http, request, now=clock)
-    record = new_credential(
-        tokens,
-        received=clock(),
-        metadata=metadata,
-        resource=resource,
-        scope=scope,
-        client_id=registration.client_id,
-        client_secret=registration.client_secret,
-        auth_method=registration.token_endpoint_auth_method,
-        subject=_subject(tokens.id_token),
-    )
-    save(store, key, record, lock_timeout=lock_timeout)
-    return record
+    """Log in to ``server`` (a URL, a configured name, or a :class:`ServerConfig`).
 
+    Which client logs in: ``client_id`` (pre-registered), else ``client_metadata_url`` when
+    the authorization server supports client ID metadata documents (SEP-991), else a client
+    registered dynamically (RFC 7591).
 
-def save(
-    store: Store,
-    key: CredentialKey,
-    record: Credential,
-    *,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-) -> int:
-    """Replace whatever is stored for ``key`` with ``record``, under the transaction lock."""
-    with store.lock(key, timeout=lock_timeout):
-        try:
-            current = store.read(key)
-        except StoreError as exc:
-            # A corrupt record must not block a new login, which is how users recover.
-            event(
-                logging.WARNING,
-                "login.replacing_unreadable",
-                key=str(key),
-                error=type(exc).__name__,
+    ``client_credentials=True`` logs in a machine client instead (RFC 6749 §4.4): no
+    browser, ``client_id`` with ``client_secret`` (``client_secret_basic`` or
+    ``client_secret_post``) or with a PEM private key from ``client_key_file`` or the
+    environment variable ``client_key_env`` (``private_key_jwt``, RFC 7523). The Keeper
+    renews such a credential by asking again. Each of these may come from servers.json.
+
+    ``enterprise`` (an :class:`EnterpriseIdentity`: the user's ID token at their enterprise
+    IdP) logs in by cross-app access instead: an RFC 8693 token exchange at the IdP, then
+    the RFC 7523 jwt-bearer grant at the server's authorization server, as ``client_id``.
+
+    By default a browser opens and a loopback listener takes the redirect. An application
+    that presents the authorization URL itself passes ``authorize`` (given the URL, returns
+    the callback URL the user reached) together with its ``redirect_uri``.
+
+    Scope precedence: ``scope``, the server's 401 challenge, the resource's
+    ``scopes_supported``, then the authorization server's; ``offline_access`` is added when
+    supported. The credential is written under the same lock refresh takes.
+    """
+    config = server if isinstance(server, ServerConfig) else resolve_server(server)
+    if (authorize is None) != (redirect_uri is None):
+        raise ValueError("pass authorize and redirect_uri together, or neither")
+    if store is None:
+        from ._stores.open import open_store
+
+        store = open_store()
+    own = http is None
+    client = http or httpx.Client(
+        follow_redirects=False, trust_env=False, timeout=LOGIN_HTTP_TIMEOUT
+    )
+    try:
+        found = discovery or discover(config.url, http=client)
+        chosen_scope = choose_scope(
+            scope or config.scope, found.challenge, found.resource_metadata, found.metadata
+        )
+        fixed_id = client_id or config.client_id
+        secret = client_secret or config.client_secret
+        if client_credentials or (
+            client_credentials is None and config.grant == CLIENT_CREDENTIALS
+        ):
+            return _machine_login(
+                config,
+                found,
+                store=store,
+                http=client,
+                client_id=fixed_id,
+                client_secret=secret,
+                auth_method=client_auth_method or config.client_auth_method,
+                key_file=client_key_file or config.client_key_file,
+                key_env=client_key_env or config.client_key_env,
+                scope=scope or config.scope,
+                clock=clock,
+                lock_timeout=lock_timeout,
             )
-            store.delete(key)
-            current = None
-        version = store.write(key, record, expected_version=current.version if current else None)
-    event(logging.INFO, "login.stored", key=str(key), version=version)
-    return version
+        if enterprise is not None:
+            if not fixed_id:
+                raise ServerConfigError("cross-app access needs this client's client id")
+            return cross_app_access(
+                store,
+                config.key,
+                identity=enterprise,
+                metadata=found.metadata,
+                resource=found.resource,
+                http=client,
+                client_id=fixed_id,
+                client_secret=secret,
+                scope=scope or config.scope,
+                clock=clock,
+                lock_timeout=lock_timeout,
+            )
+        registration = (
+            ClientRegistration(fixed_id, secret)
+            if fixed_id
+            else metadata_document_client(
+                client_metadata_url or config.client_metadata_url, found.metadata
+            )
+        )
+
+        kept = KeptRegistrations(getattr(store, "home", None))
+        issuer = found.metadata.issuer
+
+        def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
+            def run(client_registration: ClientRegistration | None) -> Credential:
+                return run_code_flow(
+                    store,
+                    config.key,
+                    metadata=found.metadata,
+                    resource=found.resource,
+                    redirect_uri=redirect_uri,
+                    authorize=authorize,
+                    http=client,
+                    scope=chosen_scope,
+                    client=client_registration,
+                    clock=clock,
+                    lock_timeout=lock_timeout,
+                )
+
+            if registration is not None:
+                # Pre-registered or a metadata document: the user's to fix, so invalid_client
+                # is final.
+                return run(registration)
+
+            def register() -> ClientRegistration:
+                # Kept before the browser opens: an attempt that times out must not cost the
+                # next one a registration of its own.
+                new = register_client(client, found.metadata, redirect_uri, chosen_scope)
+                kept.keep(issuer, redirect_uri, new)
+                return new
+
+            try:
+                return run(kept.find(issuer, redirect_uri) or register())
+            except ClientRegistrationInvalid:
+                # The server forgot the client (a restart, an expiry): replace it, once.
+                kept.forget(issuer, redirect_uri)
+                event(logging.WARNING, "login.reregistering", key=str(config.key))
+                return run(register())
+
+        if authorize is not None and redirect_uri is not None:
+            return attempt(authorize, redirect_uri)
+        dynamic = registration is None
+        with listen_first_free(callback_ports(config, store, issuer, dynamic)) as listener:
+            browser = loopback_authorizer(listener, open_browser, timeout=callback_timeout)
+            return attempt(browser, listener.redirect_uri)
+    finally:
+        if own:
+            client.close()
+
+
+def _machine_login(
+    config: ServerConfig,
+    found: Discovery,
+    *,
+    store: Store,
+    http: httpx.Client,
+    client_id: str | None,
+    client_secret: str | None,
+    auth_method: str | None,
+    key_file: str | None,
+    key_env: str | None,
+    scope: str | None,
+    clock: Clock,
+    lock_timeout: float,
+) -> Credential:
+    """The client credentials grant: the scope asked for is the caller's, else the
+    resource's (a machine has no challenge to answer)."""
+    if not client_id:
+        raise ServerConfigError("client credentials need a client id")
+    has_key = key_file is not None or key_env is not None
+    method = choose_auth_method(
+        found.metadata, explicit=auth_method, has_secret=bool(client_secret), has_key=has_key
+    )
+    source = key_source(file=key_file, env=key_env) if method == "private_key_jwt" else None
+    if scope is None and found.resource_metadata is not None:
+        scope = " ".join(found.resource_metadata.scopes_supported) or None
+    return obtain(
+        store,
+        config.key,
+        metadata=found.metadata,
+        resource=found.resource,
+        http=http,
+        client_id=client_id,
+        auth_method=method,
+        client_secret=client_secret,
+        key_source=source,
+        scope=scope,
+        clock=clock,
+        lock_timeout=lock_timeout,
+    )
+
+
+def callback_ports(config: ServerConfig, store: Store, issuer: str, dynamic: bool) -> list[int]:
+    """Ports for the loopback listener, in order: the configured one, else (for a client
+    registered dynamically) those of registrations kept for ``issuer``, then any."""
+    if config.callback_port:
+        return [config.callback_port]
+    if not dynamic:
+        return [0]
+    return [*KeptRegistrations(getattr(store, "home", None)).ports(issuer), 0]
+
+
+@contextlib.contextmanager
+def listen_first_free(ports: list[int]) -> Iterator[CallbackServer]:
+    """A listener on the first free port of ``ports``: a kept registration's port is worth
+    trying first (its client can be reused); the last one (0: any free port) must bind."""
+    listener = None
+    for port in ports[:-1]:
+        try:
+            listener = CallbackServer(port=port).__enter__()
+            break
+        except CallbackUnavailable:
+            continue
+    if listener is None:
+        listener = CallbackServer(port=ports[-1]).__enter__()
+    try:
+        yield listener
+    finally:
+        listener.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ._http_auth import HttpxAuth
+from ._httpx_auth import HttpxAuth
 from ._keeper import Keeper
 
 

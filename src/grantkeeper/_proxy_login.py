@@ -202,7 +202,7 @@ class LoginCoordinator:
             raise failure
 
     def _login(self) -> None:
-        from ._login_flow import login
+        from ._login import login
 
         def present(url: str) -> None:
             log.warning("log in to %s in your browser: %s", self.config.label, url)

@@ -16,7 +16,7 @@ from typing import Any
 from ._discovery import Discovery, discover
 from ._errors import AuthenticationRequired, InsufficientScope
 from ._keeper import Recovery
-from ._login_flow import login
+from ._login import login
 from ._servers import ServerConfig, resolve_server
 from ._stores.base import Store
 

@@ -57,7 +57,7 @@ from grantkeeper import (
     Stored,
 )
 from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._login import login
+from grantkeeper._code_flow import run_code_flow
 from grantkeeper._record import Credential
 from grantkeeper._status import AuthState, status_of
 from grantkeeper._stores._fs import key_slug as _slug
@@ -377,7 +377,7 @@ class Chaos:
     def login(self) -> Credential:
         """A new grant from the real server, stored for every process."""
         self.report.logins += 1
-        return login(
+        return run_code_flow(
             self.store,
             KEY,
             metadata=self.metadata,

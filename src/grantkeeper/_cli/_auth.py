@@ -32,7 +32,7 @@ from ._policy import (
 
 if TYPE_CHECKING:
     from .._callback_server import CallbackServer
-    from .._login import Authorize
+    from .._code_flow import Authorize
     from .._servers import ServerConfig
     from .._status import AuthStatus
     from .._stores.base import Store
@@ -82,7 +82,7 @@ def _authorizer(
     """The library's loopback authorizer, presenting the URL for a person at a terminal."""
     import contextlib
 
-    from .._login_flow import loopback_authorizer
+    from .._login import loopback_authorizer
 
     waiting = contextlib.ExitStack()
 
@@ -224,8 +224,8 @@ def login(
 
     from .._discovery import discover
     from .._errors import OAuthUnsupported
-    from .._login_flow import callback_ports, listen_first_free
-    from .._login_flow import login as run_login
+    from .._login import callback_ports, listen_first_free
+    from .._login import login as run_login
     from .._servers import resolve_server, save_server
 
     if with_token:
@@ -448,7 +448,7 @@ def status(
 
     Exits 3 when a listed server needs a (re)login.
     """
-    from .._server_status import auth_status, known_servers
+    from .._auth_status import auth_status, known_servers
     from .._servers import resolve_server
     from .._status import AuthState
     from ._policy import retry_unknown_outcome
@@ -581,7 +581,7 @@ Examples:
 @handle_errors
 def list_servers(store_spec: str | None, as_json: bool) -> None:
     """List configured servers and stored credentials."""
-    from .._server_status import known_servers
+    from .._auth_status import known_servers
 
     servers = known_servers(_store(store_spec))
     entries = [

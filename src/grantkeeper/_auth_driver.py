@@ -1,4 +1,4 @@
-"""Drive the auth flow for httpx-shaped clients: httpx here, httpx2 in ``_httpx2_auth``.
+"""Drive the auth flow for httpx-shaped clients; ``_httpx_auth`` and ``_httpx2_auth`` bind it.
 
 httpx and httpx2 share one auth protocol (``sync_auth_flow`` / ``async_auth_flow``
 generators that yield requests and receive responses) but not their classes, so the
@@ -16,8 +16,6 @@ import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
-
-import httpx
 
 from ._auth_flow import (
     ACTIONABLE,
@@ -243,7 +241,7 @@ class AuthDriver:
                 return
 
 
-class DriverAuth:
+class HttpxShapedAuth:
     """The plumbing both auth classes share: a Keeper (or a static token) behind an
     :class:`AuthDriver`. Subclasses add the HTTP library's ``Auth`` base and say which of
     its request bodies can be sent twice."""
@@ -321,23 +319,3 @@ class DriverAuth:
 
     def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
         return self._driver.async_flow(request)
-
-
-class HttpxAuth(DriverAuth, httpx.Auth):
-    """Authenticate httpx requests to one MCP server with a grantkeeper credential.
-
-    ``HttpxAuth(keeper)`` sends the Keeper's token, refreshes it before it expires, and
-    after a 401 renews it once (or adopts a newer one, without refreshing) and retries
-    once. ``HttpxAuth.bearer(url, token)`` sends a fixed token (or, with ``token=None``,
-    the request's own ``Authorization`` header): OAuth is off and a 401 is final.
-    ``HttpxAuth.anonymous(url)`` sends none, for servers that need none: a 401 raises
-    :class:`LoginRequired`. :meth:`choose` picks one of the three from a client's settings.
-
-    Requests to any other origin pass through untouched. Errors are grantkeeper's:
-    :class:`AuthenticationRequired` (and subclasses such as :class:`InsufficientScope`),
-    :class:`RetryRequired`, :class:`DeadlineExceeded` and the Keeper's own.
-    """
-
-    @staticmethod
-    def _replayable(request: httpx.Request) -> bool:
-        return isinstance(request.stream, httpx.ByteStream)

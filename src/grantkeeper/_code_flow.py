@@ -1,0 +1,146 @@
+"""The authorization-code flow with PKCE: register a client if needed, exchange, store under lock.
+
+Presenting the authorization URL is the caller's job (``authorize``): a browser with a
+loopback listener, a pasted redirect, or an application's own UI. The lock is held only
+for the final write, never while a person reads a consent page.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from collections.abc import Callable
+
+import httpx
+
+from ._as_metadata import AuthServerMetadata
+from ._authorization import authorization_url, parse_callback
+from ._errors import ProtocolError, StoreError
+from ._freshness import Clock, utc_now
+from ._log import event
+from ._pkce import new_verifier, s256_challenge
+from ._record import Credential, CredentialKey
+from ._registration import ClientRegistration, parse_registration, registration_body
+from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
+from ._token_client import send_token_request
+from ._token_endpoint import code_request, new_credential
+
+Authorize = Callable[[str], str]
+"""Shows the authorization URL to a person and returns the callback URL they reached."""
+
+CLIENT_NAME = "grantkeeper"
+
+
+def register_client(
+    http: httpx.Client, metadata: AuthServerMetadata, redirect_uri: str, scope: str | None
+) -> ClientRegistration:
+    """Register a public client dynamically (RFC 7591)."""
+    if not metadata.registration_endpoint:
+        raise ProtocolError(
+            "the authorization server offers no dynamic registration; pass a client id"
+        )
+    body = registration_body(redirect_uris=[redirect_uri], client_name=CLIENT_NAME, scope=scope)
+    try:
+        response = http.post(metadata.registration_endpoint, json=body)
+    except httpx.HTTPError as exc:
+        raise ProtocolError(f"client registration failed: {type(exc).__name__}") from None
+    return parse_registration(response.status_code, response.content)
+
+
+def _subject(id_token: str | None) -> str | None:
+    """The ``sub`` claim of an ID token, used only to tell accounts apart (not verified)."""
+    if not id_token or id_token.count(".") != 2:
+        return None
+    payload = id_token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, RecursionError):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) else None
+
+
+def run_code_flow(
+    store: Store,
+    key: CredentialKey,
+    *,
+    metadata: AuthServerMetadata,
+    resource: str,
+    redirect_uri: str,
+    authorize: Authorize,
+    http: httpx.Client,
+    scope: str | None = None,
+    client: ClientRegistration | None = None,
+    clock: Clock = utc_now,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Credential:
+    """Run the authorization code flow and store the credential; return it."""
+    registration = client or register_client(http, metadata, redirect_uri, scope)
+    verifier, state = new_verifier(), secrets.token_urlsafe(24)
+    url = authorization_url(
+        metadata.authorization_endpoint,
+        client_id=registration.client_id,
+        redirect_uri=redirect_uri,
+        state=state,
+        code_challenge=s256_challenge(verifier),
+        resource=resource,
+        scope=scope,
+    )
+    code = parse_callback(
+        authorize(url),
+        expected_state=state,
+        issuer=metadata.issuer,
+        require_iss=metadata.iss_parameter_supported,
+    )
+    request = code_request(
+        token_endpoint=metadata.token_endpoint,
+        code=code,
+        redirect_uri=redirect_uri,
+        code_verifier=verifier,
+        resource=resource,
+        client_id=registration.client_id,
+        client_secret=registration.client_secret,
+        auth_method=registration.token_endpoint_auth_method,
+    )
+    tokens = send_token_request(http, request, now=clock)
+    record = new_credential(
+        tokens,
+        received=clock(),
+        metadata=metadata,
+        resource=resource,
+        scope=scope,
+        client_id=registration.client_id,
+        client_secret=registration.client_secret,
+        auth_method=registration.token_endpoint_auth_method,
+        subject=_subject(tokens.id_token),
+    )
+    save(store, key, record, lock_timeout=lock_timeout)
+    return record
+
+
+def save(
+    store: Store,
+    key: CredentialKey,
+    record: Credential,
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> int:
+    """Replace whatever is stored for ``key`` with ``record``, under the transaction lock."""
+    with store.lock(key, timeout=lock_timeout):
+        try:
+            current = store.read(key)
+        except StoreError as exc:
+            # A corrupt record must not block a new login, which is how users recover.
+            event(
+                logging.WARNING,
+                "login.replacing_unreadable",
+                key=str(key),
+                error=type(exc).__name__,
+            )
+            store.delete(key)
+            current = None
+        version = store.write(key, record, expected_version=current.version if current else None)
+    event(logging.INFO, "login.stored", key=str(key), version=version)
+    return version
