@@ -264,6 +264,16 @@ class HttpxShapedAuth:
     @classmethod
     def bearer(cls, server_url: str, token: str | None = None) -> Self:
         """Send ``token`` (or the request's own header) to ``server_url``; never refresh."""
+        return cls._without_keeper(server_url, token=token, anonymous=False)
+
+    @classmethod
+    def anonymous(cls, server_url: str) -> Self:
+        """Send no credential to ``server_url``, for servers that need none; a 401 then
+        raises :class:`~grantkeeper.LoginRequired`."""
+        return cls._without_keeper(server_url, token=None, anonymous=True)
+
+    @classmethod
+    def _without_keeper(cls, server_url: str, *, token: str | None, anonymous: bool) -> Self:
         auth = cls.__new__(cls)
         auth._driver = AuthDriver(
             None,
@@ -271,21 +281,7 @@ class HttpxShapedAuth:
             token=token,
             recovery_timeout=None,
             replayable=cls._replayable,
-        )
-        return auth
-
-    @classmethod
-    def anonymous(cls, server_url: str) -> Self:
-        """Send no credential to ``server_url``, for servers that need none; a 401 then
-        raises :class:`~grantkeeper.LoginRequired`."""
-        auth = cls.__new__(cls)
-        auth._driver = AuthDriver(
-            None,
-            server_url=server_url,
-            token=None,
-            recovery_timeout=None,
-            replayable=cls._replayable,
-            anonymous=True,
+            anonymous=anonymous,
         )
         return auth
 
