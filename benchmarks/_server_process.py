@@ -50,10 +50,10 @@ def _serve(issuer: str) -> None:
 
     # McpServer reads only the issuer of its authorization server.
     auth: Any = SimpleNamespace(issuer=issuer)
+    # The SDK logs its start and every request (and every introspection) at INFO to the
+    # terminal; in a benchmark that is work no client asked for, and in the demo it is noise.
+    logging.disable(logging.INFO)
     with McpServer(auth_server=auth) as server:
-        # The SDK logs every request (and every introspection) at INFO to the terminal; in a
-        # benchmark that is work no client asked for.
-        logging.disable(logging.INFO)
         print(server.url, flush=True)
         sys.stdin.read()
 
