@@ -35,7 +35,7 @@ OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 SERVER_SCRIPT = OIDC_DIR / "server.mjs"
 NODE_MODULES = OIDC_DIR / "node_modules"
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 120.0
 """Seconds to wait for the server's JSON line before giving up."""
 
 STOP_TIMEOUT = 5.0

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(cli_part(console))
         parts.append(mcp_part(console))
     if all(parts):
-        console.print("\n[green]demo passed[/]: every guarantee above held against the real servers")
+        console.print("\n[green]demo passed[/]: every guarantee above held against real servers")
         return 0
     console.print("\n[red]demo FAILED[/]: see the part marked FAILED above")
     return 1

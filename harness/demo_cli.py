@@ -10,27 +10,20 @@ secret, and the demo's output gets pasted into places.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
-import select
-import struct
-import subprocess
 import sys
 import tempfile
-import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.authserver import AuthServer
 from harness.mcp_server import McpServer
+from harness.terminal import run_on_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = 80
-TIMEOUT = 120.0
-"""Seconds one command may take (a login on a loaded machine included) before it is killed."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -46,34 +39,10 @@ class Step:
 
 
 def run_in_terminal(args: Sequence[str], env: dict[str, str]) -> tuple[str, int]:
-    """Run ``args`` with stdout on an 80-column pseudo-terminal; return what it printed
-    (stdout and stderr, in order, colour codes removed) and the exit code."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, COLUMNS, 0, 0))
-    try:
-        process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, cwd=ROOT
-        )
-    finally:
-        os.close(slave)
-    chunks: list[bytes] = []
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], TIMEOUT)
-            if not ready:
-                process.kill()
-                raise RuntimeError(f"{' '.join(args)} printed nothing for {TIMEOUT:.0f}s")
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        code = process.wait(timeout=TIMEOUT)
-    finally:
-        os.close(master)
-    text = _ANSI.sub("", b"".join(chunks).decode("utf-8", "replace")).replace("\r\n", "\n")
+    """Run ``args`` on an 80-column terminal; return what it printed (stdout and stderr,
+    colour codes removed) and the exit code."""
+    drawn, code = run_on_terminal(args, env, columns=COLUMNS, stderr=True, cwd=ROOT)
+    text = _ANSI.sub("", drawn).replace("\r\n", "\n")
     return text.rstrip("\n"), code
 
 
@@ -103,9 +72,7 @@ def walk_through() -> list[Step]:
             "GRANTKEEPER_STORE": "file",
             "BROWSER": str(_fake_browser(Path(scratch))),
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-            "COLUMNS": str(COLUMNS),
             "NO_COLOR": "1",
-            "TERM": "xterm",
         }
         for name in ("GRANTKEEPER_DEBUG", "FORCE_COLOR"):
             env.pop(name, None)
@@ -118,9 +85,7 @@ def walk_through() -> list[Step]:
         steps = []
         token: str | None = None
         for command in commands:
-            output, code = run_in_terminal(
-                [sys.executable, "-m", "grantkeeper", *command], env=env
-            )
+            output, code = run_in_terminal([sys.executable, "-m", "grantkeeper", *command], env=env)
             if command[0] == "token" and code == 0:
                 token = output.strip().splitlines()[-1]
             if token:

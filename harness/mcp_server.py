@@ -56,13 +56,13 @@ from harness.pipe_tools import RESUME_RETRY_MS, PipeEvents, add_pipe_tools
 INTROSPECTOR = ("introspector", "introspector-secret")
 """The static client harness/oidc registers for token introspection."""
 
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0
 """Seconds to wait for uvicorn to accept connections."""
 
 BARRIER_TIMEOUT = 20.0
 """A barrier that never fills fails after this long instead of hanging the suite."""
 
-WAIT_TIMEOUT = 20.0
+WAIT_TIMEOUT = 60.0
 """Default bound of :meth:`McpServer.wait_for`: a safety net, not a synchronisation."""
 
 SESSION_HEADER = "mcp-session-id"

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.postgres import PostgresCluster, _free_port
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 120.0
 """Seconds PgBouncer may take to accept connections."""
 
 

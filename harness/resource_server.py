@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-START_TIMEOUT = 10.0
+START_TIMEOUT = 60.0
 """Seconds to wait for uvicorn to accept connections."""
 
 Placement = Literal["path", "root", "none"]

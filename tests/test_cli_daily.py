@@ -26,6 +26,7 @@ from grantkeeper import (
     save_server,
 )
 from grantkeeper._cli import cli
+from harness import terminal
 from harness.mcp_server import McpServer
 from tests.helpers import RESOURCE, make_record
 
@@ -297,33 +298,10 @@ def test_every_command_has_examples_in_its_help(home: Path) -> None:
 
 def run_on_terminal(args: list[str], env: dict[str, str], columns: int = 80) -> str:
     """Run the CLI with stdout on a pseudo-terminal ``columns`` wide; return what it drew."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    env = {k: v for k, v in {**os.environ, **env}.items() if k not in ("COLUMNS", "LINES")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "grantkeeper", *args],
-        stdout=follower,
-        stderr=subprocess.DEVNULL,
-        env={**env, "TERM": "xterm-256color"},
+    drawn, _ = terminal.run_on_terminal(
+        [sys.executable, "-m", "grantkeeper", *args], {**os.environ, **env}, columns=columns
     )
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    process.wait(timeout=60)
-    os.close(leader)
-    return b"".join(chunks).decode()
+    return drawn
 
 
 def test_an_80_column_table_cuts_nothing_and_prints_the_action_whole(home: Path) -> None:

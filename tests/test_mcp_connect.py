@@ -43,7 +43,7 @@ from harness.mcp_server import McpServer
 
 pytestmark = pytest.mark.realserver
 
-CALLBACK_TIMEOUT = 20.0
+CALLBACK_TIMEOUT = 60.0
 """A safety net for waiting on a handler the server should have called."""
 
 # The SDK deprecates sampling, roots and logging from protocol 2026-07-28 on (SEP-2577);

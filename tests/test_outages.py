@@ -54,7 +54,7 @@ turns stale and then expires inside it, so refreshes fall due while the provider
 STORM_PHASE = 6.0
 """Seconds of 503, then seconds of 500: the 12 s gateway blip the issue measured."""
 
-TRIGGER_TIMEOUT = 3.0 * ACCESS_TTL
+TRIGGER_TIMEOUT = 6.0 * ACCESS_TTL
 """Seconds to wait for the fleet's next refresh request, which one token lifetime brings."""
 
 RECOVERY_TIMEOUT = 60.0
