@@ -139,6 +139,24 @@ def test_login_with_token_reads_stdin_and_tools_send_it(home: Path, public_mcp: 
     assert invoke("login", "api", "--with-token", "--profile", "x", stdin="t\n")[0] == 2
 
 
+def test_with_token_on_a_new_name_says_how_to_save_one(home: Path) -> None:
+    code, _, err = invoke("login", "api", "--with-token", stdin="static-bearer-value\n")
+    assert code == 1
+    assert "grantkeeper login URL --name api --with-token" in err  # not a browser login
+    assert "static-bearer-value" not in err
+
+
+def test_a_rejected_static_token_needs_a_person_and_says_with_token(
+    home: Path, public_mcp: McpServer
+) -> None:
+    invoke("login", public_mcp.url, "--name", "api", "--with-token", stdin="old-bearer-value\n")
+    public_mcp.fail_next("POST", status=401)
+    code, _, err = invoke("call", "api", "echo", "--arg", "text=x")
+    assert code == 3, err
+    assert err.rstrip().endswith("run: grantkeeper login api --with-token")
+    assert "old-bearer-value" not in err
+
+
 def test_a_public_server_works_without_any_login(home: Path, public_mcp: McpServer) -> None:
     code, out, err = invoke("tools", public_mcp.url)
     assert code == 0 and "echo\t" in out, err

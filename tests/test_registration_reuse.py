@@ -25,6 +25,7 @@ from grantkeeper import (
 from grantkeeper._as_metadata import parse_metadata
 from grantkeeper._discovery import Discovery
 from grantkeeper._kept_registrations import KeptRegistrations
+from grantkeeper._store_admin import diagnose_store
 from grantkeeper._registration import metadata_document_client
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
@@ -58,6 +59,16 @@ def test_a_second_login_reuses_the_kept_registration(tmp_path: Path) -> None:
     run(tmp_path, fake, browser())
     assert fake.registered == ["client-1"]
     assert client_ids(fake) == ["client-1", "client-1"]
+
+
+def test_kept_registrations_are_not_taken_for_a_credential(tmp_path: Path) -> None:
+    # They sit beside the credential files; doctor once called the first login's side file
+    # "not a grantkeeper record" and exited 1.
+    run(tmp_path, FakeAS(), browser())
+    store = FileStore(tmp_path)
+    assert store.problems() == []
+    assert len(store.keys()) == 1
+    assert diagnose_store(store).healthy
 
 
 def test_another_redirect_uri_gets_its_own_registration(tmp_path: Path) -> None:
@@ -111,7 +122,7 @@ def test_a_client_with_a_secret_is_not_kept(tmp_path: Path) -> None:
     kept = KeptRegistrations(tmp_path)
     kept.keep(ISSUER, REDIRECT, ClientRegistration("c", "a-client-secret-value"))
     assert kept.find(ISSUER, REDIRECT) is None
-    assert not (tmp_path / "credentials" / "registrations.json").exists()
+    assert not (tmp_path / "credentials" / ".registrations").exists()
 
 
 def test_the_loopback_listener_takes_the_kept_port_again(tmp_path: Path) -> None:

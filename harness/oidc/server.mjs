@@ -313,10 +313,27 @@ else resetStats();
 // It then destroys that token and revokes the whole grant.
 const REPLAY_DETAIL = 'refresh token already used';
 
+// A new key pair, as KeyObjects that share nothing with the key generation job.
+//
+// Node 20 can deadlock here: when a garbage collection runs while a freshly generated key is
+// being exported (a JWK export allocates while it holds the key's mutex), the dead KeyGenJob's
+// destructor takes that same mutex, and the process hangs for good before it listens (seen
+// about once in 40 starts: gdb shows ~KeyGenJob in uv_mutex_lock under ExportJWK). So the job
+// encodes the keys itself, as PEM, while it is alive, and the keys in use are parsed afresh.
+function generateKeyPair(type, options) {
+  const { privateKey } = crypto.generateKeyPairSync(type, {
+    ...options,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const parsed = crypto.createPrivateKey(privateKey);
+  return { privateKey: parsed, publicKey: crypto.createPublicKey(parsed) };
+}
+
 // Signing and cookie keys: new each start, or kept in the state dir so that ID tokens, JWT
 // access tokens and browser cookies issued before a restart still verify after it.
 function makeKeys() {
-  const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  const signingKey = generateKeyPair('rsa', { modulusLength: 2048 }).privateKey;
   return {
     jwk: { ...signingKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), use: 'sig', alg: 'RS256' },
     cookieKey: crypto.randomBytes(32).toString('base64url'),
@@ -336,7 +353,7 @@ const INTROSPECTOR = 'introspector';
 // Machine clients (client_credentials grant), one per token endpoint auth method. The
 // private_key_jwt client's key pair is made here; tests fetch the private half from
 // GET /__admin/cc-jwt-key (loopback, test-only) and sign their own assertions with it.
-const ccJwtKey = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const ccJwtKey = generateKeyPair('ec', { namedCurve: 'P-256' });
 const ccJwtPrivatePem = ccJwtKey.privateKey.export({ format: 'pem', type: 'pkcs8' });
 const ccJwtPublicJwk = { ...ccJwtKey.publicKey.export({ format: 'jwk' }), alg: 'ES256', use: 'sig' };
 const machineClient = (clientId, method, extra) => ({

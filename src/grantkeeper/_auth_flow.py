@@ -27,6 +27,7 @@ from ._errors import (
     ProtocolError,
     ReauthenticationRequired,
     RetryRequired,
+    StaticTokenRejected,
 )
 from ._www_authenticate import Challenge, parse_challenges
 
@@ -120,7 +121,7 @@ def static_flow(*, token: str | None, key: str | None = None) -> Flow:
     """A configured bearer token (or ``Authorization`` header): no refresh, 401 is final."""
     reply = _reply((yield Send(token)))
     if reply.status == 401:
-        raise AuthenticationRequired(
+        raise StaticTokenRejected(
             "the server rejected the configured bearer token (HTTP 401); "
             "grantkeeper does not refresh a static token",
             key=key,

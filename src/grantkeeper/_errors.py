@@ -6,6 +6,7 @@
     │   ├── ReauthenticationRequired      stored but unusable: refresh rejected, no refresh
     │   │                                 token, grant marked dead, outcome unknown too often
     │   ├── ClientRegistrationInvalid     the authorization server no longer knows the client
+    │   ├── StaticTokenRejected           401 to a configured static bearer: save a new one
     │   └── InsufficientScope             403 insufficient_scope: log in again with .scope
     ├── AccountChanged                    the store now holds another account's credential
     ├── ServerRejectsToken                the MCP server keeps rejecting freshly issued tokens
@@ -73,6 +74,7 @@ __all__ = [
     "ServerRejectsToken",
     "ServerConfigError",
     "SessionLocksUnsupported",
+    "StaticTokenRejected",
     "StoreConfigError",
     "StoreCorrupt",
     "StoreError",
@@ -111,6 +113,13 @@ class LoginRequired(AuthenticationRequired):
 
 class ReauthenticationRequired(AuthenticationRequired):
     """A credential is stored but can no longer be refreshed: log in again."""
+
+    requires_reauthentication = True
+
+
+class StaticTokenRejected(AuthenticationRequired):
+    """The server answered 401 to a configured static bearer token. Nothing renews a static
+    token: a person saves a new one (``grantkeeper login NAME --with-token``)."""
 
     requires_reauthentication = True
 

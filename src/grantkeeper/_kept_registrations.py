@@ -2,8 +2,9 @@
 
 Without this every login attempt registered a new client, and an authorization server
 counted one per attempt (timed-out ones included). Only public clients are kept (what
-grantkeeper registers: no secret), in ``registrations.json`` beside the credential files,
-with the file store's checks. Losing the file costs one registration, nothing more.
+grantkeeper registers: no secret), in ``.registrations`` beside the credential files, with
+the file store's checks; a dot file, as ``.placements`` is, so that nothing that lists the
+credential files takes it for one. Losing the file costs one registration, nothing more.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ._stores._fs import Document, SideFile
 from ._stores.file import FileStore
 from ._urls import is_loopback
 
-REGISTRATIONS_FILE = "registrations.json"
+REGISTRATIONS_FILE = ".registrations"
 FORMAT = "grantkeeper-registrations"
 
 MAX_PER_ISSUER = 16

@@ -7,6 +7,7 @@ rich is imported only by the commands that draw tables or spinners.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import threading
 from datetime import UTC, datetime
@@ -148,7 +149,8 @@ Examples:
   grantkeeper login https://mcp.example.com/mcp --name example
   grantkeeper login example --profile work          # a second account
   grantkeeper login example --manual                # over ssh: paste the redirect URL
-  echo "$TOKEN" | grantkeeper login api --with-token   # a server with a static token
+  echo "$TOKEN" | grantkeeper login https://api.example.com/mcp --name api --with-token
+  echo "$TOKEN" | grantkeeper login api --with-token   # replace that server's token
 """
 )
 @click.argument("server", metavar="URL|NAME")
@@ -231,8 +233,20 @@ def login(
     if with_token:
         if profile:
             raise click.UsageError("a static token has no profiles: drop --profile")
+        from .._errors import ServerConfigError
+
+        try:
+            config = resolve_server(server)
+        except ServerConfigError as exc:
+            if "://" in server:
+                raise
+            # The generic hint would start a browser login; this user has a token to save.
+            raise ServerConfigError(
+                f"{exc.message.split(';')[0]}; save a token for it with its URL: "
+                f"grantkeeper login URL --name {shlex.quote(server)} --with-token",
+                key=exc.key,
+            ) from None
         token = _read_token()
-        config = resolve_server(server)
         config = dataclasses.replace(
             config, name=name or config.name, bearer_token=token, bearer_token_env=None
         )

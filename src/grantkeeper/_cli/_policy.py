@@ -55,14 +55,18 @@ def needs_person(exc: BaseException) -> bool:
     )
 
 
-def login_hint(server: str, profile: str | None = None, scope: str | None = None) -> str:
+def login_hint(
+    server: str, profile: str | None = None, scope: str | None = None, *, with_token: bool = False
+) -> str:
     """The exact command that logs in to ``server`` as the user named it, with its profile
-    (and the scope a server said it lacks)."""
+    (and the scope a server said it lacks; ``--with-token`` for a static token to replace)."""
     words = ["grantkeeper", "login", server]
     if profile:
         words += ["--profile", profile]
     if scope:
         words += ["--scope", scope]
+    if with_token:
+        words.append("--with-token")
     return shlex.join(words)
 
 
@@ -91,9 +95,12 @@ def fail_for(exc: BaseException) -> click.exceptions.Exit:
     """Print ``exc`` in one line, the login hint when a person must act; the exit to raise."""
     if not needs_person(exc):
         return fail(str(exc), EXIT_ERROR)
+    from .._errors import StaticTokenRejected
+
     given = _given_server()
     scope = getattr(exc, "scope", None)  # InsufficientScope: a login must ask for it
-    hint = f"; run: {login_hint(*given, scope=scope)}" if given else ""
+    static = isinstance(exc, StaticTokenRejected)  # a new token, not a browser login
+    hint = f"; run: {login_hint(*given, scope=scope, with_token=static)}" if given else ""
     return fail(f"{exc}{hint}", EXIT_AUTH)
 
 

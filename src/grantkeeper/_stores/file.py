@@ -107,7 +107,8 @@ class FileStore:
             if dir_fd is None:
                 return found, problems
             for name in sorted(os.listdir(dir_fd)):
-                if not name.endswith(".json"):
+                # Dot files are side files (.placements, .registrations), never credentials.
+                if not name.endswith(".json") or name.startswith("."):
                     continue
                 try:
                     loaded = self._load(dir_fd, name, None)
