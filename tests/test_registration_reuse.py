@@ -25,8 +25,8 @@ from grantkeeper import (
 from grantkeeper._as_metadata import parse_metadata
 from grantkeeper._discovery import Discovery
 from grantkeeper._kept_registrations import KeptRegistrations
-from grantkeeper._store_admin import diagnose_store
 from grantkeeper._registration import metadata_document_client
+from grantkeeper._store_admin import diagnose_store
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
 from tests.login_helpers import Browser, auth_server, remember, resource
