@@ -56,10 +56,10 @@ def _layout(tmp_path: Path) -> tuple[Path, Path]:
         shutil.copy(lock, target)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("python3", "npm", "node", "apt-get", "apt-cache", "sudo"):
-        path = bin_dir / name
-        path.write_text(STAND_IN)
-        path.chmod(0o755)
+    for tool in ("python3", "npm", "node", "apt-get", "apt-cache", "sudo"):
+        stand_in = bin_dir / tool
+        stand_in.write_text(STAND_IN)
+        stand_in.chmod(0o755)
     return repo, bin_dir
 
 
