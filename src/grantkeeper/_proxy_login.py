@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from ._callback_server import DEFAULT_CALLBACK_TIMEOUT
 from ._errors import GrantkeeperError, LoginFailed
+from ._hints import login_command
 from ._keeper import Keeper
 from ._paths import grantkeeper_home
 from ._redact import fingerprint
@@ -67,10 +68,8 @@ def in_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
 
 
 def login_hint(config: ServerConfig) -> str:
-    """The command a person runs to log in to ``config``'s server."""
-    target = config.name or config.url
-    profile = f" --profile {config.profile}" if config.profile and not config.name else ""
-    return f"grantkeeper login {target}{profile}"
+    """The command a person runs to log in to ``config``'s server, with its profile."""
+    return login_command(config.label, config.profile)
 
 
 def lock_path(config: ServerConfig) -> Path:

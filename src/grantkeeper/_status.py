@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ._decide import status_verdict
 from ._freshness import DEFAULT_SKEW, Freshness, freshness
+from ._hints import login_command
 from ._record import Credential, CredentialKey
 
 
@@ -48,8 +48,7 @@ class AuthStatus:
         name the user typed, shows that instead.
         """
         if self.state in (AuthState.LOGIN_REQUIRED, AuthState.REAUTHENTICATION_REQUIRED):
-            profile = f" --profile {shlex.quote(self.key.profile)}" if self.key.profile else ""
-            return f"grantkeeper login {shlex.quote(self.key.server_url)}{profile}"
+            return login_command(self.key.server_url, self.key.profile)
         return None
 
 

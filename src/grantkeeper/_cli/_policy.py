@@ -11,12 +11,13 @@ import contextlib
 import functools
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from .._hints import login_command
 
 if TYPE_CHECKING:
     from .._keeper import Keeper
@@ -60,14 +61,7 @@ def login_hint(
 ) -> str:
     """The exact command that logs in to ``server`` as the user named it, with its profile
     (and the scope a server said it lacks; ``--with-token`` for a static token to replace)."""
-    words = ["grantkeeper", "login", server]
-    if profile:
-        words += ["--profile", profile]
-    if scope:
-        words += ["--scope", scope]
-    if with_token:
-        words.append("--with-token")
-    return shlex.join(words)
+    return login_command(server, profile, scope=scope, with_token=with_token)
 
 
 def hint_for(config: ServerConfig) -> str:

@@ -77,7 +77,15 @@ def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
     return headers
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples, as a desktop host's MCP server command:
+  grantkeeper proxy https://mcp.example.com/mcp
+  grantkeeper proxy example --profile work           # a saved server, a second account
+  grantkeeper proxy https://mcp.example.com/mcp --no-browser --log-file ~/gk-proxy.log
+  {"command": "uvx", "args": ["--from", "grantkeeper[mcp]", "grantkeeper", "proxy", "URL"]}
+"""
+)
 @click.argument("server", metavar="URL|NAME")
 @click.option("--profile", help="A second credential for the same server, e.g. another account.")
 @click.option("--scope", "scopes", multiple=True, help="Scope to ask for at login (repeatable).")
