@@ -102,7 +102,14 @@ def test_a_profile_login_never_overwrites_the_entry_it_came_from(home: Path) -> 
     saved = save_server(_saved_under(resolve_server("demo", profile="work")))
     by_name = {c.name: c for c in load_servers()}
     assert by_name["demo"].profile is None and by_name[saved.name].profile == "work"
+    assert saved.name == "demo-work"  # named after what the user typed, not the host
     assert resolve_server("demo", profile="work").name == saved.name  # found again later
+    again = save_server(_saved_under(resolve_server("demo", profile="work")))
+    assert again.name == "demo-work" and len(load_servers()) == 2  # no second entry
+    # A name that is taken by another credential is left alone.
+    save_server(ServerConfig(RESOURCE, name="demo-home", profile="other"))
+    other = save_server(_saved_under(resolve_server("demo", profile="home")))
+    assert other.name not in ("demo", "demo-home") and other.profile == "home"
 
 
 def test_acting_on_another_credential_than_the_one_named_is_refused(home: Path) -> None:
@@ -309,7 +316,7 @@ def test_every_command_has_examples_in_its_help(home: Path) -> None:
     assert "Examples:" in invoke("--help")[1]
     for name in ("login", "logout", "status", "token", "list", "doctor", "tools", "call", "proxy"):
         code, out, _ = invoke(name, "--help")
-        assert code == 0 and "Examples:" in out and "  grantkeeper " in out, name
+        assert code == 0 and "Examples" in out and "  grantkeeper " in out, name
     assert "Examples:" in invoke("store", "migrate", "--help")[1]
     assert "Examples:" in invoke("store", "--help")[1]
 

@@ -131,16 +131,24 @@ def _saved_under(config: ServerConfig) -> ServerConfig:
     """``config`` as login saves it: a profile never overwrites the entry it was derived from.
 
     ``login demo --profile work`` keeps ``demo`` (no profile) as it is, and saves the work
-    credential's settings as an entry of its own.
+    credential's settings as an entry of its own, ``demo-work``: a name made of what the
+    user typed, which ``status`` and the hints then show. When that name is not free (or not
+    a valid name) the entry gets a name derived from the URL, as an unnamed login does.
     """
     import dataclasses
 
-    from .._servers import load_servers
+    from .._servers import NAME_PATTERN, load_servers
 
-    named = next((c for c in load_servers() if c.name == config.name), None)
-    if named is not None and named.profile != config.profile:
-        return dataclasses.replace(config, name=None)
-    return config
+    servers = {c.name: c for c in load_servers() if c.name}
+    named = servers.get(config.name) if config.name else None
+    if named is None or named.profile == config.profile:
+        return config
+    derived = f"{config.name}-{config.profile}"
+    taken = servers.get(derived)
+    free = taken is None or (taken.url == config.url and taken.profile == config.profile)
+    return dataclasses.replace(
+        config, name=derived if free and NAME_PATTERN.match(derived) else None
+    )
 
 
 @click.command(

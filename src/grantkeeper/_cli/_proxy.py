@@ -79,10 +79,13 @@ def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.command(
     epilog="""\b
-Examples, as a desktop host's MCP server command:
+Examples (each is the command a desktop host runs as its MCP server):
   grantkeeper proxy https://mcp.example.com/mcp
   grantkeeper proxy example --profile work           # a saved server, a second account
   grantkeeper proxy https://mcp.example.com/mcp --no-browser --log-file ~/gk-proxy.log
+
+\b
+In a host's config (Claude Desktop, Cursor, VS Code):
   {"command": "uvx", "args": ["--from", "grantkeeper[mcp]", "grantkeeper", "proxy", "URL"]}
 """
 )
