@@ -40,3 +40,33 @@ def test_exported_classes_report_the_public_module() -> None:
         assert cls.__module__ == "grantkeeper", cls
     assert repr(grantkeeper.LockTimeout("held")).startswith("LockTimeout(")
     assert str(grantkeeper.FileStore).startswith("<class 'grantkeeper.FileStore'")
+
+
+def test_the_other_public_modules_report_themselves_too() -> None:
+    import grantkeeper.mcp
+    import grantkeeper.testing
+
+    assert grantkeeper.testing.StepClock.__module__ == "grantkeeper.testing"
+    assert grantkeeper.testing.FakeProvider.__module__ == "grantkeeper.testing"
+    assert grantkeeper.testing.StoreContract.__module__ == "grantkeeper.testing"
+    assert grantkeeper.mcp.Httpx2Auth.__module__ == "grantkeeper.mcp"
+    assert grantkeeper.mcp.McpSession.__module__ == "grantkeeper.mcp"
+
+
+def test_the_fakes_import_without_pytest() -> None:
+    # Users test with unittest too; only StoreContract needs pytest, when asked for.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"
+        "from grantkeeper.testing import FakeProvider, MemoryKeyring, StepClock\n"
+        "StepClock().advance(1)\n"
+        "try:\n    from grantkeeper.testing import StoreContract\n"
+        "except ImportError:\n    print('contract needs pytest')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "contract needs pytest"

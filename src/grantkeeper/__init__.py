@@ -44,6 +44,7 @@ from ._errors import (
     UnsafeStorePath,
     VersionConflict,
 )
+from ._exports import claim as _claim
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
 from ._grants import EnterpriseIdentity
 from ._httpx_auth import HttpxAuth
@@ -164,17 +165,4 @@ __all__ = [
 ]
 
 
-def _public_home() -> None:
-    """Make every exported class name ``grantkeeper`` as its module, as httpx does.
-
-    Reprs, tracebacks and docs then show ``grantkeeper.FileStore``, the name users import,
-    not the private module it lives in (which may move). Pickling still works: the class
-    is reachable under that name.
-    """
-    for name in __all__:
-        value = globals()[name]
-        if isinstance(value, type) and value.__module__.startswith("grantkeeper."):
-            value.__module__ = "grantkeeper"
-
-
-_public_home()
+_claim(__name__, {name: globals()[name] for name in __all__})

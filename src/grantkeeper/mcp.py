@@ -54,6 +54,9 @@ def __getattr__(name: str) -> object:
 
         raise MissingExtra(f"grantkeeper.mcp.{name}", "mcp", module=missing) from None
     value = getattr(module, name)
+    from ._exports import claim
+
+    claim(__name__, {name: value})
     globals()[name] = value
     return value
 
