@@ -28,7 +28,7 @@ case "$(basename "$0") $*" in
   "python3 -c "*) exit 0 ;;
   "python3 -m venv "*|"python3.13 -m venv "*)
     mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0 ;;
-  "python -m pip install --progress-bar off -c constraints.txt -e .[dev]")
+  "python -m pip install --progress-bar off -c constraints.txt -e ."*)
     echo "Collecting stand-in-package"
     # Hold the step open until the test has seen a progress line (bounded).
     i=0
@@ -44,7 +44,7 @@ exit 0
 def _layout(tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the files bootstrap reads, and a PATH directory of stand-ins."""
     repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "scripts" / "bootstrap", repo / "scripts" / "bootstrap")
     shutil.copy(ROOT / "scripts" / "debian-packages", repo / "scripts" / "debian-packages")
     for name in ROOT.glob("constraints*.txt"):
@@ -55,7 +55,7 @@ def _layout(tmp_path: Path) -> tuple[Path, Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(lock, target)
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     for tool in ("python3", "npm", "node", "apt-get", "apt-cache", "sudo"):
         stand_in = bin_dir / tool
         stand_in.write_text(STAND_IN)
@@ -111,7 +111,9 @@ def _run(tmp_path: Path, purpose: str) -> tuple[list[str], str]:
 def test_bootstrap_for_the_demo_skips_the_test_only_environments(tmp_path: Path) -> None:
     commands, stderr = _run(tmp_path, "demo")
     joined = "\n".join(commands)
-    assert "-m pip install --progress-bar off -c constraints.txt -e .[dev]" in joined
+    # grantkeeper with the mcp extra: not the test tools (pytest, mypy, ruff, psycopg...).
+    assert "-m pip install --progress-bar off -c constraints.txt -e .[mcp]" in joined
+    assert ".[dev]" not in joined
     assert any("npm ci --prefix harness/oidc" in c for c in commands)
     for test_only in (".venv-mcp1", ".venv-py313", "harness/mcp_remote", "conformance"):
         assert test_only not in joined, f"--for demo installed {test_only}"
@@ -126,6 +128,7 @@ def test_bootstrap_for_the_tests_installs_everything(tmp_path: Path) -> None:
     commands, _ = _run(tmp_path, "test")
     joined = "\n".join(commands)
     for needed in (
+        "-c constraints.txt -e .[dev]",
         "python3 -m venv .venv-mcp1",
         "python3 -m venv .venv-mcp1-legacy",
         "-c constraints-mcp1.txt -e . mcp",
@@ -134,6 +137,19 @@ def test_bootstrap_for_the_tests_installs_everything(tmp_path: Path) -> None:
         "npm ci --prefix conformance",
     ):
         assert needed in joined, f"--for test did not run {needed}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bootstrap targets Debian")
+def test_the_test_set_serves_the_demo_but_not_the_other_way_round(tmp_path: Path) -> None:
+    _run(tmp_path, "test")
+    log = tmp_path / "commands.log"
+    log.write_text("")
+    _run(tmp_path, "demo")  # the same tree: .venv already holds the test set
+    assert "pip install" not in log.read_text()
+    stamp = tmp_path / "repo" / ".venv" / ".grantkeeper-installed"
+    stamp.write_text(stamp.read_text().replace("test:", "demo:"))
+    _run(tmp_path, "test")
+    assert "-e .[dev]" in log.read_text()
 
 
 def test_bootstrap_refuses_an_unknown_purpose(tmp_path: Path) -> None:
