@@ -285,6 +285,9 @@ def test_a_servers_file_with_secrets_others_can_read_is_refused(home: Path) -> N
     code, out, _ = invoke("doctor", "--json")
     check = [c for c in json.loads(out)["checks"] if c["name"] == "servers file"]
     assert code == 1 and not check[0]["ok"] and f"chmod 600 {path}" in check[0]["detail"]
+    # On an 80-column terminal the fix is one whole line under the table, ready to copy.
+    drawn = run_on_terminal(["doctor"], {"NO_COLOR": "1", "GRANTKEEPER_HOME": str(home)})
+    assert f"servers file: run chmod 600 {path}" in drawn.replace("\r\n", "\n").splitlines()
     path.chmod(0o600)
     assert invoke("doctor")[0] == 0
 

@@ -20,7 +20,7 @@ from .._store_admin import (
     servers_file_check,
 )
 from .._stores.base import Store
-from ._output import print_json, print_table, store_label
+from ._output import ACTION, print_json, print_table, store_label
 from ._policy import (
     EXIT_ERROR,
     EXIT_OK,
@@ -36,11 +36,22 @@ def _open(spec: str | None, option: str = "--store") -> Store:
     return open_store_for(spec, option=option)
 
 
+def _split_fix(detail: str) -> tuple[str, str]:
+    """A check's detail and the command that fixes it (``…; run: chmod 600 PATH``), apart:
+    the command is printed whole under the table, where it can be copied, not wrapped in a
+    cell."""
+    text, found, command = detail.partition("; run: ")
+    return (text, command) if found else (detail, "-")
+
+
 def _print_report(report: StoreReport, label: str) -> None:
     click.echo(f"store: {label}")
     print_table(
-        ("check", "ok", "detail"),
-        [(check.name, "yes" if check.ok else "NO", check.detail) for check in report.checks],
+        ("check", "ok", "detail", ACTION),
+        [
+            (check.name, "yes" if check.ok else "NO", *_split_fix(check.detail))
+            for check in report.checks
+        ],
         title="health",
         styles={"ok": {"NO": "red"}},
     )
