@@ -163,6 +163,8 @@ def test_bearer_servers(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert code == 0 and json.loads(out)[0]["state"] == "bearer"
     code, out, _ = invoke("list", "--json")
     assert json.loads(out)[0]["auth"] == "bearer" and "static-bearer-secret" not in out
+    code, out, _ = invoke("list")  # piped: tab-separated; a static token has no client id
+    assert out.splitlines()[0].split("\t")[3:5] == ["bearer", "-"]
 
 
 def test_unexpected_errors_are_one_line_without_traceback(

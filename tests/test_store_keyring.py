@@ -67,6 +67,15 @@ def test_the_real_secret_service_is_in_use() -> None:
     assert isinstance(default_backend(), SecretService)
 
 
+def test_doctor_names_the_backend_as_keyring_does(tmp_path: Path) -> None:
+    import keyring
+
+    from grantkeeper.testing import MemoryKeyring
+
+    assert KeyringStore(tmp_path).backend_name() == keyring.get_keyring().name
+    assert "grantkeeper" not in KeyringStore(tmp_path, backend=MemoryKeyring()).backend_name()
+
+
 def _connections_so_far() -> int:
     """How many connections the session bus has handed out, this probe's included: the bus
     numbers its unique names ``:1.N`` in order."""

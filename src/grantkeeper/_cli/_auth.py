@@ -628,7 +628,8 @@ def list_servers(store_spec: str | None, as_json: bool) -> None:
         [
             (
                 *(str(e[k] or "-") for k in ("name", "url", "profile", "auth")),
-                str(e["client_id"] or "dynamic"),
+                # A static token has no OAuth client; "dynamic" means registered at login.
+                str(e["client_id"] or ("-" if e["auth"] == "bearer" else "dynamic")),
                 str(e["scope"] or "-"),
             )
             for e in entries

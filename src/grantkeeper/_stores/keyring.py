@@ -181,12 +181,14 @@ class KeyringStore:
         return True
 
     def backend_name(self) -> str:
-        """The keyring backend's class, for ``doctor``."""
+        """The keyring backend as a person knows it (``SecretService Keyring``), for
+        ``doctor``: keyring's own ``name``, else the class name, never a module path."""
         try:
             backend = self._backend or default_backend()
         except StoreUnavailable:
             return "none"
-        return f"{type(backend).__module__}.{type(backend).__qualname__}"
+        name = getattr(backend, "name", None)
+        return name if isinstance(name, str) and name else type(backend).__qualname__
 
     # -- entries ------------------------------------------------------------------------
 

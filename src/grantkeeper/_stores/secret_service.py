@@ -54,6 +54,9 @@ class SecretService:
     """``get_password``/``set_password``/``delete_password`` like ``keyring``'s
     SecretService backend (``resolved``), on the process's one connection."""
 
+    name = "SecretService Keyring"
+    """As keyring names its SecretService backend, for ``doctor``."""
+
     def __init__(self, resolved: Any) -> None:
         scheme = resolved.schemes[resolved.scheme]
         self._username_attribute: str = scheme["username"]
