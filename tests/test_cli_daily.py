@@ -433,3 +433,15 @@ def test_the_unknown_outcome_policy_comes_from_flag_env_or_servers_file(
     store_unknown_outcome(home, retry_unknown_outcome=False)
     assert invoke("status", "demo")[0] == 3
     assert load_servers()[0].retry_unknown_outcome is False
+
+
+def test_a_login_on_a_plain_install_names_the_keyring_extra(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from grantkeeper import AutoStore, FileStore
+    from grantkeeper._cli._auth import _keyring_missing
+
+    assert not _keyring_missing(AutoStore(home))  # the keyring package is installed here
+    without_keyring_package(monkeypatch)
+    assert _keyring_missing(AutoStore(home))  # Auto fell back to files: say why, once
+    assert not _keyring_missing(FileStore(home))  # files were asked for: nothing to say

@@ -345,6 +345,17 @@ def login(
     )
     if not record.renewable:
         _say("warning: the server issued no refresh token; you will need to log in again soon")
+    if _placed(store, config) == "file" and _keyring_missing(store):
+        _say("note: to keep credentials in the OS keyring: pip install 'grantkeeper[keyring]'")
+
+
+def _keyring_missing(store: Store) -> bool:
+    """Auto mode fell back to files because the keyring package is not installed (a plain
+    install): worth one line, since the user may expect the OS keyring."""
+    from .._store_admin import installed
+    from .._stores.auto import AutoStore
+
+    return isinstance(store, AutoStore) and not installed("keyring")
 
 
 def _placed(store: Store, config: ServerConfig) -> str:
