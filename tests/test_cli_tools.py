@@ -9,8 +9,8 @@ import click
 import pytest
 
 import grantkeeper.mcp
-from grantkeeper import ServerConfigError
-from grantkeeper._cli._tools import COMMANDS, parse_arguments, resolve_server
+from grantkeeper import ServerConfigError, resolve_server
+from grantkeeper._cli._tools import COMMANDS, parse_arguments
 
 
 def test_arguments_json_first_then_each_arg_parsed_as_json_when_it_is() -> None:
@@ -30,12 +30,12 @@ def test_servers_are_urls_or_configured_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
-    url, key = resolve_server("HTTPS://Example.test:443/mcp", "work")
+    key = resolve_server("HTTPS://Example.test:443/mcp", profile="work").key
     assert key.server_url == "https://example.test/mcp" and key.profile == "work"
     with pytest.raises(ServerConfigError):
-        resolve_server("github", None)  # no such name configured
+        resolve_server("github")  # no such name configured
     with pytest.raises(ServerConfigError):
-        resolve_server("http://example.test/mcp", None)  # plain HTTP off loopback
+        resolve_server("http://example.test/mcp")  # plain HTTP off loopback
 
 
 def test_commands_for_the_main_group() -> None:

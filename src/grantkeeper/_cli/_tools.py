@@ -19,7 +19,6 @@ import click
 
 from .._classify import authentication_required
 from .._errors import GrantkeeperError, LoginRequired
-from .._record import CredentialKey
 from ._output import print_table
 from ._policy import (
     EXIT_ERROR,
@@ -45,17 +44,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 AuthMode = Literal["oauth", "bearer", "none"]
-
-
-def resolve_server(name_or_url: str, profile: str | None) -> tuple[str, CredentialKey]:
-    """The MCP server URL and credential key for ``NAME|URL`` (names from servers.json)."""
-    from .._servers import resolve_server as resolve
-
-    config = resolve(name_or_url, profile=profile)
-    try:
-        return config.url, CredentialKey.for_server(config.url, config.profile)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 def auth_mode(config: ServerConfig, store: Store) -> AuthMode:
