@@ -206,8 +206,8 @@ def retry_option(command: F) -> F:
         "retry_unknown",
         default=None,
         help=(
-            "Whether a refresh whose outcome was lost is retried once (default) or needs a "
-            f"new login. Default: ${RETRY_UNKNOWN_ENV}, else the server's servers.json "
+            "Whether a refresh whose outcome was lost is retried, with backoff, until the "
+            f"provider answers (default) or needs a new login. Default: ${RETRY_UNKNOWN_ENV}, else the server's servers.json "
             "setting, else retry."
         ),
     )(command)
