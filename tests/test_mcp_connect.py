@@ -28,12 +28,12 @@ from mcp_types import (
 from pydantic import FileUrl
 
 from grantkeeper import (
-    AuthenticationRequired,
     CredentialKey,
     FileStore,
     Keeper,
     LoginRequired,
     OAuthUnsupported,
+    StaticTokenRejected,
     authentication_required,
 )
 from grantkeeper.mcp import McpSession, connect, fastmcp_client, httpx2_auth
@@ -153,9 +153,10 @@ def test_a_static_bearer_token_is_sent_and_never_refreshed(
             server.fail_next("POST")
             await result_of(session, "add", {"a": 1, "b": 1})
 
-    with pytest.raises(AuthenticationRequired, match="static") as raised:
+    with pytest.raises(StaticTokenRejected, match="static") as raised:
         asyncio.run(go())
-    assert not raised.value.requires_reauthentication
+    # No flag: an OAuth login (a recovery hook, the proxy's) would not help a static token.
+    assert not raised.value.requires_reauthentication and not raised.value.requires_login
     assert {s.token for s in server.seen()} == {issued.access_token}
     assert int(auth.stats()["refresh_success"]) == 0
 

@@ -6,7 +6,7 @@
     │   ├── ReauthenticationRequired      stored but unusable: refresh rejected, no refresh
     │   │                                 token, grant marked dead, outcome unknown too often
     │   ├── ClientRegistrationInvalid     the authorization server no longer knows the client
-    │   ├── StaticTokenRejected           401 to a configured static bearer: save a new one
+    │   ├── StaticTokenRejected           401 to a static bearer: save a new one (no flag set)
     │   └── InsufficientScope             403 insufficient_scope: log in again with .scope
     ├── AccountChanged                    the store now holds another account's credential
     ├── ServerRejectsToken                the MCP server keeps rejecting freshly issued tokens
@@ -119,9 +119,11 @@ class ReauthenticationRequired(AuthenticationRequired):
 
 class StaticTokenRejected(AuthenticationRequired):
     """The server answered 401 to a configured static bearer token. Nothing renews a static
-    token: a person saves a new one (``grantkeeper login NAME --with-token``)."""
+    token: a person saves a new one (``grantkeeper login NAME --with-token``).
 
-    requires_reauthentication = True
+    Neither ``requires_login`` nor ``requires_reauthentication`` is set: both mean an OAuth
+    login would help (a recovery hook, the proxy's login would start one), and here it
+    would not. The CLI counts it as needing a person (exit 3) by its type."""
 
 
 class ClientRegistrationInvalid(AuthenticationRequired):

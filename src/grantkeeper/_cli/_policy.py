@@ -45,11 +45,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def needs_person(exc: BaseException) -> bool:
     """Whether ``exc`` is a state only a person can fix: log in, or log in again.
 
-    A stored credential that does not parse counts: nothing but a new login replaces it.
+    A stored credential that does not parse counts: nothing but a new login replaces it. So
+    does a rejected static token: nothing but a new one (``login --with-token``) replaces it.
     """
-    from .._errors import GrantkeeperError, StoreCorrupt
+    from .._errors import GrantkeeperError, StaticTokenRejected, StoreCorrupt
 
-    if isinstance(exc, StoreCorrupt):
+    if isinstance(exc, StoreCorrupt | StaticTokenRejected):
         return True
     return isinstance(exc, GrantkeeperError) and (
         exc.requires_login or exc.requires_reauthentication
@@ -207,8 +208,8 @@ def retry_option(command: F) -> F:
         default=None,
         help=(
             "Whether a refresh whose outcome was lost is retried, with backoff, until the "
-            f"provider answers (default) or needs a new login. Default: ${RETRY_UNKNOWN_ENV}, else the server's servers.json "
-            "setting, else retry."
+            "provider answers (default) or needs a new login. "
+            f"Default: ${RETRY_UNKNOWN_ENV}, else the server's servers.json setting, else retry."
         ),
     )(command)
 
