@@ -217,6 +217,21 @@ def test_migrate_keyring_to_file_moves_the_placement_too(home: Path, key: Creden
 
 
 @linux_only
+def test_migrate_from_the_default_auto_store_to_file_moves_the_placement_too(
+    home: Path, key: CredentialKey
+) -> None:
+    # The exact path: no --store (Auto), the credential placed in the keyring.
+    AutoStore(home).write(key, sample_record("auto-to-file"), expected_version=None)
+    assert AutoStore(home).placement(key) == "keyring"
+    code, report = grantkeeper(home, "store", "migrate", "--to", "file")
+    assert code == 0 and report["results"] == [{"key": str(key), "result": "moved"}]
+    assert AutoStore(home).placement(key) == "file"
+    assert KeyringStore(home).read(key) is None
+    assert status_of_key(home, key) == "oauth"
+    assert status_of_key(home, key, env=NO_KEYRING) == "oauth"
+
+
+@linux_only
 def test_migrate_file_to_keyring_moves_the_placement_too(home: Path, key: CredentialKey) -> None:
     auto = AutoStore(home, keyring=KeyringStore(home, backend=MemoryKeyring(locked=True)))
     auto.write(key, sample_record("file-to-keyring"), expected_version=None)
