@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._policy import fail, handle_errors, open_store_for, store_option
+from ._policy import fail, handle_errors, open_store_for, profile_option, store_option
 
 if TYPE_CHECKING:
     from .._keeper import Keeper
@@ -90,7 +90,7 @@ In a host's config (Claude Desktop, Cursor, VS Code):
 """
 )
 @click.argument("server", metavar="URL|NAME")
-@click.option("--profile", help="A second credential for the same server, e.g. another account.")
+@profile_option
 @click.option("--scope", "scopes", multiple=True, help="Scope to ask for at login (repeatable).")
 @click.option(
     "--header",
