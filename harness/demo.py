@@ -113,16 +113,15 @@ def fleet_part(console: Console, args: argparse.Namespace) -> bool:
         and all(len(tokens) == 1 for tokens in report.tokens_per_round)
         and accepted
     )
-    if ok:
-        console.print(
-            "[green]ok[/]: one refresh per rotation, no refresh token replayed, every caller "
-            "holds a token the server accepts"
-        )
-        return True
     for error in report.errors[:10]:
         console.print(f"[red]error[/] {error}")
-    console.print("[red]FAILED[/]: the guarantees above did not hold")
-    return False
+    return verdict(
+        console,
+        ok,
+        "one refresh per rotation, no refresh token replayed, every caller holds a token the "
+        "server accepts",
+        "the guarantees above did not hold",
+    )
 
 
 def compare_part(console: Console, size: Size) -> bool:
@@ -166,14 +165,12 @@ def compare_part(console: Console, size: Size) -> bool:
         "(the harness clicked approve). "
         "grantkeeper's processes share one refresh per rotation through the store's lock."
     )
-    if held(outcomes["grantkeeper"]):
-        console.print(
-            "[green]ok[/]: grantkeeper refreshed once per rotation, replayed nothing and "
-            "forced no login"
-        )
-        return True
-    console.print(f"[red]FAILED[/]: grantkeeper's fleet did not hold: {outcomes['grantkeeper']}")
-    return False
+    return verdict(
+        console,
+        held(outcomes["grantkeeper"]),
+        "grantkeeper refreshed once per rotation, replayed nothing and forced no login",
+        f"grantkeeper's fleet did not hold: {outcomes['grantkeeper']}",
+    )
 
 
 def cli_part(console: Console) -> bool:
@@ -188,11 +185,12 @@ def cli_part(console: Console) -> bool:
     for step in steps:
         console.print(f"[bold]$ {escape(step.command)}[/]")
         console.print(escape(step.output), highlight=False, soft_wrap=True)
-    if len(steps) == 4 and all(step.exit_code == 0 for step in steps):
-        console.print("[green]ok[/]: each command did what it says, with no prompt after login")
-        return True
-    console.print(f"[red]FAILED[/]: {escape(steps[-1].command)} exited {steps[-1].exit_code}")
-    return False
+    return verdict(
+        console,
+        len(steps) == 4 and all(step.exit_code == 0 for step in steps),
+        "each command did what it says, with no prompt after login",
+        f"{escape(steps[-1].command)} exited {steps[-1].exit_code}",
+    )
 
 
 def mcp_part(console: Console) -> bool:
@@ -214,11 +212,18 @@ def mcp_part(console: Console) -> bool:
         seen.status,
     )
     console.print(table)
-    if seen.token_changed and seen.refreshes == 1 and seen.replays == 0 and seen.status == "oauth":
-        console.print("[green]ok[/]: the expired token was refreshed silently, once")
-        return True
-    console.print("[red]FAILED[/]: the MCP call did not recover as promised")
-    return False
+    return verdict(
+        console,
+        seen.token_changed and seen.refreshes == 1 and seen.replays == 0 and seen.status == "oauth",
+        "the expired token was refreshed silently, once",
+        "the MCP call did not recover as promised",
+    )
+
+
+def verdict(console: Console, ok: bool, held_text: str, failed_text: str) -> bool:
+    """Print a part's verdict, judged by the servers' counters; return it."""
+    console.print(f"[green]ok[/]: {held_text}" if ok else f"[red]FAILED[/]: {failed_text}")
+    return ok
 
 
 if __name__ == "__main__":
