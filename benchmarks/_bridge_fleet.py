@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -191,12 +192,22 @@ def run_fleet(params: Params, *, count: int, seconds: float, ttl: int, pace: flo
 
 
 def rows(
-    ours: FleetOutcome, theirs: FleetOutcome | None, *, count: int, seconds: float
+    ours: list[FleetOutcome], theirs: list[FleetOutcome] | None, *, count: int, seconds: float
 ) -> list[list[str]]:
-    """The fleet's rows, one column per bridge (``–`` where mcp-remote was not run)."""
+    """The fleet's rows, one column per bridge (``–`` where mcp-remote was not run); each
+    cell is the median over the runs, with the range (and the per-run values) when they
+    differ, since a bridge's failures come in some runs and not others."""
+
+    def cell(runs: list[FleetOutcome], pick: Callable[[FleetOutcome], int]) -> str:
+        values = [pick(run) for run in runs]
+        median = statistics.median(values)
+        shown = f"{median:g}"
+        if min(values) != max(values):
+            shown += f" ({min(values)}–{max(values)}; runs: {', '.join(map(str, values))})"
+        return shown
 
     def cells(label: str, pick: Callable[[FleetOutcome], int]) -> list[str]:
-        return [label, str(pick(ours)), "–" if theirs is None else str(pick(theirs))]
+        return [label, cell(ours, pick), "–" if theirs is None else cell(theirs, pick)]
 
     return [
         cells("fleet: browser windows for the first login (nothing stored)", _first),
