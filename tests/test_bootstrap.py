@@ -152,10 +152,11 @@ def test_the_test_set_serves_the_demo_but_not_the_other_way_round(tmp_path: Path
     assert "-e .[dev]" in log.read_text()
 
 
-def test_bootstrap_refuses_an_unknown_purpose(tmp_path: Path) -> None:
+@pytest.mark.parametrize("args", [["--for", "prod"], ["--for"]])
+def test_bootstrap_refuses_an_unknown_purpose(tmp_path: Path, args: list[str]) -> None:
     repo, bin_dir = _layout(tmp_path)
     result = subprocess.run(
-        ["bash", str(repo / "scripts" / "bootstrap"), "--for", "prod"],
+        ["bash", str(repo / "scripts" / "bootstrap"), *args],
         capture_output=True,
         text=True,
         env=_environment(tmp_path, bin_dir),
