@@ -60,8 +60,8 @@ def test_the_fakes_import_without_pytest() -> None:
 
     code = (
         "import sys; sys.modules['pytest'] = None\n"
-        "from grantkeeper.testing import FakeProvider, MemoryKeyring, StepClock\n"
-        "StepClock().advance(1)\n"
+        "from grantkeeper.testing import FakeProvider, MemoryKeyring, StepClock, sample_record\n"
+        "StepClock().advance(1); sample_record()\n"
         "try:\n    from grantkeeper.testing import StoreContract\n"
         "except ImportError:\n    print('contract needs pytest')\n"
     )

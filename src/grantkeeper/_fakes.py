@@ -18,7 +18,19 @@ from typing import Any
 
 import httpx
 
-__all__ = ["FakeProvider", "Fault", "Grant", "KeyringLocked", "MemoryKeyring", "StepClock"]
+from ._record import Credential, CredentialKey
+
+__all__ = [
+    "KEY",
+    "OTHER",
+    "FakeProvider",
+    "Fault",
+    "Grant",
+    "KeyringLocked",
+    "MemoryKeyring",
+    "StepClock",
+    "sample_record",
+]
 
 try:
     from keyring.errors import KeyringLocked
@@ -222,3 +234,28 @@ class FakeProvider:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+# -- records for tests ---------------------------------------------------------------------
+
+KEY = CredentialKey.for_server("https://mcp.example.test/mcp")
+OTHER = CredentialKey.for_server("https://mcp.example.test/mcp", "work")
+
+
+def sample_record(
+    access_token: str = "conformance-access-token-0001", **changes: Any
+) -> Credential:
+    """A plausible credential with the given access token; ``changes`` override fields."""
+    record = Credential(
+        access_token=access_token,
+        refresh_token="conformance-refresh-token-0001",
+        resource="https://mcp.example.test/mcp",
+        scope="mcp",
+        expires_at=datetime(2030, 1, 1, 12, 0, tzinfo=UTC),
+        obtained_at=datetime(2030, 1, 1, 11, 0, tzinfo=UTC),
+        issuer="https://auth.example.test",
+        token_endpoint="https://auth.example.test/token",
+        client_id="conformance-client",
+        subject="alice",
+    )
+    return record.replace(**changes)

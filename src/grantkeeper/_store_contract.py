@@ -12,18 +12,17 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ._errors import LockTimeout, VersionConflict
-from ._record import Credential, CredentialKey
+from ._fakes import KEY, OTHER, sample_record
+from ._record import CredentialKey
 from ._stores.base import Store
 
-__all__ = ["StoreContract", "StoreFactory", "sample_record"]
+__all__ = ["StoreContract", "StoreFactory"]
 
 StoreFactory = Callable[[], Store]
 """Opens the store under test; must be picklable and open the same store on every call."""
@@ -42,29 +41,6 @@ LOCKERS = 3
 
 ROUNDS = 20
 """Lock acquisitions per locker in the bracket test."""
-
-KEY = CredentialKey.for_server("https://mcp.example.test/mcp")
-OTHER = CredentialKey.for_server("https://mcp.example.test/mcp", "work")
-
-
-def sample_record(
-    access_token: str = "conformance-access-token-0001", **changes: Any
-) -> Credential:
-    """A plausible credential with the given access token; ``changes`` override fields."""
-    record = Credential(
-        access_token=access_token,
-        refresh_token="conformance-refresh-token-0001",
-        resource="https://mcp.example.test/mcp",
-        scope="mcp",
-        expires_at=datetime(2030, 1, 1, 12, 0, tzinfo=UTC),
-        obtained_at=datetime(2030, 1, 1, 11, 0, tzinfo=UTC),
-        issuer="https://auth.example.test",
-        token_endpoint="https://auth.example.test/token",
-        client_id="conformance-client",
-        subject="alice",
-    )
-    return record.replace(**changes)
-
 
 # -- child process bodies (module level, so ``spawn`` can import them) ---------------------
 

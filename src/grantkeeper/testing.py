@@ -30,10 +30,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._exports import claim as _claim
-from ._fakes import FakeProvider, Fault, Grant, KeyringLocked, MemoryKeyring, StepClock
+from ._fakes import (
+    KEY,
+    OTHER,
+    FakeProvider,
+    Fault,
+    Grant,
+    KeyringLocked,
+    MemoryKeyring,
+    StepClock,
+    sample_record,
+)
 
 if TYPE_CHECKING:
-    from ._store_contract import KEY, OTHER, StoreContract, StoreFactory, sample_record
+    from ._store_contract import StoreContract, StoreFactory
 
 __all__ = [
     "KEY",
@@ -49,9 +59,9 @@ __all__ = [
     "sample_record",
 ]
 
-_CONTRACT = frozenset({"StoreContract", "StoreFactory", "sample_record", "KEY", "OTHER"})
-"""Imported on first use, from the suite's module (pytest). ``KEY`` and ``OTHER`` are the
-two credential keys the suite writes, for a subclass's own tests."""
+_CONTRACT = frozenset({"StoreContract", "StoreFactory"})
+"""Imported on first use, from the suite's module (it needs pytest). ``KEY`` and ``OTHER``
+are the two credential keys the suite writes, for a subclass's own tests."""
 
 
 def __getattr__(name: str) -> object:
