@@ -104,6 +104,14 @@ def test_doctor_reports_placements_and_drift(home: Path, key: CredentialKey) -> 
     assert code == 1
     [credential] = report["credentials"]
     assert credential["drift"] and credential["found_in"] == ["keyring", "file"]
+    # On a terminal the fix is one whole line under the table, named by its credential.
+    from harness.terminal import run_on_terminal
+
+    drawn, code = run_on_terminal(
+        [sys.executable, "-m", "grantkeeper", "doctor"], {**os.environ, "NO_COLOR": "1"}
+    )
+    lines = drawn.replace("\r\n", "\n").splitlines()
+    assert code == 1 and f"{key}: run grantkeeper store migrate" in lines, drawn
     KeyringStore(home).delete(key)
 
 

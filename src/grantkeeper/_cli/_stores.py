@@ -56,7 +56,7 @@ def _print_report(report: StoreReport, label: str) -> None:
         styles={"ok": {"NO": "red"}},
     )
     print_table(
-        ("credential", "store", "found in", "version", "lock", "problem"),
+        ("credential", "store", "found in", "version", "lock", "problem", ACTION),
         [
             (
                 c.key,
@@ -64,7 +64,9 @@ def _print_report(report: StoreReport, label: str) -> None:
                 ", ".join(c.found_in) or "-",
                 str(c.version or "-"),
                 c.lock,
-                c.problem or ("drift: run grantkeeper store migrate" if c.drift else "-"),
+                *_split_fix(
+                    c.problem or ("drift; run: grantkeeper store migrate" if c.drift else "-")
+                ),
             )
             for c in report.credentials
         ],
