@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing.sharedctypes import Synchronized
 
 from grantkeeper import CredentialKey, Keeper, Store
+from harness.children import reap
 
 BARRIER_TIMEOUT = 120.0
 """Upper bound on any wait in the fleet: a hung worker fails the run instead of hanging it."""
@@ -119,6 +120,7 @@ def _worker(
     offset: Synchronized[float],
     results: multiprocessing.Queue[RoundResult],
 ) -> None:
+    os.setsid()  # its own session: reap() signals it, and nothing else
     waits = _LockWaits()
     logger = logging.getLogger("grantkeeper")
     logger.setLevel(logging.DEBUG)
@@ -169,9 +171,9 @@ def run_fleet(
         )
         for _ in range(processes)
     ]
-    for worker in workers:
-        worker.start()
     try:
+        for worker in workers:
+            worker.start()
         for number, mode in enumerate(modes):
             if gate is not None:
                 gate(number)
@@ -196,10 +198,9 @@ def run_fleet(
         for worker in workers:
             worker.join(BARRIER_TIMEOUT)
     finally:
+        # A hung or stopped worker must not outlive the run (nor hang the interpreter's exit).
         for worker in workers:
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
+            reap(worker, timeout=BARRIER_TIMEOUT)
     return report
 
 

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from grantkeeper import Credential, CredentialKey, FileStore, GrantkeeperError, Keeper
+from harness.children import reap
 
 VALID_MARGIN = timedelta(seconds=1)
 """A token counts as still valid when it expires more than this after the call started: a
@@ -91,6 +92,7 @@ class _Controls:
 
 
 def _worker(plan: Plan, controls: _Controls) -> None:
+    os.setsid()  # its own session: reap() signals it, and nothing else
     tally = Tally(os.getpid())
     try:
         _run(plan, controls, tally)
@@ -192,8 +194,13 @@ class OutageFleet:
         return self.processes * self.plan.threads
 
     def __enter__(self) -> OutageFleet:
-        for worker in self._workers:
-            worker.start()
+        try:
+            for worker in self._workers:
+                worker.start()
+        except BaseException:
+            for worker in self._workers:
+                reap(worker, timeout=STOP_TIMEOUT)
+            raise
         return self
 
     def __exit__(
@@ -203,11 +210,13 @@ class OutageFleet:
         tb: TracebackType | None,
     ) -> None:
         self._controls.stop.set()
-        for worker in self._workers:
-            worker.join(STOP_TIMEOUT)
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
+        try:
+            for worker in self._workers:
+                worker.join(STOP_TIMEOUT)
+        finally:
+            # A hung or stopped worker must not outlive the fleet (nor hang the exit).
+            for worker in self._workers:
+                reap(worker, timeout=STOP_TIMEOUT)
 
     def _drain(self, until: float, done: Any) -> None:
         """Read messages until ``done()`` or the monotonic deadline ``until``."""

@@ -1,4 +1,5 @@
-"""Shared test helpers: a hand-stepped clock, and a store wrapper that counts and fails."""
+"""Shared test helpers: a hand-stepped clock, a store wrapper that counts and fails, and the
+guards every signal to a child and every disk fill goes through (:mod:`harness.children`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,27 @@ from datetime import UTC, datetime, timedelta
 
 from grantkeeper import Credential, CredentialKey, Store, Stored, StoreUnavailable
 from grantkeeper.testing import StepClock as _StepClock
+from harness.children import (
+    NotOurChild,
+    assert_small_tmpfs,
+    check_own_child,
+    reap,
+    signal_own_child,
+)
+
+__all__ = [
+    "KEY",
+    "RESOURCE",
+    "T0",
+    "CountingStore",
+    "NotOurChild",
+    "StepClock",
+    "assert_small_tmpfs",
+    "check_own_child",
+    "make_record",
+    "reap",
+    "signal_own_child",
+]
 
 RESOURCE = "https://mcp.example.test/mcp"
 KEY = CredentialKey.for_server(RESOURCE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from grantkeeper import (
     VersionConflict,
     grantkeeper_home,
 )
-from tests.helpers import KEY, make_record
+from tests.helpers import KEY, make_record, signal_own_child
 
 OTHER = CredentialKey.for_server("https://other.test/mcp", "work")
 
@@ -205,6 +206,7 @@ def _paused_writer(tmp_path: Path, token: str) -> subprocess.Popen[str]:
         cwd=Path(__file__).resolve().parent.parent,
         # A script's own directory heads its path, not the cwd: give it ours (tests, src).
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        start_new_session=True,  # signalled through signal_own_child
     )
     assert child.stdout is not None and child.stdout.readline() == "renaming\n"
     return child
@@ -219,7 +221,7 @@ def test_the_temp_file_of_a_writer_killed_mid_write_is_removed_by_the_next_write
     with _paused_writer(tmp_path, "killed-mid-write") as child:
         [leftover] = _temps(store)
         assert "killed-mid-write" in (store.directory / leftover).read_text()
-        child.kill()
+        signal_own_child(child.pid, signal.SIGKILL)
         child.wait(timeout=60)
     assert _temps(store) == [leftover]
     if next_write == "same record":

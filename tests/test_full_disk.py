@@ -26,6 +26,7 @@ from grantkeeper import CredentialKey, FileStore
 from grantkeeper._rescue import RESCUE_DIR_ENV
 from harness.authserver import AuthServer
 from harness.real_login import log_in
+from tests.helpers import assert_small_tmpfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
@@ -42,20 +43,24 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)], check=True
     )
     try:
+        assert_small_tmpfs(mount)
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(disk: Path) -> Path:
-    """Fill ``disk`` to the last byte; return the ballast file."""
+    """Fill ``disk`` (the tiny tmpfs, nothing else) to the last byte; return the ballast file."""
     ballast = disk / "ballast"
+    capacity = assert_small_tmpfs(disk, ballast)
     fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         for size in (4096, 1):
             with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * size):
-                    pass
+                # Bounded by count too: never more than the file system holds.
+                for _ in range(capacity // size + 1):
+                    if not os.write(fd, b"\0" * size):
+                        break
     finally:
         os.close(fd)
     return ballast

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
+import os
 import threading
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -19,6 +20,7 @@ from grantkeeper import CredentialKey, FileStore, Keeper, LoginRequired, LogoutR
 from harness import remember_secret
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
+from tests.helpers import reap
 from tests.login_helpers import FAR_FUTURE, auth_server, do_login, home, introspect, resource
 
 pytestmark = [pytest.mark.realserver, pytest.mark.slow]
@@ -36,6 +38,7 @@ def _refresh_then_retry(
     home: Path, url: str, events: tuple[Event, Event, Event], out: Results
 ) -> None:
     """Refresh, pausing just before the provider call until told to go; later try again."""
+    os.setsid()  # its own session: reap() signals it, and nothing else
     in_refresh, go, again = events
 
     def checkpoint(stage: str) -> None:
@@ -112,9 +115,8 @@ def test_logout_during_a_refresh_in_another_process_stays_logged_out(
     finally:
         go.set()
         again.set()
-        if process.is_alive():
-            process.kill()
-            process.join()
+        process.join(WAIT)
+        reap(process)  # still running: SIGCONT, SIGKILL, a bounded wait
     after = auth_server.stats()
     assert after["refresh_success"] == before["refresh_success"] + 1
     assert after["replays"] == 0
@@ -122,6 +124,7 @@ def test_logout_during_a_refresh_in_another_process_stays_logged_out(
 
 def _hold_then_refresh(home: Path, url: str, events: tuple[Event, Event], out: Results) -> None:
     """Load the stored credential, wait, then ask again as if the server had rejected it."""
+    os.setsid()  # its own session: reap() signals it, and nothing else
     loaded, go = events
     with Keeper(FileStore(home), CredentialKey.for_server(url)) as keeper:
         first = keeper.credential().access_token
@@ -155,9 +158,8 @@ def test_a_process_holding_stale_tokens_adopts_a_new_login_without_spending_its_
         process.join(WAIT)
     finally:
         go.set()
-        if process.is_alive():
-            process.kill()
-            process.join()
+        process.join(WAIT)
+        reap(process)  # still running: SIGCONT, SIGKILL, a bounded wait
     assert auth_server.stats()["refresh_success"] == before["refresh_success"]
     # The old refresh token was never spent: the server still holds it as active.
     assert introspect(auth_server, old.refresh_token or "")["active"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from grantkeeper import FileStore, Keeper, ReauthenticationRequired
 from harness.fake_provider import FakeProvider
 from harness.fleet import die_at, run_fleet
-from tests.helpers import KEY, make_record
+from tests.helpers import KEY, make_record, reap
 
 pytestmark = pytest.mark.slow
 
@@ -50,13 +51,19 @@ def test_fleet_spends_one_refresh_per_rotation(tmp_path: Path, provider: FakePro
 
 def _crash(home: Path, stage: str) -> int:
     context = multiprocessing.get_context("spawn")
-    process = context.Process(target=_refresh_until, args=(home, stage))
+    # Daemonic, and reaped whatever happens: a hung or stopped child must not outlive the
+    # test and hang the interpreter's exit, beyond pytest-timeout's reach.
+    process = context.Process(target=_refresh_until, args=(home, stage), daemon=True)
     process.start()
-    process.join(60)
-    return process.exitcode if process.exitcode is not None else 0
+    try:
+        process.join(60)
+        return process.exitcode if process.exitcode is not None else 0
+    finally:
+        reap(process)
 
 
 def _refresh_until(home: Path, stage: str) -> None:
+    os.setsid()  # its own session: reap() signals it, and nothing else
     far_future = datetime(2100, 1, 1, tzinfo=UTC)
     keeper = Keeper(
         FileStore(home),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from grantkeeper._status import AuthState, status_of
 from harness.authserver import AuthServer
 from harness.fleet import die_at, run_fleet
 from harness.real_login import log_in
-from tests.helpers import CountingStore
+from tests.helpers import CountingStore, reap
 
 pytestmark = pytest.mark.slow
 
@@ -89,13 +90,19 @@ def test_fleet_of_processes_spends_one_refresh_per_rotation(
 
 def _crash(home: Path, key: CredentialKey, stage: str) -> int | None:
     context = multiprocessing.get_context("spawn")
-    process = context.Process(target=_refresh_until, args=(home, key, stage))
+    # Daemonic, and reaped whatever happens: a hung or stopped child must not outlive the
+    # test and hang the interpreter's exit, beyond pytest-timeout's reach.
+    process = context.Process(target=_refresh_until, args=(home, key, stage), daemon=True)
     process.start()
-    process.join(60)
-    return process.exitcode
+    try:
+        process.join(60)
+        return process.exitcode
+    finally:
+        reap(process)
 
 
 def _refresh_until(home: Path, key: CredentialKey, stage: str) -> None:
+    os.setsid()  # its own session: reap() signals it, and nothing else
     keeper = Keeper(
         FileStore(home), key, clock=far_future, checkpoint=functools.partial(die_at, stage)
     )

@@ -17,14 +17,16 @@ from grantkeeper import FileStore, Keeper, ReauthenticationRequired
 from grantkeeper._liveness import process_alive as _process_alive
 from grantkeeper._record import RefreshIntent
 from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, T0, StepClock, make_record
+from tests.helpers import KEY, T0, StepClock, make_record, signal_own_child
 
 
 @pytest.fixture
 def zombie() -> Iterator[int]:
     """A process that was SIGKILLed and is not reaped yet (its parent has not waited)."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    os.kill(child.pid, signal.SIGKILL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
+    signal_own_child(child.pid, signal.SIGKILL)
     os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, still in the table
     yield child.pid
     child.wait()

@@ -30,6 +30,8 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.forkserver
+import multiprocessing.process
 import multiprocessing.synchronize
 import os
 import queue
@@ -63,6 +65,7 @@ from grantkeeper._status import AuthState, status_of
 from grantkeeper._stores._fs import key_slug as _slug
 from harness import remember_secret
 from harness.authserver import AuthServer
+from harness.children import reap, signal_own_child
 
 STAGES = (
     "lock_wait",
@@ -235,6 +238,7 @@ def worker(
     results: multiprocessing.Queue[WorkerResult],
 ) -> None:
     """Body of a victim or survivor process (runs in a forkserver child)."""
+    os.setsid()  # its own session: the parent signals it, and nothing else
     rng = random.Random(seed)
     handler = _Lines()
     logger = logging.getLogger("grantkeeper")
@@ -437,38 +441,43 @@ class Chaos:
         locked, at_lock_wait, go = (self.context.Event() for _ in range(3))
         results: multiprocessing.Queue[WorkerResult] = self.context.Queue()
         events = (locked, at_lock_wait, go)
-        survivors = [
-            self._spawn("survivor", stage, rejected, events, results)
-            for _ in range(self.processes - 1)
-        ]
-        if stage == "lock_wait":
-            with self.store.lock(KEY, timeout=WAIT):
-                victim = self._spawn("victim", stage, rejected, events, results)
-                if not at_lock_wait.wait(WAIT):
-                    self.report.violations.append(f"{where}: the victim never waited")
-                victim.kill()  # waiting for the lock we hold
-                victim.join(WAIT)
-        else:
-            victim = self._spawn("victim", stage, rejected, events, results)
-            # Survivors queue on the lock while the victim holds it.
-            if not locked.wait(WAIT):
-                self.report.violations.append(f"{where}: the victim never took the lock")
-        go.set()
-        victim.join(WAIT)
-        if victim.exitcode != -signal.SIGKILL:
-            self.report.violations.append(f"{where}: victim exit code {victim.exitcode}")
+        survivors: list[multiprocessing.process.BaseProcess] = []
+        victim: multiprocessing.process.BaseProcess | None = None
         seen: list[WorkerResult] = []
-        for _ in survivors:
-            try:
-                seen.append(results.get(timeout=WAIT))
-            except queue.Empty:
-                self.report.violations.append(f"{where}: a survivor sent no result")
-                break
-        for process in survivors:
-            process.join(WAIT)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        try:
+            for _ in range(self.processes - 1):
+                survivors.append(self._spawn("survivor", stage, rejected, events, results))
+            if stage == "lock_wait":
+                with self.store.lock(KEY, timeout=WAIT):
+                    victim = self._spawn("victim", stage, rejected, events, results)
+                    if not at_lock_wait.wait(WAIT):
+                        self.report.violations.append(f"{where}: the victim never waited")
+                    # Waiting for the lock we hold: killed through the guard, ours only.
+                    signal_own_child(_pid(victim), signal.SIGKILL, parent=_forkserver_pid())
+                    victim.join(WAIT)
+            else:
+                victim = self._spawn("victim", stage, rejected, events, results)
+                # Survivors queue on the lock while the victim holds it.
+                if not locked.wait(WAIT):
+                    self.report.violations.append(f"{where}: the victim never took the lock")
+            go.set()
+            victim.join(WAIT)
+            if victim.exitcode != -signal.SIGKILL:
+                self.report.violations.append(f"{where}: victim exit code {victim.exitcode}")
+            for _ in survivors:
+                try:
+                    seen.append(results.get(timeout=WAIT))
+                except queue.Empty:
+                    self.report.violations.append(f"{where}: a survivor sent no result")
+                    break
+            for process in survivors:
+                process.join(WAIT)
+                if process.is_alive():
+                    self.report.violations.append(f"{where}: a survivor did not exit")
+        finally:
+            # A hung or stopped worker must not outlive the injection (nor hang the exit).
+            for process in [*survivors, *([victim] if victim is not None else [])]:
+                reap(process, parent=_forkserver_pid(), timeout=WAIT)
         with contextlib.suppress(queue.Empty):
             extra = results.get_nowait()
             self.report.violations.append(f"{where}: the victim reported {extra.error}")
@@ -554,6 +563,20 @@ class Chaos:
 
 
 _forkserver: multiprocessing.context.ForkServerContext | None = None
+
+
+def _forkserver_pid() -> int:
+    """The pid of the forkserver (our child) that forked every worker."""
+    pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+    if not isinstance(pid, int):
+        raise RuntimeError("the forkserver is not running")
+    return pid
+
+
+def _pid(process: multiprocessing.process.BaseProcess) -> int:
+    if process.pid is None:
+        raise RuntimeError("the worker never started")
+    return process.pid
 
 
 def forkserver() -> multiprocessing.context.ForkServerContext:
