@@ -33,6 +33,7 @@ from harness.authserver import AuthServer
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer, Seen
 from harness.pipe_tools import MemoryEventStore
+from tests.helpers import signal_own_child
 
 pytestmark = pytest.mark.realserver
 
@@ -234,8 +235,19 @@ class BrowserControl:
 
 
 def test_a_killed_login_instance_is_taken_over(
-    auth: AuthServer, server: McpServer, home: Path
+    auth: AuthServer, server: McpServer, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The pids of the proxies this test starts (mcp's stdio client spawns each through
+    # anyio.open_process, in a session of its own): only one of them is ever killed.
+    proxies: list[int] = []
+    open_process = anyio.open_process
+
+    async def recording_open_process(*args: Any, **kwargs: Any) -> Any:
+        process = await open_process(*args, **kwargs)
+        proxies.append(process.pid)
+        return process
+
+    monkeypatch.setattr(anyio, "open_process", recording_open_process)
     control = BrowserControl()
     env = environment(home, FAKE_BROWSER_PORT=str(control.port))
     answers: dict[int, str] = {}
@@ -250,7 +262,10 @@ def test_a_killed_login_instance_is_taken_over(
 
     def browser_side() -> tuple[int, int]:
         first_opener, first = control.next_window()
-        os.kill(first_opener, signal.SIGKILL)  # the login instance dies mid-login
+        # The browser reports its parent: were that proxy already dead, it would be whatever
+        # adopted the browser. Kill only a proxy this test started, still ours.
+        assert first_opener in proxies, f"opener {first_opener} is not a proxy we started"
+        signal_own_child(first_opener, signal.SIGKILL)  # the login instance dies mid-login
         first.close()
         second_opener, second = control.next_window()
         second.sendall(b"approve\n")
@@ -533,7 +548,7 @@ def test_eight_proxies_through_rotations_spend_each_refresh_token_once(home: Pat
     nobody is sent to a browser, no refresh token is replayed, no call fails."""
     count, rotations = 8, 3
     with AuthServer(access_ttl=2) as auth, McpServer(auth_server=auth) as server:
-        login(auth, server.url, FileStore(home))
+        logged_in = login(auth, server.url, FileStore(home))
         auth.reset_stats()
 
         def rotated() -> bool:
@@ -562,15 +577,36 @@ def test_eight_proxies_through_rotations_spend_each_refresh_token_once(home: Pat
 
         calls = asyncio.run(run())
         stats = auth.stats()
-        tokens = {s.token for s in server.seen() if s.method == "POST"}
+        sent = {s.token for s in server.seen() if s.method == "POST"}
+    store = FileStore(home)
+    (key,) = store.keys()
+    final = store.read(key)
+    assert final is not None
     assert all(c > 0 for c in calls)
     assert stats["refresh_success"] >= rotations
+    # Every refresh spent a refresh token no other had: a rotated one presented again is a
+    # replay, and the provider would have refused it.
     assert stats["replays"] == 0 and not stats["refresh_errors"]
     assert stats["code_success"] == 0  # no forced login
     assert browser_windows(home) == []
-    # One refresh per rotation, each token used: the login's and every refreshed one, but
-    # perhaps the last, refreshed ahead just before the calls stopped.
-    assert stats["refresh_success"] <= len(tokens) <= stats["refresh_success"] + 1
+    # One refresh per rotation, none wasted: every refresh gave an access token that a call
+    # then sent, but the last. Counting only the tokens the calls sent is off both ways,
+    # legitimately: the login's token lives 2 s, about as long as eight proxies take to
+    # start, so it may have expired (and been refreshed) before any call sent it; and the
+    # last refresh runs ahead in the background while the due token still serves the final
+    # round of calls, so it may finish just before index 0 sees the count and stops them,
+    # leaving its token only in the store (and in the DELETEs that end the sessions).
+    # So the refreshed tokens are exactly those the calls sent, less the login's, plus the
+    # one stored at the end: one each per refresh.
+    assert final.record.access_token != logged_in.access_token
+    refreshed = (sent - {logged_in.access_token}) | {final.record.access_token}
+    assert stats["refresh_success"] == len(refreshed)
+    # And each was due: a token is refreshed ahead 1.5 s after it came, or once the provider
+    # rejects it, 1 to 2 s after its issue (oidc-provider counts from the whole second), so
+    # refreshes come about 1 s apart at least. One right after another (a refresh ahead
+    # firing twice, a peer's refresh not adopted) would have replaced a brand-new token.
+    issued = stats["issued_at"]  # refreshes only: no login since the reset
+    assert all(later - earlier >= 500 for earlier, later in zip(issued, issued[1:], strict=False))
 
 
 def test_an_authorization_header_turns_oauth_off(
