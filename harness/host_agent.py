@@ -1,7 +1,10 @@
 """One test host's worker, run by ``harness/hosts.py`` inside its own namespaces.
 
-``python -m harness.host_agent --hostname NAME --dsn DSN --schema S --key-url URL
-[--relay GATEWAY:PORT]... MODE``
+``python -m harness.host_agent --hostname NAME --outer-uts UTS --dsn DSN --schema S
+--key-url URL [--relay GATEWAY:PORT]... MODE``
+
+It sets its hostname, so it refuses to run unless it has a UTS namespace of its own: one
+other than ``--outer-uts`` (what ``/proc/self/ns/uts`` reads where it was started from).
 
 Each ``--relay`` makes this host's ``127.0.0.1:PORT`` lead to ``GATEWAY:PORT`` (a service
 the test exposed on the bridge), so HTTP services keep their loopback URLs.
@@ -23,6 +26,7 @@ the command's ``id``. Two modes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -140,10 +144,31 @@ def fleet_mode(args: argparse.Namespace, key: CredentialKey) -> None:
             break
 
 
+def refuse_a_shared_uts_namespace(outer: str) -> None:
+    """Exit, before changing anything, unless this process has a UTS namespace of its own:
+    ``sethostname`` in a shared one renames the machine (or container) for everyone.
+
+    ``outer`` is the namespace of whoever started us through ``unshare --uts``. ``/proc/1``
+    cannot stand in for it: under ``unshare --pid --mount-proc`` that is this very process.
+    """
+    own = os.readlink("/proc/self/ns/uts")
+    shared = {outer}
+    if os.getpid() != 1:  # not our own pid namespace's init: pid 1 is the machine's
+        with contextlib.suppress(OSError):  # unreadable in some sandboxes: outer must do
+            shared.add(os.readlink("/proc/1/ns/uts"))
+    if own in shared:
+        raise SystemExit(
+            f"harness.host_agent: refusing to set the hostname to a test host's: this process "
+            f"shares its UTS namespace ({own}) with the machine; start it through "
+            "harness/hosts.py, which runs it under `unshare --uts`"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["keeper", "fleet"])
     parser.add_argument("--hostname", required=True)
+    parser.add_argument("--outer-uts", required=True, metavar="UTS")
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--schema", required=True)
     parser.add_argument("--key-url", required=True)
@@ -153,6 +178,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--relay", action="append", default=[], metavar="GATEWAY:PORT")
     args = parser.parse_args()
+    refuse_a_shared_uts_namespace(args.outer_uts)
     socket.sethostname(args.hostname)  # our own UTS namespace: no one else sees it
     for relay in args.relay:
         # This host's loopback port leads to the service the test exposed on the bridge.

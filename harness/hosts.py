@@ -10,12 +10,16 @@ with its own ``GRANTKEEPER_HOME``: the hosts share nothing but the network to th
 Needs root and iproute2 + util-linux.
 
 Only addresses of the bridge and namespaces made here are used, in a /24 of 10.0.0.0/8
-that no interface of the machine has. Everything is removed on :meth:`HostNetwork.close`.
+that no interface address, route or nameserver of the machine overlaps. Everything is
+removed on :meth:`HostNetwork.close`; what a killed run left behind (its names are
+registered under :data:`RUN_DIR` before they are made) is removed by the next run's
+:meth:`HostNetwork.start`, once the run that made it is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -23,11 +27,13 @@ import queue
 import random
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -36,6 +42,22 @@ REPLY_TIMEOUT = 120.0
 """Seconds any reply from an agent may take: a hung host fails the test instead of hanging it."""
 
 REPO = Path(__file__).resolve().parent.parent
+
+QUIT_TIMEOUT = 30.0
+"""Seconds an agent may take to quit when asked before it is killed: a worker finishing its
+call, not a hung host."""
+
+KILL_TIMEOUT = 10.0
+"""Seconds a killed process may take to be gone: SIGKILL takes effect at once, so past this
+something is wrong and is reported instead of waited on."""
+
+SUBNET_ATTEMPTS = 200
+"""Random /24s of 10.200-250.x tried before giving up: plenty unless the machine's routes
+claim that whole range."""
+
+RUN_DIR = Path("/run/grantkeeper-tests")
+"""Where each :class:`HostNetwork` registers its names and its owner before making them, so
+that a later run can remove what a killed run left (``/run`` is gone at reboot, as they are)."""
 
 
 def unavailable_reason() -> str | None:
@@ -54,23 +76,247 @@ def _run(*command: str) -> None:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()}")
 
 
-def _free_subnet() -> ipaddress.IPv4Network:
+def choose_subnet(
+    *,
+    addresses: Sequence[ipaddress.IPv4Network],
+    routes: Sequence[ipaddress.IPv4Network],
+    nameservers: Sequence[ipaddress.IPv4Address],
+    candidates: Iterable[ipaddress.IPv4Network],
+) -> ipaddress.IPv4Network:
+    """The first of ``candidates`` that overlaps no interface network, route or nameserver.
+
+    A bridge on a routed network would take that network's traffic from the machine (a
+    nameserver inside it would stop answering); one on an interface's network would clash
+    with it. Pure, so the choice is tested without touching the machine.
+    """
+    taken = [
+        *addresses,
+        *routes,
+        *(ipaddress.IPv4Network(server) for server in nameservers),
+    ]
+    tried = 0
+    for candidate in candidates:
+        tried += 1
+        if not any(candidate.overlaps(network) for network in taken):
+            return candidate
+    raise RuntimeError(
+        f"no free 10.x.y.0/24 subnet for the test hosts after {tried} tries: each overlapped "
+        f"an interface network ({len(addresses)}), a route ({len(routes)}) or a nameserver "
+        f"({', '.join(map(str, nameservers)) or 'none'}); see `ip -4 route show table all`"
+    )
+
+
+def _random_subnets(count: int) -> Iterator[ipaddress.IPv4Network]:
+    for _ in range(count):
+        yield ipaddress.IPv4Network(f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24")
+
+
+def _interface_networks() -> list[ipaddress.IPv4Network]:
     used = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True, timeout=30
     ).stdout
-    networks = [
-        ipaddress.ip_interface(word).network
+    return [
+        ipaddress.IPv4Interface(word).network
         for line in used.splitlines()
         for word in line.split()
         if "/" in word and word[0].isdigit()
     ]
-    for _ in range(100):
-        candidate = ipaddress.IPv4Network(
-            f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24"
-        )
-        if not any(candidate.overlaps(network) for network in networks):
-            return candidate
-    raise RuntimeError("no free 10.x.y.0/24 subnet for the test hosts")
+
+
+def _routed_networks() -> list[ipaddress.IPv4Network]:
+    listed = subprocess.run(
+        ["ip", "-j", "-4", "route", "show", "table", "all"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    networks = []
+    for route in json.loads(listed or "[]"):
+        destination = route.get("dst", "default")
+        if destination == "default":
+            continue  # the fallback for every address claims none of them
+        network = ipaddress.ip_network(destination, strict=False)
+        if isinstance(network, ipaddress.IPv4Network) and network.prefixlen > 0:
+            networks.append(network)
+    return networks
+
+
+def _nameservers(path: Path = Path("/etc/resolv.conf")) -> list[ipaddress.IPv4Address]:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    servers = []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            with contextlib.suppress(ValueError):  # IPv6 and scoped addresses cannot clash
+                servers.append(ipaddress.IPv4Address(words[1]))
+    return servers
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    return choose_subnet(
+        addresses=_interface_networks(),
+        routes=_routed_networks(),
+        nameservers=_nameservers(),
+        candidates=_random_subnets(SUBNET_ATTEMPTS),
+    )
+
+
+# -- processes, by pid and start time (a pid alone may name a newer process) ---------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` from field 3 (the state) on, or ``None`` when ``pid`` is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ")"
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or ``None`` once it is gone (a zombie
+    is gone: it runs nothing and holds nothing but its pid)."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None and fields[0] not in ("Z", "X") and int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def wait_gone(pid: int, start: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the process ``pid`` started at ``start`` to be gone."""
+    deadline = time.monotonic() + timeout
+    while process_start(pid) == start:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def kill_process(pid: int, start: int) -> None:
+    """SIGCONT then SIGKILL the process ``pid`` if it is still the one started at ``start``
+    (a stopped process is resumed, so nothing waits on it to handle a signal)."""
+    for signum in (signal.SIGCONT, signal.SIGKILL):
+        if process_start(pid) != start:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+# -- what a killed run left behind -----------------------------------------------------------
+
+
+def _boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+        return handle.read().strip()
+
+
+def _owner() -> dict[str, Any]:
+    """This process, as a registry entry names it: the pid alone could be reused."""
+    return {
+        "pid": os.getpid(),
+        "start": process_start(os.getpid()),
+        "boot": _boot_id(),
+        "pid_namespace": os.stat("/proc/self/ns/pid").st_ino,
+    }
+
+
+def _owner_gone(entry: dict[str, Any]) -> bool:
+    if entry.get("boot") != _boot_id():
+        return True  # the machine rebooted since: its processes are all gone
+    if entry.get("pid_namespace") != os.stat("/proc/self/ns/pid").st_ino:
+        return False  # its pid means another process here: no telling, so leave it be
+    return process_start(int(entry["pid"])) != entry.get("start")
+
+
+@contextlib.contextmanager
+def _registry_lock(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # two runs starting at once sweep one at a time
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _ours(kind: str, name: str) -> bool:
+    """Whether a registered name has the shape :class:`HostNetwork` gives its names (a
+    damaged entry must not remove anything else)."""
+    if kind == "netns":
+        return name.startswith("gk-") and "/" not in name
+    return name.startswith("gk") and len(name) <= 15 and name.isalnum()
+
+
+def _remove(kind: str, name: str) -> str | None:
+    """Remove one namespace or link; the error, unless it was already gone."""
+    command = ["ip", "netns", "del", name] if kind == "netns" else ["ip", "link", "del", name]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    if result.returncode != 0 and "Cannot find" not in result.stderr:
+        return result.stderr.strip()
+    return None
+
+
+def _kill_inside(namespace: str) -> None:
+    """Kill what still runs in a stale namespace: a worker of the killed run, holding its
+    PostgreSQL sessions and the namespace itself."""
+    listed = subprocess.run(
+        ["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=30
+    ).stdout
+    for word in listed.split():
+        start = process_start(int(word))
+        if start is not None:
+            kill_process(int(word), start)
+            wait_gone(int(word), start, KILL_TIMEOUT)
+
+
+def sweep_stale(run_dir: Path = RUN_DIR) -> list[str]:
+    """Remove the namespaces and links registered by runs whose process is gone; return
+    their names. Only registered names go: whatever else is named ``gk*`` may be a live run
+    of an older harness."""
+    removed: list[str] = []
+    with _registry_lock(run_dir):
+        for path in sorted(run_dir.glob("*.json")):
+            try:
+                entry = json.loads(path.read_text(encoding="utf-8"))
+                gone = isinstance(entry, dict) and _owner_gone(entry)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a registry entry of ours
+            if not gone:
+                continue
+            errors = []
+            for kind, names in (
+                ("netns", entry.get("namespaces")),
+                ("link", entry.get("links")),
+            ):
+                for name in names if isinstance(names, list) else []:
+                    if not isinstance(name, str) or not _ours(kind, name):
+                        continue
+                    if kind == "netns":
+                        _kill_inside(name)
+                    error = _remove(kind, name)
+                    if error is None:
+                        removed.append(name)
+                    else:
+                        errors.append(error)
+            if not errors:  # else the next run tries again
+                path.unlink(missing_ok=True)
+    return removed
 
 
 class HostNetwork:
@@ -88,6 +334,7 @@ class HostNetwork:
         self._created: list[tuple[str, str]] = []
         self._relays: list[TcpRelay] = []
         self.exposed: list[int] = []
+        self._registration = RUN_DIR / f"{self.tag}.json"
 
     @property
     def cidr(self) -> str:
@@ -95,7 +342,9 @@ class HostNetwork:
         return str(self.subnet)
 
     def start(self) -> HostNetwork:
+        sweep_stale()
         try:
+            self._register()
             _run("ip", "link", "add", self._bridge, "type", "bridge")
             self._created.append(("link", self._bridge))
             _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self._bridge)
@@ -119,6 +368,19 @@ class HostNetwork:
             raise
         return self
 
+    def _register(self) -> None:
+        """Name this network's namespaces and links, and this process as their owner, before
+        any is made: should this run be killed, the next removes them (:func:`sweep_stale`)."""
+        entry = {
+            **_owner(),
+            "namespaces": self.namespaces,
+            "links": [self._bridge, *self._veths],
+        }
+        with _registry_lock(RUN_DIR):
+            partial = self._registration.with_suffix(".partial")
+            partial.write_text(json.dumps(entry), encoding="utf-8")
+            partial.replace(self._registration)  # a sweep never reads half an entry
+
     def expose(self, port: int) -> None:
         """Make the root namespace's ``127.0.0.1:port`` reachable from every host at its own
         ``127.0.0.1:port`` (agents started after this relay it), through the bridge."""
@@ -137,15 +399,13 @@ class HostNetwork:
         self.unexpose_all()
         errors = []
         for kind, name in reversed(self._created):
-            command = (
-                ["ip", "netns", "del", name] if kind == "netns" else ["ip", "link", "del", name]
-            )
-            result = subprocess.run(command, capture_output=True, text=True, timeout=30)
-            if result.returncode != 0 and "Cannot find" not in result.stderr:
-                errors.append(result.stderr.strip())
+            error = _remove(kind, name)
+            if error is not None:
+                errors.append(error)
         self._created.clear()
-        if errors:
+        if errors:  # the registration stays: a later run's sweep tries again
             raise RuntimeError(f"cleaning up test hosts failed: {errors}")
+        self._registration.unlink(missing_ok=True)
 
     def __enter__(self) -> HostNetwork:
         return self.start()
@@ -192,6 +452,9 @@ class HostAgent:
             "--uts",
             "--pid",
             "--fork",
+            # Without this, killing unshare leaves the agent it forked (and the agent's pid
+            # namespace, netns and PostgreSQL sessions) running.
+            "--kill-child",
             "--mount-proc",
             "--",
             sys.executable,
@@ -199,6 +462,10 @@ class HostAgent:
             "harness.host_agent",
             "--hostname",
             hostname,
+            # The agent refuses to set a hostname in this UTS namespace: should unshare not
+            # have given it its own, it would rename the machine.
+            "--outer-uts",
+            os.readlink("/proc/self/ns/uts"),
             *arguments,
         ]
         environment = {**os.environ, "GRANTKEEPER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
@@ -212,21 +479,29 @@ class HostAgent:
             stderr=subprocess.PIPE,
             env=environment,
             cwd=REPO,
+            # Its own session: a signal to the test run's process group does not reach it
+            # half way, and close() ends it alone (``ip netns exec`` execs, so this is unshare).
+            start_new_session=True,
         )
         return cls(process)
 
+    # Each reader closes its own stream at its end: closing it from another thread while
+    # a readline waits there blocks that thread, for good if the agent never exits.
+
     def _read(self, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            try:
-                self._lines.put(json.loads(raw))
-            except ValueError:
-                self._stderr.append(raw.decode("utf-8", "replace"))
+        with stream:
+            for raw in iter(stream.readline, b""):
+                try:
+                    self._lines.put(json.loads(raw))
+                except ValueError:
+                    self._stderr.append(raw.decode("utf-8", "replace"))
         self._lines.put(None)
 
     def _drain(self, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            self._stderr.append(raw.decode("utf-8", "replace"))
-            del self._stderr[:-80]
+        with stream:
+            for raw in iter(stream.readline, b""):
+                self._stderr.append(raw.decode("utf-8", "replace"))
+                del self._stderr[:-80]
 
     def stderr_tail(self) -> str:
         """The agent's last lines of stderr (its logs and tracebacks)."""
@@ -261,18 +536,39 @@ class HostAgent:
         """Send a command and wait for its reply."""
         return self.wait(id=self.send(op, **fields))
 
-    def close(self) -> None:
-        """Stop the agent (its pid namespace, and every worker in it, goes with it)."""
-        if self.process.poll() is None:
-            try:
-                self.send("quit")
-                self.process.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
+    def agent(self) -> tuple[int, int] | None:
+        """The agent process unshare forked, as (pid, start time), while unshare runs."""
+        if self.process.poll() is not None:
+            return None
+        for pid in children_of(self.process.pid):
+            start = process_start(pid)
+            if start is not None:
+                return pid, start
+        return None
+
+    def close(self, grace: float = QUIT_TIMEOUT) -> None:
+        """Stop the agent (its pid namespace, and every worker in it, goes with it): ask it to
+        quit, and after ``grace`` seconds kill unshare, then the agent if it outlived it."""
+        agent = self.agent()  # now, while it is still unshare's child and can be told apart
+        try:
+            if self.process.poll() is None:
+                try:
+                    self.send("quit")
+                    self.process.wait(timeout=grace)
+                except (OSError, ValueError, subprocess.TimeoutExpired):
+                    # Signal unshare only: --kill-child takes the agent along.
+                    self.process.send_signal(signal.SIGCONT)
+                    self.process.kill()
+                    self.process.wait(timeout=KILL_TIMEOUT)
+            # The pid namespace's processes are gone once its init, the agent, is.
+            if agent is not None and not wait_gone(*agent, KILL_TIMEOUT):
+                kill_process(*agent)  # it outlived unshare: --kill-child did not reach it
+                if not wait_gone(*agent, KILL_TIMEOUT):
+                    raise RuntimeError(f"the host agent {agent[0]} survived SIGKILL")
+        finally:
+            if self.process.stdin is not None:
+                with contextlib.suppress(OSError):  # a pipe the agent left: nothing to flush
+                    self.process.stdin.close()
 
     def __enter__(self) -> HostAgent:
         return self
