@@ -14,10 +14,12 @@ for :class:`subprocess.Popen`; a multiprocessing target calls :func:`os.setsid` 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.process
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +36,9 @@ class NotOurChild(RuntimeError):
 
 def parent_of(pid: int) -> int:
     """The parent pid of ``pid``: field 4 of ``/proc/<pid>/stat``."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError) as exc:
-        raise NotOurChild(f"pid {pid}: no such process") from exc
-    # Field 2, the command, is parenthesised and may itself hold spaces and parentheses.
-    fields = stat[stat.rindex(b")") + 2 :].split()
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise NotOurChild(f"pid {pid}: no such process")
     return int(fields[1])
 
 
@@ -167,3 +166,61 @@ def assert_small_tmpfs(
         if os.stat(directory).st_dev != os.stat(mount).st_dev:
             raise AssertionError(f"{target} is on another file system than {mount}")
     return size
+
+
+KILL_TIMEOUT = 10.0
+"""Seconds a killed process may take to be gone: SIGKILL takes effect at once, so past this
+something is wrong and is reported instead of waited on."""
+
+
+# -- processes, by pid and start time (a pid alone may name a newer process) ---------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` from field 3 (the state) on, or ``None`` when ``pid`` is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ")"
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or ``None`` once it is gone (a zombie
+    is gone: it runs nothing and holds nothing but its pid)."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None and fields[0] not in ("Z", "X") and int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def wait_gone(pid: int, start: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the process ``pid`` started at ``start`` to be gone."""
+    deadline = time.monotonic() + timeout
+    while process_start(pid) == start:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def kill_process(pid: int, start: int) -> None:
+    """SIGCONT then SIGKILL the process ``pid`` if it is still the one started at ``start``
+    (a stopped process is resumed, so nothing waits on it to handle a signal)."""
+    for signum in (signal.SIGCONT, signal.SIGKILL):
+        if process_start(pid) != start:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)

@@ -32,11 +32,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from harness.children import KILL_TIMEOUT, children_of, kill_process, process_start, wait_gone
 
 REPLY_TIMEOUT = 120.0
 """Seconds any reply from an agent may take: a hung host fails the test instead of hanging it."""
@@ -46,10 +47,6 @@ REPO = Path(__file__).resolve().parent.parent
 QUIT_TIMEOUT = 30.0
 """Seconds an agent may take to quit when asked before it is killed: a worker finishing its
 call, not a hung host."""
-
-KILL_TIMEOUT = 10.0
-"""Seconds a killed process may take to be gone: SIGKILL takes effect at once, so past this
-something is wrong and is reported instead of waited on."""
 
 SUBNET_ATTEMPTS = 200
 """Random /24s of 10.200-250.x tried before giving up: plenty unless the machine's routes
@@ -163,59 +160,6 @@ def _free_subnet() -> ipaddress.IPv4Network:
         nameservers=_nameservers(),
         candidates=_random_subnets(SUBNET_ATTEMPTS),
     )
-
-
-# -- processes, by pid and start time (a pid alone may name a newer process) ---------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/PID/stat`` from field 3 (the state) on, or ``None`` when ``pid`` is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ")"
-
-
-def process_start(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot), or ``None`` once it is gone (a zombie
-    is gone: it runs nothing and holds nothing but its pid)."""
-    fields = _stat_fields(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def children_of(pid: int) -> list[int]:
-    """The live processes whose parent is ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields is not None and fields[0] not in ("Z", "X") and int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def wait_gone(pid: int, start: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for the process ``pid`` started at ``start`` to be gone."""
-    deadline = time.monotonic() + timeout
-    while process_start(pid) == start:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def kill_process(pid: int, start: int) -> None:
-    """SIGCONT then SIGKILL the process ``pid`` if it is still the one started at ``start``
-    (a stopped process is resumed, so nothing waits on it to handle a signal)."""
-    for signum in (signal.SIGCONT, signal.SIGKILL):
-        if process_start(pid) != start:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
 
 
 # -- what a killed run left behind -----------------------------------------------------------

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness.hosts import KILL_TIMEOUT, children_of, kill_process, process_start, wait_gone
+from harness.children import KILL_TIMEOUT, children_of, kill_process, process_start, wait_gone
 
 START_TIMEOUT = 60
 """Seconds ``pg_ctl`` may wait for the server to accept connections."""

@@ -21,17 +21,14 @@ from pathlib import Path
 import pytest
 
 from harness import hosts as hosts_module
+from harness.children import children_of, kill_process, process_start, wait_gone
 from harness.hosts import (
     RUN_DIR,
     HostAgent,
     HostNetwork,
-    children_of,
     choose_subnet,
-    kill_process,
-    process_start,
     sweep_stale,
     unavailable_reason,
-    wait_gone,
 )
 from harness.postgres import STOP_TIMEOUT, PostgresCluster, find_bin
 
