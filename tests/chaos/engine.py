@@ -544,7 +544,8 @@ class Chaos:
         else:
             violations.append(
                 f"{where}: a silent loss (typed={typed}, diagnosed={diagnosed}, "
-                f"status={status.state.value})"
+                f"status={status.state.value}, survivors got "
+                f"{sorted(str(r.error_type) for r in seen)})"
             )
 
     # -- a run ------------------------------------------------------------------------
