@@ -24,9 +24,23 @@ ROOT = Path(__file__).resolve().parent.parent
 BOUNDED = ROOT / "scripts" / "bounded"
 SYSTEM_PYTHON = "/usr/bin/python3"  # readable by any user, unlike a pyenv or root-owned .venv
 
+
+def _can_bound() -> bool:
+    """Whether this machine lets scripts/bounded make its cgroup (root, a memory controller):
+    where it cannot, it runs unbounded with a warning, which the last test covers."""
+    if os.geteuid() != 0:
+        return False
+    probe = subprocess.run(
+        [sys.executable, str(BOUNDED), "--time", "60", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return probe.returncode == 0 and "warning" not in probe.stderr
+
+
 needs_cgroups = pytest.mark.skipif(
-    os.geteuid() != 0 or not Path("/sys/fs/cgroup").is_dir(),
-    reason="the bound needs root and cgroups (CI has both)",
+    not _can_bound(), reason="no cgroup to bound a run in here (not root, or no memory controller)"
 )
 
 
