@@ -10,9 +10,6 @@ copy on another file system) and the next process adopts it: 0 replays, no new l
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -23,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from grantkeeper import CredentialKey, FileStore
-from grantkeeper._rescue import RESCUE_DIR_ENV
 from harness.authserver import AuthServer
 from harness.real_login import log_in
-from tests.helpers import assert_small_tmpfs
+from tests.tiny_disk import environment, mounted, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
@@ -35,35 +31,8 @@ RESOURCE = "http://127.0.0.1:9/mcp"
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)], check=True
-    )
-    try:
-        assert_small_tmpfs(mount)
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(disk: Path) -> Path:
-    """Fill ``disk`` (the tiny tmpfs, nothing else) to the last byte; return the ballast file."""
-    ballast = disk / "ballast"
-    capacity = assert_small_tmpfs(disk, ballast)
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for size in (4096, 1):
-            with contextlib.suppress(OSError):
-                # Bounded by count too: never more than the file system holds.
-                for _ in range(capacity // size + 1):
-                    if not os.write(fd, b"\0" * size):
-                        break
-    finally:
-        os.close(fd)
-    return ballast
+    with mounted(tmp_path) as disk:
+        yield disk
 
 
 _FILL_AFTER_THE_ANSWER = """
@@ -71,14 +40,14 @@ import pathlib
 import sys
 import grantkeeper._keeper as keeper_module
 from grantkeeper._cli import main
-from tests.test_full_disk import _fill
+from tests.tiny_disk import fill
 
 disk = pathlib.Path(sys.argv.pop(1))
 sent = keeper_module.send_token_request
 
 def send_then_fill(*args, **kwargs):
     answer = sent(*args, **kwargs)
-    _fill(disk)  # the disk fills while the provider answers
+    fill(disk)  # the disk fills while the provider answers
     return answer
 
 keeper_module.send_token_request = send_then_fill
@@ -90,20 +59,14 @@ main()
 def _cli(
     home: Path, rescue: Path, key: CredentialKey, *args: str, fill: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "GRANTKEEPER_HOME": str(home),
-        "GRANTKEEPER_STORE": "file",
-        RESCUE_DIR_ENV: str(rescue),
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
-    if fill:
-        command = [sys.executable, "-c", _FILL_AFTER_THE_ANSWER, str(home), *args, key.server_url]
-    else:
-        command = [sys.executable, "-m", "grantkeeper", *args, key.server_url]
+    if not fill:
+        return run_cli(home, rescue, key, *args)
+    command = [sys.executable, "-c", _FILL_AFTER_THE_ANSWER, str(home), *args, key.server_url]
     if key.profile:
         command += ["--profile", key.profile]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        command, capture_output=True, text=True, env=environment(home, rescue), timeout=120
+    )
 
 
 def test_a_cli_on_a_full_disk_keeps_b_across_its_exit_and_the_next_one_adopts_it(

@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -74,10 +75,27 @@ Checkpoint = Callable[[str], None]
 _live_holders: weakref.WeakValueDictionary[str, Keeper] = weakref.WeakValueDictionary()
 """Keepers alive in this process, by intent holder id: a sibling's pending refresh is live."""
 
+_busy: dict[str, Keeper] = {}
+"""Keepers with a transaction in flight or a credential the store has not taken, held
+strongly: a Keeper dropped without ``close()`` must neither take B with it when it is
+collected nor leave a note its siblings would take for a dead process's."""
+_busy_lock = threading.Lock()
+
+_exiting = threading.Event()
+"""Set once the process has started to exit: a transaction that ends after that stores
+its pending credential itself, since no later exit hook would."""
+
+_mp_finalizer: object | None = None
+"""Our hook in ``multiprocessing``'s exit finalizers (see :func:`_register_exit_flush`)."""
+
 
 FLUSH_LOCK_TIMEOUT = 5.0
 """How long closing (or exiting) waits for the lock to store a pending credential, before
 it keeps a rescue copy instead: an exit must not hang for a full lock timeout."""
+
+EXIT_SETTLE_TIMEOUT = 35.0
+"""How long an exiting process waits for a transaction in flight (a token request is
+bounded by 30 s) so that an answer already on its way is stored, not dropped."""
 
 _FOREVER = datetime.max.replace(tzinfo=UTC)
 
@@ -133,6 +151,7 @@ class Keeper:
         self.key = key
         self._http = http_client
         self._owns_http = http_client is None
+        self._http_closer: weakref.finalize[[], Keeper] | None = None
         self._clock = clock
         self._skew = skew
         self._lock_timeout = lock_timeout
@@ -154,6 +173,9 @@ class Keeper:
         self._durable: Stored | None = None
         # A refreshed credential the store does not hold yet (the provider's answer B).
         self._pending: Credential | None = None
+        # The Keeper of this process whose pending credential we share (see
+        # _adopt_sibling_pending): told once we stored it.
+        self._origin: Keeper | None = None
         # The identity this lifecycle serves: its account must not change silently.
         self._identity: Credential | None = None
         # No background refresh before this (backoff after a failed one).
@@ -164,6 +186,8 @@ class Keeper:
         self._lease = lease
         # The lock of the transaction running now (set only on the transaction's thread).
         self._held: HeldLock | None = None
+        # One flush of the pending credential at a time (close, exit, the transaction's end).
+        self._flushing = threading.Lock()
         self._holder = secrets.token_hex(8)
         _live_holders[self._holder] = self
 
@@ -308,6 +332,7 @@ class Keeper:
         if self._owns_http and self._http is not None:
             self._http.close()
             self._http = None
+            self._forget_http_closer()
 
     def __enter__(self) -> Keeper:
         return self
@@ -402,6 +427,8 @@ class Keeper:
             # Running futures cannot be cancelled by a waiter that gives up.
             future.set_running_or_notify_cancel()
             self._inflight = future
+        self._track()
+        _register_exit_flush()
         # Not a daemon: an interpreter exiting mid-refresh still gets to persist the result.
         threading.Thread(
             target=self._run,
@@ -421,11 +448,43 @@ class Keeper:
         except BaseException as exc:
             with self._mutex:
                 self._inflight = None
+            self._track()
             future.set_exception(exc)
         else:
             with self._mutex:
                 self._inflight = None
+            self._track()
             future.set_result(result)
+        if _exiting.is_set():
+            # The exit hooks may have run already: B must not leave with the process.
+            self._flush_guarded()
+
+    def _forked(self) -> None:
+        """In a child just forked: start clean. Nothing the parent had in flight exists
+        here (its threads did not come along), and its pending credential is the
+        parent's to store: the child keeps only what it may serve from memory."""
+        self._mutex = threading.Lock()
+        self._recovering = threading.Lock()
+        self._flushing = threading.Lock()
+        self._inflight = None
+        self._pending = None
+        self._held = None
+        if self._owns_http and self._http is not None:
+            # The parent's connections: never ours to use or close.
+            self._http = None
+            self._forget_http_closer()
+        _live_holders.pop(self._holder, None)
+        self._holder = secrets.token_hex(8)
+        _live_holders[self._holder] = self
+
+    def _track(self) -> None:
+        """Hold this Keeper strongly while the process must not drop its work: a
+        transaction in flight, or a credential the store has not taken yet."""
+        with _busy_lock:
+            if self._inflight is not None or self._pending is not None:
+                _busy[self._holder] = self
+            else:
+                _busy.pop(self._holder, None)
 
     # -- the transaction ----------------------------------------------------------------
 
@@ -436,13 +495,21 @@ class Keeper:
     def _client(self) -> httpx.Client:
         if self._http is None:
             self._http = httpx.Client(timeout=self._token_timeout, follow_redirects=False)
+            # A Keeper dropped without close() still closes the client it made.
+            self._http_closer = weakref.finalize(self, self._http.close)
         return self._http
+
+    def _forget_http_closer(self) -> None:
+        if self._http_closer is not None:
+            self._http_closer.detach()
+            self._http_closer = None
 
     def _install(self, stored: Stored) -> Credential:
         record = stored.record
         self._current = record
         self._durable = stored
         self._pending = None
+        self._origin = None
         self._identity = merged_identity(self._identity, record)
         intent = record.intent
         if intent is not None and intent.retry_at is not None and intent.retry_at > self._clock():
@@ -475,6 +542,7 @@ class Keeper:
                     seen = stored.record if stored else None
                     self._stage("after_read")
                     stored = self._adopt_rescued(stored)
+                    self._adopt_sibling_pending(stored)
                     if self._pending is not None:
                         served = self._reconcile_pending(stored, rejected)
                         if isinstance(served, Credential):
@@ -750,6 +818,7 @@ class Keeper:
             # A login, logout or peer changed the store since: that is authoritative.
             event(logging.WARNING, "pending.discarded_for_changed_store", key=key)
             self._pending = None
+            self._origin = None
             return stored
         try:
             version = self.store.write(self.key, pending, expected_version=stored.version)
@@ -773,6 +842,9 @@ class Keeper:
         healed = Stored(pending, version)
         self._durable = healed
         self._pending = None
+        origin, self._origin = self._origin, None
+        if origin is not None:
+            origin._stored_by_sibling(pending, healed)
         return healed
 
     def _adopt_rescued(self, stored: Stored | None) -> Stored | None:
@@ -806,12 +878,64 @@ class Keeper:
         _rescue.discard_path(rescued.path)
         return Stored(rescued.record, version)
 
+    def _adopt_sibling_pending(self, stored: Stored | None) -> None:
+        """Share the pending credential of another Keeper of this process whose note the
+        store holds: only its answer B, never the spent A, may follow that note, and the
+        other Keeper may never be asked again (dropped without ``close()``, say). Whoever
+        stores B first wins; the other then finds the store changed and adopts it."""
+        intent = stored.record.intent if stored is not None else None
+        if self._pending is not None or intent is None or intent.pid != os.getpid():
+            return
+        sibling = _live_holders.get(intent.holder) if intent.holder else None
+        if sibling is None or sibling is self:
+            return
+        with sibling._mutex:
+            if sibling._inflight is not None:
+                return  # its own transaction is storing it
+            taken, durable = sibling._pending, sibling._durable
+        if taken is None or durable != stored:
+            return
+        assert stored is not None
+        self._pending = self._current = taken
+        self._durable = stored
+        self._identity = merged_identity(self._identity, taken)
+        self._origin = sibling
+        self._track()
+        event(logging.WARNING, "pending.adopted_from_sibling", key=str(self.key))
+
+    def _stored_by_sibling(self, pending: Credential, healed: Stored) -> None:
+        """A sibling stored the credential this Keeper held pending: nothing is left to
+        do, so a Keeper nobody refers to any more can be let go."""
+        if not self._flushing.acquire(blocking=False):
+            return  # flushing: it will find the store changed and adopt it
+        try:
+            with self._mutex:
+                if self._inflight is None and self._pending is pending:
+                    self._pending = None
+                    self._durable = healed
+        finally:
+            self._flushing.release()
+        self._track()
+
     def _flush_pending(self) -> None:
         """Store the pending credential before this process lets go of it.
 
         If the store still refuses, keep a rescue copy; if that fails too, leave the
         durable note "answered, not stored", so no process ever retries the spent token.
         """
+        with self._flushing:
+            try:
+                self._flush_pending_once()
+            finally:
+                self._track()
+
+    def _flush_guarded(self) -> None:
+        try:
+            self._flush_pending()
+        except Exception:  # noqa: BLE001 - exiting; each Keeper gets its chance
+            event(logging.ERROR, "pending.exit_flush_failed", key=str(self.key))
+
+    def _flush_pending_once(self) -> None:
         if self._pending is None:
             return
         key = str(self.key)
@@ -842,16 +966,54 @@ class Keeper:
 
 
 def _flush_at_exit() -> None:
-    """Interpreter exit: every Keeper still holding an unstored credential stores it (or
-    keeps a rescue copy), so a short-lived process (the CLI) never takes B with it."""
+    """Process exit: every Keeper still holding an unstored credential stores it (or keeps
+    a rescue copy), so a short-lived process (the CLI, a worker) never takes B with it.
+
+    A transaction still in flight gets a bounded wait first: its answer may be on the way.
+    One that ends later flushes on its own thread (see ``_exiting``).
+    """
+    _exiting.set()
+    with _busy_lock:
+        keepers = {**_live_holders, **_busy}
+    deadline = time.monotonic() + EXIT_SETTLE_TIMEOUT
+    for keeper in keepers.values():
+        keeper.settle(max(0.0, deadline - time.monotonic()))
+    for keeper in keepers.values():
+        keeper._flush_guarded()
+
+
+def _register_exit_flush() -> None:
+    """Make sure :func:`_flush_at_exit` runs when this process ends.
+
+    ``atexit`` covers a normal interpreter exit. A ``multiprocessing`` child (fork,
+    forkserver) ends in ``os._exit`` once its target returns, after running only the
+    finalizers registered with ``multiprocessing`` in that child: so we register there too,
+    again in each child (it starts with an empty registry). Nothing is imported for it:
+    a process that never loaded ``multiprocessing`` is not one of its children.
+    """
+    global _mp_finalizer
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    still_active = getattr(_mp_finalizer, "still_active", None)
+    if still_active is not None and still_active():
+        return
+    _mp_finalizer = util.Finalize(None, _flush_at_exit, exitpriority=100)
+
+
+def _after_fork_in_child() -> None:
+    global _busy_lock, _exiting
+    # Locks and events a parent thread held at the fork stay held here: replace them.
+    _busy_lock = threading.Lock()
+    _exiting = threading.Event()
+    _busy.clear()
     for keeper in list(_live_holders.values()):
-        try:
-            keeper._flush_pending()
-        except Exception:  # noqa: BLE001 - exiting; each Keeper gets its chance
-            event(logging.ERROR, "pending.exit_flush_failed", key=str(keeper.key))
+        keeper._forked()
 
 
 atexit.register(_flush_at_exit)
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _LeaseRenewer:

@@ -84,6 +84,23 @@ def os_error(action: str, name: str, exc: OSError) -> StoreUnavailable | UnsafeS
 
 # -- locks ---------------------------------------------------------------------------------
 
+_held: set[int] = set()
+"""Descriptors of the locks this process holds. A forked child gets copies that share
+the parent's lock (``flock`` belongs to the open file description): the parent's
+``close`` would no longer release it, and the child's own ``flock`` on the same file
+would wait for itself. So a child closes its copies at once (:func:`_forget_after_fork`)."""
+
+
+def _forget_after_fork() -> None:
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
 
 @contextlib.contextmanager
 def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterator[None]:
@@ -96,6 +113,7 @@ def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterato
         if exc.errno == errno.ELOOP:
             raise UnsafeStorePath(f"lock file {name} is a symlink; refusing it") from None
         raise StoreUnavailable(f"cannot open lock file {name}: {exc.strerror}") from None
+    locked = False
     try:
         started = time.monotonic()
         deadline = started + timeout
@@ -103,6 +121,8 @@ def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterato
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _held.add(fd)
+                locked = True
                 break
             except BlockingIOError:
                 now = time.monotonic()
@@ -117,8 +137,11 @@ def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterato
             log.debug("lock.acquired what=%s waited_ms=%.1f", what, waited * 1000)
         yield
     finally:
-        # Closing the descriptor releases the lock.
-        os.close(fd)
+        # Closing the descriptor releases the lock. In a child forked meanwhile, the
+        # descriptor was closed already (and its number may be reused): leave it alone.
+        if fd in _held or not locked:
+            _held.discard(fd)
+            os.close(fd)
 
 
 # -- the directory ---------------------------------------------------------------------

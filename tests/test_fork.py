@@ -1,0 +1,113 @@
+"""A child forked while its parent's Keeper is mid-refresh starts clean.
+
+Against the real oidc-provider with reuse detection on: the parent's refresh is inside
+the provider call (the server has rotated, its answer is on the way) when the process
+forks. The child inherits no transaction in flight (its thread did not come along, so
+joining it would wait for nothing) and none of the parent's lock (a copy of the locked
+``flock`` descriptor would keep the lock held after the parent lets go, and the child's
+own ``flock`` would wait for itself). The child asks for a credential and gets the
+parent's B as soon as the parent stores it; nothing is replayed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import grantkeeper._keeper as keeper_module
+from grantkeeper import CredentialKey, FileStore, Keeper
+from grantkeeper._token_client import send_token_request as sent
+from harness.authserver import AuthServer
+from harness.real_login import log_in
+from tests.helpers import reap
+
+pytestmark = [pytest.mark.slow, pytest.mark.realserver]
+
+RESOURCE = "http://127.0.0.1:9/mcp"
+WAIT = 60.0
+CHILD_DEADLINE = 20.0
+"""The child's own bound on its question: the parent stores B within seconds."""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[AuthServer]:
+    with AuthServer(resources=[RESOURCE], access_ttl=3600) as running:
+        yield running
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _ask_in_child(keeper: Keeper, report: multiprocessing.connection.Connection) -> None:
+    os.setsid()  # its own session: the parent signals it, and nothing else
+    try:
+        token = keeper.credential(timeout=CHILD_DEADLINE).access_token
+    except Exception as exc:  # noqa: BLE001 - the parent asserts on what it was
+        report.send(("error", type(exc).__name__))
+    else:
+        report.send(("token", _digest(token)))
+
+
+def test_a_child_forked_mid_refresh_starts_clean(
+    server: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
+    store = FileStore(tmp_path / "home")
+    log_in(server, store, key, resource=RESOURCE)
+    stored = store.read(key)
+    assert stored is not None
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    expired = stored.record.replace(expires_at=long_ago, obtained_at=long_ago)
+    store.write(key, expired, expected_version=stored.version)
+    server.reset_stats()
+
+    parent = os.getpid()
+    in_call, release = threading.Event(), threading.Event()
+
+    def send_and_hold(*args: Any, **kwargs: Any) -> Any:
+        answer = sent(*args, **kwargs)
+        if os.getpid() == parent:  # the server has rotated; its answer is on the way
+            in_call.set()
+            release.wait(WAIT)
+        return answer
+
+    monkeypatch.setattr(keeper_module, "send_token_request", send_and_hold)
+    keeper = Keeper(store, key)
+    context = multiprocessing.get_context("fork")
+    received, report = context.Pipe(duplex=False)
+    child = context.Process(target=_ask_in_child, args=(keeper, report), daemon=True)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(keeper.credential)
+        try:
+            assert in_call.wait(WAIT), "the refresh never reached the provider"
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about forking a process that runs threads: that is
+                # the case under test.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                child.start()
+            release.set()
+            b = asked.result(WAIT).access_token
+            assert received.poll(WAIT), "the child never answered"
+            outcome = received.recv()
+        finally:
+            release.set()
+            reap(child)
+            keeper.close()
+    assert outcome == ("token", _digest(b))
+    stats = server.stats()
+    assert stats["replays"] == 0, stats
+    assert stats["refresh_success"] == 1, stats
+    assert not stats["refresh_errors"], stats
