@@ -263,6 +263,8 @@ class FaultProxy:
             self._armed = None
             self._switch(mode)
         self._await_listener(mode is not Mode.REFUSE)
+        if mode in _CONNECTION_FAULTS:
+            self._await_connections_closed()
 
     def arm(self, mode: Mode, when: Callable[[Request], bool] = is_refresh) -> None:
         """Switch to ``mode`` as the next request matching ``when`` arrives; that request
@@ -287,6 +289,19 @@ class FaultProxy:
             for connection in self._connections:
                 connection.close_if_idle()
         self._wake()
+
+    def _await_connections_closed(self) -> None:
+        # A connection that was answering as the mode switched closes only once its
+        # answer is out; a client that reused it meanwhile would see a reset, not the
+        # fault under test. So the switch returns once every connection is closed.
+        with self._state:
+            if not self._state.wait_for(
+                lambda: not self._connections or self._closed, SWITCH_TIMEOUT
+            ):
+                raise ProxyError(
+                    f"{len(self._connections)} connection(s) still open "
+                    f"{SWITCH_TIMEOUT:g} s after the switch to {self._mode.value}"
+                )
 
     def _await_listener(self, listening: bool) -> None:
         with self._state:
@@ -411,6 +426,7 @@ class FaultProxy:
             with self._state:
                 self._connections.discard(connection)
                 self._threads.discard(threading.current_thread())
+                self._state.notify_all()
 
     def _mode_for(self, request: Request) -> Mode:
         with self._state:

@@ -48,21 +48,38 @@ class ProtocolOut:
             os.close(self._fd)
 
 
+READ_SIZE = 65536
+
+
 def read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | None]) -> None:
     """Feed stdin's lines to ``queue`` from a daemon thread; ``None`` marks the end.
 
     A thread, not the event loop's pipe support: stdin may be a pipe, a socket, a file or
-    a terminal, and a blocking read on a thread handles them all the same.
+    a terminal, and a blocking read on a thread handles them all the same. It reads the
+    descriptor itself, never ``sys.stdin``: a daemon thread blocked inside the buffered
+    reader holds its lock, and an interpreter exiting on a signal while stdin is still
+    open aborts ("could not acquire lock for <_io.BufferedReader name='<stdin>'>").
     """
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # no stdin at all (pythonw), or closed
+        fd = -1
 
     def run() -> None:
-        stream = sys.stdin.buffer
+        pending = b""
         try:
-            for line in iter(stream.readline, b""):
-                if line.strip():
-                    loop.call_soon_threadsafe(queue.put_nowait, line)
-        except (OSError, ValueError):
-            pass
+            while fd >= 0:
+                chunk = os.read(fd, READ_SIZE)
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        loop.call_soon_threadsafe(queue.put_nowait, line + b"\n")
+            if pending.strip():  # a last line without its newline
+                loop.call_soon_threadsafe(queue.put_nowait, pending)
+        except (OSError, RuntimeError):
+            pass  # stdin failed, or the loop closed: the proxy is ending either way
         finally:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, None)

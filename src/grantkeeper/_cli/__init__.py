@@ -69,6 +69,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``grantkeeper`` script."""
+    from .._signals import stop_like_sigint
+
+    stop_like_sigint()
     configure_logging(False)
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="grantkeeper")
 

@@ -110,7 +110,11 @@ def handle_errors(command: F) -> F:
             return command(*args, **kwargs)
         except GrantkeeperError as exc:
             raise fail_for(exc) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            from .._signals import Terminated
+
+            if isinstance(exc, Terminated):
+                raise fail(f"cancelled ({exc})", exc.exit_code) from None
             raise fail("cancelled", 130) from None
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
