@@ -7,6 +7,10 @@ joining it would wait for nothing) and none of the parent's lock (a copy of the 
 ``flock`` descriptor would keep the lock held after the parent lets go, and the child's
 own ``flock`` would wait for itself). The child asks for a credential and gets the
 parent's B as soon as the parent stores it; nothing is replayed.
+
+A child forked from a process whose PostgreSQL store has sessions open never uses them:
+it opens its own, and neither its queries nor its ``close()`` touch the parent's session
+(a Terminate sent on the shared socket would end it, with any lock it holds).
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from typing import Any
 import pytest
 
 import grantkeeper._keeper as keeper_module
-from grantkeeper import CredentialKey, FileStore, Keeper
+from grantkeeper import CredentialKey, FileStore, Keeper, LockTimeout, PostgresStore
 from grantkeeper._token_client import send_token_request as sent
 from harness.authserver import AuthServer
+from harness.postgres import PostgresCluster
 from harness.real_login import log_in
-from tests.helpers import reap
+from tests.helpers import make_record, reap
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
@@ -111,3 +116,64 @@ def test_a_child_forked_mid_refresh_starts_clean(
     assert stats["replays"] == 0, stats
     assert stats["refresh_success"] == 1, stats
     assert not stats["refresh_errors"], stats
+
+
+def _use_the_store_in_child(
+    store: PostgresStore, key: CredentialKey, report: multiprocessing.connection.Connection
+) -> None:
+    os.setsid()
+    try:
+        seen = store.read(key)
+        session = store._conn.info.backend_pid if store._conn is not None else None
+        try:
+            with store.lock(key, timeout=1.0):
+                locked = "took the lock the parent holds"
+        except LockTimeout:
+            locked = "waited"
+        store.close()  # closes what the child opened, and nothing of the parent's
+    except Exception as exc:  # noqa: BLE001 - the parent asserts on what it was
+        report.send(("error", f"{type(exc).__name__}: {exc}"))
+    else:
+        report.send(("ok", seen is not None, session, locked))
+
+
+def test_a_child_forked_with_postgresql_sessions_open_never_uses_them(tmp_path: Path) -> None:
+    key = CredentialKey.for_server(RESOURCE)
+    with PostgresCluster() as cluster:
+        store = PostgresStore(cluster.dsn, schema=f"f{uuid.uuid4().hex[:10]}")
+        try:
+            now = datetime.now(UTC)
+            record = make_record("access-fork", "refresh-fork", now=now)
+            store.write(key, record, expected_version=None)
+            assert store._conn is not None
+            parent_session = store._conn.info.backend_pid
+            context = multiprocessing.get_context("fork")
+            received, report = context.Pipe(duplex=False)
+            with store.lock(key):  # held on a session of the parent's
+                child = context.Process(
+                    target=_use_the_store_in_child, args=(store, key, report), daemon=True
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    child.start()
+                try:
+                    assert received.poll(WAIT), "the child never answered"
+                    outcome = received.recv()
+                finally:
+                    reap(child)
+                # The parent's lock session is intact: the lock is still held.
+                other = PostgresStore(cluster.dsn, schema=store.schema)
+                try:
+                    with pytest.raises(LockTimeout), other.lock(key, timeout=0.5):
+                        pass
+                finally:
+                    other.close()
+            # And its data session too: same session, no reconnect, no error.
+            assert store.read(key) is not None
+            assert store._conn is not None and store._conn.info.backend_pid == parent_session
+        finally:
+            store.close()
+    assert outcome[0] == "ok", outcome
+    _, read, child_session, locked = outcome
+    assert read and child_session != parent_session
+    assert locked == "waited"

@@ -609,15 +609,18 @@ class Keeper:
         """
         if intent is None:
             return False
-        if intent.host_id:
-            same_host = intent.host_id == self._host_id
-        else:  # written before host identities: the hostname was all there was
-            same_host = intent.host == self._host
-        if not same_host:
+        if not self._same_host(intent):
             return intent.state == "in_flight" and lease_live(intent.lease_until, self._clock())
         if intent.pid == os.getpid():
             return intent.holder != self._holder and intent.holder in _live_holders
         return process_alive(intent.pid)
+
+    def _same_host(self, intent: RefreshIntent) -> bool:
+        """Whether ``intent`` was written in this boot and pid namespace (its pid means
+        the same process here)."""
+        if intent.host_id:
+            return intent.host_id == self._host_id
+        return intent.host == self._host  # written before host identities: the hostname
 
     def _decide_and_act(self, stored: Stored | None, rejected: str | None) -> Credential:
         key = str(self.key)
@@ -885,6 +888,8 @@ class Keeper:
         stores B first wins; the other then finds the store changed and adopts it."""
         intent = stored.record.intent if stored is not None else None
         if self._pending is not None or intent is None or intent.pid != os.getpid():
+            return
+        if not self._same_host(intent):
             return
         sibling = _live_holders.get(intent.holder) if intent.holder else None
         if sibling is None or sibling is self:

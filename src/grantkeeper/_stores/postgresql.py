@@ -32,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import secrets
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +138,31 @@ def describe_dsn(dsn: str) -> str:
     return f"{user}{'@' if user else ''}{host}:{port}/{parts.get('dbname') or user}"
 
 
+_stores: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+"""Every store of this process, for :func:`_forget_after_fork`."""
+
+_inherited: list[Any] = []
+"""Connections a forked child inherited: kept, never used, closed or collected there."""
+
+
+def _forget_after_fork() -> None:
+    """In a child just forked: drop the parent's sessions without a word on their sockets.
+
+    A session's socket is shared with the parent after a fork. The child talking on it
+    would interleave with the parent's queries, and closing it (or collecting it) would
+    send the server a Terminate that ends the parent's session, and with it any advisory
+    lock the parent holds there. So each inherited socket is pointed at ``/dev/null``
+    (whatever libpq may still write goes nowhere), the connection objects are kept for
+    the child's life, and the child's stores open sessions of their own when first used.
+    """
+    for store in list(_stores):
+        store._forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 class PostgresStore:
     """Credentials in a PostgreSQL table; see the module docstring."""
 
@@ -164,6 +191,28 @@ class PostgresStore:
         # The fence of each lock this store holds now, by key id: every write to that key
         # from this store (any thread: the lease renewer too) carries it.
         self._held_fences: dict[str, int] = {}
+        # Lock connections in use by a ``lock()`` body now (forgotten by a forked child).
+        self._busy_lock_connections: set[psycopg.Connection[Any]] = set()
+        _stores.add(self)
+
+    def _forked(self) -> None:
+        """See :func:`_forget_after_fork`."""
+        self._mutex = threading.Lock()
+        connections = [self._conn, *self._idle_lock_connections, *self._busy_lock_connections]
+        self._conn, self._idle_lock_connections = None, []
+        self._busy_lock_connections = set()
+        self._held_fences = {}
+        for conn in connections:
+            if conn is None:
+                continue
+            with contextlib.suppress(Exception):
+                fd = conn.fileno()
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, fd, inheritable=False)
+                finally:
+                    os.close(null)
+            _inherited.append(conn)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r}, schema={self.schema!r})"
@@ -433,10 +482,12 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise self._unreachable(exc) from None
             self._held_fences[key_id] = fence
+            self._busy_lock_connections.add(conn)
             try:
                 yield _AdvisoryLock(conn, lock_id, fence, str(key))
             finally:
                 self._held_fences.pop(key_id, None)
+                self._busy_lock_connections.discard(conn)
             with contextlib.suppress(Exception):
                 row = conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,)).fetchone()
                 released = bool(row and row[0])
