@@ -121,9 +121,13 @@ class PostgresCluster:
         if self.allow is not None:
             with open(self.data / "pg_hba.conf", "a", encoding="ascii") as hba:
                 hba.write(f"host all all {self.allow} trust\n")
+        # Dynamic shared memory in files under the data directory, not in /dev/shm: a
+        # postmaster killed by a test (or a killed run) leaves its segments behind, and
+        # they go with the cluster's temporary directory instead of filling the machine.
         options = (
             f"-c listen_addresses={self.listen} -p {self.port} -k {self.directory} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c dynamic_shared_memory_type=mmap"
         )
         self._run(
             find_bin("pg_ctl"),

@@ -296,6 +296,7 @@ def test_stop_stops_a_stopped_postmaster_without_waiting_out_pg_ctl() -> None:
 def test_stop_kills_the_postmaster_and_its_children_when_pg_ctl_cannot_stop_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    segments_before = set(_shm_segments())
     cluster = PostgresCluster().start()
     postmaster = cluster.postmaster()
     assert postmaster is not None
@@ -312,8 +313,16 @@ def test_stop_kills_the_postmaster_and_its_children_when_pg_ctl_cannot_stop_them
         monkeypatch.setattr(cluster, "_run", pg_ctl_fails_to_stop)
         cluster.stop()
         assert all(wait_gone(*process, 0) for process in family)
+        # A killed postmaster cannot remove its dynamic shared memory: it lived in the
+        # cluster's directory, which is gone, never in /dev/shm.
+        assert not cluster.directory.exists()
+        assert not set(_shm_segments()) - segments_before
     finally:
         _kill_all(family)
+
+
+def _shm_segments() -> list[Path]:
+    return list(Path("/dev/shm").glob("PostgreSQL.*"))
 
 
 @needs_postgres
