@@ -42,7 +42,7 @@ from grantkeeper import CredentialKey, FileStore, Keeper
 from grantkeeper.mcp import httpx2_auth
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
-from harness.mcp_server import McpServer
+from harness.mcp_server import INITIALIZE, McpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
@@ -104,16 +104,6 @@ async def _latencies(url: str, home: str, calls: int) -> tuple[list[float], list
 
 
 def _start_to_initialize(url: str, home: str) -> float:
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "0"},
-        },
-    }
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "grantkeeper", "proxy", url, "--ping-interval", "0"],
@@ -124,7 +114,7 @@ def _start_to_initialize(url: str, home: str) -> float:
         stderr=subprocess.DEVNULL,
     )
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write((json.dumps(initialize) + "\n").encode())
+    process.stdin.write((json.dumps(INITIALIZE) + "\n").encode())
     process.stdin.flush()
     answer = json.loads(process.stdout.readline())
     elapsed = time.perf_counter() - started

@@ -67,6 +67,18 @@ WAIT_TIMEOUT = 60.0
 
 SESSION_HEADER = "mcp-session-id"
 
+INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "grantkeeper-test", "version": "0"},
+    },
+}
+"""The first request of a raw host (tests and benchmarks that speak JSON-RPC themselves)."""
+
 _SESSION_NOT_FOUND = {
     "jsonrpc": "2.0",
     "id": None,

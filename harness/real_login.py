@@ -7,6 +7,8 @@ registered client and an absolute expiry.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import httpx
 
 from grantkeeper import Credential, CredentialKey, Store
@@ -40,3 +42,14 @@ def log_in(server: AuthServer, store: Store, key: CredentialKey, *, resource: st
     if credential.refresh_token:
         remember_secret(credential.refresh_token)
     return credential
+
+
+def age(store: Store, key: CredentialKey, *, expires_in: timedelta) -> None:
+    """Rewrite the stored credential as if obtained an hour before it now expires, in
+    ``expires_in`` (negative: already expired; inside the refresh margin: stale)."""
+    stored = store.read(key)
+    if stored is None:
+        raise LookupError(f"nothing stored for {key}")
+    expires_at = datetime.now(UTC) + expires_in
+    aged = stored.record.replace(expires_at=expires_at, obtained_at=expires_at - timedelta(hours=1))
+    store.write(key, aged, expected_version=stored.version)

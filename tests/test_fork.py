@@ -35,7 +35,7 @@ from grantkeeper import CredentialKey, FileStore, Keeper, LockTimeout, PostgresS
 from grantkeeper._token_client import send_token_request as sent
 from harness.authserver import AuthServer
 from harness.postgres import PostgresCluster
-from harness.real_login import log_in
+from harness.real_login import age, log_in
 from tests.helpers import make_record, reap
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
@@ -72,11 +72,7 @@ def test_a_child_forked_mid_refresh_starts_clean(
     key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
     store = FileStore(tmp_path / "home")
     log_in(server, store, key, resource=RESOURCE)
-    stored = store.read(key)
-    assert stored is not None
-    long_ago = datetime.now(UTC) - timedelta(hours=2)
-    expired = stored.record.replace(expires_at=long_ago, obtained_at=long_ago)
-    store.write(key, expired, expected_version=stored.version)
+    age(store, key, expires_in=-timedelta(hours=1))  # expired: refresh first
     server.reset_stats()
 
     parent = os.getpid()

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from grantkeeper import CredentialKey, FileStore
 from harness.authserver import AuthServer
-from harness.real_login import log_in
+from harness.real_login import age, log_in
 from tests.tiny_disk import environment, mounted, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
@@ -76,12 +76,7 @@ def test_a_cli_on_a_full_disk_keeps_b_across_its_exit_and_the_next_one_adopts_it
         key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
         store = FileStore(tiny_disk)
         a = log_in(server, store, key, resource=RESOURCE)
-        stored = store.read(key)
-        assert stored is not None
-        # Expired: the next `token` must refresh before it can print anything.
-        long_ago = datetime.now(UTC) - timedelta(hours=2)
-        expired = stored.record.replace(expires_at=long_ago, obtained_at=long_ago)
-        store.write(key, expired, expected_version=stored.version)
+        age(store, key, expires_in=-timedelta(hours=1))  # expired: refresh first
         server.reset_stats()
         rescue = tmp_path / "rescue"
         first = _cli(tiny_disk, rescue, key, "token", fill=True)

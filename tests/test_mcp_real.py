@@ -36,20 +36,10 @@ from grantkeeper._freshness import utc_now
 from grantkeeper.mcp import Httpx2Auth, McpSession, connect, fastmcp_client
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
-from harness.mcp_server import McpServer, Seen
+from harness.mcp_server import INITIALIZE, McpServer, Seen
 
 pytestmark = pytest.mark.realserver
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "grantkeeper-test", "version": "0"},
-    },
-}
 MCP_HEADERS = {"accept": "application/json, text/event-stream"}
 
 

@@ -22,7 +22,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import grantkeeper._keeper as keeper_module
 from grantkeeper import Credential, CredentialKey, FileStore, Keeper
 from grantkeeper._token_client import send_token_request as sent
 from harness.authserver import AuthServer
-from harness.real_login import log_in
+from harness.real_login import age, log_in
 from tests.tiny_disk import environment, fill, free, mounted, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
@@ -60,13 +60,7 @@ def _stale_login(server: AuthServer, home: Path) -> tuple[CredentialKey, Credent
     key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
     store = FileStore(home)
     a = log_in(server, store, key, resource=RESOURCE)
-    stored = store.read(key)
-    assert stored is not None
-    now = datetime.now(UTC)
-    stale = stored.record.replace(
-        expires_at=now + timedelta(seconds=45), obtained_at=now - timedelta(seconds=3555)
-    )
-    store.write(key, stale, expected_version=stored.version)
+    age(store, key, expires_in=timedelta(seconds=45))
     server.reset_stats()
     return key, a
 
@@ -111,30 +105,22 @@ def _next_process_keeps_b(
     assert not list(rescue.glob("*.json"))
 
 
+@pytest.mark.parametrize("full", [True, False], ids=["disk-full", "with-space"])
 @pytest.mark.parametrize("mode", EXITS)
-def test_b_pending_at_exit_survives_as_a_rescue_copy(
-    server: AuthServer, disk: Path, tmp_path: Path, mode: str
+def test_a_background_refreshs_b_never_leaves_with_the_process(
+    server: AuthServer, disk: Path, tmp_path: Path, mode: str, full: bool
 ) -> None:
     key, a = _stale_login(server, disk)
     rescue = tmp_path / "rescue"
-    served = _end(mode, disk, rescue, key, fill_at=str(disk))
+    served = _end(mode, disk, rescue, key, fill_at=str(disk) if full else "")
     assert served == _digest(a.access_token)  # the valid token, at once
     assert server.stats()["refresh_success"] == 1  # the background refresh ran
-    assert list(rescue.glob("*.json")), f"B left with the {mode} process"
-    free(disk)
-    _next_process_keeps_b(server, disk, rescue, key, a)
-
-
-@pytest.mark.parametrize("mode", EXITS)
-def test_b_is_stored_at_exit_with_space(
-    server: AuthServer, disk: Path, tmp_path: Path, mode: str
-) -> None:
-    key, a = _stale_login(server, disk)
-    rescue = tmp_path / "rescue"
-    served = _end(mode, disk, rescue, key, fill_at="")
-    assert served == _digest(a.access_token)
-    stored = FileStore(disk).read(key)
-    assert stored is not None and stored.record.access_token != a.access_token
+    if full:
+        assert list(rescue.glob("*.json")), f"B left with the {mode} process"
+        free(disk)
+    else:
+        stored = FileStore(disk).read(key)
+        assert stored is not None and stored.record.access_token != a.access_token
     _next_process_keeps_b(server, disk, rescue, key, a)
 
 

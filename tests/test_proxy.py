@@ -31,7 +31,7 @@ from pydantic import FileUrl
 from grantkeeper import FileStore
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
-from harness.mcp_server import McpServer, Seen
+from harness.mcp_server import INITIALIZE, McpServer, Seen
 from harness.pipe_tools import MemoryEventStore
 from tests.helpers import signal_own_child
 
@@ -405,18 +405,8 @@ def test_stdout_carries_json_rpc_only_even_with_verbose_logs_and_a_chatty_browse
     auth: AuthServer, server: McpServer, home: Path
 ) -> None:
     secret_header = "X-Api-Key: hygiene-secret-value-1234"
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "raw-host", "version": "0"},
-        },
-    }
     messages = [
-        initialize,
+        INITIALIZE,
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {
             "jsonrpc": "2.0",

@@ -23,7 +23,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
@@ -32,8 +32,8 @@ import pytest
 from grantkeeper import CredentialKey, FileStore
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
-from harness.mcp_server import McpServer
-from harness.real_login import log_in
+from harness.mcp_server import INITIALIZE, McpServer
+from harness.real_login import age, log_in
 from tests.helpers import reap, signal_own_child
 from tests.tiny_disk import environment, run_cli
 
@@ -117,11 +117,7 @@ def test_a_signal_during_the_cli_refresh_lets_it_finish_and_exits_cleanly(
     key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
     store = FileStore(home)
     a = log_in(server, store, key, resource=RESOURCE)
-    stored = store.read(key)
-    assert stored is not None
-    long_ago = datetime.now(UTC) - timedelta(hours=2)
-    expired = stored.record.replace(expires_at=long_ago, obtained_at=long_ago)
-    store.write(key, expired, expected_version=stored.version)
+    age(store, key, expires_in=-timedelta(hours=1))  # expired: refresh first
     server.reset_stats()
 
     hold, release = os.pipe()
@@ -187,16 +183,6 @@ def test_the_proxy_ends_its_session_and_exits_cleanly_on_a_signal(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
     home = tmp_path / "home"
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "raw-host", "version": "0"},
-        },
-    }
     with AuthServer(access_ttl=3600) as auth, McpServer(auth_server=auth) as mcp:
         login(auth, mcp.url, FileStore(home))
         errlog = tmp_path / "proxy.err"
@@ -212,7 +198,7 @@ def test_the_proxy_ends_its_session_and_exits_cleanly_on_a_signal(
             )
         try:
             assert proxy.stdin is not None and proxy.stdout is not None
-            proxy.stdin.write((json.dumps(initialize) + "\n").encode())
+            proxy.stdin.write((json.dumps(INITIALIZE) + "\n").encode())
             proxy.stdin.flush()
             answer = json.loads(proxy.stdout.readline())
             assert answer["id"] == 1 and "result" in answer, answer
