@@ -36,14 +36,22 @@ class Terminated(KeyboardInterrupt):
         return 128 + self.signum
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    # The first request unwinds the command; later ones are ignored while the refresh
-    # in flight finishes (its own timeout bounds it), as a second SIGTERM from a
-    # supervisor must not cut short what the first one let finish.
+def ignore_stop_signals() -> None:
+    """Ignore SIGTERM and SIGHUP from now on (main thread only): the process is ending,
+    and what it still does (a refresh in flight, storing B) must not be cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     for name in SIGNALS:
         number = getattr(signal, name, None)
         if number is not None:
             signal.signal(number, signal.SIG_IGN)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # The first request unwinds the command; later ones are ignored while the refresh
+    # in flight finishes (its own timeout bounds it), as a second SIGTERM from a
+    # supervisor must not cut short what the first one let finish.
+    ignore_stop_signals()
     raise Terminated(signum)
 
 

@@ -149,6 +149,7 @@ def proxy(
       "args": ["--from", "grantkeeper[mcp]", "grantkeeper", "proxy", "https://…/mcp"]}
     """
     from .._proxy_stdio import ProtocolOut
+    from .._signals import ignore_stop_signals
 
     out = ProtocolOut.claim_stdout()  # before anything can print
     try:
@@ -184,6 +185,9 @@ def proxy(
             )
         )
     finally:
+        # The loop's signal handlers went with it: a second SIGTERM or SIGHUP must not
+        # cut short the refresh that closing waits for.
+        ignore_stop_signals()
         if keeper is not None:
             keeper.close()  # stores (or rescues) a refresh still pending
         out.close()
