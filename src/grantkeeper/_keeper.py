@@ -430,11 +430,18 @@ class Keeper:
         self._track()
         _register_exit_flush()
         # Not a daemon: an interpreter exiting mid-refresh still gets to persist the result.
-        threading.Thread(
+        thread = threading.Thread(
             target=self._run,
             args=(future, rejected, background),
             name=f"grantkeeper {self.key}",
-        ).start()
+        )
+        try:
+            thread.start()
+        except BaseException as exc:  # no thread (interpreter shutdown, a thread limit)
+            with self._mutex:
+                self._inflight = None
+            self._track()
+            future.set_exception(exc)
         return future, True
 
     def _run(
@@ -468,6 +475,7 @@ class Keeper:
         self._flushing = threading.Lock()
         self._inflight = None
         self._pending = None
+        self._origin = None
         self._held = None
         if self._owns_http and self._http is not None:
             # The parent's connections: never ours to use or close.
@@ -937,7 +945,7 @@ class Keeper:
     def _flush_guarded(self) -> None:
         try:
             self._flush_pending()
-        except Exception:  # noqa: BLE001 - exiting; each Keeper gets its chance
+        except BaseException:  # noqa: BLE001 - exiting (even on Ctrl-C): each Keeper gets its chance
             event(logging.ERROR, "pending.exit_flush_failed", key=str(self.key))
 
     def _flush_pending_once(self) -> None:
@@ -946,7 +954,9 @@ class Keeper:
         key = str(self.key)
         try:
             with self.store.lock(self.key, timeout=FLUSH_LOCK_TIMEOUT):
-                self._reconcile_pending(self.store.read(self.key), None)
+                # A transaction still running when we looked may have stored it since.
+                if self._pending is not None:
+                    self._reconcile_pending(self.store.read(self.key), None)
         except GrantkeeperError as exc:
             event(logging.WARNING, "pending.flush_failed", key=key, error=type(exc).__name__)
         pending, durable = self._pending, self._durable
@@ -979,10 +989,15 @@ def _flush_at_exit() -> None:
     """
     _exiting.set()
     with _busy_lock:
-        keepers = {**_live_holders, **_busy}
+        # items() yields only the living: a Keeper collected meanwhile is skipped.
+        keepers = dict(_live_holders.items())
+        keepers.update(_busy)
     deadline = time.monotonic() + EXIT_SETTLE_TIMEOUT
     for keeper in keepers.values():
-        keeper.settle(max(0.0, deadline - time.monotonic()))
+        try:
+            keeper.settle(max(0.0, deadline - time.monotonic()))
+        except BaseException:  # noqa: BLE001 - a signal cuts the wait short, not the flush
+            break
     for keeper in keepers.values():
         keeper._flush_guarded()
 
@@ -1011,9 +1026,11 @@ def _after_fork_in_child() -> None:
     # Locks and events a parent thread held at the fork stay held here: replace them.
     _busy_lock = threading.Lock()
     _exiting = threading.Event()
-    _busy.clear()
+    # Reset first, then let go: a Keeper only _busy held must not be collected with the
+    # parent's HTTP client still its own (its finalizer would close the parent's client).
     for keeper in list(_live_holders.values()):
         keeper._forked()
+    _busy.clear()
 
 
 atexit.register(_flush_at_exit)

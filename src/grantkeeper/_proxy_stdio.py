@@ -66,18 +66,22 @@ def read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | Non
         fd = -1
 
     def run() -> None:
-        pending = b""
+        buffer = bytearray()
         try:
             while fd >= 0:
                 chunk = os.read(fd, READ_SIZE)
                 if not chunk:
                     break
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
+                searched = len(buffer)  # a long line is searched once, not per chunk
+                buffer += chunk
+                while (end := buffer.find(b"\n", searched)) >= 0:
+                    line = bytes(buffer[: end + 1])
+                    del buffer[: end + 1]
+                    searched = 0
                     if line.strip():
-                        loop.call_soon_threadsafe(queue.put_nowait, line + b"\n")
-            if pending.strip():  # a last line without its newline
-                loop.call_soon_threadsafe(queue.put_nowait, pending)
+                        loop.call_soon_threadsafe(queue.put_nowait, line)
+            if buffer.strip():  # a last line without its newline
+                loop.call_soon_threadsafe(queue.put_nowait, bytes(buffer))
         except (OSError, RuntimeError):
             pass  # stdin failed, or the loop closed: the proxy is ending either way
         finally:

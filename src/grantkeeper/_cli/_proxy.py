@@ -212,6 +212,7 @@ async def _serve(
     from .._proxy_login import LoginCoordinator
     from .._proxy_sse import SseProxy
     from .._proxy_stdio import read_lines
+    from .._signals import ignore_stop_signals
     from ..mcp import httpx2_auth
 
     auth = httpx2_auth(config.url, keeper=keeper, token=bearer, headers=headers)
@@ -228,16 +229,28 @@ async def _serve(
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes | None] = asyncio.Queue()
     read_lines(loop, lines)
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    handled = [
+        signum
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+        if signal.getsignal(signum) is not signal.SIG_IGN  # nohup: stays ignored
+    ]
+    for signum in handled:
         # Hosts stop their servers with SIGTERM: end the session as on a closed stdin.
         loop.add_signal_handler(signum, lines.put_nowait, None)
-    async with httpx2.AsyncClient(
-        auth=auth, headers=headers, timeout=HTTP_TIMEOUT, follow_redirects=False
-    ) as http:
-        bridge = SseProxy if transport == "sse" else Proxy
-        await bridge(config, http=http, out=out, login=login, ping_interval=ping_interval).run(
-            lines
-        )
+    try:
+        async with httpx2.AsyncClient(
+            auth=auth, headers=headers, timeout=HTTP_TIMEOUT, follow_redirects=False
+        ) as http:
+            bridge = SseProxy if transport == "sse" else Proxy
+            await bridge(config, http=http, out=out, login=login, ping_interval=ping_interval).run(
+                lines
+            )
+    finally:
+        # Removing a handler restores the default action (death, for SIGTERM): ignore
+        # SIGTERM and SIGHUP at once instead, until closing has stored what it must.
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+        ignore_stop_signals()
 
 
 COMMANDS = [proxy]

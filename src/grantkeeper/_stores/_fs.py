@@ -84,11 +84,13 @@ def os_error(action: str, name: str, exc: OSError) -> StoreUnavailable | UnsafeS
 
 # -- locks ---------------------------------------------------------------------------------
 
-_held: set[int] = set()
-"""Descriptors of the locks this process holds. A forked child gets copies that share
-the parent's lock (``flock`` belongs to the open file description): the parent's
-``close`` would no longer release it, and the child's own ``flock`` on the same file
-would wait for itself. So a child closes its copies at once (:func:`_forget_after_fork`)."""
+_held: dict[int, object] = {}
+"""Descriptors of the lock files open in this process, each with a token of the
+:func:`locked_file` that opened it. A forked child gets copies that share the parent's
+lock (``flock`` belongs to the open file description): the child's own ``flock`` on the
+same file would wait for itself, and its copy would keep the lock held if the parent
+died. So a child closes its copies at once (:func:`_forget_after_fork`); and the parent
+unlocks explicitly before closing, which releases the lock whatever copies exist."""
 
 
 def _forget_after_fork() -> None:
@@ -113,6 +115,8 @@ def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterato
         if exc.errno == errno.ELOOP:
             raise UnsafeStorePath(f"lock file {name} is a symlink; refusing it") from None
         raise StoreUnavailable(f"cannot open lock file {name}: {exc.strerror}") from None
+    token = object()
+    _held[fd] = token
     locked = False
     try:
         started = time.monotonic()
@@ -121,7 +125,6 @@ def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterato
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _held.add(fd)
                 locked = True
                 break
             except BlockingIOError:
@@ -137,10 +140,13 @@ def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterato
             log.debug("lock.acquired what=%s waited_ms=%.1f", what, waited * 1000)
         yield
     finally:
-        # Closing the descriptor releases the lock. In a child forked meanwhile, the
-        # descriptor was closed already (and its number may be reused): leave it alone.
-        if fd in _held or not locked:
-            _held.discard(fd)
+        # In a child forked meanwhile, the descriptor was closed already (and its number
+        # may have been reused since): only the opener's own token says it is still ours.
+        if _held.get(fd) is token:
+            if locked:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            del _held[fd]
             os.close(fd)
 
 

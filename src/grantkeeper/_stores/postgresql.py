@@ -459,6 +459,8 @@ class PostgresStore:
         if not self._session_locks_checked:
             self.check_session_locks()
         conn = self._lock_connection()
+        # In use from now on: a child forked meanwhile must forget it (see _forked).
+        self._busy_lock_connections.add(conn)
         released = False
         try:
             try:
@@ -469,9 +471,11 @@ class PostgresStore:
                         raise
                     # A kept connection the server has since dropped: nothing was locked on
                     # it, so a new one may try again.
+                    self._busy_lock_connections.discard(conn)
                     with contextlib.suppress(Exception):
                         conn.close()
                     conn = self._open(for_lock=True)
+                    self._busy_lock_connections.add(conn)
                     self._take_lock(conn, lock_id, timeout, what, key)
                 fence = self._next_fence(conn, key_id)
             except psycopg.errors.LockNotAvailable:
@@ -482,16 +486,15 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise self._unreachable(exc) from None
             self._held_fences[key_id] = fence
-            self._busy_lock_connections.add(conn)
             try:
                 yield _AdvisoryLock(conn, lock_id, fence, str(key))
             finally:
                 self._held_fences.pop(key_id, None)
-                self._busy_lock_connections.discard(conn)
             with contextlib.suppress(Exception):
                 row = conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,)).fetchone()
                 released = bool(row and row[0])
         finally:
+            self._busy_lock_connections.discard(conn)
             if released:
                 self._keep_lock_connection(conn)
             else:
