@@ -173,9 +173,6 @@ class Keeper:
         self._durable: Stored | None = None
         # A refreshed credential the store does not hold yet (the provider's answer B).
         self._pending: Credential | None = None
-        # The Keeper of this process whose pending credential we share (see
-        # _adopt_sibling_pending): told once we stored it.
-        self._origin: Keeper | None = None
         # The identity this lifecycle serves: its account must not change silently.
         self._identity: Credential | None = None
         # No background refresh before this (backoff after a failed one).
@@ -475,7 +472,6 @@ class Keeper:
         self._flushing = threading.Lock()
         self._inflight = None
         self._pending = None
-        self._origin = None
         self._held = None
         if self._owns_http and self._http is not None:
             # The parent's connections: never ours to use or close.
@@ -517,7 +513,6 @@ class Keeper:
         self._current = record
         self._durable = stored
         self._pending = None
-        self._origin = None
         self._identity = merged_identity(self._identity, record)
         intent = record.intent
         if intent is not None and intent.retry_at is not None and intent.retry_at > self._clock():
@@ -829,7 +824,6 @@ class Keeper:
             # A login, logout or peer changed the store since: that is authoritative.
             event(logging.WARNING, "pending.discarded_for_changed_store", key=key)
             self._pending = None
-            self._origin = None
             return stored
         try:
             version = self.store.write(self.key, pending, expected_version=stored.version)
@@ -853,9 +847,10 @@ class Keeper:
         healed = Stored(pending, version)
         self._durable = healed
         self._pending = None
-        origin, self._origin = self._origin, None
-        if origin is not None:
-            origin._stored_by_sibling(pending, healed)
+        # Siblings that shared this very credential have nothing left to store.
+        for sibling in list(_live_holders.values()):
+            if sibling is not self and sibling._pending is pending:
+                sibling._stored_by_sibling(pending, healed)
         return healed
 
     def _adopt_rescued(self, stored: Stored | None) -> Stored | None:
@@ -912,7 +907,6 @@ class Keeper:
         self._pending = self._current = taken
         self._durable = stored
         self._identity = merged_identity(self._identity, taken)
-        self._origin = sibling
         self._track()
         event(logging.WARNING, "pending.adopted_from_sibling", key=str(self.key))
 
