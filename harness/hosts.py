@@ -331,6 +331,15 @@ class HostNetwork:
         self._relays.append(TcpRelay((self.gateway, port), ("127.0.0.1", port)))
         self.exposed.append(port)
 
+    def cut(self, host: int) -> None:
+        """Cut ``host`` (0-based) off the bridge: from now on its packets go nowhere, and
+        nothing tells either end (no reset, no unreachable): a network that vanished."""
+        _run("ip", "link", "set", self._veths[host], "down")
+
+    def restore(self, host: int) -> None:
+        """Join ``host`` to the bridge again after :meth:`cut`."""
+        _run("ip", "link", "set", self._veths[host], "up")
+
     def unexpose_all(self) -> None:
         """Stop relaying the ports :meth:`expose` opened."""
         for relay in self._relays:

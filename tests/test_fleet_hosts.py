@@ -374,6 +374,48 @@ def test_a_cut_data_connection_after_the_answer_never_makes_another_host_spend_a
 
 
 @needs_hosts
+def test_a_write_on_a_cut_network_gives_up_within_the_tcp_user_timeout(hosts: Hosts) -> None:
+    # Host 1's network vanishes after the provider answered: B's write is sent into the void.
+    # The kernel would retransmit it for ~15 minutes (keepalives do not probe a connection
+    # with data in flight), holding the store's mutex; tcp_user_timeout ends it in 25 s, B is
+    # served pending, and stored once the network is back.
+    key = CredentialKey.for_server(RESOURCE, "cut-network")
+    with AuthServer(resources=[RESOURCE], access_ttl=600) as server:
+        hosts.network.expose(server.port)
+        seed = PostgresStore(hosts.cluster.dsn, schema=hosts.schema)
+        a = log_in(server, seed, key, resource=RESOURCE)
+        one = hosts.keeper(0, "host-1", key=key)
+        assert one.call("credential")["token"] == a.access_token
+        server.reset_stats()
+        one.call("clock", offset=3600)  # A is expired
+        one.call("pause_at", stage="before_write")
+        asked = one.send("credential")
+        one.wait(event="paused")
+        hosts.network.cut(0)
+        try:
+            one.call("resume")
+            # Within the agent's reply bound (120 s): the write's 25 s, then the lock
+            # connection's unlock, which meets the same cut network.
+            answer = one.wait(id=asked)
+        finally:
+            hosts.network.restore(0)
+        assert answer["ok"] and answer["pending"], answer
+        b = answer["token"]
+        assert server.is_active(b)
+        stored = seed.read(key)
+        assert stored is not None and stored.record.access_token == a.access_token
+
+        one.call("clock", offset=3600 + 600)  # B expired too: B is stored, then refreshed
+        c = one.call("credential")
+        assert c["ok"] and not c["pending"] and c["token"] != b, c
+        stats = server.stats()
+        assert stats["refresh_success"] == 2 and stats["replays"] == 0, stats
+        final = seed.read(key)
+        assert final is not None and final.record.access_token == c["token"]
+        seed.close()
+
+
+@needs_hosts
 @pytest.mark.parametrize("newer_login", [False, True], ids=["peer-only-looks", "newer-login"])
 def test_a_lock_session_ended_mid_call_spends_a_once_and_overwrites_nothing_newer(
     hosts: Hosts, newer_login: bool

@@ -22,7 +22,7 @@ from grantkeeper import (
     StoreUnavailable,
 )
 from grantkeeper._store_admin import diagnose_store as diagnose
-from grantkeeper._stores.postgresql import SCHEMA_VERSION
+from grantkeeper._stores.postgresql import SCHEMA_VERSION, TCP_USER_TIMEOUT_MS
 from grantkeeper._stores.sealing import KEY_ENV, Sealer
 from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record
 from harness.pgbouncer import PgBouncer
@@ -398,3 +398,28 @@ def test_a_session_pooling_pgbouncer_keeps_locks_and_fences(
             assert again.fence == held.fence + 1
         one.close()
         two.close()
+
+
+def test_every_connection_bounds_a_cut_network_unless_the_dsn_says_otherwise(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    # A statement on a cut network must not wait for the kernel's ~15 minutes of
+    # retransmissions (tests/test_fleet_hosts.py cuts a host off for real): the data
+    # connection, like each lock connection, gives up after tcp_user_timeout.
+    store = PostgresStore(cluster.dsn, schema=schema)
+    store.write(KEY, sample_record(), expected_version=None)
+    with store.lock(KEY):
+        connections = [store._conn, *store._busy_lock_connections]
+        assert len(connections) == 2
+        for conn in connections:
+            assert conn is not None
+            parameters = conn.info.get_parameters()
+            assert parameters["tcp_user_timeout"] == str(TCP_USER_TIMEOUT_MS)
+            assert parameters["keepalives_idle"] == "10"
+    store.close()
+    own = PostgresStore(f"{cluster.dsn}?tcp_user_timeout=60000&keepalives_idle=30", schema=schema)
+    assert own.read(KEY) is not None
+    assert own._conn is not None
+    parameters = own._conn.info.get_parameters()
+    assert (parameters["tcp_user_timeout"], parameters["keepalives_idle"]) == ("60000", "30")
+    own.close()

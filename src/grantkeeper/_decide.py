@@ -344,6 +344,20 @@ ANSWERED_NOT_STORED = (
 )
 
 
+def same_note(now: Credential, noted: Credential) -> bool:
+    """Whether ``now`` is the in-flight note ``noted``, its lease perhaps renewed since.
+
+    Only the note's holder renews its lease, so a store holding ``now`` holds the holder's
+    own note: what a renewal whose reply was lost (a connection cut after the commit, a
+    directory ``fsync`` failing after the rename) may have left behind. Anything else
+    changed means somebody else wrote.
+    """
+    if now.intent is None or noted.intent is None:
+        return False
+    lease = noted.intent.lease_until
+    return now.replace(intent=dataclasses.replace(now.intent, lease_until=lease)) == noted
+
+
 def _concerns(record: Credential) -> bool:
     """Whether ``record``'s intent is about the refresh token it holds now."""
     intent = record.intent

@@ -40,6 +40,7 @@ from ._decide import (
     identity_error,
     merged_identity,
     recovery_need,
+    same_note,
     servable,
     serve_from_memory,
 )
@@ -625,6 +626,23 @@ class Keeper:
             return intent.host_id == self._host_id
         return intent.host == self._host  # written before host identities: the hostname
 
+    def _our_note(self, stored: Stored | None, noted: Stored | None) -> bool:
+        """Whether the store's ``stored`` still is ``noted``, an in-flight note of this
+        process: unchanged, or with only its lease renewed by a write whose reply was lost.
+        Either way no one else has written since, and only the answer to that note's
+        refresh (never the spent token it names) may follow it."""
+        if stored is None or noted is None:
+            return False
+        if stored == noted:
+            return True
+        intent = noted.record.intent
+        return (
+            intent is not None
+            and intent.pid == os.getpid()
+            and self._same_host(intent)
+            and same_note(stored.record, noted.record)
+        )
+
     def _decide_and_act(self, stored: Stored | None, rejected: str | None) -> Credential:
         key = str(self.key)
         record = stored.record if stored else None
@@ -733,8 +751,12 @@ class Keeper:
         # The provider's answer is authoritative from here on, whatever the store does.
         self._current = fresh
         self._identity = merged_identity(self._identity, fresh)
-        noted, noted_version = renewer.noted.record, renewer.noted.version
-        self._durable = Stored(noted, noted_version)
+        if renewer.unsure:
+            # A renewal's reply was lost: B is written over the note as the store holds it.
+            # If the store cannot say now, B stays pending and the next transaction asks.
+            renewer.settle()
+        noted_version = renewer.noted.version
+        self._durable = renewer.noted
         self._pending = fresh
         self._stage("before_write")
         try:
@@ -820,11 +842,19 @@ class Keeper:
         pending, durable = self._pending, self._durable
         assert pending is not None
         key = str(self.key)
-        if stored is None or durable is None or stored != durable:
+        if stored is not None and stored.record == pending:
+            return self._healed(pending, stored)  # B's own write landed; its reply was lost
+        if not self._our_note(stored, durable):
             # A login, logout or peer changed the store since: that is authoritative.
             event(logging.WARNING, "pending.discarded_for_changed_store", key=key)
             self._pending = None
             return stored
+        assert stored is not None
+        if stored != durable:
+            # Our own note, its lease renewed by a write whose reply was lost: still ours,
+            # and B follows it. (Taken for a stranger's, B would go and A be spent again.)
+            event(logging.WARNING, "pending.note_renewal_found", key=key, version=stored.version)
+            self._durable = stored
         try:
             version = self.store.write(self.key, pending, expected_version=stored.version)
         except StoreError as exc:
@@ -843,8 +873,11 @@ class Keeper:
                 "spent one; refusing to replay it. Fix the store, or log in again",
                 key=key,
             ) from exc
-        event(logging.INFO, "pending.healed", key=key, version=version)
-        healed = Stored(pending, version)
+        return self._healed(pending, Stored(pending, version))
+
+    def _healed(self, pending: Credential, healed: Stored) -> Stored:
+        """The store holds the pending credential now, as ``healed``."""
+        event(logging.INFO, "pending.healed", key=str(self.key), version=healed.version)
         self._durable = healed
         self._pending = None
         # Siblings that shared this very credential have nothing left to store.
@@ -901,7 +934,7 @@ class Keeper:
             if sibling._inflight is not None:
                 return  # its own transaction is storing it
             taken, durable = sibling._pending, sibling._durable
-        if taken is None or durable != stored:
+        if taken is None or not self._our_note(stored, durable):
             return
         assert stored is not None
         self._pending = self._current = taken
@@ -963,13 +996,14 @@ class Keeper:
         event(logging.ERROR, "pending.lost", key=key)
         if durable is None or durable.record.intent is None:
             return
-        answered = durable.record.replace(
-            intent=dataclasses.replace(durable.record.intent, state="answered")
-        )
         try:
             with self.store.lock(self.key, timeout=FLUSH_LOCK_TIMEOUT):
-                if self.store.read(self.key) == durable:
-                    self.store.write(self.key, answered, expected_version=durable.version)
+                now = self.store.read(self.key)
+                if now is not None and now.record.intent and self._our_note(now, durable):
+                    answered = now.record.replace(
+                        intent=dataclasses.replace(now.record.intent, state="answered")
+                    )
+                    self.store.write(self.key, answered, expected_version=now.version)
         except GrantkeeperError as exc:
             event(logging.ERROR, "pending.note_failed", key=key, error=type(exc).__name__)
 
@@ -1039,6 +1073,10 @@ class _LeaseRenewer:
 
     def __init__(self, keeper: Keeper, noted: Stored) -> None:
         self.noted = noted
+        self.unsure = False
+        """Whether the last renewal's outcome is unknown: its write may have landed with
+        its reply lost, so the store may hold a newer version than ``noted``."""
+        self._replaced = False
         self._keeper = keeper
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"grantkeeper lease {keeper.key}")
@@ -1055,6 +1093,13 @@ class _LeaseRenewer:
         keeper = self._keeper
         interval = max(keeper._lease.total_seconds() / 3, 0.01)
         while not self._stop.wait(interval):
+            if self.unsure and not self.settle():
+                continue
+            if self._replaced:
+                # Someone else wrote over the note (only a lost lock lets them): renewing it
+                # could only fail; the answer's write finds the change and keeps B pending.
+                event(logging.WARNING, "refresh.note_replaced", key=str(keeper.key))
+                return
             intent = self.noted.record.intent
             assert intent is not None
             renewed = self.noted.record.replace(
@@ -1065,7 +1110,9 @@ class _LeaseRenewer:
                     keeper.key, renewed, expected_version=self.noted.version
                 )
             except StoreError as exc:
-                # The note stands as it was; its lease runs out unless a later try succeeds.
+                # Whether it landed is unknown (a reply can be lost after the commit): the
+                # store is read again before the next write, or the answer's, relies on it.
+                self.unsure = True
                 event(
                     logging.WARNING,
                     "refresh.lease_not_renewed",
@@ -1074,3 +1121,24 @@ class _LeaseRenewer:
                 )
                 continue
             self.noted = Stored(renewed, version)
+
+    def settle(self) -> bool:
+        """After a renewal of unknown outcome: read what the store holds, and make it
+        ``noted`` if it is our note (renewed or not). False if the store cannot say now."""
+        keeper = self._keeper
+        try:
+            stored = keeper.store.read(keeper.key)
+        except StoreError as exc:
+            event(
+                logging.WARNING,
+                "refresh.note_unreadable",
+                key=str(keeper.key),
+                error=type(exc).__name__,
+            )
+            return False
+        if stored is not None and keeper._our_note(stored, self.noted):
+            self.noted = stored
+        else:
+            self._replaced = True
+        self.unsure = False
+        return True

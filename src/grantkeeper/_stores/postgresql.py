@@ -15,11 +15,14 @@ fence, and the row refuses, in the same single UPDATE, a fence older than the on
 last written with. Before a refresh token is spent, :meth:`_AdvisoryLock.ensure_held`
 asks ``pg_locks`` on the lock's own session whether the lock is still there.
 
-Lock connections set their own session policy rather than inherit the server's:
-``idle_session_timeout`` of :data:`LOCK_IDLE_SESSION_TIMEOUT_MS` (longer than any
+Every connection has TCP keepalives and ``tcp_user_timeout`` (:data:`TCP_USER_TIMEOUT_MS`):
+a vanished peer is noticed within ~25 s whether the connection is idle or waiting for an
+answer. Without the latter, a statement sent into a cut network waits for the kernel's
+retransmissions, about 15 minutes, holding the store's mutex (and a refreshed credential's
+write) all along. Lock connections also set ``idle_session_timeout`` of
+:data:`LOCK_IDLE_SESSION_TIMEOUT_MS` rather than inherit the server's (longer than any
 transaction, so a server-wide shorter one cannot cut a holder mid-call; a holder frozen
-longer than that loses the lock, and its fence keeps it from writing), TCP keepalives and
-``tcp_user_timeout`` (a vanished peer is noticed within ~25 s either way).
+longer than that loses the lock, and its fence keeps it from writing).
 
 A pooler in transaction mode (PgBouncer ``pool_mode = transaction``) cannot keep a
 session lock at all: the first lock of each store probes for that and refuses with
@@ -73,9 +76,11 @@ KEEPALIVE: dict[str, Any] = {
 }
 """TCP keepalives, so the server notices a lock holder whose host died within ~25 s."""
 
-LOCK_TCP_USER_TIMEOUT_MS = 25_000
-"""Lock connections give up on unacknowledged data after this long (libpq
-``tcp_user_timeout``), so a holder whose network vanished learns it as fast as the server."""
+TCP_USER_TIMEOUT_MS = 25_000
+"""Every connection gives up on data the server has not acknowledged after this long (libpq
+``tcp_user_timeout``): a statement on a cut network fails within it instead of retrying for
+~15 minutes, and a lock holder whose network vanished learns it as fast as the server does
+(keepalives: 10 + 3 x 5 s). Longer than any retransmission a working network needs."""
 
 LOCK_IDLE_SESSION_TIMEOUT_MS = 300_000
 """``idle_session_timeout`` of lock connections. A holder is idle on its lock session for
@@ -122,6 +127,16 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
 
 def _key_id(key: CredentialKey) -> str:
     return json.dumps([key.server_url, key.profile], ensure_ascii=False)
+
+
+def network_options(dsn: str) -> dict[str, Any]:
+    """Keepalives and ``tcp_user_timeout`` for every connection, except those ``dsn`` sets
+    itself: a deployment that knows its network better keeps its own values."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(dsn)  # describe_dsn has already refused a malformed one
+    ours = {**KEEPALIVE, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
+    return {name: value for name, value in ours.items() if name not in given}
 
 
 def describe_dsn(dsn: str) -> str:
@@ -181,6 +196,7 @@ class PostgresStore:
             raise StoreConfigError(f"schema name {schema!r} is not a plain lower-case identifier")
         self._dsn = dsn
         self.where = describe_dsn(dsn)
+        self._network = network_options(dsn)
         self.schema = schema
         self._sealer = sealer if sealer is not None else Sealer.from_environment()
         self._mutex = threading.Lock()
@@ -238,15 +254,13 @@ class PostgresStore:
     def _open(self, *, for_lock: bool = False) -> psycopg.Connection[Any]:
         import psycopg
 
-        extra: dict[str, Any] = {"tcp_user_timeout": LOCK_TCP_USER_TIMEOUT_MS} if for_lock else {}
         try:
             conn = psycopg.connect(
                 self._dsn,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name="grantkeeper",
-                **KEEPALIVE,
-                **extra,
+                **self._network,
             )
             if for_lock and conn.info.server_version >= 140000:
                 conn.execute(f"SET idle_session_timeout = {LOCK_IDLE_SESSION_TIMEOUT_MS}")
