@@ -56,7 +56,8 @@ class ReplyCut:
 
         Statements are not matched by their text: the driver prepares a statement it runs
         often, and then sends only its name and parameters. A lock session is known by the
-        session setting only the store's lock connections make (``idle_session_timeout``).
+        session settings only the store's lock connections make (they name
+        ``idle_session_timeout``, on PostgreSQL 14 and later).
         """
         with self._mutex:
             self.done.clear()
@@ -96,7 +97,10 @@ class ReplyCut:
         try:
             while chunk := client.recv(65536):
                 lock_session = lock_session or b"idle_session_timeout" in chunk
-                if not lock_session and self._take():
+                # Only a statement (simple query, or the extended protocol's Parse or Bind),
+                # never the startup packet of a connection opening meanwhile.
+                statement = chunk[:1] in (b"Q", b"P", b"B")
+                if statement and not lock_session and self._take():
                     doomed.set()  # before forwarding: its reply is the one to lose
                 upstream.sendall(chunk)
         except OSError:
@@ -129,6 +133,8 @@ class ReplyCut:
 
     def close(self) -> None:
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self._server.close()
         with self._mutex:
             sockets, self._sockets = self._sockets, set()

@@ -13,7 +13,7 @@ from grantkeeper import (
     ReauthenticationRequired,
     RefreshIntent,
 )
-from grantkeeper._decide import Action, Context, decide
+from grantkeeper._decide import Action, Context, decide, same_note
 from tests.helpers import T0, make_record
 
 A = make_record("at-A", "rt-A")
@@ -132,3 +132,17 @@ def test_intent_for_another_refresh_token_is_ignored() -> None:
     stored = A.replace(intent=intent(token_fingerprint="0" * 16, attempts=5))
     decision = decide(stored, ctx(3590), key="k")
     assert decision.action is Action.REFRESH and not decision.outcome_unknown
+
+
+def test_a_note_with_only_its_lease_moved_on_is_the_same_note() -> None:
+    # What a renewal whose reply was lost leaves in the store: still the holder's own note.
+    noted = A.replace(intent=intent(lease_until=T0 + timedelta(seconds=60)))
+    renewed = A.replace(intent=intent(lease_until=T0 + timedelta(seconds=80)))
+    assert same_note(renewed, noted) and same_note(noted, noted)
+    other_refresh = A.replace(intent=intent(started_at=T0 + timedelta(seconds=1)))
+    other_holder = A.replace(intent=intent(holder="someone-else"))
+    answered = A.replace(intent=intent(state="answered"))
+    rewritten = A.replace(access_token="at-other", intent=intent())
+    for changed in (other_refresh, other_holder, answered, rewritten, A):
+        assert not same_note(changed, noted)
+    assert not same_note(noted, A)  # no note to compare with

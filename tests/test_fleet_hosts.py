@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -373,6 +374,23 @@ def test_a_cut_data_connection_after_the_answer_never_makes_another_host_spend_a
         seed.close()
 
 
+def _lock_freed(cluster: PostgresCluster, address: str, within: float = 90.0) -> bool:
+    """Whether the server ends ``address``'s advisory lock sessions within ``within`` s."""
+    deadline = time.monotonic() + within
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        while True:
+            held = admin.execute(
+                "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) "
+                "WHERE locktype = 'advisory' AND granted AND client_addr = %s::inet",
+                (address,),
+            ).fetchone()
+            if held is not None and held[0] == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)  # polling the server's own state, which no event announces
+
+
 @needs_hosts
 def test_a_write_on_a_cut_network_gives_up_within_the_tcp_user_timeout(hosts: Hosts) -> None:
     # Host 1's network vanishes after the provider answered: B's write is sent into the void.
@@ -397,6 +415,9 @@ def test_a_write_on_a_cut_network_gives_up_within_the_tcp_user_timeout(hosts: Ho
             # Within the agent's reply bound (120 s): the write's 25 s, then the lock
             # connection's unlock, which meets the same cut network.
             answer = one.wait(id=asked)
+            # The server noticed the vanished holder too (its own keepalives on the lock
+            # session): the lock is free, though nothing reached it to release it.
+            assert _lock_freed(hosts.cluster, hosts.network.addresses[0])
         finally:
             hosts.network.restore(0)
         assert answer["ok"] and answer["pending"], answer

@@ -37,6 +37,8 @@ from grantkeeper import (
     FileStore,
     Keeper,
     PostgresStore,
+    ProviderUnavailable,
+    ReauthenticationRequired,
     Store,
     Stored,
     StoreUnavailable,
@@ -83,8 +85,8 @@ class DirectoryFsyncFails(SimpleNamespace):
 
 
 class Blinkable:
-    """A store whose reads fail while ``blind`` is set: the store cannot say, for a moment,
-    until the answer's write (a record with no note) is attempted. Counts those attempts."""
+    """A store whose reads fail while ``blind`` is set (the store cannot say, for a moment).
+    Counts the tries to write a record with no note (the answer's)."""
 
     def __init__(self, inner: FileStore | PostgresStore) -> None:
         self.inner: Store = inner
@@ -100,7 +102,6 @@ class Blinkable:
     def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
         if record.intent is None:
             self.b_attempts += 1
-            self.blind = False
         return self.inner.write(key, record, expected_version=expected_version)
 
     def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
@@ -155,14 +156,23 @@ def _keeper(fault: Fault, provider: FakeProvider, clock: StepClock) -> Keeper:
     return Keeper(fault.store, KEY, http_client=http, clock=clock, lease=LEASE)
 
 
-def _lose_a_renewal_reply(fault: Fault, *, blind: bool = False) -> Any:
+def _lose_a_renewal_reply(
+    fault: Fault,
+    clock: StepClock,
+    *,
+    blind: bool = False,
+    answer: httpx.Response | None = None,
+) -> Any:
     """A provider fault: while the call runs, a renewal lands and its reply is lost (and,
-    with ``blind``, the store cannot be read from then until B's write)."""
+    with ``blind``, the store cannot be read from then on). Then the provider
+    answers ``answer``, or B."""
 
-    def during_the_call(form: dict[str, str]) -> None:
+    def during_the_call(form: dict[str, str]) -> httpx.Response | None:
+        clock.advance(1)  # so the renewal really moves the lease on
         fault.store.blind = blind
         fault.arm()
         assert fault.done.wait(WAIT), "no renewal of the note was written"
+        return answer
 
     return during_the_call
 
@@ -170,7 +180,7 @@ def _lose_a_renewal_reply(fault: Fault, *, blind: bool = False) -> Any:
 def test_a_renewal_whose_reply_was_lost_still_has_b_stored_at_once(fault: Fault) -> None:
     provider, clock = FakeProvider(), StepClock()
     keeper = _keeper(fault, provider, clock)
-    provider.faults.append(_lose_a_renewal_reply(fault))
+    provider.faults.append(_lose_a_renewal_reply(fault, clock))
     b = keeper.credential()
     # The renewer re-read the note its lost reply left; B was written over it, at once.
     assert not keeper.persistence_pending
@@ -188,8 +198,9 @@ def test_b_pending_over_our_own_renewed_note_is_stored_never_discarded(fault: Fa
     # finds our own note, renewed: B follows it, and A is never spent again.
     provider, clock = FakeProvider(), StepClock()
     keeper = _keeper(fault, provider, clock)
-    provider.faults.append(_lose_a_renewal_reply(fault, blind=True))
+    provider.faults.append(_lose_a_renewal_reply(fault, clock, blind=True))
     b = keeper.credential()
+    fault.store.blind = False
     assert keeper.persistence_pending and fault.store.b_attempts == 1
     stored = fault.store.read(KEY)
     assert stored is not None and stored.record.intent is not None  # our renewed note
@@ -202,6 +213,44 @@ def test_b_pending_over_our_own_renewed_note_is_stored_never_discarded(fault: Fa
     stored = fault.store.read(KEY)
     assert stored is not None and stored.record == c
     assert provider.is_active(c.access_token)
+
+
+def test_a_refusal_after_a_lost_renewal_reply_marks_our_note_and_sends_nothing_more(
+    fault: Fault,
+) -> None:
+    # invalid_grant: the guarded re-read finds our own renewed note, not a replacement, so the
+    # grant is marked dead at once; A is not sent a second time.
+    provider, clock = FakeProvider(), StepClock()
+    keeper = _keeper(fault, provider, clock)
+    refused = httpx.Response(400, json={"error": "invalid_grant"})
+    provider.faults.append(_lose_a_renewal_reply(fault, clock, answer=refused))
+    with pytest.raises(ReauthenticationRequired):
+        keeper.credential()
+    assert provider.refresh_calls == 0  # only the scripted refusal was ever asked
+    stored = fault.store.read(KEY)
+    assert stored is not None and stored.record.reauth_reason and stored.record.intent is None
+
+
+def test_a_busy_provider_after_a_lost_renewal_reply_still_gets_its_backoff_noted(
+    fault: Fault,
+) -> None:
+    # 503 with Retry-After: nothing was spent; the note says so and when to try again, over
+    # our renewed note, so no process takes the call for one of unknown outcome.
+    provider, clock = FakeProvider(), StepClock()
+    keeper = _keeper(fault, provider, clock)
+    busy = httpx.Response(
+        503, headers={"Retry-After": "30"}, json={"error": "temporarily_unavailable"}
+    )
+    provider.faults.append(_lose_a_renewal_reply(fault, clock, answer=busy))
+    with pytest.raises(ProviderUnavailable):
+        keeper.credential()
+    stored = fault.store.read(KEY)
+    assert stored is not None and stored.record.intent is not None
+    assert stored.record.intent.state == "unavailable"
+    assert stored.record.intent.retry_at is not None
+    clock.advance(31)
+    keeper.credential()  # the backoff is over: A is spent, once
+    assert provider.refresh_calls == 1 and provider.replays == 0
 
 
 def test_the_real_provider_keeps_the_grant_when_a_renewal_reply_is_lost(tmp_path: Path) -> None:

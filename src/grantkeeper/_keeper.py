@@ -52,6 +52,7 @@ from ._errors import (
     LoginRequired,
     PersistencePending,
     StoreError,
+    VersionConflict,
 )
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
 from ._grants import renewal_request
@@ -751,16 +752,11 @@ class Keeper:
         # The provider's answer is authoritative from here on, whatever the store does.
         self._current = fresh
         self._identity = merged_identity(self._identity, fresh)
-        if renewer.unsure:
-            # A renewal's reply was lost: B is written over the note as the store holds it.
-            # If the store cannot say now, B stays pending and the next transaction asks.
-            renewer.settle()
-        noted_version = renewer.noted.version
         self._durable = renewer.noted
         self._pending = fresh
         self._stage("before_write")
         try:
-            version = self.store.write(self.key, fresh, expected_version=noted_version)
+            version = self._write_over_note(fresh, renewer.noted)
         except Exception as exc:
             # Any failure, not only the store's own: B stays pending and is never lost.
             event(
@@ -778,6 +774,27 @@ class Keeper:
         event(logging.INFO, "refresh.persisted", key=key, version=version)
         self._stage("after_write")
         return fresh
+
+    def _write_over_note(self, record: Credential, noted: Stored) -> int:
+        """Write ``record`` in place of our in-flight note ``noted``.
+
+        If the store holds a newer version of the same note (a renewal whose reply was lost,
+        and the store could not be read since), the write follows that version instead: the
+        note is still ours, and only what our refresh produced may replace it.
+        """
+        try:
+            return self.store.write(self.key, record, expected_version=noted.version)
+        except VersionConflict:
+            now = self.store.read(self.key)
+            if now is None or now == noted or not self._our_note(now, noted):
+                raise
+            event(
+                logging.WARNING,
+                "pending.note_renewal_found",
+                key=str(self.key),
+                version=now.version,
+            )
+            return self.store.write(self.key, record, expected_version=now.version)
 
     def _ensure_still_locked(self, old: Credential, noted: Stored) -> None:
         """Spend nothing unless the lock is still ours: a lock held over the network (the
@@ -809,14 +826,15 @@ class Keeper:
                 now_stored = self.store.read(self.key)
             except StoreError:
                 now_stored = noted
-            if now_stored is not None and now_stored != noted:
+            if now_stored is not None and not self._our_note(now_stored, noted):
                 event(logging.INFO, "refresh.rejected_but_replaced", key=key)
                 return self._decide_and_act(now_stored, rejected)
-            self._mark_dead(noted, plan.mark)
+            # Our note (its lease perhaps renewed by a write whose reply was lost) is marked.
+            self._mark_dead(now_stored or noted, plan.mark)
             raise plan.error
         if plan.write is not None:
             try:
-                self.store.write(self.key, plan.write, expected_version=noted.version)
+                self._write_over_note(plan.write, noted)
             except StoreError as write_exc:
                 event(
                     logging.ERROR,
@@ -1088,6 +1106,12 @@ class _LeaseRenewer:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self.unsure:
+            # The last renewal's reply was lost: what follows the provider's answer (B, or
+            # the note of a failure) is written over the note as the store holds it. If the
+            # store cannot say now, that write meets a conflict, and it or the next
+            # transaction reads again.
+            self.settle()
 
     def _run(self) -> None:
         keeper = self._keeper
@@ -1095,6 +1119,8 @@ class _LeaseRenewer:
         while not self._stop.wait(interval):
             if self.unsure and not self.settle():
                 continue
+            if self._stop.is_set():
+                return  # the call ended while we read: the answer's write comes next
             if self._replaced:
                 # Someone else wrote over the note (only a lost lock lets them): renewing it
                 # could only fail; the answer's write finds the change and keeps B pending.

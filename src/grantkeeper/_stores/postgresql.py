@@ -262,11 +262,31 @@ class PostgresStore:
                 application_name="grantkeeper",
                 **self._network,
             )
-            if for_lock and conn.info.server_version >= 140000:
-                conn.execute(f"SET idle_session_timeout = {LOCK_IDLE_SESSION_TIMEOUT_MS}")
+            if for_lock:
+                self._lock_session_policy(conn)
             return conn
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
+
+    @staticmethod
+    def _lock_session_policy(conn: psycopg.Connection[Any]) -> None:
+        """The server's side of a lock session: it must notice a holder whose host vanished
+        as fast as the holder notices (keepalives and ``tcp_user_timeout`` are per side),
+        and end the session, freeing the lock, instead of waiting for the OS's two hours.
+        Each setting is one any user may make; none applies over a Unix socket."""
+        version = conn.info.server_version
+        settings = {
+            "tcp_keepalives_idle": KEEPALIVE["keepalives_idle"],
+            "tcp_keepalives_interval": KEEPALIVE["keepalives_interval"],
+            "tcp_keepalives_count": KEEPALIVE["keepalives_count"],
+        }
+        if version >= 120000:
+            settings["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
+        if version >= 140000:
+            settings["idle_session_timeout"] = LOCK_IDLE_SESSION_TIMEOUT_MS
+        calls = ", ".join("set_config(%s, %s, false)" for _ in settings)
+        params = [part for name, value in settings.items() for part in (name, str(value))]
+        conn.execute(f"SELECT {calls}", params)
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         from psycopg import sql
