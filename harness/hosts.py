@@ -638,15 +638,19 @@ class TcpRelay:
                 client.close()
                 continue
             upstream.settimeout(None)
-            pumps = [
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True)
-                for source, sink in ((client, upstream), (upstream, client))
-            ]
-            for pump in pumps:
-                pump.start()
-            threading.Thread(
-                target=self._close_after, args=(pumps, client, upstream), daemon=True
-            ).start()
+            self._relay(client, upstream)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Pump both ways until both ends are done (a subclass may pump otherwise)."""
+        pumps = [
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True)
+            for source, sink in ((client, upstream), (upstream, client))
+        ]
+        for pump in pumps:
+            pump.start()
+        threading.Thread(
+            target=self._close_after, args=(pumps, client, upstream), daemon=True
+        ).start()
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -670,4 +674,6 @@ class TcpRelay:
 
     def close(self) -> None:
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self._server.close()

@@ -23,27 +23,24 @@ import struct
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
+from harness.hosts import TcpRelay
+
 READY_FOR_QUERY = b"Z" + struct.pack("!i", 5)
 """The start of PostgreSQL's ReadyForQuery message: the server sends it once the statement
 has ended, committed in autocommit mode, so everything before it is the statement's reply."""
 
-CONNECT_TIMEOUT = 30.0
 
-
-class ReplyCut:
+class ReplyCut(TcpRelay):
     """Relay 127.0.0.1:``port`` to ``target``; on command, swallow one reply and cut."""
 
     def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
         self.done = threading.Event()
         """Set when an armed statement's reply was swallowed and its connection cut."""
         self._armed = False
         self._mutex = threading.Lock()
         self._sockets: set[socket.socket] = set()
-        self._server = socket.create_server(("127.0.0.1", 0))
+        super().__init__(("127.0.0.1", 0), target)  # accepts from here on
         self.port: int = self._server.getsockname()[1]
-        self._closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True, name="pg reply cut").start()
 
     def dsn(self, dsn: str) -> str:
         """``dsn`` (a libpq URL) pointed at this relay."""
@@ -56,8 +53,8 @@ class ReplyCut:
 
         Statements are not matched by their text: the driver prepares a statement it runs
         often, and then sends only its name and parameters. A lock session is known by the
-        session settings only the store's lock connections make (they name
-        ``idle_session_timeout``, on PostgreSQL 14 and later).
+        server-side settings only the store's lock connections make, their first statement
+        (``tcp_keepalives_idle`` among them, on every server version).
         """
         with self._mutex:
             self.done.clear()
@@ -68,27 +65,14 @@ class ReplyCut:
             armed, self._armed = self._armed, False
             return armed
 
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._mutex:
-                self._sockets.update((client, upstream))
-            doomed = threading.Event()
-            threading.Thread(
-                target=self._requests, args=(client, upstream, doomed), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._replies, args=(upstream, client, doomed), daemon=True
-            ).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        with self._mutex:
+            self._sockets.update((client, upstream))
+        doomed = threading.Event()
+        threading.Thread(
+            target=self._requests, args=(client, upstream, doomed), daemon=True
+        ).start()
+        threading.Thread(target=self._replies, args=(upstream, client, doomed), daemon=True).start()
 
     def _requests(
         self, client: socket.socket, upstream: socket.socket, doomed: threading.Event
@@ -96,7 +80,7 @@ class ReplyCut:
         lock_session = False
         try:
             while chunk := client.recv(65536):
-                lock_session = lock_session or b"idle_session_timeout" in chunk
+                lock_session = lock_session or b"tcp_keepalives_idle" in chunk
                 # Only a statement (simple query, or the extended protocol's Parse or Bind),
                 # never the startup packet of a connection opening meanwhile.
                 statement = chunk[:1] in (b"Q", b"P", b"B")
@@ -132,10 +116,7 @@ class ReplyCut:
                 client.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-        self._server.close()
+        super().close()
         with self._mutex:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
