@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from grantkeeper import Credential, CredentialKey, Store, Stored, StoreUnavailable
+from grantkeeper._stores.base import HeldLock
 from grantkeeper.testing import StepClock as _StepClock
 from harness.children import (
     NotOurChild,
@@ -25,6 +27,7 @@ __all__ = [
     "CountingStore",
     "NotOurChild",
     "StepClock",
+    "StoreWrapper",
     "assert_small_tmpfs",
     "check_own_child",
     "make_record",
@@ -65,6 +68,32 @@ def make_record(
         client_id="client-1",
         subject=subject,
     )
+
+
+class StoreWrapper:
+    """A store that hands every call to ``inner``: subclass it and override the calls a
+    test watches or breaks."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        return self.inner.read(key)
+
+    def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
+        return self.inner.write(key, record, expected_version=expected_version)
+
+    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
+        return self.inner.delete(key, expected_version=expected_version)
+
+    def keys(self) -> list[CredentialKey]:
+        return self.inner.keys()
+
+    def lock(
+        self, key: CredentialKey, *, timeout: float = 60.0
+    ) -> AbstractContextManager[HeldLock | None]:
+        return self.inner.lock(key, timeout=timeout)
 
 
 @dataclass

@@ -15,7 +15,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -31,17 +30,15 @@ from grantkeeper import (
     LockLost,
     PersistencePending,
     PostgresStore,
-    Stored,
 )
 from grantkeeper._liveness import host_identity
 from grantkeeper._record import RefreshIntent, record_from_json, record_to_json
-from grantkeeper._stores.base import ProcessLock
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.hosts import GatedProxy, HostAgent, HostNetwork, unavailable_reason
 from harness.postgres import PostgresCluster
 from harness.real_login import log_in
-from tests.helpers import KEY, T0, StepClock, make_record
+from tests.helpers import KEY, T0, StepClock, StoreWrapper, make_record
 
 LEASE = timedelta(seconds=60)
 
@@ -179,33 +176,18 @@ def test_a_lock_lost_before_the_spend_spends_nothing(tmp_path: Path) -> None:
         store.close()
 
 
-class LeaseWatch:
+class LeaseWatch(StoreWrapper):
     """A file store that reports each lease it writes, so a test can wait for renewals."""
 
     def __init__(self, inner: FileStore) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.leases: queue.Queue[datetime] = queue.Queue()
-
-    def read(self, key: CredentialKey) -> Stored | None:
-        return self.inner.read(key)
 
     def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
         version = self.inner.write(key, record, expected_version=expected_version)
         if record.intent is not None and record.intent.lease_until is not None:
             self.leases.put(record.intent.lease_until)
         return version
-
-    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
-        return self.inner.delete(key, expected_version=expected_version)
-
-    def keys(self) -> list[CredentialKey]:
-        return self.inner.keys()
-
-    def lock(
-        self, key: CredentialKey, *, timeout: float = 60.0
-    ) -> AbstractContextManager[ProcessLock]:
-        return self.inner.lock(key, timeout=timeout)
 
 
 def test_the_lease_is_renewed_while_the_provider_call_runs(

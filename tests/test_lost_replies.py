@@ -21,7 +21,6 @@ import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -39,19 +38,17 @@ from grantkeeper import (
     PostgresStore,
     ProviderUnavailable,
     ReauthenticationRequired,
-    Store,
     Stored,
     StoreUnavailable,
 )
 from grantkeeper._stores import _fs
-from grantkeeper._stores.base import HeldLock
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.hosts import GatedProxy
 from harness.pg_reply_cut import ReplyCut
 from harness.postgres import PostgresCluster
 from harness.real_login import age, log_in
-from tests.helpers import KEY, StepClock, make_record
+from tests.helpers import KEY, StepClock, StoreWrapper, make_record
 
 LEASE = timedelta(seconds=0.3)
 """Renewed every 0.1 s while the provider call runs."""
@@ -84,13 +81,12 @@ class DirectoryFsyncFails(SimpleNamespace):
         return fsync
 
 
-class Blinkable:
+class Blinkable(StoreWrapper):
     """A store whose reads fail while ``blind`` is set (the store cannot say, for a moment).
     Counts the tries to write a record with no note (the answer's)."""
 
     def __init__(self, inner: FileStore | PostgresStore) -> None:
-        self.inner: Store = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.blind = False
         self.b_attempts = 0
 
@@ -103,17 +99,6 @@ class Blinkable:
         if record.intent is None:
             self.b_attempts += 1
         return self.inner.write(key, record, expected_version=expected_version)
-
-    def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
-        return self.inner.delete(key, expected_version=expected_version)
-
-    def keys(self) -> list[CredentialKey]:
-        return self.inner.keys()
-
-    def lock(
-        self, key: CredentialKey, *, timeout: float = 60.0
-    ) -> AbstractContextManager[HeldLock | None]:
-        return self.inner.lock(key, timeout=timeout)
 
 
 @dataclass
