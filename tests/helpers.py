@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from grantkeeper import Credential, CredentialKey, Store, Stored, StoreUnavailable
-from grantkeeper._stores.base import HeldLock
+from grantkeeper._stores.base import HeldLock, plaintext_at_rest
 from grantkeeper.testing import StepClock as _StepClock
 from harness.children import (
     NotOurChild,
@@ -77,6 +77,7 @@ class StoreWrapper:
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.name = inner.name
+        self.plaintext_at_rest = plaintext_at_rest(inner)
 
     def read(self, key: CredentialKey) -> Stored | None:
         return self.inner.read(key)
@@ -107,6 +108,10 @@ class CountingStore:
     @property
     def name(self) -> str:
         return self.inner.name
+
+    @property
+    def plaintext_at_rest(self) -> bool:
+        return plaintext_at_rest(self.inner)
 
     def read(self, key: CredentialKey) -> Stored | None:
         self.calls.append("read")

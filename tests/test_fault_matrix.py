@@ -230,6 +230,55 @@ def test_a_hung_lock_holder_gives_a_typed_timeout_and_nothing_is_spent_or_stolen
     assert provider.is_active(keeper.credential().access_token)
 
 
+def test_a_closing_keeper_abandons_a_refresh_ahead_still_waiting_for_the_lock(
+    tmp_path: Path, provider: FakeProvider, http: httpx.Client
+) -> None:
+    store, clock = FileStore(tmp_path), StepClock()
+    seeded(store, provider, clock)
+    before = store.read(KEY)
+    assert before is not None
+    clock.advance(3600 - 30)  # inside the refresh margin: served at once, refreshed ahead
+    holding, release, waiting, closed = (threading.Event() for _ in range(4))
+
+    def hold() -> None:
+        with store.lock(KEY, timeout=5):
+            holding.set()
+            release.wait(120)
+
+    def note(stage: str) -> None:
+        if stage == "lock_wait":
+            waiting.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(60)
+        keeper = keeper_for(store, http, clock, lock_timeout=600, checkpoint=note)
+        assert keeper.credential() == before.record  # valid: never waits
+        assert waiting.wait(60)  # its refresh ahead waits for the lock
+
+        def close() -> None:
+            keeper.close()
+            closed.set()
+
+        closer = threading.Thread(target=close)
+        closer.start()
+        # close() lets go while the peer still holds the lock (it may hold it for ever).
+        assert closed.wait(60)
+        closer.join()
+    finally:
+        release.set()
+        holder.join()
+    # The abandoned transaction gets the lock now, and gives it back untouched.
+    assert keeper.settle(60)
+    assert provider.refresh_calls == 0 and store.read(KEY) == before
+    # The Keeper is still usable: its next refresh ahead runs.
+    assert keeper.credential() == before.record
+    assert keeper.settle(60)
+    assert provider.refresh_calls == 1 and provider.replays == 0
+    keeper.close()
+
+
 # -- PostgreSQL cuts every connection mid-transaction ---------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -472,6 +473,43 @@ def test_sync_deadline_stops_the_wait_not_the_refresh(world: World) -> None:
     keeper.close()
     assert world.provider.refresh_calls == 1
     assert world.stored() == fresh
+
+
+def _joined_only(keeper: Keeper, result: Credential) -> list[int]:
+    """Make every transaction ``keeper``'s callers join one that another caller started
+    and that ended with ``result`` (each began before the caller's reason to wait)."""
+    joins: list[int] = []
+
+    def join(
+        rejected: str | None, *, background: bool = False
+    ) -> tuple[concurrent.futures.Future[Credential], bool]:
+        joins.append(1)
+        future: concurrent.futures.Future[Credential] = concurrent.futures.Future()
+        future.set_result(result)
+        return future, False
+
+    keeper._join = join  # type: ignore[method-assign]
+    return joins
+
+
+@pytest.mark.parametrize("why", ["rejected", "expired"])
+def test_a_caller_that_only_joins_transactions_ending_with_a_dead_token_gets_a_typed_error(
+    world: World, why: str
+) -> None:
+    a = world.login()
+    keeper = world.keeper()
+    served = keeper.credential()
+    assert served.access_token == a
+    if why == "expired":
+        world.clock.advance(3600)
+    rejected = a if why == "rejected" else None
+    joins = _joined_only(keeper, served)
+    with pytest.raises(DeadlineExceeded) as info:
+        keeper.credential(rejected=rejected)
+    assert info.value.retryable and a not in str(info.value)
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(keeper.acredential(rejected=rejected))
+    assert len(joins) == 6  # three each, then the typed error: never the dead token
 
 
 def test_cancelled_async_caller_does_not_cancel_the_refresh(world: World) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ._errors import ServerConfigError
+from ._redact import remember
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 """RFC 7523 §2.2's ``client_assertion_type``."""
@@ -128,4 +129,6 @@ def client_assertion(
     signing_input = ".".join(
         _b64(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
     )
-    return f"{signing_input}.{_b64(sign(signing_input.encode('ascii')))}"
+    assertion = f"{signing_input}.{_b64(sign(signing_input.encode('ascii')))}"
+    remember(assertion)  # it authenticates the client for a minute: never print it
+    return assertion

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import httpx
 
+from . import _rescue
 from ._as_metadata import AuthServerMetadata
 from ._authorization import authorization_url, parse_callback
 from ._errors import ProtocolError, StoreError
@@ -127,7 +128,11 @@ def save(
     *,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> int:
-    """Replace whatever is stored for ``key`` with ``record``, under the transaction lock."""
+    """Replace whatever is stored for ``key`` with ``record``, under the transaction lock.
+
+    A rescue copy of an answer that replaced the old record goes too: it can never apply
+    again, and would otherwise outlive the login.
+    """
     with store.lock(key, timeout=lock_timeout):
         try:
             current = store.read(key)
@@ -142,5 +147,7 @@ def save(
             store.delete(key)
             current = None
         version = store.write(key, record, expected_version=current.version if current else None)
+        if current is not None and _rescue.discard(key, current.record):
+            event(logging.INFO, "rescue.superseded", key=str(key))
     event(logging.INFO, "login.stored", key=str(key), version=version)
     return version

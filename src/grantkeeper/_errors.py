@@ -42,10 +42,14 @@
                                           on; its result serves the next call (retryable)
 
 Callers branch on the flags ``requires_login``, ``requires_reauthentication`` and
-``retryable``, never on messages. Messages and reprs never contain a secret.
+``retryable``, never on messages. Messages and reprs never contain a secret: every message
+is scrubbed of the process's known secrets when the error is made, since it may repeat a
+peer's text (see :mod:`grantkeeper._redact`).
 """
 
 from __future__ import annotations
+
+from ._redact import scrub_known
 
 __all__ = [
     "AccountChanged",
@@ -92,6 +96,7 @@ class GrantkeeperError(Exception):
     retryable: bool = False
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
+        message = scrub_known(message)
         super().__init__(message)
         self.message = message
         #: The credential key (server URL and profile) this concerns, when known. Not secret.
@@ -143,7 +148,10 @@ class InsufficientScope(AuthenticationRequired):
     def __init__(self, message: str, *, key: str | None = None, scope: str | None = None) -> None:
         super().__init__(message, key=key)
         #: The scope the server asked for (space-separated), when its challenge named one.
-        self.scope = scope
+        #: A word that repeats a secret is dropped: a login would send it on, and a hint
+        #: would print it.
+        words = [w for w in scrub_known(scope or "").split() if "…" not in w]
+        self.scope = " ".join(words) or None
 
 
 class AccountChanged(GrantkeeperError):
@@ -179,7 +187,7 @@ class ProviderError(GrantkeeperError):
         #: HTTP status of the provider's answer, if there was one.
         self.status = status
         #: The OAuth ``error`` code, if the answer carried one.
-        self.error = error
+        self.error = error if error is None else scrub_known(error)
 
 
 class ProviderUnavailable(ProviderError):

@@ -49,6 +49,7 @@ from ._errors import (
     DeadlineExceeded,
     GrantkeeperError,
     LockLost,
+    LockTimeout,
     LoginRequired,
     PersistencePending,
     StoreError,
@@ -59,8 +60,8 @@ from ._grants import renewal_request
 from ._liveness import DEFAULT_LEASE, host_identity, lease_live, process_alive
 from ._log import event
 from ._record import Credential, CredentialKey, RefreshIntent
-from ._redact import redact
-from ._stores.base import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored
+from ._redact import fingerprint
+from ._stores.base import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored, plaintext_at_rest
 from ._token_client import DEFAULT_TIMEOUT, send_token_request
 from ._token_endpoint import apply_response
 
@@ -96,8 +97,19 @@ FLUSH_LOCK_TIMEOUT = 5.0
 it keeps a rescue copy instead: an exit must not hang for a full lock timeout."""
 
 EXIT_SETTLE_TIMEOUT = 35.0
-"""How long an exiting process waits for a transaction in flight (a token request is
-bounded by 30 s) so that an answer already on its way is stored, not dropped."""
+"""How long an exiting process waits for a transaction that holds the lock (a token request
+is bounded by 30 s) so that an answer already on its way is stored, not dropped."""
+
+CLOSE_LOCK_PATIENCE = FLUSH_LOCK_TIMEOUT
+"""How long :meth:`Keeper.close` waits for a transaction that is still waiting for the
+lock. One that has not taken it by then is abandoned: it has spent nothing, and gives the
+lock back untouched if it gets it later. A process must not outlive its work by a whole lock
+timeout because a peer holds the lock (a peer frozen mid-refresh holds it indefinitely)."""
+
+JOINS = 3
+"""How many transactions a caller joins at most for a usable credential. One it joined may
+have begun before the caller's reason to wait (a 401 for the token it then served); one it
+started itself serves it, unless that token expired in between: then one more."""
 
 _FOREVER = datetime.max.replace(tzinfo=UTC)
 
@@ -129,7 +141,8 @@ class Keeper:
 
     A refreshed credential the store would not take is retried at :meth:`close` and at
     interpreter exit; if the store still refuses it, it is kept as a rescue copy in the
-    user's runtime directory, which the next transaction adopts.
+    user's runtime directory, sealed under a key only the store's record yields, which the
+    next transaction adopts (and a new login or logout removes).
     """
 
     def __init__(
@@ -168,6 +181,10 @@ class Keeper:
         self._checkpoint = checkpoint
         self._mutex = threading.Lock()
         self._inflight: concurrent.futures.Future[Credential] | None = None
+        # Whether the transaction in flight holds the lock (it may spend, or store B).
+        self._holding = False
+        # A transaction given up while it waited for the lock: it must not take it.
+        self._abandoned: concurrent.futures.Future[Credential] | None = None
         # What we serve; may be ahead of the store when a write failed.
         self._current: Credential | None = None
         self._fresh_until: tuple[Credential | None, datetime | None] = (None, None)
@@ -268,19 +285,30 @@ class Keeper:
         hit = self._from_memory(rejected)
         if hit is not None:
             return hit
-        for _ in range(2):
-            future, ours = self._join(rejected)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(JOINS):
+            future, _ = self._join(rejected)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                result = future.result(timeout)
+                result = future.result(left)
             except concurrent.futures.TimeoutError:
                 raise DeadlineExceeded(
                     f"no credential within {timeout:g} s; the refresh continues in the background",
                     key=str(self.key),
                 ) from None
-            if ours or self._usable(result, rejected):
-                break  # else we joined a transaction that began before our reason to wait
-        self._served(result, rejected)  # starts a refresh ahead if one is due
-        return result
+            if self._usable(result, rejected):
+                self._served(result, rejected)  # starts a refresh ahead if one is due
+                return result
+        raise self._unusable()
+
+    def _unusable(self) -> DeadlineExceeded:
+        """What a caller gets instead of a token that expired or was rejected: every
+        transaction it joined ended with one (each began before its reason to wait, or the
+        token expired as it ended). Never the dead token itself."""
+        return DeadlineExceeded(
+            f"no valid credential after {JOINS} refresh transactions; try again",
+            key=str(self.key),
+        )
 
     async def acredential(self, *, rejected: str | None = None) -> Credential:
         """Async :meth:`credential`. Bound the wait with ``asyncio.timeout``: cancelling
@@ -297,17 +325,17 @@ class Keeper:
         hit = self._from_memory(rejected)
         if hit is not None:
             return hit
-        for _ in range(2):
-            future, ours = self._join(rejected)
+        for _ in range(JOINS):
+            future, _ = self._join(rejected)
             waiter = asyncio.wrap_future(future)
             # Whoever stops waiting first, the outcome must still be retrieved, or asyncio
             # reports an exception that was never retrieved.
             waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
             result = await asyncio.shield(waiter)
-            if ours or self._usable(result, rejected):
-                break
-        self._served(result, rejected)  # starts a refresh ahead if one is due
-        return result
+            if self._usable(result, rejected):
+                self._served(result, rejected)  # starts a refresh ahead if one is due
+                return result
+        raise self._unusable()
 
     def access_token(self, *, timeout: float | None = None) -> str:
         """Return a valid access token."""
@@ -325,13 +353,52 @@ class Keeper:
 
     def close(self) -> None:
         """Wait for a transaction in flight, store a pending credential (or keep a rescue
-        copy of it), then close the HTTP client we created."""
-        self.settle()
+        copy of it), then close the HTTP client we created.
+
+        A transaction that holds the lock is waited for: its answer may be on the way. One
+        still waiting for the lock is waited for at most :data:`CLOSE_LOCK_PATIENCE`, then
+        abandoned (it has spent nothing, and will not)."""
+        self._finish_flight(CLOSE_LOCK_PATIENCE, None)
         self._flush_pending()
         if self._owns_http and self._http is not None:
             self._http.close()
             self._http = None
             self._forget_http_closer()
+
+    def _finish_flight(self, patience: float, bound: float | None) -> None:
+        """Let the transaction in flight end before this Keeper lets go: wait while it may
+        spend a refresh token or store an answer (at most ``bound``); while it only waits
+        for the lock, wait at most ``patience``, then abandon it."""
+        with self._mutex:
+            flight = self._inflight
+        if flight is None:
+            return
+        started = time.monotonic()
+        done, _ = concurrent.futures.wait([flight], patience)
+        if done:
+            return
+        with self._mutex:
+            if flight is not self._inflight:
+                return  # it ended meanwhile
+            if not self._holding:
+                self._abandoned = flight
+                event(logging.INFO, "transaction.abandoned", key=str(self.key))
+                return
+        left = None if bound is None else max(0.0, bound - (time.monotonic() - started))
+        concurrent.futures.wait([flight], left)
+
+    def _take_held(self, flight: concurrent.futures.Future[Credential] | None) -> None:
+        """The lock was just taken: go on, unless nobody waits for this transaction any
+        more (its Keeper closed, or its process is exiting, before the lock came free).
+        Decided under the mutex that :meth:`_finish_flight` reads, so a transaction is
+        either waited for or stops here."""
+        with self._mutex:
+            if flight is not None and flight is self._abandoned:
+                raise LockTimeout(
+                    "the lock came free after this Keeper stopped waiting; nothing was spent",
+                    key=str(self.key),
+                )
+            self._holding = True
 
     def __enter__(self) -> Keeper:
         return self
@@ -428,11 +495,14 @@ class Keeper:
             self._inflight = future
         self._track()
         _register_exit_flush()
-        # Not a daemon: an interpreter exiting mid-refresh still gets to persist the result.
+        # A daemon: a process that ends must not wait for a lock a peer holds (a peer frozen
+        # mid-refresh holds it indefinitely). One that holds the lock, whose answer may be
+        # on the way, is waited for by close() and by the exit hook (_flush_at_exit).
         thread = threading.Thread(
             target=self._run,
             args=(future, rejected, background),
             name=f"grantkeeper {self.key}",
+            daemon=True,
         )
         try:
             thread.start()
@@ -450,7 +520,7 @@ class Keeper:
         background: bool,
     ) -> None:
         try:
-            result = self._transact(rejected, background)
+            result = self._transact(rejected, background, future)
         except BaseException as exc:
             with self._mutex:
                 self._inflight = None
@@ -473,6 +543,8 @@ class Keeper:
         self._recovering = threading.Lock()
         self._flushing = threading.Lock()
         self._inflight = None
+        self._holding = False
+        self._abandoned = None
         self._pending = None
         self._held = None
         if self._owns_http and self._http is not None:
@@ -521,7 +593,12 @@ class Keeper:
             self._ahead_after = intent.retry_at  # a peer's backoff binds us too
         return record
 
-    def _transact(self, rejected: str | None, background: bool = False) -> Credential:
+    def _transact(
+        self,
+        rejected: str | None,
+        background: bool = False,
+        flight: concurrent.futures.Future[Credential] | None = None,
+    ) -> Credential:
         key = str(self.key)
         seen = self._current
         try:
@@ -542,6 +619,7 @@ class Keeper:
                 )
                 self._held = held
                 try:
+                    self._take_held(flight)
                     self._stage("locked")
                     stored = self.store.read(self.key)
                     seen = stored.record if stored else None
@@ -556,6 +634,8 @@ class Keeper:
                     return self._decide_and_act(stored, rejected)
                 finally:
                     self._held = None
+                    with self._mutex:
+                        self._holding = False
         except GrantkeeperError as exc:
             served = fallback(seen, exc, self._context(rejected), key)
             if served is None:
@@ -766,7 +846,7 @@ class Keeper:
                 provider_answered=True,
                 error=type(exc).__name__,
                 detail=exc.message if isinstance(exc, GrantkeeperError) else "",
-                serving=redact(fresh.access_token),
+                serving=fingerprint(fresh.access_token),
             )
             return fresh
         self._durable = Stored(fresh, version)
@@ -908,11 +988,11 @@ class Keeper:
         """Adopt a rescue copy a process left when its store refused a refreshed credential.
 
         Under the lock, before anything else: the store still holds the spent refresh token
-        the copy replaced, so the copy is authoritative. If the store moved on (a login, a
-        logout, a peer that had the answer after all), the copy is stale and is dropped.
+        the copy replaced, so the copy is authoritative (and only that token opens it). If
+        the store moved on (a login or a logout, which remove the copy; a peer that had the
+        answer after all), no copy is named by what it holds, so none is adopted.
         """
-        spent = stored.record.refresh_fingerprint if stored is not None else None
-        rescued = _rescue.load(self.key, spent) if spent is not None else None
+        rescued = _rescue.load(self.key, stored.record) if stored is not None else None
         if rescued is None:
             return stored
         assert stored is not None
@@ -1007,10 +1087,15 @@ class Keeper:
         pending, durable = self._pending, self._durable
         if pending is None:
             return
-        spent = durable.record.refresh_fingerprint if durable is not None else None
-        if spent is not None and _rescue.save(self.key, spent, pending):
-            event(logging.WARNING, "pending.rescued", key=key)
-            return
+        replaced = durable.record if durable is not None else None
+        if replaced is not None and replaced.refresh_fingerprint is not None:
+            plaintext_ok = plaintext_at_rest(self.store)
+            if not plaintext_ok and not _rescue.sealing_available():
+                # A plaintext copy of a record its store keeps sealed would undo the sealing.
+                event(logging.ERROR, "rescue.refused_unsealed", key=key, reason="no_cryptography")
+            elif _rescue.save(self.key, replaced, pending, plaintext_ok=plaintext_ok):
+                event(logging.WARNING, "pending.rescued", key=key)
+                return
         event(logging.ERROR, "pending.lost", key=key)
         if durable is None or durable.record.intent is None:
             return
@@ -1030,8 +1115,10 @@ def _flush_at_exit() -> None:
     """Process exit: every Keeper still holding an unstored credential stores it (or keeps
     a rescue copy), so a short-lived process (the CLI, a worker) never takes B with it.
 
-    A transaction still in flight gets a bounded wait first: its answer may be on the way.
-    One that ends later flushes on its own thread (see ``_exiting``).
+    A transaction in flight gets a bounded wait first: its answer may be on the way. One
+    that ends later flushes on its own thread (see ``_exiting``). One still waiting for the
+    lock after :data:`CLOSE_LOCK_PATIENCE` is abandoned: it has spent nothing, and will not
+    (``_take_held``), and the process does not wait a lock timeout for it.
     """
     _exiting.set()
     with _busy_lock:
@@ -1040,8 +1127,9 @@ def _flush_at_exit() -> None:
         keepers.update(_busy)
     deadline = time.monotonic() + EXIT_SETTLE_TIMEOUT
     for keeper in keepers.values():
+        left = max(0.0, deadline - time.monotonic())
         try:
-            keeper.settle(max(0.0, deadline - time.monotonic()))
+            keeper._finish_flight(min(CLOSE_LOCK_PATIENCE, left), left)
         except BaseException:  # noqa: BLE001 - a signal cuts the wait short, not the flush
             break
     for keeper in keepers.values():

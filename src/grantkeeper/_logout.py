@@ -7,6 +7,7 @@ next login cannot interleave with the revocation of the previous one.
 
 The delete removes every copy the store holds: in Auto mode a stray copy in the other
 backend goes too, even when the read found nothing, so no later read can bring it back.
+A rescue copy of an answer that replaced the deleted record goes as well.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from . import _rescue
 from ._errors import GrantkeeperError, StoreError
 from ._log import event
 from ._record import Credential, CredentialKey
@@ -74,6 +76,8 @@ def logout(
                 event(logging.INFO, "logout.deleted_stray", key=str(key))
             return LogoutResult(removed)
         store.delete(key, expected_version=stored.version)
+        if _rescue.discard(key, stored.record):
+            event(logging.INFO, "rescue.superseded", key=str(key))
         stage("deleted")
         event(logging.INFO, "logout.deleted", key=str(key), version=stored.version)
         record = stored.record

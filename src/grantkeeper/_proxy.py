@@ -31,6 +31,7 @@ import httpx2
 from ._errors import GrantkeeperError
 from ._proxy_login import LoginCoordinator, login_hint
 from ._proxy_stdio import ProtocolOut
+from ._redact import scrub_known_in
 from ._servers import ServerConfig
 
 log = logging.getLogger("grantkeeper.proxy")
@@ -187,7 +188,7 @@ class Proxy:
         self.out.write(raw)
 
     def _to_host_message(self, message: Any) -> None:
-        self.out.write(encode(message))
+        self.out.write(encode(without_secrets(message)))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(work)
@@ -576,5 +577,20 @@ def parse_event(data: str) -> Any:
 
 
 def raw_line(data: str, message: Any) -> bytes:
-    """The server's own bytes when they fit on one line, else the message re-encoded."""
-    return data.encode() if "\n" not in data else encode(message)
+    """The server's own bytes when they fit on one line, else the message re-encoded (also
+    an error that repeated a known secret: :func:`without_secrets`)."""
+    clean = without_secrets(message)
+    return data.encode() if "\n" not in data and clean is message else encode(clean)
+
+
+def without_secrets(message: Any) -> Any:
+    """``message``, or when it is a JSON-RPC error response (the server's, or the proxy's
+    own) that repeats a secret this process knows, a copy with the secret hidden.
+
+    Errors are messages, built from a server's text: a server that echoes the bearer it
+    was sent must not hand it to the host. Results and notifications pass as they came.
+    """
+    if not (isinstance(message, dict) and "error" in message and "method" not in message):
+        return message
+    error = scrub_known_in(message["error"])
+    return message if error == message["error"] else {**message, "error": error}

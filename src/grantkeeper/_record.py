@@ -17,7 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import StoreCorrupt
-from ._redact import fingerprint, redact
+from ._redact import fingerprint, redact, remember
 
 SCHEMA_VERSION = 1
 """Version of the stored JSON layout; a newer one is refused rather than misread."""
@@ -148,6 +148,10 @@ class Credential:
     scope_requested: str | None = None
     """The scope a client-credentials renewal asks for again."""
 
+    def __post_init__(self) -> None:
+        # Whatever a server echoes of these is hidden from every message (see _redact).
+        remember(self.access_token, self.refresh_token, self.client_secret)
+
     def __repr__(self) -> str:
         return (
             f"Credential(resource={self.resource!r}, access_token={redact(self.access_token)!r}, "
@@ -168,11 +172,8 @@ class Credential:
     def refresh_fingerprint(self) -> str | None:
         """Fingerprint of what a renewal spends or replaces, for intents and logs: the
         refresh token, or for a client-credentials credential its access token."""
-        if self.refresh_token:
-            return fingerprint(self.refresh_token)
-        if self.grant == CLIENT_CREDENTIALS:
-            return fingerprint(self.access_token)
-        return None
+        secret = renewal_secret(self)
+        return fingerprint(secret) if secret is not None else None
 
     @property
     def renewable(self) -> bool:
@@ -182,6 +183,16 @@ class Credential:
     def same_identity(self, other: Credential) -> bool:
         """Whether ``other`` belongs to the same issuer and resource as this record."""
         return self.issuer == other.issuer and self.resource == other.resource
+
+
+def renewal_secret(record: Credential) -> str | None:
+    """The secret a renewal of ``record`` spends or replaces (``None``: none can renew it):
+    its refresh token, or for a client-credentials credential its access token."""
+    if record.refresh_token:
+        return record.refresh_token
+    if record.grant == CLIENT_CREDENTIALS:
+        return record.access_token
+    return None
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -1,10 +1,28 @@
-"""Show secrets only as a short suffix, fingerprint them, and scrub them from text."""
+"""Show secrets only as a short suffix, fingerprint them, and scrub them from text.
+
+Every value that authenticates is remembered here as it comes into being or is loaded
+(:func:`remember`), and every message that may repeat a peer's text is passed through
+:func:`scrub_known` where it is built: error messages (the base error class), log events,
+the CLI's output and the proxy's JSON-RPC errors. A server that echoes a token, in a
+challenge, a body, a reason phrase or a header, then never gets it printed. The kinds fed
+in, each where it is made: static bearers and credential headers (``ServerConfig``, a
+static token handed to the auth driver, the proxy's ``--header``), access, refresh and
+ID tokens (``Credential``, ``TokenResponse``), client secrets (``ServerConfig``,
+``Credential``, ``ClientRegistration``), client assertions and every other secret a token
+request carries (``client_assertion``, ``TokenRequest``). A new kind is one more
+:func:`remember` call where its value is made.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Iterable
+from typing import Any
+from urllib.parse import quote, quote_plus
 
 SUFFIX_CHARS = 4
 """Characters of a secret that may be shown: enough to tell two tokens apart in a log."""
@@ -40,28 +58,151 @@ _WORD = re.compile(r"[A-Za-z0-9\-._~+/=%]+")
 def scrub(text: str, secrets: Iterable[str], limit: int) -> str:
     """Return at most ``limit`` characters of untrusted ``text`` with every secret hidden.
 
-    Each secret is replaced by its :func:`redact` stand-in, longest first. Then any word
-    that shares :data:`FRAGMENT_CHARS` consecutive characters with a secret, such as a
-    truncated echo, is replaced by ``…``. The exact pass sees the whole text, so cutting it
-    to ``limit`` can never expose half of a secret.
+    Each secret is replaced by ``…``, longest first: not by its :func:`redact` suffix,
+    since text a peer wrote reaches output and logs. Then any word that shares
+    :data:`FRAGMENT_CHARS` consecutive characters with a secret, in any case (a parser
+    lower-cases what it takes for an auth scheme), such as a truncated echo, is replaced by
+    ``…``. The exact pass sees the whole text, so cutting it to ``limit`` can never expose
+    half of a secret.
     """
     ordered = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
-    for secret in ordered:
-        text = text.replace(secret, redact(secret))
-    text = text[:limit]
-    grams = {
-        secret[i : i + FRAGMENT_CHARS]
-        for secret in ordered
+    return _hide(text, ordered, _grams(ordered), limit)
+
+
+def _grams(secrets: Iterable[str]) -> frozenset[str]:
+    """Every run of :data:`FRAGMENT_CHARS` characters of ``secrets``, lower-cased."""
+    return frozenset(
+        secret[i : i + FRAGMENT_CHARS].lower()
+        for secret in secrets
         for i in range(len(secret) - FRAGMENT_CHARS + 1)
-    }
+    )
+
+
+def _hide(text: str, ordered: Iterable[str], grams: Collection[str], limit: int | None) -> str:
+    for secret in ordered:
+        if secret in text:
+            text = text.replace(secret, "…")
+    if limit is not None:
+        text = text[:limit]
     if not grams:
         return text
 
     def hide(match: re.Match[str]) -> str:
         word = match.group()
+        lowered = word.lower()
         for i in range(len(word) - FRAGMENT_CHARS + 1):
-            if word[i : i + FRAGMENT_CHARS] in grams:
+            if lowered[i : i + FRAGMENT_CHARS] in grams:
                 return "…"
         return word
 
     return _WORD.sub(hide, text)
+
+
+# -- the process's live secrets ---------------------------------------------------------
+
+MAX_REMEMBERED = 256
+"""Secrets kept for :func:`scrub_known`, the least recently seen dropped first. A process
+holds a handful at a time (per credential an access and a refresh token, a client secret,
+the last assertion); the older ones have expired."""
+
+MAX_REMEMBERED_CHARS = 64 * 1024
+"""Characters kept, encodings included: the fragment index holds about one entry per
+character, so this bounds its memory (a few MB) whatever the tokens' size."""
+
+MIN_REMEMBERED_CHARS = FRAGMENT_CHARS
+"""Shorter values are not remembered: no issued secret is that short, and hiding every
+occurrence of a short word would hide ordinary text."""
+
+
+class _Known:
+    """A bounded, thread-safe set of secrets. Adding one costs its own length, whatever
+    is already held; readers never take the lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # Each remembered value, with the forms it takes in text (itself, percent-encoded).
+        self.values: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self.chars = 0
+        # How many held forms each gram comes from. A reader's membership test on a dict
+        # another thread changes is safe; only the dict's own methods touch it.
+        self.grams: dict[str, int] = {}
+        # Every held form, longest first: the exact pass hides a secret before its parts.
+        self.ordered: tuple[str, ...] = ()
+
+    def add(self, value: str) -> None:
+        with self.lock:
+            if value in self.values:
+                self.values.move_to_end(value)
+                return
+            forms = tuple(dict.fromkeys((value, quote(value, safe=""), quote_plus(value))))
+            self.values[value] = forms
+            self._count(forms, 1)
+            while len(self.values) > 1 and (
+                len(self.values) > MAX_REMEMBERED or self.chars > MAX_REMEMBERED_CHARS
+            ):
+                self._count(self.values.popitem(last=False)[1], -1)
+            every = {form for held in self.values.values() for form in held}
+            self.ordered = tuple(sorted(every, key=len, reverse=True))
+
+    def _count(self, forms: tuple[str, ...], step: int) -> None:
+        self.chars += step * sum(len(form) for form in forms)
+        for gram in _grams(forms):
+            count = self.grams.get(gram, 0) + step
+            if count:
+                self.grams[gram] = count
+            else:
+                del self.grams[gram]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.values.clear()
+            self.chars = 0
+            self.grams = {}
+            self.ordered = ()
+
+
+_known = _Known()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held the lock at the fork: the child's copy would never open.
+    _known.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def remember(*secrets: str | None) -> None:
+    """Remember each of ``secrets`` so that :func:`scrub_known` hides it; ``None``, short
+    values and (from a malformed file) non-strings are skipped. Call it where a secret is
+    made or loaded."""
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= MIN_REMEMBERED_CHARS:
+            _known.add(secret)
+
+
+def forget_all() -> None:
+    """Forget every remembered secret (for tests)."""
+    _known.clear()
+
+
+def scrub_known(text: str, limit: int | None = None) -> str:
+    """Return ``text`` with every remembered secret, and any word sharing
+    :data:`FRAGMENT_CHARS` characters with one, replaced by ``…``; at most ``limit``
+    characters of it when given. Text that holds no secret comes back unchanged."""
+    ordered, grams = _known.ordered, _known.grams
+    if not ordered:
+        return text if limit is None else text[:limit]
+    return _hide(text, ordered, grams, limit)
+
+
+def scrub_known_in(data: Any) -> Any:
+    """:func:`scrub_known` applied to every string (keys too) in JSON-like ``data``."""
+    if isinstance(data, str):
+        return scrub_known(data)
+    if isinstance(data, dict):
+        return {scrub_known_in(k): scrub_known_in(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [scrub_known_in(item) for item in data]
+    return data

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from ._as_metadata import AuthServerMetadata
 from ._errors import ProtocolError, ServerConfigError
-from ._redact import redact
+from ._redact import redact, remember
 
 MAX_REGISTRATION_BYTES = 64 * 1024
 """A registration response is well under a KiB; bound what we parse."""
@@ -22,6 +22,9 @@ class ClientRegistration:
     client_id: str
     client_secret: str | None = None
     token_endpoint_auth_method: str | None = None
+
+    def __post_init__(self) -> None:
+        remember(self.client_secret)
 
     def __repr__(self) -> str:
         return (

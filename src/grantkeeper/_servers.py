@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from ._errors import LockTimeout, ProtocolError, ServerConfigError, StoreError
 from ._paths import grantkeeper_home
 from ._record import CredentialKey, canonical_url
-from ._redact import redact
+from ._redact import redact, remember
 from ._stores._fs import PrivateDir
 from ._urls import require_secure
 
@@ -67,6 +67,11 @@ class ServerConfig:
     retry_unknown_outcome: bool | None = None
     """The :class:`~grantkeeper.Keeper` option for this server; ``None`` keeps the default."""
 
+    def __post_init__(self) -> None:
+        # Whatever a server echoes of these is hidden from every message (see _redact).
+        # Runs before _from_json checks the types, so it skips what is not a string.
+        remember(self.bearer_token, self.client_secret, *credential_header_values(self.headers))
+
     def __repr__(self) -> str:
         shown = [f"url={self.url!r}", f"name={self.name!r}"]
         if self.profile:
@@ -104,6 +109,7 @@ class ServerConfig:
                     f"server {self.label!r} takes its token from ${self.bearer_token_env}, "
                     "which is not set"
                 )
+            remember(value)
             return value
         return self.bearer_token
 
@@ -116,6 +122,20 @@ class ServerConfig:
     def secrets(self) -> bool:
         """Whether this entry holds a secret itself (not by reference to the environment)."""
         return bool(self.client_secret or self.bearer_token or self.headers)
+
+
+_CREDENTIAL_HEADER = re.compile(r"auth|cookie|key|token|secret|password|credential", re.I)
+"""Names of headers whose values authenticate (``Authorization``, ``X-API-Key``, ...)."""
+
+
+def credential_header_values(headers: object) -> list[str]:
+    """The values among ``headers`` that authenticate, and the credential after an
+    ``Authorization`` scheme; other headers (``Accept``) hold ordinary words."""
+    values: list[str] = []
+    for name, value in headers.items() if isinstance(headers, dict) else ():
+        if isinstance(name, str) and isinstance(value, str) and _CREDENTIAL_HEADER.search(name):
+            values += [value, value.strip().partition(" ")[2].strip()]
+    return values
 
 
 def _path(home: str | os.PathLike[str] | None) -> Path:

@@ -4,8 +4,9 @@ Supervisors, ``timeout``, container runtimes and desktop hosts stop a helper wit
 (a closed terminal sends SIGHUP). Their default action ends a process at once: a refresh
 whose request was sent dies with its answer B, and the next process replays the spent A.
 Ctrl-C instead raises :class:`KeyboardInterrupt` in the main thread, which unwinds the
-command while the refresh, on its own non-daemon thread, finishes (bounded by the token
-request's timeout) and stores B, or keeps a rescue copy, before the interpreter exits.
+command while the refresh, on its own thread, finishes (``Keeper.close`` and the exit
+hook wait for a refresh that holds the lock, bounded by the token request's timeout) and
+stores B, or keeps a rescue copy, before the interpreter exits.
 :func:`stop_like_sigint` gives SIGTERM and SIGHUP that path.
 
 Windows has no SIGHUP, and SIGTERM there is never sent by another process (it ends one

@@ -20,7 +20,7 @@ import pytest
 from ._errors import LockTimeout, VersionConflict
 from ._fakes import KEY, OTHER, sample_record
 from ._record import CredentialKey
-from ._stores.base import Store
+from ._stores.base import Store, plaintext_at_rest
 
 __all__ = ["StoreContract", "StoreFactory"]
 
@@ -279,6 +279,13 @@ class StoreContract:
         store.write(KEY, sample_record("repr-secret-access-token"), expected_version=None)
         assert "repr-secret" not in repr(store)
         assert "conformance-refresh" not in repr(store.read(KEY))
+
+    def test_plaintext_at_rest_is_a_bool_when_declared(self, store: Store) -> None:
+        # Optional (absent means sealed), but a bool when declared: copies kept elsewhere
+        # (rescue copies) are plaintext only where the store's own records are.
+        declared = getattr(store, "plaintext_at_rest", False)
+        assert isinstance(declared, bool)
+        assert plaintext_at_rest(store) is declared
 
     # -- across processes -----------------------------------------------------------------
 

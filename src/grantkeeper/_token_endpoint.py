@@ -28,7 +28,7 @@ from ._errors import (
     RefreshOutcomeUnknown,
 )
 from ._record import Credential
-from ._redact import redact, scrub
+from ._redact import redact, remember, scrub
 
 MAX_RESPONSE_BYTES = 1 << 20
 """Token responses are a few KiB; anything near a megabyte is not one, so stop reading."""
@@ -64,6 +64,10 @@ class TokenRequest:
     url: str
     form: dict[str, str]
     headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Not only the token endpoint's answer may repeat them (see _redact).
+        remember(*self.secret_values())
 
     def __repr__(self) -> str:
         return f"TokenRequest(url={self.url!r}, grant_type={self.form.get('grant_type')!r})"
@@ -136,6 +140,9 @@ class TokenResponse:
     dropped: tuple[str, ...] = ()
     #: When the request was sent: the token's lifetime counts from here.
     requested_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        remember(self.access_token, self.refresh_token, self.id_token)
 
     @property
     def refresh_token_dropped(self) -> bool:

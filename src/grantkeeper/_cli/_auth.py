@@ -584,17 +584,19 @@ def token(
         return
     with keeper_for(config, _store(store_spec), retry_unknown) as keeper:
         credential = keeper.credential()
-    if as_json:
-        print_json(
-            {
-                "token": credential.access_token,
-                "expires_at": _iso(credential.expires_at),
-                "scope": credential.scope,
-                "type": "oauth",
-            }
-        )
-    else:
-        click.echo(credential.access_token)
+        # Printed the moment it is known valid, before the Keeper lets go (which may wait
+        # a few seconds for a refresh ahead), so what a script gets is what was checked.
+        if as_json:
+            print_json(
+                {
+                    "token": credential.access_token,
+                    "expires_at": _iso(credential.expires_at),
+                    "scope": credential.scope,
+                    "type": "oauth",
+                }
+            )
+        else:
+            click.echo(credential.access_token)
 
 
 # -- list ---------------------------------------------------------------------------------

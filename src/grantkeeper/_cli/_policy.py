@@ -81,8 +81,13 @@ def _given_server() -> tuple[str, str | None] | None:
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> click.exceptions.Exit:
-    """Print ``error: message`` on stderr; return the exit to raise."""
-    click.echo(f"error: {message}", err=True)
+    """Print ``error: message`` on stderr; return the exit to raise.
+
+    Every error the CLI prints passes here, and ``message`` may quote a server (an MCP
+    error, a hint built from its challenge): the process's known secrets are hidden."""
+    from .._redact import scrub_known
+
+    click.echo(f"error: {scrub_known(message)}", err=True)
     return click.exceptions.Exit(code)
 
 
@@ -135,8 +140,20 @@ def handle_errors(command: F) -> F:
 class _EventFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # Events carry only non-secret fields by construction (see _log): keys,
-        # fingerprints, durations, error classes.
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+        # fingerprints, durations, error classes. Other records may quote a server.
+        from .._redact import scrub_known
+
+        return scrub_known(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    """Python's last-resort format, with the process's known secrets hidden: it prints a
+    library's warnings (the ``mcp`` SDK's quote what a server sent)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .._redact import scrub_known
+
+        return scrub_known(super().format(record))
 
 
 _HANDLERS: list[logging.Handler] = []
@@ -158,6 +175,8 @@ def configure_logging(verbose: bool) -> None:
         handler = logging.NullHandler()
     _HANDLERS.append(handler)
     logger.addHandler(handler)
+    if logging.lastResort is not None:
+        logging.lastResort.setFormatter(_ScrubbingFormatter())
 
 
 def _verbose_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:

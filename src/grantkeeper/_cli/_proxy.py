@@ -35,18 +35,19 @@ _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 
 
 class _Scrub(logging.Filter):
-    """Hides configured header values and bearer tokens, should any reach a message."""
+    """Hides configured header values and every secret the process knows (a token, a
+    client secret), should any reach a message: a server may have echoed it."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if len(s) >= 4]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            from .._redact import scrub
+        from .._redact import scrub, scrub_known
 
-            record.msg = scrub(record.getMessage(), self.secrets, 10_000)
-            record.args = None
+        text = scrub_known(record.getMessage())
+        record.msg = scrub(text, self.secrets, 10_000) if self.secrets else text
+        record.args = None
         return True
 
 
@@ -157,11 +158,13 @@ def proxy(
     except ImportError:
         raise fail(MISSING_EXTRA) from None
     from .._keeper import Keeper
-    from .._servers import resolve_server
+    from .._redact import remember
+    from .._servers import credential_header_values, resolve_server
 
     config = resolve_server(server, profile=profile)
     headers = {**config.headers, **_parse_headers(header_values)}
     bearer = config.bearer()
+    remember(*credential_header_values(headers))  # --header values a server may echo
     _configure_logging(verbose, log_file, [*headers.values(), *([bearer] if bearer else [])])
     logging.getLogger("grantkeeper.proxy").info(
         "proxy.start url=%s key=%s headers=%s", config.url, config.key, sorted(headers) or "-"

@@ -19,6 +19,7 @@ import click
 
 from .._classify import authentication_required
 from .._errors import GrantkeeperError, LoginRequired
+from .._redact import scrub_known, scrub_known_in
 from ._output import print_table
 from ._policy import (
     EXIT_ERROR,
@@ -191,13 +192,15 @@ def tools(
 ) -> None:
     """List the tools an MCP server offers (OAuth, a static token, or no auth)."""
     result = _run(server, store_spec, profile, retry_unknown, lambda s: s.list_tools())
+    # The server's own text, printed: a secret it repeats is hidden, as in errors.
+    document = scrub_known_in(result.model_dump(mode="json", by_alias=True, exclude_none=True))
     if as_json:
-        click.echo(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)))
+        click.echo(json.dumps(document))
         return
     rows = []
-    for tool in result.tools:
-        summary = (tool.description or "").strip().splitlines()
-        rows.append((tool.name, summary[0] if summary else "-"))
+    for tool in document["tools"]:
+        summary = (tool.get("description") or "").strip().splitlines()
+        rows.append((tool["name"], summary[0] if summary else "-"))
     print_table(("tool", "description"), rows)
 
 
@@ -233,14 +236,16 @@ def call(
     result = _run(
         server, store_spec, profile, retry_unknown, lambda s: s.call_tool(tool, arguments)
     )
+    # The server's own text, printed: a secret it repeats is hidden, as in errors.
     if as_json:
-        click.echo(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)))
+        document = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        click.echo(json.dumps(scrub_known_in(document)))
     elif result.structured_content is not None:
-        click.echo(json.dumps(result.structured_content, indent=2))
+        click.echo(json.dumps(scrub_known_in(result.structured_content), indent=2))
     else:
         for item in result.content:
             text = getattr(item, "text", None)
-            click.echo(text if text is not None else item.model_dump_json())
+            click.echo(scrub_known(text if text is not None else item.model_dump_json()))
     raise click.exceptions.Exit(EXIT_ERROR if result.is_error else EXIT_OK)
 
 

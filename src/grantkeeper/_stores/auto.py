@@ -18,6 +18,7 @@ excludes a peer on either store, and Auto processes of other homes on the same k
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import threading
@@ -77,6 +78,12 @@ class AutoStore:
 
     def __repr__(self) -> str:
         return f"AutoStore({str(self.home)!r}, preferred={self._preferred!r})"
+
+    @property
+    def plaintext_at_rest(self) -> bool:
+        """Whether every record rests in plaintext files: only when the keyring package is
+        missing, so none can be in the keyring. See :func:`~.base.plaintext_at_rest`."""
+        return importlib.util.find_spec("keyring") is None
 
     # -- choosing -----------------------------------------------------------------------
 

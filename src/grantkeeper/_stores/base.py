@@ -74,6 +74,9 @@ class Store(Protocol):
     Versions start at 1 and grow by one with each write. ``write`` with
     ``expected_version=None`` creates and fails if the key exists; otherwise it replaces
     only that version. A lost race raises :class:`VersionConflict`.
+
+    A store may also say ``plaintext_at_rest = True``: it keeps records unencrypted where
+    they rest (see :func:`plaintext_at_rest`). One that does not say counts as sealing them.
     """
 
     @property
@@ -107,6 +110,17 @@ class Store(Protocol):
         Yields a :class:`HeldLock`; ``None`` (stores written before it existed) means the
         same as :data:`PROCESS_LOCK`, a lock that cannot be lost while its holder lives."""
         ...
+
+
+def plaintext_at_rest(store: Store) -> bool:
+    """Whether ``store`` keeps its records unencrypted where they rest (the file store, an
+    unsealed PostgreSQL store), so a copy kept elsewhere may be plaintext too.
+
+    An optional attribute, not part of the :class:`Store` protocol: a store that does not
+    declare it counts as sealing its records (the OS keyring, a sealed PostgreSQL store),
+    the careful answer for a store we know nothing about.
+    """
+    return getattr(store, "plaintext_at_rest", False) is True
 
 
 # -- the compare-and-swap rule --------------------------------------------------------------

@@ -48,6 +48,8 @@ class FileStore:
     """Credentials as files in ``<home>/credentials``; see the module docstring."""
 
     name = "file"
+    plaintext_at_rest = True
+    """Records are JSON files, guarded by their modes: see :func:`~.base.plaintext_at_rest`."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home) if home is not None else grantkeeper_home()

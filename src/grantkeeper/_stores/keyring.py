@@ -110,6 +110,8 @@ class KeyringStore:
     """Credentials in the OS keyring; see the module docstring."""
 
     name = "keyring"
+    plaintext_at_rest = False
+    """The keyring encrypts its secrets: see :func:`~.base.plaintext_at_rest`."""
 
     def __init__(
         self,

@@ -238,6 +238,12 @@ class PostgresStore:
         """Whether records written by this store are sealed."""
         return self._sealer is not None
 
+    @property
+    def plaintext_at_rest(self) -> bool:
+        """Whether records are written unsealed (no ``GRANTKEEPER_STORE_KEY``): see
+        :func:`~.base.plaintext_at_rest`."""
+        return self._sealer is None
+
     # -- connections --------------------------------------------------------------------
 
     def _unreachable(self, exc: Exception) -> StoreUnavailable:
