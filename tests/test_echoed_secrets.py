@@ -188,6 +188,26 @@ def test_the_registry_is_bounded_and_forgets_the_least_recent_first() -> None:
     assert scrub_known(values[2]) == "…"
 
 
+def test_configured_secrets_outlive_any_number_of_tokens_and_a_huge_one() -> None:
+    bearer = "static-" + hashlib.sha256(b"bearer").hexdigest()
+    remember(bearer, pinned=True)
+    for i in range(MAX_REMEMBERED + 10):  # a long-running proxy's rotations
+        remember(hashlib.sha256(f"token {i}".encode()).hexdigest())
+    huge = "eyJ" + hashlib.sha256(b"id").hexdigest() * 2500  # a 160 KB ID token
+    remember(huge)
+    assert scrub_known(f"echo {bearer} and {huge}") == "echo … and …"
+    assert scrub_known(f"echo {bearer[:20]}") == "echo …"  # a truncated echo too
+
+
+def test_a_short_secret_hides_only_itself_not_the_words_it_shares_characters_with() -> None:
+    remember("contoso-production", "theme=dark")  # say, header values of a config
+    remember(ACCESS)
+    assert scrub_known("deployed to production-eu at https://mcp.example.test/mcp") == (
+        "deployed to production-eu at https://mcp.example.test/mcp"
+    )
+    assert scrub_known("x contoso-production y theme=dark") == "x … y …"
+
+
 def test_secrets_remembered_from_many_threads_are_all_hidden() -> None:
     threads, each = 8, 20
     barrier = threading.Barrier(threads)

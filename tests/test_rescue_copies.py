@@ -30,6 +30,7 @@ from grantkeeper import (
     FileStore,
     Keeper,
     KeyringStore,
+    MissingExtra,
     PostgresStore,
     Store,
     logout,
@@ -337,6 +338,29 @@ def test_without_cryptography_the_file_store_still_gets_a_plaintext_copy(
     assert json.loads(copy.read_bytes())["format"] == "grantkeeper-rescue-1"
     assert world.keeper(world.store.inner).access_token() == b.access_token
     assert _copies(own_rescue_dir) == []
+
+
+def test_a_sealed_copy_this_process_cannot_open_stops_it_from_spending_the_replaced_token(
+    file_world: World, own_rescue_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = file_world
+    world.login()
+    b = world.refused_b()
+    [copy] = _copies(own_rescue_dir)
+    world.clock.advance(3600)  # A has expired: only a refresh, or B, could serve
+    able = rescue_module.sealing_available
+    monkeypatch.setattr(rescue_module, "sealing_available", lambda: False)
+    with pytest.raises(MissingExtra) as info:
+        world.keeper().credential()
+    assert info.value.extra == "encryption"
+    assert world.provider.refresh_calls == 1 and world.provider.replays == 0
+    assert _copies(own_rescue_dir) == [copy]  # kept for a process that can open it
+    monkeypatch.setattr(rescue_module, "sealing_available", able)
+    # A process that can open it adopts B, and (B has expired too) spends B, never A.
+    served = world.keeper().access_token()
+    assert world.stored().access_token == served != b.access_token
+    assert _copies(own_rescue_dir) == []
+    assert world.provider.refresh_calls == 2 and world.provider.replays == 0
 
 
 def test_stores_say_whether_their_records_rest_in_plaintext(

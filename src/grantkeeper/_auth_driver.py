@@ -98,7 +98,7 @@ class AuthDriver:
         self._origin = origin(url)
         self._key = str(keeper.key) if keeper is not None else canonical_url(url)
         self._token = token
-        remember(token)  # a static token a server may echo (see _redact)
+        remember(token, pinned=True)  # a static token a server may echo (see _redact)
         self._recovery_timeout = recovery_timeout
         self._replayable = replayable
         self._origins: dict[tuple[Any, Any, Any], bool] = {}

@@ -88,6 +88,10 @@ _exiting = threading.Event()
 """Set once the process has started to exit: a transaction that ends after that stores
 its pending credential itself, since no later exit hook would."""
 
+_exit_waited = threading.Event()
+"""Set once the exit hook has waited for the transactions in flight: one that takes the
+lock after that spends nothing (nobody would wait for its answer)."""
+
 _mp_finalizer: object | None = None
 """Our hook in ``multiprocessing``'s exit finalizers (see :func:`_register_exit_flush`)."""
 
@@ -358,34 +362,35 @@ class Keeper:
         A transaction that holds the lock is waited for: its answer may be on the way. One
         still waiting for the lock is waited for at most :data:`CLOSE_LOCK_PATIENCE`, then
         abandoned (it has spent nothing, and will not)."""
-        self._finish_flight(CLOSE_LOCK_PATIENCE, None)
+        self._finish_flight(time.monotonic() + CLOSE_LOCK_PATIENCE, None)
         self._flush_pending()
         if self._owns_http and self._http is not None:
             self._http.close()
             self._http = None
             self._forget_http_closer()
 
-    def _finish_flight(self, patience: float, bound: float | None) -> None:
+    def _finish_flight(self, patience_until: float, bound_until: float | None) -> None:
         """Let the transaction in flight end before this Keeper lets go: wait while it may
-        spend a refresh token or store an answer (at most ``bound``); while it only waits
-        for the lock, wait at most ``patience``, then abandon it."""
-        with self._mutex:
-            flight = self._inflight
-        if flight is None:
-            return
-        started = time.monotonic()
-        done, _ = concurrent.futures.wait([flight], patience)
-        if done:
-            return
-        with self._mutex:
-            if flight is not self._inflight:
-                return  # it ended meanwhile
-            if not self._holding:
-                self._abandoned = flight
-                event(logging.INFO, "transaction.abandoned", key=str(self.key))
-                return
-        left = None if bound is None else max(0.0, bound - (time.monotonic() - started))
-        concurrent.futures.wait([flight], left)
+        spend a refresh token or store an answer (until ``bound_until``, monotonic; ``None``
+        for as long as it takes); while it only waits for the lock, wait until
+        ``patience_until``, then abandon it. One already abandoned is not waited for again."""
+        for _ in range(JOINS):  # one more caller's transaction may begin meanwhile
+            with self._mutex:
+                flight = self._inflight
+                if flight is None or flight is self._abandoned:
+                    return
+            patience = max(0.0, patience_until - time.monotonic())
+            done, _ = concurrent.futures.wait([flight], patience)
+            if not done:
+                with self._mutex:
+                    if flight is self._inflight and not self._holding:
+                        self._abandoned = flight
+                        event(logging.INFO, "transaction.abandoned", key=str(self.key))
+                        return
+                left = None if bound_until is None else max(0.0, bound_until - time.monotonic())
+                done, _ = concurrent.futures.wait([flight], left)
+                if not done:
+                    return  # the bound is reached: what is pending is flushed next
 
     def _take_held(self, flight: concurrent.futures.Future[Credential] | None) -> None:
         """The lock was just taken: go on, unless nobody waits for this transaction any
@@ -393,7 +398,9 @@ class Keeper:
         Decided under the mutex that :meth:`_finish_flight` reads, so a transaction is
         either waited for or stops here."""
         with self._mutex:
-            if flight is not None and flight is self._abandoned:
+            # After the exit hook's wait nobody would wait for it either: an app thread
+            # that starts a transaction then must not spend with its process going away.
+            if _exit_waited.is_set() or (flight is not None and flight is self._abandoned):
                 raise LockTimeout(
                     "the lock came free after this Keeper stopped waiting; nothing was spent",
                     key=str(self.key),
@@ -1125,13 +1132,16 @@ def _flush_at_exit() -> None:
         # items() yields only the living: a Keeper collected meanwhile is skipped.
         keepers = dict(_live_holders.items())
         keepers.update(_busy)
-    deadline = time.monotonic() + EXIT_SETTLE_TIMEOUT
+    started = time.monotonic()
+    # One patience and one bound for all Keepers, not one each.
+    patience_until = started + CLOSE_LOCK_PATIENCE
+    bound_until = started + EXIT_SETTLE_TIMEOUT
     for keeper in keepers.values():
-        left = max(0.0, deadline - time.monotonic())
         try:
-            keeper._finish_flight(min(CLOSE_LOCK_PATIENCE, left), left)
+            keeper._finish_flight(patience_until, bound_until)
         except BaseException:  # noqa: BLE001 - a signal cuts the wait short, not the flush
             break
+    _exit_waited.set()
     for keeper in keepers.values():
         keeper._flush_guarded()
 
@@ -1156,10 +1166,11 @@ def _register_exit_flush() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _busy_lock, _exiting
+    global _busy_lock, _exiting, _exit_waited
     # Locks and events a parent thread held at the fork stay held here: replace them.
     _busy_lock = threading.Lock()
     _exiting = threading.Event()
+    _exit_waited = threading.Event()
     # Reset first, then let go: a Keeper only _busy held must not be collected with the
     # parent's HTTP client still its own (its finalizer would close the parent's client).
     for keeper in list(_live_holders.values()):
@@ -1185,6 +1196,8 @@ class _LeaseRenewer:
         self._replaced = False
         self._keeper = keeper
         self._stop = threading.Event()
+        # Not a daemon: the interpreter's exit joins it, so a provider call in flight (the
+        # transaction ends it) is never cut off by the interpreter's own finalization.
         self._thread = threading.Thread(target=self._run, name=f"grantkeeper lease {keeper.key}")
 
     def __enter__(self) -> _LeaseRenewer:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._errors import StoreCorrupt
+from ._errors import MissingExtra, StoreCorrupt
 from ._log import event
 from ._record import Credential, CredentialKey, record_from_json, record_to_json, renewal_secret
 from ._redact import fingerprint
@@ -202,7 +202,10 @@ def _write(directory: Path, name: str, payload: bytes) -> bool:
 
 
 def load(key: CredentialKey, holder: Credential) -> Rescued | None:
-    """The rescued answer that replaced ``holder``, the record the store holds, if any."""
+    """The rescued answer that replaced ``holder``, the record the store holds, if any.
+
+    Raise :class:`MissingExtra` for a sealed copy that this process cannot open (no
+    ``cryptography``): the caller must spend nothing, since ``holder``'s token is spent."""
     secret = renewal_secret(holder)
     if secret is None:
         return None
@@ -221,9 +224,15 @@ def load(key: CredentialKey, holder: Credential) -> Rescued | None:
         try:
             document = _contents(key, secret, spent, raw)
             if document is None:
-                # Left for a process that can open it: deleting it would lose B.
+                # Left for a process that can open it: deleting it would lose B, and
+                # going on without it would spend the token B replaced (a replay).
                 event(logging.ERROR, "rescue.unopenable", key=str(key), reason="no_cryptography")
-                continue
+                raise MissingExtra(
+                    "a sealed rescue copy of this credential (its refreshed tokens) waits to"
+                    " be adopted; opening it",
+                    "encryption",
+                    module="cryptography",
+                )
             record = record_from_json(document["record"], key=str(key))
         except (ValueError, KeyError, TypeError, RecursionError, StoreCorrupt):
             discard_path(path)  # a torn, altered or foreign file is no credential of ours

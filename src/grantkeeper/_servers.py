@@ -70,7 +70,12 @@ class ServerConfig:
     def __post_init__(self) -> None:
         # Whatever a server echoes of these is hidden from every message (see _redact).
         # Runs before _from_json checks the types, so it skips what is not a string.
-        remember(self.bearer_token, self.client_secret, *credential_header_values(self.headers))
+        remember(
+            self.bearer_token,
+            self.client_secret,
+            *credential_header_values(self.headers),
+            pinned=True,
+        )
 
     def __repr__(self) -> str:
         shown = [f"url={self.url!r}", f"name={self.name!r}"]
@@ -109,7 +114,7 @@ class ServerConfig:
                     f"server {self.label!r} takes its token from ${self.bearer_token_env}, "
                     "which is not set"
                 )
-            remember(value)
+            remember(value, pinned=True)
             return value
         return self.bearer_token
 

@@ -164,7 +164,7 @@ def proxy(
     config = resolve_server(server, profile=profile)
     headers = {**config.headers, **_parse_headers(header_values)}
     bearer = config.bearer()
-    remember(*credential_header_values(headers))  # --header values a server may echo
+    remember(*credential_header_values(headers), pinned=True)  # --header values a server may echo
     _configure_logging(verbose, log_file, [*headers.values(), *([bearer] if bearer else [])])
     logging.getLogger("grantkeeper.proxy").info(
         "proxy.start url=%s key=%s headers=%s", config.url, config.key, sorted(headers) or "-"
