@@ -7,6 +7,7 @@ and clock skew against the real server.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -200,6 +201,27 @@ def test_keyring_locked_mid_refresh_serves_b_and_heals(
 # -- a lock holder that hangs ---------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def lock_held_by_a_peer(store: Store) -> Iterator[None]:
+    """A peer (a thread) holds the credential's lock for the ``with`` body: hung, or frozen
+    mid-refresh. It lets go on the way out."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.lock(KEY, timeout=5):
+            holding.set()
+            release.wait(120)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(60)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_a_hung_lock_holder_gives_a_typed_timeout_and_nothing_is_spent_or_stolen(
     tmp_path: Path, provider: FakeProvider, http: httpx.Client
 ) -> None:
@@ -207,25 +229,12 @@ def test_a_hung_lock_holder_gives_a_typed_timeout_and_nothing_is_spent_or_stolen
     seeded(store, provider, clock)
     before = store.read(KEY)
     clock.advance(3600)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with store.lock(KEY, timeout=5):
-            holding.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert holding.wait(60)
+    with lock_held_by_a_peer(store):
         keeper = keeper_for(store, http, clock, lock_timeout=0.2)
         with pytest.raises(LockTimeout) as info:
             keeper.credential()
         assert info.value.retryable
         assert provider.refresh_calls == 0 and store.read(KEY) == before
-    finally:
-        release.set()
-        holder.join()
     # The holder let go: the same keeper proceeds.
     assert provider.is_active(keeper.credential().access_token)
 
@@ -238,21 +247,13 @@ def test_a_closing_keeper_abandons_a_refresh_ahead_still_waiting_for_the_lock(
     before = store.read(KEY)
     assert before is not None
     clock.advance(3600 - 30)  # inside the refresh margin: served at once, refreshed ahead
-    holding, release, waiting, closed = (threading.Event() for _ in range(4))
-
-    def hold() -> None:
-        with store.lock(KEY, timeout=5):
-            holding.set()
-            release.wait(120)
+    waiting, closed = threading.Event(), threading.Event()
 
     def note(stage: str) -> None:
         if stage == "lock_wait":
             waiting.set()
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert holding.wait(60)
+    with lock_held_by_a_peer(store):
         keeper = keeper_for(store, http, clock, lock_timeout=600, checkpoint=note)
         assert keeper.credential() == before.record  # valid: never waits
         assert waiting.wait(60)  # its refresh ahead waits for the lock
@@ -266,9 +267,6 @@ def test_a_closing_keeper_abandons_a_refresh_ahead_still_waiting_for_the_lock(
         # close() lets go while the peer still holds the lock (it may hold it for ever).
         assert closed.wait(60)
         closer.join()
-    finally:
-        release.set()
-        holder.join()
     # The abandoned transaction gets the lock now, and gives it back untouched.
     assert keeper.settle(60)
     assert provider.refresh_calls == 0 and store.read(KEY) == before
