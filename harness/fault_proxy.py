@@ -18,11 +18,15 @@ or on the arrival of a chosen request (:meth:`FaultProxy.arm`):
 - ``RESET``: connections are accepted and reset at once, before anything is read.
 - ``UNAVAILABLE``: answer ``503`` with ``Retry-After: 1`` (a gateway or a provider under load).
 - ``SERVER_ERROR``: answer ``500`` with ``{"error": "server_error"}``.
+- ``INVALID_REQUEST``: answer ``400`` with ``{"error": "invalid_request", ...}``: a provider
+  refusing the request itself. Unlike ``invalid_grant`` it ends no grant and spends no
+  token, so it is what a client must ride out with its valid token, backing off.
 - ``HANG``: read the request and never answer; the connection is closed, unanswered, when
   the mode changes (or after :data:`MAX_HANG`).
 
-The answering faults (``UNAVAILABLE``, ``SERVER_ERROR``, ``HANG``) hit only requests whose
-path is in ``paths`` (every path when ``paths`` is ``None``); other requests pass through.
+The answering faults (``UNAVAILABLE``, ``SERVER_ERROR``, ``INVALID_REQUEST``, ``HANG``) hit
+only requests whose path is in ``paths`` (every path when ``paths`` is ``None``); other
+requests pass through.
 ``REFUSE`` and ``RESET`` act on connections, before any path is known.
 
 No fault cuts an exchange already forwarded: its answer is relayed. A refresh the server
@@ -101,10 +105,17 @@ class Mode(enum.Enum):
     RESET = "reset"
     UNAVAILABLE = "unavailable"
     SERVER_ERROR = "server_error"
+    INVALID_REQUEST = "invalid_request"
     HANG = "hang"
 
 
 _CONNECTION_FAULTS = frozenset({Mode.REFUSE, Mode.RESET})
+
+_INVALID_REQUEST = {
+    "error": "invalid_request",
+    "error_description": "the fault proxy refuses this request (Mode.INVALID_REQUEST)",
+}
+"""The ``INVALID_REQUEST`` answer: an RFC 6749 §5.2 error that is not about the grant."""
 
 
 @dataclass(frozen=True)
@@ -461,6 +472,9 @@ class FaultProxy:
             return keep_alive
         if mode is Mode.SERVER_ERROR:
             _answer(sock, 500, "Internal Server Error", {"error": "server_error"}, keep_alive)
+            return keep_alive
+        if mode is Mode.INVALID_REQUEST:
+            _answer(sock, 400, "Bad Request", _INVALID_REQUEST, keep_alive)
             return keep_alive
         if mode is Mode.HANG:
             with self._state:

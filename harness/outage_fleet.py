@@ -1,7 +1,8 @@
 """Processes × threads calling one shared credential in a loop while the provider fails.
 
 Each worker process runs one :class:`~grantkeeper.Keeper` over a shared
-:class:`~grantkeeper.FileStore`; each of its threads asks for a credential again and again
+:class:`~grantkeeper.FileStore` (on the real clock, or one the test shifts:
+:attr:`Plan.clock_offset`); each of its threads asks for a credential again and again
 (``credential()`` on even slots, ``access_token()`` on odd ones) until told to stop, and
 tallies what it saw:
 
@@ -30,6 +31,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -63,6 +65,10 @@ class Plan:
     server and the store."""
     call_timeout: float = 5.0
     """The bound every call passes as ``timeout``: no call may block a thread for long."""
+    clock_offset: Synchronized[float] | None = None
+    """Seconds added to each worker's Keeper clock (``None``: the real clock): a value in
+    shared memory, so the test moves every worker into a token's refresh margin at once,
+    while the fleet runs. Make it with the spawn context's ``Value("d", 0.0)``."""
 
 
 @dataclass
@@ -102,7 +108,15 @@ def _worker(plan: Plan, controls: _Controls) -> None:
 
 
 def _run(plan: Plan, controls: _Controls, tally: Tally) -> None:
-    keeper = Keeper(FileStore(plan.home), plan.key)
+    offset = plan.clock_offset
+    if offset is None:
+        keeper = Keeper(FileStore(plan.home), plan.key)
+    else:
+
+        def shifted() -> datetime:
+            return datetime.now(UTC) + timedelta(seconds=offset.value)
+
+        keeper = Keeper(FileStore(plan.home), plan.key, clock=shifted)
     lock = threading.Lock()
     tokens: set[str] = set()
 

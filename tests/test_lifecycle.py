@@ -26,8 +26,10 @@ from grantkeeper import (
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
+    UnsupportedTokenType,
     auth_status,
 )
+from grantkeeper._decide import status_verdict
 from grantkeeper._rescue import RESCUE_DIR_ENV
 from grantkeeper._servers import ServerConfig
 from grantkeeper._status import AuthState
@@ -170,6 +172,105 @@ def test_the_stale_window_serves_the_valid_token_while_the_provider_hangs(world:
     assert keeper.settle(30)
     assert keeper.access_token() != a.access_token
     assert world.provider.replays == 0
+
+
+REFUSING_WINDOW = 6.0
+"""Seconds of the stale window the refusing-provider tests walk through, in 0.1 s steps."""
+
+ONE_SCHEDULE = 3
+"""Provider calls one backoff schedule makes in :data:`REFUSING_WINDOW`: at 0 s, then after
+1 s and 2 s more (the next falls due at 7 s). Three Keepers that each backed off alone
+would make 9; without any backoff, one per request: about 360."""
+
+
+def _refusing(calls: list[str]) -> Callable[[dict[str, str]], httpx.Response]:
+    def fault(form: dict[str, str]) -> httpx.Response:
+        calls.append(form.get("grant_type", ""))
+        return httpx.Response(400, json={"error": "invalid_request"})
+
+    return fault
+
+
+def walk_the_stale_window(world: World, keepers: list[Keeper], served: str) -> None:
+    """Every Keeper is asked twice per 0.1 s step; each is served ``served`` at once."""
+    for _ in range(round(REFUSING_WINDOW / 0.1)):
+        for keeper in keepers:
+            for _ in range(2):
+                assert keeper.access_token(timeout=0) == served
+            assert keeper.settle(30)  # a refresh ahead it started has ended
+        world.clock.advance(0.1)
+
+
+def test_a_refusing_provider_in_the_stale_window_costs_one_call_per_backoff_step(
+    world: World,
+) -> None:
+    """A refusal spends nothing and fails no request while the token is valid, but the
+    same request would be refused again: it backs off, and the note it leaves binds every
+    Keeper sharing the record, so the fleet follows one backoff schedule."""
+    a = world.login()
+    keepers = [world.keeper() for _ in range(3)]
+    for keeper in keepers:
+        assert keeper.access_token() == a.access_token
+    calls: list[str] = []
+    world.provider.faults.extend([_refusing(calls)] * 1000)
+    world.clock.advance(3600 - 30)  # stale, still valid for the whole walk
+    walk_the_stale_window(world, keepers, a.access_token)
+    assert len(calls) == ONE_SCHEDULE, calls
+    note = world.stored().intent
+    assert note is not None and note.state == "unavailable" and note.refused
+    assert note.attempts == ONE_SCHEDULE and world.stored().reauth_reason is None
+    needs_login, detail = status_verdict(world.stored(), now=world.clock())
+    assert not needs_login and "refusing" in detail
+    # The provider accepts again: the next step after the backoff refreshes, once.
+    world.provider.faults.clear()
+    world.clock.advance(10)
+    keepers[0].access_token()
+    assert keepers[0].settle(30)
+    assert keepers[0].access_token() != a.access_token and world.stored().intent is None
+    assert world.provider.rotations == 1 and world.provider.replays == 0
+
+
+def test_a_failure_that_leaves_no_note_backs_off_in_the_process(world: World) -> None:
+    """A store that takes no write (not even the intent note) leaves nothing to bind the
+    fleet: each process backs off by itself, instead of a transaction per request."""
+    a = world.login()
+    keeper = world.keeper()
+    assert keeper.access_token() == a.access_token
+    world.store.fail_writes = lambda record: True
+    world.clock.advance(3600 - 30)
+    world.store.calls.clear()
+    walk_the_stale_window(world, [keeper], a.access_token)
+    assert world.store.calls.count("lock") == ONE_SCHEDULE, world.store.calls
+    assert world.provider.refresh_calls == 0  # no note, no spending
+
+
+def test_a_dpop_token_is_kept_and_rotates_but_is_never_sent_as_bearer(world: World) -> None:
+    """A 200 with ``token_type: DPoP`` spent A: its refresh token is B's, and throwing the
+    answer away would replay A. It is stored; requests get a typed error, not a token
+    that fails at the server; the next refresh spends B, never A."""
+    a = world.login()
+    keeper = world.keeper()
+    assert keeper.access_token() == a.access_token
+
+    def dpop(form: dict[str, str]) -> httpx.Response:
+        status, body = world.provider.handle(form)
+        return httpx.Response(status, json={**body, "token_type": "DPoP"})
+
+    world.provider.faults.append(dpop)
+    world.clock.advance(3600 + 1)  # expired: the caller waits for the refresh
+    with pytest.raises(UnsupportedTokenType) as raised:
+        keeper.credential(timeout=30)
+    assert raised.value.token_type == "DPoP" and not raised.value.retryable
+    stored = world.stored()
+    assert stored.token_type == "DPoP" and stored.refresh_token != a.refresh_token
+    assert stored.intent is None and world.provider.rotations == 1
+    needs_login, detail = status_verdict(stored, now=world.clock())
+    assert needs_login and "Bearer" in detail
+    with pytest.raises(UnsupportedTokenType):
+        world.keeper().credential(timeout=30)  # another process: from the store, no refresh
+    world.clock.advance(3600 + 1)  # B expires: the next refresh spends B's refresh token
+    assert keeper.credential(timeout=30).token_type == "Bearer"
+    assert world.provider.rotations == 2 and world.provider.replays == 0
 
 
 def test_a_busy_lock_or_unwritable_store_in_the_stale_window_fails_no_request(

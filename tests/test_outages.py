@@ -428,6 +428,10 @@ def test_fault_proxy_modes(proxied: tuple[FaultProxy, AuthServer]) -> None:
         answer = http.get(discovery)
         assert (answer.status_code, answer.json()) == (500, {"error": "server_error"})
 
+        proxy.set_mode(Mode.INVALID_REQUEST)
+        answer = http.get(discovery)
+        assert (answer.status_code, answer.json()["error"]) == (400, "invalid_request")
+
         proxy.set_mode(Mode.HANG)
         with pytest.raises(httpx.ReadTimeout):
             http.get(discovery)

@@ -7,16 +7,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
-import httpx
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grantkeeper import (
-    ClientRegistrationInvalid,
     Credential,
-    MalformedResponse,
-    ProviderError,
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshIntent,
@@ -27,12 +22,10 @@ from grantkeeper._decide import (
     MAX_RETRY_AFTER,
     Action,
     Context,
-    Outcome,
     after_provider_error,
     backoff,
     decide,
     fallback,
-    outcome_of,
     serve_from_memory,
     status_verdict,
 )
@@ -47,42 +40,7 @@ def note(**changes: object) -> RefreshIntent:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-# -- the outcome table, row by row ----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("error", "outcome"),
-    [
-        (ProviderUnavailable("refused", sent=False), Outcome.NOT_SENT),
-        (ProviderUnavailable("429", status=429, retry_after=3), Outcome.NOT_PROCESSED),
-        (ProviderUnavailable("503", status=503), Outcome.NOT_PROCESSED),
-        (RefreshOutcomeUnknown("500", status=500), Outcome.UNKNOWN),
-        (RefreshOutcomeUnknown("read timeout"), Outcome.UNKNOWN),
-        (MalformedResponse("200 without a token"), Outcome.UNKNOWN),
-        (RuntimeError("a bug after sending"), Outcome.UNKNOWN),
-        (httpx.ReadError("reset"), Outcome.UNKNOWN),
-        (ProviderError("invalid_scope", status=400, error="invalid_scope"), Outcome.REFUSED),
-        (ReauthenticationRequired("invalid_grant"), Outcome.DEFINITIVE),
-        (ClientRegistrationInvalid("invalid_client"), Outcome.DEFINITIVE),
-    ],
-)
-def test_every_row_of_the_outcome_table(error: BaseException, outcome: Outcome) -> None:
-    assert outcome_of(error) is outcome
-    noted = A.replace(intent=note(holder="me", pid=1))
-    plan = after_provider_error(error, noted, Context(now=T0), key="k", was_unknown=False)
-    assert plan.outcome is outcome
-    if outcome is Outcome.DEFINITIVE:
-        assert plan.mark and plan.error.requires_reauthentication | plan.error.requires_login
-        assert plan.write is None
-    elif outcome is Outcome.REFUSED:
-        assert plan.mark is None and plan.write == A  # restored: nothing was spent
-    else:
-        assert plan.mark is None and plan.write is not None and plan.write.intent is not None
-        written = plan.write.intent
-        expected = "unknown" if outcome is Outcome.UNKNOWN else "unavailable"
-        assert written.state == expected
-        assert written.retry_at is not None and written.retry_at > T0
-        assert plan.error.retryable or isinstance(plan.error, MalformedResponse)
+# -- the outcome table (row by row in tests/test_outcome_table.py) ----------------------------
 
 
 def test_a_not_sent_retry_of_an_unknown_outcome_stays_unknown() -> None:

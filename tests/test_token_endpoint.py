@@ -138,13 +138,21 @@ def test_other_oauth_errors_are_plain_provider_errors() -> None:
         {"access_token": 5},
         {"access_token": "a b"},  # cannot go into an Authorization header
         {"access_token": "a\n"},
-        {"access_token": "a", "token_type": "DPoP"},
-        {"access_token": "a", "token_type": "mac"},
     ],
 )
 def test_malformed_success_bodies(body: Any) -> None:
     with pytest.raises(MalformedResponse):
         parse(200, body)
+
+
+@pytest.mark.parametrize(
+    ("named", "kept"),
+    [("DPoP", "DPoP"), ("dpop", "DPoP"), ("mac", "mac"), ("N_A", "N_A"), (" x\ty ", "xy")],
+)
+def test_a_token_of_another_type_is_kept_as_named(named: str, kept: str) -> None:
+    """It may have spent A, so it is the answer; the Keeper refuses to present it."""
+    response = parse(200, {"access_token": "a", "refresh_token": "rt-B", "token_type": named})
+    assert response.token_type == kept and response.refresh_token == "rt-B"
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from ._errors import (
     StoreError,
     StoreUnavailable,
     UnsafeStorePath,
+    UnsupportedTokenType,
     VersionConflict,
 )
 from ._exports import claim as _claim
@@ -131,6 +132,7 @@ __all__ = [
     "ServerConfigError",
     "SessionLocksUnsupported",
     "ServerRejectsToken",
+    "UnsupportedTokenType",
     "Store",
     "StoreCheck",
     "StoreConfigError",

@@ -13,23 +13,11 @@ calls around these functions:
 - :func:`recovery_need`: what a recovery hook (a new login) is asked to fix, and with which
   scope.
 
-The provider outcome table (RFC 6749 §5.2 errors, HTTP statuses and transport failures):
-
-===============  ==========================================  =================================
-outcome          what produced it                            what it means
-===============  ==========================================  =================================
-NOT_SENT         connect refused, DNS, connect/pool timeout  nothing reached the provider:
-                                                             retry (with backoff)
-NOT_PROCESSED    429, 503, ``temporarily_unavailable``       the provider did nothing: retry
-                                                             with backoff, honour Retry-After
-UNKNOWN          other 5xx, read timeout, reset after        the token may be spent: keep the
-                 sending, an unusable 200, any other         intent, retry serialized with
-                 failure after the request left              capped backoff
-REFUSED          another 4xx with an ``error`` code          processed and refused; nothing
-                                                             was issued or spent
-DEFINITIVE       ``invalid_grant``, ``invalid_client``,      the grant is over: one guarded
-                 ``unauthorized_client``                     re-read, then mark it dead
-===============  ==========================================  =================================
+The provider outcome table (:data:`OUTCOME_TABLE`) says what every answer of a token
+endpoint, or its absence, means: :func:`answer_outcome` classifies an HTTP answer,
+:func:`transport_outcome` a failure to get one, and :func:`outcome_of` the typed error either
+became. docs/refresh-transaction.md and docs/guarantees.md show the table, and a test checks
+them against it row by row.
 
 Once an outcome is unknown, further retries of the same refresh token add no risk: if the
 provider processed the first one, the token is spent and any retry gets ``invalid_grant``,
@@ -46,6 +34,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+import httpx
 
 from ._errors import (
     AccountChanged,
@@ -93,13 +83,134 @@ class Action(enum.Enum):
 
 
 class Outcome(enum.Enum):
-    """What a provider call's result means for the refresh token it carried (see above)."""
+    """What a provider call's result means for the refresh token it carried
+    (:data:`OUTCOME_TABLE`)."""
 
+    ANSWERED = "answered"
     NOT_SENT = "not_sent"
     NOT_PROCESSED = "not_processed"
     UNKNOWN = "unknown"
     REFUSED = "refused"
     DEFINITIVE = "definitive"
+
+
+DEFINITIVE_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+"""The RFC 6749 §5.2 codes that end a grant: the refresh token or the client is no longer
+accepted, and asking again cannot change that."""
+
+NOT_SENT_FAILURES: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+)
+"""Transport failures before any byte of the request left: no connection, no pooled slot,
+or a proxy that refused the tunnel (httpcore raises ProxyError only while setting one up)."""
+
+UNSENDABLE_FAILURES: tuple[type[Exception], ...] = (httpx.UnsupportedProtocol, httpx.InvalidURL)
+"""The token endpoint's URL cannot be sent to at all: nothing left, and trying again cannot
+help."""
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """One row of the outcome table, in the words the docs show."""
+
+    outcome: Outcome
+    produced_by: str
+    note: str
+    """What the transaction leaves in the record's intent note."""
+    callers_get: str
+    ends_grant: str
+
+
+OUTCOME_TABLE: tuple[OutcomeRow, ...] = (
+    OutcomeRow(
+        Outcome.ANSWERED,
+        "any 2xx whose body is a JSON object with a usable `access_token`, whatever its "
+        "`token_type` or other members",
+        "cleared: B replaces A",
+        "B; a token that is not Bearer (DPoP) is stored and keeps rotating, but "
+        "`UnsupportedTokenType` is raised instead of serving it",
+        "no: B carries it on",
+    ),
+    OutcomeRow(
+        Outcome.NOT_SENT,
+        "connect refused, DNS, connect or pool timeout, a proxy refusing the tunnel "
+        "(`ProviderUnavailable`, `sent=False`)",
+        "`unavailable`, backoff",
+        "`ProviderUnavailable` (retryable), or the still-valid token",
+        "never",
+    ),
+    OutcomeRow(
+        Outcome.NOT_PROCESSED,
+        "429 or 503, whatever the body says (even `invalid_grant`); "
+        "`temporarily_unavailable` at any other status "
+        "(`ProviderUnavailable`, `sent=True`, `retry_after`)",
+        "`unavailable`, backoff honouring `Retry-After` (up to 5 min)",
+        "`ProviderUnavailable` (retryable), or the still-valid token",
+        "never",
+    ),
+    OutcomeRow(
+        Outcome.UNKNOWN,
+        "any other 5xx, whatever the body says (even `invalid_grant`); a 1xx or 3xx; a 4xx "
+        "without an `error` code; a 2xx with neither a usable access token nor an `error` "
+        "code; a read or write timeout, a reset after sending, any other failure once the "
+        "request may have left; the 30 s total deadline "
+        "(`RefreshOutcomeUnknown`, `MalformedResponse`)",
+        "`unknown`, backoff",
+        "`RefreshOutcomeUnknown` (retryable), or the still-valid token",
+        "never while retrying is on (the default); with `retry_unknown_outcome=False`, the "
+        "next attempt marks the record and asks for a login instead of retrying",
+    ),
+    OutcomeRow(
+        Outcome.REFUSED,
+        "any other `error` code (`invalid_request`, `invalid_scope`, "
+        "`unsupported_grant_type`) in a 4xx other than 429 or in a 2xx without an access "
+        "token; a token endpoint URL that cannot be sent to (`InvalidURL`, "
+        "`UnsupportedProtocol`) (`ProviderError`)",
+        "`unavailable` with `refused`, backoff",
+        "`ProviderError`, or the still-valid token",
+        "never",
+    ),
+    OutcomeRow(
+        Outcome.DEFINITIVE,
+        "`invalid_grant`, `invalid_client` or `unauthorized_client` in a 4xx other than 429, "
+        "or in a 2xx without an access token",
+        "one guarded re-read: a replacement (a login, a peer) is adopted; else marked dead",
+        "`ReauthenticationRequired` / `ClientRegistrationInvalid`",
+        "yes, unless the guarded re-read finds a replacement",
+    ),
+)
+"""Every answer a token endpoint gives, or its absence, and what it means. Each row is
+decided by :func:`answer_outcome`, :func:`transport_outcome` and :func:`after_provider_error`;
+the docs repeat these words, checked by ``tests/test_outcome_table.py``."""
+
+
+def answer_outcome(status: int, error: str | None, usable_token: bool) -> Outcome:
+    """What a token endpoint's HTTP answer means (:data:`OUTCOME_TABLE`).
+
+    ``error`` is the body's ``error`` code, if any; ``usable_token`` whether the body is a
+    JSON object with an access token that can be sent. A 429 or a 5xx is a failure of the
+    server whatever its body claims (a gateway may relay anything); a 2xx or a 4xx that
+    carries a code is the provider's own word.
+    """
+    if 200 <= status < 300 and usable_token:
+        return Outcome.ANSWERED  # it may have spent A: B is never thrown away
+    if status in (429, 503) or error == "temporarily_unavailable":
+        return Outcome.NOT_PROCESSED
+    if error is not None and (200 <= status < 300 or 400 <= status < 500):
+        return Outcome.DEFINITIVE if error in DEFINITIVE_ERRORS else Outcome.REFUSED
+    return Outcome.UNKNOWN
+
+
+def transport_outcome(failure: Exception) -> Outcome:
+    """What a failure to get an answer means (:data:`OUTCOME_TABLE`)."""
+    if isinstance(failure, NOT_SENT_FAILURES):
+        return Outcome.NOT_SENT
+    if isinstance(failure, UNSENDABLE_FAILURES):
+        return Outcome.REFUSED
+    return Outcome.UNKNOWN  # the request may be on the wire: it may have been processed
 
 
 @dataclass(frozen=True)
@@ -199,6 +310,12 @@ def serve_from_memory(current: Credential | None, ctx: Context) -> tuple[Credent
     if state is Freshness.EXPIRED or current.access_token == ctx.rejected:
         return None, False
     return current, state is Freshness.STALE and renewable(current)
+
+
+def presentable(record: Credential) -> bool:
+    """Whether grantkeeper can present ``record``'s access token: a Bearer token. Another
+    type (DPoP) is kept and rotates like any, but no request is sent with it."""
+    return record.token_type.lower() == "bearer"
 
 
 def servable(record: Credential, ctx: Context, key: str) -> bool:
@@ -380,14 +497,17 @@ def backoff_error(intent: RefreshIntent, now: datetime, key: str) -> ProviderErr
     since = intent.since or intent.started_at
     what = f" ({intent.last_error})" if intent.last_error else ""
     retry_at = intent.retry_at or since
-    trouble = (
-        "refreshes with this token have had no usable answer"
-        if intent.state == "unknown"
-        else "the authorization server has been unavailable"
-    )
+    if intent.state == "unknown":
+        trouble = "refreshes with this token have had no usable answer"
+    elif intent.refused:
+        trouble = "the authorization server has refused refreshes with this token"
+    else:
+        trouble = "the authorization server has been unavailable"
     message = f"{trouble} since {_hms(since)}{what}; retrying, next attempt after {_hms(retry_at)}"
     if intent.state == "unknown":
         return RefreshOutcomeUnknown(message, key=key)
+    if intent.refused:
+        return ProviderError(message, key=key)
     wait = max(0.0, (retry_at - now).total_seconds())
     return ProviderUnavailable(message, key=key, retry_after=wait)
 
@@ -396,7 +516,8 @@ def backoff_error(intent: RefreshIntent, now: datetime, key: str) -> ProviderErr
 
 
 def outcome_of(error: BaseException) -> Outcome:
-    """Classify the failure of a provider call (see the module's table)."""
+    """Classify the failure of a provider call: the typed error that :func:`answer_outcome`
+    or :func:`transport_outcome` made it into, or anything else raised after sending."""
     if isinstance(error, ReauthenticationRequired | ClientRegistrationInvalid):
         return Outcome.DEFINITIVE
     if isinstance(error, ProviderUnavailable):
@@ -453,8 +574,9 @@ def after_provider_error(
             key=key,
         )
         raised.__cause__ = error
-    if outcome is Outcome.REFUSED:
-        return ErrorPlan(outcome, raised, write=noted.replace(intent=None))
+    # A refusal spends nothing, but the same request would be refused again: it backs off
+    # like an outage, so a refusing provider costs the fleet one call per backoff step, not
+    # one per request. Unknown stays unknown: a refused retry says nothing of the first.
     unknown = was_unknown or outcome is Outcome.UNKNOWN
     retry_after = getattr(error, "retry_after", None)
     note = dataclasses.replace(
@@ -463,13 +585,23 @@ def after_provider_error(
         retry_at=ctx.now + backoff(intent.attempts, retry_after),
         since=intent.since or intent.started_at,
         last_error=_describe(error),
+        refused=outcome is Outcome.REFUSED and not unknown,
     )
     return ErrorPlan(outcome, raised, write=noted.replace(intent=note))
 
 
+MAX_ERROR_CODE_CHARS = 40
+"""How much of a provider's ``error`` code a note keeps: the standard ones are shorter."""
+
+
 def _describe(error: BaseException) -> str:
     status = getattr(error, "status", None)
-    return f"{type(error).__name__}, HTTP {status}" if status else type(error).__name__
+    code = getattr(error, "error", None)
+    text = f"{type(error).__name__}, HTTP {status}" if status else type(error).__name__
+    # RFC 6749 §5.2 codes are visible ASCII; anything else is not repeated.
+    if isinstance(code, str) and code and all("!" <= c <= "~" for c in code):
+        text += f" {code[:MAX_ERROR_CODE_CHARS]}"
+    return text
 
 
 # -- what a person's help (a recovery hook) is asked for ---------------------------------
@@ -511,6 +643,11 @@ def status_verdict(
     state = freshness(record, now, skew, default_lifetime)
     if record.reauth_reason:
         return True, record.reauth_reason
+    if not presentable(record):
+        return True, (
+            f"the authorization server issues {record.token_type!r} tokens, which grantkeeper "
+            "cannot present: register the client for Bearer tokens, then log in again"
+        )
     if state is Freshness.EXPIRED and not renewable(record):
         return True, "the token expired and no refresh token is stored"
     intent = record.intent if _concerns(record) else None
@@ -523,6 +660,8 @@ def status_verdict(
     since = _hms(intent.since or intent.started_at)
     next_at = f"; next attempt after {_hms(intent.retry_at)}" if intent.retry_at else ""
     last = f" ({intent.last_error})" if intent.last_error else ""
+    if intent.state == "unavailable" and intent.refused:
+        return False, f"provider refusing refreshes since {since}{last}; retrying{next_at}"
     if intent.state == "unavailable":
         return False, f"provider unavailable since {since}{last}; retrying{next_at}"
     if intent.state == "in_flight" and retry_unknown_outcome:

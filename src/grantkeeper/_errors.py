@@ -10,6 +10,8 @@
     │   └── InsufficientScope             403 insufficient_scope: log in again with .scope
     ├── AccountChanged                    the store now holds another account's credential
     ├── ServerRejectsToken                the MCP server keeps rejecting freshly issued tokens
+    ├── UnsupportedTokenType              the provider issued a token that is not Bearer
+    │                                     (DPoP): it is kept, but cannot be presented
     ├── ProviderError                     the token endpoint misbehaved
     │   ├── ProviderUnavailable           429, 503, refused: nothing was spent (retryable)
     │   ├── RefreshOutcomeUnknown         timeout, 5xx, lost connection after sending (retryable)
@@ -76,6 +78,7 @@ __all__ = [
     "RefreshOutcomeUnknown",
     "RetryRequired",
     "ServerRejectsToken",
+    "UnsupportedTokenType",
     "ServerConfigError",
     "SessionLocksUnsupported",
     "StaticTokenRejected",
@@ -170,6 +173,20 @@ class ServerRejectsToken(GrantkeeperError):
         super().__init__(message, key=key)
         #: The MCP server (resource) that rejects the token.
         self.server = server
+
+
+class UnsupportedTokenType(GrantkeeperError):
+    """The provider issued a token of a type grantkeeper cannot present (``DPoP``, ``MAC``).
+
+    Its answer is kept all the same: it may carry the only live refresh token, and throwing
+    it away would replay the spent one. Requests get this error instead of a token that
+    would fail at the server. Register the client for Bearer tokens, then log in again.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, token_type: str = "") -> None:
+        super().__init__(message, key=key)
+        #: The token type the provider named.
+        self.token_type = token_type
 
 
 class ProviderError(GrantkeeperError):

@@ -232,8 +232,8 @@ def parse_exchange_response(
 ) -> str:
     """The assertion grant from an RFC 8693 §2.2 answer, or the typed error.
 
-    Its ``token_type`` is ``N_A`` (it is no access token), so the access-token parser,
-    which insists on Bearer, takes only the error answers.
+    Its ``token_type`` is ``N_A`` (it is no access token), so a 200 is read here and only
+    the other answers go to the access-token parser, for their typed errors.
     """
     if status == 200:
         try:

@@ -39,6 +39,7 @@ from ._decide import (
     fallback,
     identity_error,
     merged_identity,
+    presentable,
     recovery_need,
     same_note,
     servable,
@@ -53,6 +54,7 @@ from ._errors import (
     LoginRequired,
     PersistencePending,
     StoreError,
+    UnsupportedTokenType,
     VersionConflict,
 )
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
@@ -232,7 +234,25 @@ class Keeper:
         Never waits and does no I/O (beyond starting a background refresh when one is due):
         the healthy path of every request.
         """
-        return self._from_memory(rejected)
+        hit = self._from_memory(rejected)
+        return None if hit is None else self._presentable(hit)
+
+    def _presentable(self, credential: Credential) -> Credential:
+        """``credential``, unless it is of a type grantkeeper cannot present.
+
+        Such a token is kept (and its refresh token rotates on), since throwing the answer
+        away would replay the spent refresh token; but sent as Bearer it fails at the
+        server, or strips its sender constraint. So a request gets a typed error instead.
+        """
+        if presentable(credential):
+            return credential
+        raise UnsupportedTokenType(
+            f"the authorization server issued a {credential.token_type!r} token, which "
+            "grantkeeper cannot present (it sends Bearer tokens only); the credential is "
+            "kept. Register the client for Bearer tokens, then log in again",
+            key=str(self.key),
+            token_type=credential.token_type,
+        )
 
     def credential(
         self, *, rejected: str | None = None, timeout: float | None = None
@@ -288,7 +308,7 @@ class Keeper:
     def _credential(self, rejected: str | None, timeout: float | None) -> Credential:
         hit = self._from_memory(rejected)
         if hit is not None:
-            return hit
+            return self._presentable(hit)
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(JOINS):
             future, _ = self._join(rejected)
@@ -302,7 +322,7 @@ class Keeper:
                 ) from None
             if self._usable(result, rejected):
                 self._served(result, rejected)  # starts a refresh ahead if one is due
-                return result
+                return self._presentable(result)
         raise self._unusable()
 
     def _unusable(self) -> DeadlineExceeded:
@@ -328,7 +348,7 @@ class Keeper:
     async def _acredential(self, rejected: str | None) -> Credential:
         hit = self._from_memory(rejected)
         if hit is not None:
-            return hit
+            return self._presentable(hit)
         for _ in range(JOINS):
             future, _ = self._join(rejected)
             waiter = asyncio.wrap_future(future)
@@ -338,7 +358,7 @@ class Keeper:
             result = await asyncio.shield(waiter)
             if self._usable(result, rejected):
                 self._served(result, rejected)  # starts a refresh ahead if one is due
-                return result
+                return self._presentable(result)
         raise self._unusable()
 
     def access_token(self, *, timeout: float | None = None) -> str:
@@ -473,21 +493,34 @@ class Keeper:
 
     def _ahead_done(self, future: concurrent.futures.Future[Credential]) -> None:
         error = future.exception()
-        if error is None:
-            self._ahead_failures = 0
-            return
+        if error is not None and not isinstance(error, GrantkeeperError):
+            self._back_off(error, background=True)  # a bug: _transact saw only ours
+
+    def _back_off(self, error: BaseException, *, background: bool) -> None:
+        """A transaction failed: no refresh ahead in this process before a backoff.
+
+        A failed transaction usually still serves the valid token (:func:`fallback`), so
+        success of the future says nothing; the failure is counted here. A provider's
+        answer also leaves a durable note whose ``retry_at`` binds every process
+        (:meth:`_install`); this binds this one for failures that leave no note too (a busy
+        lock, an unreachable store, a lost conflict), and for one that could not write it.
+        """
         self._ahead_failures += 1
-        retry_at = self._clock() + backoff(self._ahead_failures)
+        retry_after = getattr(error, "retry_after", None)
+        retry_at = self._clock() + backoff(
+            self._ahead_failures, retry_after if isinstance(retry_after, int | float) else None
+        )
         if self._ahead_after is None or self._ahead_after < retry_at:
             self._ahead_after = retry_at
-        event(
-            logging.WARNING,
-            "refresh.background_failed",
-            key=str(self.key),
-            error=type(error).__name__,
-            failures=self._ahead_failures,
-            next_attempt=self._ahead_after.isoformat(),
-        )
+        if background:
+            event(
+                logging.WARNING,
+                "refresh.background_failed",
+                key=str(self.key),
+                error=type(error).__name__,
+                failures=self._ahead_failures,
+                next_attempt=self._ahead_after.isoformat(),
+            )
 
     def _join(
         self, rejected: str | None, *, background: bool = False
@@ -598,6 +631,8 @@ class Keeper:
         intent = record.intent
         if intent is not None and intent.retry_at is not None and intent.retry_at > self._clock():
             self._ahead_after = intent.retry_at  # a peer's backoff binds us too
+        elif intent is None:
+            self._ahead_failures = 0  # a clean record: whatever failed is over
         return record
 
     def _transact(
@@ -644,6 +679,9 @@ class Keeper:
                     with self._mutex:
                         self._holding = False
         except GrantkeeperError as exc:
+            if flight is None or flight is not self._abandoned:
+                # An abandoned transaction failed nothing: its Keeper stopped waiting.
+                self._back_off(exc, background=background)
             served = fallback(seen, exc, self._context(rejected), key)
             if served is None:
                 raise

@@ -25,7 +25,8 @@ SCHEMA_VERSION = 1
 IntentState = Literal["in_flight", "unknown", "unavailable", "answered"]
 """``in_flight``: a process is spending the token now. ``unknown``: it was sent and no usable
 answer came back, so it may be spent. ``unavailable``: the provider did not process it (not
-sent, 429, 503): it is unspent, and the next attempt waits for ``retry_at``. ``answered``: the
+sent, 429, 503) or refused it (``refused``): it is unspent, and the next attempt waits for
+``retry_at``. ``answered``: the
 provider answered and its new token could be stored nowhere, so this one is spent for sure."""
 
 INTENT_STATES: tuple[IntentState, ...] = ("in_flight", "unknown", "unavailable", "answered")
@@ -110,6 +111,10 @@ class RefreshIntent:
     """When the first failed attempt with this token started: how long the trouble lasts."""
     last_error: str | None = None
     """What the last failed attempt got (an error type and status), for status. Never a secret."""
+    refused: bool = False
+    """The last attempt was refused (a 4xx with an error code other than the definitive ones):
+    nothing was spent, and the state stays ``unavailable`` so that a version that predates
+    this field also waits for ``retry_at``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +273,7 @@ def record_to_json(record: Credential) -> dict[str, Any]:
             "retry_at": _iso(intent.retry_at),
             "since": _iso(intent.since),
             "last_error": intent.last_error,
+            "refused": intent.refused,
         },
         "rejected_refresh_at": _iso(record.rejected_refresh_at),
     }
@@ -344,6 +350,7 @@ def _record_from_json(data: Any) -> Credential:
             retry_at=_parse_time(intent_data.get("retry_at"), "intent.retry_at"),
             since=_parse_time(intent_data.get("since"), "intent.since"),
             last_error=_opt_str(intent_data, "last_error"),
+            refused=intent_data.get("refused") is True,
         )
     return Credential(
         access_token=access_token,

@@ -17,6 +17,7 @@ from datetime import datetime
 
 import httpx
 
+from ._decide import UNSENDABLE_FAILURES, Outcome, transport_outcome
 from ._errors import MalformedResponse, ProviderError, ProviderUnavailable, RefreshOutcomeUnknown
 from ._log import event
 from ._redact import scrub
@@ -38,10 +39,6 @@ the status line and headers, so a server dripping those is bounded only by httpc
 _MIN_TIMEOUT = 0.001
 """A phase timeout never drops to zero, which a socket reads as "do not block" rather than
 "no time left"; the deadline check after it reports the exhausted deadline."""
-
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
-"""Failures before any byte of the request left: no connection, no pooled slot, or a proxy
-that refused the tunnel (httpcore raises ProxyError only while setting one up)."""
 
 
 class _Deadline:
@@ -117,15 +114,16 @@ def _translated(request: TokenRequest, deadline: _Deadline) -> Iterator[None]:
         yield
     except (httpx.RequestError, httpx.StreamError) as exc:
         why = _deadline_passed(deadline) if deadline.passed() else type(exc).__name__
-        if isinstance(exc, _NOT_SENT):
+        outcome = transport_outcome(exc)
+        if outcome is Outcome.NOT_SENT:
             raise ProviderUnavailable(
                 _scrubbed(
                     request, f"could not connect to the token endpoint {request.url} ({why})"
                 ),
                 sent=False,
             ) from None
-        if isinstance(exc, httpx.UnsupportedProtocol):
-            # Refused before sending, and trying again cannot help: a plain, definitive error.
+        if outcome is Outcome.REFUSED:
+            # Refused before sending, and trying again cannot help.
             raise ProviderError(
                 _scrubbed(request, f"cannot send to the token endpoint {request.url} ({why})")
             ) from None
@@ -174,7 +172,7 @@ def _complete(response: httpx.Response, decoded: int) -> bool:
 def _prepared(request: TokenRequest, timeouts: httpx.Timeout, deadline: _Deadline) -> httpx.Request:
     try:
         http_request = request.to_httpx()
-    except httpx.InvalidURL as exc:
+    except UNSENDABLE_FAILURES as exc:  # the outcome table's "refused": nothing left
         raise ProviderError(
             _scrubbed(request, f"the token endpoint URL is invalid ({type(exc).__name__})")
         ) from None

@@ -19,6 +19,7 @@ from urllib.parse import quote, quote_plus, unquote
 import httpx
 
 from ._as_metadata import AuthServerMetadata
+from ._decide import Outcome, answer_outcome
 from ._errors import (
     ClientRegistrationInvalid,
     MalformedResponse,
@@ -273,10 +274,10 @@ def parse_token_response(
 ) -> TokenResponse:
     """Classify a token endpoint answer: return the tokens or raise the typed error.
 
-    ``invalid_grant`` arrives as 400 or 401 depending on the server; both mean the grant is
-    dead. 429 and 503 mean nothing was processed. Any other failure after the request was
-    sent leaves the outcome unknown. ``secrets`` (:meth:`TokenRequest.secret_values`) are
-    scrubbed from the provider's text we repeat; this is the one place that text enters.
+    :func:`~grantkeeper._decide.answer_outcome` decides what the answer means (the outcome
+    table); this function only reads the body and words the error. ``secrets``
+    (:meth:`TokenRequest.secret_values`) are scrubbed from the provider's text we repeat;
+    this is the one place that text enters.
     """
     hidden = tuple(secret for secret in secrets if secret)
     try:
@@ -291,29 +292,34 @@ def parse_token_response(
     description = obj.get("error_description")
     detail = f": {_scrub(description, hidden)}" if isinstance(description, str) else ""
 
-    if status == 200 and payload is not None and code is None:
-        return _parse_success(obj if isinstance(payload, dict) else None)
-    if code == "invalid_grant":
-        raise ReauthenticationRequired(f"the authorization server rejected the grant{detail}")
-    if code in ("invalid_client", "unauthorized_client"):
+    outcome = answer_outcome(status, code, _usable_token(obj.get("access_token")))
+    if outcome is Outcome.ANSWERED:
+        return _parse_success(obj)
+    if outcome is Outcome.DEFINITIVE:
+        if code == "invalid_grant":
+            raise ReauthenticationRequired(f"the authorization server rejected the grant{detail}")
         raise ClientRegistrationInvalid(
             f"the authorization server does not accept this client ({error}){detail}"
         )
-    if status in (429, 503) or code == "temporarily_unavailable":
+    if outcome is Outcome.NOT_PROCESSED:
         raise ProviderUnavailable(
             f"the authorization server is unavailable (HTTP {status}){detail}",
             status=status,
             error=error,
             retry_after=_retry_after(headers.get("retry-after"), now),
         )
-    if code is not None and 400 <= status < 500:
+    if outcome is Outcome.REFUSED:
         raise ProviderError(
             f"the authorization server refused the request ({error}){detail}",
             status=status,
             error=error,
         )
-    if status == 200:
-        raise MalformedResponse("the token endpoint answered 200 with no usable JSON object")
+    if 200 <= status < 300:
+        if payload is None or not isinstance(payload, dict):
+            raise MalformedResponse(
+                f"the token endpoint answered {status} with no usable JSON object"
+            )
+        raise MalformedResponse(f"the token endpoint answered {status} with no usable access_token")
     raise RefreshOutcomeUnknown(
         f"the authorization server failed with HTTP {status}; the request may have been processed",
         status=status,
@@ -321,30 +327,37 @@ def parse_token_response(
     )
 
 
-def _parse_success(body: dict[str, Any] | None) -> TokenResponse:
-    """Return the tokens of a 200 answer, dropping unusable optional fields.
+MAX_TOKEN_TYPE_CHARS = 40
+"""How much of a ``token_type`` we keep: the registered ones (RFC 6750, RFC 9449) are short."""
 
-    The refresh token that was sent is spent by now, so only an answer without a usable
-    access token, or with one we cannot present, is refused.
+_KNOWN_TOKEN_TYPES = {"bearer": "Bearer", "dpop": "DPoP"}
+"""Token types by their case-insensitive name (RFC 6749 §5.1), as they are spelled."""
+
+
+def _parse_success(body: dict[str, Any]) -> TokenResponse:
+    """Return the tokens of a 2xx answer with a usable access token, dropping unusable
+    optional fields.
+
+    The refresh token that was sent is spent by now: the answer is kept, whatever else it
+    says. A ``token_type`` other than Bearer is kept as the provider named it, so the
+    record says what the token is (see ``Keeper``'s ``UnsupportedTokenType``).
     """
-    if body is None:
-        raise MalformedResponse("token response is not a JSON object")
     access_token = body.get("access_token")
-    if not _usable_token(access_token):
+    if not _usable_token(access_token):  # answer_outcome checked it; this tells mypy
         raise MalformedResponse("token response has no usable access_token")
     dropped: list[str] = []
+    if "error" in body:
+        dropped.append("error")  # a token came with it: the token is the answer
 
-    token_type = body.get("token_type")
-    if isinstance(token_type, str) and token_type.strip():
-        if token_type.strip().lower() != "bearer":
-            # Not cosmetic: a DPoP or MAC token is bound to a proof or key that grantkeeper
-            # cannot produce, so presenting it as Bearer fails on every request, or worse,
-            # strips a sender constraint. Storing it would loop refresh after refresh; the
-            # client registration has to ask for Bearer tokens instead.
-            raise MalformedResponse(
-                f"unsupported token_type {token_type[:20]!r}; grantkeeper sends only Bearer"
-            )
-    elif token_type is not None:
+    token_type = "Bearer"
+    raw_type = body.get("token_type")
+    if isinstance(raw_type, str) and raw_type.strip():
+        named = raw_type.strip()
+        token_type = _KNOWN_TOKEN_TYPES.get(named.lower()) or "".join(
+            c for c in named[:MAX_TOKEN_TYPE_CHARS] if "!" <= c <= "~"
+        )
+        token_type = token_type or "unknown"
+    elif raw_type is not None:
         dropped.append("token_type")  # not a type at all: it claims nothing, keep Bearer
 
     raw_expiry = body.get("expires_in")
@@ -374,7 +387,7 @@ def _parse_success(body: dict[str, Any] | None) -> TokenResponse:
     id_token = optional_str("id_token")
     return TokenResponse(
         access_token=access_token,
-        token_type="Bearer",
+        token_type=token_type,
         expires_in=expires_in,
         refresh_token=refresh_token,
         scope=scope,
