@@ -445,3 +445,18 @@ def test_a_login_on_a_plain_install_names_the_keyring_extra(
     without_keyring_package(monkeypatch)
     assert _keyring_missing(AutoStore(home))  # Auto fell back to files: say why, once
     assert not _keyring_missing(FileStore(home))  # files were asked for: nothing to say
+
+
+def test_a_token_grantkeeper_cannot_present_needs_a_person_in_every_command(home: Path) -> None:
+    """A stored DPoP token (kept: its refresh token is the live one) is never printed as a
+    Bearer token: ``token`` and ``status`` both exit 3 and say what to do."""
+    save_server(ServerConfig(RESOURCE, name="demo"))
+    record = make_record("dpop-bound-access", "dpop-refresh", now=NOW).replace(token_type="DPoP")
+    FileStore(home).write(CredentialKey.for_server(RESOURCE), record, expected_version=None)
+    code, out, err = invoke("token", "demo")
+    assert code == 3 and out == "" and "dpop-bound-access" not in err
+    assert "'DPoP'" in err and err.strip().endswith("run: grantkeeper login demo"), err
+    code, out, _ = invoke("status", "demo", "--json")
+    [entry] = json.loads(out)
+    assert code == 3 and entry["state"] == "reauthentication_required"
+    assert "Bearer" in entry["detail"]

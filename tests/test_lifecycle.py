@@ -273,6 +273,25 @@ def test_a_dpop_token_is_kept_and_rotates_but_is_never_sent_as_bearer(world: Wor
     assert world.provider.rotations == 2 and world.provider.replays == 0
 
 
+def test_an_answer_with_only_a_refresh_token_is_kept_and_b_is_spent_next(world: World) -> None:
+    """A 2xx whose access token is unusable still carries B's refresh token, and A is spent:
+    B is stored expired, and the next refresh spends B, never A."""
+    a = world.login()
+    keeper = world.keeper()
+    assert keeper.access_token() == a.access_token
+
+    def broken_access(form: dict[str, str]) -> httpx.Response:
+        status, body = world.provider.handle(form)
+        return httpx.Response(status, json={**body, "access_token": "not usable"})
+
+    world.provider.faults.append(broken_access)
+    world.clock.advance(3600 + 1)
+    served = keeper.credential(timeout=30)  # one transaction stores B, the next spends it
+    assert world.provider.is_active(served.access_token)
+    assert world.provider.rotations == 2 and world.provider.replays == 0
+    assert world.stored().access_token == served.access_token
+
+
 def test_a_busy_lock_or_unwritable_store_in_the_stale_window_fails_no_request(
     world: World,
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from grantkeeper import Credential, CredentialKey, RefreshIntent, StoreCorrupt
-from grantkeeper._record import record_from_json, record_to_json
+from grantkeeper._record import BEARER_SCHEMA, SCHEMA_VERSION, record_from_json, record_to_json
 from tests.helpers import T0, make_record
 
 SECRET_AT = "access-SECRET-0123456789abcdef"
@@ -117,3 +117,14 @@ def test_same_identity_compares_issuer_and_resource() -> None:
     assert not record.same_identity(record.replace(issuer="https://other.test"))
     assert not isinstance(record, dict) and isinstance(record, Credential)
     assert datetime.now(UTC) > T0 - timedelta(days=1)
+
+
+def test_a_record_whose_token_is_not_bearer_is_refused_by_older_versions() -> None:
+    """Versions that read only layout 1 ignore ``token_type`` and would send a DPoP token as
+    Bearer: such a record is written as layout 2, which they refuse. Bearer records stay 1."""
+    bearer = make_record("at-0123456789", "rt-0123456789")
+    dpop = bearer.replace(token_type="DPoP")
+    assert record_to_json(bearer)["schema"] == BEARER_SCHEMA == 1
+    assert record_to_json(dpop)["schema"] == SCHEMA_VERSION == 2
+    assert record_from_json(record_to_json(dpop)) == dpop
+    assert record_from_json(record_to_json(bearer)) == bearer

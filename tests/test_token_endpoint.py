@@ -21,11 +21,14 @@ from grantkeeper import (
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
+    UnsupportedTokenType,
 )
+from grantkeeper._as_metadata import AuthServerMetadata
 from grantkeeper._token_client import asend_token_request, send_token_request
 from grantkeeper._token_endpoint import (
     MAX_RESPONSE_BYTES,
     apply_response,
+    new_credential,
     parse_token_response,
     refresh_request,
 )
@@ -153,6 +156,25 @@ def test_a_token_of_another_type_is_kept_as_named(named: str, kept: str) -> None
     """It may have spent A, so it is the answer; the Keeper refuses to present it."""
     response = parse(200, {"access_token": "a", "refresh_token": "rt-B", "token_type": named})
     assert response.token_type == kept and response.refresh_token == "rt-B"
+
+
+def test_a_first_grant_with_a_token_of_another_type_stores_nothing() -> None:
+    """A login's answer spent nothing of ours: a credential no request could use is refused."""
+    issuer = "https://as.example.test"
+    meta = AuthServerMetadata(issuer, f"{issuer}/authorize", f"{issuer}/token")
+    answer = parse(200, {"access_token": "a", "refresh_token": "rt-B", "token_type": "DPoP"})
+    with pytest.raises(UnsupportedTokenType) as raised:
+        new_credential(
+            answer,
+            received=T0,
+            metadata=meta,
+            resource="https://mcp.example.test/mcp",
+            scope=None,
+            client_id="c",
+            client_secret=None,
+            auth_method=None,
+        )
+    assert raised.value.token_type == "DPoP" and "nothing was stored" in str(raised.value)
 
 
 @pytest.mark.parametrize(

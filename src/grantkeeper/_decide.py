@@ -127,10 +127,11 @@ class OutcomeRow:
 OUTCOME_TABLE: tuple[OutcomeRow, ...] = (
     OutcomeRow(
         Outcome.ANSWERED,
-        "any 2xx whose body is a JSON object with a usable `access_token`, whatever its "
-        "`token_type` or other members",
+        "any 2xx whose body is a JSON object with a usable `access_token` or "
+        "`refresh_token`, whatever its `token_type` or other members",
         "cleared: B replaces A",
-        "B; a token that is not Bearer (DPoP) is stored and keeps rotating, but "
+        "B; without a usable access token, B's refresh token is stored and spent at once "
+        "for one; a token that is not Bearer (DPoP) is stored and keeps rotating, but "
         "`UnsupportedTokenType` is raised instead of serving it",
         "no: B carries it on",
     ),
@@ -145,7 +146,7 @@ OUTCOME_TABLE: tuple[OutcomeRow, ...] = (
     OutcomeRow(
         Outcome.NOT_PROCESSED,
         "429 or 503, whatever the body says (even `invalid_grant`); "
-        "`temporarily_unavailable` at any other status "
+        "`temporarily_unavailable` in another 4xx, or in a 2xx without a token "
         "(`ProviderUnavailable`, `sent=True`, `retry_after`)",
         "`unavailable`, backoff honouring `Retry-After` (up to 5 min)",
         "`ProviderUnavailable` (retryable), or the still-valid token",
@@ -153,10 +154,10 @@ OUTCOME_TABLE: tuple[OutcomeRow, ...] = (
     ),
     OutcomeRow(
         Outcome.UNKNOWN,
-        "any other 5xx, whatever the body says (even `invalid_grant`); a 1xx or 3xx; a 4xx "
-        "without an `error` code; a 2xx with neither a usable access token nor an `error` "
-        "code; a read or write timeout, a reset after sending, any other failure once the "
-        "request may have left; the 30 s total deadline "
+        "any other 5xx, whatever the body says (even `invalid_grant` or "
+        "`temporarily_unavailable`); a 1xx or 3xx; a 4xx without an `error` code; a 2xx with "
+        "neither a usable token nor an `error` code; a read or write timeout, a reset after "
+        "sending, any other failure once the request may have left; the 30 s total deadline "
         "(`RefreshOutcomeUnknown`, `MalformedResponse`)",
         "`unknown`, backoff",
         "`RefreshOutcomeUnknown` (retryable), or the still-valid token",
@@ -166,8 +167,8 @@ OUTCOME_TABLE: tuple[OutcomeRow, ...] = (
     OutcomeRow(
         Outcome.REFUSED,
         "any other `error` code (`invalid_request`, `invalid_scope`, "
-        "`unsupported_grant_type`) in a 4xx other than 429 or in a 2xx without an access "
-        "token; a token endpoint URL that cannot be sent to (`InvalidURL`, "
+        "`unsupported_grant_type`) in a 4xx other than 429 or in a 2xx without a token; a "
+        "token endpoint URL that cannot be sent to (`InvalidURL`, "
         "`UnsupportedProtocol`) (`ProviderError`)",
         "`unavailable` with `refused`, backoff",
         "`ProviderError`, or the still-valid token",
@@ -176,7 +177,7 @@ OUTCOME_TABLE: tuple[OutcomeRow, ...] = (
     OutcomeRow(
         Outcome.DEFINITIVE,
         "`invalid_grant`, `invalid_client` or `unauthorized_client` in a 4xx other than 429, "
-        "or in a 2xx without an access token",
+        "or in a 2xx without a token",
         "one guarded re-read: a replacement (a login, a peer) is adopted; else marked dead",
         "`ReauthenticationRequired` / `ClientRegistrationInvalid`",
         "yes, unless the guarded re-read finds a replacement",
@@ -191,15 +192,16 @@ def answer_outcome(status: int, error: str | None, usable_token: bool) -> Outcom
     """What a token endpoint's HTTP answer means (:data:`OUTCOME_TABLE`).
 
     ``error`` is the body's ``error`` code, if any; ``usable_token`` whether the body is a
-    JSON object with an access token that can be sent. A 429 or a 5xx is a failure of the
-    server whatever its body claims (a gateway may relay anything); a 2xx or a 4xx that
-    carries a code is the provider's own word.
+    JSON object with an access token that can be sent, or with a refresh token. A 429 or a
+    5xx is a failure of the server whatever its body claims (a gateway may relay anything);
+    a 2xx or a 4xx that carries a code is the provider's own word.
     """
+    own_word = 200 <= status < 300 or 400 <= status < 500
     if 200 <= status < 300 and usable_token:
         return Outcome.ANSWERED  # it may have spent A: B is never thrown away
-    if status in (429, 503) or error == "temporarily_unavailable":
+    if status in (429, 503) or (own_word and error == "temporarily_unavailable"):
         return Outcome.NOT_PROCESSED
-    if error is not None and (200 <= status < 300 or 400 <= status < 500):
+    if own_word and error is not None:
         return Outcome.DEFINITIVE if error in DEFINITIVE_ERRORS else Outcome.REFUSED
     return Outcome.UNKNOWN
 

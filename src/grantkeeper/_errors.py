@@ -13,7 +13,7 @@
     ├── UnsupportedTokenType              the provider issued a token that is not Bearer
     │                                     (DPoP): it is kept, but cannot be presented
     ├── ProviderError                     the token endpoint misbehaved
-    │   ├── ProviderUnavailable           429, 503, refused: nothing was spent (retryable)
+    │   ├── ProviderUnavailable           429, 503, connection refused: nothing spent (retryable)
     │   ├── RefreshOutcomeUnknown         timeout, 5xx, lost connection after sending (retryable)
     │   └── MalformedResponse             not a token response we can trust
     ├── ProtocolError                     bad metadata, callback or header from a peer
@@ -208,7 +208,7 @@ class ProviderError(GrantkeeperError):
 
 
 class ProviderUnavailable(ProviderError):
-    """The provider did not process the request (429, 503, refused): try again later."""
+    """The provider did not process the request (429, 503, connection refused): try again later."""
 
     retryable = True
 

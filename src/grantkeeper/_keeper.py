@@ -632,8 +632,12 @@ class Keeper:
         if intent is not None and intent.retry_at is not None and intent.retry_at > self._clock():
             self._ahead_after = intent.retry_at  # a peer's backoff binds us too
         elif intent is None:
-            self._ahead_failures = 0  # a clean record: whatever failed is over
+            self._backoff_over()  # a clean record: whatever failed is over
         return record
+
+    def _backoff_over(self) -> None:
+        self._ahead_failures = 0
+        self._ahead_after = None
 
     def _transact(
         self,
@@ -876,6 +880,7 @@ class Keeper:
         )
         # The provider's answer is authoritative from here on, whatever the store does.
         self._current = fresh
+        self._backoff_over()
         self._identity = merged_identity(self._identity, fresh)
         self._durable = renewer.noted
         self._pending = fresh

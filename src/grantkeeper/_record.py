@@ -19,8 +19,16 @@ from urllib.parse import urlsplit, urlunsplit
 from ._errors import StoreCorrupt
 from ._redact import fingerprint, redact, remember
 
-SCHEMA_VERSION = 1
-"""Version of the stored JSON layout; a newer one is refused rather than misread."""
+SCHEMA_VERSION = 2
+"""Version of the stored JSON layout; a newer one is refused rather than misread.
+
+1 is every record whose token is Bearer. 2 marks a record whose ``token_type`` is not (a
+DPoP token kept from a refresh's answer): versions that read only 1 ignore ``token_type``
+and would send the token as Bearer, so they must refuse the record (``StoreCorrupt``)
+instead. Bearer records stay 1, readable by every version sharing the store."""
+
+BEARER_SCHEMA = 1
+"""The layout version written for a Bearer record (see :data:`SCHEMA_VERSION`)."""
 
 IntentState = Literal["in_flight", "unknown", "unavailable", "answered"]
 """``in_flight``: a process is spending the token now. ``unknown``: it was sent and no usable
@@ -236,8 +244,9 @@ def _opt_str(data: Mapping[str, Any], name: str) -> str | None:
 def record_to_json(record: Credential) -> dict[str, Any]:
     """Return the stored JSON form of ``record``."""
     intent = record.intent
+    bearer = record.token_type.lower() == "bearer"
     return {
-        "schema": SCHEMA_VERSION,
+        "schema": BEARER_SCHEMA if bearer else SCHEMA_VERSION,
         "access_token": record.access_token,
         "token_type": record.token_type,
         "refresh_token": record.refresh_token,

@@ -27,6 +27,7 @@ from ._errors import (
     ProviderUnavailable,
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
+    UnsupportedTokenType,
 )
 from ._record import Credential
 from ._redact import redact, remember, scrub
@@ -259,6 +260,11 @@ def _seconds(value: Any) -> float | None:
     return seconds
 
 
+def _usable_refresh(value: Any) -> TypeGuard[str]:
+    # Only ever sent in a form body, so any non-empty string will do (RFC 6749 §A.17).
+    return isinstance(value, str) and bool(value)
+
+
 def _usable_token(value: Any) -> TypeGuard[str]:
     # It goes into an Authorization header as is: visible ASCII only (RFC 6750 §2.1).
     return isinstance(value, str) and bool(value) and all("!" <= c <= "~" for c in value)
@@ -292,7 +298,8 @@ def parse_token_response(
     description = obj.get("error_description")
     detail = f": {_scrub(description, hidden)}" if isinstance(description, str) else ""
 
-    outcome = answer_outcome(status, code, _usable_token(obj.get("access_token")))
+    carried = _usable_token(obj.get("access_token")) or _usable_refresh(obj.get("refresh_token"))
+    outcome = answer_outcome(status, code, carried)
     if outcome is Outcome.ANSWERED:
         return _parse_success(obj)
     if outcome is Outcome.DEFINITIVE:
@@ -335,17 +342,23 @@ _KNOWN_TOKEN_TYPES = {"bearer": "Bearer", "dpop": "DPoP"}
 
 
 def _parse_success(body: dict[str, Any]) -> TokenResponse:
-    """Return the tokens of a 2xx answer with a usable access token, dropping unusable
-    optional fields.
+    """Return the tokens of a 2xx answer with a usable token, dropping unusable optional
+    fields.
 
     The refresh token that was sent is spent by now: the answer is kept, whatever else it
-    says. A ``token_type`` other than Bearer is kept as the provider named it, so the
-    record says what the token is (see ``Keeper``'s ``UnsupportedTokenType``).
+    says. Without a usable access token, its ``access_token`` is empty and
+    :func:`apply_response` stores it expired, so B's refresh token is spent next, never A's.
+    A ``token_type`` other than Bearer is kept as the provider named it, so the record
+    says what the token is (see ``Keeper``'s ``UnsupportedTokenType``).
     """
-    access_token = body.get("access_token")
-    if not _usable_token(access_token):  # answer_outcome checked it; this tells mypy
-        raise MalformedResponse("token response has no usable access_token")
     dropped: list[str] = []
+    access_token = body.get("access_token")
+    if not _usable_token(access_token):
+        if not _usable_refresh(body.get("refresh_token")):  # answer_outcome checked this
+            raise MalformedResponse("token response has no usable access_token")
+        if access_token is not None:
+            dropped.append("access_token")
+        access_token = ""
     if "error" in body:
         dropped.append("error")  # a token came with it: the token is the answer
 
@@ -370,8 +383,7 @@ def _parse_success(body: dict[str, Any]) -> TokenResponse:
         expires_in = None
 
     refresh_token = body.get("refresh_token")
-    # Only ever sent in a form body, so any non-empty string will do (RFC 6749 §A.17).
-    if refresh_token is not None and not (isinstance(refresh_token, str) and refresh_token):
+    if refresh_token is not None and not _usable_refresh(refresh_token):
         # Present but unusable is not omitted: the old refresh token is spent either way.
         dropped.append("refresh_token")
         refresh_token = None
@@ -409,6 +421,8 @@ def apply_response(record: Credential, response: TokenResponse, now: datetime) -
     expires_at = (
         None if response.expires_in is None else start + timedelta(seconds=response.expires_in)
     )
+    if not response.access_token:
+        expires_at = start  # none came: expired at once, so B's refresh token gets one
     if response.refresh_token is not None or response.refresh_token_dropped:
         refresh_token = response.refresh_token
     else:
@@ -438,7 +452,22 @@ def new_credential(
     **extra: Any,
 ) -> Credential:
     """The credential a grant's first ``response`` makes (a login, client credentials,
-    jwt-bearer); its lifetime counts from when the request left (else ``received``)."""
+    jwt-bearer); its lifetime counts from when the request left (else ``received``).
+
+    A token grantkeeper cannot present (not Bearer) is refused here: a first answer spent
+    no refresh token of ours, so nothing is lost by not storing a credential no request
+    could use. (A refresh's answer is kept instead: it may carry the only live refresh
+    token.)
+    """
+    if not response.access_token:
+        raise MalformedResponse("the token response has no usable access_token")
+    if response.token_type.lower() != "bearer":
+        raise UnsupportedTokenType(
+            f"the authorization server issued a {response.token_type!r} token, which "
+            "grantkeeper cannot present (it sends Bearer tokens only); nothing was stored. "
+            "Register the client for Bearer tokens, then log in again",
+            token_type=response.token_type,
+        )
     obtained = response.requested_at or received
     return Credential(
         access_token=response.access_token,

@@ -46,11 +46,13 @@ def needs_person(exc: BaseException) -> bool:
     """Whether ``exc`` is a state only a person can fix: log in, or log in again.
 
     A stored credential that does not parse counts: nothing but a new login replaces it. So
-    does a rejected static token: nothing but a new one (``login --with-token``) replaces it.
+    does a rejected static token: nothing but a new one (``login --with-token``) replaces it,
+    and a token of a type grantkeeper cannot present (a login after the client is registered
+    for Bearer tokens; ``status`` says so too).
     """
-    from .._errors import GrantkeeperError, StaticTokenRejected, StoreCorrupt
+    from .._errors import GrantkeeperError, StaticTokenRejected, StoreCorrupt, UnsupportedTokenType
 
-    if isinstance(exc, StoreCorrupt | StaticTokenRejected):
+    if isinstance(exc, StoreCorrupt | StaticTokenRejected | UnsupportedTokenType):
         return True
     return isinstance(exc, GrantkeeperError) and (
         exc.requires_login or exc.requires_reauthentication
