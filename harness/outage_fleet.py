@@ -71,6 +71,14 @@ class Plan:
     while the fleet runs. Make it with the spawn context's ``Value("d", 0.0)``."""
 
 
+def unreported(tallies: list[Tally], processes: int) -> list[str]:
+    """The problem, in words, if a worker crashed or never reported; else nothing."""
+    crashed = [t.crashed for t in tallies if t.crashed]
+    if len(tallies) < processes or crashed:
+        return [f"{len(tallies)} of {processes} workers reported: {crashed}"]
+    return []
+
+
 @dataclass
 class Tally:
     """What one worker process saw."""

@@ -244,6 +244,16 @@ def test_a_failure_that_leaves_no_note_backs_off_in_the_process(world: World) ->
     assert world.provider.refresh_calls == 0  # no note, no spending
 
 
+def answer_altered(world: World, **changes: object) -> Callable[[dict[str, str]], httpx.Response]:
+    """A fault: the provider's own answer (it rotates, or refuses), with ``changes``."""
+
+    def fault(form: dict[str, str]) -> httpx.Response:
+        status, body = world.provider.handle(form)
+        return httpx.Response(status, json={**body, **changes})
+
+    return fault
+
+
 def test_a_dpop_token_is_kept_and_rotates_but_is_never_sent_as_bearer(world: World) -> None:
     """A 200 with ``token_type: DPoP`` spent A: its refresh token is B's, and throwing the
     answer away would replay A. It is stored; requests get a typed error, not a token
@@ -252,11 +262,7 @@ def test_a_dpop_token_is_kept_and_rotates_but_is_never_sent_as_bearer(world: Wor
     keeper = world.keeper()
     assert keeper.access_token() == a.access_token
 
-    def dpop(form: dict[str, str]) -> httpx.Response:
-        status, body = world.provider.handle(form)
-        return httpx.Response(status, json={**body, "token_type": "DPoP"})
-
-    world.provider.faults.append(dpop)
+    world.provider.faults.append(answer_altered(world, token_type="DPoP"))
     world.clock.advance(3600 + 1)  # expired: the caller waits for the refresh
     with pytest.raises(UnsupportedTokenType) as raised:
         keeper.credential(timeout=30)
@@ -280,11 +286,7 @@ def test_an_answer_with_only_a_refresh_token_is_kept_and_b_is_spent_next(world: 
     keeper = world.keeper()
     assert keeper.access_token() == a.access_token
 
-    def broken_access(form: dict[str, str]) -> httpx.Response:
-        status, body = world.provider.handle(form)
-        return httpx.Response(status, json={**body, "access_token": "not usable"})
-
-    world.provider.faults.append(broken_access)
+    world.provider.faults.append(answer_altered(world, access_token="not usable"))
     world.clock.advance(3600 + 1)
     served = keeper.credential(timeout=30)  # one transaction stores B, the next spends it
     assert world.provider.is_active(served.access_token)

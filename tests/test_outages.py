@@ -36,7 +36,7 @@ from grantkeeper import CredentialKey, FileStore, GrantkeeperError, HttpxAuth, K
 from harness import remember_secret
 from harness.authserver import AuthServer
 from harness.fault_proxy import FaultProxy, Mode, Request
-from harness.outage_fleet import SAMPLES, OutageFleet, Plan, StoreWatch, Tally
+from harness.outage_fleet import SAMPLES, OutageFleet, Plan, StoreWatch, Tally, unreported
 from harness.real_login import log_in
 from harness.resource_server import ResourceServer
 
@@ -113,10 +113,7 @@ class Figures:
 
     def problems(self) -> list[str]:
         """Every broken promise, in words; empty when the run kept them all."""
-        found: list[str] = []
-        crashed = [t.crashed for t in self.tallies if t.crashed]
-        if len(self.tallies) < self.processes or crashed:
-            found.append(f"{len(self.tallies)} of {self.processes} workers reported: {crashed}")
+        found = unreported(self.tallies, self.processes)
         if self.total("not_typed_retryable_count"):
             found.append(
                 f"{self.total('not_typed_retryable_count')} call(s) raised something other "

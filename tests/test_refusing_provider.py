@@ -34,7 +34,7 @@ from grantkeeper._status import AuthState, status_of
 from harness import remember_secret
 from harness.authserver import AuthServer
 from harness.fault_proxy import FaultProxy, Mode
-from harness.outage_fleet import OutageFleet, Plan, StoreWatch, Tally
+from harness.outage_fleet import OutageFleet, Plan, StoreWatch, Tally, unreported
 from harness.real_login import log_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
@@ -138,10 +138,7 @@ class Figures:
 
     def problems(self) -> list[str]:
         """Every broken promise, in words; empty when the run kept them all."""
-        found: list[str] = []
-        crashed = [t.crashed for t in self.tallies if t.crashed]
-        if len(self.tallies) < PROCESSES or crashed:
-            found.append(f"{len(self.tallies)} of {PROCESSES} workers reported: {crashed}")
+        found = unreported(self.tallies, PROCESSES)
         failed = [e for t in self.tallies for e in t.errors.elements()]
         if failed:
             found.append(f"{len(failed)} call(s) failed with a valid token: {sorted(failed)[:5]}")
