@@ -314,12 +314,6 @@ def serve_from_memory(current: Credential | None, ctx: Context) -> tuple[Credent
     return current, state is Freshness.STALE and renewable(current)
 
 
-def presentable(record: Credential) -> bool:
-    """Whether grantkeeper can present ``record``'s access token: a Bearer token. Another
-    type (DPoP) is kept and rotates like any, but no request is sent with it."""
-    return record.token_type.lower() == "bearer"
-
-
 def servable(record: Credential, ctx: Context, key: str) -> bool:
     """Whether ``record``'s access token may be served as it is: valid, not rejected, not
     marked dead, and of this lifecycle's identity."""
@@ -645,7 +639,7 @@ def status_verdict(
     state = freshness(record, now, skew, default_lifetime)
     if record.reauth_reason:
         return True, record.reauth_reason
-    if not presentable(record):
+    if not record.bearer:
         return True, (
             f"the authorization server issues {record.token_type!r} tokens, which grantkeeper "
             "cannot present: register the client for Bearer tokens, then log in again"

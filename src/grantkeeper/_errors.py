@@ -188,6 +188,18 @@ class UnsupportedTokenType(GrantkeeperError):
         #: The token type the provider named.
         self.token_type = token_type
 
+    @classmethod
+    def issued(cls, token_type: str, *, kept: bool, key: str | None = None) -> UnsupportedTokenType:
+        """The error for a ``token_type`` token the provider issued, ``kept`` or not."""
+        fate = "the credential is kept" if kept else "nothing was stored"
+        return cls(
+            f"the authorization server issued a {token_type!r} token, which grantkeeper "
+            f"cannot present (it sends Bearer tokens only); {fate}. Register the client for "
+            "Bearer tokens, then log in again",
+            key=key,
+            token_type=token_type,
+        )
+
 
 class ProviderError(GrantkeeperError):
     """The authorization server's token endpoint failed."""

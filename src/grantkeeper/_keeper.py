@@ -39,7 +39,6 @@ from ._decide import (
     fallback,
     identity_error,
     merged_identity,
-    presentable,
     recovery_need,
     same_note,
     servable,
@@ -244,15 +243,9 @@ class Keeper:
         away would replay the spent refresh token; but sent as Bearer it fails at the
         server, or strips its sender constraint. So a request gets a typed error instead.
         """
-        if presentable(credential):
+        if credential.bearer:
             return credential
-        raise UnsupportedTokenType(
-            f"the authorization server issued a {credential.token_type!r} token, which "
-            "grantkeeper cannot present (it sends Bearer tokens only); the credential is "
-            "kept. Register the client for Bearer tokens, then log in again",
-            key=str(self.key),
-            token_type=credential.token_type,
-        )
+        raise UnsupportedTokenType.issued(credential.token_type, kept=True, key=str(self.key))
 
     def credential(
         self, *, rejected: str | None = None, timeout: float | None = None

@@ -182,6 +182,13 @@ class Credential:
         return dataclasses.replace(self, **changes)
 
     @property
+    def bearer(self) -> bool:
+        """Whether the token is a Bearer token: the only kind grantkeeper presents. Another
+        (DPoP) is kept and rotates like any, but no request is sent with it."""
+        # Asked on every request: the stored spelling first, the case-blind match after.
+        return self.token_type == "Bearer" or self.token_type.lower() == "bearer"
+
+    @property
     def refresh_fingerprint(self) -> str | None:
         """Fingerprint of what a renewal spends or replaces, for intents and logs: the
         refresh token, or for a client-credentials credential its access token."""
@@ -244,9 +251,8 @@ def _opt_str(data: Mapping[str, Any], name: str) -> str | None:
 def record_to_json(record: Credential) -> dict[str, Any]:
     """Return the stored JSON form of ``record``."""
     intent = record.intent
-    bearer = record.token_type.lower() == "bearer"
     return {
-        "schema": BEARER_SCHEMA if bearer else SCHEMA_VERSION,
+        "schema": BEARER_SCHEMA if record.bearer else SCHEMA_VERSION,
         "access_token": record.access_token,
         "token_type": record.token_type,
         "refresh_token": record.refresh_token,

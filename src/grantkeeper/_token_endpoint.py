@@ -461,15 +461,8 @@ def new_credential(
     """
     if not response.access_token:
         raise MalformedResponse("the token response has no usable access_token")
-    if response.token_type.lower() != "bearer":
-        raise UnsupportedTokenType(
-            f"the authorization server issued a {response.token_type!r} token, which "
-            "grantkeeper cannot present (it sends Bearer tokens only); nothing was stored. "
-            "Register the client for Bearer tokens, then log in again",
-            token_type=response.token_type,
-        )
     obtained = response.requested_at or received
-    return Credential(
+    credential = Credential(
         access_token=response.access_token,
         token_type=response.token_type,
         refresh_token=response.refresh_token,
@@ -487,3 +480,6 @@ def new_credential(
         token_endpoint_auth_method=auth_method,
         **extra,
     )
+    if not credential.bearer:
+        raise UnsupportedTokenType.issued(credential.token_type, kept=False)
+    return credential
