@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from grantkeeper import Credential, CredentialKey, Store
-from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._code_flow import run_code_flow
+from grantkeeper._oauth.auth_server_metadata import parse_metadata
+from grantkeeper._oauth.code_flow import run_code_flow
 from harness import remember_secret
 from harness.authserver import AuthServer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from grantkeeper._redact import forget_all
-from grantkeeper._rescue import RESCUE_DIR_ENV
+from grantkeeper._rescue_copies import RESCUE_DIR_ENV
 from harness import secrets_seen
 
 

@@ -26,7 +26,7 @@ def ask_once(home: str, disk: str, url: str, profile: str) -> None:
     """The worker's body: one question, in a local Keeper that is simply dropped."""
     import grantkeeper._keeper as keeper_module
     from grantkeeper import CredentialKey, FileStore, Keeper
-    from grantkeeper._token_client import send_token_request as sent
+    from grantkeeper._oauth.token_client import send_token_request as sent
     from tests.tiny_disk import fill
 
     if disk:

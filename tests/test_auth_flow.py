@@ -14,7 +14,7 @@ from grantkeeper import (
     ReauthenticationRequired,
     RetryRequired,
 )
-from grantkeeper._auth_flow import (
+from grantkeeper._http_auth.flow import (
     ACTIONABLE,
     Acquire,
     Flow,

@@ -350,9 +350,10 @@ def test_an_80_column_table_cuts_nothing_and_prints_the_action_whole(home: Path)
 def without_keyring_package(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on a plain install (the wheel test shows it for real, in a clean venv): hiding the
     package in this process would leave the keyring half-imported for later tests."""
-    from grantkeeper import KeyringStore, _store_admin
+    from grantkeeper import KeyringStore
+    from grantkeeper._stores import admin as store_admin
 
-    monkeypatch.setattr(_store_admin, "installed", lambda module: module != "keyring")
+    monkeypatch.setattr(store_admin, "installed", lambda module: module != "keyring")
     monkeypatch.setattr(KeyringStore, "available", lambda self: False)
 
 

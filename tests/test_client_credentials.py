@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from grantkeeper import Credential, CredentialKey, FileStore, Keeper, ServerConfigError, login
-from grantkeeper._client_assertion import CLIENT_ASSERTION_TYPE, client_assertion, key_source
-from grantkeeper._decide import Action, Context, decide
-from grantkeeper._grants import renewal_request
+from grantkeeper._oauth.client_assertion import CLIENT_ASSERTION_TYPE, client_assertion, key_source
+from grantkeeper._oauth.grants import renewal_request
 from grantkeeper._record import CLIENT_CREDENTIALS, record_from_json, record_to_json
+from grantkeeper._rules import Action, Context, decide
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
 from tests.login_helpers import introspect, remember

@@ -30,8 +30,8 @@ from grantkeeper import (
     ServerConfigError,
     login,
 )
-from grantkeeper._discovery import Discovery
-from grantkeeper._grants import (
+from grantkeeper._oauth.discovery import Discovery
+from grantkeeper._oauth.grants import (
     ID_JAG_TYPE,
     JWT_BEARER,
     jwt_bearer_request,

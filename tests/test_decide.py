@@ -13,7 +13,7 @@ from grantkeeper import (
     ReauthenticationRequired,
     RefreshIntent,
 )
-from grantkeeper._decide import Action, Context, decide, same_note
+from grantkeeper._rules import Action, Context, decide, same_note
 from tests.helpers import T0, make_record
 
 A = make_record("at-A", "rt-A")

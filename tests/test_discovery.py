@@ -9,16 +9,16 @@ import httpx
 import pytest
 
 from grantkeeper import OAuthUnsupported
-from grantkeeper._as_metadata import AuthServerMetadata
-from grantkeeper._discovery import (
+from grantkeeper._errors import ProtocolError
+from grantkeeper._oauth.auth_server_metadata import AuthServerMetadata
+from grantkeeper._oauth.discovery import (
     ResourceMetadata,
     choose_scope,
     discover,
     resource_matches,
     resource_metadata_urls,
 )
-from grantkeeper._errors import ProtocolError
-from grantkeeper._www_authenticate import Challenge
+from grantkeeper._oauth.www_authenticate import Challenge
 
 SERVER = "https://mcp.example.com/v1/mcp"
 ISSUER = "https://auth.example.com"

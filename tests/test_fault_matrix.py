@@ -33,8 +33,8 @@ from grantkeeper import (
     PostgresStore,
     Store,
 )
-from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._code_flow import run_code_flow
+from grantkeeper._oauth.auth_server_metadata import parse_metadata
+from grantkeeper._oauth.code_flow import run_code_flow
 from grantkeeper._status import AuthState, status_of
 from grantkeeper._stores import _fs
 from grantkeeper._stores import file as _file_store

@@ -149,7 +149,7 @@ def test_missing_directory_reads_as_empty(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_record_can_be_deleted_or_replaced_by_a_new_login(tmp_path: Path) -> None:
-    from grantkeeper._code_flow import save
+    from grantkeeper._oauth.code_flow import save
 
     store = FileStore(tmp_path)
     store.write(KEY, make_record("a", "r"), expected_version=None)

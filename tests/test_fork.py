@@ -32,7 +32,7 @@ import pytest
 
 import grantkeeper._keeper as keeper_module
 from grantkeeper import CredentialKey, FileStore, Keeper, LockTimeout, PostgresStore
-from grantkeeper._token_client import send_token_request as sent
+from grantkeeper._oauth.token_client import send_token_request as sent
 from harness.authserver import AuthServer
 from harness.postgres import PostgresCluster
 from harness.real_login import age, log_in

@@ -19,16 +19,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from grantkeeper import FileStore, GrantkeeperError, PostgresStore, StoreCorrupt
-from grantkeeper._as_metadata import AuthServerMetadata, parse_metadata
-from grantkeeper._authorization import parse_callback
+from grantkeeper._oauth.auth_server_metadata import AuthServerMetadata, parse_metadata
+from grantkeeper._oauth.authorization import parse_callback
+from grantkeeper._oauth.registration import ClientRegistration, parse_registration
+from grantkeeper._oauth.token_endpoint import TokenResponse, parse_token_response
 from grantkeeper._record import record_to_json
-from grantkeeper._registration import ClientRegistration, parse_registration
 from grantkeeper._stores._fs import PrivateDir
 from grantkeeper._stores._fs import key_slug as _slug
 from grantkeeper._stores.file import FILE_FORMAT
 from grantkeeper._stores.postgresql import _key_id
 from grantkeeper._stores.sealing import Sealer
-from grantkeeper._token_endpoint import TokenResponse, parse_token_response
 from tests.fuzzing import FUZZ
 from tests.helpers import KEY, T0, make_record
 

@@ -9,9 +9,8 @@ import pytest
 
 from grantkeeper import CredentialKey, ServerConfig, resolve_server, save_server
 from grantkeeper._cli._policy import login_hint
-from grantkeeper._hints import login_command
-from grantkeeper._proxy_login import login_hint as proxy_login_hint
-from grantkeeper._status import AuthState, AuthStatus
+from grantkeeper._proxy.login import login_hint as proxy_login_hint
+from grantkeeper._status import AuthState, AuthStatus, login_command
 
 
 @pytest.fixture(autouse=True)

@@ -29,8 +29,8 @@ from grantkeeper import (
     UnsupportedTokenType,
     auth_status,
 )
-from grantkeeper._decide import status_verdict
-from grantkeeper._rescue import RESCUE_DIR_ENV
+from grantkeeper._rescue_copies import RESCUE_DIR_ENV
+from grantkeeper._rules import status_verdict
 from grantkeeper._servers import ServerConfig
 from grantkeeper._status import AuthState
 from harness.fake_provider import FakeProvider
@@ -440,7 +440,7 @@ def test_b_the_store_refuses_through_close_is_rescued_and_adopted(world: World) 
 def test_with_no_place_for_b_the_note_says_answered_and_a_is_never_retried(
     world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr("grantkeeper._rescue.save", lambda *args, **kw: None)
+    monkeypatch.setattr("grantkeeper._rescue_copies.save", lambda *args, **kw: None)
     world.login()
     keeper = world.keeper()
     keeper.access_token()

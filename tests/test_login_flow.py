@@ -19,9 +19,9 @@ from grantkeeper import (
     ServerConfig,
     login,
 )
-from grantkeeper._as_metadata import AuthServerMetadata
-from grantkeeper._discovery import Discovery
 from grantkeeper._errors import ProtocolError
+from grantkeeper._oauth.auth_server_metadata import AuthServerMetadata
+from grantkeeper._oauth.discovery import Discovery
 from tests.helpers import make_record
 
 ISSUER = "https://auth.example.com"

@@ -1,4 +1,4 @@
-"""The provider outcome table, once: every row of ``_decide.OUTCOME_TABLE`` is produced by
+"""The provider outcome table, once: every row of ``_rules.OUTCOME_TABLE`` is produced by
 real answers and transport failures sent through the token client, leaves the note its row
 says, and reads the same in docs/refresh-transaction.md and docs/guarantees.md."""
 
@@ -22,7 +22,9 @@ from grantkeeper import (
     RefreshIntent,
     RefreshOutcomeUnknown,
 )
-from grantkeeper._decide import (
+from grantkeeper._oauth.token_client import send_token_request
+from grantkeeper._oauth.token_endpoint import TokenResponse, refresh_request
+from grantkeeper._rules import (
     OUTCOME_TABLE,
     Action,
     Context,
@@ -34,8 +36,6 @@ from grantkeeper._decide import (
     outcome_of,
     status_verdict,
 )
-from grantkeeper._token_client import send_token_request
-from grantkeeper._token_endpoint import TokenResponse, refresh_request
 from tests.helpers import T0, make_record
 
 ROOT = Path(__file__).resolve().parent.parent

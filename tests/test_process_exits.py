@@ -30,7 +30,7 @@ import pytest
 
 import grantkeeper._keeper as keeper_module
 from grantkeeper import Credential, CredentialKey, FileStore, Keeper
-from grantkeeper._token_client import send_token_request as sent
+from grantkeeper._oauth.token_client import send_token_request as sent
 from harness.authserver import AuthServer
 from harness.real_login import age, log_in
 from tests.tiny_disk import environment, fill, free, mounted, run_cli

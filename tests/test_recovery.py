@@ -28,7 +28,7 @@ from grantkeeper import (
     ReauthenticationRequired,
     login_recovery,
 )
-from grantkeeper._decide import recovery_need
+from grantkeeper._rules import recovery_need
 from grantkeeper.mcp import connect
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider

@@ -22,11 +22,11 @@ from grantkeeper import (
     ServerConfigError,
     login,
 )
-from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._discovery import Discovery
-from grantkeeper._kept_registrations import KeptRegistrations
-from grantkeeper._registration import metadata_document_client
-from grantkeeper._store_admin import diagnose_store
+from grantkeeper._oauth.auth_server_metadata import parse_metadata
+from grantkeeper._oauth.discovery import Discovery
+from grantkeeper._oauth.kept_registrations import KeptRegistrations
+from grantkeeper._oauth.registration import metadata_document_client
+from grantkeeper._stores.admin import diagnose_store
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
 from tests.login_helpers import Browser, auth_server, remember, resource
@@ -117,7 +117,7 @@ def test_a_replacement_the_server_refuses_too_is_final(tmp_path: Path) -> None:
 
 
 def test_a_client_with_a_secret_is_not_kept(tmp_path: Path) -> None:
-    from grantkeeper._registration import ClientRegistration
+    from grantkeeper._oauth.registration import ClientRegistration
 
     kept = KeptRegistrations(tmp_path)
     kept.keep(ISSUER, REDIRECT, ClientRegistration("c", "a-client-secret-value"))

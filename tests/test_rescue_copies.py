@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-import grantkeeper._rescue as rescue_module
+import grantkeeper._rescue_copies as rescue_module
 from grantkeeper import (
     AutoStore,
     Credential,
@@ -35,10 +35,10 @@ from grantkeeper import (
     Store,
     logout,
 )
-from grantkeeper._code_flow import save as store_login
+from grantkeeper._oauth.code_flow import save as store_login
 from grantkeeper._record import record_to_json
 from grantkeeper._redact import fingerprint
-from grantkeeper._rescue import RESCUE_DIR_ENV
+from grantkeeper._rescue_copies import RESCUE_DIR_ENV
 from grantkeeper._stores.sealing import KEY_ENV, Sealer
 from grantkeeper.testing import MemoryKeyring
 from harness.fake_provider import FakeProvider

@@ -1,4 +1,4 @@
-"""The lifecycle rules of ``_decide``, stepped by hand: the provider outcome table row by
+"""The lifecycle rules of ``_rules``, stepped by hand: the provider outcome table row by
 row, then hypothesis over records, intents, clocks and outcomes for the invariants every
 decision must keep."""
 
@@ -17,7 +17,8 @@ from grantkeeper import (
     RefreshIntent,
     RefreshOutcomeUnknown,
 )
-from grantkeeper._decide import (
+from grantkeeper._freshness import Freshness, freshness
+from grantkeeper._rules import (
     BACKOFF_CAP,
     MAX_RETRY_AFTER,
     Action,
@@ -29,7 +30,6 @@ from grantkeeper._decide import (
     serve_from_memory,
     status_verdict,
 )
-from grantkeeper._freshness import Freshness, freshness
 from tests.helpers import T0, make_record
 
 A = make_record("at-A-0123456789abcdef", "rt-A-0123456789abcdef")

@@ -13,11 +13,11 @@ import httpx
 import pytest
 
 from grantkeeper import FileStore, ProtocolError, RefreshOutcomeUnknown
-from grantkeeper._authorization import parse_callback
-from grantkeeper._pkce import new_verifier, s256_challenge
-from grantkeeper._token_client import send_token_request
-from grantkeeper._token_endpoint import refresh_request
-from grantkeeper._urls import require_secure
+from grantkeeper._oauth.authorization import parse_callback
+from grantkeeper._oauth.pkce import new_verifier, s256_challenge
+from grantkeeper._oauth.token_client import send_token_request
+from grantkeeper._oauth.token_endpoint import refresh_request
+from grantkeeper._oauth.urls import require_secure
 from tests.helpers import KEY, make_record
 
 

@@ -49,7 +49,7 @@ import signal
 import sys
 import grantkeeper._keeper as keeper_module
 from grantkeeper._cli import main
-from grantkeeper._token_client import send_token_request as sent
+from grantkeeper._oauth.token_client import send_token_request as sent
 
 hold = int(sys.argv.pop(1))
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from grantkeeper import LoginRequired, ReauthenticationRequired, RefreshIntent
-from grantkeeper._classify import authentication_required
+from grantkeeper._errors import authentication_required
 from grantkeeper._status import AuthState, status_of
 from tests.helpers import KEY, T0, make_record
 

@@ -21,7 +21,7 @@ from grantkeeper import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from grantkeeper._store_admin import diagnose_store as diagnose
+from grantkeeper._stores.admin import diagnose_store as diagnose
 from grantkeeper._stores.postgresql import SCHEMA_VERSION, TCP_USER_TIMEOUT_MS
 from grantkeeper._stores.sealing import KEY_ENV, Sealer
 from grantkeeper.testing import KEY, OTHER, StoreContract, StoreFactory, sample_record

@@ -22,8 +22,12 @@ from grantkeeper import (
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
 )
-from grantkeeper._token_client import DEFAULT_DEADLINE, asend_token_request, send_token_request
-from grantkeeper._token_endpoint import TokenRequest, refresh_request
+from grantkeeper._oauth.token_client import (
+    DEFAULT_DEADLINE,
+    asend_token_request,
+    send_token_request,
+)
+from grantkeeper._oauth.token_endpoint import TokenRequest, refresh_request
 from tests.helpers import T0, make_record
 from tests.loopback_endpoint import Received, loopback_endpoint
 

@@ -23,9 +23,9 @@ from grantkeeper import (
     RefreshOutcomeUnknown,
     UnsupportedTokenType,
 )
-from grantkeeper._as_metadata import AuthServerMetadata
-from grantkeeper._token_client import asend_token_request, send_token_request
-from grantkeeper._token_endpoint import (
+from grantkeeper._oauth.auth_server_metadata import AuthServerMetadata
+from grantkeeper._oauth.token_client import asend_token_request, send_token_request
+from grantkeeper._oauth.token_endpoint import (
     MAX_RESPONSE_BYTES,
     apply_response,
     new_credential,

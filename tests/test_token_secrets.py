@@ -29,9 +29,8 @@ from grantkeeper import (
     RefreshOutcomeUnknown,
 )
 from grantkeeper._cli import cli
-from grantkeeper._redact import scrub
-from grantkeeper._token_client import asend_token_request, send_token_request
-from grantkeeper._token_endpoint import (
+from grantkeeper._oauth.token_client import asend_token_request, send_token_request
+from grantkeeper._oauth.token_endpoint import (
     MAX_DESCRIPTION_CHARS,
     MAX_RESPONSE_BYTES,
     TokenRequest,
@@ -39,6 +38,7 @@ from grantkeeper._token_endpoint import (
     parse_token_response,
     refresh_request,
 )
+from grantkeeper._redact import scrub
 from tests.fuzzing import FUZZ
 from tests.helpers import KEY, RESOURCE, T0, make_record
 from tests.loopback_endpoint import Received, loopback_endpoint, send

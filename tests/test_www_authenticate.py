@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from grantkeeper import ProtocolError
-from grantkeeper._www_authenticate import bearer_challenge, parse_challenges
+from grantkeeper._oauth.www_authenticate import bearer_challenge, parse_challenges
 from tests.fuzzing import FUZZ
 
 

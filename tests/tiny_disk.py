@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from grantkeeper import CredentialKey
-from grantkeeper._rescue import RESCUE_DIR_ENV
+from grantkeeper._rescue_copies import RESCUE_DIR_ENV
 from harness.children import assert_small_tmpfs
 
 BALLAST = "ballast"

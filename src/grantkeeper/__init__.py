@@ -3,12 +3,6 @@
 This module is the public API; everything else is private and may change.
 """
 
-from ._auth_status import auth_status, known_servers
-from ._callback_server import CallbackServer
-from ._classify import authentication_required
-from ._code_flow import Authorize
-from ._decide import Outcome, outcome_of
-from ._discovery import Discovery, ResourceMetadata, discover
 from ._errors import (
     AccountChanged,
     AuthenticationRequired,
@@ -44,21 +38,26 @@ from ._errors import (
     UnsafeStorePath,
     UnsupportedTokenType,
     VersionConflict,
+    authentication_required,
 )
 from ._exports import claim as _claim
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, refresh_margin
-from ._grants import EnterpriseIdentity
-from ._httpx_auth import HttpxAuth
+from ._http_auth.httpx_auth import HttpxAuth
 from ._keeper import Keeper, Recovery
 from ._login import login
 from ._logout import LogoutResult, logout
+from ._oauth.callback_server import CallbackServer
+from ._oauth.code_flow import Authorize
+from ._oauth.discovery import Discovery, ResourceMetadata, discover
+from ._oauth.grants import EnterpriseIdentity
 from ._paths import grantkeeper_home
 from ._record import Credential, CredentialKey, RefreshIntent
-from ._recovery import login_recovery
 from ._redact import redact
+from ._relogin import login_recovery
+from ._rules import Outcome, outcome_of
 from ._servers import ServerConfig, load_servers, remove_server, resolve_server, save_server
-from ._status import AuthState, AuthStatus
-from ._store_admin import (
+from ._status import AuthState, AuthStatus, auth_status, known_servers
+from ._stores.admin import (
     CredentialReport,
     MigrationResult,
     StoreCheck,

@@ -2,10 +2,10 @@
 
 The healthy path reads memory only. Anything else runs one transaction at a time per
 ``Keeper`` on a worker thread: take the store's lock for the key, re-read the store, let
-the pure rules of ``_decide`` choose, then act. Callers join the transaction in flight and
+the pure rules of ``_rules`` choose, then act. Callers join the transaction in flight and
 may stop waiting (deadline, cancellation) without stopping it: its result serves the next
 call. A token inside its refresh margin is served while a background transaction refreshes
-ahead. This module only sequences I/O: every rule it follows is in ``_decide``.
+ahead. This module only sequences I/O: every rule it follows is in ``_rules``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,28 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from . import _rescue
-from ._decide import (
+from . import _rescue_copies
+from ._errors import (
+    AuthenticationRequired,
+    DeadlineExceeded,
+    GrantkeeperError,
+    LockLost,
+    LockTimeout,
+    LoginRequired,
+    PersistencePending,
+    StoreError,
+    UnsupportedTokenType,
+    VersionConflict,
+)
+from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
+from ._liveness import DEFAULT_LEASE, host_identity, lease_live, process_alive
+from ._log import event
+from ._oauth.grants import renewal_request
+from ._oauth.token_client import DEFAULT_TIMEOUT, send_token_request
+from ._oauth.token_endpoint import apply_response
+from ._record import Credential, CredentialKey, RefreshIntent
+from ._redact import fingerprint
+from ._rules import (
     REJECTION_INTERVAL,
     Action,
     Context,
@@ -44,27 +64,7 @@ from ._decide import (
     servable,
     serve_from_memory,
 )
-from ._errors import (
-    AuthenticationRequired,
-    DeadlineExceeded,
-    GrantkeeperError,
-    LockLost,
-    LockTimeout,
-    LoginRequired,
-    PersistencePending,
-    StoreError,
-    UnsupportedTokenType,
-    VersionConflict,
-)
-from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
-from ._grants import renewal_request
-from ._liveness import DEFAULT_LEASE, host_identity, lease_live, process_alive
-from ._log import event
-from ._record import Credential, CredentialKey, RefreshIntent
-from ._redact import fingerprint
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored, plaintext_at_rest
-from ._token_client import DEFAULT_TIMEOUT, send_token_request
-from ._token_endpoint import apply_response
 
 Recovery = Callable[[AuthenticationRequired], object]
 """A recovery hook: given what a person must fix (a needed login, a dead grant,
@@ -1035,7 +1035,7 @@ class Keeper:
         the store moved on (a login or a logout, which remove the copy; a peer that had the
         answer after all), no copy is named by what it holds, so none is adopted.
         """
-        rescued = _rescue.load(self.key, stored.record) if stored is not None else None
+        rescued = _rescue_copies.load(self.key, stored.record) if stored is not None else None
         if rescued is None:
             return stored
         assert stored is not None
@@ -1044,7 +1044,7 @@ class Keeper:
             identity_error(self._identity, rescued.record, key) is not None
         ):
             event(logging.INFO, "rescue.discarded", key=key)
-            _rescue.discard_path(rescued.path)
+            _rescue_copies.discard_path(rescued.path)
             return stored
         try:
             version = self.store.write(self.key, rescued.record, expected_version=stored.version)
@@ -1055,7 +1055,7 @@ class Keeper:
             self._identity = merged_identity(self._identity, rescued.record)
             return stored
         event(logging.WARNING, "rescue.adopted", key=key, version=version)
-        _rescue.discard_path(rescued.path)
+        _rescue_copies.discard_path(rescued.path)
         return Stored(rescued.record, version)
 
     def _adopt_sibling_pending(self, stored: Stored | None) -> None:
@@ -1133,10 +1133,10 @@ class Keeper:
         replaced = durable.record if durable is not None else None
         if replaced is not None and replaced.refresh_fingerprint is not None:
             plaintext_ok = plaintext_at_rest(self.store)
-            if not plaintext_ok and not _rescue.sealing_available():
+            if not plaintext_ok and not _rescue_copies.sealing_available():
                 # A plaintext copy of a record its store keeps sealed would undo the sealing.
                 event(logging.ERROR, "rescue.refused_unsealed", key=key, reason="no_cryptography")
-            elif _rescue.save(self.key, replaced, pending, plaintext_ok=plaintext_ok):
+            elif _rescue_copies.save(self.key, replaced, pending, plaintext_ok=plaintext_ok):
                 event(logging.WARNING, "pending.rescued", key=key)
                 return
         event(logging.ERROR, "pending.lost", key=key)

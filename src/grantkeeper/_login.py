@@ -14,17 +14,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from ._callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
-from ._client_assertion import key_source
-from ._code_flow import Authorize, register_client, run_code_flow
-from ._discovery import Discovery, choose_scope, discover
 from ._errors import CallbackUnavailable, ClientRegistrationInvalid, ServerConfigError
 from ._freshness import Clock, utc_now
-from ._grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
-from ._kept_registrations import KeptRegistrations
 from ._log import event
+from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
+from ._oauth.client_assertion import key_source
+from ._oauth.code_flow import Authorize, register_client, run_code_flow
+from ._oauth.discovery import Discovery, choose_scope, discover
+from ._oauth.grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
+from ._oauth.kept_registrations import KeptRegistrations
+from ._oauth.registration import ClientRegistration, metadata_document_client
 from ._record import CLIENT_CREDENTIALS, Credential
-from ._registration import ClientRegistration, metadata_document_client
 from ._servers import ServerConfig, resolve_server
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from . import _rescue
+from . import _rescue_copies
 from ._errors import GrantkeeperError, StoreError
 from ._log import event
+from ._oauth.revocation import TokenKind, check_revocation_response, revocation_request
 from ._record import Credential, CredentialKey
-from ._revocation import TokenKind, check_revocation_response, revocation_request
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 
 REVOCATION_TIMEOUT = httpx.Timeout(15.0, connect=10.0)
@@ -76,7 +76,7 @@ def logout(
                 event(logging.INFO, "logout.deleted_stray", key=str(key))
             return LogoutResult(removed)
         store.delete(key, expected_version=stored.version)
-        if _rescue.discard(key, stored.record):
+        if _rescue_copies.discard(key, stored.record):
             event(logging.INFO, "rescue.superseded", key=str(key))
         stage("deleted")
         event(logging.INFO, "logout.deleted", key=str(key), version=stored.version)

@@ -15,15 +15,18 @@ import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._errors import LockTimeout, ProtocolError, ServerConfigError, StoreError
+from ._oauth.urls import require_secure
 from ._paths import grantkeeper_home
 from ._record import CredentialKey, canonical_url
 from ._redact import redact, remember
 from ._stores._fs import PrivateDir
-from ._urls import require_secure
+
+if TYPE_CHECKING:
+    from ._stores.admin import StoreCheck
 
 SERVERS_FILE = "servers.json"
 SERVERS_LOCK = "servers.lock"
@@ -246,6 +249,18 @@ def loose_permissions(home: str | os.PathLike[str] | None = None) -> str | None:
     if mode & 0o077:
         return f"{path} has mode {mode:o}; run: chmod 600 {path}"
     return None
+
+
+def servers_file_check(home: str | os.PathLike[str] | None = None) -> StoreCheck:
+    """Whether ``servers.json`` keeps its secrets private (it may hold client secrets and
+    static tokens: group or world access is a problem, with the exact ``chmod``)."""
+    from ._stores.admin import StoreCheck  # the backends load for ``doctor`` alone
+
+    problem = loose_permissions(home)
+    if problem is not None:
+        return StoreCheck("servers file", False, problem)
+    path = servers_file(home)
+    return StoreCheck("servers file", True, f"{path}: private" if path.exists() else "none yet")
 
 
 def load_servers(home: str | os.PathLike[str] | None = None) -> list[ServerConfig]:

@@ -1,16 +1,53 @@
-"""Auth status: exactly one state per server, computed from the stored record alone."""
+"""Auth status: what a person must do for each server, and the command that does it.
+
+- ``status_of``: exactly one state per server, from its stored record alone;
+- ``auth_status``: the configured servers' states, from the store alone or probed with
+  ``check``;
+- ``login_command``: the one way grantkeeper writes the command a person must run to log in.
+  The CLI's errors, ``status``'s action column and the proxy's JSON-RPC errors all print it,
+  so all of them name the server as the user did and keep the profile: a hint without
+  ``--profile`` would log in to the default credential, not the one that needs it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ._decide import status_verdict
-from ._freshness import DEFAULT_SKEW, Freshness, freshness
-from ._hints import login_command
+import httpx
+
+from ._errors import OAuthUnsupported, ProtocolError, StoreCorrupt
+from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, utc_now
 from ._record import Credential, CredentialKey
+from ._rules import status_verdict
+from ._servers import ServerConfig, load_servers
+from ._stores.auto import AutoStore
+from ._stores.base import Store
+
+# -- the command a person runs ---------------------------------------------------------
+
+
+def login_command(
+    server: str, profile: str | None = None, *, scope: str | None = None, with_token: bool = False
+) -> str:
+    """``grantkeeper login URL|NAME [--profile P] [--scope S] [--with-token]``, shell-quoted.
+
+    ``scope``: what a server said the token lacks. ``with_token``: a static token to replace
+    (a browser login would not help)."""
+    words = ["grantkeeper", "login", server]
+    if profile:
+        words += ["--profile", profile]
+    if scope:
+        words += ["--scope", scope]
+    if with_token:
+        words.append("--with-token")
+    return shlex.join(words)
+
+
+# -- one server, from its record -------------------------------------------------------
 
 
 class AuthState(enum.Enum):
@@ -67,7 +104,7 @@ def status_of(
 
     ``retry_unknown_outcome`` is the :class:`~grantkeeper.Keeper`'s option of that name:
     whether a refresh whose outcome was lost is retried, or needs a new login. The rules
-    live in :func:`grantkeeper._decide.status_verdict`, beside the ones the Keeper follows.
+    live in :func:`grantkeeper._rules.status_verdict`, beside the ones the Keeper follows.
     """
     if bearer:
         return AuthStatus(key, AuthState.BEARER, "a static bearer token is configured", store=store)
@@ -84,3 +121,75 @@ def status_of(
     )
     state_now = AuthState.REAUTHENTICATION_REQUIRED if needs_login else AuthState.OAUTH
     return dataclasses.replace(ok, state=state_now, detail=detail)
+
+
+# -- configured servers, from the store or probed --------------------------------------
+
+
+def known_servers(store: Store, home: str | None = None) -> list[ServerConfig]:
+    """Configured servers, then any stored credential no configured server names."""
+    configured = load_servers(home)
+    keys = {config.key for config in configured}
+    unnamed = [_settings_for(key, configured) for key in store.keys() if key not in keys]
+    return configured + unnamed
+
+
+def _settings_for(key: CredentialKey, configured: list[ServerConfig]) -> ServerConfig:
+    """A stored credential no entry names: another profile of a configured server carries
+    that server's name and settings (as ``NAME --profile P`` resolves), else its URL alone."""
+    for config in configured:
+        if config.profile is None and not config.static and config.key.server_url == key.server_url:
+            return dataclasses.replace(config, profile=key.profile)
+    return ServerConfig(url=key.server_url, profile=key.profile)
+
+
+def _holder(store: Store, key: CredentialKey) -> str:
+    """The backend that holds ``key``: Auto mode names keyring or file, not itself."""
+    if isinstance(store, AutoStore):
+        placed = store.placement(key)
+        if placed is not None:
+            return placed
+    return store.name
+
+
+def auth_status(
+    server: ServerConfig,
+    store: Store,
+    *,
+    check: bool = False,
+    http: httpx.Client | None = None,
+    clock: Clock = utc_now,
+    skew: timedelta = DEFAULT_SKEW,
+    retry_unknown_outcome: bool = True,
+) -> AuthStatus:
+    """``server``'s status. Offline it reads only the store; ``check`` also runs discovery,
+    which tells ``login_required`` from ``unsupported`` and finds broken metadata.
+    ``retry_unknown_outcome`` is the policy of the Keepers that use this credential."""
+    key = server.key
+    if server.static:
+        return status_of(key, None, now=clock(), store=None, bearer=True)
+    try:
+        stored = store.read(key)
+    except StoreCorrupt as exc:
+        detail = f"{exc.message}; log in again"
+        return AuthStatus(key, AuthState.REAUTHENTICATION_REQUIRED, detail, store=store.name)
+    status = status_of(
+        key,
+        stored.record if stored else None,
+        now=clock(),
+        skew=skew,
+        store=_holder(store, key) if stored else None,
+        retry_unknown_outcome=retry_unknown_outcome,
+    )
+    if not check:
+        return status
+    from ._oauth.discovery import discover
+
+    try:
+        discover(server.url, http=http)
+    except OAuthUnsupported as exc:
+        return dataclasses.replace(status, state=AuthState.UNSUPPORTED, detail=exc.message)
+    except ProtocolError as exc:
+        detail = f"check failed: {exc.message}"
+        return dataclasses.replace(status, detail=f"{status.detail}; {detail}".lstrip("; "))
+    return status

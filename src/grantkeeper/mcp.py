@@ -13,9 +13,9 @@ import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 if _TYPE_CHECKING:
-    from ._httpx2_auth import Httpx2Auth
-    from ._mcp import McpSession, connect, fastmcp_client, httpx2_auth
-    from ._mcp_v1 import streamablehttp_client_v1
+    from ._http_auth.httpx2_auth import Httpx2Auth
+    from ._mcp.sessions import McpSession, connect, fastmcp_client, httpx2_auth
+    from ._mcp.sessions_v1 import streamablehttp_client_v1
 
 __all__ = [
     "Httpx2Auth",
@@ -27,12 +27,12 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Httpx2Auth": "._httpx2_auth",
-    "McpSession": "._mcp",
-    "connect": "._mcp",
-    "fastmcp_client": "._mcp",
-    "httpx2_auth": "._mcp",
-    "streamablehttp_client_v1": "._mcp_v1",
+    "Httpx2Auth": "._http_auth.httpx2_auth",
+    "McpSession": "._mcp.sessions",
+    "connect": "._mcp.sessions",
+    "fastmcp_client": "._mcp.sessions",
+    "httpx2_auth": "._mcp.sessions",
+    "streamablehttp_client_v1": "._mcp.sessions_v1",
 }
 
 

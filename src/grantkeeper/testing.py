@@ -43,7 +43,7 @@ from ._fakes import (
 )
 
 if TYPE_CHECKING:
-    from ._store_contract import StoreContract, StoreFactory
+    from ._stores.contract import StoreContract, StoreFactory
 
 __all__ = [
     "KEY",
@@ -67,9 +67,9 @@ are the two credential keys the suite writes, for a subclass's own tests."""
 def __getattr__(name: str) -> object:
     if name not in _CONTRACT:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import _store_contract
+    from ._stores import contract
 
-    value = getattr(_store_contract, name)
+    value = getattr(contract, name)
     _claim(__name__, {name: value})
     globals()[name] = value
     return value

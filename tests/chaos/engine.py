@@ -58,8 +58,8 @@ from grantkeeper import (
     Store,
     Stored,
 )
-from grantkeeper._as_metadata import parse_metadata
-from grantkeeper._code_flow import run_code_flow
+from grantkeeper._oauth.auth_server_metadata import parse_metadata
+from grantkeeper._oauth.code_flow import run_code_flow
 from grantkeeper._record import Credential
 from grantkeeper._status import AuthState, status_of
 from grantkeeper._stores._fs import key_slug as _slug

@@ -25,15 +25,17 @@ from ._policy import (
     keeper_for,
     login_hint,
     open_store_for,
+    optional_server_argument,
     profile_option,
     retry_option,
+    server_argument,
     store_option,
     verbose_option,
 )
 
 if TYPE_CHECKING:
-    from .._callback_server import CallbackServer
-    from .._code_flow import Authorize
+    from .._oauth.callback_server import CallbackServer
+    from .._oauth.code_flow import Authorize
     from .._servers import ServerConfig
     from .._status import AuthStatus
     from .._stores.base import Store
@@ -161,7 +163,7 @@ Examples:
   echo "$TOKEN" | grantkeeper login api --with-token   # replace that server's token
 """
 )
-@click.argument("server", metavar="URL|NAME")
+@server_argument
 @click.option("--name", help="Name to save the server under (default: its host).")
 @profile_option
 @click.option("--scope", "scopes", multiple=True, help="Scope to ask for (repeatable).")
@@ -232,10 +234,10 @@ def login(
     """
     import dataclasses
 
-    from .._discovery import discover
     from .._errors import OAuthUnsupported
     from .._login import callback_ports, listen_first_free
     from .._login import login as run_login
+    from .._oauth.discovery import discover
     from .._servers import resolve_server, save_server
 
     if with_token:
@@ -352,7 +354,7 @@ def login(
 def _keyring_missing(store: Store) -> bool:
     """Auto mode fell back to files because the keyring package is not installed (a plain
     install): worth one line, since the user may expect the OS keyring."""
-    from .._store_admin import installed
+    from .._stores.admin import installed
     from .._stores.auto import AutoStore
 
     return isinstance(store, AutoStore) and not installed("keyring")
@@ -378,7 +380,7 @@ Examples:
   grantkeeper logout https://mcp.example.com/mcp --no-revoke
 """
 )
-@click.argument("server", metavar="URL|NAME")
+@server_argument
 @profile_option
 @click.option("--no-revoke", is_flag=True, help="Only delete locally; do not revoke the tokens.")
 @store_option
@@ -461,7 +463,7 @@ Examples:
   grantkeeper status --json | jq -r '.[] | select(.action) | .action'
 """
 )
-@click.argument("server", metavar="[URL|NAME]", required=False)
+@optional_server_argument
 @click.option("--profile", help="Only this profile's credentials (with URL|NAME: that one).")
 @click.option("--check", is_flag=True, help="Also probe each server (network).")
 @retry_option
@@ -481,9 +483,8 @@ def status(
 
     Exits 3 when a listed server needs a (re)login.
     """
-    from .._auth_status import auth_status, known_servers
     from .._servers import resolve_server
-    from .._status import AuthState
+    from .._status import AuthState, auth_status, known_servers
     from ._policy import retry_unknown_outcome
 
     store = _store(store_spec)
@@ -554,7 +555,7 @@ Examples:
   grantkeeper token example --profile work --json   # token, expires_at, scope
 """
 )
-@click.argument("server", metavar="URL|NAME")
+@server_argument
 @profile_option
 @retry_option
 @store_option
@@ -616,7 +617,7 @@ Examples:
 @handle_errors
 def list_servers(store_spec: str | None, as_json: bool) -> None:
     """List configured servers and stored credentials."""
-    from .._auth_status import known_servers
+    from .._status import known_servers
 
     servers = known_servers(_store(store_spec))
     entries = [

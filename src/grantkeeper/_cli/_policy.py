@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .._hints import login_command
+from .._status import login_command
 
 if TYPE_CHECKING:
     from .._keeper import Keeper
@@ -202,6 +202,20 @@ def verbose_option(command: F) -> F:
     )(command)
 
 
+SERVER_METAVAR = "URL|NAME"
+"""How every command writes its server argument: a server's URL, or its name in servers.json."""
+
+
+def server_argument(command: F) -> F:
+    """``URL|NAME``: the server a command acts on."""
+    return click.argument("server", metavar=SERVER_METAVAR)(command)
+
+
+def optional_server_argument(command: F) -> F:
+    """``[URL|NAME]``: the server a command acts on, or every one."""
+    return click.argument("server", metavar=f"[{SERVER_METAVAR}]", required=False)(command)
+
+
 def store_option(command: F) -> F:
     """``--store SPEC``: which credential store (default ``$GRANTKEEPER_STORE``, else auto)."""
     return click.option(
@@ -253,7 +267,7 @@ def open_store_for(spec: str | None, *, option: str = "--store") -> Store:
     except StoreConfigError as exc:
         where = option if spec is not None else f"${STORE_ENV}"
         raise click.UsageError(f"{where}: {exc.message}") from None
-    from .._store_admin import installed
+    from .._stores.admin import installed
 
     if store.name == "keyring" and not installed("keyring"):
         # Asked for by name, the keyring must not be silently empty on a plain install.

@@ -1,5 +1,5 @@
 """``grantkeeper proxy URL|NAME``: the stdio MCP server a desktop host starts, bridged to a
-remote streamable HTTP server with grantkeeper's auth. The bridge is ``_proxy``.
+remote streamable HTTP server with grantkeeper's auth. The bridge is ``_proxy.streamable_http``.
 
 stdout carries JSON-RPC only, from the first byte: descriptor 1 is taken over before
 anything else runs. Everything for people goes to stderr (and ``--log-file``), one line
@@ -19,11 +19,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._policy import fail, handle_errors, open_store_for, profile_option, store_option
+from ._policy import (
+    fail,
+    handle_errors,
+    open_store_for,
+    profile_option,
+    server_argument,
+    store_option,
+)
 
 if TYPE_CHECKING:
     from .._keeper import Keeper
-    from .._proxy_stdio import ProtocolOut
+    from .._proxy.stdio import ProtocolOut
     from .._servers import ServerConfig
 
 MISSING_EXTRA = (
@@ -90,7 +97,7 @@ In a host's config (Claude Desktop, Cursor, VS Code):
   {"command": "uvx", "args": ["--from", "grantkeeper[mcp]", "grantkeeper", "proxy", "URL"]}
 """
 )
-@click.argument("server", metavar="URL|NAME")
+@server_argument
 @profile_option
 @click.option("--scope", "scopes", multiple=True, help="Scope to ask for at login (repeatable).")
 @click.option(
@@ -149,7 +156,7 @@ def proxy(
     In a host's config:  {"command": "uvx",
       "args": ["--from", "grantkeeper[mcp]", "grantkeeper", "proxy", "https://…/mcp"]}
     """
-    from .._proxy_stdio import ProtocolOut
+    from .._proxy.stdio import ProtocolOut
     from .._signals import ignore_stop_signals
 
     out = ProtocolOut.claim_stdout()  # before anything can print
@@ -211,10 +218,10 @@ async def _serve(
 ) -> None:
     import httpx2
 
-    from .._proxy import HTTP_TIMEOUT, Proxy
-    from .._proxy_login import LoginCoordinator
-    from .._proxy_sse import SseProxy
-    from .._proxy_stdio import read_lines
+    from .._proxy.login import LoginCoordinator
+    from .._proxy.sse import SseProxy
+    from .._proxy.stdio import read_lines
+    from .._proxy.streamable_http import HTTP_TIMEOUT, Proxy
     from .._signals import ignore_stop_signals
     from ..mcp import httpx2_auth
 

@@ -12,12 +12,12 @@ from dataclasses import asdict
 import click
 
 from .._errors import StoreError
-from .._store_admin import (
+from .._servers import servers_file_check
+from .._stores.admin import (
     DEFAULT_MIGRATE_LOCK_TIMEOUT,
     StoreReport,
     diagnose_store,
     migrate_store,
-    servers_file_check,
 )
 from .._stores.base import Store
 from ._output import ACTION, print_json, print_table, store_label

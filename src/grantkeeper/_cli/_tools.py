@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from .._classify import authentication_required
-from .._errors import GrantkeeperError, LoginRequired
+from .._errors import GrantkeeperError, LoginRequired, authentication_required
 from .._redact import scrub_known, scrub_known_in
 from ._output import print_table
 from ._policy import (
@@ -32,13 +31,14 @@ from ._policy import (
     open_store_for,
     profile_option,
     retry_option,
+    server_argument,
     store_option,
     verbose_option,
 )
 
 if TYPE_CHECKING:
     from .._keeper import Keeper
-    from .._mcp import McpSession
+    from .._mcp.sessions import McpSession
     from .._servers import ServerConfig
     from .._stores.base import Store
 
@@ -176,7 +176,7 @@ Examples:
   grantkeeper tools https://mcp.example.com/mcp --profile work --json
 """
 )
-@click.argument("server", metavar="NAME|URL")
+@server_argument
 @store_option
 @profile_option
 @retry_option
@@ -211,7 +211,7 @@ Examples:
   grantkeeper call example add --json-args '{"a": 1, "b": 2}' --json
 """
 )
-@click.argument("server", metavar="NAME|URL")
+@server_argument
 @click.argument("tool")
 @click.option("--arg", "pairs", multiple=True, metavar="KEY=VALUE", help="A tool argument.")
 @click.option("--json-args", default=None, metavar="JSON", help="Tool arguments as an object.")

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._as_metadata import AuthServerMetadata
-from ._errors import ProtocolError, ServerConfigError
-from ._redact import redact, remember
+from .._errors import ProtocolError, ServerConfigError
+from .._redact import redact, remember
+from .auth_server_metadata import AuthServerMetadata
 
 MAX_REGISTRATION_BYTES = 64 * 1024
 """A registration response is well under a KiB; bound what we parse."""

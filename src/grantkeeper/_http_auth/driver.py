@@ -1,9 +1,9 @@
-"""Drive the auth flow for httpx-shaped clients; ``_httpx_auth`` and ``_httpx2_auth`` bind it.
+"""Drive the auth flow for httpx-shaped clients; ``httpx_auth`` and ``httpx2_auth`` bind it.
 
 httpx and httpx2 share one auth protocol (``sync_auth_flow`` / ``async_auth_flow``
 generators that yield requests and receive responses) but not their classes, so the
 driver is duck-typed and each library gets a three-line subclass. Sync and async differ
-only in how a credential is awaited; the policy lives once, in ``_auth_flow``.
+only in how a credential is awaited; the policy lives once, in ``flow``.
 
 Nothing here holds a lock while a request is out, and a healthy request reads only the
 Keeper's memory.
@@ -17,7 +17,11 @@ from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
-from ._auth_flow import (
+from .._errors import DeadlineExceeded
+from .._keeper import Keeper
+from .._record import canonical_url
+from .._redact import remember
+from .flow import (
     ACTIONABLE,
     Acquire,
     Flow,
@@ -28,10 +32,6 @@ from ._auth_flow import (
     oauth_flow,
     static_flow,
 )
-from ._errors import DeadlineExceeded
-from ._keeper import Keeper
-from ._record import canonical_url
-from ._redact import remember
 
 AUTHORIZATION = "Authorization"
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ._errors import ProtocolError
-from ._record import Credential
-from ._token_endpoint import TokenRequest, client_auth
+from .._errors import ProtocolError
+from .._record import Credential
+from .token_endpoint import TokenRequest, client_auth
 
 TokenKind = Literal["refresh_token", "access_token"]
 

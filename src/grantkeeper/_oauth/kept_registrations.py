@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from ._errors import StoreError
-from ._log import event
-from ._registration import ClientRegistration
-from ._stores._fs import Document, SideFile
-from ._stores.file import FileStore
-from ._urls import is_loopback
+from .._errors import StoreError
+from .._log import event
+from .._stores._fs import Document, SideFile
+from .._stores.file import FileStore
+from .registration import ClientRegistration
+from .urls import is_loopback
 
 REGISTRATIONS_FILE = ".registrations"
 FORMAT = "grantkeeper-registrations"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ._errors import LockTimeout, VersionConflict
-from ._fakes import KEY, OTHER, sample_record
-from ._record import CredentialKey
-from ._stores.base import Store, plaintext_at_rest
+from .._errors import LockTimeout, VersionConflict
+from .._fakes import KEY, OTHER, sample_record
+from .._record import CredentialKey
+from .base import Store, plaintext_at_rest
 
 __all__ = ["StoreContract", "StoreFactory"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ._errors import ProtocolError
-from ._urls import require_secure
+from .._errors import ProtocolError
+from .urls import require_secure
 
 MAX_METADATA_BYTES = 256 * 1024
 """Metadata documents are a few KiB; refuse to parse anything near this size."""

@@ -1,10 +1,10 @@
-"""The auth flow for httpx; ``_httpx2_auth`` is its httpx2 twin, both on ``_auth_driver``."""
+"""The auth flow for httpx; ``httpx2_auth`` is its httpx2 twin, both on ``driver``."""
 
 from __future__ import annotations
 
 import httpx
 
-from ._auth_driver import HttpxShapedAuth
+from .driver import HttpxShapedAuth
 
 
 class HttpxAuth(HttpxShapedAuth, httpx.Auth):

@@ -20,14 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ._callback_server import DEFAULT_CALLBACK_TIMEOUT
-from ._errors import GrantkeeperError, LoginFailed
-from ._hints import login_command
-from ._keeper import Keeper
-from ._paths import grantkeeper_home
-from ._redact import fingerprint
-from ._servers import ServerConfig
-from ._stores.base import Store
+from .._errors import GrantkeeperError, LoginFailed
+from .._keeper import Keeper
+from .._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT
+from .._paths import grantkeeper_home
+from .._redact import fingerprint
+from .._servers import ServerConfig
+from .._status import login_command
+from .._stores.base import Store
 
 log = logging.getLogger("grantkeeper.proxy")
 
@@ -201,7 +201,7 @@ class LoginCoordinator:
             raise failure
 
     def _login(self) -> None:
-        from ._login import login
+        from .._login import login
 
         def present(url: str) -> None:
             log.warning("log in to %s in your browser: %s", self.config.label, url)

@@ -26,10 +26,10 @@ import anyio.abc
 import anyio.to_thread
 import httpx2
 
-from ._errors import GrantkeeperError, LoginRequired, OAuthUnsupported, ProtocolError
-from ._httpx2_auth import Httpx2Auth
-from ._keeper import Keeper
-from ._log import event
+from .._errors import GrantkeeperError, LoginRequired, OAuthUnsupported, ProtocolError
+from .._http_auth.httpx2_auth import Httpx2Auth
+from .._keeper import Keeper
+from .._log import event
 
 if TYPE_CHECKING:
     from mcp.client.client import Client
@@ -436,7 +436,7 @@ async def _start(session: McpSession, auth: _Observed, *, allow_unauthenticated:
 
 async def _offers_oauth(url: str) -> bool | None:
     """Whether ``url`` offers OAuth, by discovery; ``None`` when discovery cannot tell."""
-    from ._discovery import discover
+    from .._oauth.discovery import discover
 
     try:
         await anyio.to_thread.run_sync(discover, url)

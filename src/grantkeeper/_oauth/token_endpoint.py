@@ -1,6 +1,6 @@
 """Token endpoint requests and responses (RFC 6749 §5, §6; RFC 8707), kept pure.
 
-Building a request and classifying an answer do no I/O; ``_token_client`` sends.
+Building a request and classifying an answer do no I/O; ``token_client`` sends.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from urllib.parse import quote, quote_plus, unquote
 
 import httpx
 
-from ._as_metadata import AuthServerMetadata
-from ._decide import Outcome, answer_outcome
-from ._errors import (
+from .._errors import (
     ClientRegistrationInvalid,
     MalformedResponse,
     ProviderError,
@@ -29,8 +27,10 @@ from ._errors import (
     RefreshOutcomeUnknown,
     UnsupportedTokenType,
 )
-from ._record import Credential
-from ._redact import redact, remember, scrub
+from .._record import Credential
+from .._redact import redact, remember, scrub
+from .._rules import Outcome, answer_outcome
+from .auth_server_metadata import AuthServerMetadata
 
 MAX_RESPONSE_BYTES = 1 << 20
 """Token responses are a few KiB; anything near a megabyte is not one, so stop reading."""
@@ -280,7 +280,7 @@ def parse_token_response(
 ) -> TokenResponse:
     """Classify a token endpoint answer: return the tokens or raise the typed error.
 
-    :func:`~grantkeeper._decide.answer_outcome` decides what the answer means (the outcome
+    :func:`~grantkeeper._rules.answer_outcome` decides what the answer means (the outcome
     table); this function only reads the body and words the error. ``secrets``
     (:meth:`TokenRequest.secret_values`) are scrubbed from the provider's text we repeat;
     this is the one place that text enters.

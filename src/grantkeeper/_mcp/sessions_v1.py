@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from ._httpx_auth import HttpxAuth
-from ._keeper import Keeper
+from .._http_auth.httpx_auth import HttpxAuth
+from .._keeper import Keeper
 
 
 @contextlib.asynccontextmanager

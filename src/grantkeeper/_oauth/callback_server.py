@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
-from ._errors import CallbackTimeout, CallbackUnavailable
+from .._errors import CallbackTimeout, CallbackUnavailable
 
 DEFAULT_CALLBACK_TIMEOUT = 300.0
 """Seconds to wait for the browser: long enough to sign in with a second factor."""

@@ -23,12 +23,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ._as_metadata import MAX_METADATA_BYTES, AuthServerMetadata, metadata_urls, parse_metadata
-from ._errors import OAuthUnsupported, ProtocolError
-from ._log import event
-from ._record import canonical_url
-from ._urls import require_secure
-from ._www_authenticate import Challenge, bearer_challenge
+from .._errors import OAuthUnsupported, ProtocolError
+from .._log import event
+from .._record import canonical_url
+from .auth_server_metadata import (
+    MAX_METADATA_BYTES,
+    AuthServerMetadata,
+    metadata_urls,
+    parse_metadata,
+)
+from .urls import require_secure
+from .www_authenticate import Challenge, bearer_challenge
 
 PRM_WELL_KNOWN = "/.well-known/oauth-protected-resource"
 """RFC 9728 §3's well-known path prefix."""

@@ -21,13 +21,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._errors import GrantkeeperError, LockTimeout, StoreConfigError, StoreError
-from ._record import CredentialKey
-from ._stores.auto import AutoStore, Backend
-from ._stores.base import HeldLock, Store
-from ._stores.file import FileStore
-from ._stores.keyring import KeyringStore
-from ._stores.postgresql import PostgresStore
+from .._errors import GrantkeeperError, LockTimeout, StoreConfigError, StoreError
+from .._record import CredentialKey
+from .auto import AutoStore, Backend
+from .base import HeldLock, Store
+from .file import FileStore
+from .keyring import KeyringStore
+from .postgresql import PostgresStore
 
 DEFAULT_MIGRATE_LOCK_TIMEOUT = 30.0
 """Seconds a migration waits for each credential's lock: one refresh takes at most ~30 s."""
@@ -212,18 +212,6 @@ def installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ValueError:  # set to None in sys.modules: treated as absent
         return False
-
-
-def servers_file_check(home: str | os.PathLike[str] | None = None) -> StoreCheck:
-    """Whether ``servers.json`` keeps its secrets private (it may hold client secrets and
-    static tokens: group or world access is a problem, with the exact ``chmod``)."""
-    from ._servers import loose_permissions, servers_file
-
-    problem = loose_permissions(home)
-    if problem is not None:
-        return StoreCheck("servers file", False, problem)
-    path = servers_file(home)
-    return StoreCheck("servers file", True, f"{path}: private" if path.exists() else "none yet")
 
 
 # -- migration ----------------------------------------------------------------------------

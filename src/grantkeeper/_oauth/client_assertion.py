@@ -15,8 +15,8 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from ._errors import ServerConfigError
-from ._redact import remember
+from .._errors import ServerConfigError
+from .._redact import remember
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 """RFC 7523 §2.2's ``client_assertion_type``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx2
 
-from ._auth_driver import HttpxShapedAuth
+from .driver import HttpxShapedAuth
 
 
 class Httpx2Auth(HttpxShapedAuth, httpx2.Auth):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from ._errors import ProtocolError
+from .._errors import ProtocolError
 
 
 def is_loopback(url: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from ._errors import AuthorizationDenied, ProtocolError
+from .._errors import AuthorizationDenied, ProtocolError
 
 MAX_CALLBACK_CHARS = 8192
 """Callback URLs carry a code, a state and an issuer: a few hundred characters."""

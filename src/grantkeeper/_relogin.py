@@ -13,10 +13,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ._discovery import Discovery, discover
 from ._errors import AuthenticationRequired, InsufficientScope
 from ._keeper import Recovery
 from ._login import login
+from ._oauth.discovery import Discovery, discover
 from ._servers import ServerConfig, resolve_server
 from ._stores.base import Store
 

@@ -15,22 +15,22 @@ from datetime import datetime
 
 import httpx
 
-from ._as_metadata import AuthServerMetadata
-from ._client_assertion import client_assertion
-from ._code_flow import save
-from ._errors import (
+from .._errors import (
     MalformedResponse,
     ProtocolError,
     ProviderError,
     ProviderUnavailable,
     ServerConfigError,
 )
-from ._freshness import Clock, utc_now
-from ._record import CLIENT_CREDENTIALS, Credential, CredentialKey
-from ._redact import redact
-from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
-from ._token_client import send_token_request
-from ._token_endpoint import (
+from .._freshness import Clock, utc_now
+from .._record import CLIENT_CREDENTIALS, Credential, CredentialKey
+from .._redact import redact
+from .._stores.base import DEFAULT_LOCK_TIMEOUT, Store
+from .auth_server_metadata import AuthServerMetadata
+from .client_assertion import client_assertion
+from .code_flow import save
+from .token_client import send_token_request
+from .token_endpoint import (
     MAX_RESPONSE_BYTES,
     TokenRequest,
     client_auth,
@@ -38,7 +38,7 @@ from ._token_endpoint import (
     parse_token_response,
     refresh_request,
 )
-from ._urls import require_secure
+from .urls import require_secure
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 """How a client-credentials client may authenticate at the token endpoint."""

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ._errors import ProtocolError
+from .._errors import ProtocolError
 
 MAX_HEADER_CHARS = 16 * 1024
 """Challenges are short; a header longer than this is refused unparsed."""

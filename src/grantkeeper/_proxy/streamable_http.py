@@ -10,7 +10,7 @@ what the server sends unprompted (``list_changed``, ``resources/updated``, loggi
 What the pipe adds, and nothing else:
 - grantkeeper's auth on every request (the transport policy of ``grantkeeper.mcp.connect``);
 - a login when none is usable, one browser for every proxy of the credential, requests
-  held meanwhile (``_proxy_login``); without a browser, a JSON-RPC error naming the fix;
+  held meanwhile (``login``); without a browser, a JSON-RPC error naming the fix;
 - session expiry (404 to a request naming the session): the host's ``initialize`` is
   replayed upstream, once per expiry, and the request sent again;
 - keep-alive pings, whose answers stay here, and a DELETE of the session on exit.
@@ -28,11 +28,11 @@ from typing import Any, TypeGuard
 
 import httpx2
 
-from ._errors import GrantkeeperError
-from ._proxy_login import LoginCoordinator, login_hint
-from ._proxy_stdio import ProtocolOut
-from ._redact import scrub_known_in
-from ._servers import ServerConfig
+from .._errors import GrantkeeperError
+from .._redact import scrub_known_in
+from .._servers import ServerConfig
+from .login import LoginCoordinator, login_hint
+from .stdio import ProtocolOut
 
 log = logging.getLogger("grantkeeper.proxy")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
-from ._errors import (
+from .._errors import (
     AuthenticationRequired,
     InsufficientScope,
     LoginRequired,
@@ -29,7 +29,7 @@ from ._errors import (
     RetryRequired,
     StaticTokenRejected,
 )
-from ._www_authenticate import Challenge, parse_challenges
+from .._oauth.www_authenticate import Challenge, parse_challenges
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,11 @@ from datetime import datetime
 
 import httpx
 
-from ._decide import UNSENDABLE_FAILURES, Outcome, transport_outcome
-from ._errors import MalformedResponse, ProviderError, ProviderUnavailable, RefreshOutcomeUnknown
-from ._log import event
-from ._redact import scrub
-from ._token_endpoint import MAX_RESPONSE_BYTES, TokenRequest, TokenResponse, parse_token_response
+from .._errors import MalformedResponse, ProviderError, ProviderUnavailable, RefreshOutcomeUnknown
+from .._log import event
+from .._redact import scrub
+from .._rules import UNSENDABLE_FAILURES, Outcome, transport_outcome
+from .token_endpoint import MAX_RESPONSE_BYTES, TokenRequest, TokenResponse, parse_token_response
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 """Bounds each phase of one token request. Codex allows 45 s; 30 s keeps a stuck provider

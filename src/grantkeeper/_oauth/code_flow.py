@@ -15,18 +15,18 @@ from collections.abc import Callable
 
 import httpx
 
-from . import _rescue
-from ._as_metadata import AuthServerMetadata
-from ._authorization import authorization_url, parse_callback
-from ._errors import ProtocolError, StoreError
-from ._freshness import Clock, utc_now
-from ._log import event
-from ._pkce import new_verifier, s256_challenge
-from ._record import Credential, CredentialKey
-from ._registration import ClientRegistration, parse_registration, registration_body
-from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
-from ._token_client import send_token_request
-from ._token_endpoint import code_request, new_credential
+from .. import _rescue_copies
+from .._errors import ProtocolError, StoreError
+from .._freshness import Clock, utc_now
+from .._log import event
+from .._record import Credential, CredentialKey
+from .._stores.base import DEFAULT_LOCK_TIMEOUT, Store
+from .auth_server_metadata import AuthServerMetadata
+from .authorization import authorization_url, parse_callback
+from .pkce import new_verifier, s256_challenge
+from .registration import ClientRegistration, parse_registration, registration_body
+from .token_client import send_token_request
+from .token_endpoint import code_request, new_credential
 
 Authorize = Callable[[str], str]
 """Shows the authorization URL to a person and returns the callback URL they reached."""
@@ -147,7 +147,7 @@ def save(
             store.delete(key)
             current = None
         version = store.write(key, record, expected_version=current.version if current else None)
-        if current is not None and _rescue.discard(key, current.record):
+        if current is not None and _rescue_copies.discard(key, current.record):
             event(logging.INFO, "rescue.superseded", key=str(key))
     event(logging.INFO, "login.stored", key=str(key), version=version)
     return version

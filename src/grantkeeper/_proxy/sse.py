@@ -6,7 +6,7 @@ everything the server sends (answers included) comes over that one stream. So a 
 delivers; answers are relayed from the stream, ids untouched. The transport has no
 resumption: when the stream ends, its session is gone. Requests still unanswered then get
 a JSON-RPC error, a new stream is opened and the host's ``initialize`` replayed on it
-before anything else is sent. Auth, logins, pings and errors are ``_proxy``'s.
+before anything else is sent. Auth, logins, pings and errors are ``streamable_http``'s.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from urllib.parse import urljoin
 
 import httpx2
 
-from ._errors import GrantkeeperError
-from ._proxy import (
+from .._errors import GrantkeeperError
+from .streamable_http import (
     MAX_EVENT_SIZE,
     RECONNECT_DELAY,
     RECONNECT_MAX,
@@ -42,7 +42,7 @@ ANSWER_TIMEOUT = 60.0
 
 
 class SseProxy(Proxy):
-    """A :class:`~grantkeeper._proxy.Proxy` whose upstream is an HTTP+SSE session."""
+    """A :class:`~.streamable_http.Proxy` whose upstream is an HTTP+SSE session."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
