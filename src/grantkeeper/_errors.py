@@ -46,7 +46,8 @@
 Callers branch on the flags ``requires_login``, ``requires_reauthentication`` and
 ``retryable``, never on messages. Messages and reprs never contain a secret: every message
 is scrubbed of the process's known secrets when the error is made, since it may repeat a
-peer's text (see :mod:`grantkeeper._redact`).
+peer's text (see :mod:`grantkeeper._redact`). :func:`authentication_required` finds the
+error that needs a person however deeply the ``mcp`` SDK wrapped it.
 """
 
 from __future__ import annotations
