@@ -12,7 +12,7 @@ import grantkeeper
 PACKAGE = Path(grantkeeper.__file__).parent
 
 LAYERS: list[set[str]] = [
-    # the core: pure rules and the record, and what every layer uses
+    # the core: the record, the pure rules, and what every row uses
     {
         "_redact",
         "_errors",
@@ -31,11 +31,14 @@ LAYERS: list[set[str]] = [
     {"_oauth"},
     {"_servers"},
     {"_keeper", "_login", "_logout", "_status"},
-    {"_relogin", "_http_auth", "_mcp"},
+    {"_http_auth"},
+    {"_mcp"},
+    {"_relogin"},
     {"_proxy"},
     {"_cli", "__init__", "__main__", "mcp", "testing"},
 ]
-"""Rooms from the bottom up. A room may import its own modules and any lower layer's."""
+"""The rows of the table in docs/architecture.md, in its order: a row may import itself and
+the rows before it."""
 
 MAX_FLAT = 20
 """Private modules beside the public ones: more, and a newcomer cannot find their room."""
