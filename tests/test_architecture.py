@@ -1,15 +1,18 @@
-"""The house plan of ``docs/architecture.md``, checked: every module lives in a declared room,
-and every import points down the layers (none up, no circles), lazy imports included."""
+"""The house plan of ``docs/architecture.md``, checked: every module lives in a row of its
+table and is named there, and every import points up the table (none down, no circles),
+lazy imports included."""
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import grantkeeper
 
 PACKAGE = Path(grantkeeper.__file__).parent
+PLAN = Path(__file__).parents[1] / "docs" / "architecture.md"
 
 LAYERS: list[set[str]] = [
     # the core: the record, the pure rules, and what every row uses
@@ -84,6 +87,26 @@ def test_every_module_lives_in_a_declared_room() -> None:
     declared = set().union(*LAYERS)
     homeless = [p.relative_to(PACKAGE) for p in _modules() if _room(_module(p)) not in declared]
     assert not homeless, f"declare a room for {homeless} in LAYERS and docs/architecture.md"
+
+
+def _rows() -> list[str]:
+    """The rows of the table under "## The rooms", header and rule left out."""
+    section = PLAN.read_text(encoding="utf-8").split("## The rooms", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return rows[2:]
+
+
+def test_the_plan_names_every_room_and_module_in_its_row() -> None:
+    rows = _rows()
+    assert len(rows) == len(LAYERS), "docs/architecture.md's table and LAYERS differ in rows"
+    for row, rooms in zip(rows, LAYERS, strict=True):
+        named = set(re.findall(r"`([\w.]+?)/?`", row))
+        for room in rooms:
+            assert room in named, f"{room} missing from its row: {row[:60]}"
+            members = PACKAGE / room
+            if members.is_dir():
+                stems = {p.stem for p in members.glob("*.py")} - {"__init__"}
+                assert stems <= named, f"{room}/ modules missing from its row: {stems - named}"
 
 
 def test_few_modules_stay_flat() -> None:

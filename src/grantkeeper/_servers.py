@@ -254,7 +254,7 @@ def loose_permissions(home: str | os.PathLike[str] | None = None) -> str | None:
 def servers_file_check(home: str | os.PathLike[str] | None = None) -> StoreCheck:
     """Whether ``servers.json`` keeps its secrets private (it may hold client secrets and
     static tokens: group or world access is a problem, with the exact ``chmod``)."""
-    from ._stores.admin import StoreCheck  # the backends load for ``doctor`` alone
+    from ._stores.admin import StoreCheck
 
     problem = loose_permissions(home)
     if problem is not None:

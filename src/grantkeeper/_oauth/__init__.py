@@ -23,5 +23,6 @@ Talking to the token endpoint:
 - ``revocation``: RFC 7009.
 
 Imports point down only: to the core (``_errors``, ``_record``, ``_rules``...) and to the
-stores' base, never to the Keeper, the CLI or the proxy. Nothing is imported here.
+stores (``base``; the file-system layer for kept registrations), never to the Keeper, the
+CLI or the proxy (docs/architecture.md). Nothing is imported here.
 """

@@ -5,9 +5,13 @@
 - ``_fs``: the file-system layer (private directory, ``flock`` with a bounded wait,
   atomic writes with a directory fsync, side documents), used by the local stores and
   ``servers.json``;
-- ``file``, ``keyring``, ``auto``, ``postgresql``: the backends (``sealing`` encrypts
-  PostgreSQL's records at rest);
-- ``open``: :func:`~grantkeeper.open_store`, which picks one from a spec.
+- ``file``, ``keyring``, ``auto``, ``postgresql``: the backends (``secret_service`` is the
+  keyring's one D-Bus connection, ``sealing`` encrypts PostgreSQL's records at rest);
+- ``open``: :func:`~grantkeeper.open_store`, which picks one from a spec;
+- ``admin``: ``grantkeeper doctor`` and ``grantkeeper store migrate``, as library functions;
+- ``contract``: the conformance suite every backend's tests subclass (it needs pytest:
+  :mod:`grantkeeper.testing` imports it only when asked).
 
-Nothing is imported here, so importing ``base`` (as the core does) loads no backend.
+Nothing is imported here, so importing ``base`` (as the Keeper and the OAuth code flow do)
+loads no backend.
 """
