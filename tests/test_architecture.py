@@ -1,6 +1,6 @@
 """The house plan of ``docs/architecture.md``, checked: every module lives in a row of its
-table and is named there, and every import points up the table (none down, no circles),
-lazy imports included."""
+table and is named there, and every import goes to its own row or one above it (a lower
+layer), never in a circle, lazy imports included."""
 
 from __future__ import annotations
 
