@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from ._errors import LockTimeout, ProtocolError, ServerConfigError, StoreError
@@ -24,9 +24,7 @@ from ._paths import grantkeeper_home
 from ._record import CredentialKey, canonical_url
 from ._redact import redact, remember
 from ._stores._fs import PrivateDir
-
-if TYPE_CHECKING:
-    from ._stores.admin import StoreCheck
+from ._stores.admin import StoreCheck
 
 SERVERS_FILE = "servers.json"
 SERVERS_LOCK = "servers.lock"
@@ -254,8 +252,6 @@ def loose_permissions(home: str | os.PathLike[str] | None = None) -> str | None:
 def servers_file_check(home: str | os.PathLike[str] | None = None) -> StoreCheck:
     """Whether ``servers.json`` keeps its secrets private (it may hold client secrets and
     static tokens: group or world access is a problem, with the exact ``chmod``)."""
-    from ._stores.admin import StoreCheck
-
     problem = loose_permissions(home)
     if problem is not None:
         return StoreCheck("servers file", False, problem)
