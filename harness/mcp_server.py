@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import socket
 import threading
 import time
@@ -469,6 +470,8 @@ class _Controls:
             nonlocal status, new_session, content_type
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if status == 403 and self.owner.required_scopes:
+                    message = {**message, "headers": self._name_scopes(message["headers"])}
                 for key, value in message.get("headers", []):
                     name = key.decode("latin-1").lower()
                     if name == SESSION_HEADER:
@@ -492,6 +495,24 @@ class _Controls:
         finally:
             if not status:
                 record()  # no answer at all (the app failed or the client went away)
+
+    def _name_scopes(self, headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The SDK's ``insufficient_scope`` challenge, with the ``scope`` it omits.
+
+        The MCP authorization spec says a server should name the scopes it needs there, so
+        a client can ask for them (a step-up); the SDK's middleware names them only in its
+        description. The 403 itself is the SDK's.
+        """
+        scope = " ".join(self.owner.required_scopes)
+        named: list[tuple[bytes, bytes]] = []
+        for key, value in headers:
+            text = value.decode("latin-1")
+            named_already = re.search(r"(^|[\s,])scope=", text) is not None
+            if key.lower() == b"www-authenticate" and "insufficient_scope" in text:
+                if not named_already:
+                    value = f'{text}, scope="{scope}"'.encode("latin-1")
+            named.append((key, value))
+        return named
 
     async def _challenge(self, fault: _Fault, send: Send) -> None:
         metadata = f"{self.owner.origin}/.well-known/oauth-protected-resource/mcp"

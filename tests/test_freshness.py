@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from grantkeeper import DEFAULT_SKEW, Freshness, freshness, refresh_margin
+from grantkeeper._freshness import FOREVER, fresh_until
 from tests.helpers import T0, make_record
 
 
@@ -61,3 +62,13 @@ def test_default_lifetime_is_assumed_for_a_token_without_one() -> None:
 def test_a_legacy_record_of_unknown_expiry_is_stale() -> None:
     record = make_record("a", "r").replace(expires_at=None, obtained_at=None)
     assert freshness(record, T0) is Freshness.STALE
+
+
+def test_fresh_until_says_when_a_token_turns_stale_and_never_without_a_lifetime() -> None:
+    record = make_record("a", "r", lifetime=3600)
+    assert fresh_until(record) == T0 + timedelta(seconds=3540)
+    no_lifetime = record.replace(expires_at=None)
+    assert fresh_until(no_lifetime) == FOREVER
+    hour = timedelta(hours=1)
+    assert fresh_until(no_lifetime, default_lifetime=hour) == T0 + timedelta(seconds=3540)
+    assert fresh_until(no_lifetime.replace(obtained_at=None)) is None  # legacy: stale at once

@@ -10,7 +10,9 @@ registration. Against the real oidc-provider and a real MCP server last.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +24,22 @@ from grantkeeper import (
     AuthenticationRequired,
     CredentialKey,
     FileStore,
+    GrantkeeperError,
     InsufficientScope,
     Keeper,
+    LoginFailed,
     LoginRequired,
     ReauthenticationRequired,
     login_recovery,
 )
-from grantkeeper._rules import recovery_need
+from grantkeeper._keeper import _login_lock
+from grantkeeper._rules import Context, recovered, recovery_need
 from grantkeeper.mcp import connect
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.mcp_server import McpServer
 from harness.real_login import REDIRECT_URI
-from tests.helpers import KEY, StepClock, make_record
+from tests.helpers import KEY, T0, StepClock, make_record
 
 
 def test_a_step_up_asks_for_the_union_of_held_and_required_scopes() -> None:
@@ -43,6 +48,23 @@ def test_a_step_up_asks_for_the_union_of_held_and_required_scopes() -> None:
     assert isinstance(need, InsufficientScope) and need.scope == "openid mcp mcp:write"
     assert recovery_need(LoginRequired("nothing"), None) is not None
     assert recovery_need(AccountChanged("bob"), held) is None  # no login fixes that
+
+
+def test_a_login_elsewhere_answers_a_need_only_with_what_it_asked_for() -> None:
+    ctx, key = Context(now=T0), str(KEY)
+    held = make_record("a", "r").replace(scope="mcp")
+    other = make_record("b", "s").replace(scope="mcp")
+    stepped = other.replace(scope="mcp mcp:write")
+    need = InsufficientScope("403", scope="mcp mcp:write")
+    assert not recovered(need, held, held, ctx, key)  # the record that failed
+    assert not recovered(need, other, held, ctx, key)  # renewed, but without the scope
+    assert recovered(need, stepped, held, ctx, key)
+    assert recovered(LoginRequired("nothing stored"), other, None, ctx, key)
+    assert not recovered(LoginRequired("nothing stored"), None, None, ctx, key)
+    dead = other.replace(reauth_reason="invalid_grant")
+    assert not recovered(ReauthenticationRequired("dead"), dead, None, ctx, key)
+    expired = make_record("c", None, now=T0, lifetime=-1)  # no refresh token: a person again
+    assert not recovered(ReauthenticationRequired("dead"), expired, None, ctx, key)
 
 
 class Logins:
@@ -162,3 +184,116 @@ def test_a_step_up_against_the_real_servers(tmp_path: Path) -> None:
         assert stats["code_success"] == 2  # one login, one step-up
         assert stats["registrations"] == 1  # the step-up kept the client registration
         assert stats["replays"] == 0
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Login locks live under ``GRANTKEEPER_HOME``: the test's own."""
+    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def waiting() -> Iterator[threading.Event]:
+    """Set once a recovery waits for another process's login."""
+    seen = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("recovery.waiting"):
+                seen.set()
+
+    handler = Watch()
+    logging.getLogger("grantkeeper").addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logging.getLogger("grantkeeper").removeHandler(handler)
+
+
+def test_a_login_another_process_stores_meanwhile_is_adopted_not_repeated(
+    tmp_path: Path, provider: FakeProvider, home: Path, waiting: threading.Event
+) -> None:
+    store, clock = FileStore(tmp_path / "store"), StepClock()
+    logins = Logins(store, provider, clock)
+    keeper = keeper_with(store, provider, logins, clock)
+    peer_holds, peer_done = threading.Event(), threading.Event()
+
+    def peer() -> None:
+        # Another process's login: the lock is a flock, so another descriptor is a peer.
+        with _login_lock(KEY, 30.0):
+            peer_holds.set()
+            assert waiting.wait(30)
+            access, refresh = provider.issue()
+            store.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
+        peer_done.set()
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    try:
+        assert peer_holds.wait(30)
+        token = keeper.access_token()
+    finally:
+        thread.join(30)
+    assert peer_done.is_set()
+    assert logins.needs == []  # no second person asked
+    stored = store.read(KEY)
+    assert stored is not None and token == stored.record.access_token
+
+
+def test_callers_waiting_for_a_login_that_failed_do_not_start_another(
+    tmp_path: Path, provider: FakeProvider, home: Path
+) -> None:
+    store, clock = FileStore(tmp_path / "store"), StepClock()
+    calls: list[AuthenticationRequired] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def closed_the_browser(need: AuthenticationRequired) -> None:
+        calls.append(need)
+        entered.set()
+        assert release.wait(30)
+        raise LoginFailed("no redirect reached the listener")
+
+    keeper = keeper_with(store, provider, closed_the_browser, clock)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            keeper.access_token()
+        except GrantkeeperError as exc:
+            errors.append(exc)
+
+    arrived = threading.Condition()
+    waiters: list[int] = []
+
+    class Queue:
+        """The Keeper's one-recovery-at-a-time lock, counting who queued for it."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            with arrived:
+                waiters.append(1)
+                arrived.notify_all()
+            self.lock.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            self.lock.release()
+
+    keeper._recovering = Queue()  # type: ignore[assignment]
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert entered.wait(30)
+        # All four failed while the login ran: three wait for it rather than start their own.
+        with arrived:
+            assert arrived.wait_for(lambda: len(waiters) == 4, 30)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(60)
+    assert len(errors) == 4
+    assert len(calls) == 1
+    assert sum(isinstance(e, LoginFailed) for e in errors) == 1  # the others: not logged in

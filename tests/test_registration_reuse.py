@@ -205,6 +205,41 @@ def test_a_cimd_client_the_server_refuses_is_not_replaced_by_registration(
     assert fake.registered == []
 
 
+def test_a_cli_login_with_a_metadata_document_leaves_kept_ports_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI logs in by the library's rule, not a copy of it: a kept registration's port is
+    worth listening on only for a client that would register (issue 32)."""
+    import socket
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from grantkeeper._cli import cli
+    from grantkeeper._oauth.registration import ClientRegistration
+
+    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
+    monkeypatch.setenv("GRANTKEEPER_STORE", "file")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        kept_port = probe.getsockname()[1]
+    KeptRegistrations(tmp_path).keep(
+        ISSUER, f"http://127.0.0.1:{kept_port}/callback", ClientRegistration("client-1")
+    )
+    supporting = Discovery(
+        SERVER, SERVER, replace(META, client_id_metadata_document_supported=True)
+    )
+    for module in ("grantkeeper._login", "grantkeeper._oauth.discovery"):
+        monkeypatch.setattr(f"{module}.discover", lambda url, **kw: supporting)
+    args = ["login", SERVER, "--client-metadata-url", CIMD_URL, "--no-browser", "--timeout", "1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and "Traceback" not in result.stderr  # nobody came back
+    [url] = [line for line in result.stderr.splitlines() if line.startswith("https://")]
+    query = parse_qs(urlsplit(url).query)
+    assert query["client_id"] == [CIMD_URL]
+    assert urlsplit(query["redirect_uri"][0]).port != kept_port
+
+
 # -- against the real oidc-provider ----------------------------------------------------
 
 

@@ -5,8 +5,10 @@ decision must keep."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Container
 from datetime import timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,15 +20,21 @@ from grantkeeper import (
     RefreshOutcomeUnknown,
 )
 from grantkeeper._freshness import Freshness, freshness
+from grantkeeper._record import CLIENT_CREDENTIALS
 from grantkeeper._rules import (
     BACKOFF_CAP,
     MAX_RETRY_AFTER,
     Action,
     Context,
+    Note,
     after_provider_error,
     backoff,
     decide,
     fallback,
+    holder_alive,
+    note_verdict,
+    pending_servable,
+    rescue_dropped,
     serve_from_memory,
     status_verdict,
 )
@@ -168,12 +176,14 @@ def test_a_fallback_serves_only_a_valid_token_and_never_after_a_definitive_answe
 
 
 @settings(max_examples=3000, deadline=None)
-@given(records, contexts)
+@given(records, contexts, st.booleans())
 def test_status_says_a_login_is_needed_exactly_when_the_transaction_would_need_one(
-    record: Credential, ctx: Context
+    record: Credential, ctx: Context, machine: bool
 ) -> None:
     # Status reads the store alone: no 401, and a dead holder (it cannot see liveness).
     ctx = dataclasses.replace(ctx, rejected=None)
+    if machine:  # renewed by asking again, which spends nothing
+        record = record.replace(grant=CLIENT_CREDENTIALS)
     needs_login, detail = status_verdict(
         record, now=ctx.now, retry_unknown_outcome=ctx.retry_unknown_outcome
     )
@@ -183,3 +193,125 @@ def test_status_says_a_login_is_needed_exactly_when_the_transaction_would_need_o
     assert needs_login == person, (decision, detail)
     if needs_login:
         assert detail
+
+
+# -- what a note means, for the transaction and for status alike ---------------------------
+
+MACHINE = A.replace(refresh_token=None, grant=CLIENT_CREDENTIALS)
+"""A client-credentials credential: renewed by asking again, which spends nothing."""
+
+
+@pytest.mark.parametrize("retry", [True, False])
+@pytest.mark.parametrize("state", ["answered", "unknown", "in_flight"])
+def test_status_asks_no_login_for_a_client_credentials_renewal_the_keeper_would_make(
+    state: str, retry: bool
+) -> None:
+    intent = note(token_fingerprint=MACHINE.refresh_fingerprint, state=state)
+    record = MACHINE.replace(intent=intent)
+    expired = Context(
+        now=T0 + timedelta(hours=2), pid=1, host="h", holder="me", retry_unknown_outcome=retry
+    )
+    assert decide(record, expired, key="k").action is Action.REFRESH
+    needs_login, detail = status_verdict(record, now=expired.now, retry_unknown_outcome=retry)
+    assert not needs_login, detail
+
+
+def test_a_note_forbids_a_renewal_only_where_it_would_spend_a_token_twice() -> None:
+    def verdict(record: Credential, state: str, retry: bool = True) -> Note:
+        noted = record.replace(
+            intent=note(token_fingerprint=record.refresh_fingerprint, state=state)
+        )
+        return note_verdict(noted, retry_unknown_outcome=retry)
+
+    assert note_verdict(A) is Note.CLEAR
+    assert verdict(A, "answered") is Note.SPENT
+    assert verdict(A, "unavailable") is Note.CLEAR
+    assert verdict(A, "unknown") is verdict(A, "in_flight") is Note.UNKNOWN
+    assert verdict(A, "unknown", retry=False) is Note.UNKNOWN_REFUSED
+    assert verdict(A, "in_flight", retry=False) is Note.UNKNOWN_REFUSED
+    for state in ("answered", "unknown", "in_flight"):
+        assert verdict(MACHINE, state, retry=False) is Note.CLEAR
+    stale_note = A.replace(intent=note(token_fingerprint="another token", state="answered"))
+    assert note_verdict(stale_note) is Note.CLEAR  # it is about a token no longer held
+
+
+# -- who may still hold an answer ----------------------------------------------------------
+
+
+def alive(
+    intent: RefreshIntent | None,
+    *,
+    elapsed: float = 0,
+    siblings: Container[str] = (),
+    running: Container[int] = (),
+) -> tuple[bool, list[int]]:
+    """``holder_alive`` as process 1, Keeper "me", on host "h" of boot "boot/1":
+    ``(its answer, the pids it probed)``."""
+    probed: list[int] = []
+
+    def pid_alive(pid: int) -> bool:
+        probed.append(pid)
+        return pid in running
+
+    answer = holder_alive(
+        intent,
+        now=T0 + timedelta(seconds=elapsed),
+        pid=1,
+        holder="me",
+        host_id="boot/1",
+        host="h",
+        sibling_alive=lambda holder: holder in siblings,
+        pid_alive=pid_alive,
+    )
+    return answer, probed
+
+
+def test_no_note_has_no_holder() -> None:
+    assert alive(None, running=(7,)) == (False, [])
+
+
+def test_a_writer_on_this_host_is_probed_by_its_pid() -> None:
+    here = note(pid=7, host_id="boot/1")
+    assert alive(here, running=(7,)) == (True, [7])
+    assert alive(here) == (False, [7])
+    # Before host identities a note named only its hostname.
+    assert alive(note(pid=7, host="h"), running=(7,)) == (True, [7])
+
+
+def test_a_writer_in_this_process_is_alive_only_as_another_live_keeper() -> None:
+    ours = note(pid=1, host_id="boot/1", holder="me")
+    sibling = note(pid=1, host_id="boot/1", holder="peer")
+    assert alive(ours, siblings=("me", "peer"), running=(1,)) == (False, [])
+    assert alive(sibling, siblings=("peer",), running=(1,)) == (True, [])
+    assert alive(sibling, siblings=(), running=(1,)) == (False, [])
+
+
+def test_a_writer_elsewhere_is_alive_while_in_flight_with_its_lease_running() -> None:
+    lease = T0 + timedelta(seconds=30)
+    elsewhere = note(pid=7, host_id="boot/2", lease_until=lease)
+    assert alive(elsewhere, running=(7,)) == (True, [])
+    assert alive(elsewhere, elapsed=30, running=(7,)) == (False, [])
+    assert alive(dataclasses.replace(elsewhere, lease_until=None), running=(7,)) == (False, [])
+    assert alive(dataclasses.replace(elsewhere, state="unknown"), running=(7,)) == (False, [])
+    # Same hostname, another boot or pid namespace: its pid means nothing here.
+    assert alive(note(pid=7, host="h", host_id="boot/2"), running=(7,)) == (False, [])
+
+
+# -- a credential the store would not take --------------------------------------------------
+
+
+def test_a_pending_credential_serves_while_valid_and_not_rejected() -> None:
+    assert pending_servable(A, Context(now=T0))
+    assert pending_servable(A, Context(now=T0 + timedelta(seconds=3590)))  # in its margin
+    assert not pending_servable(A, Context(now=T0 + timedelta(seconds=3600)))
+    assert not pending_servable(A, Context(now=T0, rejected=A.access_token))
+    assert pending_servable(A, Context(now=T0, rejected="at-OTHER"))
+
+
+def test_a_rescue_copy_is_dropped_for_a_dead_record_or_another_account() -> None:
+    spent = A.replace(access_token="at-spent")
+    assert not rescue_dropped(spent, A, known=None)
+    assert not rescue_dropped(spent, A, known=A)
+    assert rescue_dropped(spent.replace(reauth_reason="invalid_grant"), A, known=A)
+    assert rescue_dropped(spent, A.replace(subject="mallory"), known=A)
+    assert rescue_dropped(spent, A.replace(resource="https://other.test/mcp"), known=A)

@@ -43,11 +43,13 @@
     └── DeadlineExceeded                  the caller's deadline passed while a refresh ran
                                           on; its result serves the next call (retryable)
 
-Callers branch on the flags ``requires_login``, ``requires_reauthentication`` and
-``retryable``, never on messages. Messages and reprs never contain a secret: every message
-is scrubbed of the process's known secrets when the error is made, since it may repeat a
-peer's text (see :mod:`grantkeeper._redact`). :func:`authentication_required` finds the
-error that needs a person however deeply the ``mcp`` SDK wrapped it.
+Callers branch on the flags, never on messages: ``needs_login`` (a person must log in, or
+log in again, before this can succeed: the one test of "must a person act?"), the two
+that say a browser login would help, ``requires_login`` and ``requires_reauthentication``,
+and ``retryable``. Messages and reprs never contain a secret: every message is scrubbed of
+the process's known secrets when the error is made, since it may repeat a peer's text (see
+:mod:`grantkeeper._redact`). :func:`authentication_required` finds the error that needs a
+person however deeply the ``mcp`` SDK wrapped it.
 """
 
 from __future__ import annotations
@@ -109,6 +111,16 @@ class GrantkeeperError(Exception):
     def __str__(self) -> str:
         return f"{self.message} [{self.key}]" if self.key else self.message
 
+    @property
+    def needs_login(self) -> bool:
+        """Whether only a person can fix this: a login, a new login, or a new static token.
+
+        The CLI exits 3 on it, the proxy and ``status`` name the command to run. An OAuth
+        login (a recovery hook) is asked for by the finer flags: ``requires_login`` and
+        ``requires_reauthentication`` are set only where a browser login would help.
+        """
+        return self.requires_login or self.requires_reauthentication
+
 
 class AuthenticationRequired(GrantkeeperError):
     """A person has to log in again before this credential can be used."""
@@ -131,8 +143,12 @@ class StaticTokenRejected(AuthenticationRequired):
     token: a person saves a new one (``grantkeeper login NAME --with-token``).
 
     Neither ``requires_login`` nor ``requires_reauthentication`` is set: both mean an OAuth
-    login would help (a recovery hook, the proxy's login would start one), and here it
-    would not. The CLI counts it as needing a person (exit 3) by its type."""
+    login would help (a recovery hook would start one), and here it would not;
+    :attr:`needs_login` is set, since a person must act."""
+
+    @property
+    def needs_login(self) -> bool:
+        return True
 
 
 class ClientRegistrationInvalid(AuthenticationRequired):
@@ -188,6 +204,10 @@ class UnsupportedTokenType(GrantkeeperError):
         super().__init__(message, key=key)
         #: The token type the provider named.
         self.token_type = token_type
+
+    @property
+    def needs_login(self) -> bool:
+        return True  # a login after the client is registered for Bearer tokens
 
     @classmethod
     def issued(cls, token_type: str, *, kept: bool, key: str | None = None) -> UnsupportedTokenType:
@@ -308,6 +328,10 @@ class StoreError(GrantkeeperError):
 
 class StoreCorrupt(StoreError):
     """A stored record exists but cannot be parsed. Nothing else in the store is touched."""
+
+    @property
+    def needs_login(self) -> bool:
+        return True  # nothing but a new login replaces it
 
 
 class UnsafeStorePath(StoreError):

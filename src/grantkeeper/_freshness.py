@@ -26,6 +26,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+FOREVER = datetime.max.replace(tzinfo=UTC)
+"""When a token without a lifetime turns stale: never (a server's rejection ends it)."""
+
+
 class Freshness(enum.Enum):
     """Whether a credential can be sent as it is."""
 
@@ -74,13 +78,10 @@ def freshness(
     STALE: it may still work, and the first refresh gives it an absolute expiry.
     """
     expires_at = expiry(record, default_lifetime)
-    if expires_at is None:
-        return Freshness.FRESH if record.obtained_at is not None else Freshness.STALE
-    if now >= expires_at:
+    if expires_at is not None and now >= expires_at:
         return Freshness.EXPIRED
-    if now >= expires_at - refresh_margin(record, skew, default_lifetime):
-        return Freshness.STALE
-    return Freshness.FRESH
+    until = fresh_until(record, skew, default_lifetime)
+    return Freshness.FRESH if until is not None and now < until else Freshness.STALE
 
 
 def stale_at(
@@ -91,3 +92,15 @@ def stale_at(
     if expires_at is None:
         return None
     return expires_at - refresh_margin(record, skew, default_lifetime)
+
+
+def fresh_until(
+    record: Credential, skew: timedelta = DEFAULT_SKEW, default_lifetime: timedelta | None = None
+) -> datetime | None:
+    """Until when ``record`` is FRESH (see :func:`freshness`): when it turns STALE; for a
+    token without a lifetime (``obtained_at`` known), :data:`FOREVER`, since it is valid until
+    a server rejects it; ``None`` for a legacy record, STALE from the start."""
+    turns_stale = stale_at(record, skew, default_lifetime)
+    if turns_stale is None and record.obtained_at is not None:
+        return FOREVER
+    return turns_stale

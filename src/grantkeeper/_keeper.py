@@ -5,7 +5,9 @@ The healthy path reads memory only. Anything else runs one transaction at a time
 the pure rules of ``_rules`` choose, then act. Callers join the transaction in flight and
 may stop waiting (deadline, cancellation) without stopping it: its result serves the next
 call. A token inside its refresh margin is served while a background transaction refreshes
-ahead. This module only sequences I/O: every rule it follows is in ``_rules``.
+ahead. This module only sequences I/O: every rule it follows is in ``_rules`` (how fresh a
+token is, in ``_freshness``); it gathers the facts those rules take (the clock, this host's
+identity, whether a note's writer still runs) and acts on what they decide.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -23,8 +26,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import TypeVar
 
 import httpx
 
@@ -35,18 +39,21 @@ from ._errors import (
     GrantkeeperError,
     LockLost,
     LockTimeout,
+    LoginFailed,
     LoginRequired,
     PersistencePending,
     StoreError,
     UnsupportedTokenType,
     VersionConflict,
 )
-from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, stale_at, utc_now
-from ._liveness import DEFAULT_LEASE, host_identity, lease_live, process_alive
+from ._freshness import DEFAULT_SKEW, Clock, fresh_until, utc_now
+from ._liveness import DEFAULT_LEASE, host_identity, process_alive
 from ._log import event
+from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT
 from ._oauth.grants import renewal_request
 from ._oauth.token_client import DEFAULT_TIMEOUT, send_token_request
 from ._oauth.token_endpoint import apply_response
+from ._paths import grantkeeper_home
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import fingerprint
 from ._rules import (
@@ -57,13 +64,18 @@ from ._rules import (
     backoff,
     decide,
     fallback,
-    identity_error,
+    holder_alive,
     merged_identity,
+    pending_servable,
+    recovered,
     recovery_need,
+    rescue_dropped,
+    same_host,
     same_note,
     servable,
     serve_from_memory,
 )
+from ._stores._fs import PrivateDir, locked_file
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored, plaintext_at_rest
 
 Recovery = Callable[[AuthenticationRequired], object]
@@ -71,6 +83,12 @@ Recovery = Callable[[AuthenticationRequired], object]
 ``insufficient_scope`` with the scope to ask for), run a new login that stores the
 credential (``grantkeeper.login_recovery`` builds one). Its result is ignored: the Keeper
 adopts what the login stored, under the same lock as a refresh."""
+
+RECOVERY_WAIT = DEFAULT_CALLBACK_TIMEOUT + 30.0
+"""How long a recovery waits for another process's login to the same credential: that
+login's whole callback timeout, and a margin for its code exchange."""
+
+T = TypeVar("T")
 
 Checkpoint = Callable[[str], None]
 """Test seam: called with a stage name at each step of a transaction. ``None`` in production."""
@@ -116,8 +134,6 @@ JOINS = 3
 have begun before the caller's reason to wait (a 401 for the token it then served); one it
 started itself serves it, unless that token expired in between: then one more."""
 
-_FOREVER = datetime.max.replace(tzinfo=UTC)
-
 
 class Keeper:
     """Serve a valid credential for ``key`` from ``store``, refreshing it safely.
@@ -148,6 +164,11 @@ class Keeper:
     interpreter exit; if the store still refuses it, it is kept as a rescue copy in the
     user's runtime directory, sealed under a key only the store's record yields, which the
     next transaction adopts (and a new login or logout removes).
+
+    ``recover`` is a hook that has a person log in when nothing else can help (see
+    :meth:`recover`). Its logins take a login lock shared by every process of this host, so
+    however many processes need one, one person logs in once: the others wait up to
+    ``recovery_wait`` seconds, then adopt what it stored.
     """
 
     def __init__(
@@ -165,6 +186,7 @@ class Keeper:
         rejection_interval: timedelta = REJECTION_INTERVAL,
         lease: timedelta = DEFAULT_LEASE,
         recover: Recovery | None = None,
+        recovery_wait: float = RECOVERY_WAIT,
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.store = store
@@ -180,6 +202,7 @@ class Keeper:
         self._default_lifetime = default_lifetime
         self._rejection_interval = rejection_interval
         self._recover = recover
+        self._recovery_wait = recovery_wait
         # One recovery (a person's login) at a time; later callers adopt its result.
         self._recovering = threading.Lock()
         self._recoveries = 0
@@ -268,35 +291,52 @@ class Keeper:
 
     def recover(self, error: AuthenticationRequired) -> Credential:
         """Have a person fix ``error`` through the recovery hook, once, and return the new
-        credential. Concurrent callers share one login. Without a hook, raise ``error``.
+        credential. Without a hook, raise ``error``.
 
         On ``insufficient_scope`` the login asks for the union of the held and required
         scopes (a step-up); a needed login or a dead grant logs in again as before.
+        Concurrent callers share one login, and so do the processes of this host: the
+        login lock is taken, the store re-read, and what another process's login stored is
+        adopted if it answers ``error`` (:func:`~grantkeeper._rules.recovered`); only
+        otherwise is the hook run. Callers that waited for a login that failed get their
+        own error, not a second login.
         """
         return self._recover_once(error, self._recoveries)
 
     async def arecover(self, error: AuthenticationRequired) -> Credential:
-        """Async :meth:`recover`: the login runs on a worker thread."""
+        """Async :meth:`recover`: the login runs on a daemon thread, so a process whose
+        caller has gone (cancelled, exiting) never waits for a person to finish."""
         seen = self._recoveries
-        return await asyncio.to_thread(self._recover_once, error, seen)
+        return await _on_daemon_thread(functools.partial(self._recover_once, error, seen))
 
     def _recover_once(self, error: AuthenticationRequired, seen: int) -> Credential:
-        need = recovery_need(error, self._current)
+        held = self._current
+        need = recovery_need(error, held)
         if self._recover is None or need is None:
             raise error
         with self._recovering:
             if self._recoveries == seen:  # nobody recovered since this caller failed
-                event(
-                    logging.WARNING,
-                    "recovery.started",
-                    key=str(self.key),
-                    need=type(need).__name__,
-                )
-                self._recover(need)
-                self._recoveries += 1
-                # The login replaced the record: memory is no longer the authority.
+                try:
+                    with _login_lock(self.key, self._recovery_wait):
+                        self._recover_under_lock(need, held)
+                finally:
+                    # Failed or not, callers that waited for this one do not start another:
+                    # a person who closed the browser is not shown a window per request.
+                    self._recoveries += 1
+                # The store has a new record: memory is no longer the authority.
                 self._current = None
         return self._credential(None, None)
+
+    def _recover_under_lock(self, need: AuthenticationRequired, held: Credential | None) -> None:
+        key = str(self.key)
+        stored = self.store.read(self.key)
+        record = stored.record if stored is not None else None
+        if recovered(need, record, held, self._context(), key):
+            event(logging.WARNING, "recovery.adopted", key=key, need=type(need).__name__)
+            return
+        event(logging.WARNING, "recovery.started", key=key, need=type(need).__name__)
+        assert self._recover is not None
+        self._recover(need)
 
     def _credential(self, rejected: str | None, timeout: float | None) -> Credential:
         hit = self._from_memory(rejected)
@@ -336,7 +376,7 @@ class Keeper:
         except AuthenticationRequired as exc:
             if self._recover is None:
                 raise
-            return await asyncio.to_thread(self._recover_once, exc, seen)
+            return await _on_daemon_thread(functools.partial(self._recover_once, exc, seen))
 
     async def _acredential(self, rejected: str | None) -> Credential:
         hit = self._from_memory(rejected)
@@ -461,10 +501,7 @@ class Keeper:
         return serve_from_memory(credential, self._context(rejected))[0] is not None
 
     def _stale_moment(self, record: Credential) -> datetime | None:
-        turns_stale = stale_at(record, self._skew, self._default_lifetime)
-        if turns_stale is None and record.obtained_at is not None:
-            return _FOREVER  # no lifetime: valid until a server rejects it
-        return turns_stale
+        return fresh_until(record, self._skew, self._default_lifetime)
 
     def _served(self, credential: Credential, rejected: str | None) -> Credential | None:
         """What memory may serve of ``credential``; starts a refresh ahead when one is due."""
@@ -729,25 +766,23 @@ class Keeper:
         return self._install(stored)
 
     def _holder_alive(self, intent: RefreshIntent | None) -> bool:
-        """Whether the writer of ``intent`` may still hold an unstored answer.
-
-        Its pid can be probed only from the same boot and pid namespace; a note from
-        anywhere else is live while its lease runs (the holder renews it during its call).
-        """
-        if intent is None:
-            return False
-        if not self._same_host(intent):
-            return intent.state == "in_flight" and lease_live(intent.lease_until, self._clock())
-        if intent.pid == os.getpid():
-            return intent.holder != self._holder and intent.holder in _live_holders
-        return process_alive(intent.pid)
+        """Whether the writer of ``intent`` may still hold an unstored answer
+        (:func:`~grantkeeper._rules.holder_alive`, with this process's facts and probes)."""
+        return holder_alive(
+            intent,
+            now=self._clock(),
+            pid=os.getpid(),
+            holder=self._holder,
+            host_id=self._host_id,
+            host=self._host,
+            sibling_alive=_live_holders.__contains__,
+            pid_alive=process_alive,
+        )
 
     def _same_host(self, intent: RefreshIntent) -> bool:
         """Whether ``intent`` was written in this boot and pid namespace (its pid means
         the same process here)."""
-        if intent.host_id:
-            return intent.host_id == self._host_id
-        return intent.host == self._host  # written before host identities: the hostname
+        return same_host(intent, host_id=self._host_id, host=self._host)
 
     def _our_note(self, stored: Stored | None, noted: Stored | None) -> bool:
         """Whether the store's ``stored`` still is ``noted``, an in-flight note of this
@@ -999,8 +1034,7 @@ class Keeper:
         try:
             version = self.store.write(self.key, pending, expected_version=stored.version)
         except StoreError as exc:
-            state = freshness(pending, self._clock(), self._skew, self._default_lifetime)
-            if state is not Freshness.EXPIRED and rejected != pending.access_token:
+            if pending_servable(pending, self._context(rejected)):
                 event(
                     logging.WARNING,
                     "pending.still_unwritable",
@@ -1040,9 +1074,7 @@ class Keeper:
             return stored
         assert stored is not None
         key = str(self.key)
-        if stored.record.reauth_reason is not None or (
-            identity_error(self._identity, rescued.record, key) is not None
-        ):
+        if rescue_dropped(stored.record, rescued.record, self._identity):
             event(logging.INFO, "rescue.discarded", key=key)
             _rescue_copies.discard_path(rescued.path)
             return stored
@@ -1152,6 +1184,69 @@ class Keeper:
                     self.store.write(self.key, answered, expected_version=now.version)
         except GrantkeeperError as exc:
             event(logging.ERROR, "pending.note_failed", key=key, error=type(exc).__name__)
+
+
+LOGIN_LOCKS = "locks"
+"""The directory under ``GRANTKEEPER_HOME`` of the login locks, one per credential."""
+
+
+@contextlib.contextmanager
+def _login_lock(key: CredentialKey, wait: float) -> Iterator[None]:
+    """Hold ``key``'s login lock: one person's login at a time among this host's processes.
+
+    An ``flock``, so the kernel drops it when its holder exits or is killed: the next waiter
+    takes over at once. A waiter gives up after ``wait`` seconds with :class:`LoginFailed`.
+    """
+    name = f"login-{fingerprint(str(key))}.lock"
+    what = f"the login lock of {key}"
+    with (
+        PrivateDir(grantkeeper_home() / LOGIN_LOCKS).open(create=True) as dir_fd,
+        contextlib.ExitStack() as held,
+    ):
+        assert dir_fd is not None
+        try:
+            held.enter_context(locked_file(dir_fd, name, timeout=0.0, what=what))
+        except LockTimeout:
+            # Another process is logging in: wait for it, and say so.
+            event(logging.WARNING, "recovery.waiting", key=str(key), wait_s=round(wait))
+            try:
+                held.enter_context(locked_file(dir_fd, name, timeout=wait, what=what))
+            except LockTimeout:
+                raise LoginFailed(
+                    f"gave up after {wait:g} s waiting for another process to log in",
+                    key=str(key),
+                ) from None
+        yield
+
+
+def _on_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
+    """Run blocking ``work`` on a daemon thread: a wait for a lock or a person must not keep
+    the process alive once its caller has gone (``asyncio.to_thread`` would, at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop closed: nobody waits any more
+
+    threading.Thread(target=run, name="grantkeeper recovery", daemon=True).start()
+    return future
 
 
 def _flush_at_exit() -> None:

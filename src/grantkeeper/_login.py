@@ -61,6 +61,7 @@ def login(
     redirect_uri: str | None = None,
     open_browser: Callable[[str], object] = webbrowser.open,
     callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
+    authorizer_for: Callable[[CallbackServer], Authorize] | None = None,
     discovery: Discovery | None = None,
     http: httpx.Client | None = None,
     clock: Clock = utc_now,
@@ -90,7 +91,10 @@ def login(
 
     By default a browser opens and a loopback listener takes the redirect. An application
     that presents the authorization URL itself passes ``authorize`` (given the URL, returns
-    the callback URL the user reached) together with its ``redirect_uri``.
+    the callback URL the user reached) together with its ``redirect_uri``. One that keeps the
+    loopback listener but presents the URL its own way passes ``authorizer_for``: given the
+    listener login opened, it returns the :data:`Authorize` (typically a
+    :func:`loopback_authorizer`), and ``open_browser`` and ``callback_timeout`` go unused.
 
     Scope precedence: ``scope``, the server's 401 challenge, the resource's
     ``scopes_supported``, then the authorization server's; ``offline_access`` is added when
@@ -99,24 +103,33 @@ def login(
     config = server if isinstance(server, ServerConfig) else resolve_server(server)
     if (authorize is None) != (redirect_uri is None):
         raise ValueError("pass authorize and redirect_uri together, or neither")
+    if authorize is not None and authorizer_for is not None:
+        raise ValueError("pass authorize or authorizer_for, not both")
     if store is None:
         from ._stores.open import open_store
 
         store = open_store()
-    own = http is None
-    client = http or httpx.Client(
-        follow_redirects=False, trust_env=False, timeout=LOGIN_HTTP_TIMEOUT
+    machine = client_credentials or (
+        client_credentials is None and config.grant == CLIENT_CREDENTIALS
     )
-    try:
+    with contextlib.ExitStack() as held:
+        client = http or held.enter_context(
+            httpx.Client(follow_redirects=False, trust_env=False, timeout=LOGIN_HTTP_TIMEOUT)
+        )
+        # A configured port is bound before any network, so a taken one is reported at once
+        # rather than after discovery; the listener's port needs nothing discovery finds.
+        listener = (
+            held.enter_context(listen_first_free([config.callback_port]))
+            if config.callback_port and authorize is None and enterprise is None and not machine
+            else None
+        )
         found = discovery or discover(config.url, http=client)
         chosen_scope = choose_scope(
             scope or config.scope, found.challenge, found.resource_metadata, found.metadata
         )
         fixed_id = client_id or config.client_id
         secret = client_secret or config.client_secret
-        if client_credentials or (
-            client_credentials is None and config.grant == CLIENT_CREDENTIALS
-        ):
+        if machine:
             return _machine_login(
                 config,
                 found,
@@ -196,13 +209,16 @@ def login(
 
         if authorize is not None and redirect_uri is not None:
             return attempt(authorize, redirect_uri)
-        dynamic = registration is None
-        with listen_first_free(callback_ports(config, store, issuer, dynamic)) as listener:
-            browser = loopback_authorizer(listener, open_browser, timeout=callback_timeout)
-            return attempt(browser, listener.redirect_uri)
-    finally:
-        if own:
-            client.close()
+        if listener is None:
+            dynamic = registration is None
+            ports = callback_ports(config, store, issuer, dynamic)
+            listener = held.enter_context(listen_first_free(ports))
+        browser = (
+            authorizer_for(listener)
+            if authorizer_for is not None
+            else loopback_authorizer(listener, open_browser, timeout=callback_timeout)
+        )
+        return attempt(browser, listener.redirect_uri)
 
 
 def _machine_login(

@@ -1,17 +1,25 @@
 """Every rule of the credential lifecycle, pure: what to serve, what to do, what it means.
 
 Like h11's ``_state.py``, every rule that affects the lifecycle lives here, and nothing here
-does I/O. :class:`~grantkeeper.Keeper` only sequences reads, locks, writes and provider
-calls around these functions:
+does I/O (a probe the Keeper runs is passed in as a fact or a callable). How fresh a record
+is, and what a token without a lifetime means, is ``_freshness``'s, also pure.
+:class:`~grantkeeper.Keeper` only sequences reads, locks, writes and provider calls around
+these functions:
 
 - :func:`serve_from_memory`: what a request gets from memory, and whether to refresh ahead;
 - :func:`decide`: what a transaction does with the record it re-read under the lock;
+- :func:`note_verdict`: what a record's intent note means for renewing it, the one
+  judgement :func:`decide` acts on and :func:`status_verdict` reports;
+- :func:`holder_alive`: whether the writer of a note may still hold an unstored answer,
+  from the facts the Keeper gathered (its host identity, clock and pid probes);
 - :func:`outcome_of` and :func:`after_provider_error`: what a provider's answer (or its
   absence) means, and what to record durably about it;
 - :func:`fallback`: whether a failed transaction may still serve a valid token;
+- :func:`pending_servable` and :func:`rescue_dropped`: whether a refreshed credential the
+  store would not take may still be served, and when a rescue copy of one is dropped;
 - :func:`status_verdict`: what ``status`` tells a person;
 - :func:`recovery_need`: what a recovery hook (a new login) is asked to fix, and with which
-  scope.
+  scope; :func:`recovered`: whether a login elsewhere has fixed it already.
 
 The provider outcome table (:data:`OUTCOME_TABLE`) says what every answer of a token
 endpoint, or its absence, means: :func:`answer_outcome` classifies an HTTP answer,
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -52,6 +61,7 @@ from ._errors import (
     ServerRejectsToken,
 )
 from ._freshness import DEFAULT_SKEW, Freshness, freshness
+from ._liveness import lease_live
 from ._record import CLIENT_CREDENTIALS, Credential, RefreshIntent
 
 BACKOFF_BASE = timedelta(seconds=1)
@@ -397,9 +407,8 @@ def decide(
     attempts, since, unknown = 1, ctx.now, False
     if intent is not None:
         ours = intent.host == ctx.host and intent.pid == ctx.pid and intent.holder == ctx.holder
-        # A client-credentials renewal spends nothing: asking again is always safe.
-        harmless = stored.grant == CLIENT_CREDENTIALS
-        if intent.state == "answered" and not harmless:
+        note = note_verdict(stored, retry_unknown_outcome=ctx.retry_unknown_outcome)
+        if note is Note.SPENT:
             return Decision(
                 Action.FAIL,
                 error=ReauthenticationRequired(f"log in again: {ANSWERED_NOT_STORED}", key=key),
@@ -415,8 +424,8 @@ def decide(
                     key=key,
                 ),
             )
-        unknown = intent.state in ("in_flight", "unknown") and not harmless
-        if unknown and not ctx.retry_unknown_outcome:
+        unknown = note in (Note.UNKNOWN, Note.UNKNOWN_REFUSED)
+        if note is Note.UNKNOWN_REFUSED:
             reason = (
                 f"the outcome of a refresh started {_hms(intent.started_at)} is unknown "
                 "(a process died or lost the answer), and retrying it is turned off"
@@ -455,6 +464,41 @@ ANSWERED_NOT_STORED = (
     "a refresh was answered, but its new token could be stored nowhere, so the old refresh "
     "token is spent"
 )
+
+
+class Note(enum.Enum):
+    """What a record's intent note means for renewing it (:func:`note_verdict`)."""
+
+    CLEAR = "clear"
+    """Nothing in the note stops a renewal: no note about the token held now, an outage or
+    a refusal (backed off, never a login), or any note of a client-credentials credential."""
+    SPENT = "spent"
+    """A refresh was answered but its new token stored nowhere: the refresh token held is
+    spent, and only a new login renews the credential."""
+    UNKNOWN = "unknown"
+    """An earlier refresh's outcome is unknown (its process died or lost the answer): the
+    same refresh token is sent again."""
+    UNKNOWN_REFUSED = "unknown_refused"
+    """The same, but ``retry_unknown_outcome=False`` refuses to send it again: only a new
+    login renews the credential."""
+
+
+def note_verdict(record: Credential, *, retry_unknown_outcome: bool = True) -> Note:
+    """What ``record``'s intent note means for renewing it: the one judgement both
+    :func:`decide` acts on and :func:`status_verdict` reports.
+
+    An in-flight note counts as unknown here; whether its writer may still hold the answer
+    is for :func:`holder_alive` to say, and :func:`decide` asks that before retrying.
+    """
+    intent = record.intent if _concerns(record) else None
+    # A client-credentials renewal spends nothing: asking again is always safe.
+    if intent is None or record.grant == CLIENT_CREDENTIALS:
+        return Note.CLEAR
+    if intent.state == "answered":
+        return Note.SPENT
+    if intent.state in ("in_flight", "unknown"):
+        return Note.UNKNOWN if retry_unknown_outcome else Note.UNKNOWN_REFUSED
+    return Note.CLEAR
 
 
 def same_note(now: Credential, noted: Credential) -> bool:
@@ -506,6 +550,65 @@ def backoff_error(intent: RefreshIntent, now: datetime, key: str) -> ProviderErr
         return ProviderError(message, key=key)
     wait = max(0.0, (retry_at - now).total_seconds())
     return ProviderUnavailable(message, key=key, retry_after=wait)
+
+
+# -- who may still hold an answer ---------------------------------------------------------
+
+
+def same_host(intent: RefreshIntent, *, host_id: str, host: str) -> bool:
+    """Whether ``intent`` was written in the boot and pid namespace ``host_id`` (so its pid
+    means the same process there). A note from before host identities names its hostname
+    only: it is compared with ``host``."""
+    if intent.host_id:
+        return intent.host_id == host_id
+    return intent.host == host
+
+
+def holder_alive(
+    intent: RefreshIntent | None,
+    *,
+    now: datetime,
+    pid: int,
+    holder: str,
+    host_id: str,
+    host: str,
+    sibling_alive: Callable[[str], bool],
+    pid_alive: Callable[[int], bool],
+) -> bool:
+    """Whether the writer of ``intent`` may still hold an unstored answer: what
+    :func:`decide` takes as ``holder_alive``.
+
+    ``pid``, ``holder``, ``host_id`` and ``host`` name the asking process and Keeper. A
+    writer in the same boot and pid namespace is probed: in this very process, it is alive
+    if it is another Keeper still alive here (``sibling_alive(its holder id)``); in another
+    process, if that process runs (``pid_alive(its pid)``). Each probe is called only when
+    needed. A note from anywhere else cannot be probed: it is live while it is in flight
+    and its lease runs at ``now`` (the holder renews it during its call).
+    """
+    if intent is None:
+        return False
+    if not same_host(intent, host_id=host_id, host=host):
+        return intent.state == "in_flight" and lease_live(intent.lease_until, now)
+    if intent.pid == pid:
+        return intent.holder != holder and sibling_alive(intent.holder)
+    return pid_alive(intent.pid)
+
+
+# -- a credential the store would not take -------------------------------------------------
+
+
+def pending_servable(pending: Credential, ctx: Context) -> bool:
+    """Whether a refreshed credential the store would not take may still be served: like
+    any credential in memory (:func:`serve_from_memory`), while it is valid and not
+    rejected. After that the store holds only the spent refresh token, never replayed."""
+    return serve_from_memory(pending, ctx)[0] is not None
+
+
+def rescue_dropped(stored: Credential, rescued: Credential, known: Credential | None) -> bool:
+    """Whether a rescue copy is dropped rather than adopted: the record it would replace
+    is marked dead (only a login revives it), or the copy belongs to another issuer,
+    resource or account than this lifecycle serves (:func:`identity_error`)."""
+    return stored.reauth_reason is not None or identity_error(known, rescued, "") is not None
 
 
 # -- what a provider's answer means -------------------------------------------------------
@@ -624,6 +727,30 @@ def recovery_need(error: BaseException, held: Credential | None) -> Authenticati
     return stepped
 
 
+def recovered(
+    need: AuthenticationRequired,
+    stored: Credential | None,
+    failed: Credential | None,
+    ctx: Context,
+    key: str,
+) -> bool:
+    """Whether the store already answers ``need``, so no person is asked again.
+
+    Asked under the login lock, before a recovery hook runs: while this process waited,
+    another one (or a person at a terminal) may have logged in. The record that failed
+    (``failed``, what this process held) answers nothing; a record marked dead neither.
+    A step-up is answered by a record holding every scope it asks for; anything else by a
+    record the Keeper can serve or renew without a person.
+    """
+    if stored is None or stored.reauth_reason is not None:
+        return False
+    if failed is not None and stored.access_token == failed.access_token:
+        return False
+    if isinstance(need, InsufficientScope):
+        return set((need.scope or "").split()) <= set((stored.scope or "").split())
+    return not isinstance(decide(stored, ctx, key=key).error, AuthenticationRequired)
+
+
 # -- what status says ---------------------------------------------------------------------
 
 
@@ -649,27 +776,35 @@ def status_verdict(
     intent = record.intent if _concerns(record) else None
     if intent is None:
         return False, ""
-    if intent.state == "answered":
-        if state is Freshness.FRESH:
+    # What the note forbids needs a login once a renewal is due (as decide finds it then).
+    note = note_verdict(record, retry_unknown_outcome=retry_unknown_outcome)
+    due = state is not Freshness.FRESH
+    if note is Note.SPENT:
+        if not due:
             return False, f"{ANSWERED_NOT_STORED}: log in again when this token expires"
         return True, ANSWERED_NOT_STORED
     since = _hms(intent.since or intent.started_at)
-    next_at = f"; next attempt after {_hms(intent.retry_at)}" if intent.retry_at else ""
-    last = f" ({intent.last_error})" if intent.last_error else ""
-    if intent.state == "unavailable" and intent.refused:
-        return False, f"provider refusing refreshes since {since}{last}; retrying{next_at}"
-    if intent.state == "unavailable":
-        return False, f"provider unavailable since {since}{last}; retrying{next_at}"
-    if intent.state == "in_flight" and retry_unknown_outcome:
-        return False, (
-            f"a refresh started {_hms(intent.started_at)} by pid {intent.pid} on {intent.host} "
-            "has not finished; if that process died, the next refresh retries it"
-        )
-    if not retry_unknown_outcome:
-        if state is Freshness.FRESH:
+    if note is Note.UNKNOWN_REFUSED:
+        if not due:
             return False, (
                 f"the outcome of a refresh started {since} is unknown; it is not retried "
                 "(a replay could revoke the grant): log in again when this token expires"
             )
         return True, f"the outcome of a refresh started {since} is unknown"
+    next_at = f"; next attempt after {_hms(intent.retry_at)}" if intent.retry_at else ""
+    last = f" ({intent.last_error})" if intent.last_error else ""
+    if intent.state == "answered":  # a client-credentials renewal: it spent nothing
+        return False, (
+            "a renewal was answered, but its new token could be stored nowhere; the next "
+            "renewal asks again"
+        )
+    if intent.state == "unavailable" and intent.refused:
+        return False, f"provider refusing refreshes since {since}{last}; retrying{next_at}"
+    if intent.state == "unavailable":
+        return False, f"provider unavailable since {since}{last}; retrying{next_at}"
+    if intent.state == "in_flight":
+        return False, (
+            f"a refresh started {_hms(intent.started_at)} by pid {intent.pid} on {intent.host} "
+            "has not finished; if that process died, the next refresh retries it"
+        )
     return False, (f"the outcome of a refresh started {since} is unknown{last}; retrying{next_at}")

@@ -3,10 +3,11 @@
 - ``status_of``: exactly one state per server, from its stored record alone;
 - ``auth_status``: the configured servers' states, from the store alone or probed with
   ``check``;
-- ``login_command``: the one way grantkeeper writes the command a person must run to log in.
-  The CLI's errors, ``status``'s action column and the proxy's JSON-RPC errors all print it,
-  so all of them name the server as the user did and keep the profile: a hint without
-  ``--profile`` would log in to the default credential, not the one that needs it.
+- ``login_command``: the one way grantkeeper writes the command a person must run to log in,
+  and ``fix_command`` the command that fixes a given error. The CLI's errors, ``status``'s
+  action column and the proxy's JSON-RPC errors all print it, so all of them name the
+  server as the user did and keep the profile: a hint without ``--profile`` would log in to
+  the default credential, not the one that needs it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from ._errors import OAuthUnsupported, ProtocolError, StoreCorrupt
+from ._errors import (
+    InsufficientScope,
+    OAuthUnsupported,
+    ProtocolError,
+    StaticTokenRejected,
+    StoreCorrupt,
+)
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, utc_now
 from ._record import Credential, CredentialKey
 from ._rules import status_verdict
@@ -45,6 +52,14 @@ def login_command(
     if with_token:
         words.append("--with-token")
     return shlex.join(words)
+
+
+def fix_command(error: BaseException, server: str, profile: str | None = None) -> str:
+    """The command that fixes ``error`` (one whose ``needs_login`` is set): a login that asks
+    for the scope a server said the token lacks, or a new static token for a rejected one."""
+    scope = error.scope if isinstance(error, InsufficientScope) else None
+    static = isinstance(error, StaticTokenRejected)
+    return login_command(server, profile, scope=scope, with_token=static)
 
 
 # -- one server, from its record -------------------------------------------------------

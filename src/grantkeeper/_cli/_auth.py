@@ -20,10 +20,8 @@ from ._policy import (
     EXIT_AUTH,
     EXIT_OK,
     handle_errors,
-    hint_for,
     json_option,
     keeper_for,
-    login_hint,
     open_store_for,
     optional_server_argument,
     profile_option,
@@ -235,9 +233,7 @@ def login(
     import dataclasses
 
     from .._errors import OAuthUnsupported
-    from .._login import callback_ports, listen_first_free
     from .._login import login as run_login
-    from .._oauth.discovery import discover
     from .._servers import resolve_server, save_server
 
     if with_token:
@@ -293,26 +289,13 @@ def login(
     config = dataclasses.replace(config, **changes)
     store = _store(store_spec)
     try:
-        if config.grant == "client_credentials":
-            record = run_login(config, store=store)
-        else:
-            # Discovered once, here: the issuer says which kept registration's port to
-            # listen on, so a second login reuses its client instead of registering another.
-            # A configured port is bound first: a taken one is reported before any network.
-            found = None if config.callback_port else discover(config.url)
-            issuer = found.metadata.issuer if found is not None else ""
-            ports = callback_ports(config, store, issuer, dynamic=not config.client_id)
-            with listen_first_free(ports) as listener:
-                authorize = _authorizer(
-                    listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
-                )
-                record = run_login(
-                    config,
-                    store=store,
-                    authorize=authorize,
-                    redirect_uri=listener.redirect_uri,
-                    discovery=found,
-                )
+        record = run_login(
+            config,
+            store=store,
+            authorizer_for=lambda listener: _authorizer(
+                listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
+            ),
+        )
     except OAuthUnsupported as exc:
         # Not a dead end: a public server needs no login, a token server takes --with-token.
         raise OAuthUnsupported(
@@ -436,9 +419,11 @@ def logout(
 
 def _action(config: ServerConfig, status: AuthStatus, given: str | None) -> str | None:
     """The command to run, naming the server as the user did (else by its name or URL)."""
+    from .._status import login_command
+
     if status.action is None:
         return None
-    return login_hint(given, config.profile) if given else hint_for(config)
+    return login_command(given or config.label, config.profile)
 
 
 def _status_json(config: ServerConfig, status: AuthStatus, given: str | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .._status import login_command
+from .._status import fix_command
 
 if TYPE_CHECKING:
     from .._keeper import Keeper
@@ -40,36 +40,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # -- who needs a person, and what they type -----------------------------------------------
-
-
-def needs_person(exc: BaseException) -> bool:
-    """Whether ``exc`` is a state only a person can fix: log in, or log in again.
-
-    A stored credential that does not parse counts: nothing but a new login replaces it. So
-    does a rejected static token: nothing but a new one (``login --with-token``) replaces it,
-    and a token of a type grantkeeper cannot present (a login after the client is registered
-    for Bearer tokens; ``status`` says so too).
-    """
-    from .._errors import GrantkeeperError, StaticTokenRejected, StoreCorrupt, UnsupportedTokenType
-
-    if isinstance(exc, StoreCorrupt | StaticTokenRejected | UnsupportedTokenType):
-        return True
-    return isinstance(exc, GrantkeeperError) and (
-        exc.requires_login or exc.requires_reauthentication
-    )
-
-
-def login_hint(
-    server: str, profile: str | None = None, scope: str | None = None, *, with_token: bool = False
-) -> str:
-    """The exact command that logs in to ``server`` as the user named it, with its profile
-    (and the scope a server said it lacks; ``--with-token`` for a static token to replace)."""
-    return login_command(server, profile, scope=scope, with_token=with_token)
-
-
-def hint_for(config: ServerConfig) -> str:
-    """:func:`login_hint` for a configured server: its name if it has one, else its URL."""
-    return login_hint(config.label, config.profile)
 
 
 def _given_server() -> tuple[str, str | None] | None:
@@ -95,14 +65,12 @@ def fail(message: str, code: int = EXIT_ERROR) -> click.exceptions.Exit:
 
 def fail_for(exc: BaseException) -> click.exceptions.Exit:
     """Print ``exc`` in one line, the login hint when a person must act; the exit to raise."""
-    if not needs_person(exc):
-        return fail(str(exc), EXIT_ERROR)
-    from .._errors import StaticTokenRejected
+    from .._errors import GrantkeeperError
 
+    if not (isinstance(exc, GrantkeeperError) and exc.needs_login):
+        return fail(str(exc), EXIT_ERROR)
     given = _given_server()
-    scope = getattr(exc, "scope", None)  # InsufficientScope: a login must ask for it
-    static = isinstance(exc, StaticTokenRejected)  # a new token, not a browser login
-    hint = f"; run: {login_hint(*given, scope=scope, with_token=static)}" if given else ""
+    hint = f"; run: {fix_command(exc, *given)}" if given else ""
     return fail(f"{exc}{hint}", EXIT_AUTH)
 
 

@@ -29,9 +29,10 @@ from ._policy import (
 )
 
 if TYPE_CHECKING:
-    from .._keeper import Keeper
+    from .._keeper import Keeper, Recovery
     from .._proxy.stdio import ProtocolOut
     from .._servers import ServerConfig
+    from .._stores.base import Store
 
 MISSING_EXTRA = (
     "grantkeeper proxy needs the mcp extra: "
@@ -177,8 +178,18 @@ def proxy(
         "proxy.start url=%s key=%s headers=%s", config.url, config.key, sorted(headers) or "-"
     )
     oauth = bearer is None and not any(name.lower() == "authorization" for name in headers)
-    keeper = Keeper(open_store_for(store_spec), config.key) if oauth else None
-    scope = " ".join(s for value in scopes for s in value.split()) or None
+    keeper = None
+    if oauth:
+        store = open_store_for(store_spec)
+        scope = " ".join(s for value in scopes for s in value.split()) or None
+        keeper = Keeper(
+            store,
+            config.key,
+            # Without a browser nothing can log in here: requests get the typed error,
+            # and the proxy names the command that fixes it.
+            recover=None if no_browser else _browser_login(config, store, scope, login_timeout),
+            recovery_wait=login_timeout + LOGIN_WAIT_MARGIN,
+        )
     try:
         asyncio.run(
             _serve(
@@ -187,9 +198,6 @@ def proxy(
                 keeper=keeper,
                 headers=headers,
                 bearer=bearer,
-                browser=not no_browser,
-                scope=scope,
-                login_timeout=login_timeout,
                 ping_interval=ping_interval,
                 transport=transport,
             )
@@ -203,6 +211,32 @@ def proxy(
         out.close()
 
 
+LOGIN_WAIT_MARGIN = 30.0
+"""A proxy waiting for another one's login gives it its whole login timeout plus this."""
+
+
+def _browser_login(
+    config: ServerConfig, store: Store, scope: str | None, timeout: float
+) -> Recovery:
+    """The Keeper's recovery hook: a browser login, for the union of scopes on a step-up.
+
+    The Keeper runs it at most once at a time on this host, under its login lock, and not
+    at all when another proxy's login has already stored what is needed."""
+    import webbrowser
+
+    from .._relogin import login_recovery
+
+    log = logging.getLogger("grantkeeper.proxy")
+
+    def present(url: str) -> None:
+        log.warning("log in to %s in your browser: %s", config.label, url)
+        webbrowser.open(url)
+
+    return login_recovery(
+        config, store=store, scope=scope, open_browser=present, callback_timeout=timeout
+    )
+
+
 async def _serve(
     config: ServerConfig,
     *,
@@ -210,15 +244,11 @@ async def _serve(
     keeper: Keeper | None,
     headers: dict[str, str],
     bearer: str | None,
-    browser: bool,
-    scope: str | None,
-    login_timeout: float,
     ping_interval: float,
     transport: str,
 ) -> None:
     import httpx2
 
-    from .._proxy.login import LoginCoordinator
     from .._proxy.sse import SseProxy
     from .._proxy.stdio import read_lines
     from .._proxy.streamable_http import HTTP_TIMEOUT, Proxy
@@ -226,16 +256,6 @@ async def _serve(
     from ..mcp import httpx2_auth
 
     auth = httpx2_auth(config.url, keeper=keeper, token=bearer, headers=headers)
-    login = None
-    if keeper is not None:
-        login = LoginCoordinator(
-            config,
-            keeper.store,
-            keeper,
-            browser=browser,
-            scope=scope,
-            callback_timeout=login_timeout,
-        )
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes | None] = asyncio.Queue()
     read_lines(loop, lines)
@@ -252,9 +272,9 @@ async def _serve(
             auth=auth, headers=headers, timeout=HTTP_TIMEOUT, follow_redirects=False
         ) as http:
             bridge = SseProxy if transport == "sse" else Proxy
-            await bridge(config, http=http, out=out, login=login, ping_interval=ping_interval).run(
-                lines
-            )
+            await bridge(
+                config, http=http, out=out, keeper=keeper, ping_interval=ping_interval
+            ).run(lines)
     finally:
         # Removing a handler restores the default action (death, for SIGTERM): ignore
         # SIGTERM and SIGHUP at once instead, until closing has stored what it must.

@@ -3,8 +3,10 @@
 - ``stdio``: the host's side, newline-delimited JSON-RPC on stdin and stdout;
 - ``streamable_http``: the bridge itself, :class:`~.streamable_http.Proxy`, over streamable
   HTTP (the current transport);
-- ``sse``: the same bridge over the HTTP+SSE transport of older servers;
-- ``login``: one browser login for every proxy of a credential, however many start at once.
+- ``sse``: the same bridge over the HTTP+SSE transport of older servers.
+
+Logins are the Keeper's recovery (``_cli/_proxy.py`` gives it a browser login): one for
+every proxy of a credential, however many start at once.
 
 Nothing is imported here: the CLI imports what it runs.
 """

@@ -110,7 +110,6 @@ class SseProxy(Proxy):
     async def _stream_loop(self) -> None:
         delay = RECONNECT_DELAY
         while True:
-            sent = self.login.sent_token() if self.login is not None else None
             try:
                 async with self.http.stream(
                     "GET", self.url, headers={"accept": "text/event-stream"}
@@ -128,13 +127,6 @@ class SseProxy(Proxy):
                             elif event.event in ("message", "") and event.data:
                                 self._from_stream(event.data)
             except GrantkeeperError as exc:
-                needs_person = exc.requires_login or exc.requires_reauthentication
-                if self.login is not None and needs_person:
-                    try:
-                        await self.login.ensure(rejected=sent)
-                        continue
-                    except GrantkeeperError as failure:
-                        exc = failure
                 log.warning("event stream: %s", self._explain(exc))
             except httpx2.HTTPError as exc:
                 log.info("event stream ended: %s", type(exc).__name__)

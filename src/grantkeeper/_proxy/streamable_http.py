@@ -9,8 +9,9 @@ what the server sends unprompted (``list_changed``, ``resources/updated``, loggi
 
 What the pipe adds, and nothing else:
 - grantkeeper's auth on every request (the transport policy of ``grantkeeper.mcp.connect``);
-- a login when none is usable, one browser for every proxy of the credential, requests
-  held meanwhile (``login``); without a browser, a JSON-RPC error naming the fix;
+- a login when none is usable or the server needs another scope: the Keeper's recovery,
+  one browser for every proxy of the credential, requests held meanwhile; without a
+  browser, a JSON-RPC error naming the command that fixes it;
 - session expiry (404 to a request naming the session): the host's ``initialize`` is
   replayed upstream, once per expiry, and the request sent again;
 - keep-alive pings, whose answers stay here, and a DELETE of the session on exit.
@@ -19,7 +20,6 @@ What the pipe adds, and nothing else:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -29,9 +29,10 @@ from typing import Any, TypeGuard
 import httpx2
 
 from .._errors import GrantkeeperError
+from .._keeper import Keeper
 from .._redact import scrub_known_in
 from .._servers import ServerConfig
-from .login import LoginCoordinator, login_hint
+from .._status import fix_command
 from .stdio import ProtocolOut
 
 log = logging.getLogger("grantkeeper.proxy")
@@ -108,14 +109,15 @@ class Proxy:
         *,
         http: httpx2.AsyncClient,
         out: ProtocolOut,
-        login: LoginCoordinator | None,
+        keeper: Keeper | None,
         ping_interval: float = DEFAULT_PING_INTERVAL,
     ) -> None:
         self.config = config
         self.url = config.url
         self.http = http
         self.out = out
-        self.login = login
+        #: The credential's Keeper (``None`` without OAuth); its recovery hook logs in.
+        self.keeper = keeper
         self.ping_interval = ping_interval
         self.session_id: str | None = None
         self.protocol_version: str | None = None
@@ -138,7 +140,7 @@ class Proxy:
 
     async def run(self, lines: asyncio.Queue[bytes | None]) -> None:
         """Serve the host until its stdin closes, then end the upstream session."""
-        if self.login is not None:
+        if self.keeper is not None:
             self._spawn(self._prepare())
         if self.ping_interval > 0:
             self._spawn(self._keepalive())
@@ -231,16 +233,16 @@ class Proxy:
     ) -> dict[str, Any] | None:
         """Send ``message`` upstream, relaying what comes back; return a request's response.
 
-        Retries once after the session expired (re-initializing first) and once after a
-        login; anything else the proxy cannot fix becomes a JSON-RPC error for a request.
+        Retries once after the session expired (re-initializing first); anything else the
+        proxy cannot fix becomes a JSON-RPC error for a request. Auth, logins included, is
+        the client's: an error that reaches here is final.
         """
         request_id = message.get("id") if is_request(message) else None
-        renewed = logged_in = False
+        renewed = False
         while True:
             if not internal:
                 await self._ready.wait()
             generation = self._generation
-            sent = self.login.sent_token() if self.login is not None else None
             try:
                 return await self._post(message, relay=relay)
             except SessionExpired:
@@ -257,16 +259,8 @@ class Proxy:
                     self._fail(message, self._explain(exc), exc, relay=relay)
                     return None
             except GrantkeeperError as exc:
-                needs_person = exc.requires_login or exc.requires_reauthentication
-                if logged_in or self.login is None or not needs_person:
-                    self._fail(message, self._explain(exc), exc, relay=relay)
-                    return None
-                logged_in = True
-                try:
-                    await self.login.ensure(rejected=sent)
-                except GrantkeeperError as failure:
-                    self._fail(message, self._explain(failure), failure, relay=relay)
-                    return None
+                self._fail(message, self._explain(exc), exc, relay=relay)
+                return None
             except httpx2.HTTPError as exc:
                 what = f"cannot reach the MCP server at {self.url}: {type(exc).__name__}"
                 self._fail(message, what, relay=relay)
@@ -275,11 +269,17 @@ class Proxy:
                 if request_id is not None:
                     self._cancelled.discard(message_key(request_id))
 
+    def fix(self, exc: GrantkeeperError) -> str | None:
+        """The command a person runs to fix ``exc``, if only a person can."""
+        if not exc.needs_login:
+            return None
+        return fix_command(exc, self.config.label, self.config.profile)
+
     def _explain(self, exc: GrantkeeperError) -> str:
         text = str(exc)
-        needs_person = exc.requires_login or exc.requires_reauthentication
-        if needs_person and "grantkeeper login" not in text:
-            text = f"{text}; run `{login_hint(self.config)}`"
+        fix = self.fix(exc)
+        if fix is not None and "grantkeeper login" not in text:
+            text = f"{text}; run `{fix}`"
         return text
 
     def _fail(
@@ -297,10 +297,9 @@ class Proxy:
         data: dict[str, Any] = {"proxy": "grantkeeper"}
         if exc is not None:
             data["error"] = type(exc).__name__
-        if isinstance(exc, GrantkeeperError) and (
-            exc.requires_login or exc.requires_reauthentication
-        ):
-            data["fix"] = login_hint(self.config)
+        fix = self.fix(exc) if isinstance(exc, GrantkeeperError) else None
+        if fix is not None:
+            data["fix"] = fix
         self._to_host_message(
             {
                 "jsonrpc": "2.0",
@@ -477,7 +476,6 @@ class Proxy:
             headers = self._headers(None, accept="text/event-stream")
             if last_event_id is not None:
                 headers[LAST_EVENT_ID] = last_event_id
-            sent = self.login.sent_token() if self.login is not None else None
             try:
                 async with self.http.stream("GET", self.url, headers=headers) as response:
                     if response.status_code == 405:
@@ -501,10 +499,6 @@ class Proxy:
                             if message is not None:
                                 self._to_host(raw_line(event.data, message))
             except GrantkeeperError as exc:
-                if self.login is not None and (exc.requires_login or exc.requires_reauthentication):
-                    with contextlib.suppress(GrantkeeperError):
-                        await self.login.ensure(rejected=sent)
-                        continue
                 log.warning("event stream: %s", self._explain(exc))
             except httpx2.HTTPError as exc:
                 log.debug("event stream ended: %s", type(exc).__name__)
@@ -518,11 +512,11 @@ class Proxy:
             log.warning("could not open a new session: %s", exc)
 
     async def _prepare(self) -> None:
-        """Look for a credential at once (and log in if none is usable), while the host
-        starts up: its first request then finds one ready."""
-        assert self.login is not None
+        """Look for a credential at once (the Keeper's recovery logs in if none is usable),
+        while the host starts up: its first request then finds one ready."""
+        assert self.keeper is not None
         try:
-            await self.login.ensure()
+            await self.keeper.acredential()
         except GrantkeeperError as exc:
             log.warning("%s", self._explain(exc))
 
