@@ -63,6 +63,7 @@ def test_401_on_the_retry_requires_authentication_and_never_loops() -> None:
     # Only a person can help now: the driver runs the Keeper's recovery hook, or raises.
     step = flow.send(Reply(401, (INVALID,)))
     assert isinstance(step, Recover) and isinstance(step.error, ReauthenticationRequired)
+    assert step.sent == "B"  # the token the recovery is about: a login since answers it
     assert step.error.requires_reauthentication
     assert "https://x.test/mcp" in str(step.error)
     # A new login's token gets one last try; a 401 for it too is final, never a loop.
@@ -114,6 +115,7 @@ def test_403_insufficient_scope_carries_the_scope_even_from_a_later_header() -> 
     step = flow.send(Reply(403, headers))
     assert isinstance(step, Recover) and isinstance(step.error, InsufficientScope)
     assert step.error.scope == "mcp:admin mcp"
+    assert step.sent == "A"
     assert isinstance(step.error, AuthenticationRequired)
 
 
@@ -126,6 +128,7 @@ def test_403_after_a_recovered_401_is_a_scope_error_too() -> None:
     step = flow.send(Reply(403, ('Bearer error="insufficient_scope"',)))
     assert isinstance(step, Recover) and isinstance(step.error, InsufficientScope)
     assert step.error.scope is None
+    assert step.sent == "B"  # the renewed token got the 403
 
 
 def test_step_up_retries_once_with_the_new_login_and_never_loops() -> None:

@@ -56,9 +56,10 @@ def test_a_login_elsewhere_answers_a_need_only_with_what_it_asked_for() -> None:
     other = make_record("b", "s").replace(scope="mcp")
     stepped = other.replace(scope="mcp mcp:write")
     need = InsufficientScope("403", scope="mcp mcp:write")
-    assert not recovered(need, held, held, ctx, key)  # the record that failed
-    assert not recovered(need, other, held, ctx, key)  # renewed, but without the scope
-    assert recovered(need, stepped, held, ctx, key)
+    sent = held.access_token
+    assert not recovered(need, held, sent, ctx, key)  # the record that failed
+    assert not recovered(need, other, sent, ctx, key)  # renewed, but without the scope
+    assert recovered(need, stepped, sent, ctx, key)
     assert recovered(LoginRequired("nothing stored"), other, None, ctx, key)
     assert not recovered(LoginRequired("nothing stored"), None, None, ctx, key)
     dead = other.replace(reauth_reason="invalid_grant")
@@ -186,9 +187,9 @@ def test_a_step_up_against_the_real_servers(tmp_path: Path) -> None:
         assert stats["replays"] == 0
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Login locks live under ``GRANTKEEPER_HOME``: the test's own."""
+    """Login locks live under ``GRANTKEEPER_HOME``: every test here has its own."""
     monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
 
@@ -297,3 +298,50 @@ def test_callers_waiting_for_a_login_that_failed_do_not_start_another(
     assert len(errors) == 4
     assert len(calls) == 1
     assert sum(isinstance(e, LoginFailed) for e in errors) == 1  # the others: not logged in
+
+
+def test_a_late_403_for_the_token_a_step_up_replaced_asks_no_second_login(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    store, clock = FileStore(tmp_path / "store"), StepClock()
+    logins = Logins(store, provider, clock)
+    logins(LoginRequired("first login"))
+    keeper = keeper_with(store, provider, logins, clock)
+    first = keeper.access_token()
+    need = InsufficientScope("403", scope="mcp:write")
+    stepped = keeper.recover(need, rejected=first)
+    # Another request sent with the first token gets its 403 only now: the step-up
+    # stored since answers it.
+    late = keeper.recover(need, rejected=first)
+    assert late.access_token == stepped.access_token != first
+    assert len(logins.needs) == 2  # the first login, and one step-up
+    assert set((stepped.scope or "").split()) == {"mcp", "mcp:write"}
+
+
+def test_a_wait_bound_covers_the_refresh_not_a_persons_login(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    store, clock = FileStore(tmp_path / "store"), StepClock()
+    logins = Logins(store, provider, clock)
+    logins.release.clear()
+    keeper = keeper_with(store, provider, logins, clock)
+    bound = 2.0
+
+    async def person() -> None:
+        assert await asyncio.to_thread(logins.entered.wait, 30)
+        # The person is slower than the bound (a wall-clock wait is the point here).
+        await asyncio.sleep(bound + 0.5)
+        logins.release.set()
+
+    async def go() -> str:
+        slow = asyncio.create_task(person())
+        try:
+            return (await keeper.acredential(timeout=bound)).access_token
+        finally:
+            logins.release.set()
+            await slow
+
+    token = asyncio.run(go())
+    stored = store.read(KEY)
+    assert stored is not None and token == stored.record.access_token
+    assert len(logins.needs) == 1

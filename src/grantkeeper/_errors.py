@@ -1,12 +1,14 @@
 """Every error grantkeeper raises, in one tree.
 
     GrantkeeperError
-    ├── AuthenticationRequired            requires_login or requires_reauthentication
+    ├── AuthenticationRequired            needs_login (and, where a browser login helps,
+    │                                     requires_login or requires_reauthentication)
     │   ├── LoginRequired                 nothing stored (never logged in, or logged out)
     │   ├── ReauthenticationRequired      stored but unusable: refresh rejected, no refresh
     │   │                                 token, grant marked dead, outcome unknown too often
     │   ├── ClientRegistrationInvalid     the authorization server no longer knows the client
-    │   ├── StaticTokenRejected           401 to a static bearer: save a new one (no flag set)
+    │   ├── StaticTokenRejected           401 to a static bearer: save a new one (only
+    │   │                                 needs_login: a browser login would not help)
     │   └── InsufficientScope             403 insufficient_scope: log in again with .scope
     ├── AccountChanged                    the store now holds another account's credential
     ├── ServerRejectsToken                the MCP server keeps rejecting freshly issued tokens
@@ -115,9 +117,10 @@ class GrantkeeperError(Exception):
     def needs_login(self) -> bool:
         """Whether only a person can fix this: a login, a new login, or a new static token.
 
-        The CLI exits 3 on it, the proxy and ``status`` name the command to run. An OAuth
-        login (a recovery hook) is asked for by the finer flags: ``requires_login`` and
-        ``requires_reauthentication`` are set only where a browser login would help.
+        The CLI exits 3 on it, the proxy names the command to run. The finer flags,
+        ``requires_login`` and ``requires_reauthentication``, are set only where a browser
+        login would help; besides them, a rejected static token, a stored record that does
+        not parse and a token type grantkeeper cannot present need a person too.
         """
         return self.requires_login or self.requires_reauthentication
 
@@ -415,7 +418,8 @@ MAX_DEPTH = 32
 def authentication_required(exc: BaseException) -> AuthenticationRequired | None:
     """The authentication-required error inside ``exc``, or ``None``.
 
-    Check ``.requires_login`` / ``.requires_reauthentication`` on the result.
+    Check ``.needs_login`` on the result (``.requires_login`` /
+    ``.requires_reauthentication`` for whether a browser login would help).
     """
     seen: set[int] = set()
     pending: list[tuple[BaseException, int]] = [(exc, 0)]

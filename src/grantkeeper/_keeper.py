@@ -84,9 +84,12 @@ Recovery = Callable[[AuthenticationRequired], object]
 credential (``grantkeeper.login_recovery`` builds one). Its result is ignored: the Keeper
 adopts what the login stored, under the same lock as a refresh."""
 
-RECOVERY_WAIT = DEFAULT_CALLBACK_TIMEOUT + 30.0
-"""How long a recovery waits for another process's login to the same credential: that
-login's whole callback timeout, and a margin for its code exchange."""
+RECOVERY_MARGIN = 30.0
+"""What a recovery waiting for another process's login gives it beyond its callback
+timeout: time for its code exchange and its write."""
+
+RECOVERY_WAIT = DEFAULT_CALLBACK_TIMEOUT + RECOVERY_MARGIN
+"""How long a recovery waits for another process's login to the same credential."""
 
 T = TypeVar("T")
 
@@ -167,8 +170,8 @@ class Keeper:
 
     ``recover`` is a hook that has a person log in when nothing else can help (see
     :meth:`recover`). Its logins take a login lock shared by every process of this host, so
-    however many processes need one, one person logs in once: the others wait up to
-    ``recovery_wait`` seconds, then adopt what it stored.
+    however many processes need a login at once, one runs: the others wait up to
+    ``recovery_wait`` seconds, then adopt what it stored (or, if it failed, try their own).
     """
 
     def __init__(
@@ -289,36 +292,44 @@ class Keeper:
                 raise
             return self._recover_once(exc, seen)
 
-    def recover(self, error: AuthenticationRequired) -> Credential:
+    def recover(self, error: AuthenticationRequired, *, rejected: str | None = None) -> Credential:
         """Have a person fix ``error`` through the recovery hook, once, and return the new
-        credential. Without a hook, raise ``error``.
+        credential. Without a hook, raise ``error``. ``rejected`` is the access token the
+        failing request carried (default: the one held now): a login stored since it was
+        sent answers ``error`` already.
 
         On ``insufficient_scope`` the login asks for the union of the held and required
         scopes (a step-up); a needed login or a dead grant logs in again as before.
         Concurrent callers share one login, and so do the processes of this host: the
         login lock is taken, the store re-read, and what another process's login stored is
         adopted if it answers ``error`` (:func:`~grantkeeper._rules.recovered`); only
-        otherwise is the hook run. Callers that waited for a login that failed get their
-        own error, not a second login.
+        otherwise is the hook run. Callers of this process that waited for a login that
+        failed get their own error, not a second login (a waiting process tries its own).
         """
-        return self._recover_once(error, self._recoveries)
+        return self._recover_once(error, self._recoveries, rejected)
 
-    async def arecover(self, error: AuthenticationRequired) -> Credential:
+    async def arecover(
+        self, error: AuthenticationRequired, *, rejected: str | None = None
+    ) -> Credential:
         """Async :meth:`recover`: the login runs on a daemon thread, so a process whose
         caller has gone (cancelled, exiting) never waits for a person to finish."""
         seen = self._recoveries
-        return await _on_daemon_thread(functools.partial(self._recover_once, error, seen))
+        work = functools.partial(self._recover_once, error, seen, rejected)
+        return await _on_daemon_thread(work)
 
-    def _recover_once(self, error: AuthenticationRequired, seen: int) -> Credential:
+    def _recover_once(
+        self, error: AuthenticationRequired, seen: int, rejected: str | None = None
+    ) -> Credential:
         held = self._current
         need = recovery_need(error, held)
         if self._recover is None or need is None:
             raise error
+        failed = rejected if rejected is not None else (held.access_token if held else None)
         with self._recovering:
             if self._recoveries == seen:  # nobody recovered since this caller failed
                 try:
                     with _login_lock(self.key, self._recovery_wait):
-                        self._recover_under_lock(need, held)
+                        self._recover_under_lock(need, failed)
                 finally:
                     # Failed or not, callers that waited for this one do not start another:
                     # a person who closed the browser is not shown a window per request.
@@ -327,11 +338,16 @@ class Keeper:
                 self._current = None
         return self._credential(None, None)
 
-    def _recover_under_lock(self, need: AuthenticationRequired, held: Credential | None) -> None:
+    def _recover_under_lock(self, need: AuthenticationRequired, failed: str | None) -> None:
         key = str(self.key)
-        stored = self.store.read(self.key)
+        try:
+            stored = self.store.read(self.key)
+        except StoreError as exc:
+            # An unreadable record (a corrupt one, say) is what a login replaces.
+            event(logging.WARNING, "recovery.store_unreadable", key=key, error=type(exc).__name__)
+            stored = None
         record = stored.record if stored is not None else None
-        if recovered(need, record, held, self._context(), key):
+        if recovered(need, record, failed, self._context(), key):
             event(logging.WARNING, "recovery.adopted", key=key, need=type(need).__name__)
             return
         event(logging.WARNING, "recovery.started", key=key, need=type(need).__name__)
@@ -367,12 +383,28 @@ class Keeper:
             key=str(self.key),
         )
 
-    async def acredential(self, *, rejected: str | None = None) -> Credential:
-        """Async :meth:`credential`. Bound the wait with ``asyncio.timeout``: cancelling
-        the caller does not cancel the refresh, whose result serves the next call."""
+    async def acredential(
+        self,
+        *,
+        rejected: str | None = None,
+        # Like credential()'s: asyncio.timeout around the call would bound a login too.
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Credential:
+        """Async :meth:`credential`. ``timeout`` bounds the wait for a refresh, not a
+        person's login through the recovery hook; ``asyncio.timeout`` around the call bounds
+        both. Cancelling the caller cancels neither: the result serves the next call."""
         seen = self._recoveries
         try:
-            return await self._acredential(rejected)
+            if timeout is None:
+                return await self._acredential(rejected)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._acredential(rejected)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"no credential within {timeout:g} s; the refresh continues in the background",
+                    key=str(self.key),
+                ) from None
         except AuthenticationRequired as exc:
             if self._recover is None:
                 raise

@@ -93,8 +93,9 @@ def login(
     that presents the authorization URL itself passes ``authorize`` (given the URL, returns
     the callback URL the user reached) together with its ``redirect_uri``. One that keeps the
     loopback listener but presents the URL its own way passes ``authorizer_for``: given the
-    listener login opened, it returns the :data:`Authorize` (typically a
-    :func:`loopback_authorizer`), and ``open_browser`` and ``callback_timeout`` go unused.
+    listener login opened, it returns the :data:`Authorize` that presents the URL and waits
+    for the redirect (the CLI's prints it, or reads a pasted redirect), and ``open_browser``
+    and ``callback_timeout`` go unused.
 
     Scope precedence: ``scope``, the server's 401 challenge, the resource's
     ``scopes_supported``, then the authorization server's; ``offline_access`` is added when

@@ -730,21 +730,22 @@ def recovery_need(error: BaseException, held: Credential | None) -> Authenticati
 def recovered(
     need: AuthenticationRequired,
     stored: Credential | None,
-    failed: Credential | None,
+    failed: str | None,
     ctx: Context,
     key: str,
 ) -> bool:
     """Whether the store already answers ``need``, so no person is asked again.
 
     Asked under the login lock, before a recovery hook runs: while this process waited,
-    another one (or a person at a terminal) may have logged in. The record that failed
-    (``failed``, what this process held) answers nothing; a record marked dead neither.
-    A step-up is answered by a record holding every scope it asks for; anything else by a
-    record the Keeper can serve or renew without a person.
+    another one (or a person at a terminal, or this process for another request) may have
+    logged in. The record whose access token failed (``failed``: the one the request
+    carried) answers nothing; a record marked dead neither. A step-up is answered by a
+    record holding every scope it asks for; anything else by a record the Keeper can serve
+    or renew without a person.
     """
     if stored is None or stored.reauth_reason is not None:
         return False
-    if failed is not None and stored.access_token == failed.access_token:
+    if failed is not None and stored.access_token == failed:
         return False
     if isinstance(need, InsufficientScope):
         return set((need.scope or "").split()) <= set((stored.scope or "").split())

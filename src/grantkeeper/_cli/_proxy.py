@@ -165,7 +165,7 @@ def proxy(
         import httpx2  # noqa: F401
     except ImportError:
         raise fail(MISSING_EXTRA) from None
-    from .._keeper import Keeper
+    from .._keeper import RECOVERY_MARGIN, Keeper
     from .._redact import remember
     from .._servers import credential_header_values, resolve_server
 
@@ -188,7 +188,7 @@ def proxy(
             # Without a browser nothing can log in here: requests get the typed error,
             # and the proxy names the command that fixes it.
             recover=None if no_browser else _browser_login(config, store, scope, login_timeout),
-            recovery_wait=login_timeout + LOGIN_WAIT_MARGIN,
+            recovery_wait=login_timeout + RECOVERY_MARGIN,
         )
     try:
         asyncio.run(
@@ -209,10 +209,6 @@ def proxy(
         if keeper is not None:
             keeper.close()  # stores (or rescues) a refresh still pending
         out.close()
-
-
-LOGIN_WAIT_MARGIN = 30.0
-"""A proxy waiting for another one's login gives it its whole login timeout plus this."""
 
 
 def _browser_login(

@@ -11,13 +11,11 @@ Keeper's memory.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
-from .._errors import DeadlineExceeded
 from .._keeper import Keeper
 from .._record import canonical_url
 from .._redact import remember
@@ -184,7 +182,7 @@ class AuthDriver:
     def acquire(self, step: Acquire | Recover, request: _Request) -> str:
         assert self.keeper is not None
         if isinstance(step, Recover):
-            return self.keeper.recover(step.error).access_token
+            return self.keeper.recover(step.error, rejected=step.sent).access_token
         hit = self.keeper.cached(rejected=step.rejected)
         if hit is not None:
             return hit.access_token
@@ -195,23 +193,15 @@ class AuthDriver:
     async def aacquire(self, step: Acquire | Recover, request: _Request) -> str:
         assert self.keeper is not None
         if isinstance(step, Recover):
-            return (await self.keeper.arecover(step.error)).access_token
+            return (await self.keeper.arecover(step.error, rejected=step.sent)).access_token
         # The healthy path first: no deadline to compute, no timeout scope to enter.
         hit = self.keeper.cached(rejected=step.rejected)
         if hit is not None:
             return hit.access_token
         deadline = self.deadline(request)
-        if deadline is None:
-            return (await self.keeper.acredential(rejected=step.rejected)).access_token
-        remaining = max(0.0, deadline - time.monotonic())
-        try:
-            async with asyncio.timeout(remaining):
-                credential = await self.keeper.acredential(rejected=step.rejected)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no credential within {remaining:g} s; the refresh continues in the background",
-                key=self._key,
-            ) from None
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        # The deadline bounds the wait for a refresh, not a person's login (a recovery).
+        credential = await self.keeper.acredential(rejected=step.rejected, timeout=remaining)
         return credential.access_token
 
     # -- the two drivers ----------------------------------------------------------------

@@ -56,9 +56,13 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Recover:
-    """Asks the driver for the token of a new login that fixes ``error``, or to raise it."""
+    """Asks the driver for the token of a new login that fixes ``error``, or to raise it.
+
+    ``sent`` is the token the failing request carried: a login stored since it was sent
+    (another request's step-up, say) answers this one too, and no second one runs."""
 
     error: AuthenticationRequired
+    sent: str | None = None
 
 
 Step = Acquire | Send | Recover
@@ -94,12 +98,13 @@ def oauth_flow(*, replayable: bool, key: str | None = None) -> Flow:
                 key=key,
             )
         reply = _reply((yield Send(renewed)))
+        sent = renewed
         if reply.status == 401:
             rejected = ReauthenticationRequired(
                 "the server rejected the renewed access token too (HTTP 401); log in again",
                 key=key,
             )
-            reply = _reply((yield Send(_token((yield Recover(rejected))))))
+            reply = _reply((yield Send(_token((yield Recover(rejected, sent))))))
             if reply.status == 401:
                 raise rejected
             _check_scope(reply, key)
@@ -107,7 +112,7 @@ def oauth_flow(*, replayable: bool, key: str | None = None) -> Flow:
     needed = _scope_needed(reply, key)
     if needed is not None:
         # Step-up: one new login with the scope the server asked for, then one retry.
-        stepped = _token((yield Recover(needed)))
+        stepped = _token((yield Recover(needed, sent)))
         if not replayable:
             raise RetryRequired(
                 "the server needed another scope (HTTP 403); a login with it is in place, "

@@ -28,9 +28,10 @@ from typing import Any, TypeGuard
 
 import httpx2
 
-from .._errors import GrantkeeperError
+from .._errors import GrantkeeperError, InsufficientScope
 from .._keeper import Keeper
 from .._redact import scrub_known_in
+from .._rules import recovery_need
 from .._servers import ServerConfig
 from .._status import fix_command
 from .stdio import ProtocolOut
@@ -270,10 +271,13 @@ class Proxy:
                     self._cancelled.discard(message_key(request_id))
 
     def fix(self, exc: GrantkeeperError) -> str | None:
-        """The command a person runs to fix ``exc``, if only a person can."""
+        """The command a person runs to fix ``exc``, if only a person can: for a missing
+        scope, a login asking for it and every scope held (what a recovery would ask)."""
         if not exc.needs_login:
             return None
-        return fix_command(exc, self.config.label, self.config.profile)
+        held = self.keeper.current if self.keeper is not None else None
+        need = recovery_need(exc, held) if isinstance(exc, InsufficientScope) else None
+        return fix_command(need or exc, self.config.label, self.config.profile)
 
     def _explain(self, exc: GrantkeeperError) -> str:
         text = str(exc)
