@@ -122,6 +122,8 @@ def main(url: str) -> int:
     context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
     settings = configuration(scenario, context)
     with tempfile.TemporaryDirectory(prefix="gk-conformance-") as home:
+        # Each scenario is a new user: its store, and its login locks, are its own.
+        os.environ["GRANTKEEPER_HOME"] = home
         store = FileStore(home)
         key = CredentialKey.for_server(url)
         try:
