@@ -1,5 +1,13 @@
-"""Suite-wide guards: every log line of every test is checked for secrets, and rescue copies
-go to a directory of the test's own, never to the user's runtime directory or /dev/shm."""
+"""The suite's shared world, and its guards.
+
+Fixtures every file may ask for: ``home`` (a private ``GRANTKEEPER_HOME`` on the file store),
+``provider`` and ``served_provider`` (a :class:`FakeProvider` in memory, or on loopback for
+other processes), ``world`` (a :class:`tests.helpers.World` on a file store), and, one per
+module, the real authorization server (``auth_server``) with a real MCP server (``mcp_server``)
+and a bare resource (``resource``) it protects; ``auth`` and ``server`` hand out the pair reset.
+
+Guards every test gets: every log line is checked for secrets, and rescue copies go to a
+directory of the test's own, never to the user's runtime directory or /dev/shm."""
 
 from __future__ import annotations
 
@@ -10,9 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from grantkeeper import CredentialKey, FileStore, Keeper
 from grantkeeper._redact import forget_all
 from grantkeeper._rescue_copies import RESCUE_DIR_ENV
 from harness import secrets_seen
+from harness.authserver import AuthServer
+from harness.fake_provider import FakeProvider
+from harness.mcp_demo import login
+from harness.mcp_server import McpServer
+from harness.resource_server import ResourceServer
+from tests.helpers import World
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,3 +80,97 @@ def no_secret_in_logs() -> Iterator[None]:
         logger.setLevel(previous)
     leaked = [s for s in secrets_seen() for line in handler.lines if s in line]
     assert not leaked, f"{len(leaked)} secret(s) appeared in grantkeeper's logs"
+
+
+# -- the shared world ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``GRANTKEEPER_HOME`` of the test's own (``tmp_path / "home"``, created) on the file
+    store, with none of the settings a developer's shell may carry."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("GRANTKEEPER_HOME", str(path))
+    monkeypatch.setenv("GRANTKEEPER_STORE", "file")
+    for setting in ("GRANTKEEPER_STORE_KEY", "GRANTKEEPER_RETRY_UNKNOWN_OUTCOME", "NO_COLOR"):
+        monkeypatch.delenv(setting, raising=False)
+    return path
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    """A token endpoint that rotates refresh tokens and detects reuse, reached in process
+    through ``provider.transport()``."""
+    fake = FakeProvider()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def served_provider(provider: FakeProvider) -> FakeProvider:
+    """:func:`provider`, also served on loopback (``provider.url``) for other processes."""
+    provider.serve()
+    return provider
+
+
+@pytest.fixture
+def world(tmp_path: Path, provider: FakeProvider) -> Iterator[World]:
+    """:class:`World` on a file store in ``tmp_path / "store"``."""
+    w = World(provider, FileStore(tmp_path / "store"))
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def auth_server(request: pytest.FixtureRequest) -> Iterator[AuthServer]:
+    """The real authorization server, one per module: oidc-provider with rotation and reuse
+    detection. A module that needs other settings than one-minute access tokens names them
+    in ``AUTH_SERVER``, a dict of :class:`AuthServer` arguments."""
+    options = getattr(request.module, "AUTH_SERVER", {"access_ttl": 60})
+    with AuthServer(**options) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def mcp_server(auth_server: AuthServer) -> Iterator[McpServer]:
+    """A real MCP server built with ``mcp``, protected by :func:`auth_server`."""
+    with McpServer(auth_server=auth_server) as running:
+        yield running
+
+
+@pytest.fixture
+def auth(auth_server: AuthServer) -> AuthServer:
+    """:func:`auth_server`, its counts reset."""
+    auth_server.reset_stats()
+    return auth_server
+
+
+@pytest.fixture
+def server(mcp_server: McpServer) -> McpServer:
+    """:func:`mcp_server`, what it saw forgotten."""
+    mcp_server.reset()
+    return mcp_server
+
+
+@pytest.fixture
+def resource(auth_server: AuthServer) -> Iterator[ResourceServer]:
+    """A bare protected resource (no MCP) that trusts :func:`auth_server`."""
+    with ResourceServer(issuer=auth_server.issuer) as running:
+        yield running
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path)
+
+
+@pytest.fixture
+def keeper(auth: AuthServer, server: McpServer, store: FileStore) -> Iterator[Keeper]:
+    """A Keeper of a credential logged in at :func:`auth` for :func:`server`, on
+    :func:`store`; the login is not in :func:`auth`'s counts."""
+    login(auth, server.url, store)
+    auth.reset_stats()
+    keeper = Keeper(store, CredentialKey.for_server(server.url))
+    yield keeper
+    keeper.close()

@@ -1,5 +1,6 @@
-"""Shared test helpers: a hand-stepped clock, a store wrapper that counts and fails, and the
-guards every signal to a child and every disk fill goes through (:mod:`harness.children`)."""
+"""Shared test helpers: a hand-stepped clock, a store wrapper that counts and fails, the
+:class:`World` most Keeper tests run in, and the guards every signal to a child and every disk
+fill goes through (:mod:`harness.children`). The fixtures that build them are in conftest.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
-from grantkeeper import Credential, CredentialKey, Store, Stored, StoreUnavailable
+import httpx
+
+from grantkeeper import Credential, CredentialKey, Keeper, Store, Stored, StoreUnavailable
 from grantkeeper._stores.base import HeldLock, plaintext_at_rest
+from grantkeeper.testing import KEY, sample_record
 from grantkeeper.testing import StepClock as _StepClock
 from harness.children import (
     NotOurChild,
@@ -19,6 +24,7 @@ from harness.children import (
     reap,
     signal_own_child,
 )
+from harness.fake_provider import FakeProvider
 
 __all__ = [
     "KEY",
@@ -28,15 +34,14 @@ __all__ = [
     "NotOurChild",
     "StepClock",
     "StoreWrapper",
+    "World",
     "assert_small_tmpfs",
     "check_own_child",
-    "make_record",
     "reap",
     "signal_own_child",
 ]
 
-RESOURCE = "https://mcp.example.test/mcp"
-KEY = CredentialKey.for_server(RESOURCE)
+RESOURCE = KEY.server_url
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
@@ -45,29 +50,6 @@ class StepClock(_StepClock):
 
     def __init__(self, start: datetime = T0) -> None:
         super().__init__(start)
-
-
-def make_record(
-    access: str,
-    refresh: str | None,
-    *,
-    now: datetime = T0,
-    lifetime: float = 3600,
-    token_endpoint: str = "http://127.0.0.1:9/token",
-    subject: str | None = "alice",
-) -> Credential:
-    """A credential obtained at ``now`` that lives ``lifetime`` seconds."""
-    return Credential(
-        access_token=access,
-        refresh_token=refresh,
-        resource=RESOURCE,
-        expires_at=now + timedelta(seconds=lifetime),
-        obtained_at=now,
-        issuer="http://127.0.0.1:9",
-        token_endpoint=token_endpoint,
-        client_id="client-1",
-        subject=subject,
-    )
 
 
 class StoreWrapper:
@@ -136,3 +118,48 @@ class CountingStore:
         self.calls.append("lock")
         with self.inner.lock(key, timeout=timeout):
             yield
+
+
+class World:
+    """One credential's world: a :class:`FakeProvider` that rotates refresh tokens and
+    detects reuse, a :class:`CountingStore` around ``store`` (it counts calls and refuses the
+    writes ``fail_writes`` names), a :class:`StepClock` and an HTTP client routed to the
+    provider. :meth:`close` closes every Keeper it made, then the client."""
+
+    def __init__(self, provider: FakeProvider, store: Store) -> None:
+        self.provider = provider
+        self.store = CountingStore(store)
+        self.clock = StepClock()
+        self.http = httpx.Client(transport=provider.transport())
+        self.keepers: list[Keeper] = []
+
+    def login(self, *, subject: str | None = "alice", **changes: Any) -> Credential:
+        """A fresh grant, written to the store (over whatever it held) as a login would."""
+        access, refresh = self.provider.issue()
+        record = sample_record(access, refresh, now=self.clock(), subject=subject, **changes)
+        current = self.store.inner.read(KEY)
+        self.store.inner.write(KEY, record, expected_version=current.version if current else None)
+        return record
+
+    def keeper(self, store: Store | None = None, **options: object) -> Keeper:
+        """A Keeper of :data:`KEY` on this world's store (or ``store``), client and clock."""
+        keeper = Keeper(
+            store or self.store,
+            KEY,
+            http_client=self.http,
+            clock=self.clock,
+            **options,  # type: ignore[arg-type]
+        )
+        self.keepers.append(keeper)
+        return keeper
+
+    def stored(self) -> Credential:
+        """The record the store holds now."""
+        found = self.store.inner.read(KEY)
+        assert found is not None
+        return found.record
+
+    def close(self) -> None:
+        for keeper in self.keepers:
+            keeper.close()
+        self.http.close()

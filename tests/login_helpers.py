@@ -1,14 +1,13 @@
-"""Fixtures and helpers for tests against the real authorization server and a resource."""
+"""Helpers for tests against the real authorization server: a browser that consents, token
+introspection, and a login through them (the fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
 
 from grantkeeper import Credential, FileStore, login
 from harness import remember_secret
@@ -16,25 +15,6 @@ from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
 
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def auth_server() -> Iterator[AuthServer]:
-    with AuthServer(access_ttl=60) as server:
-        yield server
-
-
-@pytest.fixture
-def resource(auth_server: AuthServer) -> Iterator[ResourceServer]:
-    with ResourceServer(issuer=auth_server.issuer) as server:
-        yield server
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
-    monkeypatch.setenv("GRANTKEEPER_STORE", "file")
-    return tmp_path
 
 
 class Browser:

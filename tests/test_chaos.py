@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,11 @@ from tests.chaos.engine import ANSWERED, NOTED, STAGES, Chaos, ChaosReport, Stor
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[AuthServer]:
-    with AuthServer(access_ttl=3600) as running:
-        yield running
+AUTH_SERVER = {"access_ttl": 3600}
 
 
-def run(server: AuthServer, spec: StoreSpec, *, retry: bool) -> ChaosReport:
-    chaos = Chaos(server, spec, processes=3, retry_unknown_outcome=retry, seed=11)
+def run(auth_server: AuthServer, spec: StoreSpec, *, retry: bool) -> ChaosReport:
+    chaos = Chaos(auth_server, spec, processes=3, retry_unknown_outcome=retry, seed=11)
     try:
         return chaos.run(len(STAGES))
     finally:
@@ -44,8 +40,10 @@ def check(report: ChaosReport, *, spent_losses_only: bool) -> None:
     assert not lost & {"lock_wait", "after_read", "after_write"}
 
 
-def test_file_store_without_the_retry_never_replays(server: AuthServer, tmp_path: Path) -> None:
-    report = run(server, StoreSpec("file", str(tmp_path)), retry=False)
+def test_file_store_without_the_retry_never_replays(
+    auth_server: AuthServer, tmp_path: Path
+) -> None:
+    report = run(auth_server, StoreSpec("file", str(tmp_path)), retry=False)
     check(report, spent_losses_only=False)
     assert report.replays == 0
     # With a strict-rotation server, every kill after the note loses the grant: reported.
@@ -53,27 +51,27 @@ def test_file_store_without_the_retry_never_replays(server: AuthServer, tmp_path
 
 
 def test_file_store_with_the_retry_loses_only_spent_tokens(
-    server: AuthServer, tmp_path: Path
+    auth_server: AuthServer, tmp_path: Path
 ) -> None:
-    report = run(server, StoreSpec("file", str(tmp_path)), retry=True)
+    report = run(auth_server, StoreSpec("file", str(tmp_path)), retry=True)
     check(report, spent_losses_only=True)
     # The one documented retry, and only after a lost answer: never a loop.
     assert report.replays == report.losses == len(ANSWERED)
 
 
-def test_postgresql_store(server: AuthServer, tmp_path: Path) -> None:
+def test_postgresql_store(auth_server: AuthServer, tmp_path: Path) -> None:
     with PostgresCluster() as cluster:
         spec = StoreSpec(
             "postgresql", str(tmp_path), dsn=cluster.dsn, schema=f"c{uuid.uuid4().hex[:10]}"
         )
-        report = run(server, spec, retry=False)
+        report = run(auth_server, spec, retry=False)
     check(report, spent_losses_only=False)
     assert report.replays == 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Secret Service on Linux only")
-def test_keyring_store(server: AuthServer, tmp_path: Path) -> None:
+def test_keyring_store(auth_server: AuthServer, tmp_path: Path) -> None:
     spec = StoreSpec("keyring", str(tmp_path), service=f"grantkeeper-chaos-{uuid.uuid4().hex}")
-    report = run(server, spec, retry=False)
+    report = run(auth_server, spec, retry=False)
     check(report, spent_losses_only=False)
     assert report.replays == 0

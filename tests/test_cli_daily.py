@@ -26,20 +26,12 @@ from grantkeeper import (
     save_server,
 )
 from grantkeeper._cli import cli
+from grantkeeper.testing import sample_record
 from harness import terminal
 from harness.mcp_server import McpServer
-from tests.helpers import RESOURCE, make_record
+from tests.helpers import RESOURCE
 
 NOW = datetime.now(UTC)
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
-    monkeypatch.setenv("GRANTKEEPER_STORE", "file")
-    monkeypatch.delenv("GRANTKEEPER_RETRY_UNKNOWN_OUTCOME", raising=False)
-    monkeypatch.delenv("NO_COLOR", raising=False)
-    return tmp_path
 
 
 def invoke(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
@@ -55,7 +47,7 @@ def store_two_profiles(home: Path) -> Path:
     files: set[Path] = set()
     for profile, access in ((None, "default-access-tok"), ("work", "work-access-tok")):
         key = CredentialKey.for_server(RESOURCE, profile)
-        store.write(key, make_record(access, f"{access}-refresh", now=NOW), expected_version=None)
+        store.write(key, sample_record(access, f"{access}-refresh", now=NOW), expected_version=None)
         [new] = set((home / "credentials").glob("*.json")) - files
         files.add(new)
     return new
@@ -403,7 +395,7 @@ def store_unknown_outcome(home: Path, **server: object) -> None:
     from grantkeeper import RefreshIntent
 
     save_server(ServerConfig(RESOURCE, name="demo", **server))  # type: ignore[arg-type]
-    record = make_record("old-access", "old-refresh", now=NOW - timedelta(hours=2))
+    record = sample_record("old-access", "old-refresh", now=NOW - timedelta(hours=2))
     assert record.refresh_fingerprint is not None
     intent = RefreshIntent(
         token_fingerprint=record.refresh_fingerprint,
@@ -452,7 +444,7 @@ def test_a_token_grantkeeper_cannot_present_needs_a_person_in_every_command(home
     """A stored DPoP token (kept: its refresh token is the live one) is never printed as a
     Bearer token: ``token`` and ``status`` both exit 3 and say what to do."""
     save_server(ServerConfig(RESOURCE, name="demo"))
-    record = make_record("dpop-bound-access", "dpop-refresh", now=NOW).replace(token_type="DPoP")
+    record = sample_record("dpop-bound-access", "dpop-refresh", now=NOW).replace(token_type="DPoP")
     FileStore(home).write(CredentialKey.for_server(RESOURCE), record, expected_version=None)
     code, out, err = invoke("token", "demo")
     assert code == 3 and out == "" and "dpop-bound-access" not in err

@@ -37,12 +37,10 @@ linux_only = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path / "home"))
+@pytest.fixture(autouse=True)
+def default_store(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These commands run on the default store (auto), unless a test names another."""
     monkeypatch.delenv("GRANTKEEPER_STORE", raising=False)
-    monkeypatch.delenv("GRANTKEEPER_STORE_KEY", raising=False)
-    return tmp_path / "home"
 
 
 @pytest.fixture

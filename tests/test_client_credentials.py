@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -171,18 +170,6 @@ def test_an_expired_machine_credential_is_renewed_not_sent_to_a_login() -> None:
 
 
 # -- against the real oidc-provider ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def auth_server() -> Iterator[AuthServer]:
-    with AuthServer(access_ttl=60) as server:
-        yield server
-
-
-@pytest.fixture
-def resource(auth_server: AuthServer) -> Iterator[ResourceServer]:
-    with ResourceServer(issuer=auth_server.issuer) as server:
-        yield server
 
 
 def cc_count(server: AuthServer) -> int:

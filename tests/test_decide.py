@@ -14,9 +14,10 @@ from grantkeeper import (
     RefreshIntent,
 )
 from grantkeeper._rules import Action, Context, decide, same_note
-from tests.helpers import T0, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import T0
 
-A = make_record("at-A", "rt-A")
+A = sample_record("at-A", "rt-A", now=T0)
 
 
 def ctx(elapsed: float = 0, **kw: object) -> Context:

@@ -43,10 +43,11 @@ from grantkeeper import (
 from grantkeeper._cli import cli
 from grantkeeper._record import CLIENT_CREDENTIALS
 from grantkeeper._redact import MAX_REMEMBERED, fingerprint, forget_all, remember, scrub_known
+from grantkeeper.testing import sample_record
 from harness import remember_secret
 from harness.fake_provider import FakeProvider
 from tests.echo_server import PLACES, Echo, Place, echo_server
-from tests.helpers import KEY, CountingStore, StepClock, make_record
+from tests.helpers import KEY, CountingStore, StepClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,15 +95,13 @@ def pem() -> str:
     ).decode()
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pem: str) -> Path:
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
-    monkeypatch.setenv("GRANTKEEPER_STORE", "file")
+@pytest.fixture(autouse=True)
+def client_key(monkeypatch: pytest.MonkeyPatch, pem: str) -> None:
+    """The client's signing key where its servers' configs name it; the suite's log guard
+    watches for the known secrets too."""
     monkeypatch.setenv(KEY_ENV, pem)
-    monkeypatch.delenv("GRANTKEEPER_RETRY_UNKNOWN_OUTCOME", raising=False)
     for secret in KNOWN.values():
-        remember_secret(secret)  # the suite's log guard watches for them too
-    return tmp_path
+        remember_secret(secret)
 
 
 def setup(kind: str, origin: str, home: Path, *, expired: bool) -> str:
@@ -230,7 +229,7 @@ def test_a_failed_write_names_the_token_it_serves_by_fingerprint_only(
     provider, clock = FakeProvider(), StepClock()
     store = CountingStore(FileStore(tmp_path))
     access, refresh = provider.issue()
-    store.inner.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
+    store.inner.write(KEY, sample_record(access, refresh, now=clock()), expected_version=None)
     caplog.set_level(logging.INFO, logger="grantkeeper")
     http = httpx.Client(transport=provider.transport())
     with Keeper(store, KEY, clock=clock, http_client=http) as keeper:

@@ -38,16 +38,11 @@ from grantkeeper._oauth.code_flow import run_code_flow
 from grantkeeper._status import AuthState, status_of
 from grantkeeper._stores import _fs
 from grantkeeper._stores import file as _file_store
-from grantkeeper.testing import MemoryKeyring
+from grantkeeper.testing import MemoryKeyring, sample_record
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.postgres import PostgresCluster
-from tests.helpers import KEY, StepClock, make_record
-
-
-@pytest.fixture
-def provider() -> Iterator[FakeProvider]:
-    yield FakeProvider()
+from tests.helpers import KEY, StepClock
 
 
 @pytest.fixture
@@ -58,7 +53,7 @@ def http(provider: FakeProvider) -> Iterator[httpx.Client]:
 
 def seeded(store: Store, provider: FakeProvider, clock: StepClock) -> None:
     access, refresh = provider.issue()
-    store.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
+    store.write(KEY, sample_record(access, refresh, now=clock()), expected_version=None)
 
 
 def keeper_for(store: Store, http: httpx.Client, clock: StepClock, **kwargs: Any) -> Keeper:

@@ -20,7 +20,8 @@ from grantkeeper import (
     VersionConflict,
     grantkeeper_home,
 )
-from tests.helpers import KEY, make_record, signal_own_child
+from grantkeeper.testing import sample_record
+from tests.helpers import KEY, T0, signal_own_child
 
 OTHER = CredentialKey.for_server("https://other.test/mcp", "work")
 
@@ -33,7 +34,7 @@ def test_home_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 def test_files_are_created_private(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "home")
-    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     assert stat.S_IMODE(os.stat(store.directory).st_mode) == 0o700
     files = [p for p in store.directory.iterdir() if p.suffix == ".json"]
     assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
@@ -42,12 +43,12 @@ def test_files_are_created_private(tmp_path: Path) -> None:
 
 def test_write_is_compare_and_swap(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    assert store.write(KEY, make_record("a", "r"), expected_version=None) == 1
+    assert store.write(KEY, sample_record("a", "r", now=T0), expected_version=None) == 1
     with pytest.raises(VersionConflict):
-        store.write(KEY, make_record("b", "r"), expected_version=None)
-    assert store.write(KEY, make_record("b", "r"), expected_version=1) == 2
+        store.write(KEY, sample_record("b", "r", now=T0), expected_version=None)
+    assert store.write(KEY, sample_record("b", "r", now=T0), expected_version=1) == 2
     with pytest.raises(VersionConflict):
-        store.write(KEY, make_record("c", "r"), expected_version=1)
+        store.write(KEY, sample_record("c", "r", now=T0), expected_version=1)
     found = store.read(KEY)
     assert found is not None and found.version == 2 and found.record.access_token == "b"
 
@@ -61,13 +62,13 @@ def test_symlinked_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeStorePath, match="symlink"):
         store.read(KEY)
     with pytest.raises(UnsafeStorePath):
-        store.write(KEY, make_record("a", "r"), expected_version=None)
+        store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     assert list(real.iterdir()) == []
 
 
 def test_symlinked_record_file_is_refused_not_followed(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     target = tmp_path / "elsewhere.json"
     target.write_text("{}")
     path = next(p for p in store.directory.iterdir() if p.suffix == ".json")
@@ -76,13 +77,13 @@ def test_symlinked_record_file_is_refused_not_followed(tmp_path: Path) -> None:
     with pytest.raises(UnsafeStorePath):
         store.read(KEY)
     with pytest.raises(UnsafeStorePath):
-        store.write(KEY, make_record("b", "r"), expected_version=None)
+        store.write(KEY, sample_record("b", "r", now=T0), expected_version=None)
     assert target.read_text() == "{}"
 
 
 def test_loose_permissions_are_refused_with_the_fix(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     os.chmod(store.directory, 0o755)
     with pytest.raises(UnsafeStorePath, match="chmod 700"):
         store.read(KEY)
@@ -115,8 +116,8 @@ def test_corrupt_file_is_a_clear_error_and_nothing_else_is_touched(
     tmp_path: Path, content: bytes
 ) -> None:
     store = FileStore(tmp_path)
-    store.write(KEY, make_record("a", "r"), expected_version=None)
-    store.write(OTHER, make_record("b", "r2"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
+    store.write(OTHER, sample_record("b", "r2", now=T0), expected_version=None)
     path = next(
         p for p in store.directory.iterdir() if p.suffix == ".json" and "mcp.example.test" in p.name
     )
@@ -126,7 +127,7 @@ def test_corrupt_file_is_a_clear_error_and_nothing_else_is_touched(
         store.read(KEY)
     assert str(store.directory) in str(info.value)
     with pytest.raises(StoreCorrupt):
-        store.write(KEY, make_record("c", "r"), expected_version=1)
+        store.write(KEY, sample_record("c", "r", now=T0), expected_version=1)
     assert path.read_bytes() == content
     assert {p.name: p.read_bytes() for p in store.directory.iterdir() if p != path} == other_before
     assert store.keys() == [OTHER]
@@ -135,7 +136,7 @@ def test_corrupt_file_is_a_clear_error_and_nothing_else_is_touched(
 
 def test_truncated_file_from_a_torn_write_is_detected(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     path = next(p for p in store.directory.iterdir() if p.suffix == ".json")
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(StoreCorrupt):
@@ -152,13 +153,13 @@ def test_a_corrupt_record_can_be_deleted_or_replaced_by_a_new_login(tmp_path: Pa
     from grantkeeper._oauth.code_flow import save
 
     store = FileStore(tmp_path)
-    store.write(KEY, make_record("a", "r"), expected_version=None)
-    store.write(OTHER, make_record("b", "r2"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
+    store.write(OTHER, sample_record("b", "r2", now=T0), expected_version=None)
     path = next(
         p for p in store.directory.iterdir() if p.suffix == ".json" and "mcp.example" in p.name
     )
     path.write_bytes(b"{torn")
-    save(store, KEY, make_record("new", "r3"))
+    save(store, KEY, sample_record("new", "r3", now=T0))
     found = store.read(KEY)
     assert found is not None and found.record.access_token == "new" and found.version == 1
     path.write_bytes(b"{torn again")
@@ -172,7 +173,8 @@ PAUSED_WRITER = """
 import os, sys
 from pathlib import Path
 from grantkeeper import FileStore
-from tests.helpers import KEY, make_record
+from tests.helpers import KEY, T0
+from grantkeeper.testing import sample_record
 
 real_replace = os.replace
 
@@ -186,7 +188,7 @@ def paused_replace(*args, **kwargs):
 
 
 os.replace = paused_replace
-FileStore(Path(sys.argv[1])).write(KEY, make_record(sys.argv[2], "r"), expected_version=1)
+FileStore(Path(sys.argv[1])).write(KEY, sample_record(sys.argv[2], "r", now=T0), expected_version=1)
 print("written", flush=True)
 """
 
@@ -217,7 +219,7 @@ def test_the_temp_file_of_a_writer_killed_mid_write_is_removed_by_the_next_write
     tmp_path: Path, next_write: str
 ) -> None:
     store = FileStore(tmp_path / "home")
-    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     with _paused_writer(tmp_path, "killed-mid-write") as child:
         [leftover] = _temps(store)
         assert "killed-mid-write" in (store.directory / leftover).read_text()
@@ -225,9 +227,9 @@ def test_the_temp_file_of_a_writer_killed_mid_write_is_removed_by_the_next_write
         child.wait(timeout=60)
     assert _temps(store) == [leftover]
     if next_write == "same record":
-        store.write(KEY, make_record("b", "r"), expected_version=1)
+        store.write(KEY, sample_record("b", "r", now=T0), expected_version=1)
     elif next_write == "other record":
-        store.write(OTHER, make_record("c", "r"), expected_version=None)
+        store.write(OTHER, sample_record("c", "r", now=T0), expected_version=None)
     else:
         assert store.delete(KEY, expected_version=1)
     assert _temps(store) == []
@@ -235,12 +237,12 @@ def test_the_temp_file_of_a_writer_killed_mid_write_is_removed_by_the_next_write
 
 def test_a_live_writers_temp_file_is_never_removed_under_it(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "home")
-    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     with _paused_writer(tmp_path, "still-writing") as child:
         assert child.stdin is not None and child.stdout is not None
         [in_use] = _temps(store)
         # Another record's write (and its sweep) runs while the writer holds its lock.
-        store.write(OTHER, make_record("c", "r"), expected_version=None)
+        store.write(OTHER, sample_record("c", "r", now=T0), expected_version=None)
         assert _temps(store) == [in_use]
         child.stdin.write("\n")
         child.stdin.flush()
@@ -253,14 +255,14 @@ def test_a_live_writers_temp_file_is_never_removed_under_it(tmp_path: Path) -> N
 
 def test_only_our_temp_files_are_cleaned(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "home")
-    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     name = next(p.name for p in store.directory.iterdir() if p.suffix == ".json")
     ours = store.directory / f".{name}.999999.140000000000.tmp"
     foreign = [store.directory / n for n in ("notes.tmp", f".{name}.tmp", f"{name}.1.2.tmp")]
     for path in [ours, *foreign]:
         path.write_text("{}")
         path.chmod(0o600)
-    store.write(KEY, make_record("b", "r"), expected_version=1)
+    store.write(KEY, sample_record("b", "r", now=T0), expected_version=1)
     assert not ours.exists()
     assert all(path.exists() for path in foreign)
 
@@ -272,9 +274,9 @@ def test_a_side_files_leftover_temp_file_is_removed_by_its_next_update(tmp_path:
 
     no_keyring = KeyringStore(tmp_path, backend=fail.Keyring())  # type: ignore[no-untyped-call]
     store = AutoStore(tmp_path, keyring=no_keyring)
-    store.write(KEY, make_record("a", "r"), expected_version=None)
+    store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
     leftover = store.file.directory / "..placements.999999.140000000000.tmp"
     leftover.write_text("{}")
     leftover.chmod(0o600)
-    store.write(OTHER, make_record("b", "r"), expected_version=None)  # places OTHER
+    store.write(OTHER, sample_record("b", "r", now=T0), expected_version=None)  # places OTHER
     assert not leftover.exists()

@@ -33,12 +33,13 @@ from grantkeeper import (
 )
 from grantkeeper._liveness import host_identity
 from grantkeeper._record import RefreshIntent, record_from_json, record_to_json
+from grantkeeper.testing import sample_record
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.hosts import GatedProxy, HostAgent, HostNetwork, unavailable_reason
 from harness.postgres import PostgresCluster
 from harness.real_login import log_in
-from tests.helpers import KEY, T0, StepClock, StoreWrapper, make_record
+from tests.helpers import KEY, T0, StepClock, StoreWrapper
 
 LEASE = timedelta(seconds=60)
 
@@ -54,7 +55,7 @@ def test_host_identity_is_the_boot_and_the_pid_namespace() -> None:
 
 
 def test_a_note_keeps_its_lease_and_host_through_json_and_old_notes_load() -> None:
-    record = make_record("at-1", "rt-1")
+    record = sample_record("at-1", "rt-1", now=T0)
     fingerprint = record.refresh_fingerprint
     assert fingerprint is not None
     intent = RefreshIntent(
@@ -72,7 +73,7 @@ def _noted_elsewhere(store: FileStore | PostgresStore, provider: FakeProvider) -
     """A credential whose refresh is in flight on another host with the same hostname and
     the same pid as ours (two containers of one pod): only the lease tells it is live."""
     access, refresh = provider.issue()
-    record = make_record(access, refresh, now=T0 - timedelta(hours=2))  # expired at T0
+    record = sample_record(access, refresh, now=T0 - timedelta(hours=2))  # expired at T0
     fingerprint = record.refresh_fingerprint
     assert fingerprint is not None
     intent = RefreshIntent(
@@ -85,11 +86,6 @@ def _noted_elsewhere(store: FileStore | PostgresStore, provider: FakeProvider) -
         lease_until=T0 + LEASE,
     )
     store.write(KEY, record.replace(intent=intent), expected_version=None)
-
-
-@pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
 
 
 def test_a_note_from_another_host_is_live_until_its_lease_expires(
@@ -115,7 +111,7 @@ def test_a_host_with_a_valid_token_serves_it_while_a_peer_elsewhere_is_in_flight
 ) -> None:
     store = FileStore(tmp_path)
     access, refresh = provider.issue()
-    store.write(KEY, make_record(access, refresh), expected_version=None)
+    store.write(KEY, sample_record(access, refresh, now=T0), expected_version=None)
     clock = StepClock()
     keeper = Keeper(
         store, KEY, http_client=httpx.Client(transport=provider.transport()), clock=clock
@@ -147,7 +143,7 @@ def test_a_lock_lost_before_the_spend_spends_nothing(tmp_path: Path) -> None:
     with PostgresCluster() as cluster:
         store = PostgresStore(cluster.dsn, schema=f"lost_{uuid.uuid4().hex[:10]}")
         access, refresh = provider.issue()
-        original = make_record(access, refresh)
+        original = sample_record(access, refresh, now=T0)
         store.write(KEY, original, expected_version=None)
 
         cuts = [1]
@@ -195,7 +191,7 @@ def test_the_lease_is_renewed_while_the_provider_call_runs(
 ) -> None:
     store = LeaseWatch(FileStore(tmp_path))
     access, refresh = provider.issue()
-    store.write(KEY, make_record(access, refresh), expected_version=None)
+    store.write(KEY, sample_record(access, refresh, now=T0), expected_version=None)
     clock = StepClock()
     clock.advance(3600)
     leases: list[datetime] = []

@@ -19,12 +19,13 @@ import psycopg
 import pytest
 
 from grantkeeper import CredentialKey, Keeper, PostgresStore
+from grantkeeper.testing import sample_record
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.fleet import run_fleet
 from harness.postgres import PostgresCluster
 from harness.real_login import log_in
-from tests.helpers import KEY, make_record
+from tests.helpers import KEY
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +36,6 @@ def cluster() -> Iterator[PostgresCluster]:
         yield running
 
 
-@pytest.fixture
-def provider() -> Iterator[FakeProvider]:
-    fake = FakeProvider()
-    fake.serve()
-    yield fake
-    fake.close()
-
-
 def worker_store(dsn: str, schema: str, homes: str) -> PostgresStore:
     """Each worker process: a home directory of its own, and the shared database."""
     os.environ["GRANTKEEPER_HOME"] = os.path.join(homes, str(os.getpid()))
@@ -50,14 +43,14 @@ def worker_store(dsn: str, schema: str, homes: str) -> PostgresStore:
 
 
 def test_fleet_shares_only_postgresql(
-    cluster: PostgresCluster, provider: FakeProvider, tmp_path: Path
+    cluster: PostgresCluster, served_provider: FakeProvider, tmp_path: Path
 ) -> None:
     schema = f"fleet_{uuid.uuid4().hex[:10]}"
-    access, refresh = provider.issue()
+    access, refresh = served_provider.issue()
     seed = PostgresStore(cluster.dsn, schema=schema)
     seed.write(
         KEY,
-        make_record(access, refresh, now=datetime.now(UTC), token_endpoint=provider.url),
+        sample_record(access, refresh, now=datetime.now(UTC), token_endpoint=served_provider.url),
         expected_version=None,
     )
     report = run_fleet(
@@ -70,8 +63,8 @@ def test_fleet_shares_only_postgresql(
     assert report.errors == []
     assert report.requests == 6 * 4 * 6
     assert [len(tokens) for tokens in report.tokens_per_round] == [1] * 6
-    assert provider.refresh_calls == provider.rotations == 6
-    assert provider.replays == 0
+    assert served_provider.refresh_calls == served_provider.rotations == 6
+    assert served_provider.replays == 0
     seed.close()
 
 

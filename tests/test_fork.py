@@ -23,7 +23,6 @@ import os
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,11 @@ import pytest
 import grantkeeper._keeper as keeper_module
 from grantkeeper import CredentialKey, FileStore, Keeper, LockTimeout, PostgresStore
 from grantkeeper._oauth.token_client import send_token_request as sent
+from grantkeeper.testing import sample_record
 from harness.authserver import AuthServer
 from harness.postgres import PostgresCluster
 from harness.real_login import age, log_in
-from tests.helpers import make_record, reap
+from tests.helpers import reap
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
@@ -46,10 +46,7 @@ CHILD_DEADLINE = 20.0
 """The child's own bound on its question: the parent stores B within seconds."""
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[AuthServer]:
-    with AuthServer(resources=[RESOURCE], access_ttl=3600) as running:
-        yield running
+AUTH_SERVER = {"resources": [RESOURCE], "access_ttl": 3600}
 
 
 def _digest(token: str) -> str:
@@ -67,13 +64,13 @@ def _ask_in_child(keeper: Keeper, report: multiprocessing.connection.Connection)
 
 
 def test_a_child_forked_mid_refresh_starts_clean(
-    server: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    auth_server: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
     store = FileStore(tmp_path / "home")
-    log_in(server, store, key, resource=RESOURCE)
+    log_in(auth_server, store, key, resource=RESOURCE)
     age(store, key, expires_in=-timedelta(hours=1))  # expired: refresh first
-    server.reset_stats()
+    auth_server.reset_stats()
 
     parent = os.getpid()
     in_call, release = threading.Event(), threading.Event()
@@ -108,7 +105,7 @@ def test_a_child_forked_mid_refresh_starts_clean(
             reap(child)
             keeper.close()
     assert outcome == ("token", _digest(b))
-    stats = server.stats()
+    stats = auth_server.stats()
     assert stats["replays"] == 0, stats
     assert stats["refresh_success"] == 1, stats
     assert not stats["refresh_errors"], stats
@@ -139,7 +136,7 @@ def test_a_child_forked_with_postgresql_sessions_open_never_uses_them(tmp_path: 
         store = PostgresStore(cluster.dsn, schema=f"f{uuid.uuid4().hex[:10]}")
         try:
             now = datetime.now(UTC)
-            record = make_record("access-fork", "refresh-fork", now=now)
+            record = sample_record("access-fork", "refresh-fork", now=now)
             store.write(key, record, expected_version=None)
             assert store._conn is not None
             parent_session = store._conn.info.backend_pid

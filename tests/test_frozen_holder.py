@@ -56,10 +56,9 @@ main()
 """
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[AuthServer, McpServer]]:
-    with AuthServer(access_ttl=3600) as auth, McpServer(auth_server=auth) as mcp:
-        yield auth, mcp
+AUTH_SERVER = {"access_ttl": 3600}
+"""The server takes A for an hour however the tests age its record: only the record's expiry
+says when a refresh is due."""
 
 
 @contextlib.contextmanager
@@ -138,9 +137,9 @@ def _stale_login(
 
 @pytest.mark.parametrize("command", ["token", "tools", "library"])
 def test_a_valid_token_is_served_at_once_while_a_peer_is_frozen_in_its_refresh(
-    servers: tuple[AuthServer, McpServer], tmp_path: Path, command: str
+    auth_server: AuthServer, mcp_server: McpServer, tmp_path: Path, command: str
 ) -> None:
-    auth, mcp = servers
+    auth, mcp = auth_server, mcp_server
     home, rescue = tmp_path / "home", tmp_path / "rescue"
     store, key, a = _stale_login(auth, mcp, home)
     aged = store.read(key)
@@ -176,9 +175,9 @@ def test_a_valid_token_is_served_at_once_while_a_peer_is_frozen_in_its_refresh(
 
 
 def test_an_expired_token_gives_a_typed_timeout_while_a_peer_is_frozen_never_the_token(
-    servers: tuple[AuthServer, McpServer], tmp_path: Path
+    auth_server: AuthServer, mcp_server: McpServer, tmp_path: Path
 ) -> None:
-    auth, mcp = servers
+    auth, mcp = auth_server, mcp_server
     home, rescue = tmp_path / "home", tmp_path / "rescue"
     store, key, _ = _stale_login(auth, mcp, home)
     with _frozen_holder(home, rescue, key) as holder:

@@ -29,8 +29,9 @@ from grantkeeper._stores._fs import key_slug as _slug
 from grantkeeper._stores.file import FILE_FORMAT
 from grantkeeper._stores.postgresql import _key_id
 from grantkeeper._stores.sealing import Sealer
+from grantkeeper.testing import sample_record
 from tests.fuzzing import FUZZ
-from tests.helpers import KEY, T0, make_record
+from tests.helpers import KEY, T0
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -297,9 +298,9 @@ def test_callback_urls(url: str, require_iss: bool) -> None:
 
 # -- stored records -----------------------------------------------------------------------
 
-RECORD = make_record("at-SECRETSECRETSECRET", "rt-SECRETSECRETSECRET", lifetime=3600).replace(
-    client_secret="cs-SECRETSECRETSECRET"
-)
+RECORD = sample_record(
+    "at-SECRETSECRETSECRET", "rt-SECRETSECRETSECRET", lifetime=3600, now=T0
+).replace(client_secret="cs-SECRETSECRETSECRET")
 RECORD_SECRETS = ["at-SECRETSECRETSECRET", "rt-SECRETSECRETSECRET", "cs-SECRETSECRETSECRET"]
 FILE_BYTES = json.dumps(
     {

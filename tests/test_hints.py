@@ -3,7 +3,6 @@ and keep the profile (a hint without it logs in to the default credential instea
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -31,11 +30,7 @@ from grantkeeper import (
 from grantkeeper._proxy.streamable_http import Proxy
 from grantkeeper._status import AuthState, AuthStatus, fix_command, login_command
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("home")  # every test here has a GRANTKEEPER_HOME of its own
 
 
 def proxy_login_hint(config: ServerConfig, error: GrantkeeperError | None = None) -> str | None:

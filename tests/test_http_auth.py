@@ -6,7 +6,6 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ import pytest
 from grantkeeper import (
     AuthenticationRequired,
     DeadlineExceeded,
-    FileStore,
     HttpxAuth,
     Keeper,
     LoginRequired,
@@ -24,7 +22,7 @@ from grantkeeper import (
 )
 from grantkeeper.mcp import Httpx2Auth
 from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, RESOURCE, CountingStore, StepClock, make_record
+from tests.helpers import RESOURCE, World
 
 OTHER = "https://elsewhere.example.test/collect"
 CHALLENGE = 'Bearer error="invalid_token"'
@@ -32,7 +30,8 @@ CHALLENGE = 'Bearer error="invalid_token"'
 
 @dataclass
 class Resource:
-    """The protected resource: accepts tokens the provider issued, minus those refused."""
+    """The protected resource (the ``api`` fixture): accepts the tokens the provider issued,
+    minus those refused."""
 
     provider: FakeProvider
     refused: set[str] = field(default_factory=set)
@@ -62,66 +61,38 @@ class Resource:
         return httpx2.Response(status, headers=headers)
 
 
-@dataclass
-class World:
-    provider: FakeProvider
-    store: CountingStore
-    clock: StepClock
-    resource: Resource
-    http: httpx.Client
-    keepers: list[Keeper] = field(default_factory=list)
-
-    def login(self) -> str:
-        access, refresh = self.provider.issue()
-        self.store.inner.write(
-            KEY, make_record(access, refresh, now=self.clock()), expected_version=None
-        )
-        return access
-
-    def keeper(self) -> Keeper:
-        keeper = Keeper(self.store, KEY, http_client=self.http, clock=self.clock)
-        self.keepers.append(keeper)
-        return keeper
-
-
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    provider = FakeProvider()
-    http = httpx.Client(transport=provider.transport())
-    w = World(provider, CountingStore(FileStore(tmp_path)), StepClock(), Resource(provider), http)
-    yield w
-    for keeper in w.keepers:
-        keeper.close()
-    http.close()
+def api(world: World) -> Resource:
+    return Resource(world.provider)
 
 
-Get = Callable[[World, Keeper, str], int]
+Get = Callable[[Resource, Keeper, str], int]
 
 
-def sync_httpx(world: World, keeper: Keeper, url: str) -> int:
-    transport = httpx.MockTransport(world.resource.httpx)
+def sync_httpx(api: Resource, keeper: Keeper, url: str) -> int:
+    transport = httpx.MockTransport(api.httpx)
     with httpx.Client(auth=HttpxAuth(keeper), transport=transport) as client:
         return client.get(url).status_code
 
 
-def async_httpx(world: World, keeper: Keeper, url: str) -> int:
+def async_httpx(api: Resource, keeper: Keeper, url: str) -> int:
     async def go() -> int:
-        transport = httpx.MockTransport(world.resource.httpx)
+        transport = httpx.MockTransport(api.httpx)
         async with httpx.AsyncClient(auth=HttpxAuth(keeper), transport=transport) as client:
             return (await client.get(url)).status_code
 
     return asyncio.run(go())
 
 
-def sync_httpx2(world: World, keeper: Keeper, url: str) -> int:
-    transport = httpx2.MockTransport(world.resource.httpx2)
+def sync_httpx2(api: Resource, keeper: Keeper, url: str) -> int:
+    transport = httpx2.MockTransport(api.httpx2)
     with httpx2.Client(auth=Httpx2Auth(keeper), transport=transport) as client:
         return client.get(url).status_code
 
 
-def async_httpx2(world: World, keeper: Keeper, url: str) -> int:
+def async_httpx2(api: Resource, keeper: Keeper, url: str) -> int:
     async def go() -> int:
-        transport = httpx2.MockTransport(world.resource.httpx2)
+        transport = httpx2.MockTransport(api.httpx2)
         async with httpx2.AsyncClient(auth=Httpx2Auth(keeper), transport=transport) as client:
             return (await client.get(url)).status_code
 
@@ -136,92 +107,102 @@ CLIENTS = pytest.mark.parametrize(
 
 
 @CLIENTS
-def test_healthy_requests_do_no_store_lock_or_provider_io(world: World, get: Get) -> None:
+def test_healthy_requests_do_no_store_lock_or_provider_io(
+    api: Resource, world: World, get: Get
+) -> None:
     world.login()
     keeper = world.keeper()
     keeper.access_token()
     world.store.calls.clear()
     for _ in range(20):
-        assert get(world, keeper, RESOURCE) == 200
+        assert get(api, keeper, RESOURCE) == 200
     assert world.store.calls == []
     assert world.provider.refresh_calls == 0
 
 
 @CLIENTS
-def test_a_401_for_the_current_token_refreshes_once_and_retries(world: World, get: Get) -> None:
-    a = world.login()
+def test_a_401_for_the_current_token_refreshes_once_and_retries(
+    api: Resource, world: World, get: Get
+) -> None:
+    a = world.login().access_token
     keeper = world.keeper()
-    world.resource.refused.add(a)
-    assert get(world, keeper, RESOURCE) == 200
+    api.refused.add(a)
+    assert get(api, keeper, RESOURCE) == 200
     assert world.provider.refresh_calls == 1
-    tokens = [auth for _, auth in world.resource.seen]
+    tokens = [auth for _, auth in api.seen]
     assert tokens[0] == f"Bearer {a}" and tokens[1] != tokens[0]
 
 
 @CLIENTS
 def test_a_late_401_for_a_after_b_is_installed_retries_with_b_without_refreshing(
-    world: World, get: Get
+    api: Resource, world: World, get: Get
 ) -> None:
-    a = world.login()
+    a = world.login().access_token
     keeper = world.keeper()
 
     def peer_rotates_first(token: str | None) -> None:
         # While A's request is at the server, another caller renews: B is installed.
         if token == a and world.provider.refresh_calls == 0:
             keeper.credential(rejected=a)
-            world.resource.refused.add(a)
+            api.refused.add(a)
 
-    world.resource.before_answer = peer_rotates_first
-    assert get(world, keeper, RESOURCE) == 200
+    api.before_answer = peer_rotates_first
+    assert get(api, keeper, RESOURCE) == 200
     assert world.provider.refresh_calls == 1  # the peer's; the late 401 spent none
 
 
 @CLIENTS
 def test_a_401_on_the_retry_requires_authentication_without_a_second_refresh(
-    world: World, get: Get
+    api: Resource, world: World, get: Get
 ) -> None:
     world.login()
     keeper = world.keeper()
-    world.resource.before_answer = lambda token: world.resource.refused.add(token or "")
+    api.before_answer = lambda token: api.refused.add(token or "")
     with pytest.raises(AuthenticationRequired):
-        get(world, keeper, RESOURCE)
+        get(api, keeper, RESOURCE)
     assert world.provider.refresh_calls == 1
-    assert len(world.resource.seen) == 2
+    assert len(api.seen) == 2
 
 
 @CLIENTS
-def test_stale_credential_is_sent_at_once_and_refreshed_ahead(world: World, get: Get) -> None:
-    a = world.login()
+def test_stale_credential_is_sent_at_once_and_refreshed_ahead(
+    api: Resource, world: World, get: Get
+) -> None:
+    a = world.login().access_token
     keeper = world.keeper()
     world.clock.advance(3600 - 10)  # inside the refresh margin: still valid
-    assert get(world, keeper, RESOURCE) == 200
-    assert world.resource.seen[0][1] == f"Bearer {a}"  # no request waits for the refresh
+    assert get(api, keeper, RESOURCE) == 200
+    assert api.seen[0][1] == f"Bearer {a}"  # no request waits for the refresh
     assert keeper.settle(10)
     assert world.provider.refresh_calls == 1
-    assert get(world, keeper, RESOURCE) == 200
-    assert world.resource.seen[-1][1] != f"Bearer {a}"
+    assert get(api, keeper, RESOURCE) == 200
+    assert api.seen[-1][1] != f"Bearer {a}"
 
 
-def test_other_origins_never_get_the_token_not_even_through_a_redirect(world: World) -> None:
+def test_other_origins_never_get_the_token_not_even_through_a_redirect(
+    api: Resource, world: World
+) -> None:
     world.login()
     keeper = world.keeper()
-    transport = httpx.MockTransport(world.resource.httpx)
+    transport = httpx.MockTransport(api.httpx)
     with httpx.Client(auth=HttpxAuth(keeper), transport=transport, follow_redirects=True) as client:
         assert client.get(OTHER).status_code == 200
         assert client.get(f"{RESOURCE}/moved").status_code == 200
-    assert [auth for url, auth in world.resource.seen if url.startswith(OTHER)] == [None, None]
-    assert world.resource.seen[1][1] is not None  # our origin got it
+    assert [auth for url, auth in api.seen if url.startswith(OTHER)] == [None, None]
+    assert api.seen[1][1] is not None  # our origin got it
 
 
-def test_a_streamed_body_is_not_replayed_but_the_credential_is_renewed(world: World) -> None:
-    a = world.login()
+def test_a_streamed_body_is_not_replayed_but_the_credential_is_renewed(
+    api: Resource, world: World
+) -> None:
+    a = world.login().access_token
     keeper = world.keeper()
-    world.resource.refused.add(a)
+    api.refused.add(a)
 
     def body() -> Iterator[bytes]:
         yield b"once"
 
-    transport = httpx.MockTransport(world.resource.httpx)
+    transport = httpx.MockTransport(api.httpx)
     with httpx.Client(auth=HttpxAuth(keeper), transport=transport) as client:
         with pytest.raises(RetryRequired):
             client.post(RESOURCE, content=body())
@@ -229,30 +210,32 @@ def test_a_streamed_body_is_not_replayed_but_the_credential_is_renewed(world: Wo
     assert world.provider.refresh_calls == 1
 
 
-def test_static_bearer_is_sent_as_is_and_a_401_is_final(world: World) -> None:
-    transport = httpx.MockTransport(world.resource.httpx)
+def test_static_bearer_is_sent_as_is_and_a_401_is_final(api: Resource, world: World) -> None:
+    transport = httpx.MockTransport(api.httpx)
     with httpx.Client(auth=HttpxAuth.bearer(RESOURCE, "static-token"), transport=transport) as c:
         with pytest.raises(AuthenticationRequired, match="static"):
             c.get(RESOURCE)
-    assert world.resource.seen == [(RESOURCE, "Bearer static-token")]
+    assert api.seen == [(RESOURCE, "Bearer static-token")]
     assert world.provider.refresh_calls == 0
 
-    a = world.login()
+    a = world.login().access_token
     own = HttpxAuth.bearer(RESOURCE)  # the request's own Authorization header
     with httpx.Client(auth=own, transport=transport, headers={"Authorization": f"Bearer {a}"}) as c:
         assert c.get(RESOURCE).status_code == 200
 
 
-def test_anonymous_sends_no_credential_and_a_401_says_a_login_is_needed(world: World) -> None:
-    transport = httpx.MockTransport(world.resource.httpx)
+def test_anonymous_sends_no_credential_and_a_401_says_a_login_is_needed(
+    api: Resource, world: World
+) -> None:
+    transport = httpx.MockTransport(api.httpx)
     with httpx.Client(auth=HttpxAuth.anonymous(RESOURCE), transport=transport) as c:
         with pytest.raises(LoginRequired, match="without any"):
             c.get(RESOURCE)
-    assert world.resource.seen == [(RESOURCE, None)]
+    assert api.seen == [(RESOURCE, None)]
     assert world.provider.refresh_calls == 0
 
 
-def test_choose_picks_one_of_three_policies(world: World) -> None:
+def test_choose_picks_one_of_three_policies(api: Resource, world: World) -> None:
     keeper = world.keeper()
     header = {"Authorization": "Bearer own"}
     for cls in (HttpxAuth, Httpx2Auth):
@@ -260,21 +243,21 @@ def test_choose_picks_one_of_three_policies(world: World) -> None:
         assert not cls.choose(RESOURCE, keeper=keeper, token="static").oauth
         assert not cls.choose(RESOURCE, keeper=keeper, headers=header).oauth
         assert not cls.choose(RESOURCE).oauth
-    transport = httpx.MockTransport(world.resource.httpx)
+    transport = httpx.MockTransport(api.httpx)
     with httpx.Client(auth=HttpxAuth.choose(RESOURCE), transport=transport) as c:
         with pytest.raises(LoginRequired):
             c.get(RESOURCE)
     with httpx.Client(auth=HttpxAuth.choose(RESOURCE, token="static"), transport=transport) as c:
         with pytest.raises(AuthenticationRequired, match="static"):
             c.get(RESOURCE)
-    assert world.resource.seen == [(RESOURCE, None), (RESOURCE, "Bearer static")]
+    assert api.seen == [(RESOURCE, None), (RESOURCE, "Bearer static")]
 
 
-def test_deadline_ends_the_wait_but_not_the_refresh(world: World) -> None:
-    a = world.login()
+def test_deadline_ends_the_wait_but_not_the_refresh(api: Resource, world: World) -> None:
+    a = world.login().access_token
     keeper = world.keeper()
     keeper.access_token()
-    world.resource.refused.add(a)
+    api.refused.add(a)
     at_provider, release = threading.Event(), threading.Event()
 
     def hold(form: dict[str, str]) -> httpx.Response | None:
@@ -283,7 +266,7 @@ def test_deadline_ends_the_wait_but_not_the_refresh(world: World) -> None:
         return None
 
     world.provider.faults.append(hold)
-    transport = httpx.MockTransport(world.resource.httpx)
+    transport = httpx.MockTransport(api.httpx)
     timeout = httpx.Timeout(5.0, pool=0.0)
     with httpx.Client(auth=HttpxAuth(keeper), transport=transport, timeout=timeout) as client:
         with pytest.raises(DeadlineExceeded):
@@ -298,16 +281,16 @@ def test_deadline_ends_the_wait_but_not_the_refresh(world: World) -> None:
     assert world.store.calls == []  # the next request was served from memory
 
 
-def test_async_deadline_ends_the_wait_but_not_the_refresh(world: World) -> None:
-    a = world.login()
+def test_async_deadline_ends_the_wait_but_not_the_refresh(api: Resource, world: World) -> None:
+    a = world.login().access_token
     keeper = world.keeper()
     keeper.access_token()
-    world.resource.refused.add(a)
+    api.refused.add(a)
     release = threading.Event()
     world.provider.faults.append(lambda form: None if release.wait(30) else None)
 
     async def go() -> None:
-        transport = httpx2.MockTransport(world.resource.httpx2)
+        transport = httpx2.MockTransport(api.httpx2)
         auth = Httpx2Auth(keeper, recovery_timeout=0.0)
         async with httpx2.AsyncClient(auth=auth, transport=transport) as client:
             with pytest.raises(DeadlineExceeded):
@@ -320,19 +303,19 @@ def test_async_deadline_ends_the_wait_but_not_the_refresh(world: World) -> None:
     assert world.provider.refresh_calls == 1
 
 
-def test_concurrent_401s_for_the_same_token_cause_one_refresh(world: World) -> None:
-    a = world.login()
+def test_concurrent_401s_for_the_same_token_cause_one_refresh(api: Resource, world: World) -> None:
+    a = world.login().access_token
     keeper = world.keeper()
     keeper.access_token()
-    world.resource.refused.add(a)
+    api.refused.add(a)
     arrived = threading.Barrier(3)
 
     def all_at_once(token: str | None) -> None:
         if token == a:
             arrived.wait(30)  # every request has sent A before any 401 is answered
 
-    world.resource.before_answer = all_at_once
-    transport = httpx.MockTransport(world.resource.httpx)
+    api.before_answer = all_at_once
+    transport = httpx.MockTransport(api.httpx)
     results: list[Any] = []
     with httpx.Client(auth=HttpxAuth(keeper), transport=transport) as client:
         threads = [

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +15,6 @@ from grantkeeper import (
     ClientRegistrationInvalid,
     Credential,
     DeadlineExceeded,
-    FileStore,
     Keeper,
     LoginRequired,
     MalformedResponse,
@@ -28,40 +24,9 @@ from grantkeeper import (
     RefreshOutcomeUnknown,
     ServerRejectsToken,
 )
+from grantkeeper.testing import sample_record
 from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, CountingStore, StepClock, make_record
-
-
-@dataclass
-class World:
-    provider: FakeProvider
-    store: CountingStore
-    clock: StepClock
-    http: httpx.Client
-
-    def keeper(self) -> Keeper:
-        return Keeper(self.store, KEY, http_client=self.http, clock=self.clock)
-
-    def stored(self) -> Credential:
-        found = self.store.inner.read(KEY)
-        assert found is not None
-        return found.record
-
-    def login(self, *, subject: str = "alice") -> str:
-        access, refresh = self.provider.issue()
-        record = make_record(access, refresh, now=self.clock(), subject=subject)
-        current = self.store.inner.read(KEY)
-        self.store.inner.write(KEY, record, expected_version=current.version if current else None)
-        return access
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    provider = FakeProvider()
-    http = httpx.Client(transport=provider.transport())
-    w = World(provider, CountingStore(FileStore(tmp_path)), StepClock(), http)
-    yield w
-    http.close()
+from tests.helpers import KEY, T0, World
 
 
 def test_healthy_path_does_no_store_lock_or_network_io(world: World) -> None:
@@ -78,7 +43,7 @@ def test_healthy_path_does_no_store_lock_or_network_io(world: World) -> None:
 
 
 def test_stale_token_is_refreshed_once_before_expiry_and_persisted(world: World) -> None:
-    old = world.login()
+    old = world.login().access_token
     keeper = world.keeper()
     keeper.access_token()
     world.clock.advance(3600 - 30)  # inside the 60 s margin, not yet expired
@@ -149,7 +114,7 @@ def test_threads_and_sibling_keepers_share_one_refresh(world: World) -> None:
 def test_401_forces_one_refresh_and_late_401s_for_the_old_token_adopt_the_new(
     world: World,
 ) -> None:
-    old = world.login()
+    old = world.login().access_token
     first, second = world.keeper(), world.keeper()
     assert first.access_token() == old and second.access_token() == old
     new = first.credential(rejected=old).access_token
@@ -200,7 +165,7 @@ def test_peer_refresh_is_adopted_without_a_provider_call(world: World) -> None:
 
 
 def test_persistence_failure_keeps_serving_b_never_replays_a_and_heals(world: World) -> None:
-    spent_a = world.login()
+    spent_a = world.login().access_token
     keeper = world.keeper()
     keeper.access_token()
     # The intent note can be written, the provider's answer cannot (disk filled meanwhile).
@@ -258,7 +223,7 @@ def test_pending_b_yields_to_a_changed_store(world: World) -> None:
     world.store.fail_writes = lambda record: False
     # A new login (same account) replaces the record: the keeper adopts it.
     world.clock.advance(1800)
-    relogin = world.login()
+    relogin = world.login().access_token
     world.clock.advance(1800 - 30)  # B is stale, the new login is not
     keeper.access_token()  # B, still valid; the refresh ahead finds the new login
     assert keeper.settle(10)
@@ -293,7 +258,7 @@ def _timeout_before_processing(form: dict[str, str]) -> httpx.Response:
 def test_timeout_leaves_a_durable_unknown_outcome_and_one_serialized_retry_succeeds(
     world: World,
 ) -> None:
-    a = world.login()
+    a = world.login().access_token
     keeper = world.keeper()
     keeper.access_token()
     world.provider.faults.append(_timeout_before_processing)
@@ -342,7 +307,7 @@ def test_lost_answer_then_retry_rejected_requires_reauthentication_without_loopi
 def test_repeated_unknown_outcomes_never_end_the_grant(world: World) -> None:
     # Five lost answers in a row (a gateway failing for a while): each retry is serialized
     # and backed off, none ends the grant, and the provider's first real answer is kept.
-    a = world.login()
+    a = world.login().access_token
     keeper = world.keeper()
     keeper.access_token()
     world.provider.faults += [_timeout_before_processing] * 5
@@ -364,7 +329,7 @@ def test_repeated_unknown_outcomes_never_end_the_grant(world: World) -> None:
 
 
 def test_connection_refused_is_retryable_and_clears_the_note(world: World) -> None:
-    a = world.login()
+    a = world.login().access_token
     keeper = world.keeper()
     keeper.access_token()
 
@@ -418,7 +383,7 @@ def test_invalid_grant_marks_the_record_dead_for_every_process(world: World, sta
         world.keeper().credential()
     assert world.provider.refresh_calls == calls
     # A new login replaces the dead record and is adopted.
-    fresh = world.login()
+    fresh = world.login().access_token
     assert world.keeper().access_token() == fresh
 
 
@@ -496,7 +461,7 @@ def _joined_only(keeper: Keeper, result: Credential) -> list[int]:
 def test_a_caller_that_only_joins_transactions_ending_with_a_dead_token_gets_a_typed_error(
     world: World, why: str
 ) -> None:
-    a = world.login()
+    a = world.login().access_token
     keeper = world.keeper()
     served = keeper.credential()
     assert served.access_token == a
@@ -563,7 +528,7 @@ def test_logout_is_adopted(world: World) -> None:
 
 def test_legacy_record_without_absolute_expiry_is_refreshed_on_first_use(world: World) -> None:
     access, refresh = world.provider.issue()
-    legacy = make_record(access, refresh).replace(expires_at=None, obtained_at=None)
+    legacy = sample_record(access, refresh, now=T0).replace(expires_at=None, obtained_at=None)
     world.store.inner.write(KEY, legacy, expected_version=None)
     keeper = world.keeper()
     assert keeper.credential().access_token == access  # may still work: served at once
@@ -576,7 +541,7 @@ def test_legacy_record_without_absolute_expiry_is_refreshed_on_first_use(world: 
 def test_expired_without_refresh_token_requires_reauthentication(world: World) -> None:
     access, _ = world.provider.issue()
     world.store.inner.write(
-        KEY, make_record(access, None, now=world.clock()), expected_version=None
+        KEY, sample_record(access, None, now=world.clock()), expected_version=None
     )
     keeper = world.keeper()
     assert keeper.access_token() == access

@@ -4,41 +4,21 @@ fields say, and its lifetime counts from when the request was sent."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 
-from grantkeeper import FileStore, Keeper
-from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, StepClock, make_record
+from tests.helpers import KEY, World
 
 NEW_ACCESS = "at-issued-with-odd-fields-0123456789"
 
 
-@pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-def keeper(tmp_path: Path, provider: FakeProvider) -> Iterator[tuple[Keeper, FileStore, StepClock]]:
-    clock = StepClock()
-    store = FileStore(tmp_path)
-    access, refresh = provider.issue()
-    store.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
-    with httpx.Client(transport=provider.transport()) as http:
-        yield Keeper(store, KEY, http_client=http, clock=clock), store, clock
-
-
 def test_a_200_with_bad_optional_fields_is_stored_and_the_spent_token_not_kept(
-    keeper: tuple[Keeper, FileStore, StepClock],
-    provider: FakeProvider,
-    caplog: pytest.LogCaptureFixture,
+    world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    k, store, clock = keeper
+    world.login()
+    k, store, clock, provider = world.keeper(), world.store, world.clock, world.provider
     spent = k.credential().refresh_token
     body = {
         "access_token": NEW_ACCESS,
@@ -64,9 +44,10 @@ def test_a_200_with_bad_optional_fields_is_stored_and_the_spent_token_not_kept(
 
 
 def test_the_lifetime_counts_from_when_the_refresh_was_sent(
-    keeper: tuple[Keeper, FileStore, StepClock], provider: FakeProvider
+    world: World,
 ) -> None:
-    k, _, clock = keeper
+    world.login()
+    k, clock, provider = world.keeper(), world.clock, world.provider
     k.credential()
     clock.advance(3600)
     sent = clock()

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +21,6 @@ import pytest
 from grantkeeper import (
     AccountChanged,
     Credential,
-    FileStore,
     Keeper,
     ProviderUnavailable,
     ReauthenticationRequired,
@@ -33,39 +32,8 @@ from grantkeeper._rescue_copies import RESCUE_DIR_ENV
 from grantkeeper._rules import status_verdict
 from grantkeeper._servers import ServerConfig
 from grantkeeper._status import AuthState
-from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, CountingStore, StepClock, make_record
-
-
-class World:
-    def __init__(self, tmp_path: Path) -> None:
-        self.provider = FakeProvider()
-        self.http = httpx.Client(transport=self.provider.transport())
-        self.store = CountingStore(FileStore(tmp_path / "store"))
-        self.clock = StepClock()
-
-    def keeper(self, **options: object) -> Keeper:
-        return Keeper(self.store, KEY, http_client=self.http, clock=self.clock, **options)  # type: ignore[arg-type]
-
-    def login(self, *, subject: str | None = "alice", **changes: object) -> Credential:
-        access, refresh = self.provider.issue()
-        record = make_record(access, refresh, now=self.clock(), subject=subject).replace(**changes)
-        current = self.store.inner.read(KEY)
-        self.store.inner.write(KEY, record, expected_version=current.version if current else None)
-        return record
-
-    def stored(self) -> Credential:
-        found = self.store.inner.read(KEY)
-        assert found is not None
-        return found.record
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setenv(RESCUE_DIR_ENV, str(tmp_path / "rescue"))
-    w = World(tmp_path)
-    yield w
-    w.http.close()
+from grantkeeper.testing import sample_record
+from tests.helpers import KEY, T0, World
 
 
 def _refused(form: dict[str, str]) -> httpx.Response:
@@ -481,7 +449,9 @@ def test_a_process_exiting_with_an_unstored_b_leaves_a_rescue(world: World, tmp_
     url = world.provider.serve()
     try:
         access, refresh = world.provider.issue()
-        old = make_record(access, refresh, token_endpoint=url)  # long expired in real time
+        old = sample_record(
+            access, refresh, token_endpoint=url, now=T0
+        )  # long expired in real time
         world.store.inner.write(KEY, old, expected_version=None)
         env = {
             **os.environ,

@@ -22,7 +22,8 @@ from grantkeeper import (
 from grantkeeper._errors import ProtocolError
 from grantkeeper._oauth.auth_server_metadata import AuthServerMetadata
 from grantkeeper._oauth.discovery import Discovery
-from tests.helpers import make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import T0
 
 ISSUER = "https://auth.example.com"
 SERVER = "https://mcp.example.com/mcp"
@@ -122,7 +123,7 @@ def test_bad_callbacks_raise_typed_errors_and_leave_the_store_alone(
 ) -> None:
     store = FileStore(tmp_path)
     key = ServerConfig(SERVER).key
-    previous = make_record("previous-access-secret", "previous-refresh-secret")
+    previous = sample_record("previous-access-secret", "previous-refresh-secret", now=T0)
     store.write(key, previous, expected_version=None)
     fake = FakeAS()
     with pytest.raises(error, match=match) as info:

@@ -21,11 +21,10 @@ from harness import remember_secret
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
 from tests.helpers import reap
-from tests.login_helpers import FAR_FUTURE, auth_server, do_login, home, introspect, resource
+from tests.login_helpers import FAR_FUTURE, do_login, introspect
 
 pytestmark = [pytest.mark.realserver, pytest.mark.slow]
 
-__all__ = ["auth_server", "home", "resource"]  # fixtures, used by name
 
 WAIT = 60.0
 """Upper bound on every wait: a hung process fails the test instead of hanging it."""

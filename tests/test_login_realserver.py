@@ -28,17 +28,13 @@ from harness.resource_server import Placement, ResourceServer
 from tests.login_helpers import (
     FAR_FUTURE,
     Browser,
-    auth_server,
     do_login,
-    home,
     introspect,
     remember,
-    resource,
 )
 
 pytestmark = pytest.mark.realserver
 
-__all__ = ["auth_server", "home", "resource"]  # fixtures, used by name
 
 CLI_TIMEOUT = 60.0
 

@@ -42,13 +42,14 @@ from grantkeeper import (
     StoreUnavailable,
 )
 from grantkeeper._stores import _fs
+from grantkeeper.testing import sample_record
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.hosts import GatedProxy
 from harness.pg_reply_cut import ReplyCut
 from harness.postgres import PostgresCluster
 from harness.real_login import age, log_in
-from tests.helpers import KEY, StepClock, StoreWrapper, make_record
+from tests.helpers import KEY, T0, StepClock, StoreWrapper
 
 LEASE = timedelta(seconds=0.3)
 """Renewed every 0.1 s while the provider call runs."""
@@ -134,7 +135,7 @@ def fault(
 
 def _keeper(fault: Fault, provider: FakeProvider, clock: StepClock) -> Keeper:
     access, refresh = provider.issue()
-    fault.store.write(KEY, make_record(access, refresh), expected_version=None)
+    fault.store.write(KEY, sample_record(access, refresh, now=T0), expected_version=None)
     fault.store.b_attempts = 0
     clock.advance(3600)  # A is expired: a refresh must be sent
     http = httpx.Client(transport=provider.transport())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,6 @@ ENVIRONMENTS = {
 pytestmark = pytest.mark.realserver
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[AuthServer, McpServer]]:
-    with AuthServer(access_ttl=60) as auth, McpServer(auth_server=auth) as server:
-        yield auth, server
-
-
 def run_client(version: str, url: str, home: Path) -> dict[str, Any]:
     python = ENVIRONMENTS[version] / "bin" / "python"
     assert python.exists(), f"{python} is missing: run scripts/bootstrap, which creates it"
@@ -58,10 +51,8 @@ def run_client(version: str, url: str, home: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("version", sorted(ENVIRONMENTS))
 def test_mcp1_refreshes_an_expired_token_then_recovers_a_401_once(
-    servers: tuple[AuthServer, McpServer], tmp_path: Path, version: str
+    auth: AuthServer, server: McpServer, tmp_path: Path, version: str
 ) -> None:
-    auth, server = servers
-    server.reset()
     store = FileStore(tmp_path)
     issued = login(auth, server.url, store)
     key = CredentialKey.for_server(server.url)
@@ -101,8 +92,7 @@ def test_mcp1_refreshes_an_expired_token_then_recovers_a_401_once(
 
 @pytest.mark.parametrize("version", sorted(ENVIRONMENTS))
 def test_mcp1_without_a_login_reports_login_required(
-    servers: tuple[AuthServer, McpServer], tmp_path: Path, version: str
+    server: McpServer, tmp_path: Path, version: str
 ) -> None:
-    _, server = servers
     report = run_client(version, server.url, tmp_path)
     assert report["error"] == "LoginRequired" and report["token_suffix"] is None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,43 +53,10 @@ deprecated_features = pytest.mark.filterwarnings(
 
 
 @pytest.fixture(scope="module")
-def auth() -> Iterator[AuthServer]:
-    with AuthServer(access_ttl=60) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def protected(auth: AuthServer) -> Iterator[McpServer]:
-    with McpServer(auth_server=auth) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def open_server() -> Iterator[McpServer]:
     """An MCP server with no auth at all: no metadata, no 401."""
     with McpServer(auth_server=None) as server:
         yield server
-
-
-@pytest.fixture
-def server(protected: McpServer, auth: AuthServer) -> McpServer:
-    protected.reset()
-    auth.reset_stats()
-    return protected
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FileStore:
-    return FileStore(tmp_path)
-
-
-@pytest.fixture
-def keeper(auth: AuthServer, server: McpServer, store: FileStore) -> Iterator[Keeper]:
-    login(auth, server.url, store)
-    auth.reset_stats()
-    keeper = Keeper(store, CredentialKey.for_server(server.url))
-    yield keeper
-    keeper.close()
 
 
 @pytest.fixture

@@ -43,24 +43,6 @@ pytestmark = pytest.mark.realserver
 MCP_HEADERS = {"accept": "application/json, text/event-stream"}
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[AuthServer, McpServer]]:
-    with AuthServer(access_ttl=60) as auth, McpServer(auth_server=auth) as server:
-        yield auth, server
-
-
-@pytest.fixture
-def auth(servers: tuple[AuthServer, McpServer]) -> AuthServer:
-    servers[0].reset_stats()
-    return servers[0]
-
-
-@pytest.fixture
-def server(servers: tuple[AuthServer, McpServer]) -> McpServer:
-    servers[1].reset()
-    return servers[1]
-
-
 class ShiftClock:
     """The real clock, moved forward on demand: expiry without waiting for it."""
 
@@ -69,20 +51,6 @@ class ShiftClock:
 
     def __call__(self) -> datetime:
         return utc_now() + self.offset
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FileStore:
-    return FileStore(tmp_path)
-
-
-@pytest.fixture
-def keeper(auth: AuthServer, server: McpServer, store: FileStore) -> Iterator[Keeper]:
-    login(auth, server.url, store)
-    auth.reset_stats()
-    keeper = Keeper(store, CredentialKey.for_server(server.url))
-    yield keeper
-    keeper.close()
 
 
 def refreshes(auth: AuthServer) -> tuple[int, int]:
@@ -463,9 +431,9 @@ def test_a_401_on_the_closing_delete_is_recovered_once(
 
 
 @pytest.fixture(scope="module")
-def json_server(servers: tuple[AuthServer, McpServer]) -> Iterator[McpServer]:
+def json_server(auth_server: AuthServer) -> Iterator[McpServer]:
     """The same server answering each POST with one JSON document, not an event stream."""
-    with McpServer(auth_server=servers[0], json_response=True) as server:
+    with McpServer(auth_server=auth_server, json_response=True) as server:
         yield server
 
 

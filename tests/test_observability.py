@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from grantkeeper import FileStore, Keeper, RefreshOutcomeUnknown
+from grantkeeper.testing import sample_record
 from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, CountingStore, StepClock, make_record
+from tests.helpers import KEY, CountingStore, StepClock
 
 
 def events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -33,7 +34,7 @@ def setup(tmp_path: Path) -> tuple[FakeProvider, CountingStore, StepClock, httpx
     clock = StepClock()
     store = CountingStore(FileStore(tmp_path))
     access, refresh = provider.issue()
-    store.inner.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
+    store.inner.write(KEY, sample_record(access, refresh, now=clock()), expected_version=None)
     return provider, store, clock, httpx.Client(transport=provider.transport())
 
 
@@ -102,7 +103,7 @@ def test_answered_but_not_persisted_reads_differently_from_outcome_unknown(
         clock.advance(3600 * 3)
         store.inner.delete(KEY)
         access, refresh = provider.issue()
-        store.inner.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
+        store.inner.write(KEY, sample_record(access, refresh, now=clock()), expected_version=None)
         clock.advance(3600)
         with pytest.raises(RefreshOutcomeUnknown):
             other.credential()

@@ -36,11 +36,14 @@ from grantkeeper._rules import (
     outcome_of,
     status_verdict,
 )
-from tests.helpers import T0, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import T0
 
 ROOT = Path(__file__).resolve().parent.parent
 RT = "rt-outcome-0123456789abcdef"
-A = make_record("at-outcome-0123456789abcdef", RT, token_endpoint="https://as.example.test/token")
+A = sample_record(
+    "at-outcome-0123456789abcdef", RT, token_endpoint="https://as.example.test/token", now=T0
+)
 IN_FLIGHT = RefreshIntent(A.refresh_fingerprint or "", 1, "h", T0, 1, "in_flight", "me")
 
 Answer = tuple[int, object, dict[str, str]]

@@ -21,7 +21,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from grantkeeper import CredentialKey, FileStore
-from tests.helpers import RESOURCE, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import RESOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -163,7 +164,7 @@ def test_the_wheel_works_with_only_its_declared_dependencies_at_their_lowest(
     home = tmp_path / "home"
     FileStore(home).write(
         CredentialKey.for_server(RESOURCE),
-        make_record("wheel-access-tok", "wheel-refresh-tok", now=datetime.now(UTC)),
+        sample_record("wheel-access-tok", "wheel-refresh-tok", now=datetime.now(UTC)),
         expected_version=None,
     )
     env = _clean_env(GRANTKEEPER_HOME=str(home))

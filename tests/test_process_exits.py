@@ -42,10 +42,7 @@ EXITS = ("script", "spawn", "fork", "forkserver")
 WAIT = 120.0
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[AuthServer]:
-    with AuthServer(resources=[RESOURCE], access_ttl=3600) as running:
-        yield running
+AUTH_SERVER = {"resources": [RESOURCE], "access_ttl": 3600}
 
 
 @pytest.fixture
@@ -54,14 +51,14 @@ def disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
-def _stale_login(server: AuthServer, home: Path) -> tuple[CredentialKey, Credential]:
+def _stale_login(auth_server: AuthServer, home: Path) -> tuple[CredentialKey, Credential]:
     """A fresh grant whose access token is still valid for 45 s: inside the 60 s refresh
     margin, so the first question is served at once and refreshes in the background."""
     key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
     store = FileStore(home)
-    a = log_in(server, store, key, resource=RESOURCE)
+    a = log_in(auth_server, store, key, resource=RESOURCE)
     age(store, key, expires_in=timedelta(seconds=45))
-    server.reset_stats()
+    auth_server.reset_stats()
     return key, a
 
 
@@ -83,7 +80,7 @@ def _end(mode: str, home: Path, rescue: Path, key: CredentialKey, *, fill_at: st
 
 
 def _next_process_keeps_b(
-    server: AuthServer, home: Path, rescue: Path, key: CredentialKey, a: Credential
+    auth_server: AuthServer, home: Path, rescue: Path, key: CredentialKey, a: Credential
 ) -> None:
     """The next ``grantkeeper token`` is served a valid token (A is still valid, so it may
     get A at once) and leaves B stored: adopted, not refreshed again, nothing replayed."""
@@ -95,39 +92,39 @@ def _next_process_keeps_b(
     b = stored.record.access_token
     assert b != a.access_token
     assert printed in (a.access_token, b)
-    stats = server.stats()
+    stats = auth_server.stats()
     assert stats["replays"] == 0, stats
     assert stats["refresh_success"] == 1, stats
     assert not stats["refresh_errors"], stats
     assert stats["code_success"] == 0, stats  # no new login
-    assert server.is_active(b)
-    assert server.is_active(printed)
+    assert auth_server.is_active(b)
+    assert auth_server.is_active(printed)
     assert not list(rescue.glob("*.json"))
 
 
 @pytest.mark.parametrize("full", [True, False], ids=["disk-full", "with-space"])
 @pytest.mark.parametrize("mode", EXITS)
 def test_a_background_refreshs_b_never_leaves_with_the_process(
-    server: AuthServer, disk: Path, tmp_path: Path, mode: str, full: bool
+    auth_server: AuthServer, disk: Path, tmp_path: Path, mode: str, full: bool
 ) -> None:
-    key, a = _stale_login(server, disk)
+    key, a = _stale_login(auth_server, disk)
     rescue = tmp_path / "rescue"
     served = _end(mode, disk, rescue, key, fill_at=str(disk) if full else "")
     assert served == _digest(a.access_token)  # the valid token, at once
-    assert server.stats()["refresh_success"] == 1  # the background refresh ran
+    assert auth_server.stats()["refresh_success"] == 1  # the background refresh ran
     if full:
         assert list(rescue.glob("*.json")), f"B left with the {mode} process"
         free(disk)
     else:
         stored = FileStore(disk).read(key)
         assert stored is not None and stored.record.access_token != a.access_token
-    _next_process_keeps_b(server, disk, rescue, key, a)
+    _next_process_keeps_b(auth_server, disk, rescue, key, a)
 
 
 def test_a_keeper_dropped_mid_flight_hands_b_to_its_sibling(
-    server: AuthServer, disk: Path, monkeypatch: pytest.MonkeyPatch
+    auth_server: AuthServer, disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key, a = _stale_login(server, disk)
+    key, a = _stale_login(auth_server, disk)
     answered = threading.Event()
 
     def send_then_fill(*args: Any, **kwargs: Any) -> Any:
@@ -157,10 +154,10 @@ def test_a_keeper_dropped_mid_flight_hands_b_to_its_sibling(
     finally:
         sibling.close()
     assert b != a.access_token
-    stats = server.stats()
+    stats = auth_server.stats()
     assert stats["replays"] == 0, stats
     assert stats["refresh_success"] == 1, stats
-    assert server.is_active(b)
+    assert auth_server.is_active(b)
     stored = FileStore(disk).read(key)
     assert stored is not None and stored.record.access_token == b
     gc.collect()

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,31 +40,6 @@ pytestmark = pytest.mark.realserver
 ROOT = Path(__file__).resolve().parent.parent
 CALL_TIMEOUT = 60.0
 """Bounds each test's MCP calls: a hang fails the test instead of the suite."""
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[AuthServer, McpServer]]:
-    with AuthServer(access_ttl=60) as auth, McpServer(auth_server=auth) as server:
-        yield auth, server
-
-
-@pytest.fixture
-def auth(servers: tuple[AuthServer, McpServer]) -> AuthServer:
-    servers[0].reset_stats()
-    return servers[0]
-
-
-@pytest.fixture
-def server(servers: tuple[AuthServer, McpServer]) -> McpServer:
-    servers[1].reset()
-    return servers[1]
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
 
 
 def fake_browser(directory: Path) -> Path:

@@ -12,7 +12,6 @@ import functools
 import multiprocessing
 import os
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,10 +37,7 @@ RESOURCE = "http://127.0.0.1:9/mcp"
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[AuthServer]:
-    with AuthServer(resources=[RESOURCE]) as running:
-        yield running
+AUTH_SERVER = {"resources": [RESOURCE]}
 
 
 @pytest.fixture
@@ -51,8 +47,8 @@ def key() -> CredentialKey:
 
 
 @pytest.fixture(autouse=True)
-def fresh_counters(server: AuthServer) -> None:
-    server.reset_stats()
+def fresh_counters(auth_server: AuthServer) -> None:
+    auth_server.reset_stats()
 
 
 def far_future() -> datetime:
@@ -66,14 +62,14 @@ def refresh(store: Store, key: CredentialKey) -> Credential:
 
 
 def test_fleet_of_processes_spends_one_refresh_per_rotation(
-    server: AuthServer, tmp_path: Path, key: CredentialKey
+    auth_server: AuthServer, tmp_path: Path, key: CredentialKey
 ) -> None:
-    log_in(server, FileStore(tmp_path), key, resource=RESOURCE)
+    log_in(auth_server, FileStore(tmp_path), key, resource=RESOURCE)
     rounds = 6
     report = run_fleet(
         functools.partial(FileStore, tmp_path), key, processes=8, threads=4, rounds=rounds
     )
-    stats = server.stats()
+    stats = auth_server.stats()
     assert report.errors == []
     assert report.requests == 8 * 4 * rounds
     assert [len(tokens) for tokens in report.tokens_per_round] == [1] * rounds
@@ -84,7 +80,7 @@ def test_fleet_of_processes_spends_one_refresh_per_rotation(
     # Every caller ended every round holding a token the server accepts.
     for tokens in report.tokens_per_round:
         (token,) = tokens
-        assert server.is_active(token)
+        assert auth_server.is_active(token)
 
 
 def _crash(home: Path, key: CredentialKey, stage: str) -> int | None:
@@ -109,26 +105,26 @@ def _refresh_until(home: Path, key: CredentialKey, stage: str) -> None:
 
 
 def test_holder_killed_before_spending_frees_the_lock_and_the_next_process_refreshes(
-    server: AuthServer, tmp_path: Path, key: CredentialKey
+    auth_server: AuthServer, tmp_path: Path, key: CredentialKey
 ) -> None:
-    log_in(server, FileStore(tmp_path), key, resource=RESOURCE)
+    log_in(auth_server, FileStore(tmp_path), key, resource=RESOURCE)
     assert _crash(tmp_path, key, "before_provider") == -9
     store = FileStore(tmp_path)
     with store.lock(key, timeout=0):  # the kernel released it with the process
         pass
     fresh = refresh(store, key)
-    stats = server.stats()
+    stats = auth_server.stats()
     assert stats["refresh_success"] == 1 and stats["replays"] == 0
-    assert server.is_active(fresh.access_token)
+    assert auth_server.is_active(fresh.access_token)
 
 
 def test_holder_killed_after_the_answer_is_reported_then_needs_a_new_login(
-    server: AuthServer, tmp_path: Path, key: CredentialKey, caplog: pytest.LogCaptureFixture
+    auth_server: AuthServer, tmp_path: Path, key: CredentialKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FileStore(tmp_path)
-    log_in(server, store, key, resource=RESOURCE)
+    log_in(auth_server, store, key, resource=RESOURCE)
     assert _crash(tmp_path, key, "after_provider") == -9
-    assert server.stats()["refresh_success"] == 1  # the server rotated; the answer died
+    assert auth_server.stats()["refresh_success"] == 1  # the server rotated; the answer died
     stored = store.read(key)
     assert stored is not None and stored.record.intent is not None
     # Status says so before anything else runs.
@@ -141,7 +137,7 @@ def test_holder_killed_after_the_answer_is_reported_then_needs_a_new_login(
     with pytest.raises(ReauthenticationRequired, match="outcome was lost"):
         refresh(store, key)
     assert "refresh.outcome_unknown" in caplog.text
-    stats = server.stats()
+    stats = auth_server.stats()
     assert stats["refresh_success"] == 1
     assert [e["error"] for e in stats["refresh_errors"]] == ["invalid_grant"]
     after = store.read(key)
@@ -152,36 +148,36 @@ def test_holder_killed_after_the_answer_is_reported_then_needs_a_new_login(
     # Never loop: the next process fails closed without calling the server.
     with pytest.raises(ReauthenticationRequired):
         refresh(store, key)
-    assert len(server.stats()["refresh_errors"]) == 1
+    assert len(auth_server.stats()["refresh_errors"]) == 1
     # A new login replaces the dead record and works.
-    relogin = log_in(server, store, key, resource=RESOURCE)
+    relogin = log_in(auth_server, store, key, resource=RESOURCE)
     with Keeper(store, key) as keeper:
         assert keeper.access_token() == relogin.access_token
-    assert server.is_active(relogin.access_token)
+    assert auth_server.is_active(relogin.access_token)
 
 
 def test_revoked_grant_marks_the_record_dead_for_every_process(
-    server: AuthServer, tmp_path: Path, key: CredentialKey
+    auth_server: AuthServer, tmp_path: Path, key: CredentialKey
 ) -> None:
     store = FileStore(tmp_path)
-    log_in(server, store, key, resource=RESOURCE)
-    server.revoke_all()
+    log_in(auth_server, store, key, resource=RESOURCE)
+    auth_server.revoke_all()
     with pytest.raises(ReauthenticationRequired):
         refresh(store, key)
     stored = store.read(key)
     assert stored is not None and stored.record.reauth_reason
     with pytest.raises(ReauthenticationRequired):
         refresh(FileStore(tmp_path), key)
-    stats = server.stats()
+    stats = auth_server.stats()
     assert len(stats["refresh_errors"]) == 1  # the dead token was tried once, not per process
     assert stats["replays"] == 0
 
 
 def test_failed_write_keeps_b_serving_never_replays_a_and_heals(
-    server: AuthServer, tmp_path: Path, key: CredentialKey, request: pytest.FixtureRequest
+    auth_server: AuthServer, tmp_path: Path, key: CredentialKey, request: pytest.FixtureRequest
 ) -> None:
     store = CountingStore(FileStore(tmp_path))
-    a = log_in(server, store.inner, key, resource=RESOURCE)
+    a = log_in(auth_server, store.inner, key, resource=RESOURCE)
     now = [datetime.now(UTC)]
     keeper = Keeper(store, key, clock=lambda: now[0])
     request.addfinalizer(keeper.close)
@@ -191,19 +187,19 @@ def test_failed_write_keeps_b_serving_never_replays_a_and_heals(
     now[0] = FAR_FUTURE
     b = keeper.credential()
     assert b.access_token != a.access_token and keeper.persistence_pending
-    assert server.is_active(b.access_token)
+    assert auth_server.is_active(b.access_token)
     # B is served from memory while the store is broken, and a sibling in this process
     # shares B rather than spend A.
     assert keeper.access_token() == b.access_token
     with Keeper(store, key, clock=lambda: now[0]) as sibling:
         assert sibling.credential().access_token == b.access_token
-    assert server.stats()["refresh_success"] == 1
+    assert auth_server.stats()["refresh_success"] == 1
     # Healed: B is written under compare-and-swap before anything else is spent.
     store.fail_writes = lambda record: False
     now[0] = datetime(2101, 1, 1, tzinfo=UTC)
     c = keeper.credential()
-    stats = server.stats()
+    stats = auth_server.stats()
     assert stats["refresh_success"] == 2 and stats["replays"] == 0
-    assert server.is_active(c.access_token)
+    assert auth_server.is_active(c.access_token)
     stored = store.inner.read(key)
     assert stored is not None and stored.record.access_token == c.access_token

@@ -10,14 +10,15 @@ import pytest
 
 from grantkeeper import Credential, CredentialKey, RefreshIntent, StoreCorrupt
 from grantkeeper._record import BEARER_SCHEMA, SCHEMA_VERSION, record_from_json, record_to_json
-from tests.helpers import T0, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import T0
 
 SECRET_AT = "access-SECRET-0123456789abcdef"
 SECRET_RT = "refresh-SECRET-0123456789abcdef"
 
 
 def test_round_trip_keeps_every_field() -> None:
-    record = make_record(SECRET_AT, SECRET_RT).replace(
+    record = sample_record(SECRET_AT, SECRET_RT, now=T0).replace(
         scope="mcp offline_access",
         client_secret="client-SECRET-0123456789",
         revocation_endpoint="http://127.0.0.1:9/revoke",
@@ -27,7 +28,7 @@ def test_round_trip_keeps_every_field() -> None:
 
 
 def test_expiry_is_stored_as_absolute_utc() -> None:
-    data = record_to_json(make_record(SECRET_AT, SECRET_RT, lifetime=90))
+    data = record_to_json(sample_record(SECRET_AT, SECRET_RT, lifetime=90, now=T0))
     assert data["expires_at"] == "2026-11-24T12:01:30Z"
     assert data["schema"] == 1
 
@@ -95,7 +96,9 @@ def test_newer_schema_is_refused_not_misread() -> None:
 
 
 def test_repr_and_str_show_only_a_suffix() -> None:
-    record = make_record(SECRET_AT, SECRET_RT).replace(client_secret="client-SECRET-0123456789")
+    record = sample_record(SECRET_AT, SECRET_RT, now=T0).replace(
+        client_secret="client-SECRET-0123456789"
+    )
     for text in (repr(record), str(record), f"{record}", repr([record])):
         assert "SECRET" not in text
     assert "…cdef" in repr(record)
@@ -112,7 +115,7 @@ def test_keys_canonicalise_spellings_of_one_url() -> None:
 
 
 def test_same_identity_compares_issuer_and_resource() -> None:
-    record = make_record("a", "r")
+    record = sample_record("a", "r", now=T0)
     assert record.same_identity(record.replace(access_token="b", subject="bob"))
     assert not record.same_identity(record.replace(issuer="https://other.test"))
     assert not isinstance(record, dict) and isinstance(record, Credential)
@@ -122,7 +125,7 @@ def test_same_identity_compares_issuer_and_resource() -> None:
 def test_a_record_whose_token_is_not_bearer_is_refused_by_older_versions() -> None:
     """Versions that read only layout 1 ignore ``token_type`` and would send a DPoP token as
     Bearer: such a record is written as layout 2, which they refuse. Bearer records stay 1."""
-    bearer = make_record("at-0123456789", "rt-0123456789")
+    bearer = sample_record("at-0123456789", "rt-0123456789", now=T0)
     dpop = bearer.replace(token_type="DPoP")
     assert record_to_json(bearer)["schema"] == BEARER_SCHEMA == 1
     assert record_to_json(dpop)["schema"] == SCHEMA_VERSION == 2

@@ -35,15 +35,20 @@ from grantkeeper import (
 from grantkeeper._keeper import _login_lock
 from grantkeeper._rules import Context, recovered, recovery_need
 from grantkeeper.mcp import connect
+from grantkeeper.testing import sample_record
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.mcp_server import McpServer
 from harness.real_login import REDIRECT_URI
-from tests.helpers import KEY, T0, StepClock, make_record
+from tests.helpers import KEY, T0, StepClock
+
+pytestmark = pytest.mark.usefixtures(
+    "home"
+)  # login locks live under GRANTKEEPER_HOME: every test here has its own
 
 
 def test_a_step_up_asks_for_the_union_of_held_and_required_scopes() -> None:
-    held = make_record("a", "r").replace(scope="openid mcp")
+    held = sample_record("a", "r", now=T0).replace(scope="openid mcp")
     need = recovery_need(InsufficientScope("403", scope="mcp mcp:write"), held)
     assert isinstance(need, InsufficientScope) and need.scope == "openid mcp mcp:write"
     assert recovery_need(LoginRequired("nothing"), None) is not None
@@ -52,8 +57,8 @@ def test_a_step_up_asks_for_the_union_of_held_and_required_scopes() -> None:
 
 def test_a_login_elsewhere_answers_a_need_only_with_what_it_asked_for() -> None:
     ctx, key = Context(now=T0), str(KEY)
-    held = make_record("a", "r").replace(scope="mcp")
-    other = make_record("b", "s").replace(scope="mcp")
+    held = sample_record("a", "r", now=T0).replace(scope="mcp")
+    other = sample_record("b", "s", now=T0).replace(scope="mcp")
     stepped = other.replace(scope="mcp mcp:write")
     need = InsufficientScope("403", scope="mcp mcp:write")
     sent = held.access_token
@@ -64,7 +69,7 @@ def test_a_login_elsewhere_answers_a_need_only_with_what_it_asked_for() -> None:
     assert not recovered(LoginRequired("nothing stored"), None, None, ctx, key)
     dead = other.replace(reauth_reason="invalid_grant")
     assert not recovered(ReauthenticationRequired("dead"), dead, None, ctx, key)
-    expired = make_record("c", None, now=T0, lifetime=-1)  # no refresh token: a person again
+    expired = sample_record("c", None, now=T0, lifetime=-1)  # no refresh token: a person again
     assert not recovered(ReauthenticationRequired("dead"), expired, None, ctx, key)
 
 
@@ -83,18 +88,13 @@ class Logins:
         self.entered.set()
         assert self.release.wait(30)
         access, refresh = self.provider.issue()
-        record = make_record(access, refresh, now=self.clock()).replace(scope=need_scope(need))
+        record = sample_record(access, refresh, now=self.clock()).replace(scope=need_scope(need))
         current = self.store.read(KEY)
         self.store.write(KEY, record, expected_version=current.version if current else None)
 
 
 def need_scope(need: AuthenticationRequired) -> str | None:
     return need.scope if isinstance(need, InsufficientScope) else "mcp"
-
-
-@pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
 
 
 def keeper_with(store: FileStore, provider: FakeProvider, hook: Any, clock: StepClock) -> Keeper:
@@ -187,13 +187,6 @@ def test_a_step_up_against_the_real_servers(tmp_path: Path) -> None:
         assert stats["replays"] == 0
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Login locks live under ``GRANTKEEPER_HOME``: every test here has its own."""
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 @pytest.fixture
 def waiting() -> Iterator[threading.Event]:
     """Set once a recovery waits for another process's login."""
@@ -226,7 +219,7 @@ def test_a_login_another_process_stores_meanwhile_is_adopted_not_repeated(
             peer_holds.set()
             assert waiting.wait(30)
             access, refresh = provider.issue()
-            store.write(KEY, make_record(access, refresh, now=clock()), expected_version=None)
+            store.write(KEY, sample_record(access, refresh, now=clock()), expected_version=None)
         peer_done.set()
 
     thread = threading.Thread(target=peer)

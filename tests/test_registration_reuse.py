@@ -29,10 +29,8 @@ from grantkeeper._oauth.registration import metadata_document_client
 from grantkeeper._stores.admin import diagnose_store
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
-from tests.login_helpers import Browser, auth_server, remember, resource
+from tests.login_helpers import Browser, remember
 from tests.test_login_flow import FOUND, ISSUER, META, REDIRECT, SERVER, FakeAS, browser
-
-__all__ = ["auth_server", "resource"]  # fixtures, used by name
 
 CIMD_URL = "https://app.example.com/oauth/client.json"
 

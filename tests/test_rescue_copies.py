@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 import grantkeeper._rescue_copies as rescue_module
@@ -28,11 +27,9 @@ from grantkeeper import (
     AutoStore,
     Credential,
     FileStore,
-    Keeper,
     KeyringStore,
     MissingExtra,
     PostgresStore,
-    Store,
     logout,
 )
 from grantkeeper._oauth.code_flow import save as store_login
@@ -40,67 +37,43 @@ from grantkeeper._record import record_to_json
 from grantkeeper._redact import fingerprint
 from grantkeeper._rescue_copies import RESCUE_DIR_ENV
 from grantkeeper._stores.sealing import KEY_ENV, Sealer
-from grantkeeper.testing import MemoryKeyring
+from grantkeeper.testing import MemoryKeyring, sample_record
 from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, CountingStore, StepClock, make_record
+from tests.helpers import KEY, CountingStore, World
 from tests.tiny_disk import fill, mounted
 
 PAGE = 4096
 
 
-class World:
-    """A provider that rotates and detects reuse, and a store that can refuse B."""
-
-    def __init__(self, inner: Store) -> None:
-        self.provider = FakeProvider()
-        self.http = httpx.Client(transport=self.provider.transport())
-        self.store = CountingStore(inner)
-        self.clock = StepClock()
-
-    def login(self, **changes: Any) -> Credential:
-        access, refresh = self.provider.issue()
-        record = make_record(access, refresh, now=self.clock()).replace(**changes)
-        current = self.store.inner.read(KEY)
-        self.store.inner.write(KEY, record, expected_version=current.version if current else None)
-        return record
-
-    def keeper(self, store: Store | None = None) -> Keeper:
-        return Keeper(store or self.store, KEY, http_client=self.http, clock=self.clock)
-
-    def stored(self) -> Credential:
-        found = self.store.inner.read(KEY)
-        assert found is not None
-        return found.record
-
-    def refused_b(self) -> Credential:
-        """Refresh A into B with the store refusing B through ``close()``: B is rescued."""
-        keeper = self.keeper()
-        keeper.access_token()
-        self.store.fail_writes = lambda record: record.intent is None
-        self.clock.advance(3600)
-        b = keeper.credential()
-        keeper.close()
-        assert self.stored().access_token != b.access_token
-        self.store.fail_writes = lambda record: False
-        return b
+def refused_b(world: World) -> Credential:
+    """Refresh A into B with the store refusing B through ``close()``: B is rescued."""
+    keeper = world.keeper()
+    keeper.access_token()
+    world.store.fail_writes = lambda record: record.intent is None
+    world.clock.advance(3600)
+    b = keeper.credential()
+    keeper.close()
+    assert world.stored().access_token != b.access_token
+    world.store.fail_writes = lambda record: False
+    return b
 
 
 @pytest.fixture
-def file_world(tmp_path: Path) -> Iterator[World]:
-    world = World(FileStore(tmp_path / "home"))
+def file_world(tmp_path: Path, provider: FakeProvider) -> Iterator[World]:
+    world = World(provider, FileStore(tmp_path / "home"))
     yield world
-    world.http.close()
+    world.close()
 
 
 @pytest.fixture
-def keyring_world(tmp_path: Path) -> Iterator[World]:
+def keyring_world(tmp_path: Path, provider: FakeProvider) -> Iterator[World]:
     """The keyring store on the real Secret Service ``scripts/with-keyring`` runs."""
     if not sys.platform.startswith("linux"):
         pytest.skip("CI runs a real Secret Service on Linux only")
     store = KeyringStore(tmp_path / "home", service=f"grantkeeper-test-{uuid.uuid4().hex[:12]}")
-    world = World(store)
+    world = World(provider, store)
     yield world
-    world.http.close()
+    world.close()
     for key in store.keys():
         store.delete(key)
 
@@ -141,7 +114,7 @@ def test_a_rescue_copy_holds_no_token_in_clear_and_the_next_keeper_adopts_it(
 ) -> None:
     world = _world(request, kind)
     a = world.login()
-    b = world.refused_b()
+    b = refused_b(world)
     [copy] = _copies(own_rescue_dir)
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
     assert stat.S_IMODE(own_rescue_dir.stat().st_mode) == 0o700
@@ -163,10 +136,10 @@ def test_a_login_removes_the_copy_it_supersedes(
 ) -> None:
     world = _world(request, kind)
     world.login()
-    b = world.refused_b()
+    b = refused_b(world)
     assert _copies(own_rescue_dir)
     access, refresh = world.provider.issue()
-    fresh = make_record(access, refresh, now=world.clock())
+    fresh = sample_record(access, refresh, now=world.clock())
     store_login(world.store.inner, KEY, fresh)  # what every login (CLI, proxy) stores with
     assert _copies(own_rescue_dir) == []
     assert world.keeper(world.store.inner).access_token() == fresh.access_token != b.access_token
@@ -179,7 +152,7 @@ def test_a_logout_removes_the_copy(
 ) -> None:
     world = _world(request, kind)
     world.login()
-    world.refused_b()
+    refused_b(world)
     assert _copies(own_rescue_dir)
     assert logout(world.store.inner, KEY, revoke=False).removed
     assert _copies(own_rescue_dir) == []
@@ -224,7 +197,7 @@ def test_a_full_rescue_location_leaves_no_torn_or_temporary_copy(
     free = _one_page_free(tiny_disk)
     world = file_world
     world.login(scope=" ".join(f"scope-{n}" for n in range(3 * free // 8)))
-    world.refused_b()  # close() must not raise
+    refused_b(world)  # close() must not raise
     assert _copies(on_disk) == []
     assert _events(caplog, "pending.lost")
     intent = world.stored().intent
@@ -240,7 +213,7 @@ def test_a_full_rescue_location_falls_through_to_the_next_one(
     free = _one_page_free(tiny_disk)
     world = file_world
     a = world.login(scope=" ".join(f"scope-{n}" for n in range(3 * free // 8)))
-    b = world.refused_b()
+    b = refused_b(world)
     assert _copies(on_disk) == []
     [copy] = _copies(elsewhere)
     _assert_sealed(copy.read_bytes(), a, b)
@@ -275,7 +248,7 @@ def test_a_plaintext_copy_from_an_earlier_version_is_adopted_then_kept_only_seal
 ) -> None:
     world = file_world
     a = world.login()
-    b = world.refused_b()  # the store holds A and the note of a refresh answered with B
+    b = refused_b(world)  # the store holds A and the note of a refresh answered with B
     legacy = _legacy_copy(own_rescue_dir, a, b)
 
     # Adopted while the store still refuses: B serves from memory, and its copy at close
@@ -299,7 +272,7 @@ def test_a_plaintext_copy_from_an_earlier_version_is_adopted_and_removed(
 ) -> None:
     world = file_world
     a = world.login()
-    b = world.refused_b()
+    b = refused_b(world)
     _legacy_copy(own_rescue_dir, a, b)
     assert world.keeper().access_token() == b.access_token
     assert world.stored() == b and _copies(own_rescue_dir) == []
@@ -318,7 +291,7 @@ def test_without_cryptography_a_sealed_store_gets_no_plaintext_copy(
     monkeypatch.setattr(rescue_module, "sealing_available", lambda: False)
     world = keyring_world
     world.login()
-    world.refused_b()
+    refused_b(world)
     assert _copies(own_rescue_dir) == []
     [refused] = _events(caplog, "rescue.refused_unsealed")
     assert refused["reason"] == "no_cryptography"
@@ -333,7 +306,7 @@ def test_without_cryptography_the_file_store_still_gets_a_plaintext_copy(
     monkeypatch.setattr(rescue_module, "sealing_available", lambda: False)
     world = file_world
     world.login()
-    b = world.refused_b()
+    b = refused_b(world)
     [copy] = _copies(own_rescue_dir)
     assert json.loads(copy.read_bytes())["format"] == "grantkeeper-rescue-1"
     assert world.keeper(world.store.inner).access_token() == b.access_token
@@ -345,7 +318,7 @@ def test_a_sealed_copy_this_process_cannot_open_stops_it_from_spending_the_repla
 ) -> None:
     world = file_world
     world.login()
-    b = world.refused_b()
+    b = refused_b(world)
     [copy] = _copies(own_rescue_dir)
     world.clock.advance(3600)  # A has expired: only a refresh, or B, could serve
     able = rescue_module.sealing_available

@@ -38,9 +38,10 @@ from grantkeeper._rules import (
     serve_from_memory,
     status_verdict,
 )
-from tests.helpers import T0, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import T0
 
-A = make_record("at-A-0123456789abcdef", "rt-A-0123456789abcdef")
+A = sample_record("at-A-0123456789abcdef", "rt-A-0123456789abcdef", now=T0)
 
 
 def note(**changes: object) -> RefreshIntent:

@@ -18,7 +18,8 @@ from grantkeeper._oauth.pkce import new_verifier, s256_challenge
 from grantkeeper._oauth.token_client import send_token_request
 from grantkeeper._oauth.token_endpoint import refresh_request
 from grantkeeper._oauth.urls import require_secure
-from tests.helpers import KEY, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import KEY, T0
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
@@ -34,7 +35,7 @@ def test_store_files_are_born_private_without_any_chmod(
     previous = os.umask(umask)
     try:
         store = FileStore(tmp_path / "home")
-        store.write(KEY, make_record("a", "r"), expected_version=None)
+        store.write(KEY, sample_record("a", "r", now=T0), expected_version=None)
         with store.lock(KEY, timeout=1):
             pass
     finally:
@@ -52,9 +53,9 @@ def test_a_token_request_is_never_redirected_even_by_a_following_client() -> Non
         seen.append(str(request.url))
         return httpx.Response(307, headers={"location": "https://evil.example/steal"})
 
-    record = make_record("a", "rt-secret", token_endpoint="https://as.example/token").replace(
-        client_secret="cs-secret", token_endpoint_auth_method="client_secret_basic"
-    )
+    record = sample_record(
+        "a", "rt-secret", token_endpoint="https://as.example/token", now=T0
+    ).replace(client_secret="cs-secret", token_endpoint_auth_method="client_secret_basic")
     with httpx.Client(transport=httpx.MockTransport(handler), follow_redirects=True) as client:
         with pytest.raises(RefreshOutcomeUnknown):
             send_token_request(client, refresh_request(record), now=lambda: datetime.now(UTC))

@@ -25,14 +25,8 @@ from grantkeeper import (
     save_server,
 )
 from grantkeeper._cli import cli
-from tests.helpers import KEY, RESOURCE, make_record
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
-    monkeypatch.setenv("GRANTKEEPER_STORE", "file")
-    return tmp_path
+from grantkeeper.testing import sample_record
+from tests.helpers import KEY, RESOURCE, T0
 
 
 def test_servers_round_trip_privately_and_resolve_by_name_or_url(home: Path) -> None:
@@ -87,7 +81,7 @@ def test_server_repr_hides_secrets() -> None:
 
 def test_logout_deletes_even_when_revocation_fails(home: Path) -> None:
     store = FileStore(home)
-    record = make_record("access-secret-value-1", "refresh-secret-value-1").replace(
+    record = sample_record("access-secret-value-1", "refresh-secret-value-1", now=T0).replace(
         revocation_endpoint="http://127.0.0.1:9/revoke"
     )
     store.write(KEY, record, expected_version=None)
@@ -104,7 +98,7 @@ def test_logout_deletes_even_when_revocation_fails(home: Path) -> None:
 
 def test_logout_sends_rfc7009_requests(home: Path) -> None:
     store = FileStore(home)
-    record = make_record("access-secret-value-2", "refresh-secret-value-2").replace(
+    record = sample_record("access-secret-value-2", "refresh-secret-value-2", now=T0).replace(
         revocation_endpoint="http://127.0.0.1:9/revoke"
     )
     store.write(KEY, record, expected_version=None)
@@ -139,7 +133,7 @@ def test_status_json_and_token_for_a_stored_credential(home: Path) -> None:
 
     FileStore(home).write(
         KEY,
-        make_record("cli-access-secret-1", "cli-refresh-secret", now=datetime.now(UTC)),
+        sample_record("cli-access-secret-1", "cli-refresh-secret", now=datetime.now(UTC)),
         expected_version=None,
     )
     code, out, _ = invoke("status", "--json")

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import IO
@@ -103,22 +102,19 @@ def _wait_for(lines: queue.Queue[str | None], text: str, seen: list[str]) -> boo
             return True
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[AuthServer]:
-    with AuthServer(resources=[RESOURCE], access_ttl=3600) as running:
-        yield running
+AUTH_SERVER = {"resources": [RESOURCE], "access_ttl": 3600}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_during_the_cli_refresh_lets_it_finish_and_exits_cleanly(
-    server: AuthServer, tmp_path: Path, signum: signal.Signals
+    auth_server: AuthServer, tmp_path: Path, signum: signal.Signals
 ) -> None:
     home, rescue = tmp_path / "home", tmp_path / "rescue"
     key = CredentialKey.for_server(RESOURCE, f"t{uuid.uuid4().hex[:8]}")
     store = FileStore(home)
-    a = log_in(server, store, key, resource=RESOURCE)
+    a = log_in(auth_server, store, key, resource=RESOURCE)
     age(store, key, expires_in=-timedelta(hours=1))  # expired: refresh first
-    server.reset_stats()
+    auth_server.reset_stats()
 
     hold, release = os.pipe()
     command = [sys.executable, "-c", _HOLD_THE_ANSWER, str(hold), "token", key.server_url]
@@ -166,16 +162,16 @@ def test_a_signal_during_the_cli_refresh_lets_it_finish_and_exits_cleanly(
     assert after is not None and after.record.intent is None
     b = after.record.access_token
     assert b != a.access_token
-    assert server.stats()["refresh_success"] == 1
+    assert auth_server.stats()["refresh_success"] == 1
 
     following = run_cli(home, rescue, key, "token")
     assert following.returncode == 0, following.stderr
     assert following.stdout.strip() == b
-    stats = server.stats()
+    stats = auth_server.stats()
     assert stats["replays"] == 0, stats
     assert stats["refresh_success"] == 1, stats
     assert not stats["refresh_errors"], stats
-    assert server.is_active(b)
+    assert auth_server.is_active(b)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])

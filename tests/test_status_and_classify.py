@@ -10,7 +10,8 @@ import pytest
 from grantkeeper import LoginRequired, ReauthenticationRequired, RefreshIntent
 from grantkeeper._errors import authentication_required
 from grantkeeper._status import AuthState, status_of
-from tests.helpers import KEY, T0, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import KEY, T0
 
 
 def state(record: object, elapsed: float = 0, **kw: object) -> AuthState:
@@ -18,7 +19,7 @@ def state(record: object, elapsed: float = 0, **kw: object) -> AuthState:
 
 
 def test_states_follow_codex_semantics_and_beyond() -> None:
-    record = make_record("a", "r")
+    record = sample_record("a", "r", now=T0)
     assert state(None) is AuthState.LOGIN_REQUIRED
     assert state(record) is AuthState.OAUTH
     assert state(record, 10**6) is AuthState.OAUTH  # expired, but refreshable
@@ -30,7 +31,7 @@ def test_states_follow_codex_semantics_and_beyond() -> None:
 
 
 def test_an_unknown_outcome_is_shown_and_retried_never_escalated() -> None:
-    record = make_record("a", "r")
+    record = sample_record("a", "r", now=T0)
     retry_at = T0 + timedelta(seconds=3595)
     intent = RefreshIntent(
         record.refresh_fingerprint or "", 42, "host", T0, 5, "unknown", retry_at=retry_at
@@ -42,7 +43,7 @@ def test_an_unknown_outcome_is_shown_and_retried_never_escalated() -> None:
 
 
 def test_an_outage_says_since_when_and_that_it_retries() -> None:
-    record = make_record("a", "r")
+    record = sample_record("a", "r", now=T0)
     intent = RefreshIntent(
         record.refresh_fingerprint or "",
         42,
@@ -60,7 +61,7 @@ def test_an_outage_says_since_when_and_that_it_retries() -> None:
 
 
 def test_an_answer_that_could_be_stored_nowhere_needs_a_login() -> None:
-    record = make_record("a", "r")
+    record = sample_record("a", "r", now=T0)
     intent = RefreshIntent(record.refresh_fingerprint or "", 42, "host", T0, 1, "answered")
     status = status_of(KEY, record.replace(intent=intent), now=T0 + timedelta(seconds=3590))
     assert status.state is AuthState.REAUTHENTICATION_REQUIRED
@@ -71,7 +72,7 @@ def test_an_answer_that_could_be_stored_nowhere_needs_a_login() -> None:
 
 
 def test_without_the_retry_policy_one_lost_outcome_needs_a_login_and_says_so() -> None:
-    record = make_record("a", "r")
+    record = sample_record("a", "r", now=T0)
     intent = RefreshIntent(record.refresh_fingerprint or "", 42, "host", T0, 1, "unknown")
     lost = record.replace(intent=intent)
     fresh = status_of(KEY, lost, now=T0, retry_unknown_outcome=False)
@@ -86,7 +87,7 @@ def test_without_the_retry_policy_one_lost_outcome_needs_a_login_and_says_so() -
 def test_action_names_the_login_command() -> None:
     status = status_of(KEY, None, now=T0)
     assert status.action == f"grantkeeper login {KEY.server_url}"
-    assert status_of(KEY, make_record("a", "r"), now=T0).action is None
+    assert status_of(KEY, sample_record("a", "r", now=T0), now=T0).action is None
 
 
 def test_found_through_groups_causes_and_contexts() -> None:

@@ -28,7 +28,8 @@ from grantkeeper._oauth.token_client import (
     send_token_request,
 )
 from grantkeeper._oauth.token_endpoint import TokenRequest, refresh_request
-from tests.helpers import T0, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import T0
 from tests.loopback_endpoint import Received, loopback_endpoint
 
 RT = "refresh-SECRET-0123456789abcdef"
@@ -36,7 +37,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def request_to(url: str = "https://as.example.test/token") -> TokenRequest:
-    return refresh_request(make_record("a", RT, token_endpoint=url))
+    return refresh_request(sample_record("a", RT, token_endpoint=url, now=T0))
 
 
 def both_ways(handler: Handler | None, request: TokenRequest, **kwargs: Any) -> list[object]:

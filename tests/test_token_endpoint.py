@@ -32,7 +32,8 @@ from grantkeeper._oauth.token_endpoint import (
     parse_token_response,
     refresh_request,
 )
-from tests.helpers import T0, make_record
+from grantkeeper.testing import sample_record
+from tests.helpers import T0
 
 RT = "refresh-SECRET-0123456789abcdef"
 
@@ -43,7 +44,7 @@ def parse(status: int, body: Any, headers: dict[str, str] | None = None) -> Any:
 
 
 def test_refresh_request_carries_resource_and_public_client_id() -> None:
-    request = refresh_request(make_record("a", RT))
+    request = refresh_request(sample_record("a", RT, now=T0))
     assert request.form == {
         "grant_type": "refresh_token",
         "refresh_token": RT,
@@ -54,7 +55,7 @@ def test_refresh_request_carries_resource_and_public_client_id() -> None:
 
 
 def test_confidential_client_uses_basic_auth_with_form_encoding() -> None:
-    record = make_record("a", RT).replace(client_id="id:1", client_secret="s/ecret")
+    record = sample_record("a", RT, now=T0).replace(client_id="id:1", client_secret="s/ecret")
     request = refresh_request(record)
     assert "client_id" not in request.form
     decoded = base64.b64decode(request.headers["Authorization"].split()[1]).decode()
@@ -72,14 +73,14 @@ def test_success_with_string_expiry_and_rotation() -> None:
         },
     )
     assert response.expires_in == 300.0 and response.token_type == "Bearer"
-    updated = apply_response(make_record("a", RT, subject="s"), response, T0)
+    updated = apply_response(sample_record("a", RT, subject="s", now=T0), response, T0)
     assert updated.refresh_token == "R2"
     assert updated.expires_at is not None and (updated.expires_at - T0).total_seconds() == 300
 
 
 def test_omitted_refresh_token_scope_and_type_are_carried_or_defaulted() -> None:
     response = parse(200, {"access_token": "A2"})
-    record = make_record("a", RT).replace(scope="mcp")
+    record = sample_record("a", RT, now=T0).replace(scope="mcp")
     updated = apply_response(record, response, T0)
     assert (updated.refresh_token, updated.scope, updated.expires_at) == (RT, "mcp", None)
 
@@ -220,11 +221,11 @@ def test_a_200_that_spent_the_token_is_kept_whatever_its_optional_fields(
 def test_a_zero_expires_in_states_no_lifetime() -> None:
     response = parse(200, {"access_token": "A2", "expires_in": 0})
     assert response.expires_in is None and response.dropped == ()
-    assert apply_response(make_record("a", RT), response, T0).expires_at is None
+    assert apply_response(sample_record("a", RT, now=T0), response, T0).expires_at is None
 
 
 def test_an_unusable_refresh_token_is_not_replaced_by_the_spent_one() -> None:
-    record = make_record("a", RT).replace(scope="mcp")
+    record = sample_record("a", RT, now=T0).replace(scope="mcp")
     omitted = apply_response(record, parse(200, {"access_token": "A2"}), T0)
     assert omitted.refresh_token == RT  # RFC 6749 §6: omitted means the old one stays
     unusable = apply_response(record, parse(200, {"access_token": "A2", "refresh_token": 7}), T0)
@@ -238,15 +239,15 @@ def test_expiry_counts_from_when_the_request_was_sent() -> None:
     response = dataclasses.replace(
         parse(200, {"access_token": "A2", "expires_in": 300}), requested_at=sent
     )
-    updated = apply_response(make_record("a", RT), response, T0)
+    updated = apply_response(sample_record("a", RT, now=T0), response, T0)
     assert updated.expires_at == sent + timedelta(seconds=300) and updated.obtained_at == sent
-    unsent = apply_response(make_record("a", RT), parse(200, {"access_token": "A2"}), T0)
+    unsent = apply_response(sample_record("a", RT, now=T0), parse(200, {"access_token": "A2"}), T0)
     assert unsent.obtained_at == T0
 
 
 def test_the_senders_stamp_the_moment_before_sending() -> None:
     ticks = iter([T0, T0 + timedelta(seconds=5)])
-    request = refresh_request(make_record("a", RT))
+    request = refresh_request(sample_record("a", RT, now=T0))
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"access_token": "b", "expires_in": 60})
@@ -280,7 +281,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 def send_both_ways(handler: Handler) -> list[object]:
     """Send one refresh with the sync and the async sender; return what each gave or raised."""
-    request = refresh_request(make_record("a", RT))
+    request = refresh_request(sample_record("a", RT, now=T0))
     outcomes: list[object] = []
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
         try:

@@ -39,8 +39,9 @@ from grantkeeper._oauth.token_endpoint import (
     refresh_request,
 )
 from grantkeeper._redact import scrub
+from grantkeeper.testing import sample_record
 from tests.fuzzing import FUZZ
-from tests.helpers import KEY, RESOURCE, T0, make_record
+from tests.helpers import KEY, RESOURCE, T0
 from tests.loopback_endpoint import Received, loopback_endpoint, send
 
 CLIENT_ID = "cid-public-1"
@@ -55,7 +56,7 @@ METHODS = ["client_secret_basic", "client_secret_post"]
 
 
 def refresh(method: str) -> TokenRequest:
-    record = make_record("a", RT, token_endpoint=ENDPOINT).replace(
+    record = sample_record("a", RT, token_endpoint=ENDPOINT, now=T0).replace(
         client_id=CLIENT_ID, client_secret=SECRET, token_endpoint_auth_method=method
     )
     return refresh_request(record)
@@ -266,7 +267,7 @@ def test_cli_token_never_prints_the_client_secret(
     monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
     monkeypatch.setenv("GRANTKEEPER_STORE", "file")
     with loopback_endpoint(echo_credentials) as url:
-        expired = make_record(
+        expired = sample_record(
             "cli-access-SECRET-0001",
             RT,
             now=datetime.now(UTC) - timedelta(hours=2),

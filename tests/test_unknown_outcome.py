@@ -16,8 +16,9 @@ import pytest
 from grantkeeper import FileStore, Keeper, ReauthenticationRequired
 from grantkeeper._liveness import process_alive as _process_alive
 from grantkeeper._record import RefreshIntent
+from grantkeeper.testing import sample_record
 from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, T0, StepClock, make_record, signal_own_child
+from tests.helpers import KEY, T0, StepClock, signal_own_child
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_a_killed_but_unreaped_holder_is_dead(zombie: int) -> None:
 def _noted_by(pid: int, home: Path, provider: FakeProvider) -> FileStore:
     """A stored credential whose refresh by ``pid`` was interrupted after the note."""
     access, refresh = provider.issue()
-    record = make_record(access, refresh)
+    record = sample_record(access, refresh, now=T0)
     fingerprint = record.refresh_fingerprint
     assert fingerprint is not None
     intent = RefreshIntent(fingerprint, pid, socket.gethostname(), T0, holder="dead")

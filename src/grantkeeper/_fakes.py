@@ -243,16 +243,22 @@ OTHER = CredentialKey.for_server("https://mcp.example.test/mcp", "work")
 
 
 def sample_record(
-    access_token: str = "conformance-access-token-0001", **changes: Any
+    access_token: str = "conformance-access-token-0001",
+    refresh_token: str | None = "conformance-refresh-token-0001",
+    *,
+    now: datetime = datetime(2030, 1, 1, 11, 0, tzinfo=UTC),
+    lifetime: float = 3600,
+    **changes: Any,
 ) -> Credential:
-    """A plausible credential with the given access token; ``changes`` override fields."""
+    """A plausible credential with the given tokens, obtained at ``now`` and living
+    ``lifetime`` seconds from then; ``changes`` override any other field."""
     record = Credential(
         access_token=access_token,
-        refresh_token="conformance-refresh-token-0001",
+        refresh_token=refresh_token,
         resource="https://mcp.example.test/mcp",
         scope="mcp",
-        expires_at=datetime(2030, 1, 1, 12, 0, tzinfo=UTC),
-        obtained_at=datetime(2030, 1, 1, 11, 0, tzinfo=UTC),
+        expires_at=now + timedelta(seconds=lifetime),
+        obtained_at=now,
         issuer="https://auth.example.test",
         token_endpoint="https://auth.example.test/token",
         client_id="conformance-client",
