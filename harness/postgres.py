@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.children import KILL_TIMEOUT, children_of, kill_process, process_start, wait_gone
@@ -82,6 +83,21 @@ class PostgresCluster:
     def dsn(self) -> str:
         """A libpq URL for the cluster's ``postgres`` database."""
         return f"postgresql://{self.user}@{self.listen}:{self.port}/postgres"
+
+    def end_sessions_once(self, stage: str, which: str) -> Callable[[str], None]:
+        """A Keeper ``checkpoint``: the first time a transaction reaches ``stage``, end the
+        database sessions whose pids the query ``which`` selects (``pg_terminate_backend``,
+        as a failover, an administrator or an idle timeout would)."""
+        import psycopg  # the postgresql extra's: needed by the tests that use it, only
+
+        pending = [True]
+
+        def checkpoint(reached: str) -> None:
+            if reached == stage and pending and pending.pop():
+                with psycopg.connect(self.dsn, autocommit=True) as admin:
+                    admin.execute(f"SELECT pg_terminate_backend(pid) FROM ({which}) AS chosen")
+
+        return checkpoint
 
     def _run(self, *command: str, timeout: float = START_TIMEOUT + 10) -> None:
         result = subprocess.run(

@@ -53,3 +53,15 @@ def age(store: Store, key: CredentialKey, *, expires_in: timedelta) -> None:
     expires_at = datetime.now(UTC) + expires_in
     aged = stored.record.replace(expires_at=expires_at, obtained_at=expires_at - timedelta(hours=1))
     store.write(key, aged, expected_version=stored.version)
+
+
+def reroute(store: Store, key: CredentialKey, issuer: str, *, to: str) -> Credential:
+    """Rewrite the stored credential's token endpoint to reach ``issuer`` through ``to`` (a
+    proxy in front of it that a test holds or cuts); return what is stored now."""
+    stored = store.read(key)
+    if stored is None or stored.record.token_endpoint is None:
+        raise LookupError(f"no token endpoint stored for {key}")
+    endpoint = stored.record.token_endpoint.replace(issuer, to)
+    rerouted = stored.record.replace(token_endpoint=endpoint)
+    store.write(key, rerouted, expected_version=stored.version)
+    return rerouted

@@ -4,7 +4,10 @@ Fixtures every file may ask for: ``home`` (a private ``GRANTKEEPER_HOME`` on the
 ``provider`` and ``served_provider`` (a :class:`FakeProvider` in memory, or on loopback for
 other processes), ``world`` (a :class:`tests.helpers.World` on a file store), and, one per
 module, the real authorization server (``auth_server``) with a real MCP server (``mcp_server``)
-and a bare resource (``resource``) it protects; ``auth`` and ``server`` hand out the pair reset.
+and a bare resource (``resource``) it protects; ``auth`` and ``server`` hand out the pair reset,
+``store`` and ``keeper`` a credential logged in there; ``tiny_disk``, a 64 KiB tmpfs to
+fill; ``ec_key``, a private key for private_key_jwt in a file; ``zombie``, a killed, unreaped
+process.
 
 Guards every test gets: every log line is checked for secrets, and rescue copies go to a
 directory of the test's own, never to the user's runtime directory or /dev/shm."""
@@ -13,10 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from grantkeeper import CredentialKey, FileStore, Keeper
 from grantkeeper._redact import forget_all
@@ -27,7 +35,8 @@ from harness.fake_provider import FakeProvider
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
 from harness.resource_server import ResourceServer
-from tests.helpers import World
+from tests.helpers import LogLines, World, signal_own_child
+from tests.tiny_disk import mounted
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,20 +64,10 @@ def no_remembered_secrets() -> None:
     forget_all()
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = getattr(record, "grantkeeper", None)
-        self.lines.append(f"{record.getMessage()} {fields!r}")
-
-
 @pytest.fixture(autouse=True)
 def no_secret_in_logs() -> Iterator[None]:
     """Capture grantkeeper's DEBUG logs and fail the test if any issued secret shows up."""
-    handler = _Collect()
+    handler = LogLines()
     logger = logging.getLogger("grantkeeper")
     previous = logger.level
     logger.setLevel(logging.DEBUG)
@@ -90,7 +89,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A ``GRANTKEEPER_HOME`` of the test's own (``tmp_path / "home"``, created) on the file
     store, with none of the settings a developer's shell may carry."""
     path = tmp_path / "home"
-    path.mkdir()
+    path.mkdir(mode=0o700)  # as grantkeeper makes it: doctor checks who may read it
     monkeypatch.setenv("GRANTKEEPER_HOME", str(path))
     monkeypatch.setenv("GRANTKEEPER_STORE", "file")
     for setting in ("GRANTKEEPER_STORE_KEY", "GRANTKEEPER_RETRY_UNKNOWN_OUTCOME", "NO_COLOR"):
@@ -174,3 +173,44 @@ def keeper(auth: AuthServer, server: McpServer, store: FileStore) -> Iterator[Ke
     keeper = Keeper(store, CredentialKey.for_server(server.url))
     yield keeper
     keeper.close()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs of the test's own, the only kind a test may fill (see tests.tiny_disk)."""
+    with mounted(tmp_path) as disk:
+        yield disk
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ec_key(tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    """A P-256 private key for private_key_jwt, and the PEM file (mode 0600) holding it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "client.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    return key, path
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def zombie() -> Iterator[int]:
+    """A process that was SIGKILLed and is not reaped yet (its parent has not waited)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
+    signal_own_child(child.pid, signal.SIGKILL)
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, still in the table
+    yield child.pid
+    child.wait()

@@ -5,10 +5,12 @@ fill goes through (:mod:`harness.children`). The fixtures that build them are in
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,8 +31,10 @@ from harness.fake_provider import FakeProvider
 __all__ = [
     "KEY",
     "RESOURCE",
+    "ROOT",
     "T0",
     "CountingStore",
+    "LogLines",
     "NotOurChild",
     "StepClock",
     "StoreWrapper",
@@ -41,6 +45,8 @@ __all__ = [
     "signal_own_child",
 ]
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The checkout."""
 RESOURCE = KEY.server_url
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -120,6 +126,18 @@ class CountingStore:
             yield
 
 
+class LogLines(logging.Handler):
+    """Keeps each record it is handed as a line: level, message and grantkeeper's fields."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "grantkeeper", None)
+        self.lines.append(f"{record.levelname} {record.getMessage()} {fields!r}")
+
+
 class World:
     """One credential's world: a :class:`FakeProvider` that rotates refresh tokens and
     detects reuse, a :class:`CountingStore` around ``store`` (it counts calls and refuses the
@@ -152,6 +170,16 @@ class World:
         )
         self.keepers.append(keeper)
         return keeper
+
+    def refuse_b(self) -> tuple[Keeper, Credential]:
+        """A new Keeper serves the stored A, then refreshes it to B while the store refuses B
+        (the intent note is still written): B is pending in the Keeper returned with it. The
+        store refuses until ``store.fail_writes`` is reset."""
+        keeper = self.keeper()
+        keeper.access_token()
+        self.store.fail_writes = lambda record: record.intent is None
+        self.clock.advance(3600)
+        return keeper, keeper.credential()
 
     def stored(self) -> Credential:
         """The record the store holds now."""

@@ -1,8 +1,12 @@
 """Helpers for tests against the real authorization server: a browser that consents, token
-introspection, and a login through them (the fixtures are in conftest.py)."""
+introspection, a login through them, and the CLI in a process of its own (the fixtures are in
+conftest.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -15,6 +19,8 @@ from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
 
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
+CLI_TIMEOUT = 60.0
+"""Bounds each CLI run: a hang fails the test instead of the suite."""
 
 
 class Browser:
@@ -52,3 +58,16 @@ def remember(record: Credential) -> Credential:
 
 def do_login(server: AuthServer, resource: ResourceServer, home: Path) -> Credential:
     return remember(login(resource.url, store=FileStore(home), open_browser=Browser(server)))
+
+
+def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """``grantkeeper ARGS`` in a process of its own, on the file store at ``home``."""
+    env = {**os.environ, "GRANTKEEPER_HOME": str(home), "GRANTKEEPER_STORE": "file"}
+    return subprocess.run(
+        [sys.executable, "-m", "grantkeeper", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )

@@ -33,6 +33,14 @@ def oauth(replayable: bool = True) -> Flow:
     return oauth_flow(replayable=replayable, key="https://x.test/mcp")
 
 
+def sent_a(replayable: bool = True) -> Flow:
+    """An OAuth flow that has acquired token A and sent the request with it."""
+    flow = oauth(replayable)
+    next(flow)
+    flow.send("A")
+    return flow
+
+
 def finish(flow: Flow, answer: str | Reply) -> None:
     with pytest.raises(StopIteration):
         flow.send(answer)
@@ -46,18 +54,14 @@ def test_healthy_request_acquires_once_and_sends_once() -> None:
 
 
 def test_401_names_the_token_sent_and_retries_once_with_the_renewed_one() -> None:
-    flow = oauth()
-    next(flow)
-    flow.send("A")
+    flow = sent_a()
     assert flow.send(Reply(401, (INVALID,))) == Acquire(rejected="A")
     assert flow.send("B") == Send("B")
     finish(flow, Reply(200))
 
 
 def test_401_on_the_retry_requires_authentication_and_never_loops() -> None:
-    flow = oauth()
-    next(flow)
-    flow.send("A")
+    flow = sent_a()
     flow.send(Reply(401, (INVALID,)))
     flow.send("B")
     # Only a person can help now: the driver runs the Keeper's recovery hook, or raises.
@@ -73,9 +77,7 @@ def test_401_on_the_retry_requires_authentication_and_never_loops() -> None:
 
 
 def test_no_newer_token_means_no_replay_of_the_rejected_one() -> None:
-    flow = oauth()
-    next(flow)
-    flow.send("A")
+    flow = sent_a()
     flow.send(Reply(401))
     with pytest.raises(ReauthenticationRequired):
         flow.send("A")
@@ -83,24 +85,18 @@ def test_no_newer_token_means_no_replay_of_the_rejected_one() -> None:
 
 def test_401_without_a_header_or_with_a_malformed_one_is_still_recovered() -> None:
     for challenges in [(), ('Bearer error="unterminated',), ('"not a scheme"',)]:
-        flow = oauth()
-        next(flow)
-        flow.send("A")
+        flow = sent_a()
         assert flow.send(Reply(401, challenges)) == Acquire(rejected="A")
 
 
 def test_401_offering_only_another_scheme_is_final_without_a_refresh() -> None:
-    flow = oauth()
-    next(flow)
-    flow.send("A")
+    flow = sent_a()
     with pytest.raises(AuthenticationRequired, match="basic"):
         flow.send(Reply(401, ('Basic realm="proxy"',)))
 
 
 def test_non_replayable_body_renews_then_asks_for_a_retry() -> None:
-    flow = oauth(replayable=False)
-    next(flow)
-    flow.send("A")
+    flow = sent_a(replayable=False)
     assert flow.send(Reply(401)) == Acquire(rejected="A")
     with pytest.raises(RetryRequired) as raised:
         flow.send("B")
@@ -108,9 +104,7 @@ def test_non_replayable_body_renews_then_asks_for_a_retry() -> None:
 
 
 def test_403_insufficient_scope_carries_the_scope_even_from_a_later_header() -> None:
-    flow = oauth()
-    next(flow)
-    flow.send("A")
+    flow = sent_a()
     headers = ('Basic realm="x"', 'Bearer error="insufficient_scope", scope="mcp:admin mcp"')
     step = flow.send(Reply(403, headers))
     assert isinstance(step, Recover) and isinstance(step.error, InsufficientScope)
@@ -120,9 +114,7 @@ def test_403_insufficient_scope_carries_the_scope_even_from_a_later_header() -> 
 
 
 def test_403_after_a_recovered_401_is_a_scope_error_too() -> None:
-    flow = oauth()
-    next(flow)
-    flow.send("A")
+    flow = sent_a()
     flow.send(Reply(401))
     flow.send("B")
     step = flow.send(Reply(403, ('Bearer error="insufficient_scope"',)))
@@ -132,16 +124,12 @@ def test_403_after_a_recovered_401_is_a_scope_error_too() -> None:
 
 
 def test_step_up_retries_once_with_the_new_login_and_never_loops() -> None:
-    flow = oauth()
-    next(flow)
-    flow.send("A")
+    flow = sent_a()
     step = flow.send(Reply(403, ('Bearer error="insufficient_scope", scope="mcp:write"',)))
     assert isinstance(step, Recover)
     assert flow.send("A+write") == Send("A+write")
     finish(flow, Reply(200))
-    again = oauth()
-    next(again)
-    again.send("A")
+    again = sent_a()
     again.send(Reply(403, ('Bearer error="insufficient_scope", scope="mcp:write"',)))
     again.send("A+write")
     with pytest.raises(InsufficientScope):  # the new login did not satisfy it: final
@@ -149,9 +137,7 @@ def test_step_up_retries_once_with_the_new_login_and_never_loops() -> None:
 
 
 def test_step_up_of_a_streamed_body_asks_to_send_it_again() -> None:
-    flow = oauth(replayable=False)
-    next(flow)
-    flow.send("A")
+    flow = sent_a(replayable=False)
     flow.send(Reply(403, ('Bearer error="insufficient_scope", scope="mcp:write"',)))
     with pytest.raises(RetryRequired):
         flow.send("A+write")
@@ -164,9 +150,7 @@ def test_other_403s_and_other_statuses_pass_through() -> None:
         Reply(404),
         Reply(500),
     ]:
-        flow = oauth()
-        next(flow)
-        flow.send("A")
+        flow = sent_a()
         finish(flow, reply)
 
 
@@ -213,9 +197,7 @@ def test_the_driver_must_answer_each_step_in_kind() -> None:
 def test_any_challenge_header_ends_in_a_step_or_a_typed_error(
     status: int, headers: list[str]
 ) -> None:
-    flow = oauth()
-    next(flow)
-    flow.send("A")
+    flow = sent_a()
     try:
         step = flow.send(Reply(status, tuple(headers)))
     except StopIteration:

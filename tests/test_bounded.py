@@ -57,6 +57,14 @@ def _bounded(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     )
 
 
+def _killed_at_a_limit(option: str, limit: str, code: str) -> subprocess.CompletedProcess[str]:
+    """Run the Python ``code`` under ``bounded option limit``, and check that a limit killed
+    it (exit status 137)."""
+    run = _bounded(option, limit, "--", sys.executable, "-c", code)
+    assert run.returncode == 137, run.stderr
+    return run
+
+
 def _our_cgroups() -> set[str]:
     found: set[str] = set()
     for base in Path("/sys/fs/cgroup").glob("*/**/grantkeeper-test-*"):
@@ -83,8 +91,7 @@ def test_a_memory_runaway_is_killed_and_the_run_says_the_limit() -> None:
         "    chunks.append(b'x' * (1 << 20))\n"
         "print('wrote 1 GiB and was never stopped')\n"
     )
-    run = _bounded("--mem", "64M", "--", sys.executable, "-c", leak)
-    assert run.returncode == 137, run.stderr
+    run = _killed_at_a_limit("--mem", "64M", leak)
     assert "never stopped" not in run.stdout
     lines = [line for line in run.stderr.splitlines() if line.startswith("bounded:")]
     assert lines == [
@@ -111,8 +118,7 @@ def test_a_fork_runaway_is_stopped_at_the_process_limit() -> None:
         "        os._exit(0)\n"
         "os.read(r, 1)\n"
     )
-    run = _bounded("--pids", "16", "--", sys.executable, "-c", forks)
-    assert run.returncode == 137, run.stderr
+    run = _killed_at_a_limit("--pids", "16", forks)
     assert "refused at" in run.stdout  # the 16th process could not be made
     assert "bounded: the run reached its process limit of 16 (GRANTKEEPER_TEST_PIDS)" in run.stderr
 

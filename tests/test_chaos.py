@@ -33,7 +33,7 @@ def run(auth_server: AuthServer, spec: StoreSpec, *, retry: bool) -> ChaosReport
 def check(report: ChaosReport, *, spent_losses_only: bool) -> None:
     assert report.violations == []
     assert all(f.injections == 1 for f in report.stages.values())
-    assert report.reported == report.losses  # never a silent loss
+    assert report.total.reported == report.total.losses  # never a silent loss
     lost = {stage for stage, f in report.stages.items() if f.losses}
     assert lost <= (ANSWERED if spent_losses_only else NOTED)
     # The kill points outside the unknown-outcome window cost nothing.
@@ -45,7 +45,7 @@ def test_file_store_without_the_retry_never_replays(
 ) -> None:
     report = run(auth_server, StoreSpec("file", str(tmp_path)), retry=False)
     check(report, spent_losses_only=False)
-    assert report.replays == 0
+    assert report.total.replays == 0
     # With a strict-rotation server, every kill after the note loses the grant: reported.
     assert {s for s, f in report.stages.items() if f.losses} == NOTED
 
@@ -56,7 +56,7 @@ def test_file_store_with_the_retry_loses_only_spent_tokens(
     report = run(auth_server, StoreSpec("file", str(tmp_path)), retry=True)
     check(report, spent_losses_only=True)
     # The one documented retry, and only after a lost answer: never a loop.
-    assert report.replays == report.losses == len(ANSWERED)
+    assert report.total.replays == report.total.losses == len(ANSWERED)
 
 
 def test_postgresql_store(auth_server: AuthServer, tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_postgresql_store(auth_server: AuthServer, tmp_path: Path) -> None:
         )
         report = run(auth_server, spec, retry=False)
     check(report, spent_losses_only=False)
-    assert report.replays == 0
+    assert report.total.replays == 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Secret Service on Linux only")
@@ -74,4 +74,4 @@ def test_keyring_store(auth_server: AuthServer, tmp_path: Path) -> None:
     spec = StoreSpec("keyring", str(tmp_path), service=f"grantkeeper-chaos-{uuid.uuid4().hex}")
     report = run(auth_server, spec, retry=False)
     check(report, spent_losses_only=False)
-    assert report.replays == 0
+    assert report.total.replays == 0

@@ -210,29 +210,25 @@ def status_of_key(home: Path, key: CredentialKey, env: dict[str, str] | None = N
 
 
 @linux_only
-def test_migrate_keyring_to_file_moves_the_placement_too(home: Path, key: CredentialKey) -> None:
-    AutoStore(home).write(key, sample_record("keyring-to-file"), expected_version=None)
+@pytest.mark.parametrize(
+    ("source", "token"),
+    [
+        (["--store", "keyring"], "keyring-to-file"),
+        # The exact path: no --store (Auto), the credential placed in the keyring.
+        ([], "auto-to-file"),
+    ],
+    ids=["keyring", "default-auto-store"],
+)
+def test_migrate_from_the_keyring_to_file_moves_the_placement_too(
+    home: Path, key: CredentialKey, source: list[str], token: str
+) -> None:
+    AutoStore(home).write(key, sample_record(token), expected_version=None)
     assert AutoStore(home).placement(key) == "keyring"
-    code, report = grantkeeper(home, "store", "migrate", "--store", "keyring", "--to", "file")
+    code, report = grantkeeper(home, "store", "migrate", *source, "--to", "file")
     assert code == 0 and report["results"] == [{"key": str(key), "result": "moved"}]
     assert AutoStore(home).placement(key) == "file"
     assert KeyringStore(home).read(key) is None
     # The credential is in the file, and status finds it there with or without a keyring.
-    assert status_of_key(home, key) == "oauth"
-    assert status_of_key(home, key, env=NO_KEYRING) == "oauth"
-
-
-@linux_only
-def test_migrate_from_the_default_auto_store_to_file_moves_the_placement_too(
-    home: Path, key: CredentialKey
-) -> None:
-    # The exact path: no --store (Auto), the credential placed in the keyring.
-    AutoStore(home).write(key, sample_record("auto-to-file"), expected_version=None)
-    assert AutoStore(home).placement(key) == "keyring"
-    code, report = grantkeeper(home, "store", "migrate", "--to", "file")
-    assert code == 0 and report["results"] == [{"key": str(key), "result": "moved"}]
-    assert AutoStore(home).placement(key) == "file"
-    assert KeyringStore(home).read(key) is None
     assert status_of_key(home, key) == "oauth"
     assert status_of_key(home, key, env=NO_KEYRING) == "oauth"
 

@@ -1,14 +1,14 @@
 """Machine clients: the client_credentials grant with every auth method, renewed by the Keeper.
 
-Pure pieces are stepped by hand; each auth method is then shown against the real
-oidc-provider (its cc-basic, cc-post and cc-jwt clients in harness/oidc/server.mjs).
+Renewal requests are stepped by hand (the signed assertion itself is in
+test_client_assertion.py); each auth method is then shown against the real oidc-provider (its
+cc-basic, cc-post and cc-jwt clients in harness/oidc/server.mjs).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -18,14 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from grantkeeper import Credential, CredentialKey, FileStore, Keeper, ServerConfigError, login
-from grantkeeper._oauth.client_assertion import CLIENT_ASSERTION_TYPE, client_assertion, key_source
+from grantkeeper import Credential, CredentialKey, FileStore, Keeper, login
+from grantkeeper._oauth.client_assertion import CLIENT_ASSERTION_TYPE, key_source
 from grantkeeper._oauth.grants import renewal_request
-from grantkeeper._record import CLIENT_CREDENTIALS, record_from_json, record_to_json
+from grantkeeper._record import CLIENT_CREDENTIALS
 from grantkeeper._rules import Action, Context, decide
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
@@ -33,25 +31,6 @@ from tests.login_helpers import introspect, remember
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 ISSUER = "https://auth.example.com"
-
-
-def b64decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-@pytest.fixture
-def ec_key(tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path = tmp_path / "client.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    return key, path
 
 
 def machine_record(**changes: Any) -> Credential:
@@ -71,52 +50,7 @@ def machine_record(**changes: Any) -> Credential:
     return record.replace(**changes)
 
 
-# -- pure -------------------------------------------------------------------------------
-
-
-def test_a_client_assertion_is_a_valid_es256_jwt_for_the_issuer(
-    ec_key: tuple[ec.EllipticCurvePrivateKey, Path],
-) -> None:
-    key, path = ec_key
-    token = client_assertion(key_source(file=str(path)), client_id="m", audience=ISSUER, now=NOW)
-    header, claims, signature = token.split(".")
-    assert json.loads(b64decode(header)) == {"alg": "ES256", "typ": "JWT"}
-    body = json.loads(b64decode(claims))
-    assert body["iss"] == body["sub"] == "m"
-    assert body["aud"] == ISSUER
-    assert body["exp"] - body["iat"] == 60 and body["iat"] == int(NOW.timestamp())
-    assert len(body["jti"]) >= 16
-    raw = b64decode(signature)
-    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-    key.public_key().verify(der, f"{header}.{claims}".encode(), ec.ECDSA(hashes.SHA256()))
-    second = client_assertion(key_source(file=str(path)), client_id="m", audience=ISSUER, now=NOW)
-    assert json.loads(b64decode(second.split(".")[1]))["jti"] != body["jti"]
-
-
-def test_the_key_never_appears_in_errors_or_records(
-    ec_key: tuple[ec.EllipticCurvePrivateKey, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, path = ec_key
-    pem = path.read_text()
-    broken = pem.replace("A", "B", 5)
-    monkeypatch.setenv("GK_TEST_KEY", broken)
-    with pytest.raises(ServerConfigError) as caught:
-        client_assertion(key_source(env="GK_TEST_KEY"), client_id="m", audience=ISSUER, now=NOW)
-    assert "PRIVATE KEY" not in str(caught.value) and broken[40:80] not in str(caught.value)
-    record = machine_record(
-        token_endpoint_auth_method="private_key_jwt",
-        client_secret=None,
-        client_key_source=key_source(file=str(path)),
-    )
-    stored = json.dumps(record_to_json(record))
-    assert pem[40:80] not in stored and "PRIVATE KEY" not in stored
-    assert pem[40:80] not in repr(record)
-    assert record_from_json(json.loads(stored)) == record
-
-
-def test_a_missing_key_env_is_a_typed_error() -> None:
-    with pytest.raises(ServerConfigError, match="GK_NO_SUCH_KEY"):
-        client_assertion(key_source(env="GK_NO_SUCH_KEY"), client_id="m", audience=ISSUER, now=NOW)
+# -- renewal, stepped by hand -------------------------------------------------------------
 
 
 def test_renewal_of_a_machine_credential_asks_again_with_basic_auth() -> None:
@@ -185,6 +119,32 @@ def jwt_key_file(server: AuthServer, tmp_path: Path) -> Path:
     return path
 
 
+def machine_login(
+    resource: ResourceServer,
+    store: FileStore,
+    client_id: str,
+    secret: str | None,
+    method: str | None = None,
+    key_file: str | None = None,
+) -> Credential:
+    """Log ``client_id`` in at ``resource`` with the client_credentials grant, into ``store``:
+    it proves itself with ``secret`` or the key in ``key_file``, by ``method`` if given."""
+    client: dict[str, Any] = {
+        "client_id": client_id,
+        "client_secret": secret,
+        "client_auth_method": method,
+        "client_key_file": key_file,
+    }
+    return login(resource.url, store=store, client_credentials=True, **client)
+
+
+def grantkeeper(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m grantkeeper *args`` in a child that inherits this environment, its
+    output captured as text."""
+    command = [sys.executable, "-m", "grantkeeper", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
 def renew_concurrently(keeper: Keeper, rejected: str, callers: int = 8) -> set[str]:
     """``callers`` threads report the same rejected token at once; return what they got."""
     barrier = threading.Barrier(callers)
@@ -223,17 +183,7 @@ def test_each_auth_method_obtains_and_renews_once_per_expiry(
     store = FileStore(tmp_path)
     key_file = str(jwt_key_file(auth_server, tmp_path)) if client_id == "cc-jwt" else None
     before = cc_count(auth_server)
-    record = remember(
-        login(
-            resource.url,
-            store=store,
-            client_credentials=True,
-            client_id=client_id,
-            client_secret=secret,
-            client_auth_method=method,
-            client_key_file=key_file,
-        )
-    )
+    record = remember(machine_login(resource, store, client_id, secret, method, key_file))
     assert record.grant == CLIENT_CREDENTIALS and record.refresh_token is None
     assert record.token_endpoint_auth_method == (method or "client_secret_basic")
     assert introspect(auth_server, record.access_token)["active"] is True
@@ -256,52 +206,29 @@ def test_a_wrong_secret_is_a_typed_error_that_names_no_secret(
     from grantkeeper import ClientRegistrationInvalid
 
     with pytest.raises(ClientRegistrationInvalid) as caught:
-        login(
-            resource.url,
-            store=FileStore(tmp_path),
-            client_credentials=True,
-            client_id="cc-basic",
-            client_secret="not-the-secret-at-all",
-        )
+        machine_login(resource, FileStore(tmp_path), "cc-basic", "not-the-secret-at-all")
     assert "not-the-secret-at-all" not in str(caught.value)
 
 
 @pytest.mark.realserver
 def test_cli_login_client_credentials_with_a_key_from_the_environment(
-    auth_server: AuthServer, resource: ResourceServer, tmp_path: Path
+    auth_server: AuthServer,
+    resource: ResourceServer,
+    tmp_path: Path,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pem = jwt_key_file(auth_server, tmp_path).read_text()
-    env = {
-        **os.environ,
-        "GRANTKEEPER_HOME": str(tmp_path),
-        "GRANTKEEPER_STORE": "file",
-        "GK_CC_KEY": pem,
-    }
+    monkeypatch.setenv("GK_CC_KEY", jwt_key_file(auth_server, tmp_path).read_text())
     before = cc_count(auth_server)
-    done = subprocess.run(
-        [sys.executable, "-m", "grantkeeper", "login", resource.url, "--name", "machine"]
-        + ["--client-credentials", "--client-id", "cc-jwt", "--client-key-env", "GK_CC_KEY"]
-        + ["--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    login_args = ["login", resource.url, "--name", "machine", "--client-credentials", "--json"]
+    done = grantkeeper(*login_args, "--client-id", "cc-jwt", "--client-key-env", "GK_CC_KEY")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["refreshable"] is True
     assert "PRIVATE KEY" not in done.stdout + done.stderr
-    servers = json.loads((tmp_path / "servers.json").read_text())["servers"]["machine"]
+    servers = json.loads((home / "servers.json").read_text())["servers"]["machine"]
     assert servers["grant"] == "client_credentials" and servers["client_key_env"] == "GK_CC_KEY"
     assert cc_count(auth_server) == before + 1
     # A later process renews from servers.json's settings alone: `token` prints a fresh one.
-    token = subprocess.run(
-        [sys.executable, "-m", "grantkeeper", "token", "machine"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    token = grantkeeper("token", "machine")
     assert token.returncode == 0, token.stderr
     assert introspect(auth_server, token.stdout.strip())["active"] is True

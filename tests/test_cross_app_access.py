@@ -42,7 +42,7 @@ from grantkeeper.mcp import connect
 from harness import remember_secret
 from harness.authserver import XAA_APP_CLIENT, XAA_IDP_CLIENT, AuthServer
 from harness.mcp_server import McpServer
-from tests.test_login_flow import ISSUER, META, SERVER
+from tests.fake_authserver import ISSUER, META, SERVER
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 IDP = "https://idp.example.com"
@@ -107,7 +107,7 @@ def test_a_bad_exchange_answer_is_a_typed_error(
         parse_exchange_response(status, {}, json.dumps(body).encode(), now=NOW)
 
 
-class World:
+class Enterprise:
     """The enterprise IdP and the MCP server's authorization server, on one mock transport."""
 
     def __init__(self) -> None:
@@ -126,22 +126,24 @@ class World:
         )
 
 
-def run(tmp_path: Path, world: World, discovery: Discovery = SUPPORTING, **kw: object) -> object:
+def run(
+    tmp_path: Path, enterprise: Enterprise, discovery: Discovery = SUPPORTING, **kw: object
+) -> object:
     return login(
         ServerConfig(SERVER),
         store=FileStore(tmp_path),
         discovery=discovery,
-        http=httpx.Client(transport=httpx.MockTransport(world.handle)),
+        http=httpx.Client(transport=httpx.MockTransport(enterprise.handle)),
         enterprise=IDENTITY,
         **kw,  # type: ignore[arg-type]
     )
 
 
 def test_cross_app_login_exchanges_then_trades_and_stores(tmp_path: Path) -> None:
-    world = World()
-    record = run(tmp_path, world, client_id="app", client_secret="app-secret")
-    assert [url for url, _, _ in world.forms] == [f"{IDP}/token", f"{ISSUER}/token"]
-    assert world.forms[1][2] is not None and world.forms[1][2].startswith("Basic ")
+    enterprise = Enterprise()
+    record = run(tmp_path, enterprise, client_id="app", client_secret="app-secret")
+    assert [url for url, _, _ in enterprise.forms] == [f"{IDP}/token", f"{ISSUER}/token"]
+    assert enterprise.forms[1][2] is not None and enterprise.forms[1][2].startswith("Basic ")
     stored = FileStore(tmp_path).read(ServerConfig(SERVER).key)
     assert stored is not None and stored.record == record
     assert stored.record.grant == JWT_BEARER
@@ -150,15 +152,15 @@ def test_cross_app_login_exchanges_then_trades_and_stores(tmp_path: Path) -> Non
 
 
 def test_a_server_without_jwt_bearer_is_refused_before_any_exchange(tmp_path: Path) -> None:
-    world = World()
+    enterprise = Enterprise()
     with pytest.raises(ProtocolError, match="jwt-bearer"):
-        run(tmp_path, world, discovery=Discovery(SERVER, SERVER, META), client_id="app")
-    assert world.forms == []
+        run(tmp_path, enterprise, discovery=Discovery(SERVER, SERVER, META), client_id="app")
+    assert enterprise.forms == []
 
 
 def test_cross_app_access_needs_our_client_id(tmp_path: Path) -> None:
     with pytest.raises(ServerConfigError, match="client id"):
-        run(tmp_path, World())
+        run(tmp_path, Enterprise())
 
 
 # -- against the real servers: two oidc-providers (IdP, MCP server's AS), a real MCP server --

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -20,16 +22,11 @@ from tests.helpers import T0
 A = sample_record("at-A", "rt-A", now=T0)
 
 
-def ctx(elapsed: float = 0, **kw: object) -> Context:
-    base: dict[str, object] = {
-        "now": T0 + timedelta(seconds=elapsed),
-        "skew": timedelta(seconds=60),
-        "pid": 100,
-        "host": "h",
-        "holder": "me",
-    }
-    base.update(kw)
-    return Context(**base)  # type: ignore[arg-type]
+def ctx(elapsed: float = 0, **kw: Any) -> Context:
+    """What process 100 on host ``h``, holder ``me``, knows ``elapsed`` seconds after T0 (with
+    a 60 s skew), with ``kw`` changed."""
+    now = T0 + timedelta(seconds=elapsed)
+    return replace(Context(now, timedelta(seconds=60), pid=100, host="h", holder="me"), **kw)
 
 
 def test_nothing_stored_requires_login() -> None:
@@ -84,18 +81,13 @@ def test_stale_without_refresh_token_is_used_until_expiry() -> None:
     assert isinstance(decide(record, ctx(rejected="at-A"), key="k").error, ReauthenticationRequired)
 
 
-def intent(**kw: object) -> RefreshIntent:
-    base: dict[str, object] = {
-        "token_fingerprint": A.refresh_fingerprint,
-        "pid": 7,
-        "host": "h",
-        "started_at": T0,
-        "attempts": 1,
-        "state": "in_flight",
-        "holder": "peer",
-    }
-    base.update(kw)
-    return RefreshIntent(**base)  # type: ignore[arg-type]
+def intent(**kw: Any) -> RefreshIntent:
+    """A peer's note that it is spending A's refresh token: process 7 on host ``h``, holder
+    ``peer``, started at T0, attempt 1, in flight; with ``kw`` changed."""
+    fingerprint = A.refresh_fingerprint
+    assert fingerprint is not None
+    note = RefreshIntent(fingerprint, 7, "h", T0, 1, "in_flight", "peer")
+    return replace(note, **kw)
 
 
 def test_live_peer_holding_an_unstored_answer_blocks_spending() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -274,6 +275,25 @@ def streaming_client(
     return httpx.Client(transport=httpx.MockTransport(handler))
 
 
+def root_metadata_client(path_aware: Callable[[httpx.Request], httpx.Response]) -> httpx.Client:
+    """A client for a server whose challenge names no metadata URL and whose resource
+    metadata (JSON) is at the root; ``path_aware`` answers the path-aware URL."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        if url == PRM_PATH:
+            return path_aware(request)
+        if url == SERVER:
+            return httpx.Response(401, headers=challenge())
+        if url == PRM_ROOT:
+            return httpx.Response(200, json=PRM_ROOT_DOC)
+        if url == AS_META:
+            return httpx.Response(200, json=as_doc())
+        return httpx.Response(404)
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
 @pytest.mark.parametrize(
     ("body", "headers"),
     [
@@ -291,21 +311,12 @@ def streaming_client(
 def test_a_path_aware_answer_that_is_no_document_falls_back_to_the_root(
     body: bytes, headers: dict[str, str]
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        url = str(request.url)
-        if url == PRM_PATH:
-            if "Content-Length" in headers:  # claims a gigabyte; must not be read
-                return httpx.Response(200, headers=headers, content=iter([b"{}"]))
-            return httpx.Response(200, headers=headers, content=body)
-        if url == SERVER:
-            return httpx.Response(401, headers=challenge())
-        if url == PRM_ROOT:
-            return httpx.Response(200, json=PRM_ROOT_DOC)
-        if url == AS_META:
-            return httpx.Response(200, json=as_doc())
-        return httpx.Response(404)
+    def path_aware(request: httpx.Request) -> httpx.Response:
+        if "Content-Length" in headers:  # claims a gigabyte; must not be read
+            return httpx.Response(200, headers=headers, content=iter([b"{}"]))
+        return httpx.Response(200, headers=headers, content=body)
 
-    found = discover(SERVER, http=httpx.Client(transport=httpx.MockTransport(handler)))
+    found = discover(SERVER, http=root_metadata_client(path_aware))
     assert found.resource_metadata is not None
     assert found.resource == "https://mcp.example.com/v1/mcp"
     assert found.metadata.issuer == ISSUER
@@ -337,19 +348,10 @@ def test_an_endless_json_stream_is_cut_at_the_size_bound() -> None:
 
 
 def test_a_metadata_url_that_times_out_counts_as_absent() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        url = str(request.url)
-        if url == SERVER:
-            return httpx.Response(401, headers=challenge())
-        if url == PRM_PATH:
-            raise httpx.ReadTimeout("silent", request=request)
-        if url == PRM_ROOT:
-            return httpx.Response(200, json=PRM_ROOT_DOC)
-        if url == AS_META:
-            return httpx.Response(200, json=as_doc())
-        return httpx.Response(404)
+    def silent(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("silent", request=request)
 
-    found = discover(SERVER, http=httpx.Client(transport=httpx.MockTransport(handler)))
+    found = discover(SERVER, http=root_metadata_client(silent))
     assert found.metadata.issuer == ISSUER
 
 

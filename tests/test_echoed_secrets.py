@@ -15,17 +15,16 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import logging
 import os
 import select
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
@@ -36,20 +35,15 @@ from grantkeeper import (
     CredentialKey,
     FileStore,
     InsufficientScope,
-    Keeper,
     ServerConfig,
     save_server,
 )
 from grantkeeper._cli import cli
 from grantkeeper._record import CLIENT_CREDENTIALS
-from grantkeeper._redact import MAX_REMEMBERED, fingerprint, forget_all, remember, scrub_known
-from grantkeeper.testing import sample_record
+from grantkeeper._redact import MAX_REMEMBERED, forget_all, remember, scrub_known
 from harness import remember_secret
-from harness.fake_provider import FakeProvider
 from tests.echo_server import PLACES, Echo, Place, echo_server
-from tests.helpers import KEY, CountingStore, StepClock
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 BEARER = "bearer-ECHO-5f1c9a7e0b3d4c2a77"
 ACCESS = "access-ECHO-8e2d7c1b9a0f3e4d11"
@@ -145,6 +139,33 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout + result.stderr
 
 
+def json_flag(as_json: bool) -> list[str]:
+    return ["--json"] if as_json else []
+
+
+def invoke_at(
+    echo: Echo, home: Path, command: str, *args: str, expired: bool = False
+) -> tuple[str, int, str]:
+    """Run ``command`` for a server at a new echo server, with a credential of ``echo.kind``
+    stored (``args`` follow the server's name); the server's origin, exit code and output."""
+    with echo_server(echo) as origin:
+        server = setup(echo.kind, origin, home, expired=expired)
+        code, output = invoke(command, server, *args)
+    return origin, code, output
+
+
+def each_oauth_echo(test: Callable[..., None]) -> Callable[..., None]:
+    """Run ``test`` for each secret an OAuth endpoint may echo, in each place, with the
+    output plain and as JSON."""
+    for mark in (
+        pytest.mark.parametrize("as_json", [False, True], ids=["plain", "json"]),
+        pytest.mark.parametrize("place", OAUTH_PLACES),
+        pytest.mark.parametrize("kind", ["access", "refresh", "client_secret"]),
+    ):
+        test = mark(test)
+    return test
+
+
 def assert_hidden(output: str, echo: Echo) -> None:
     """No secret the server knows, nor eight characters of one in any case, nor its last
     four characters as a stand-in (``…cdef``), is in ``output``."""
@@ -223,24 +244,6 @@ def test_secrets_remembered_from_many_threads_are_all_hidden() -> None:
     assert all(scrub_known(v) == "…" for mine in values for v in mine)
 
 
-def test_a_failed_write_names_the_token_it_serves_by_fingerprint_only(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    provider, clock = FakeProvider(), StepClock()
-    store = CountingStore(FileStore(tmp_path))
-    access, refresh = provider.issue()
-    store.inner.write(KEY, sample_record(access, refresh, now=clock()), expected_version=None)
-    caplog.set_level(logging.INFO, logger="grantkeeper")
-    http = httpx.Client(transport=provider.transport())
-    with Keeper(store, KEY, clock=clock, http_client=http) as keeper:
-        store.fail_writes = lambda record: record.intent is None
-        clock.advance(3600)
-        served = keeper.credential().access_token
-    failed = [r for r in caplog.records if r.getMessage().startswith("refresh.persist_failed")]
-    assert failed and all(f"serving={fingerprint(served)}" in r.getMessage() for r in failed)
-    assert not any(f"…{served[-4:]}" in r.getMessage() for r in failed)  # no suffix either
-
-
 # -- tools and call -------------------------------------------------------------------------
 
 TOOL_CASES = [(place, False) for place in PLACES if place != "result"] + [
@@ -260,10 +263,8 @@ def test_tools_and_call_never_print_an_echoed_secret(
     home: Path, command: str, kind: str, place: Place, as_json: bool
 ) -> None:
     echo = Echo(kind, place, known=dict(KNOWN))
-    with echo_server(echo) as origin:
-        server = setup(kind, origin, home, expired=kind in RENEWED)
-        args = [command, server] + (["echo", "--arg", "text=hi"] if command == "call" else [])
-        code, output = invoke(*args, *(["--json"] if as_json else []))
+    args = (["echo", "--arg", "text=hi"] if command == "call" else []) + json_flag(as_json)
+    _, code, output = invoke_at(echo, home, command, *args, expired=kind in RENEWED)
     assert_hidden(output, echo)
     assert kind not in RENEWED or echo.issued, "the credential was renewed"
     assert (code == 0) == (place == "result"), output
@@ -315,9 +316,7 @@ def test_token_never_prints_a_secret_the_token_endpoint_echoes(
     home: Path, kind: str, place: Place
 ) -> None:
     echo = Echo(kind, place, fail_token=True, known=dict(KNOWN))
-    with echo_server(echo) as origin:
-        server = setup(kind, origin, home, expired=True)
-        code, output = invoke("token", server)
+    _, code, output = invoke_at(echo, home, "token", expired=True)
     assert_hidden(output, echo)
     assert code != 0 and "error:" in output, output
     assert kind in echo.known, "the token endpoint was asked"
@@ -346,7 +345,7 @@ def test_login_never_prints_a_secret_the_token_endpoint_echoes(
             "--client-id",
             CLIENT_ID,
             *credentials,
-            *(["--json"] if as_json else []),
+            *json_flag(as_json),
         )
     assert_hidden(output, echo)
     assert code != 0 and "error:" in output, output
@@ -356,16 +355,12 @@ def test_login_never_prints_a_secret_the_token_endpoint_echoes(
 # -- logout: the revocation endpoint --------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["access", "refresh", "client_secret"])
-@pytest.mark.parametrize("place", OAUTH_PLACES)
-@pytest.mark.parametrize("as_json", [False, True], ids=["plain", "json"])
+@each_oauth_echo
 def test_logout_never_prints_a_secret_the_revocation_endpoint_echoes(
     home: Path, kind: str, place: Place, as_json: bool
 ) -> None:
     echo = Echo(kind, place, known=dict(KNOWN))
-    with echo_server(echo) as origin:
-        server = setup(kind, origin, home, expired=False)
-        code, output = invoke("logout", server, *(["--json"] if as_json else []))
+    _, code, output = invoke_at(echo, home, "logout", *json_flag(as_json))
     assert_hidden(output, echo)
     assert code == 0, output
     assert "refresh_token" in output and "revocation endpoint" in output, output  # the problems
@@ -374,16 +369,12 @@ def test_logout_never_prints_a_secret_the_revocation_endpoint_echoes(
 # -- status --check: discovery ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["access", "refresh", "client_secret"])
-@pytest.mark.parametrize("place", OAUTH_PLACES)
-@pytest.mark.parametrize("as_json", [False, True], ids=["plain", "json"])
+@each_oauth_echo
 def test_status_check_never_prints_a_secret_discovery_echoes(
     home: Path, kind: str, place: Place, as_json: bool
 ) -> None:
     echo = Echo(kind, place, fail_mcp=False, fail_discovery=True, known=dict(KNOWN))
-    with echo_server(echo) as origin:
-        server = setup(kind, origin, home, expired=False)
-        code, output = invoke("status", server, "--check", *(["--json"] if as_json else []))
+    origin, code, output = invoke_at(echo, home, "status", "--check", *json_flag(as_json))
     assert_hidden(output, echo)
     assert code == 0, output
     assert f"{origin}/mcp" in output, output  # URLs stay readable

@@ -42,7 +42,7 @@ from grantkeeper.testing import MemoryKeyring, sample_record
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.postgres import PostgresCluster
-from tests.helpers import KEY, StepClock
+from tests.helpers import KEY, StepClock, World
 
 
 @pytest.fixture
@@ -218,30 +218,29 @@ def lock_held_by_a_peer(store: Store) -> Iterator[None]:
 
 
 def test_a_hung_lock_holder_gives_a_typed_timeout_and_nothing_is_spent_or_stolen(
-    tmp_path: Path, provider: FakeProvider, http: httpx.Client
+    world: World,
 ) -> None:
-    store, clock = FileStore(tmp_path), StepClock()
-    seeded(store, provider, clock)
-    before = store.read(KEY)
-    clock.advance(3600)
-    with lock_held_by_a_peer(store):
-        keeper = keeper_for(store, http, clock, lock_timeout=0.2)
+    world.login()
+    before = world.store.inner.read(KEY)  # its version too: nothing may be written
+    world.clock.advance(3600)
+    with lock_held_by_a_peer(world.store.inner):
+        keeper = world.keeper(lock_timeout=0.2)
         with pytest.raises(LockTimeout) as info:
             keeper.credential()
         assert info.value.retryable
-        assert provider.refresh_calls == 0 and store.read(KEY) == before
+        assert world.provider.refresh_calls == 0 and world.store.inner.read(KEY) == before
     # The holder let go: the same keeper proceeds.
-    assert provider.is_active(keeper.credential().access_token)
+    assert world.provider.is_active(keeper.credential().access_token)
 
 
 def test_a_closing_keeper_abandons_a_refresh_ahead_still_waiting_for_the_lock(
-    tmp_path: Path, provider: FakeProvider, http: httpx.Client
+    world: World,
 ) -> None:
-    store, clock = FileStore(tmp_path), StepClock()
-    seeded(store, provider, clock)
+    store, provider = world.store.inner, world.provider
+    world.login()
     before = store.read(KEY)
     assert before is not None
-    clock.advance(3600 - 30)  # inside the refresh margin: served at once, refreshed ahead
+    world.clock.advance(3600 - 30)  # inside the refresh margin: served at once, refreshed ahead
     waiting, closed = threading.Event(), threading.Event()
 
     def note(stage: str) -> None:
@@ -249,7 +248,7 @@ def test_a_closing_keeper_abandons_a_refresh_ahead_still_waiting_for_the_lock(
             waiting.set()
 
     with lock_held_by_a_peer(store):
-        keeper = keeper_for(store, http, clock, lock_timeout=600, checkpoint=note)
+        keeper = world.keeper(lock_timeout=600, checkpoint=note)
         assert keeper.credential() == before.record  # valid: never waits
         assert waiting.wait(60)  # its refresh ahead waits for the lock
 

@@ -38,20 +38,13 @@ from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.hosts import GatedProxy, HostAgent, HostNetwork, unavailable_reason
 from harness.postgres import PostgresCluster
-from harness.real_login import log_in
+from harness.real_login import log_in, reroute
 from tests.helpers import KEY, T0, StepClock, StoreWrapper
 
 LEASE = timedelta(seconds=60)
 
 
 # -- host identity and leases, in one process ---------------------------------------------
-
-
-def test_host_identity_is_the_boot_and_the_pid_namespace() -> None:
-    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
-        boot = handle.read().strip()
-    assert host_identity() == f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
-    assert socket.gethostname() not in host_identity()
 
 
 def test_a_note_keeps_its_lease_and_host_through_json_and_old_notes_load() -> None:
@@ -146,17 +139,11 @@ def test_a_lock_lost_before_the_spend_spends_nothing(tmp_path: Path) -> None:
         original = sample_record(access, refresh, now=T0)
         store.write(KEY, original, expected_version=None)
 
-        cuts = [1]
-
-        def cut_lock_session(stage: str) -> None:
-            # After the note, before the spend: the lock's session ends (a failover, a
-            # pg_terminate_backend, an idle timeout), and a peer may take the lock now.
-            if stage == "before_provider" and cuts and cuts.pop():
-                with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-                    admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                        "WHERE locktype = 'advisory' AND granted"
-                    )
+        # After the note, before the spend: the lock's session ends (a failover, a
+        # pg_terminate_backend, an idle timeout), and a peer may take the lock now.
+        cut_lock_session = cluster.end_sessions_once(
+            "before_provider", "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
 
         clock = StepClock()
         clock.advance(3600)
@@ -427,12 +414,7 @@ def test_a_lock_session_ended_mid_call_spends_a_once_and_overwrites_nothing_newe
         try:
             seed = PostgresStore(hosts.cluster.dsn, schema=hosts.schema)
             login = log_in(server, seed, key, resource=RESOURCE)
-            stored = seed.read(key)
-            assert stored is not None and login.token_endpoint is not None
-            slowed = login.replace(
-                token_endpoint=login.token_endpoint.replace(server.issuer, proxy.url)
-            )
-            seed.write(key, slowed, expected_version=stored.version)
+            reroute(seed, key, server.issuer, to=proxy.url)
             one, two = hosts.keeper(0, "host-1", key=key), hosts.keeper(1, "host-2", key=key)
             for agent in (one, two):
                 assert agent.call("credential")["token"] == login.access_token

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from grantkeeper import CredentialKey, Keeper, PostgresStore
@@ -105,18 +104,13 @@ def test_a_lost_connection_after_the_answer_keeps_b_and_never_replays_a(
     key = CredentialKey.for_server(resource, "pg-lost-write")
     store = PostgresStore(cluster.dsn, schema=f"lost_{uuid.uuid4().hex[:10]}")
 
-    cuts = [1]
-
-    def cut_data_connection(stage: str) -> None:
-        # Once, after the provider answered: the database drops the connection the write
-        # will use. The advisory lock lives on a connection of its own, which stays up.
-        if stage == "after_provider" and cuts and cuts.pop():
-            with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = 'grantkeeper' AND pid NOT IN "
-                    "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
-                )
+    # Once, after the provider answered: the database drops the connection the write will
+    # use. The advisory lock lives on a connection of its own, which stays up.
+    cut_data_connection = cluster.end_sessions_once(
+        "after_provider",
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'grantkeeper' AND pid NOT IN "
+        "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)",
+    )
 
     with AuthServer(resources=[resource]) as server:
         a = log_in(server, store, key, resource=resource)

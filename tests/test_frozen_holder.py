@@ -32,7 +32,7 @@ from harness.children import reap
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
 from harness.real_login import age
-from tests.tiny_disk import environment, run_cli
+from tests.tiny_disk import cli_command, environment, run_cli, start_cli
 
 pytestmark = pytest.mark.realserver
 
@@ -67,16 +67,8 @@ def _frozen_holder(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``token`` for ``key`` until its refresh holds the lock, frozen; on the way out,
     thaw and kill it (SIGCONT, then SIGKILL)."""
-    command = [sys.executable, "-c", _FREEZE_IN_THE_PROVIDER_CALL, "token", key.server_url]
-    if key.profile:
-        command += ["--profile", key.profile]
-    holder = subprocess.Popen(
-        command,
-        env=environment(home, rescue),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    command = cli_command(key, "token", run=["-c", _FREEZE_IN_THE_PROVIDER_CALL])
+    holder = start_cli(home, rescue, command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert holder.stderr is not None
         said = _read_until(holder.stderr, b"frozen\n")

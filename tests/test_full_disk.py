@@ -13,7 +13,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,17 +21,11 @@ import pytest
 from grantkeeper import CredentialKey, FileStore
 from harness.authserver import AuthServer
 from harness.real_login import age, log_in
-from tests.tiny_disk import environment, mounted, run_cli
+from tests.tiny_disk import environment, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
 RESOURCE = "http://127.0.0.1:9/mcp"
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    with mounted(tmp_path) as disk:
-        yield disk
 
 
 _FILL_AFTER_THE_ANSWER = """

@@ -31,8 +31,8 @@ from harness.hosts import (
     unavailable_reason,
 )
 from harness.postgres import STOP_TIMEOUT, PostgresCluster, find_bin
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parent.parent
 RESOURCE = "http://127.0.0.1:9/mcp"
 
 
@@ -41,12 +41,12 @@ RESOURCE = "http://127.0.0.1:9/mcp"
 
 def _agent(*arguments: str) -> subprocess.CompletedProcess[str]:
     """Run ``harness.host_agent`` right here: no unshare, so no UTS namespace of its own."""
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     return subprocess.run(
         [sys.executable, "-m", "harness.host_agent", "keeper", "--hostname", "gk-not-this-one"]
         + ["--dsn", "postgresql://nobody@127.0.0.1:9/postgres", "--schema", "s"]
         + ["--key-url", RESOURCE, *arguments],
-        cwd=REPO,
+        cwd=ROOT,
         env=environment,
         stdin=subprocess.DEVNULL,
         capture_output=True,

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -69,39 +70,40 @@ def api(world: World) -> Resource:
 Get = Callable[[Resource, Keeper, str], int]
 
 
-def sync_httpx(api: Resource, keeper: Keeper, url: str) -> int:
-    transport = httpx.MockTransport(api.httpx)
-    with httpx.Client(auth=HttpxAuth(keeper), transport=transport) as client:
-        return client.get(url).status_code
+def logged_in(world: World) -> tuple[str, Keeper]:
+    """Log in at the provider: the access token issued (A), and a Keeper of the credential."""
+    a = world.login().access_token
+    return a, world.keeper()
 
 
-def async_httpx(api: Resource, keeper: Keeper, url: str) -> int:
-    async def go() -> int:
-        transport = httpx.MockTransport(api.httpx)
-        async with httpx.AsyncClient(auth=HttpxAuth(keeper), transport=transport) as client:
-            return (await client.get(url)).status_code
+def driver(lib: ModuleType, auth: type[HttpxAuth | Httpx2Auth], asynchronous: bool) -> Get:
+    """A GET through ``lib`` (httpx or httpx2): its Client, or its AsyncClient when
+    ``asynchronous``, with ``auth`` of the keeper, over a mock transport to the resource."""
 
-    return asyncio.run(go())
+    def get(api: Resource, keeper: Keeper, url: str) -> int:
+        handler = api.httpx if lib is httpx else api.httpx2
+        if not asynchronous:
+            with lib.Client(auth=auth(keeper), transport=lib.MockTransport(handler)) as client:
+                return int(client.get(url).status_code)
 
+        async def go() -> int:
+            transport = lib.MockTransport(handler)
+            async with lib.AsyncClient(auth=auth(keeper), transport=transport) as client:
+                return int((await client.get(url)).status_code)
 
-def sync_httpx2(api: Resource, keeper: Keeper, url: str) -> int:
-    transport = httpx2.MockTransport(api.httpx2)
-    with httpx2.Client(auth=Httpx2Auth(keeper), transport=transport) as client:
-        return client.get(url).status_code
+        return asyncio.run(go())
 
-
-def async_httpx2(api: Resource, keeper: Keeper, url: str) -> int:
-    async def go() -> int:
-        transport = httpx2.MockTransport(api.httpx2)
-        async with httpx2.AsyncClient(auth=Httpx2Auth(keeper), transport=transport) as client:
-            return (await client.get(url)).status_code
-
-    return asyncio.run(go())
+    return get
 
 
 CLIENTS = pytest.mark.parametrize(
     "get",
-    [sync_httpx, async_httpx, sync_httpx2, async_httpx2],
+    [
+        driver(httpx, HttpxAuth, asynchronous=False),
+        driver(httpx, HttpxAuth, asynchronous=True),
+        driver(httpx2, Httpx2Auth, asynchronous=False),
+        driver(httpx2, Httpx2Auth, asynchronous=True),
+    ],
     ids=["httpx", "httpx-async", "httpx2", "httpx2-async"],
 )
 
@@ -110,8 +112,7 @@ CLIENTS = pytest.mark.parametrize(
 def test_healthy_requests_do_no_store_lock_or_provider_io(
     api: Resource, world: World, get: Get
 ) -> None:
-    world.login()
-    keeper = world.keeper()
+    _, keeper = logged_in(world)
     keeper.access_token()
     world.store.calls.clear()
     for _ in range(20):
@@ -124,8 +125,7 @@ def test_healthy_requests_do_no_store_lock_or_provider_io(
 def test_a_401_for_the_current_token_refreshes_once_and_retries(
     api: Resource, world: World, get: Get
 ) -> None:
-    a = world.login().access_token
-    keeper = world.keeper()
+    a, keeper = logged_in(world)
     api.refused.add(a)
     assert get(api, keeper, RESOURCE) == 200
     assert world.provider.refresh_calls == 1
@@ -137,8 +137,7 @@ def test_a_401_for_the_current_token_refreshes_once_and_retries(
 def test_a_late_401_for_a_after_b_is_installed_retries_with_b_without_refreshing(
     api: Resource, world: World, get: Get
 ) -> None:
-    a = world.login().access_token
-    keeper = world.keeper()
+    a, keeper = logged_in(world)
 
     def peer_rotates_first(token: str | None) -> None:
         # While A's request is at the server, another caller renews: B is installed.
@@ -155,8 +154,7 @@ def test_a_late_401_for_a_after_b_is_installed_retries_with_b_without_refreshing
 def test_a_401_on_the_retry_requires_authentication_without_a_second_refresh(
     api: Resource, world: World, get: Get
 ) -> None:
-    world.login()
-    keeper = world.keeper()
+    _, keeper = logged_in(world)
     api.before_answer = lambda token: api.refused.add(token or "")
     with pytest.raises(AuthenticationRequired):
         get(api, keeper, RESOURCE)
@@ -168,8 +166,7 @@ def test_a_401_on_the_retry_requires_authentication_without_a_second_refresh(
 def test_stale_credential_is_sent_at_once_and_refreshed_ahead(
     api: Resource, world: World, get: Get
 ) -> None:
-    a = world.login().access_token
-    keeper = world.keeper()
+    a, keeper = logged_in(world)
     world.clock.advance(3600 - 10)  # inside the refresh margin: still valid
     assert get(api, keeper, RESOURCE) == 200
     assert api.seen[0][1] == f"Bearer {a}"  # no request waits for the refresh
@@ -182,8 +179,7 @@ def test_stale_credential_is_sent_at_once_and_refreshed_ahead(
 def test_other_origins_never_get_the_token_not_even_through_a_redirect(
     api: Resource, world: World
 ) -> None:
-    world.login()
-    keeper = world.keeper()
+    _, keeper = logged_in(world)
     transport = httpx.MockTransport(api.httpx)
     with httpx.Client(auth=HttpxAuth(keeper), transport=transport, follow_redirects=True) as client:
         assert client.get(OTHER).status_code == 200
@@ -195,8 +191,7 @@ def test_other_origins_never_get_the_token_not_even_through_a_redirect(
 def test_a_streamed_body_is_not_replayed_but_the_credential_is_renewed(
     api: Resource, world: World
 ) -> None:
-    a = world.login().access_token
-    keeper = world.keeper()
+    a, keeper = logged_in(world)
     api.refused.add(a)
 
     def body() -> Iterator[bytes]:
@@ -254,8 +249,7 @@ def test_choose_picks_one_of_three_policies(api: Resource, world: World) -> None
 
 
 def test_deadline_ends_the_wait_but_not_the_refresh(api: Resource, world: World) -> None:
-    a = world.login().access_token
-    keeper = world.keeper()
+    a, keeper = logged_in(world)
     keeper.access_token()
     api.refused.add(a)
     at_provider, release = threading.Event(), threading.Event()
@@ -282,8 +276,7 @@ def test_deadline_ends_the_wait_but_not_the_refresh(api: Resource, world: World)
 
 
 def test_async_deadline_ends_the_wait_but_not_the_refresh(api: Resource, world: World) -> None:
-    a = world.login().access_token
-    keeper = world.keeper()
+    a, keeper = logged_in(world)
     keeper.access_token()
     api.refused.add(a)
     release = threading.Event()
@@ -304,8 +297,7 @@ def test_async_deadline_ends_the_wait_but_not_the_refresh(api: Resource, world: 
 
 
 def test_concurrent_401s_for_the_same_token_cause_one_refresh(api: Resource, world: World) -> None:
-    a = world.login().access_token
-    keeper = world.keeper()
+    a, keeper = logged_in(world)
     keeper.access_token()
     api.refused.add(a)
     arrived = threading.Barrier(3)

@@ -215,11 +215,7 @@ def test_persistence_failure_keeps_serving_b_never_replays_a_and_heals(world: Wo
 
 def test_pending_b_yields_to_a_changed_store(world: World) -> None:
     world.login()
-    keeper = world.keeper()
-    keeper.access_token()
-    world.store.fail_writes = lambda record: record.intent is None
-    world.clock.advance(3600)
-    keeper.credential()
+    keeper, _ = world.refuse_b()
     world.store.fail_writes = lambda record: False
     # A new login (same account) replaces the record: the keeper adopts it.
     world.clock.advance(1800)
@@ -420,13 +416,20 @@ def _blocking(release: threading.Event, entered: threading.Event) -> object:
     return fault
 
 
-def test_sync_deadline_stops_the_wait_not_the_refresh(world: World) -> None:
+def _held_refresh(world: World) -> tuple[Keeper, threading.Event, threading.Event]:
+    """A logged-in Keeper whose next refresh (due now) is held at the provider: ``entered``
+    is set once it is, and the provider answers once ``release`` is set."""
     world.login()
     keeper = world.keeper()
     keeper.access_token()
     release, entered = threading.Event(), threading.Event()
     world.provider.faults.append(_blocking(release, entered))  # type: ignore[arg-type]
     world.clock.advance(3600)
+    return keeper, release, entered
+
+
+def test_sync_deadline_stops_the_wait_not_the_refresh(world: World) -> None:
+    keeper, release, entered = _held_refresh(world)
     waiter = threading.Thread(
         target=lambda: pytest.raises(DeadlineExceeded, keeper.credential, timeout=0.01)
     )
@@ -478,12 +481,7 @@ def test_a_caller_that_only_joins_transactions_ending_with_a_dead_token_gets_a_t
 
 
 def test_cancelled_async_caller_does_not_cancel_the_refresh(world: World) -> None:
-    world.login()
-    keeper = world.keeper()
-    keeper.access_token()
-    release, entered = threading.Event(), threading.Event()
-    world.provider.faults.append(_blocking(release, entered))  # type: ignore[arg-type]
-    world.clock.advance(3600)
+    keeper, release, entered = _held_refresh(world)
 
     async def scenario() -> str:
         task = asyncio.create_task(keeper.acredential())

@@ -389,11 +389,7 @@ def test_any_failure_after_the_answer_keeps_b_pending(world: World) -> None:
 
 def test_b_the_store_refuses_through_close_is_rescued_and_adopted(world: World) -> None:
     world.login()
-    keeper = world.keeper()
-    keeper.access_token()
-    world.store.fail_writes = lambda record: record.intent is None
-    world.clock.advance(3600)
-    b = keeper.credential()
+    keeper, b = world.refuse_b()
     keeper.close()  # the store still refuses: a rescue copy is kept
     assert world.stored().access_token != b.access_token
     assert list((world.store.inner.directory.parent.parent / "rescue").glob("*.json"))  # type: ignore[attr-defined]
@@ -410,11 +406,7 @@ def test_with_no_place_for_b_the_note_says_answered_and_a_is_never_retried(
 ) -> None:
     monkeypatch.setattr("grantkeeper._rescue_copies.save", lambda *args, **kw: None)
     world.login()
-    keeper = world.keeper()
-    keeper.access_token()
-    world.store.fail_writes = lambda record: record.intent is None  # B cannot be stored
-    world.clock.advance(3600)
-    keeper.credential()
+    keeper, _ = world.refuse_b()  # B cannot be stored
     keeper.close()
     intent = world.stored().intent
     assert intent is not None and intent.state == "answered"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -20,80 +19,24 @@ from grantkeeper import (
     login,
 )
 from grantkeeper._errors import ProtocolError
-from grantkeeper._oauth.auth_server_metadata import AuthServerMetadata
-from grantkeeper._oauth.discovery import Discovery
 from grantkeeper.testing import sample_record
+from tests.fake_authserver import CODE, FOUND, ISSUER, REDIRECT, SERVER, FakeAS, Handler, browser
 from tests.helpers import T0
 
-ISSUER = "https://auth.example.com"
-SERVER = "https://mcp.example.com/mcp"
-REDIRECT = "http://127.0.0.1:8765/callback"
-CODE = "the-authorization-code-secret"
-META = AuthServerMetadata(
-    issuer=ISSUER,
-    authorization_endpoint=f"{ISSUER}/authorize",
-    token_endpoint=f"{ISSUER}/token",
-    registration_endpoint=f"{ISSUER}/register",
-    scopes_supported=("mcp", "offline_access"),
-    iss_parameter_supported=True,
-)
-FOUND = Discovery(SERVER, SERVER, META)
 
-
-class FakeAS:
-    """Registers clients and answers the token endpoint; forgets clients on request."""
-
-    def __init__(self, forget: int = 0) -> None:
-        self.registered: list[str] = []
-        self.token_forms: list[dict[str, list[str]]] = []
-        self.forget = forget
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/register":
-            client_id = f"client-{len(self.registered) + 1}"
-            self.registered.append(client_id)
-            return httpx.Response(201, json={"client_id": client_id})
-        form = parse_qs(request.content.decode())
-        self.token_forms.append(form)
-        if self.forget:
-            self.forget -= 1
-            return httpx.Response(401, json={"error": "invalid_client"})
-        return httpx.Response(
-            200,
-            json={
-                "access_token": "access-token-secret-value",
-                "refresh_token": "refresh-token-secret-value",
-                "token_type": "Bearer",
-                "expires_in": 3600,
-            },
-        )
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.MockTransport(self.handle))
-
-
-def browser(**overrides: str | None) -> Callable[[str], str]:
-    """Answer an authorization URL the way a server would, with ``overrides`` applied."""
-
-    def authorize(url: str) -> str:
-        query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-        params: dict[str, str | None] = {"code": CODE, "state": query["state"], "iss": ISSUER}
-        params.update(overrides)
-        return f"{query['redirect_uri']}?" + urlencode(
-            {k: v for k, v in params.items() if v is not None}
-        )
-
-    return authorize
-
-
-def run(tmp_path: Path, fake: FakeAS, authorize: Callable[[str], str], **kw: object) -> object:
+def run(
+    tmp_path: Path, fake: FakeAS | Handler, authorize: Callable[[str], str], **kw: object
+) -> object:
+    """Log in to SERVER (discovered as FOUND) into a file store in ``tmp_path``, with
+    ``fake`` (or a handler in its place) as the authorization server."""
+    handler = fake.handle if isinstance(fake, FakeAS) else fake
     return login(
         ServerConfig(SERVER),
         store=FileStore(tmp_path),
         discovery=FOUND,
         authorize=authorize,
         redirect_uri=REDIRECT,
-        http=fake.client(),
+        http=httpx.Client(transport=httpx.MockTransport(handler)),
         **kw,  # type: ignore[arg-type]
     )
 
@@ -158,40 +101,31 @@ def test_a_pre_registered_client_is_never_re_registered(tmp_path: Path) -> None:
     assert "client-secret-value" not in str(info.value)
 
 
-def test_registration_failure_is_typed_and_stores_nothing(tmp_path: Path) -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(400, json={"error": "invalid_client_metadata"})
-
-    with pytest.raises(GrantkeeperError, match="invalid_client_metadata"):
-        login(
-            ServerConfig(SERVER),
-            store=FileStore(tmp_path),
-            discovery=FOUND,
-            authorize=browser(),
-            redirect_uri=REDIRECT,
-            http=httpx.Client(transport=httpx.MockTransport(refuse)),
-        )
-    assert FileStore(tmp_path).keys() == []
-
-
 def test_authorize_and_redirect_uri_come_together(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="together"):
         login(SERVER, store=FileStore(tmp_path), authorize=browser(), discovery=FOUND)
 
 
-def test_oversized_token_response_is_typed(tmp_path: Path) -> None:
-    def huge(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/register":
-            return httpx.Response(201, json={"client_id": "c"})
-        return httpx.Response(200, content=json.dumps({"pad": "x" * (2 << 20)}).encode())
+def refuse_registration(request: httpx.Request) -> httpx.Response:
+    """An authorization server that registers no client."""
+    return httpx.Response(400, json={"error": "invalid_client_metadata"})
 
-    with pytest.raises(GrantkeeperError, match="more than"):
-        login(
-            ServerConfig(SERVER),
-            store=FileStore(tmp_path),
-            discovery=FOUND,
-            authorize=browser(),
-            redirect_uri=REDIRECT,
-            http=httpx.Client(transport=httpx.MockTransport(huge)),
-        )
+
+def oversized_token_response(request: httpx.Request) -> httpx.Response:
+    """An authorization server that registers a client, then answers the code with 2 MiB."""
+    if request.url.path == "/register":
+        return httpx.Response(201, json={"client_id": "c"})
+    return httpx.Response(200, content=json.dumps({"pad": "x" * (2 << 20)}).encode())
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [(refuse_registration, "invalid_client_metadata"), (oversized_token_response, "more than")],
+    ids=["registration-refused", "oversized-token-response"],
+)
+def test_a_failed_login_is_typed_and_stores_nothing(
+    tmp_path: Path, answer: Handler, match: str
+) -> None:
+    with pytest.raises(GrantkeeperError, match=match):
+        run(tmp_path, answer, browser())
     assert FileStore(tmp_path).keys() == []

@@ -1,4 +1,4 @@
-"""Login, token, status and logout against the real oidc-provider, through a real resource
+"""Login, token and status against the real oidc-provider, through a real resource
 server, our real loopback listener, and the CLI run as a subprocess."""
 
 from __future__ import annotations
@@ -19,36 +19,22 @@ from grantkeeper import (
     ReauthenticationRequired,
     ServerConfig,
     login,
-    logout,
     save_server,
 )
 from harness import remember_secret
 from harness.authserver import AuthServer
 from harness.resource_server import Placement, ResourceServer
 from tests.login_helpers import (
+    CLI_TIMEOUT,
     FAR_FUTURE,
     Browser,
+    cli,
     do_login,
     introspect,
     remember,
 )
 
 pytestmark = pytest.mark.realserver
-
-
-CLI_TIMEOUT = 60.0
-
-
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GRANTKEEPER_HOME": str(home), "GRANTKEEPER_STORE": "file"}
-    return subprocess.run(
-        [sys.executable, "-m", "grantkeeper", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
 
 
 def test_login_discovers_registers_and_stores_what_a_restart_needs(
@@ -141,29 +127,6 @@ def test_revoked_grant_moves_status_to_reauthentication_and_token_exits_3(
     assert token.stderr.startswith("error: ") and len(token.stderr.strip().splitlines()) == 1
     assert "Traceback" not in token.stderr
     assert record.access_token not in token.stderr
-
-
-def test_logout_deletes_and_revokes_at_the_server(
-    auth_server: AuthServer, resource: ResourceServer, home: Path
-) -> None:
-    record = do_login(auth_server, resource, home)
-    assert introspect(auth_server, record.refresh_token or "")["active"] is True
-    result = cli("logout", resource.url, home=home)
-    assert result.returncode == 0, result.stderr
-    assert "revoked" in result.stdout
-    assert FileStore(home).read(ServerConfig(resource.url).key) is None
-    assert introspect(auth_server, record.refresh_token or "")["active"] is False
-    assert introspect(auth_server, record.access_token)["active"] is False
-    assert cli("token", resource.url, home=home).returncode == 3
-
-
-def test_logout_no_revoke_keeps_the_grant(
-    auth_server: AuthServer, resource: ResourceServer, home: Path
-) -> None:
-    record = do_login(auth_server, resource, home)
-    result = logout(FileStore(home), ServerConfig(resource.url).key, revoke=False)
-    assert result.removed and result.revoked == ()
-    assert introspect(auth_server, record.refresh_token or "")["active"] is True
 
 
 def test_manual_login_takes_a_pasted_redirect(

@@ -48,7 +48,7 @@ from harness.fake_provider import FakeProvider
 from harness.hosts import GatedProxy
 from harness.pg_reply_cut import ReplyCut
 from harness.postgres import PostgresCluster
-from harness.real_login import age, log_in
+from harness.real_login import age, log_in, reroute
 from tests.helpers import KEY, T0, StepClock, StoreWrapper
 
 LEASE = timedelta(seconds=0.3)
@@ -251,13 +251,8 @@ def test_the_real_provider_keeps_the_grant_when_a_renewal_reply_is_lost(tmp_path
         gate = GatedProxy("127.0.0.1", server.issuer)
         store = PostgresStore(cut.dsn(cluster.dsn), schema=f"real_{uuid.uuid4().hex[:10]}")
         try:
-            login = log_in(server, store, key, resource=resource)
-            stored = store.read(key)
-            assert stored is not None and login.token_endpoint is not None
-            gated = login.replace(
-                token_endpoint=login.token_endpoint.replace(server.issuer, gate.url)
-            )
-            store.write(key, gated, expected_version=stored.version)
+            log_in(server, store, key, resource=resource)
+            reroute(store, key, server.issuer, to=gate.url)
             age(store, key, expires_in=-timedelta(seconds=5))  # A is expired
             server.reset_stats()
             keeper = Keeper(store, key, lease=LEASE)

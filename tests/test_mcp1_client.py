@@ -22,8 +22,8 @@ from grantkeeper._freshness import utc_now
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = {
     # mcp >= 1.24: the helper builds the httpx client for streamable_http_client.
     "1.30": ROOT / ".venv-mcp1",

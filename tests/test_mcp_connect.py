@@ -153,20 +153,25 @@ def test_oauth_through_a_keeper(keeper: Keeper, server: McpServer) -> None:
 # -- nothing stored: login required, or no OAuth at all -------------------------------------
 
 
+def connect_with_nothing_stored(
+    server: McpServer, store: FileStore, *, allow_unauthenticated: bool = False
+) -> None:
+    """Connect to ``server`` with a Keeper of ``store``, where nothing is stored for it: the
+    connection must fail with LoginRequired."""
+
+    async def go(keeper: Keeper) -> None:
+        async with connect(server.url, keeper=keeper, allow_unauthenticated=allow_unauthenticated):
+            pass
+
+    with Keeper(store, CredentialKey.for_server(server.url)) as keeper:
+        with pytest.raises(LoginRequired):
+            asyncio.run(go(keeper))
+
+
 def test_nothing_stored_for_a_server_that_offers_oauth_is_login_required(
     server: McpServer, store: FileStore
 ) -> None:
-    keeper = Keeper(store, CredentialKey.for_server(server.url))
-
-    async def go() -> None:
-        async with connect(server.url, keeper=keeper):
-            pass
-
-    try:
-        with pytest.raises(LoginRequired):
-            asyncio.run(go())
-    finally:
-        keeper.close()
+    connect_with_nothing_stored(server, store)
     # Only discovery's unauthenticated probe reached the endpoint, and it was refused.
     endpoint = [(s.method, s.status, s.token) for s in server.seen() if s.path == "/mcp"]
     assert endpoint == [("POST", 401, None)]
@@ -202,17 +207,7 @@ def test_nothing_stored_and_no_oauth_connects_without_auth_when_asked(
 def test_allow_unauthenticated_never_skips_a_login_a_server_asks_for(
     server: McpServer, store: FileStore
 ) -> None:
-    keeper = Keeper(store, CredentialKey.for_server(server.url))
-
-    async def go() -> None:
-        async with connect(server.url, keeper=keeper, allow_unauthenticated=True):
-            pass
-
-    try:
-        with pytest.raises(LoginRequired):
-            asyncio.run(go())
-    finally:
-        keeper.close()
+    connect_with_nothing_stored(server, store, allow_unauthenticated=True)
 
 
 # -- the mcp client's handlers --------------------------------------------------------------

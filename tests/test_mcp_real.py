@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -174,52 +174,66 @@ def get_stream_open(seen: list[Seen]) -> bool:
     return any(s.method == "GET" and s.status == 200 for s in seen)
 
 
-def test_a_401_on_the_get_stream_is_recovered_by_the_same_policy(
-    keeper: Keeper, server: McpServer, auth: AuthServer
-) -> None:
+def after_a_401_on_the_next(
+    method: str, keeper: Keeper, server: McpServer, call: Callable[[McpSession], Awaitable[Any]]
+) -> tuple[str, Any]:
+    """Have the server refuse the next ``method`` request with a 401, then ``call`` in a
+    legacy session. Returns the access token held before (A) and what ``call`` returned."""
     a = keeper.access_token()
-    server.fail_next("GET")
+    server.fail_next(method)
 
     async def go() -> Any:
         async with connect(server.url, keeper=keeper, mode="legacy") as session:
-            await asyncio.to_thread(
-                server.wait_for,
-                lambda seen: any(s.method == "GET" and s.status == 200 for s in seen),
-            )
-            return await add(session, 4, 5)
+            return await call(session)
 
-    assert asyncio.run(go()) == 9
+    return a, asyncio.run(go())
+
+
+def test_a_401_on_the_get_stream_is_recovered_by_the_same_policy(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    async def once_the_stream_is_open(session: McpSession) -> Any:
+        await asyncio.to_thread(server.wait_for, get_stream_open)
+        return await add(session, 4, 5)
+
+    a, total = after_a_401_on_the_next("GET", keeper, server, once_the_stream_is_open)
+    assert total == 9
     gets = [(s.status, s.token) for s in server.seen() if s.method == "GET"]
     assert gets[0] == (401, a)
     assert gets[1][0] == 200 and gets[1][1] not in (a, None)
     assert refreshes(auth) == (1, 0)
 
 
-def test_session_expiry_then_401_recover_once_each(
-    keeper: Keeper, server: McpServer, auth: AuthServer
-) -> None:
+def add_after_expiry_and_a_401(
+    keeper: Keeper, server: McpServer, n: int, skip: int
+) -> tuple[Any, int]:
+    """Open a session and call once; then expire the server's sessions, have it refuse one
+    POST with a 401 after letting ``skip`` through, and add ``n`` to ``n``. Returns the sum
+    and the session's reconnect count."""
+
     async def go() -> tuple[Any, int]:
         async with connect(server.url, keeper=keeper, mode="legacy") as session:
             await add(session, 1, 1)
             server.expire_sessions()
-            server.fail_next("POST", skip=1)  # the call gets 404; re-initialising gets 401
-            return await add(session, 2, 2), session.reconnects
+            server.fail_next("POST", skip=skip)
+            return await add(session, n, n), session.reconnects
 
-    assert asyncio.run(go()) == (4, 1)
+    return asyncio.run(go())
+
+
+def test_session_expiry_then_401_recover_once_each(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    # The call gets 404; re-initialising gets 401.
+    assert add_after_expiry_and_a_401(keeper, server, 2, skip=1) == (4, 1)
     assert refreshes(auth) == (1, 0)
 
 
 def test_401_then_session_expiry_recover_once_each(
     keeper: Keeper, server: McpServer, auth: AuthServer
 ) -> None:
-    async def go() -> tuple[Any, int]:
-        async with connect(server.url, keeper=keeper, mode="legacy") as session:
-            await add(session, 1, 1)
-            server.expire_sessions()
-            server.fail_next("POST")  # the call gets 401, its retry 404
-            return await add(session, 3, 3), session.reconnects
-
-    assert asyncio.run(go()) == (6, 1)
+    # The call gets 401, its retry 404.
+    assert add_after_expiry_and_a_401(keeper, server, 3, skip=0) == (6, 1)
     assert refreshes(auth) == (1, 0)
     statuses = [s.status for s in server.seen() if s.method == "POST"]
     assert statuses.count(401) == 1
@@ -416,14 +430,8 @@ def test_an_auth_error_on_the_get_stream_does_not_stick_to_a_timeout(
 def test_a_401_on_the_closing_delete_is_recovered_once(
     keeper: Keeper, server: McpServer, auth: AuthServer
 ) -> None:
-    a = keeper.access_token()
-    server.fail_next("DELETE")
-
-    async def go() -> Any:
-        async with connect(server.url, keeper=keeper, mode="legacy") as session:
-            return await add(session, 1, 2)
-
-    assert asyncio.run(go()) == 3
+    a, total = after_a_401_on_the_next("DELETE", keeper, server, lambda s: add(s, 1, 2))
+    assert total == 3
     deletes = [(s.status, s.token) for s in server.seen() if s.method == "DELETE"]
     b = keeper.access_token()
     assert deletes == [(401, a), (200, b)] and b != a

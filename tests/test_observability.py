@@ -8,16 +8,14 @@ unknown" (A may or may not be spent).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from grantkeeper import FileStore, Keeper, RefreshOutcomeUnknown
-from grantkeeper.testing import sample_record
-from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, CountingStore, StepClock
+from grantkeeper import RefreshOutcomeUnknown
+from grantkeeper._redact import fingerprint
+from tests.helpers import KEY, World
 
 
 def events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -28,24 +26,13 @@ def named(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
     return [e for e in events(caplog) if e["event"] == name]
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[FakeProvider, CountingStore, StepClock, httpx.Client]:
-    provider = FakeProvider()
-    clock = StepClock()
-    store = CountingStore(FileStore(tmp_path))
-    access, refresh = provider.issue()
-    store.inner.write(KEY, sample_record(access, refresh, now=clock()), expected_version=None)
-    return provider, store, clock, httpx.Client(transport=provider.transport())
-
-
 def test_a_refresh_logs_every_stage_with_fields(
-    setup: tuple[FakeProvider, CountingStore, StepClock, httpx.Client],
-    caplog: pytest.LogCaptureFixture,
+    world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    provider, store, clock, http = setup
+    world.login()
     caplog.set_level(logging.DEBUG, logger="grantkeeper")
-    with Keeper(store, KEY, clock=clock, http_client=http) as keeper:
-        clock.advance(3600)
+    with world.keeper() as keeper:
+        world.clock.advance(3600)
         keeper.credential()
     (locked,) = named(caplog, "transaction.locked")
     assert locked["waited_ms"] >= 0 and locked["key"] == str(KEY)
@@ -56,17 +43,13 @@ def test_a_refresh_logs_every_stage_with_fields(
 
 
 def test_a_peer_refresh_is_logged_as_adopted(
-    setup: tuple[FakeProvider, CountingStore, StepClock, httpx.Client],
-    caplog: pytest.LogCaptureFixture,
+    world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    provider, store, clock, http = setup
-    with (
-        Keeper(store, KEY, clock=clock, http_client=http) as first,
-        Keeper(store, KEY, clock=clock, http_client=http) as second,
-    ):
+    world.login()
+    with world.keeper() as first, world.keeper() as second:
         first.access_token()
         second.access_token()
-        clock.advance(3600)
+        world.clock.advance(3600)
         first.credential()
         caplog.set_level(logging.DEBUG, logger="grantkeeper")
         caplog.clear()
@@ -74,37 +57,36 @@ def test_a_peer_refresh_is_logged_as_adopted(
     (adopted,) = named(caplog, "transaction.adopted")
     assert adopted["changed"] is True
     assert not named(caplog, "refresh.provider_call")
-    assert provider.refresh_calls == 1
+    assert world.provider.refresh_calls == 1
 
 
 def test_answered_but_not_persisted_reads_differently_from_outcome_unknown(
-    setup: tuple[FakeProvider, CountingStore, StepClock, httpx.Client],
-    caplog: pytest.LogCaptureFixture,
+    world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    provider, store, clock, http = setup
+    world.login()
     caplog.set_level(logging.INFO, logger="grantkeeper")
-    with Keeper(store, KEY, clock=clock, http_client=http) as keeper:
-        keeper.access_token()
-        store.fail_writes = lambda record: record.intent is None
-        clock.advance(3600)
-        keeper.credential()
+    keeper, b = world.refuse_b()
+    keeper.close()
     (failed,) = named(caplog, "refresh.persist_failed")
     assert failed["provider_answered"] is True and failed["error"] == "StoreUnavailable"
     assert [c["outcome"] for c in named(caplog, "refresh.provider_call")] == ["ok"]
+    # The token it serves is named by its fingerprint only: not even a suffix.
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(failed["event"])]
+    assert said and all(f"serving={fingerprint(b.access_token)}" in line for line in said)
+    assert not any(f"…{b.access_token[-4:]}" in line for line in said)
 
     caplog.clear()
-    store.fail_writes = lambda record: False
+    world.store.fail_writes = lambda record: False
 
     def timeout(form: dict[str, str]) -> httpx.Response:
         raise httpx.ReadTimeout("timed out")
 
-    provider.faults.append(timeout)
-    with Keeper(store, KEY, clock=clock, http_client=http) as other:
-        clock.advance(3600 * 3)
-        store.inner.delete(KEY)
-        access, refresh = provider.issue()
-        store.inner.write(KEY, sample_record(access, refresh, now=clock()), expected_version=None)
-        clock.advance(3600)
+    world.provider.faults.append(timeout)
+    with world.keeper() as other:
+        world.clock.advance(3600 * 3)
+        world.store.inner.delete(KEY)
+        world.login()
+        world.clock.advance(3600)
         with pytest.raises(RefreshOutcomeUnknown):
             other.credential()
     (call,) = named(caplog, "refresh.provider_call")

@@ -37,9 +37,8 @@ from grantkeeper._rules import (
     status_verdict,
 )
 from grantkeeper.testing import sample_record
-from tests.helpers import T0
+from tests.helpers import ROOT, T0
 
-ROOT = Path(__file__).resolve().parent.parent
 RT = "rt-outcome-0123456789abcdef"
 A = sample_record(
     "at-outcome-0123456789abcdef", RT, token_endpoint="https://as.example.test/token", now=T0

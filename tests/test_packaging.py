@@ -22,9 +22,8 @@ from packaging.version import Version
 
 from grantkeeper import CredentialKey, FileStore
 from grantkeeper.testing import sample_record
-from tests.helpers import RESOURCE
+from tests.helpers import RESOURCE, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PIP_TIMEOUT = 600
 
@@ -193,7 +192,8 @@ def test_python_313_runs_the_basic_tests_and_the_cli() -> None:
     env = _clean_env(PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
     out = _run(
         python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-        "tests/test_record.py", "tests/test_servers_and_cli.py", "tests/test_cli_daily.py",
+        "tests/test_record.py", "tests/test_servers.py", "tests/test_cli.py",
+        "tests/test_cli_daily.py",
         cwd=ROOT, env=env,
     )  # fmt: skip
     assert " passed" in out and "failed" not in out, out

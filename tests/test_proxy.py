@@ -268,12 +268,18 @@ def test_a_killed_login_instance_is_taken_over(
 # -- 4: a faithful pipe ---------------------------------------------------------------------
 
 
-def test_progress_logging_list_changed_sampling_elicitation_roots_and_cancellation_pass_through(
-    auth: AuthServer, server: McpServer, home: Path
-) -> None:
+def login_with_fresh_pipe_events(auth: AuthServer, server: McpServer, home: Path) -> None:
+    """Log in at ``auth`` for ``server`` into ``home``'s file store, and forget the ``hang``
+    and cancellation events an earlier test may have left on the server."""
     login(auth, server.url, FileStore(home))
     server.pipe_events.hanging.clear()
     server.pipe_events.cancelled.clear()
+
+
+def test_progress_logging_list_changed_sampling_elicitation_roots_and_cancellation_pass_through(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    login_with_fresh_pipe_events(auth, server, home)
     logs: list[Any] = []
     notifications: list[str] = []
     list_changed = anyio.Event()
@@ -523,9 +529,7 @@ def test_a_2026_era_host_calls_and_cancels_through_the_proxy(
 ) -> None:
     from mcp.client.client import Client
 
-    login(auth, server.url, FileStore(home))
-    server.pipe_events.hanging.clear()
-    server.pipe_events.cancelled.clear()
+    login_with_fresh_pipe_events(auth, server, home)
     params = StdioServerParameters(
         command=sys.executable, args=proxy_args(server.url), env=environment(home), cwd=str(ROOT)
     )

@@ -20,10 +20,10 @@ from grantkeeper import FileStore
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.realserver
 
-ROOT = Path(__file__).resolve().parent.parent
 PIP_TIMEOUT = 600
 
 

@@ -33,23 +33,22 @@ def test_expiry_is_stored_as_absolute_utc() -> None:
     assert data["schema"] == 1
 
 
+def legacy(**fields: Any) -> dict[str, Any]:
+    """A record as an older layout stored it: access token ``a`` for https://x.test/mcp,
+    with ``fields`` added."""
+    return {"access_token": "a", "resource": "https://x.test/mcp", **fields}
+
+
 def test_legacy_expires_in_with_receive_time_gets_an_absolute_expiry() -> None:
-    data = {
-        "access_token": "a",
-        "resource": "https://x.test/mcp",
-        "expires_in": "300",
-        "received_at": "2026-11-24T12:00:00Z",
-        "client_id": "legacy-client",
-    }
+    received = "2026-11-24T12:00:00Z"
+    data = legacy(expires_in="300", received_at=received, client_id="legacy-client")
     record = record_from_json(data)
     assert record.expires_at == T0 + timedelta(seconds=300)
     assert record.client_id == "legacy-client"
 
 
 def test_legacy_expires_in_alone_means_unknown_expiry() -> None:
-    record = record_from_json(
-        {"access_token": "a", "resource": "https://x.test/mcp", "expires_in": 300}
-    )
+    record = record_from_json(legacy(expires_in=300))
     assert record.expires_at is None
 
 

@@ -29,8 +29,8 @@ from grantkeeper._oauth.registration import metadata_document_client
 from grantkeeper._stores.admin import diagnose_store
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
+from tests.fake_authserver import FOUND, ISSUER, META, REDIRECT, SERVER, FakeAS, browser
 from tests.login_helpers import Browser, remember
-from tests.test_login_flow import FOUND, ISSUER, META, REDIRECT, SERVER, FakeAS, browser
 
 CIMD_URL = "https://app.example.com/oauth/client.json"
 

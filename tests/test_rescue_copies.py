@@ -40,29 +40,18 @@ from grantkeeper._stores.sealing import KEY_ENV, Sealer
 from grantkeeper.testing import MemoryKeyring, sample_record
 from harness.fake_provider import FakeProvider
 from tests.helpers import KEY, CountingStore, World
-from tests.tiny_disk import fill, mounted
+from tests.tiny_disk import fill
 
 PAGE = 4096
 
 
 def refused_b(world: World) -> Credential:
     """Refresh A into B with the store refusing B through ``close()``: B is rescued."""
-    keeper = world.keeper()
-    keeper.access_token()
-    world.store.fail_writes = lambda record: record.intent is None
-    world.clock.advance(3600)
-    b = keeper.credential()
+    keeper, b = world.refuse_b()
     keeper.close()
     assert world.stored().access_token != b.access_token
     world.store.fail_writes = lambda record: False
     return b
-
-
-@pytest.fixture
-def file_world(tmp_path: Path, provider: FakeProvider) -> Iterator[World]:
-    world = World(provider, FileStore(tmp_path / "home"))
-    yield world
-    world.close()
 
 
 @pytest.fixture
@@ -78,9 +67,20 @@ def keyring_world(tmp_path: Path, provider: FakeProvider) -> Iterator[World]:
         store.delete(key)
 
 
-def _world(request: pytest.FixtureRequest, kind: str) -> World:
-    world: World = request.getfixturevalue(f"{kind}_world")
+@pytest.fixture(params=["file", "keyring"])
+def any_world(request: pytest.FixtureRequest) -> World:
+    """The world on the file store (the suite's ``world``), then on the keyring."""
+    world: World = request.getfixturevalue("world" if request.param == "file" else "keyring_world")
     return world
+
+
+@pytest.fixture
+def rescued(any_world: World, own_rescue_dir: Path) -> tuple[World, Credential]:
+    """``any_world`` after a login and a refresh to B its store refused: B is in a copy."""
+    any_world.login()
+    b = refused_b(any_world)
+    assert _copies(own_rescue_dir)
+    return any_world, b
 
 
 def _copies(directory: Path) -> list[Path]:
@@ -108,11 +108,10 @@ def _assert_sealed(raw: bytes, *records: Credential) -> None:
 # -- 1. sealed, and adopted by the next Keeper -------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["file", "keyring"])
 def test_a_rescue_copy_holds_no_token_in_clear_and_the_next_keeper_adopts_it(
-    request: pytest.FixtureRequest, kind: str, own_rescue_dir: Path
+    any_world: World, own_rescue_dir: Path
 ) -> None:
-    world = _world(request, kind)
+    world = any_world
     a = world.login()
     b = refused_b(world)
     [copy] = _copies(own_rescue_dir)
@@ -130,14 +129,10 @@ def test_a_rescue_copy_holds_no_token_in_clear_and_the_next_keeper_adopts_it(
 # -- 2. a login or a logout supersedes the copy --------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["file", "keyring"])
 def test_a_login_removes_the_copy_it_supersedes(
-    request: pytest.FixtureRequest, kind: str, own_rescue_dir: Path
+    rescued: tuple[World, Credential], own_rescue_dir: Path
 ) -> None:
-    world = _world(request, kind)
-    world.login()
-    b = refused_b(world)
-    assert _copies(own_rescue_dir)
+    world, b = rescued
     access, refresh = world.provider.issue()
     fresh = sample_record(access, refresh, now=world.clock())
     store_login(world.store.inner, KEY, fresh)  # what every login (CLI, proxy) stores with
@@ -146,25 +141,13 @@ def test_a_login_removes_the_copy_it_supersedes(
     assert world.stored() == fresh
 
 
-@pytest.mark.parametrize("kind", ["file", "keyring"])
-def test_a_logout_removes_the_copy(
-    request: pytest.FixtureRequest, kind: str, own_rescue_dir: Path
-) -> None:
-    world = _world(request, kind)
-    world.login()
-    refused_b(world)
-    assert _copies(own_rescue_dir)
+def test_a_logout_removes_the_copy(rescued: tuple[World, Credential], own_rescue_dir: Path) -> None:
+    world, _ = rescued
     assert logout(world.store.inner, KEY, revoke=False).removed
     assert _copies(own_rescue_dir) == []
 
 
 # -- 3. a full rescue location leaves nothing behind --------------------------------------
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    with mounted(tmp_path) as disk:
-        yield disk
 
 
 def _only(monkeypatch: pytest.MonkeyPatch, *directories: Path) -> None:
@@ -184,7 +167,7 @@ def _one_page_free(disk: Path) -> int:
 
 
 def test_a_full_rescue_location_leaves_no_torn_or_temporary_copy(
-    file_world: World,
+    world: World,
     tiny_disk: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -195,7 +178,6 @@ def test_a_full_rescue_location_leaves_no_torn_or_temporary_copy(
     # A long scope is kept in B: B's copy is larger than the room left, so a write that
     # stops part-way (the file system takes what fits and says how much) would tear it.
     free = _one_page_free(tiny_disk)
-    world = file_world
     world.login(scope=" ".join(f"scope-{n}" for n in range(3 * free // 8)))
     refused_b(world)  # close() must not raise
     assert _copies(on_disk) == []
@@ -205,13 +187,12 @@ def test_a_full_rescue_location_leaves_no_torn_or_temporary_copy(
 
 
 def test_a_full_rescue_location_falls_through_to_the_next_one(
-    file_world: World, tiny_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: World, tiny_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     on_disk, elsewhere = tiny_disk / "rescue", tmp_path / "elsewhere"
     on_disk.mkdir(mode=0o700)
     _only(monkeypatch, on_disk, elsewhere)
     free = _one_page_free(tiny_disk)
-    world = file_world
     a = world.login(scope=" ".join(f"scope-{n}" for n in range(3 * free // 8)))
     b = refused_b(world)
     assert _copies(on_disk) == []
@@ -244,9 +225,8 @@ def _legacy_copy(directory: Path, a: Credential, b: Credential) -> Path:
 
 
 def test_a_plaintext_copy_from_an_earlier_version_is_adopted_then_kept_only_sealed(
-    file_world: World, own_rescue_dir: Path
+    world: World, own_rescue_dir: Path
 ) -> None:
-    world = file_world
     a = world.login()
     b = refused_b(world)  # the store holds A and the note of a refresh answered with B
     legacy = _legacy_copy(own_rescue_dir, a, b)
@@ -268,9 +248,8 @@ def test_a_plaintext_copy_from_an_earlier_version_is_adopted_then_kept_only_seal
 
 
 def test_a_plaintext_copy_from_an_earlier_version_is_adopted_and_removed(
-    file_world: World, own_rescue_dir: Path
+    world: World, own_rescue_dir: Path
 ) -> None:
-    world = file_world
     a = world.login()
     b = refused_b(world)
     _legacy_copy(own_rescue_dir, a, b)
@@ -301,10 +280,9 @@ def test_without_cryptography_a_sealed_store_gets_no_plaintext_copy(
 
 
 def test_without_cryptography_the_file_store_still_gets_a_plaintext_copy(
-    file_world: World, own_rescue_dir: Path, monkeypatch: pytest.MonkeyPatch
+    world: World, own_rescue_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rescue_module, "sealing_available", lambda: False)
-    world = file_world
     world.login()
     b = refused_b(world)
     [copy] = _copies(own_rescue_dir)
@@ -314,9 +292,8 @@ def test_without_cryptography_the_file_store_still_gets_a_plaintext_copy(
 
 
 def test_a_sealed_copy_this_process_cannot_open_stops_it_from_spending_the_replaced_token(
-    file_world: World, own_rescue_dir: Path, monkeypatch: pytest.MonkeyPatch
+    world: World, own_rescue_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world = file_world
     world.login()
     b = refused_b(world)
     [copy] = _copies(own_rescue_dir)

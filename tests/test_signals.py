@@ -33,13 +33,12 @@ from harness.authserver import AuthServer
 from harness.mcp_demo import login
 from harness.mcp_server import INITIALIZE, McpServer
 from harness.real_login import age, log_in
-from tests.helpers import reap, signal_own_child
-from tests.tiny_disk import environment, run_cli
+from tests.helpers import ROOT, reap, signal_own_child
+from tests.tiny_disk import cli_command, environment, run_cli, start_cli
 
 pytestmark = pytest.mark.realserver
 
 RESOURCE = "http://127.0.0.1:9/mcp"
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
 
 _HOLD_THE_ANSWER = """
@@ -117,16 +116,15 @@ def test_a_signal_during_the_cli_refresh_lets_it_finish_and_exits_cleanly(
     auth_server.reset_stats()
 
     hold, release = os.pipe()
-    command = [sys.executable, "-c", _HOLD_THE_ANSWER, str(hold), "token", key.server_url]
-    command += ["--profile", key.profile or ""]
-    child = subprocess.Popen(
+    command = cli_command(key, "token", run=["-c", _HOLD_THE_ANSWER, str(hold)])
+    child = start_cli(
+        home,
+        rescue,
         command,
-        env=environment(home, rescue),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         pass_fds=[hold],
-        start_new_session=True,
     )
     os.close(hold)
     seen: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import os
 import threading
@@ -196,6 +197,25 @@ def cut_grantkeeper_sessions(cluster: PostgresCluster, *, lock_holders_only: boo
         admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}")
 
 
+@contextlib.contextmanager
+def two_stores(dsn: str, schema: str) -> Iterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one schema, as two workers would have them; both closed at the end."""
+    first, second = PostgresStore(dsn, schema=schema), PostgresStore(dsn, schema=schema)
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+@contextlib.contextmanager
+def written_and_another(dsn: str, schema: str) -> Iterator[tuple[PostgresStore, PostgresStore]]:
+    """:func:`two_stores`, the first having written a sample record at :data:`KEY`."""
+    with two_stores(dsn, schema) as (first, second):
+        first.write(KEY, sample_record(), expected_version=None)
+        yield first, second
+
+
 def test_a_lost_connection_fails_one_call_then_heals(cluster: PostgresCluster, schema: str) -> None:
     store = PostgresStore(cluster.dsn, schema=schema)
     store.write(KEY, sample_record(), expected_version=None)
@@ -208,16 +228,13 @@ def test_a_lost_connection_fails_one_call_then_heals(cluster: PostgresCluster, s
 
 def test_the_lock_goes_when_its_connection_is_cut(cluster: PostgresCluster, schema: str) -> None:
     # A worker whose connection the server (or network) drops loses the lock to the next.
-    first, second = (
-        PostgresStore(cluster.dsn, schema=schema),
-        PostgresStore(cluster.dsn, schema=schema),
-    )
-    with first.lock(KEY, timeout=5):
-        with pytest.raises(LockTimeout), second.lock(KEY, timeout=0):
-            pass
-        cut_grantkeeper_sessions(cluster, lock_holders_only=True)
-        with second.lock(KEY, timeout=30):
-            pass
+    with two_stores(cluster.dsn, schema) as (first, second):
+        with first.lock(KEY, timeout=5):
+            with pytest.raises(LockTimeout), second.lock(KEY, timeout=0):
+                pass
+            cut_grantkeeper_sessions(cluster, lock_holders_only=True)
+            with second.lock(KEY, timeout=30):
+                pass
 
 
 def _advisory_holders(cluster: PostgresCluster) -> list[int]:
@@ -231,19 +248,14 @@ def _advisory_holders(cluster: PostgresCluster) -> list[int]:
 def test_a_released_lock_frees_the_key_and_keeps_its_connection(
     cluster: PostgresCluster, schema: str
 ) -> None:
-    store, other = (
-        PostgresStore(cluster.dsn, schema=schema),
-        PostgresStore(cluster.dsn, schema=schema),
-    )
-    with store.lock(KEY, timeout=5):
-        (first,) = _advisory_holders(cluster)
-    assert _advisory_holders(cluster) == []
-    with other.lock(KEY, timeout=0):  # released for real, not just on our side
-        pass
-    with store.lock(KEY, timeout=5):
-        assert _advisory_holders(cluster) == [first]  # the same session, not a new one
-    store.close()
-    other.close()
+    with two_stores(cluster.dsn, schema) as (store, other):
+        with store.lock(KEY, timeout=5):
+            (first,) = _advisory_holders(cluster)
+        assert _advisory_holders(cluster) == []
+        with other.lock(KEY, timeout=0):  # released for real, not just on our side
+            pass
+        with store.lock(KEY, timeout=5):
+            assert _advisory_holders(cluster) == [first]  # the same session, not a new one
 
 
 def test_a_kept_lock_connection_the_server_dropped_is_replaced(
@@ -271,18 +283,16 @@ def _fences(cluster: PostgresCluster, schema: str) -> list[int]:
 def test_every_acquisition_takes_a_higher_fence_stored_in_the_database(
     cluster: PostgresCluster, schema: str
 ) -> None:
-    one, two = PostgresStore(cluster.dsn, schema=schema), PostgresStore(cluster.dsn, schema=schema)
-    seen = []
-    for store in (one, two, one):
-        with store.lock(KEY, timeout=5) as held:
-            seen.append(held.fence)
-            held.ensure_held()
-    assert seen == [1, 2, 3]
-    assert _fences(cluster, schema) == [3]
-    with one.lock(OTHER, timeout=5) as held:
-        assert held.fence == 1  # a counter per key
-    one.close()
-    two.close()
+    with two_stores(cluster.dsn, schema) as (one, two):
+        seen = []
+        for store in (one, two, one):
+            with store.lock(KEY, timeout=5) as held:
+                seen.append(held.fence)
+                held.ensure_held()
+        assert seen == [1, 2, 3]
+        assert _fences(cluster, schema) == [3]
+        with one.lock(OTHER, timeout=5) as held:
+            assert held.fence == 1  # a counter per key
 
 
 def test_a_lost_lock_is_noticed_on_its_own_session(cluster: PostgresCluster, schema: str) -> None:
@@ -301,28 +311,22 @@ def test_a_holder_that_lost_its_lock_cannot_overwrite_a_newer_record(
 ) -> None:
     # The stale holder even re-read the record, so the version check alone would let it
     # through: only the fence, compared in the same UPDATE, refuses it.
-    stale, newer = (
-        PostgresStore(cluster.dsn, schema=schema),
-        PostgresStore(cluster.dsn, schema=schema),
-    )
-    stale.write(KEY, sample_record(), expected_version=None)
-    with stale.lock(KEY, timeout=5):
-        cut_grantkeeper_sessions(cluster, lock_holders_only=True)
-        with newer.lock(KEY, timeout=30):
-            current = newer.read(KEY)
-            assert current is not None
-            newer.write(KEY, sample_record("newer"), expected_version=current.version)
-        reread = stale.read(KEY)
-        assert reread is not None
-        with pytest.raises(LockLost):
-            stale.write(KEY, sample_record("stale"), expected_version=reread.version)
-        with pytest.raises(LockLost):
-            stale.delete(KEY, expected_version=reread.version)
-    kept = newer.read(KEY)
-    assert kept is not None and kept.version == reread.version
-    assert kept.record.access_token == sample_record("newer").access_token
-    stale.close()
-    newer.close()
+    with written_and_another(cluster.dsn, schema) as (stale, newer):
+        with stale.lock(KEY, timeout=5):
+            cut_grantkeeper_sessions(cluster, lock_holders_only=True)
+            with newer.lock(KEY, timeout=30):
+                current = newer.read(KEY)
+                assert current is not None
+                newer.write(KEY, sample_record("newer"), expected_version=current.version)
+            reread = stale.read(KEY)
+            assert reread is not None
+            with pytest.raises(LockLost):
+                stale.write(KEY, sample_record("stale"), expected_version=reread.version)
+            with pytest.raises(LockLost):
+                stale.delete(KEY, expected_version=reread.version)
+        kept = newer.read(KEY)
+        assert kept is not None and kept.version == reread.version
+        assert kept.record.access_token == sample_record("newer").access_token
 
 
 def test_a_holder_whose_session_survived_still_writes_after_a_peer_only_looked(
@@ -330,19 +334,13 @@ def test_a_holder_whose_session_survived_still_writes_after_a_peer_only_looked(
 ) -> None:
     # Fencing refuses writes over *newer writes*, not over a peer that merely held the lock
     # and left the record alone: the holder's answer is authoritative and must be kept.
-    holder, peer = (
-        PostgresStore(cluster.dsn, schema=schema),
-        PostgresStore(cluster.dsn, schema=schema),
-    )
-    holder.write(KEY, sample_record(), expected_version=None)
-    with holder.lock(KEY, timeout=5):
-        noted = holder.write(KEY, sample_record("noted"), expected_version=1)
-        cut_grantkeeper_sessions(cluster, lock_holders_only=True)
-        with peer.lock(KEY, timeout=30):
-            assert peer.read(KEY) is not None
-        assert holder.write(KEY, sample_record("answer"), expected_version=noted) == noted + 1
-    holder.close()
-    peer.close()
+    with written_and_another(cluster.dsn, schema) as (holder, peer):
+        with holder.lock(KEY, timeout=5):
+            noted = holder.write(KEY, sample_record("noted"), expected_version=1)
+            cut_grantkeeper_sessions(cluster, lock_holders_only=True)
+            with peer.lock(KEY, timeout=30):
+                assert peer.read(KEY) is not None
+            assert holder.write(KEY, sample_record("answer"), expected_version=noted) == noted + 1
 
 
 def test_lock_sessions_override_a_short_server_idle_timeout(cluster: PostgresCluster) -> None:
@@ -388,16 +386,13 @@ def test_a_session_pooling_pgbouncer_keeps_locks_and_fences(
     cluster: PostgresCluster, schema: str
 ) -> None:
     with PgBouncer(cluster, pool_mode="session") as bouncer:
-        one = PostgresStore(bouncer.dsn, schema=schema)
-        two = PostgresStore(bouncer.dsn, schema=schema)
-        with one.lock(KEY, timeout=5) as held:
-            held.ensure_held()
-            with pytest.raises(LockTimeout), two.lock(KEY, timeout=0):
-                pass
-        with two.lock(KEY, timeout=5) as again:
-            assert again.fence == held.fence + 1
-        one.close()
-        two.close()
+        with two_stores(bouncer.dsn, schema) as (one, two):
+            with one.lock(KEY, timeout=5) as held:
+                held.ensure_held()
+                with pytest.raises(LockTimeout), two.lock(KEY, timeout=0):
+                    pass
+            with two.lock(KEY, timeout=5) as again:
+                assert again.fence == held.fence + 1
 
 
 def test_every_connection_bounds_a_cut_network_unless_the_dsn_says_otherwise(

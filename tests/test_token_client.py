@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import json
 import socket
@@ -24,41 +23,18 @@ from grantkeeper import (
 )
 from grantkeeper._oauth.token_client import (
     DEFAULT_DEADLINE,
-    asend_token_request,
-    send_token_request,
 )
 from grantkeeper._oauth.token_endpoint import TokenRequest, refresh_request
 from grantkeeper.testing import sample_record
+from tests.fake_authserver import Handler, both_ways
 from tests.helpers import T0
 from tests.loopback_endpoint import Received, loopback_endpoint
 
 RT = "refresh-SECRET-0123456789abcdef"
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def request_to(url: str = "https://as.example.test/token") -> TokenRequest:
     return refresh_request(sample_record("a", RT, token_endpoint=url, now=T0))
-
-
-def both_ways(handler: Handler | None, request: TokenRequest, **kwargs: Any) -> list[object]:
-    """Send with the sync and the async sender; return what each gave or raised."""
-    transport = None if handler is None else httpx.MockTransport(handler)
-    results: list[object] = []
-    with httpx.Client(transport=transport) as client:
-        try:
-            results.append(send_token_request(client, request, now=lambda: T0, **kwargs))
-        except Exception as exc:
-            results.append(exc)
-
-    async def send_async() -> object:
-        async with httpx.AsyncClient(transport=transport) as client:
-            try:
-                return await asend_token_request(client, request, now=lambda: T0, **kwargs)
-            except Exception as exc:
-                return exc
-
-    results.append(asyncio.run(send_async()))
-    return results
 
 
 # -- transport failures: was the request sent? -------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
@@ -24,7 +23,7 @@ from grantkeeper import (
     UnsupportedTokenType,
 )
 from grantkeeper._oauth.auth_server_metadata import AuthServerMetadata
-from grantkeeper._oauth.token_client import asend_token_request, send_token_request
+from grantkeeper._oauth.token_client import send_token_request
 from grantkeeper._oauth.token_endpoint import (
     MAX_RESPONSE_BYTES,
     apply_response,
@@ -33,6 +32,7 @@ from grantkeeper._oauth.token_endpoint import (
     refresh_request,
 )
 from grantkeeper.testing import sample_record
+from tests.fake_authserver import both_ways
 from tests.helpers import T0
 
 RT = "refresh-SECRET-0123456789abcdef"
@@ -44,7 +44,7 @@ def parse(status: int, body: Any, headers: dict[str, str] | None = None) -> Any:
 
 
 def test_refresh_request_carries_resource_and_public_client_id() -> None:
-    request = refresh_request(sample_record("a", RT, now=T0))
+    request = refresh_request(sample_record("a", RT, now=T0, client_id="client-1"))
     assert request.form == {
         "grant_type": "refresh_token",
         "refresh_token": RT,
@@ -281,23 +281,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 def send_both_ways(handler: Handler) -> list[object]:
     """Send one refresh with the sync and the async sender; return what each gave or raised."""
-    request = refresh_request(sample_record("a", RT, now=T0))
-    outcomes: list[object] = []
-    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
-        try:
-            outcomes.append(send_token_request(client, request, now=lambda: T0))
-        except Exception as exc:
-            outcomes.append(exc)
-
-    async def send_async() -> object:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            try:
-                return await asend_token_request(client, request, now=lambda: T0)
-            except Exception as exc:
-                return exc
-
-    outcomes.append(asyncio.run(send_async()))
-    return outcomes
+    return both_ways(handler, refresh_request(sample_record("a", RT, now=T0)))
 
 
 def test_sync_and_async_senders_agree_on_a_good_answer() -> None:

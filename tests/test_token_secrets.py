@@ -3,7 +3,6 @@ client authentication methods, and every form in which a server may echo the sec
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import http.server
 import json
@@ -24,12 +23,8 @@ from grantkeeper import (
     GrantkeeperError,
     MalformedResponse,
     ProviderError,
-    ProviderUnavailable,
-    ReauthenticationRequired,
-    RefreshOutcomeUnknown,
 )
 from grantkeeper._cli import cli
-from grantkeeper._oauth.token_client import asend_token_request, send_token_request
 from grantkeeper._oauth.token_endpoint import (
     MAX_DESCRIPTION_CHARS,
     MAX_RESPONSE_BYTES,
@@ -40,9 +35,11 @@ from grantkeeper._oauth.token_endpoint import (
 )
 from grantkeeper._redact import scrub
 from grantkeeper.testing import sample_record
+from tests.fake_authserver import both_ways
 from tests.fuzzing import FUZZ
 from tests.helpers import KEY, RESOURCE, T0
 from tests.loopback_endpoint import Received, loopback_endpoint, send
+from tests.test_token_client import STATUS_ROWS, TRANSPORT_ROWS  # the classification tables
 
 CLIENT_ID = "cid-public-1"
 SECRET = "cs/SECRET+value=0123456789abcdef"  # '/', '+', '=' change under every encoding
@@ -144,45 +141,40 @@ def raises(kind: type[httpx.HTTPError]) -> Answer:
     return answer
 
 
-PATHS: list[tuple[str, Answer, type[GrantkeeperError]]] = [
-    ("invalid_grant-400", described(400, "invalid_grant"), ReauthenticationRequired),
-    ("invalid_grant-401", described(401, "invalid_grant"), ReauthenticationRequired),
-    ("invalid_client", described(401, "invalid_client"), ClientRegistrationInvalid),
-    ("unauthorized_client", described(400, "unauthorized_client"), ClientRegistrationInvalid),
-    ("429-retry-after", described(429, "slow_down"), ProviderUnavailable),
-    ("503", described(503, "temporarily_unavailable"), ProviderUnavailable),
-    ("500", described(500, "server_error"), RefreshOutcomeUnknown),
-    ("502-html", raw(502), RefreshOutcomeUnknown),
-    ("other-4xx", described(400, "invalid_scope"), ProviderError),
-    ("200-not-json", raw(200), MalformedResponse),
+ErrorPath = tuple[str, Answer, type[GrantkeeperError]]
+CLASSIFIED = {row: expected for row, _, expected, _ in STATUS_ROWS}
+
+
+def answering(row: str, answer: Answer) -> ErrorPath:
+    """An error path: a provider answer like ``row`` of test_token_client's STATUS_ROWS, with
+    an echo in it; the class expected of it is the one that table gives the row."""
+    return (row, answer, CLASSIFIED[row])
+
+
+def failing(kind: type[httpx.HTTPError]) -> ErrorPath:
+    """An error path: the transport failure ``kind``, with an echo in its message; the class
+    expected of it is the one test_token_client's TRANSPORT_ROWS gives ``kind``."""
+    return (kind.__name__, raises(kind), TRANSPORT_ROWS[kind][0])
+
+
+PATHS: list[ErrorPath] = [
+    answering("400-invalid_grant", described(400, "invalid_grant")),
+    answering("401-invalid_grant", described(401, "invalid_grant")),
+    answering("401-invalid_client", described(401, "invalid_client")),
+    answering("400-unauthorized_client", described(400, "unauthorized_client")),
+    answering("429-retry-after", described(429, "slow_down")),
+    answering("503-retry-after", described(503, "temporarily_unavailable")),
+    answering("500", described(500, "server_error")),
+    answering("502", raw(502)),
+    answering("400-invalid_scope", described(400, "invalid_scope")),
+    answering("200-not-json", raw(200)),
     ("oversized", oversized, MalformedResponse),
     ("error-code-echo", error_code, ProviderError),
-    ("refused", raises(httpx.ConnectError), ProviderUnavailable),
-    ("read-timeout", raises(httpx.ReadTimeout), RefreshOutcomeUnknown),
-    ("decoding", raises(httpx.DecodingError), RefreshOutcomeUnknown),
+    failing(httpx.ConnectError),
+    failing(httpx.ReadTimeout),
+    failing(httpx.DecodingError),
 ]
-
-
-def outcomes(
-    request: TokenRequest, handler: Callable[[httpx.Request], httpx.Response]
-) -> list[object]:
-    """What the sync and the async sender each returned or raised."""
-    results: list[object] = []
-    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
-        try:
-            results.append(send_token_request(client, request, now=lambda: T0))
-        except Exception as exc:
-            results.append(exc)
-
-    async def send_async() -> object:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            try:
-                return await asend_token_request(client, request, now=lambda: T0)
-            except Exception as exc:
-                return exc
-
-    results.append(asyncio.run(send_async()))
-    return results
+"""Every error path of a token request, each with the class its outcome must have."""
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -201,7 +193,7 @@ def test_no_error_path_repeats_a_client_credential(
         def handler(sent: httpx.Request, index: int = index) -> httpx.Response:
             return answer(sent, echoes(sent)[index] or "nothing")
 
-        for outcome in outcomes(request, handler):
+        for outcome in both_ways(handler, request):
             assert type(outcome) is expected, (index, outcome)
             assert isinstance(outcome, GrantkeeperError)
             assert_clean(outcome)
@@ -261,11 +253,7 @@ def echo_credentials(received: Received, handler: http.server.BaseHTTPRequestHan
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_cli_token_never_prints_the_client_secret(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
-) -> None:
-    monkeypatch.setenv("GRANTKEEPER_HOME", str(tmp_path))
-    monkeypatch.setenv("GRANTKEEPER_STORE", "file")
+def test_cli_token_never_prints_the_client_secret(home: Path, method: str) -> None:
     with loopback_endpoint(echo_credentials) as url:
         expired = sample_record(
             "cli-access-SECRET-0001",
@@ -273,7 +261,7 @@ def test_cli_token_never_prints_the_client_secret(
             now=datetime.now(UTC) - timedelta(hours=2),
             token_endpoint=url,
         ).replace(client_id=CLIENT_ID, client_secret=SECRET, token_endpoint_auth_method=method)
-        FileStore(tmp_path).write(KEY, expired, expected_version=None)
+        FileStore(home).write(KEY, expired, expected_version=None)
         result = CliRunner().invoke(cli, ["token", RESOURCE])
     output = result.stdout + result.stderr
     assert result.exit_code != 0 and "HTTP 429" in result.stderr, output

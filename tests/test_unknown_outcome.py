@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from grantkeeper import FileStore, Keeper, ReauthenticationRequired
-from grantkeeper._liveness import process_alive as _process_alive
 from grantkeeper._record import RefreshIntent
 from grantkeeper.testing import sample_record
 from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, T0, StepClock, signal_own_child
-
-
-@pytest.fixture
-def zombie() -> Iterator[int]:
-    """A process that was SIGKILLed and is not reaped yet (its parent has not waited)."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
-    )
-    signal_own_child(child.pid, signal.SIGKILL)
-    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, still in the table
-    yield child.pid
-    child.wait()
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="procfs")
-def test_a_killed_but_unreaped_holder_is_dead(zombie: int) -> None:
-    assert _process_alive(os.getpid())
-    assert not _process_alive(zombie)
+from tests.helpers import KEY, T0, StepClock
 
 
 def _noted_by(pid: int, home: Path, provider: FakeProvider) -> FileStore:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,13 +75,29 @@ def environment(home: Path, rescue: Path) -> dict[str, str]:
     }
 
 
+def cli_command(key: CredentialKey, *args: str, run: list[str] | None = None) -> list[str]:
+    """``grantkeeper ARGS SERVER [--profile P]`` as a command line: ``python -m grantkeeper``,
+    or ``python RUN...`` where ``run`` names a script that starts the CLI its own way."""
+    command = [sys.executable, *(run or ["-m", "grantkeeper"]), *args, key.server_url]
+    if key.profile:
+        command += ["--profile", key.profile]
+    return command
+
+
 def run_cli(
     home: Path, rescue: Path, key: CredentialKey, *args: str
 ) -> subprocess.CompletedProcess[str]:
     """``grantkeeper ARGS SERVER [--profile P]`` in a child, on the store at ``home``."""
-    command = [sys.executable, "-m", "grantkeeper", *args, key.server_url]
-    if key.profile:
-        command += ["--profile", key.profile]
     return subprocess.run(
-        command, capture_output=True, text=True, env=environment(home, rescue), timeout=120
+        cli_command(key, *args),
+        capture_output=True,
+        text=True,
+        env=environment(home, rescue),
+        timeout=120,
     )
+
+
+def start_cli(home: Path, rescue: Path, command: list[str], **popen: Any) -> subprocess.Popen[Any]:
+    """Start ``command`` (see :func:`cli_command`) on the store at ``home``, in a session of
+    its own, so that a test may signal it (and only it): ``popen`` goes to ``Popen``."""
+    return subprocess.Popen(command, env=environment(home, rescue), start_new_session=True, **popen)

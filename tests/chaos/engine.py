@@ -41,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from grantkeeper._stores._fs import key_slug as _slug
 from harness import remember_secret
 from harness.authserver import AuthServer
 from harness.children import reap, signal_own_child
+from tests.helpers import LogLines
 
 STAGES = (
     "lock_wait",
@@ -188,16 +189,6 @@ class _DyingStore:
             yield
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = getattr(record, "grantkeeper", None)
-        self.lines.append(f"{record.levelname} {record.getMessage()} {fields!r}")
-
-
 def _victim_checkpoint(
     stage: str,
     locked: multiprocessing.synchronize.Event,
@@ -240,7 +231,7 @@ def worker(
     """Body of a victim or survivor process (runs in a forkserver child)."""
     os.setsid()  # its own session: the parent signals it, and nothing else
     rng = random.Random(seed)
-    handler = _Lines()
+    handler = LogLines()
     logger = logging.getLogger("grantkeeper")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
@@ -305,32 +296,22 @@ class ChaosReport:
     seconds: float = 0.0
 
     @property
-    def injections(self) -> int:
-        """Total injections."""
-        return sum(f.injections for f in self.stages.values())
-
-    @property
-    def losses(self) -> int:
-        """Credentials lost (re-authentication required) over the run."""
-        return sum(f.losses for f in self.stages.values())
-
-    @property
-    def reported(self) -> int:
-        """Losses that were reported (typed error, diagnostic log, marked store, status)."""
-        return sum(f.reported for f in self.stages.values())
-
-    @property
-    def replays(self) -> int:
-        """Replayed refresh tokens the authorization server saw."""
-        return sum(f.replays for f in self.stages.values())
+    def total(self) -> StageFigures:
+        """The figures of every stage added up: injections, credentials lost (re-authentication
+        required), losses reported (typed error, diagnostic log, marked store, status) and
+        refresh tokens the authorization server saw replayed."""
+        return StageFigures(
+            *(sum(getattr(f, n.name) for f in self.stages.values()) for n in fields(StageFigures))
+        )
 
     def table(self) -> str:
         """A small table for people."""
         policy = "retry once" if self.retry_unknown_outcome else "no retry"
         rows = [
             f"store={self.store} policy={policy} processes={self.processes} "
-            f"injections={self.injections} losses={self.losses} reported={self.reported} "
-            f"replays={self.replays} violations={len(self.violations)} "
+            f"injections={self.total.injections} losses={self.total.losses} "
+            f"reported={self.total.reported} "
+            f"replays={self.total.replays} violations={len(self.violations)} "
             f"logins={self.logins} seconds={self.seconds:.1f}",
             f"  {'stage':<16}{'injections':>11}{'losses':>8}{'reported':>10}{'replays':>9}",
         ]
@@ -425,7 +406,7 @@ class Chaos:
 
     def inject(self, stage: str) -> None:
         """Kill a refresh at ``stage``; check the oracle; leave a usable credential."""
-        number = self.report.injections + 1
+        number = self.report.total.injections + 1
         figures = self.report.stages[stage]
         figures.injections += 1
         where = f"injection {number} ({self.spec.kind}, {stage})"
@@ -597,10 +578,10 @@ def summary(reports: list[ChaosReport]) -> dict[str, Any]:
                 "store": r.store,
                 "retry_unknown_outcome": r.retry_unknown_outcome,
                 "processes": r.processes,
-                "injections": r.injections,
-                "losses": r.losses,
-                "reported": r.reported,
-                "replays": r.replays,
+                "injections": r.total.injections,
+                "losses": r.total.losses,
+                "reported": r.total.reported,
+                "replays": r.total.replays,
                 "violations": r.violations,
                 "seconds": round(r.seconds, 1),
                 "per_stage": {s: dataclasses.asdict(f) for s, f in r.stages.items()},
@@ -609,7 +590,10 @@ def summary(reports: list[ChaosReport]) -> dict[str, Any]:
         ],
         "totals": dict(
             sum(
-                (Counter({"injections": r.injections, "losses": r.losses}) for r in reports),
+                (
+                    Counter({"injections": r.total.injections, "losses": r.total.losses})
+                    for r in reports
+                ),
                 Counter(),
             )
         ),

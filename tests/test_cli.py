@@ -1,11 +1,10 @@
-"""Named servers, logout without a reachable server, and the CLI's contract: exit codes,
-clean one-line errors, JSON, secrets only from ``token``, and a light ``token`` start."""
+"""The CLI's contract: exit codes, clean one-line errors, JSON, secrets only from ``token``,
+and a light ``token`` start."""
 
 from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,100 +16,12 @@ from click.testing import CliRunner
 from grantkeeper import (
     FileStore,
     ServerConfig,
-    ServerConfigError,
     load_servers,
-    logout,
-    remove_server,
-    resolve_server,
     save_server,
 )
 from grantkeeper._cli import cli
 from grantkeeper.testing import sample_record
-from tests.helpers import KEY, RESOURCE, T0
-
-
-def test_servers_round_trip_privately_and_resolve_by_name_or_url(home: Path) -> None:
-    saved = save_server(ServerConfig("https://mcp.example.com/mcp", client_id="c", scope="mcp"))
-    assert saved.name == "mcp.example.com"
-    other = save_server(ServerConfig("https://mcp.example.com/other"))
-    assert other.name == "mcp.example.com-2"
-    again = save_server(ServerConfig("https://MCP.example.com:443/mcp"))
-    assert again.name == "mcp.example.com"  # same server, same name
-    assert stat.S_IMODE(os.stat(home / "servers.json").st_mode) == 0o600
-    assert [s.name for s in load_servers()] == ["mcp.example.com", "mcp.example.com-2"]
-    assert resolve_server("mcp.example.com-2").url == "https://mcp.example.com/other"
-    assert resolve_server("https://mcp.example.com/other").name == "mcp.example.com-2"
-    adhoc = resolve_server("https://elsewhere.example.com/mcp")
-    assert adhoc.name is None and adhoc.key.server_url == "https://elsewhere.example.com/mcp"
-    assert remove_server("mcp.example.com-2") and not remove_server("mcp.example.com-2")
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("nosuch", "no server named 'nosuch'"),
-        ("http://mcp.example.com/mcp", "HTTPS"),
-        ("ftp://x/y", "not an absolute http"),
-    ],
-)
-def test_resolving_bad_names_and_urls_is_typed(home: Path, text: str, match: str) -> None:
-    with pytest.raises(ServerConfigError, match=match):
-        resolve_server(text)
-
-
-def test_a_malformed_servers_file_is_typed(home: Path) -> None:
-    (home / "servers.json").write_text('{"format": "grantkeeper-servers", "servers": {"a": 1}}')
-    with pytest.raises(ServerConfigError, match="not an object"):
-        load_servers()
-    (home / "servers.json").write_text("[]")
-    with pytest.raises(ServerConfigError, match="malformed"):
-        load_servers()
-
-
-def test_server_repr_hides_secrets() -> None:
-    config = ServerConfig(
-        "https://x.example/mcp",
-        client_secret="client-secret-123456",
-        bearer_token="bearer-token-abcdef",
-        headers={"X-Api-Key": "api-key-value-000"},
-    )
-    text = repr(config)
-    for secret in ("client-secret-123456", "bearer-token-abcdef", "api-key-value-000"):
-        assert secret not in text
-
-
-def test_logout_deletes_even_when_revocation_fails(home: Path) -> None:
-    store = FileStore(home)
-    record = sample_record("access-secret-value-1", "refresh-secret-value-1", now=T0).replace(
-        revocation_endpoint="http://127.0.0.1:9/revoke"
-    )
-    store.write(KEY, record, expected_version=None)
-
-    def down(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(503)
-
-    result = logout(store, KEY, http=httpx.Client(transport=httpx.MockTransport(down)))
-    assert result.removed and result.revoked == () and len(result.problems) == 2
-    assert all("secret" not in problem for problem in result.problems)
-    assert store.read(KEY) is None
-    assert logout(store, KEY).removed is False
-
-
-def test_logout_sends_rfc7009_requests(home: Path) -> None:
-    store = FileStore(home)
-    record = sample_record("access-secret-value-2", "refresh-secret-value-2", now=T0).replace(
-        revocation_endpoint="http://127.0.0.1:9/revoke"
-    )
-    store.write(KEY, record, expected_version=None)
-    forms: list[str] = []
-
-    def ok(request: httpx.Request) -> httpx.Response:
-        forms.append(request.content.decode())
-        return httpx.Response(200)
-
-    result = logout(store, KEY, http=httpx.Client(transport=httpx.MockTransport(ok)))
-    assert result.revoked == ("refresh_token", "access_token")
-    assert "token_type_hint=refresh_token" in forms[0] and "client_id=client-1" in forms[0]
+from tests.helpers import KEY, RESOURCE
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
