@@ -1,13 +1,17 @@
-"""The suite's shared world, and its guards.
+"""The suite's shared world, and its guards (httpx's tests/conftest.py is the model).
 
-Fixtures every file may ask for: ``home`` (a private ``GRANTKEEPER_HOME`` on the file store),
-``provider`` and ``served_provider`` (a :class:`FakeProvider` in memory, or on loopback for
-other processes), ``world`` (a :class:`tests.helpers.World` on a file store), and, one per
-module, the real authorization server (``auth_server``) with a real MCP server (``mcp_server``)
-and a bare resource (``resource``) it protects; ``auth`` and ``server`` hand out the pair reset,
-``store`` and ``keeper`` a credential logged in there; ``tiny_disk``, a 64 KiB tmpfs to
-fill; ``ec_key``, a private key for private_key_jwt in a file; ``zombie``, a killed, unreaped
-process.
+Fixtures any test may ask for:
+
+- ``home``: a private ``GRANTKEEPER_HOME`` on the file store;
+- ``provider``, ``served_provider``: a :class:`FakeProvider`, in memory or also on loopback;
+- ``world``: a :class:`tests.helpers.World` (provider, counting file store, stepping clock);
+- one per module, the real authorization server ``auth_server`` (a module sets its arguments
+  in ``AUTH_SERVER``), the real MCP server ``mcp_server`` and the bare ``resource`` it
+  protects; ``auth`` and ``server`` hand out the pair reset, ``store`` and ``keeper`` a
+  credential logged in there;
+- ``cluster``: a PostgreSQL cluster, one per module;
+- ``tiny_disk``: a 64 KiB tmpfs to fill; ``ec_key``: a private key for private_key_jwt;
+  ``zombie``: a killed, unreaped process.
 
 Guards every test gets: every log line is checked for secrets, and rescue copies go to a
 directory of the test's own, never to the user's runtime directory or /dev/shm."""
@@ -34,6 +38,7 @@ from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
+from harness.postgres import PostgresCluster
 from harness.resource_server import ResourceServer
 from tests.helpers import LogLines, World, signal_own_child
 from tests.tiny_disk import mounted
@@ -173,6 +178,13 @@ def keeper(auth: AuthServer, server: McpServer, store: FileStore) -> Iterator[Ke
     keeper = Keeper(store, CredentialKey.for_server(server.url))
     yield keeper
     keeper.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the module's own, on loopback (give each test a schema)."""
+    with PostgresCluster() as running:
+        yield running
 
 
 @pytest.fixture

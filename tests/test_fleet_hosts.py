@@ -220,7 +220,7 @@ def network() -> Iterator[HostNetwork]:
 
 
 @pytest.fixture(scope="module")
-def cluster(network: HostNetwork) -> Iterator[PostgresCluster]:
+def bridged_cluster(network: HostNetwork) -> Iterator[PostgresCluster]:
     # Reachable only on the bridge: the hosts have no other way to the database.
     with PostgresCluster(listen=network.gateway, allow=network.cidr) as running:
         yield running
@@ -257,8 +257,10 @@ class Hosts:
 
 
 @pytest.fixture
-def hosts(network: HostNetwork, cluster: PostgresCluster, tmp_path: Path) -> Iterator[Hosts]:
-    made = Hosts(network, cluster, tmp_path)
+def hosts(
+    network: HostNetwork, bridged_cluster: PostgresCluster, tmp_path: Path
+) -> Iterator[Hosts]:
+    made = Hosts(network, bridged_cluster, tmp_path)
     try:
         yield made
     finally:

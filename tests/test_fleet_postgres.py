@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,12 +26,6 @@ from harness.real_login import log_in
 from tests.helpers import KEY
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    with PostgresCluster() as running:
-        yield running
 
 
 def worker_store(dsn: str, schema: str, homes: str) -> PostgresStore:

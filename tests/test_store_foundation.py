@@ -15,8 +15,8 @@ from grantkeeper import CredentialKey, LockTimeout, ServerConfig, StoreCorrupt, 
 from grantkeeper._servers import load_servers, save_server, servers_file
 from grantkeeper._stores import _fs
 from grantkeeper._stores.base import envelope, may_delete, next_version, open_envelope
+from grantkeeper.testing import KEY
 
-KEY = CredentialKey.for_server("https://mcp.example.test/mcp")
 SRC = Path(__file__).resolve().parents[1] / "src" / "grantkeeper"
 WAIT = 60.0
 

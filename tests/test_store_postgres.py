@@ -30,12 +30,6 @@ from harness.pgbouncer import PgBouncer
 from harness.postgres import PostgresCluster, _free_port
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    with PostgresCluster() as running:
-        yield running
-
-
 @pytest.fixture
 def schema() -> str:
     """A schema of this test's own, so tests never see each other's rows or locks."""

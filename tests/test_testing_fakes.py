@@ -10,7 +10,6 @@ import pytest
 
 from grantkeeper import (
     Credential,
-    CredentialKey,
     Freshness,
     Keeper,
     KeyringStore,
@@ -18,9 +17,19 @@ from grantkeeper import (
     StoreUnavailable,
     freshness,
 )
-from grantkeeper.testing import FakeProvider, MemoryKeyring, StepClock, sample_record
+from grantkeeper.testing import KEY, FakeProvider, MemoryKeyring, StepClock, sample_record
 
-KEY = CredentialKey.for_server("https://mcp.example.test/mcp")
+
+def test_a_sample_record_is_obtained_when_told_and_lives_as_long_as_told() -> None:
+    now = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)
+    record = sample_record("at-sample", "rt-sample", now=now, lifetime=90, scope=None)
+    assert (record.access_token, record.refresh_token) == ("at-sample", "rt-sample")
+    assert record.obtained_at == now and record.expires_at == now + timedelta(seconds=90)
+    assert record.scope is None and record.subject == "alice"
+    default = sample_record()
+    assert default.obtained_at == datetime(2030, 1, 1, 11, 0, tzinfo=UTC)
+    assert default.expires_at == datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    assert sample_record(refresh_token=None).refresh_token is None
 
 
 def test_the_step_clock_moves_only_when_told() -> None:
