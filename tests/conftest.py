@@ -7,8 +7,8 @@ Fixtures any test may ask for:
 - ``world``: a :class:`tests.helpers.World` (provider, counting file store, stepping clock);
 - one per module, the real authorization server ``auth_server`` (a module sets its arguments
   in ``AUTH_SERVER``), the real MCP server ``mcp_server`` and the bare ``resource`` it
-  protects; ``auth`` and ``server`` hand out the pair reset, ``store`` and ``keeper`` a
-  credential logged in there;
+  protects; ``auth`` and ``server`` hand out the pair reset; ``keeper`` holds a credential
+  logged in there, in ``store`` (a file store in ``tmp_path``);
 - ``cluster``: a PostgreSQL cluster, one per module;
 - ``tiny_disk``: a 64 KiB tmpfs to fill; ``ec_key``: a private key for private_key_jwt;
   ``zombie``: a killed, unreaped process.
@@ -151,8 +151,8 @@ def auth(auth_server: AuthServer) -> AuthServer:
 
 
 @pytest.fixture
-def server(mcp_server: McpServer) -> McpServer:
-    """:func:`mcp_server`, what it saw forgotten."""
+def server(mcp_server: McpServer, auth: AuthServer) -> McpServer:
+    """:func:`mcp_server`, what it saw forgotten (and :func:`auth`'s counts reset with it)."""
     mcp_server.reset()
     return mcp_server
 
@@ -166,6 +166,7 @@ def resource(auth_server: AuthServer) -> Iterator[ResourceServer]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> FileStore:
+    """An empty file store in ``tmp_path``: the one :func:`keeper` logs in to."""
     return FileStore(tmp_path)
 
 

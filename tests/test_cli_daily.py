@@ -31,8 +31,6 @@ from harness import terminal
 from harness.mcp_server import McpServer
 from tests.helpers import RESOURCE
 
-NOW = datetime.now(UTC)
-
 
 def invoke(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
     result = CliRunner().invoke(cli, list(args), input=stdin)
@@ -47,7 +45,8 @@ def store_two_profiles(home: Path) -> Path:
     files: set[Path] = set()
     for profile, access in ((None, "default-access-tok"), ("work", "work-access-tok")):
         key = CredentialKey.for_server(RESOURCE, profile)
-        store.write(key, sample_record(access, f"{access}-refresh", now=NOW), expected_version=None)
+        record = sample_record(access, f"{access}-refresh", now=datetime.now(UTC))
+        store.write(key, record, expected_version=None)
         [new] = set((home / "credentials").glob("*.json")) - files
         files.add(new)
     return new
@@ -395,11 +394,12 @@ def store_unknown_outcome(home: Path, **server: object) -> None:
     from grantkeeper import RefreshIntent
 
     save_server(ServerConfig(RESOURCE, name="demo", **server))  # type: ignore[arg-type]
-    record = sample_record("old-access", "old-refresh", now=NOW - timedelta(hours=2))
+    now = datetime.now(UTC)
+    record = sample_record("old-access", "old-refresh", now=now - timedelta(hours=2))
     assert record.refresh_fingerprint is not None
     intent = RefreshIntent(
         token_fingerprint=record.refresh_fingerprint,
-        started_at=NOW,
+        started_at=now,
         pid=1,
         host="elsewhere",
         attempts=1,
@@ -444,7 +444,9 @@ def test_a_token_grantkeeper_cannot_present_needs_a_person_in_every_command(home
     """A stored DPoP token (kept: its refresh token is the live one) is never printed as a
     Bearer token: ``token`` and ``status`` both exit 3 and say what to do."""
     save_server(ServerConfig(RESOURCE, name="demo"))
-    record = sample_record("dpop-bound-access", "dpop-refresh", now=NOW).replace(token_type="DPoP")
+    record = sample_record(
+        "dpop-bound-access", "dpop-refresh", now=datetime.now(UTC), token_type="DPoP"
+    )
     FileStore(home).write(CredentialKey.for_server(RESOURCE), record, expected_version=None)
     code, out, err = invoke("token", "demo")
     assert code == 3 and out == "" and "dpop-bound-access" not in err

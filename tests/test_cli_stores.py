@@ -60,8 +60,17 @@ def test_commands_are_exported() -> None:
     assert {c.name for c in COMMANDS} == {"doctor", "store"}
 
 
+def made_by_grantkeeper(home: Path) -> Path:
+    """``home``, gone again: the store makes it, private, and doctor checks the mode it
+    gave it (the suite's ``home`` fixture makes one 0700 itself)."""
+    home.rmdir()
+    return home
+
+
 def test_doctor_reports_a_healthy_file_store(home: Path, key: CredentialKey) -> None:
-    FileStore(home).write(key, sample_record("doctor-secret-token"), expected_version=None)
+    FileStore(made_by_grantkeeper(home)).write(
+        key, sample_record("doctor-secret-token"), expected_version=None
+    )
     code, report = run(doctor, "--store", "file")
     assert code == 0 and report["healthy"]
     [credential] = report["credentials"]
@@ -92,7 +101,7 @@ def test_doctor_shows_a_held_lock(home: Path, key: CredentialKey) -> None:
 
 @linux_only
 def test_doctor_reports_placements_and_drift(home: Path, key: CredentialKey) -> None:
-    AutoStore(home).write(key, sample_record(), expected_version=None)
+    AutoStore(made_by_grantkeeper(home)).write(key, sample_record(), expected_version=None)
     code, report = run(doctor)
     assert code == 0
     assert any(c["name"] == "keyring" and "available" in c["detail"] for c in report["checks"])

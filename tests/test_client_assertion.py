@@ -59,6 +59,8 @@ def test_the_key_never_appears_in_errors_or_records(
         "cc-access-1",
         None,
         grant=CLIENT_CREDENTIALS,
+        client_id="machine",
+        scope_requested="mcp",
         token_endpoint_auth_method="private_key_jwt",
         client_key_source=key_source(file=str(path)),
     )

@@ -25,6 +25,7 @@ from grantkeeper._oauth.client_assertion import CLIENT_ASSERTION_TYPE, key_sourc
 from grantkeeper._oauth.grants import renewal_request
 from grantkeeper._record import CLIENT_CREDENTIALS
 from grantkeeper._rules import Action, Context, decide
+from grantkeeper.testing import sample_record
 from harness.authserver import AuthServer
 from harness.resource_server import ResourceServer
 from tests.login_helpers import introspect, remember
@@ -33,21 +34,25 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 ISSUER = "https://auth.example.com"
 
 
+MACHINE: dict[str, Any] = {
+    "resource": "https://mcp.example.com/mcp",
+    "issuer": ISSUER,
+    "token_endpoint": f"{ISSUER}/token",
+    "client_id": "machine",
+    "client_secret": "machine-secret",
+    "token_endpoint_auth_method": "client_secret_basic",
+    "grant": CLIENT_CREDENTIALS,
+    "scope_requested": "mcp",
+    "scope": None,
+    "subject": None,
+}
+
+
 def machine_record(**changes: Any) -> Credential:
-    record = Credential(
-        access_token="cc-access-1",
-        resource="https://mcp.example.com/mcp",
-        expires_at=NOW - timedelta(seconds=1),
-        obtained_at=NOW - timedelta(hours=1),
-        issuer=ISSUER,
-        token_endpoint=f"{ISSUER}/token",
-        client_id="machine",
-        client_secret="machine-secret",
-        token_endpoint_auth_method="client_secret_basic",
-        grant=CLIENT_CREDENTIALS,
-        scope_requested="mcp",
-    )
-    return record.replace(**changes)
+    """A machine client's credential, obtained an hour before NOW and expired a second ago;
+    ``changes`` override its fields."""
+    start = NOW - timedelta(hours=1)
+    return sample_record("cc-access-1", None, now=start, lifetime=3599, **{**MACHINE, **changes})
 
 
 # -- renewal, stepped by hand -------------------------------------------------------------

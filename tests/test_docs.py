@@ -34,10 +34,20 @@ def citations(document: Path) -> list[tuple[int, str, str | None]]:
 
 
 def defined_in(path: Path) -> set[str]:
-    """The names of the tests and test classes ``path`` defines."""
+    """The tests ``path`` defines: its ``test_*`` functions, its ``Test*`` classes and their
+    ``test_*`` methods (a helper or a fixture is not a test a promise can point to)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
-    return {node.name for node in ast.walk(tree) if isinstance(node, kinds)}
+    functions = ast.FunctionDef | ast.AsyncFunctionDef
+    names = set()
+    for node in tree.body:
+        if isinstance(node, functions) and node.name.startswith("test_"):
+            names.add(node.name)
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+            names.add(node.name)
+            names.update(
+                n.name for n in node.body if isinstance(n, functions) and n.name.startswith("test_")
+            )
+    return names
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=[d.name for d in DOCUMENTS])

@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from grantkeeper import (
-    Credential,
     CredentialKey,
     FileStore,
     InsufficientScope,
@@ -41,6 +40,7 @@ from grantkeeper import (
 from grantkeeper._cli import cli
 from grantkeeper._record import CLIENT_CREDENTIALS
 from grantkeeper._redact import MAX_REMEMBERED, forget_all, remember, scrub_known
+from grantkeeper.testing import sample_record
 from harness import remember_secret
 from tests.echo_server import PLACES, Echo, Place, echo_server
 from tests.helpers import ROOT
@@ -105,17 +105,18 @@ def setup(kind: str, origin: str, home: Path, *, expired: bool) -> str:
     if kind == "bearer":
         save_server(ServerConfig(url, name="echo", bearer_token=BEARER))
         return "echo"
-    now = datetime.now(UTC)
-    record = Credential(
-        access_token=ACCESS,
-        refresh_token=REFRESH,
+    record = sample_record(
+        ACCESS,
+        REFRESH,
+        now=datetime.now(UTC) - timedelta(hours=2),
+        lifetime=3600 if expired else 3 * 3600,  # expired an hour ago, or good for an hour
         resource=url,
-        expires_at=now + (-timedelta(hours=1) if expired else timedelta(hours=1)),
-        obtained_at=now - timedelta(hours=2),
         issuer=origin,
         token_endpoint=f"{origin}/token",
         revocation_endpoint=f"{origin}/revoke",
         client_id=CLIENT_ID,
+        scope=None,
+        subject=None,
     )
     if kind == "client_secret":
         record = record.replace(

@@ -441,9 +441,8 @@ def test_a_process_exiting_with_an_unstored_b_leaves_a_rescue(world: World, tmp_
     url = world.provider.serve()
     try:
         access, refresh = world.provider.issue()
-        old = sample_record(
-            access, refresh, token_endpoint=url, now=T0
-        )  # long expired in real time
+        # Obtained at T0: long expired in real time.
+        old = sample_record(access, refresh, token_endpoint=url, now=T0)
         world.store.inner.write(KEY, old, expected_version=None)
         env = {
             **os.environ,

@@ -16,9 +16,9 @@ from tests.helpers import KEY, T0
 from tests.login_helpers import cli, do_login, introspect
 
 
-def stored(home: Path, n: int) -> FileStore:
+def store_with_revocation(home: Path, n: int) -> FileStore:
     """A file store at ``home`` holding the ``n``th credential of client ``client-1``, whose
-    authorization server names a revocation endpoint."""
+    record names a revocation endpoint (on a port nothing listens on)."""
     store = FileStore(home)
     record = sample_record(
         f"access-secret-value-{n}",
@@ -32,7 +32,7 @@ def stored(home: Path, n: int) -> FileStore:
 
 
 def test_logout_deletes_even_when_revocation_fails(home: Path) -> None:
-    store = stored(home, 1)
+    store = store_with_revocation(home, 1)
 
     def down(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503)
@@ -45,7 +45,7 @@ def test_logout_deletes_even_when_revocation_fails(home: Path) -> None:
 
 
 def test_logout_sends_rfc7009_requests(home: Path) -> None:
-    store = stored(home, 2)
+    store = store_with_revocation(home, 2)
     forms: list[str] = []
 
     def ok(request: httpx.Request) -> httpx.Response:

@@ -20,11 +20,9 @@ from tests.helpers import KEY, reap
 pytestmark = pytest.mark.slow
 
 
-def seed(home: Path, served_provider: FakeProvider) -> str:
-    access, refresh = served_provider.issue()
-    record = sample_record(
-        access, refresh, now=datetime.now(UTC), token_endpoint=served_provider.url
-    )
+def seed(home: Path, provider: FakeProvider) -> str:
+    access, refresh = provider.issue()
+    record = sample_record(access, refresh, now=datetime.now(UTC), token_endpoint=provider.url)
     FileStore(home).write(KEY, record, expected_version=None)
     return access
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,7 +10,13 @@ from typing import Any
 import pytest
 
 from grantkeeper import Credential, CredentialKey, RefreshIntent, StoreCorrupt
-from grantkeeper._record import BEARER_SCHEMA, SCHEMA_VERSION, record_from_json, record_to_json
+from grantkeeper._record import (
+    BEARER_SCHEMA,
+    CLIENT_CREDENTIALS,
+    SCHEMA_VERSION,
+    record_from_json,
+    record_to_json,
+)
 from grantkeeper.testing import sample_record
 from tests.helpers import T0
 
@@ -21,9 +28,17 @@ def test_round_trip_keeps_every_field() -> None:
     record = sample_record(SECRET_AT, SECRET_RT, now=T0).replace(
         scope="mcp offline_access",
         client_secret="client-SECRET-0123456789",
+        token_endpoint_auth_method="private_key_jwt",
         revocation_endpoint="http://127.0.0.1:9/revoke",
+        reauth_reason="invalid_grant",
         intent=RefreshIntent("f" * 16, 42, "host", T0, 2, "unknown", "holder"),
+        rejected_refresh_at=T0,
+        grant=CLIENT_CREDENTIALS,
+        client_key_source="file:/etc/grantkeeper/client.pem",
+        scope_requested="mcp",
     )
+    unset = [f.name for f in dataclasses.fields(record) if getattr(record, f.name) is None]
+    assert not unset, f"set every field, so that each one's round trip is checked: {unset}"
     assert record_from_json(json.loads(json.dumps(record_to_json(record)))) == record
 
 

@@ -42,9 +42,8 @@ from harness.mcp_server import McpServer
 from harness.real_login import REDIRECT_URI
 from tests.helpers import KEY, T0, StepClock
 
-pytestmark = pytest.mark.usefixtures(
-    "home"
-)  # login locks live under GRANTKEEPER_HOME: every test here has its own
+# Login locks live under GRANTKEEPER_HOME: every test here has its own.
+pytestmark = pytest.mark.usefixtures("home")
 
 
 def test_a_step_up_asks_for_the_union_of_held_and_required_scopes() -> None:

@@ -58,15 +58,8 @@ def test_the_memory_keyring_backs_a_keyring_store_and_locks(tmp_path: Path) -> N
 
 def _seeded(provider: FakeProvider, clock: StepClock) -> Credential:
     access, refresh = provider.issue()
-    return Credential(
-        access_token=access,
-        refresh_token=refresh,
-        resource=KEY.server_url,
-        expires_at=clock() + timedelta(seconds=60),
-        obtained_at=clock(),
-        issuer="https://auth.example.test",
-        token_endpoint="https://auth.example.test/token",
-        client_id="client",
+    return sample_record(
+        access, refresh, now=clock(), lifetime=60, client_id="client", scope=None, subject=None
     )
 
 

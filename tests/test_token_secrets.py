@@ -23,6 +23,9 @@ from grantkeeper import (
     GrantkeeperError,
     MalformedResponse,
     ProviderError,
+    ProviderUnavailable,
+    ReauthenticationRequired,
+    RefreshOutcomeUnknown,
 )
 from grantkeeper._cli import cli
 from grantkeeper._oauth.token_endpoint import (
@@ -39,7 +42,6 @@ from tests.fake_authserver import both_ways
 from tests.fuzzing import FUZZ
 from tests.helpers import KEY, RESOURCE, T0
 from tests.loopback_endpoint import Received, loopback_endpoint, send
-from tests.test_token_client import STATUS_ROWS, TRANSPORT_ROWS  # the classification tables
 
 CLIENT_ID = "cid-public-1"
 SECRET = "cs/SECRET+value=0123456789abcdef"  # '/', '+', '=' change under every encoding
@@ -141,38 +143,22 @@ def raises(kind: type[httpx.HTTPError]) -> Answer:
     return answer
 
 
-ErrorPath = tuple[str, Answer, type[GrantkeeperError]]
-CLASSIFIED = {row: expected for row, _, expected, _ in STATUS_ROWS}
-
-
-def answering(row: str, answer: Answer) -> ErrorPath:
-    """An error path: a provider answer like ``row`` of test_token_client's STATUS_ROWS, with
-    an echo in it; the class expected of it is the one that table gives the row."""
-    return (row, answer, CLASSIFIED[row])
-
-
-def failing(kind: type[httpx.HTTPError]) -> ErrorPath:
-    """An error path: the transport failure ``kind``, with an echo in its message; the class
-    expected of it is the one test_token_client's TRANSPORT_ROWS gives ``kind``."""
-    return (kind.__name__, raises(kind), TRANSPORT_ROWS[kind][0])
-
-
-PATHS: list[ErrorPath] = [
-    answering("400-invalid_grant", described(400, "invalid_grant")),
-    answering("401-invalid_grant", described(401, "invalid_grant")),
-    answering("401-invalid_client", described(401, "invalid_client")),
-    answering("400-unauthorized_client", described(400, "unauthorized_client")),
-    answering("429-retry-after", described(429, "slow_down")),
-    answering("503-retry-after", described(503, "temporarily_unavailable")),
-    answering("500", described(500, "server_error")),
-    answering("502", raw(502)),
-    answering("400-invalid_scope", described(400, "invalid_scope")),
-    answering("200-not-json", raw(200)),
+PATHS: list[tuple[str, Answer, type[GrantkeeperError]]] = [
+    ("invalid_grant-400", described(400, "invalid_grant"), ReauthenticationRequired),
+    ("invalid_grant-401", described(401, "invalid_grant"), ReauthenticationRequired),
+    ("invalid_client", described(401, "invalid_client"), ClientRegistrationInvalid),
+    ("unauthorized_client", described(400, "unauthorized_client"), ClientRegistrationInvalid),
+    ("429-retry-after", described(429, "slow_down"), ProviderUnavailable),
+    ("503", described(503, "temporarily_unavailable"), ProviderUnavailable),
+    ("500", described(500, "server_error"), RefreshOutcomeUnknown),
+    ("502-html", raw(502), RefreshOutcomeUnknown),
+    ("other-4xx", described(400, "invalid_scope"), ProviderError),
+    ("200-not-json", raw(200), MalformedResponse),
     ("oversized", oversized, MalformedResponse),
     ("error-code-echo", error_code, ProviderError),
-    failing(httpx.ConnectError),
-    failing(httpx.ReadTimeout),
-    failing(httpx.DecodingError),
+    ("refused", raises(httpx.ConnectError), ProviderUnavailable),
+    ("read-timeout", raises(httpx.ReadTimeout), RefreshOutcomeUnknown),
+    ("decoding", raises(httpx.DecodingError), RefreshOutcomeUnknown),
 ]
 """Every error path of a token request, each with the class its outcome must have."""
 
