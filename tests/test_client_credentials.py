@@ -35,6 +35,7 @@ ISSUER = "https://auth.example.com"
 
 
 MACHINE: dict[str, Any] = {
+    "refresh_token": None,
     "resource": "https://mcp.example.com/mcp",
     "issuer": ISSUER,
     "token_endpoint": f"{ISSUER}/token",
@@ -52,7 +53,7 @@ def machine_record(**changes: Any) -> Credential:
     """A machine client's credential, obtained an hour before NOW and expired a second ago;
     ``changes`` override its fields."""
     start = NOW - timedelta(hours=1)
-    return sample_record("cc-access-1", None, now=start, lifetime=3599, **{**MACHINE, **changes})
+    return sample_record("cc-access-1", now=start, lifetime=3599, **{**MACHINE, **changes})
 
 
 # -- renewal, stepped by hand -------------------------------------------------------------
