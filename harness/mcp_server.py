@@ -12,14 +12,19 @@ more call back into the client, to prove its handlers are wired: ``sample`` (sam
 ``ask`` (elicitation), ``roots`` (roots/list) and ``log`` (a log message notification).
 The SDK deprecates these features from protocol 2026-07-28 on; they work on sessions that
 negotiated an earlier version (``mode="legacy"``). ``harness.pipe_tools`` adds those a
-pipe (``grantkeeper proxy``) is tested with.
+pipe (``grantkeeper proxy``) is tested with. ``routed(region, note)`` designates ``region``
+as the ``Mcp-Param-Region`` header (``x-mcp-header``), and the prompt ``grüße`` has a name
+that no header carries as it stands: a 2026-era request for either without the right header
+is refused (SEP-2243). ``tools=`` adds tools served as given, past the SDK's checks (one
+whose ``x-mcp-header`` is invalid, say, as a non-conforming server would list it).
 
 With ``auth_server=None`` the server is not protected at all: no metadata, no 401.
 
 Around the SDK's app sits a thin test-control layer: it records every HTTP request (method,
-status, session id, the bearer token sent), and on demand answers the next requests of a
-method with 401 or 403, or treats sessions as expired (404, as the SDK answers an unknown
-session). Tests wait for what they expect with :meth:`McpServer.wait_for`, never by sleeping.
+status, session id, the bearer token sent, its ``Mcp-*`` headers), and on demand answers the
+next requests of a method with 401 or 403, or treats sessions as expired (404, as the SDK
+answers an unknown session). Tests wait for what they expect with :meth:`McpServer.wait_for`,
+never by sleeping.
 
     with AuthServer() as auth, McpServer(auth_server=auth) as mcp:
         ... mcp.url ...
@@ -36,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import httpx
@@ -45,9 +50,10 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.tools import Tool
 from mcp.server.streamable_http import EventStore
 from mcp_types import SamplingMessage, TextContent
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harness import remember_secret
@@ -67,6 +73,11 @@ WAIT_TIMEOUT = 60.0
 """Default bound of :meth:`McpServer.wait_for`: a safety net, not a synchronisation."""
 
 SESSION_HEADER = "mcp-session-id"
+
+REGION: dict[str, Any] = {"x-mcp-header": "Region"}
+"""The annotation of ``routed``'s ``region``: HTTP repeats it as ``Mcp-Param-Region``."""
+
+PROMPT = "grüße"
 
 INITIALIZE: dict[str, Any] = {
     "jsonrpc": "2.0",
@@ -99,6 +110,8 @@ class Seen:
     session_id: str | None
     content_type: str | None = dataclasses.field(default=None, compare=False)
     """The answer's ``Content-Type``: ``text/event-stream`` for a stream."""
+    mcp_headers: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    """The request's ``Mcp-*`` headers (``Mcp-Method``, ``Mcp-Param-*``...), names lowercase."""
     at: float = dataclasses.field(default_factory=time.monotonic, compare=False)
     """When the answer started (``time.monotonic``), for benchmarks and debugging."""
 
@@ -163,6 +176,7 @@ class McpServer:
         json_response: bool = False,
         event_store: EventStore | None = None,
         transport: str = "streamable-http",
+        tools: Sequence[Tool] = (),
     ) -> None:
         self.auth_server = auth_server
         self.required_scopes = required_scopes
@@ -171,6 +185,8 @@ class McpServer:
         self.event_store = event_store
         #: ``"sse"`` serves the older HTTP+SSE transport at ``/sse`` instead.
         self.transport = transport
+        #: Tools served as given, besides the harness's own (see the module's docstring).
+        self.extra_tools = list(tools)
         self._condition = threading.Condition()
         self._seen: list[Seen] = []
         self._faults: list[_Fault] = []
@@ -247,7 +263,9 @@ class McpServer:
                 validate_token_resource=True,
             )
         self._verifier = verifier
-        server: MCPServer[Any] = MCPServer("grantkeeper-test", token_verifier=verifier, auth=auth)
+        server: MCPServer[Any] = MCPServer(
+            "grantkeeper-test", token_verifier=verifier, auth=auth, tools=self.extra_tools
+        )
 
         @server.tool()
         def echo(text: str) -> str:
@@ -264,6 +282,16 @@ class McpServer:
             """Sleep ``ms`` milliseconds (load for benchmarks), then answer."""
             await anyio.sleep(ms / 1000)
             return f"slept {ms} ms"
+
+        @server.tool()
+        def routed(region: Annotated[str, Field(json_schema_extra=REGION)], note: str = "") -> str:
+            """Return ``region``, which HTTP also carries as ``Mcp-Param-Region``."""
+            return region
+
+        @server.prompt(name=PROMPT)
+        def greeting() -> str:
+            """A prompt whose name needs the header encoding (not ASCII)."""
+            return "hello"
 
         @server.tool()
         def whoami() -> dict[str, Any]:
@@ -462,8 +490,10 @@ class _Controls:
         new_session: str | None = None
         content_type: str | None = None
 
+        mcp_headers = {k: v for k, v in headers.items() if k.startswith("mcp-")}
+
         def record() -> None:
-            seen = Seen(method, scope["path"], status, token, session_id, content_type)
+            seen = Seen(method, scope["path"], status, token, session_id, content_type, mcp_headers)
             self.owner._record(seen, new_session)
 
         async def recording_send(message: Message) -> None:

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
         "_signals",
         "_fakes",
         "_rescue_copies",
+        "_version",
     },
     {"_stores"},
     {"_oauth"},

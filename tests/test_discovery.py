@@ -214,6 +214,40 @@ def test_a_server_that_wants_no_token_is_unsupported() -> None:
         discover(SERVER, http=client({SERVER: (200, {"jsonrpc": "2.0"})}))
 
 
+def test_the_probe_is_a_2026_07_28_request_with_its_envelope_and_headers() -> None:
+    """SEP-2575 and SEP-2243: every POST carries the version and method in headers and the
+    ``_meta`` envelope in its body; a 2025-era server that wants OAuth answers 401 to it."""
+    import grantkeeper
+
+    posted: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posted.append(request)
+            return httpx.Response(401, headers=challenge(resource_metadata=PRM_PATH))
+        if str(request.url) == PRM_PATH:
+            return httpx.Response(200, json=prm_doc())
+        if str(request.url) == AS_META:
+            return httpx.Response(200, json=as_doc())
+        return httpx.Response(404)
+
+    found = discover(SERVER, http=httpx.Client(transport=httpx.MockTransport(handler)))
+    assert found.metadata.issuer == ISSUER
+    (probe,) = posted
+    assert probe.headers["mcp-protocol-version"] == "2026-07-28"
+    assert probe.headers["mcp-method"] == "server/discover"
+    assert "mcp-session-id" not in probe.headers and "authorization" not in probe.headers
+    body = json.loads(probe.content)
+    assert body["method"] == "server/discover" and body["jsonrpc"] == "2.0"
+    meta = body["params"]["_meta"]
+    assert meta["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+    assert meta["io.modelcontextprotocol/clientCapabilities"] == {}
+    assert meta["io.modelcontextprotocol/clientInfo"] == {
+        "name": "grantkeeper",
+        "version": grantkeeper.__version__,
+    }
+
+
 def test_a_known_challenge_skips_the_probe() -> None:
     seen: list[str] = []
     routes: dict[str, Route] = {PRM_PATH: (200, prm_doc()), AS_META: (200, as_doc())}

@@ -9,6 +9,7 @@ or the fake browser report, never on the clock.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -25,13 +26,15 @@ import mcp_types as types
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.server.mcpserver.tools import Tool
 from mcp.shared.exceptions import MCPError
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 from pydantic import FileUrl
 
 from grantkeeper import CredentialKey, FileStore
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
-from harness.mcp_server import INITIALIZE, McpServer, Seen
+from harness.mcp_server import INITIALIZE, PROMPT, McpServer, Seen
 from harness.pipe_tools import MemoryEventStore
 from tests.helpers import signal_own_child
 
@@ -550,6 +553,158 @@ def test_a_2026_era_host_calls_and_cancels_through_the_proxy(
     seen = server.seen()
     assert seen and all(s.session_id is None for s in seen)  # negotiated without a session
     assert "GET" not in {s.method for s in seen}
+
+
+# -- the 2026-07-28 standard headers (SEP-2243) ---------------------------------------------
+
+
+def sentinel(value: str) -> str:
+    """The spec's header encoding of a value that is not plain printable ASCII."""
+    return f"=?base64?{base64.b64encode(value.encode()).decode()}?="
+
+
+def misdeclared_tool() -> Tool:
+    """A tool whose ``x-mcp-header`` sits on a number, which the spec forbids: the SDK will
+    not declare it, so it is built valid and its schema replaced, as a careless server's."""
+
+    def misdeclared(score: float) -> str:
+        return f"score {score}"
+
+    tool = Tool.from_function(misdeclared)
+    schema = {
+        **tool.parameters,
+        "properties": {"score": {"type": "number", "x-mcp-header": "Score"}},
+    }
+    return tool.model_copy(update={"parameters": schema})
+
+
+def modern_request(request_id: int, method: str, **params: Any) -> dict[str, Any]:
+    """A 2026-era request as a host writes it: the envelope in ``params._meta``."""
+    meta = {PROTOCOL_VERSION_META_KEY: "2026-07-28", CLIENT_CAPABILITIES_META_KEY: {}}
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": method,
+        "params": {**params, "_meta": meta},
+    }
+
+
+def test_a_2026_era_hosts_names_and_designated_arguments_go_upstream_as_headers(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    """The real server refuses a 2026-era request whose ``Mcp-Name`` or ``Mcp-Param-Region``
+    is missing or wrong: each answer proves its headers, and the server saw the encoding."""
+    from mcp.client.client import Client
+
+    login(auth, server.url, FileStore(home))
+    params = StdioServerParameters(
+        command=sys.executable, args=proxy_args(server.url), env=environment(home), cwd=str(ROOT)
+    )
+
+    async def run() -> tuple[list[str], str, str, str]:
+        with (home.parent / "proxy.err").open("w") as errlog:  # noqa: ASYNC230
+            async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
+                listed = await client.list_tools()
+                plain = await client.call_tool("routed", {"region": "us-west1", "note": "n"})
+                accented = await client.call_tool("routed", {"region": "Zürich"})
+                prompt = await client.get_prompt(PROMPT)
+                content = prompt.messages[0].content
+                assert isinstance(content, types.TextContent)
+                names = [tool.name for tool in listed.tools]
+                return names, text_of(plain), text_of(accented), content.text
+
+    names, plain, accented, greeting = asyncio.run(run())
+    assert "routed" in names
+    assert (plain, accented, greeting) == ("us-west1", "Zürich", "hello")
+    posts = [s for s in server.seen() if s.method == "POST"]
+    calls = [s.mcp_headers for s in posts if s.mcp_headers.get("mcp-method") == "tools/call"]
+    assert [(c.get("mcp-name"), c.get("mcp-param-region")) for c in calls] == [
+        ("routed", "us-west1"),
+        ("routed", sentinel("Zürich")),
+    ]
+    assert not any("mcp-param-note" in c for c in calls)  # not designated, not mirrored
+    (prompt_get,) = [s for s in posts if s.mcp_headers.get("mcp-method") == "prompts/get"]
+    assert prompt_get.mcp_headers.get("mcp-name") == sentinel(PROMPT)
+    assert all(s.status == 200 for s in posts)
+
+
+@pytest.mark.parametrize("json_response", [False, True], ids=["event-stream", "json"])
+def test_a_tool_with_an_invalid_header_annotation_never_reaches_a_2026_era_host(
+    auth: AuthServer, home: Path, json_response: bool
+) -> None:
+    """A raw host, so that what it reads is what the proxy relayed (the SDK's client would
+    drop the tool itself). The listing also teaches the valid tools' headers, after a call
+    made before it went without them."""
+    errlog = home.parent / "proxy.err"
+    served = McpServer(auth_server=auth, json_response=json_response, tools=[misdeclared_tool()])
+    with served as server, errlog.open("w") as stderr:
+        login(auth, server.url, FileStore(home))
+        # Its log goes to a file: a pipe nobody reads while the test waits on stdout could fill.
+        process = subprocess.Popen(
+            [sys.executable, *proxy_args(server.url, "-vv")],
+            env=environment(home),
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+
+        def exchange(message: dict[str, Any]) -> dict[str, Any]:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write((json.dumps(message) + "\n").encode())
+            process.stdin.flush()
+            while True:
+                line = process.stdout.readline()
+                assert line, "the proxy ended without answering"
+                answer: dict[str, Any] = json.loads(line)
+                if answer.get("id") == message["id"]:
+                    return answer
+
+        call = {"name": "routed", "arguments": {"region": "Zürich"}}
+        try:
+            unlisted = exchange(modern_request(1, "tools/call", **call))
+            listing = exchange(modern_request(2, "tools/list"))
+            listed = exchange(modern_request(3, "tools/call", **call))
+            process.communicate(timeout=CALL_TIMEOUT)  # stdin closed: the host quits
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        posts = [s for s in server.seen() if s.method == "POST"]
+    assert process.returncode == 0
+    names = {tool["name"] for tool in listing["result"]["tools"]}
+    assert "misdeclared" not in names and {"routed", "echo"} <= names
+    # A tool never listed has no schema known to the proxy: no header, so the server refuses.
+    assert "Mcp-Param-Region header is missing" in unlisted["error"]["message"]
+    assert listed["result"]["content"][0]["text"] == "Zürich"
+    regions = [s.mcp_headers.get("mcp-param-region") for s in posts]
+    assert regions == [None, None, sentinel("Zürich")]
+    log = errlog.read_text()
+    dropped = [line for line in log.splitlines() if "dropping tool" in line]
+    assert len(dropped) == 1 and "'misdeclared'" in dropped[0] and "'score'" in dropped[0]
+    assert "Zürich" not in log and sentinel("Zürich") not in log  # argument values stay out
+
+
+def test_a_2025_era_host_gets_its_listing_as_served_and_no_2026_headers(
+    auth: AuthServer, home: Path
+) -> None:
+    with McpServer(auth_server=auth, tools=[misdeclared_tool()]) as server:
+        login(auth, server.url, FileStore(home))
+
+        async def run() -> tuple[set[str], str]:
+            async with host(server.url, home) as session:
+                await session.initialize()
+                listed = await session.list_tools()
+                routed = await session.call_tool("routed", {"region": "Zürich"})
+                return {tool.name for tool in listed.tools}, text_of(routed)
+
+        names, routed = asyncio.run(run())
+        posts = [s for s in server.seen() if s.method == "POST"]
+    assert {"misdeclared", "routed"} <= names  # the 2026 rule is not theirs
+    assert routed == "Zürich"
+    assert posts and all(
+        set(s.mcp_headers) <= {"mcp-session-id", "mcp-protocol-version"} for s in posts
+    )
 
 
 def test_eight_proxies_through_rotations_spend_each_refresh_token_once(home: Path) -> None:

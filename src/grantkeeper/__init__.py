@@ -3,10 +3,6 @@
 This module is the public API; everything else is private and may change.
 """
 
-# Before the imports: modules that name this release (the discovery probe's clientInfo)
-# import it while this package is still being initialised.
-__version__ = "0.1.0"
-
 from ._errors import (
     AccountChanged,
     AuthenticationRequired,
@@ -76,6 +72,7 @@ from ._stores.file import FileStore
 from ._stores.keyring import KeyringStore
 from ._stores.open import open_store
 from ._stores.postgresql import PostgresStore
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",

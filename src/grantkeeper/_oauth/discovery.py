@@ -23,10 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from .. import __version__
 from .._errors import OAuthUnsupported, ProtocolError
 from .._log import event
 from .._record import canonical_url
+from .._version import __version__
 from .auth_server_metadata import (
     MAX_METADATA_BYTES,
     AuthServerMetadata,

@@ -14,7 +14,11 @@ What the pipe adds, and nothing else:
   browser, a JSON-RPC error naming the command that fixes it;
 - session expiry (404 to a request naming the session): the host's ``initialize`` is
   replayed upstream, once per expiry, and the request sent again;
-- keep-alive pings, whose answers stay here, and a DELETE of the session on exit.
+- keep-alive pings, whose answers stay here, and a DELETE of the session on exit;
+- on a 2026-era request, the standard headers HTTP repeats from the body (SEP-2243):
+  ``Mcp-Method``, ``Mcp-Name``, and the ``Mcp-Param-*`` a tool's ``inputSchema`` designates
+  with ``x-mcp-header``, learnt from the ``tools/list`` answers relayed; a listed tool whose
+  annotation is invalid is dropped from the answer, as the spec has clients do.
 """
 
 from __future__ import annotations
@@ -47,8 +51,7 @@ ACCEPT = "application/json, text/event-stream"
 
 VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 """A 2026-era request carries its protocol version in ``params._meta``; HTTP repeats it in a
-header, with the method and (for these methods) the name it acts on."""
-NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+header, with the method, the name it acts on and the arguments a tool designates."""
 
 HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 """The ``mcp`` SDK's defaults (and ``grantkeeper.mcp.connect``'s)."""
@@ -133,6 +136,8 @@ class Proxy:
         self._cancelled: set[Any] = set()
         # Requests in flight by id, and whether each speaks the 2026 era (see _from_host).
         self._in_flight: dict[str, tuple[asyncio.Task[Any], bool]] = {}
+        # The x-mcp-header map of each tool of the latest 2026-era listing (see _tools_listed).
+        self._param_headers: dict[str, dict[tuple[str, ...], str]] = {}
         self._internal_ids = itertools.count(1)
         #: Times the upstream session was opened again after the server forgot it.
         self.reinitializations = 0
@@ -219,15 +224,76 @@ class Proxy:
                 method = message.get("method")
                 params = message.get("params")
                 if isinstance(method, str) and isinstance(params, dict):
-                    headers[METHOD_HEADER] = method
-                    name = params.get(NAME_BEARING.get(method, ""))
-                    if isinstance(name, str) and name.isascii() and name.strip() == name:
-                        headers[NAME_HEADER] = name
+                    headers.update(self._standard_headers(method, params))
             elif message.get("method") == "initialize":
                 version = None  # initialize is the negotiation
         if version:
             headers[VERSION_HEADER] = version
         return headers
+
+    def _standard_headers(self, method: str, params: dict[str, Any]) -> dict[str, str]:
+        """What HTTP repeats of a 2026-era request's body: its method, the name it acts on,
+        and for a tool call the arguments its listed ``inputSchema`` designates."""
+        # Imported here, not with the module: ``mcp`` costs every proxy's start a good part
+        # of a second, and only 2026-era sessions need it.
+        from mcp.shared.inbound import (
+            NAME_BEARING_METHODS,
+            encode_header_value,
+            mcp_param_headers,
+        )
+
+        headers = {METHOD_HEADER: method}
+        name = params.get(NAME_BEARING_METHODS.get(method, ""))
+        if isinstance(name, str):
+            headers[NAME_HEADER] = encode_header_value(name)
+        arguments = params.get("arguments")
+        if method == "tools/call" and isinstance(name, str) and isinstance(arguments, dict):
+            # A tool never listed has no schema known here: no Mcp-Param, as from the SDK's client.
+            header_map = self._param_headers.get(name)
+            if header_map:
+                headers.update(mcp_param_headers(header_map, arguments))
+        return headers
+
+    def _tools_listed(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+        """``response`` as the host gets it: for a 2026-era ``tools/list``, without the tools
+        whose ``x-mcp-header`` annotations are invalid, their header maps remembered.
+
+        The spec has clients refuse such a tool, and the host never sees the HTTP side: the
+        proxy is the client that must. A page with a cursor adds to the listing it continues;
+        a listing without one replaces what the last taught.
+        """
+        if request.get("method") != "tools/list" or _envelope_version(request) is None:
+            return response
+        result = response.get("result")
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(tools, list):
+            return response
+        from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+
+        params = request.get("params")
+        if not (isinstance(params, dict) and params.get("cursor") is not None):
+            self._param_headers = {}
+        kept: list[Any] = []
+        for tool in tools:
+            name = tool.get("name") if isinstance(tool, dict) else None
+            if not isinstance(tool, dict) or not isinstance(name, str):
+                kept.append(tool)  # not a tool the host can call by name: the host's to judge
+                continue
+            schema = tool.get("inputSchema")
+            reason = find_invalid_x_mcp_header(schema)
+            if reason is not None:
+                log.warning("dropping tool %r: invalid x-mcp-header (%s)", name, reason)
+                self._param_headers.pop(name, None)
+                continue
+            header_map = x_mcp_header_map(schema)
+            if header_map:
+                self._param_headers[name] = header_map
+            else:
+                self._param_headers.pop(name, None)
+            kept.append(tool)
+        if len(kept) == len(tools):
+            return response
+        return {**response, "result": {**result, "tools": kept}}
 
     async def _send(
         self, message: Any, *, relay: bool = True, internal: bool = False
@@ -335,9 +401,9 @@ class Proxy:
                     self._after_notification(message)
                 return None
             if content_type == "text/event-stream" and status < 400:
-                final = await self._relay_events(response, request_id, relay=relay)
+                final = await self._relay_events(response, message, relay=relay)
             else:
-                final = await self._relay_body(response, request_id, relay=relay)
+                final = await self._relay_body(response, message, relay=relay)
         if initializing and final is not None:
             result = final.get("result")
             version = result.get("protocolVersion") if isinstance(result, dict) else None
@@ -346,8 +412,9 @@ class Proxy:
         return final
 
     async def _relay_body(
-        self, response: httpx2.Response, request_id: Any, *, relay: bool
+        self, response: httpx2.Response, request: dict[str, Any], *, relay: bool
     ) -> dict[str, Any] | None:
+        request_id = request["id"]
         body = await response.aread()
         try:
             parsed = json.loads(body) if body.strip() else None
@@ -359,9 +426,9 @@ class Proxy:
             if is_response(message) and message.get("id") in (request_id, None):
                 if message.get("id") is None:  # rejected before the server read its id
                     message = {**message, "id": request_id}
-                final = message
+                final = self._tools_listed(request, message)
                 if relay:
-                    self._to_host_message(message)
+                    self._to_host_message(final)
             elif isinstance(message, dict):
                 self._to_host_message(message)
         if final is None:
@@ -371,12 +438,13 @@ class Proxy:
         return final
 
     async def _relay_events(
-        self, response: httpx2.Response, request_id: Any, *, relay: bool
+        self, response: httpx2.Response, request: dict[str, Any], *, relay: bool
     ) -> dict[str, Any] | None:
         """Relay a request's event stream until its response; if the stream breaks first
         and the server numbered its events, resume it (GET with ``Last-Event-ID``)."""
+        request_id = request["id"]
         stream = _Stream()
-        final = await self._relay_stream(response, request_id, stream, relay=relay)
+        final = await self._relay_stream(response, request, stream, relay=relay)
         attempts = 0
         while final is None and stream.last_event_id is not None and attempts < RESUME_ATTEMPTS:
             if message_key(request_id) in self._cancelled:
@@ -392,7 +460,7 @@ class Proxy:
                     if resumed.status_code >= 400 or "text/event-stream" not in content_type:
                         log.info("the MCP server did not resume a stream: %s", resumed.status_code)
                         break
-                    final = await self._relay_stream(resumed, request_id, stream, relay=relay)
+                    final = await self._relay_stream(resumed, request, stream, relay=relay)
             except httpx2.HTTPError as exc:
                 log.debug("resuming a stream failed: %s", type(exc).__name__)
             if stream.last_event_id != before:
@@ -409,8 +477,9 @@ class Proxy:
         return None
 
     async def _relay_stream(
-        self, response: httpx2.Response, request_id: Any, stream: _Stream, *, relay: bool
+        self, response: httpx2.Response, request: dict[str, Any], stream: _Stream, *, relay: bool
     ) -> dict[str, Any] | None:
+        request_id = request["id"]
         try:
             async for event in httpx2.EventSource(response, max_event_size=MAX_EVENT_SIZE):
                 if event.id:
@@ -423,9 +492,12 @@ class Proxy:
                 if message is None:
                     continue
                 if is_response(message) and message.get("id") == request_id:
-                    if relay:
+                    final = self._tools_listed(request, message)
+                    if relay and final is message:
                         self._to_host(raw_line(event.data, message))
-                    return message
+                    elif relay:
+                        self._to_host_message(final)
+                    return final
                 self._to_host(raw_line(event.data, message))
         except (httpx2.SSEError, httpx2.TransportError) as exc:
             log.info("event stream broke: %s", type(exc).__name__)
