@@ -11,20 +11,24 @@ once ``n`` calls are inside it at the same time (a concurrency proof without tim
 more call back into the client, to prove its handlers are wired: ``sample`` (sampling),
 ``ask`` (elicitation), ``roots`` (roots/list) and ``log`` (a log message notification).
 The SDK deprecates these features from protocol 2026-07-28 on; they work on sessions that
-negotiated an earlier version (``mode="legacy"``). ``harness.pipe_tools`` adds those a
-pipe (``grantkeeper proxy``) is tested with. ``routed(region, note)`` designates ``region``
-as the ``Mcp-Param-Region`` header (``x-mcp-header``), and the prompt ``grüße`` has a name
-that no header carries as it stands: a 2026-era request for either without the right header
-is refused (SEP-2243). ``tools=`` adds tools served as given, past the SDK's checks (one
-whose ``x-mcp-header`` is invalid, say, as a non-conforming server would list it).
+negotiated an earlier version (``mode="legacy"``). ``confirm(item)`` elicits who confirms
+``item`` at either era: a resolver (``Resolve``) fills its parameter, so at 2026-07-28 the
+call is answered with an ``InputRequiredResult`` and the client retries it with the answer
+and the ``requestState`` (a multi-round-trip request, SEP-2322), and at an earlier version a
+standalone ``elicitation/create`` goes to the client mid-call. ``harness.pipe_tools`` adds
+those a pipe (``grantkeeper proxy``) is tested with. ``routed(region, note)`` designates
+``region`` as the ``Mcp-Param-Region`` header (``x-mcp-header``), and the prompt ``grüße``
+has a name that no header carries as it stands: a 2026-era request for either without the
+right header is refused (SEP-2243). ``tools=`` adds tools served as given, past the SDK's
+checks (one whose ``x-mcp-header`` is invalid, say, as a non-conforming server would list it).
 
 With ``auth_server=None`` the server is not protected at all: no metadata, no 401.
 
 Around the SDK's app sits a thin test-control layer: it records every HTTP request (method,
-status, session id, the bearer token sent, its ``Mcp-*`` headers), and on demand answers the
-next requests of a method with 401 or 403, or treats sessions as expired (404, as the SDK
-answers an unknown session). Tests wait for what they expect with :meth:`McpServer.wait_for`,
-never by sleeping.
+status, session id, the bearer token sent, its ``Mcp-*`` headers, the JSON-RPC message it
+carried), and on demand answers the next requests of a method with 401 or 403, or treats
+sessions as expired (404, as the SDK answers an unknown session). Tests wait for what they
+expect with :meth:`McpServer.wait_for`, never by sleeping.
 
     with AuthServer() as auth, McpServer(auth_server=auth) as mcp:
         ... mcp.url ...
@@ -49,7 +53,7 @@ import uvicorn
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.streamable_http import EventStore
 from mcp_types import SamplingMessage, TextContent
@@ -114,6 +118,9 @@ class Seen:
     """The request's ``Mcp-*`` headers (``Mcp-Method``, ``Mcp-Param-*``...), names lowercase."""
     at: float = dataclasses.field(default_factory=time.monotonic, compare=False)
     """When the answer started (``time.monotonic``), for benchmarks and debugging."""
+    message: dict[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The JSON-RPC message the request carried, parsed (its ``method``, ``id``, ``params``);
+    ``None`` without one: a GET or DELETE, a batch, or a request refused before it was read."""
 
 
 @dataclasses.dataclass
@@ -130,6 +137,17 @@ class Answer(BaseModel):
     """What the ``ask`` tool elicits from the client."""
 
     answer: str
+
+
+class Confirmation(BaseModel):
+    """What the ``confirm`` tool elicits from the client."""
+
+    name: str
+
+
+async def who_confirms(item: str) -> Elicit[Confirmation]:
+    """``confirm``'s resolver: ask the client's user who confirms ``item``."""
+    return Elicit(f"Who confirms {item}?", Confirmation)
 
 
 class _IntrospectionVerifier:
@@ -331,6 +349,13 @@ class McpServer:
             return {"action": result.action, "answer": data.answer if data else None}
 
         @server.tool()
+        async def confirm(
+            item: str, confirmation: Annotated[Confirmation, Resolve(who_confirms)]
+        ) -> str:
+            """Confirm ``item`` in the name the client's user gives (elicited at either era)."""
+            return f"{item} confirmed by {confirmation.name}"
+
+        @server.tool()
         async def roots(ctx: Context) -> list[str]:
             """The URIs of the client's roots (roots/list)."""
             listed = await ctx.session.list_roots()
@@ -491,9 +516,25 @@ class _Controls:
         content_type: str | None = None
 
         mcp_headers = {k: v for k, v in headers.items() if k.startswith("mcp-")}
+        body: list[bytes] = []
+
+        async def recording_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+            return message
 
         def record() -> None:
-            seen = Seen(method, scope["path"], status, token, session_id, content_type, mcp_headers)
+            seen = Seen(
+                method,
+                scope["path"],
+                status,
+                token,
+                session_id,
+                content_type,
+                mcp_headers,
+                message=_parsed(b"".join(body)),
+            )
             self.owner._record(seen, new_session)
 
         async def recording_send(message: Message) -> None:
@@ -521,7 +562,7 @@ class _Controls:
             elif scope["path"] == "/mcp" and self.owner._is_expired(session_id):
                 await _json(recording_send, 404, _SESSION_NOT_FOUND)
             else:
-                await self.app(scope, receive, recording_send)
+                await self.app(scope, recording_receive, recording_send)
         finally:
             if not status:
                 record()  # no answer at all (the app failed or the client went away)
@@ -557,6 +598,17 @@ class _Controls:
             {"error": "insufficient_scope" if fault.status == 403 else "invalid_token"},
             extra=[(b"www-authenticate", challenge.encode())],
         )
+
+
+def _parsed(body: bytes) -> dict[str, Any] | None:
+    """A request body as the JSON object it is, or ``None``."""
+    if not body.strip():
+        return None
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
 
 
 async def _json(
