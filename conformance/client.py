@@ -259,20 +259,28 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url
     mode = mode_for(os.environ.get("MCP_CONFORMANCE_PROTOCOL_VERSION"))
     context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
+    # The suite adds the scenario's name to the context; no operator hands it over.
+    context.pop("name", None)
     with tempfile.TemporaryDirectory(prefix="gk-conformance-") as home:
         # Each scenario is a new user: its store, servers and login locks are its own.
         os.environ["GRANTKEEPER_HOME"] = home
-        try:
-            found = grantkeeper.discover(url)
-        except grantkeeper.OAuthUnsupported:
-            found = None
         if args.via == "proxy":
+            # The operator's discovery only picks what to save; what the server offers is
+            # the proxy's to find out, and its refusals are the proxy's to make.
             server = url
+            try:
+                found: grantkeeper.Discovery | None = grantkeeper.discover(url)
+            except grantkeeper.GrantkeeperError:
+                found = None
             if found is not None:
                 config, _library_only = configuration(url, context, found)
                 server = grantkeeper.save_server(config, home).name or url
             asyncio.run(via_proxy(server, home, mode, context))
             return 0
+        try:
+            found = grantkeeper.discover(url)
+        except grantkeeper.OAuthUnsupported:
+            found = None
         keeper = None
         if found is not None:
             config, options = configuration(url, context, found)

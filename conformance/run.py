@@ -1,12 +1,14 @@
 """Run the pinned MCP conformance suite's client scenarios against conformance/client.py.
 
-    python conformance/run.py [--write] [--via library|proxy] [--set NAME] ...
+    python conformance/run.py [--write] [--via library|proxy] [--set NAME] [--jobs N]
 
 Each requirement set the suite freezes (2025-11-25, 2026-07-28: its scored scenarios and
 the extensions it runs beside them) runs at that revision's wire; the scenarios in no set
 (the 2025-03-26 back-compatibility ones, newer extensions) run once more as ``other``.
-Each set runs twice, as users run grantkeeper: through ``grantkeeper.mcp.connect``
-(``library``) and through ``grantkeeper proxy`` (``proxy``).
+Each scenario runs on its own, so the suite's verdict counts a client that crashed or hung,
+a few at a time. They run as users run grantkeeper: the auth scenarios through
+``grantkeeper.mcp.connect`` (``library``), and every scenario through ``grantkeeper proxy``
+(``proxy``), which is grantkeeper's own end to end.
 
 Every (set, way) has its own table, ``conformance/expected/SET.WAY.json``, and a result
 other than the table's fails the run: a regression, a scenario that now passes (flip it),
@@ -19,6 +21,7 @@ installs them from ``conformance/package-lock.json``).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -38,11 +41,14 @@ SETS = ("2025-11-25", "2026-07-28")
 WAYS = ("library", "proxy")
 
 SCENARIO_TIMEOUT_MS = 120_000
-"""The suite's per-scenario bound. A set runs its scenarios at once, on two shared cores:
-generous, so a slow machine fails nothing; a hang still ends."""
+"""The suite's per-scenario bound: generous, since two cores are shared; a hang still ends."""
+
+JOBS = 3
+"""Scenarios run at once: each is a Node server and one or two Python processes, mostly
+waiting on each other, so a few at a time keeps two cores busy without starving any."""
 
 _LISTED = re.compile(r"^\s+- (\S+)(?: \[|$)")
-_RESULT = re.compile(r"^([✓✗]) (\S+): (\d+) passed, (\d+) failed(?:, (\d+) warnings)?")
+_SUMMARY = re.compile(r"Passed: (\d+)/(\d+), (\d+) failed, (\d+) warnings")
 
 
 def _suite(*args: str, timeout: float = 60) -> tuple[int, str]:
@@ -57,8 +63,10 @@ def _suite(*args: str, timeout: float = 60) -> tuple[int, str]:
 
 
 def listed(*args: str) -> list[str]:
-    """Client scenario names ``conformance list`` prints for ``args``."""
-    _, text = _suite("list", *args)
+    """Client scenario names ``conformance list`` prints for ``args`` (scored or not)."""
+    code, text = _suite("list", *args)
+    if code != 0:
+        raise SystemExit(f"conformance list {' '.join(args)} failed:\n{text}")
     client = text.split("Client scenarios", 1)[-1] if "Client scenarios" in text else text
     names = []
     for line in client.splitlines():
@@ -76,6 +84,19 @@ def scored(name: str) -> list[str]:
     return [m.group(1) for line in client.splitlines() if (m := _LISTED.match(line))]
 
 
+def members(name: str, way: str) -> list[str]:
+    """The scenarios set ``name`` runs ``way``: a requirement set's (the scored ones and the
+    extensions it runs beside them), or for ``other`` every client scenario in no set.
+    Through the library only the auth scenarios run: the protocol ones test the MCP session,
+    which there is the ``mcp`` SDK's, and through the proxy grantkeeper's own."""
+    if name in SETS:
+        names = listed("--client", "--requirements", name)
+    else:
+        in_sets = {s for each in SETS for s in listed("--client", "--requirements", each)}
+        names = [s for s in listed("--client") if s not in in_sets]
+    return [s for s in names if way == "proxy" or s.startswith("auth/")]
+
+
 def command(way: str) -> str:
     return f"{sys.executable} {HERE / 'client.py'} --via {way}"
 
@@ -89,46 +110,54 @@ def verdict(passed: bool, checks_passed: int, checks_failed: int) -> str:
     return "pass" if passed else "fail"
 
 
-def parse(text: str) -> dict[str, dict[str, object]]:
-    """Per scenario: its result and the suite's counts, from the suite's summary lines."""
-    results: dict[str, dict[str, object]] = {}
-    for line in text.splitlines():
-        if m := _RESULT.match(line.strip()):
-            results[m.group(2)] = {
-                "result": verdict(m.group(1) == "✓", int(m.group(3)), int(m.group(4))),
-                "passed": int(m.group(3)),
-                "failed": int(m.group(4)),
-                "warnings": int(m.group(5) or 0),
-            }
-    return results
+def summarise(code: int, text: str) -> dict[str, object]:
+    """One scenario's result from the suite's exit code, which counts what the checks do not
+    (the client crashed or timed out, unless the scenario expects it), and its counts.
+    Output without the suite's summary line is a failure whatever the exit code: the
+    scenario did not run as it should have."""
+    summary = _SUMMARY.search(text)
+    if summary is None:
+        return {"result": "fail", "passed": 0, "failed": 0, "warnings": 0, "summary": False}
+    passed, _total, failed, warnings = (int(n) for n in summary.groups())
+    return {
+        "result": verdict(code == 0, passed, failed),
+        "passed": passed,
+        "failed": failed,
+        "warnings": warnings,
+        "summary": True,
+    }
 
 
-def run_set(name: str, way: str, out: Path) -> tuple[dict[str, dict[str, object]], str]:
-    """Run one requirement set (or ``other``, scenario by scenario) one way."""
-    common = ["--command", command(way), "--timeout", str(SCENARIO_TIMEOUT_MS)]
-    bound = SCENARIO_TIMEOUT_MS / 1000 * 3 + 120
-    if name in SETS:
-        _, text = _suite("client", *common, "--requirements", name, "-o", str(out), timeout=bound)
-        return parse(text), text
-    results: dict[str, dict[str, object]] = {}
-    texts = []
-    in_sets = {s for each in SETS for s in listed("--client", "--requirements", each)}
-    for scenario in listed("--client"):
-        if scenario in in_sets:
-            continue
-        code, text = _suite(
-            "client", *common, "--scenario", scenario, "-o", str(out), timeout=bound
-        )
-        texts.append(text)
-        summary = re.search(r"Passed: (\d+)/(\d+), (\d+) failed, (\d+) warnings", text)
-        counts = [int(n) for n in summary.groups()] if summary else [0, 0, 0, 0]
-        results[scenario] = {
-            "result": verdict(code == 0, counts[0], counts[2]),
-            "passed": counts[0],
-            "failed": counts[2],
-            "warnings": counts[3],
-        }
-    return results, "\n".join(texts)
+def run_one(scenario: str, name: str, way: str, out: Path) -> dict[str, object]:
+    """Run one scenario: at the set's own wire, an extension included (``--force``)."""
+    wire = ["--spec-version", name, "--force"] if name in SETS else []
+    started = time.monotonic()
+    code, text = _suite(
+        "client",
+        "--command",
+        command(way),
+        "--scenario",
+        scenario,
+        *wire,
+        "--timeout",
+        str(SCENARIO_TIMEOUT_MS),
+        "-o",
+        str(out),
+        timeout=SCENARIO_TIMEOUT_MS / 1000 + 120,
+    )
+    result = summarise(code, text)
+    result.update(scenario=scenario, seconds=round(time.monotonic() - started, 1), text=text)
+    return result
+
+
+def run_set(name: str, way: str, out: Path, jobs: int) -> dict[str, dict[str, object]]:
+    names = members(name, way)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [
+            pool.submit(run_one, scenario, name, way, out / str(i))
+            for i, scenario in enumerate(names)
+        ]
+        return {str(r["scenario"]): r for r in (f.result() for f in futures)}
 
 
 def expected_path(name: str, way: str) -> Path:
@@ -139,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="sets", action="append", choices=[*SETS, "other"])
     parser.add_argument("--via", dest="ways", action="append", choices=WAYS)
+    parser.add_argument("--jobs", type=int, default=JOBS)
     parser.add_argument("--write", action="store_true", help="record results as expected")
     parser.add_argument("--verbose", action="store_true", help="print the suite's output")
     args = parser.parse_args(argv)
@@ -151,29 +181,31 @@ def main(argv: list[str] | None = None) -> int:
         for way in args.ways or WAYS:
             began = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="gk-conformance-results-") as tmp:
-                results, text = run_set(name, way, Path(tmp))
-            if args.verbose:
-                print(text)
+                results = run_set(name, way, Path(tmp), args.jobs)
             path = expected_path(name, way)
-            expected: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
             measured = {scenario: str(r["result"]) for scenario, r in results.items()}
+            for scenario, r in results.items():
+                if args.verbose or (r["result"] == "fail" and not r["summary"]):
+                    print(f"--- {name} {way} {scenario}\n{r['text']}")
+                if not r["summary"]:
+                    problems.append(f"{name} {way} {scenario}: the suite gave no summary")
             if not results:
-                problems.append(f"{name} {way}: the suite reported no scenario")
-            if args.write:
+                problems.append(f"{name} {way}: no scenario ran")
+            if args.write and not problems:
                 path.parent.mkdir(exist_ok=True)
                 path.write_text(json.dumps(measured, indent=2) + "\n")
-                expected = measured
+            expected: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
             for scenario, result in measured.items():
                 want = expected.get(scenario)
                 if want == result:
                     continue
+                counts = {k: results[scenario][k] for k in ("passed", "failed", "warnings")}
                 if want is None:
                     problems.append(f"{name} {way} {scenario}: {result}, not in {path.name}")
                 elif result == "fail":
-                    counts = results[scenario]
                     problems.append(f"{name} {way} {scenario}: REGRESSION, fails now ({counts})")
                 else:
-                    problems.append(f"{name} {way} {scenario}: passes now; flip it in {path.name}")
+                    problems.append(f"{name} {way} {scenario}: {result} now, {want} in {path.name}")
             for scenario in sorted(set(expected) - set(measured)):
                 problems.append(f"{name} {way} {scenario}: in {path.name}, but did not run")
             passed = sum(result == "pass" for result in measured.values())
@@ -185,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                 counted = [s for s in scored(name) if s in measured]
                 won = sum(measured[s] == "pass" for s in counted)
                 line += f" ({won} of {len(counted)} scored)"
-            print(f"{line} in {time.monotonic() - began:.0f} s")
+            print(f"{line} in {time.monotonic() - began:.0f} s", flush=True)
     print(f"conformance: {time.monotonic() - started:.0f} s in all")
+    if args.write and problems:
+        print("not written: the run had problems", file=sys.stderr)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

@@ -7,6 +7,7 @@ The suite runs both in full from scripts/test; these pin the decisions themselve
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,10 @@ def test_the_scenario_name_is_never_read() -> None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
     ]
     assert not [s for s in strings if "MCP_CONFORMANCE_SCENARIO" in s and s != docstring]
+    # Nor its copy in the context, which the suite adds and the client drops.
+    source = (run.HERE / "client.py").read_text()
+    assert 'context.pop("name", None)' in source
+    assert 'context["name"]' not in source and 'context.get("name"' not in source
 
 
 def test_arguments_come_from_the_schema_defaults_examples_enums_then_types() -> None:
@@ -131,19 +136,33 @@ def test_the_context_picks_the_operators_configuration(monkeypatch: pytest.Monke
     assert config.client_id == "c" and options["enterprise"].client_id == "idp"
 
 
-def test_the_suites_verdicts_are_read_and_an_empty_pass_is_not_a_pass() -> None:
-    text = "\n".join(
-        [
-            "=== SUITE SUMMARY ===",
-            "✓ tools_call: 2 passed, 0 failed",
-            "✗ auth/scope-step-up: 21 passed, 0 failed, 2 warnings",
-            "✓ sep-2640-client-no-prefetch: 0 passed, 0 failed",
-        ]
-    )
-    results = run.parse(text)
-    assert {name: r["result"] for name, r in results.items()} == {
-        "tools_call": "pass",
-        "auth/scope-step-up": "fail",
-        "sep-2640-client-no-prefetch": "no checks",
-    }
-    assert results["auth/scope-step-up"]["warnings"] == 2
+def test_the_suites_exit_code_decides_and_an_empty_pass_is_not_a_pass() -> None:
+    clean = "Passed: 2/2, 0 failed, 0 warnings"
+    assert run.summarise(0, clean)["result"] == "pass"
+    # Every check passed, but the client crashed or hung: the suite exits non-zero.
+    assert run.summarise(1, clean + "\nCLIENT EXITED WITH ERROR (code 1)")["result"] == "fail"
+    warned = run.summarise(1, "Passed: 21/21, 0 failed, 2 warnings")
+    assert (warned["result"], warned["warnings"]) == ("fail", 2)
+    assert run.summarise(0, "Passed: 0/0, 0 failed, 0 warnings")["result"] == "no checks"
+    # No summary at all: the scenario did not run as it should, whatever the exit code.
+    assert run.summarise(0, "")["result"] == "fail"
+    assert run.summarise(0, "")["summary"] is False
+
+
+def test_a_run_with_problems_never_rewrites_a_table(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(run, "EXPECTED", tmp_path)
+    monkeypatch.setattr(run, "NODE", tmp_path / "node")
+    monkeypatch.setattr(run, "SUITE", tmp_path / "suite")
+    (tmp_path / "node").touch()
+    (tmp_path / "suite").touch()
+    table = tmp_path / "other.proxy.json"
+    table.write_text('{"tools_call": "pass"}\n')
+    crashed = {"scenario": "tools_call", "text": "", **run.summarise(0, "")}
+    monkeypatch.setattr(run, "run_set", lambda *args: {"tools_call": crashed})
+    assert run.main(["--set", "other", "--via", "proxy", "--write"]) == 1
+    assert table.read_text() == '{"tools_call": "pass"}\n'
+    monkeypatch.setattr(run, "run_set", lambda *args: {})
+    assert run.main(["--set", "other", "--via", "proxy", "--write"]) == 1
+    assert table.read_text() == '{"tools_call": "pass"}\n'

@@ -20,6 +20,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+import grantkeeper
 from grantkeeper import CredentialKey, FileStore
 from grantkeeper.testing import sample_record
 from tests.helpers import RESOURCE, ROOT
@@ -76,6 +77,8 @@ def test_metadata_a_user_looks_for() -> None:
     versions = {c.rsplit(" ", 1)[-1] for c in project["classifiers"] if "Python :: 3." in c}
     assert {"3.11", "3.13"} <= versions
     assert "## Unreleased" in (ROOT / "CHANGELOG.md").read_text()
+    # One release, named alike in the metadata and in what grantkeeper sends (clientInfo).
+    assert project["version"] == grantkeeper.__version__
     readme = (ROOT / "README.md").read_text().splitlines()
     assert readme[3].startswith("scripts/demo") and readme[4].startswith("scripts/test")
     sections = [line for line in readme if line.startswith("## ")]
