@@ -18,7 +18,9 @@ What the pipe adds, and nothing else:
 - on a 2026-era request, the standard headers HTTP repeats from the body (SEP-2243):
   ``Mcp-Method``, ``Mcp-Name``, and the ``Mcp-Param-*`` a tool's ``inputSchema`` designates
   with ``x-mcp-header``, learnt from the ``tools/list`` answers relayed; a listed tool whose
-  annotation is invalid is dropped from the answer, as the spec has clients do.
+  annotation is invalid is dropped from the answer, as the spec has clients do. A request
+  whose values HTTP cannot carry there (a lone surrogate, a method that is not ASCII) is
+  answered with an invalid-params error and never sent.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ MAX_EVENT_SIZE = 64 * 1024 * 1024
 PROXY_ERROR = -32603
 """JSON-RPC internal error: the code of every answer the proxy gives in the server's place."""
 
+INVALID_PARAMS = -32602
+"""JSON-RPC invalid params: the answer to a request whose values HTTP cannot carry."""
+
 RECONNECT_DELAY = 1.0
 RECONNECT_MAX = 30.0
 """Backoff of the GET stream's reconnects (the server's ``retry:`` field overrides the first)."""
@@ -88,6 +93,13 @@ class SessionExpired(Exception):
     """The server answered 404 to a request that named our session."""
 
 
+class Unsendable(Exception):
+    """HTTP cannot carry a message: a header value, or the body, does not encode.
+
+    Its text names the part (a header's name), never the value: that may be a secret.
+    """
+
+
 def is_response(message: Any) -> TypeGuard[dict[str, Any]]:
     return (
         isinstance(message, dict)
@@ -101,7 +113,18 @@ def is_request(message: Any) -> TypeGuard[dict[str, Any]]:
 
 
 def encode(message: Any) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate: JSON has "\ud800" (and json.loads takes it), UTF-8 does not.
+        # Escaped, the same message is still JSON.
+        return json.dumps(message, separators=(",", ":")).encode()
+
+
+def header_safe(value: str) -> bool:
+    """Whether ``value`` goes into an HTTP header as it is: printable ASCII, no edge spaces."""
+    return value.isascii() and value.isprintable() and value == value.strip()
 
 
 class Proxy:
@@ -162,7 +185,7 @@ class Proxy:
     async def _from_host(self, line: bytes) -> None:
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past any real message
             self._to_host_message(
                 {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
             )
@@ -220,6 +243,8 @@ class Proxy:
         if isinstance(message, dict):
             envelope = _envelope_version(message)
             if envelope is not None:
+                if not header_safe(envelope):
+                    raise Unsendable("its MCP-Protocol-Version header cannot carry the version")
                 version = envelope
                 method = message.get("method")
                 params = message.get("params")
@@ -237,22 +262,38 @@ class Proxy:
         # Imported here, not with the module: ``mcp`` costs every proxy's start a good part
         # of a second, and only 2026-era sessions need it.
         from mcp.shared.inbound import (
+            MCP_PARAM_HEADER_PREFIX,
             NAME_BEARING_METHODS,
             encode_header_value,
             mcp_param_headers,
         )
 
+        # Values outside printable ASCII are base64-wrapped, but what is not Unicode text
+        # (a lone surrogate) has no encoding at all; the method is sent verbatim.
+        if not header_safe(method):
+            raise Unsendable("its Mcp-Method header cannot carry the method")
         headers = {METHOD_HEADER: method}
         name = params.get(NAME_BEARING_METHODS.get(method, ""))
         if isinstance(name, str):
-            headers[NAME_HEADER] = encode_header_value(name)
+            try:
+                headers[NAME_HEADER] = encode_header_value(name)
+            except UnicodeError:
+                raise Unsendable("its Mcp-Name header cannot carry the name") from None
         arguments = params.get("arguments")
         if method == "tools/call" and isinstance(name, str) and isinstance(arguments, dict):
             # A tool never listed has no schema known here: no Mcp-Param, as from the SDK's client.
-            header_map = self._param_headers.get(name)
-            if header_map:
-                headers.update(mcp_param_headers(header_map, arguments))
+            header_map = self._param_headers.get(name) or {}
+            for path, token in header_map.items():
+                try:  # one at a time, to say which (the token is the server's, never a value)
+                    headers.update(mcp_param_headers({path: token}, arguments))
+                except UnicodeError:
+                    header = f"{MCP_PARAM_HEADER_PREFIX}{token}"
+                    raise Unsendable(f"its {header} header cannot carry the argument") from None
         return headers
+
+    def _as_host_gets(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+        """The answer to ``request`` as the host gets it (the server's own when unchanged)."""
+        return _with_result_type(request, self._tools_listed(request, response))
 
     def _tools_listed(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         """``response`` as the host gets it: for a 2026-era ``tools/list``, without the tools
@@ -328,6 +369,12 @@ class Proxy:
             except GrantkeeperError as exc:
                 self._fail(message, self._explain(exc), exc, relay=relay)
                 return None
+            except Unsendable as exc:
+                # Nothing was sent: a request is answered, a notification dropped (logged).
+                what = "request" if is_request(message) else "message"
+                text = f"cannot send the {what} over HTTP: {exc}"
+                self._fail(message, text, relay=relay, code=INVALID_PARAMS)
+                return None
             except httpx2.HTTPError as exc:
                 what = f"cannot reach the MCP server at {self.url}: {type(exc).__name__}"
                 self._fail(message, what, relay=relay)
@@ -359,8 +406,11 @@ class Proxy:
         exc: BaseException | None = None,
         *,
         relay: bool = True,
+        code: int = PROXY_ERROR,
     ) -> None:
         method = message.get("method") if isinstance(message, dict) else None
+        if isinstance(method, str) and not header_safe(method):
+            method = "?"  # it may be the very value that could not be sent
         log.warning("%s (%s)", text, method or "response")
         if not is_request(message) or not relay:
             return
@@ -374,24 +424,40 @@ class Proxy:
             {
                 "jsonrpc": "2.0",
                 "id": message["id"],
-                "error": {"code": PROXY_ERROR, "message": text, "data": data},
+                "error": {"code": code, "message": text, "data": data},
             }
         )
         return None
 
-    async def _post(self, message: Any, *, relay: bool) -> dict[str, Any] | None:
+    def _request(self, message: Any) -> httpx2.Request:
+        """The POST carrying ``message``; :class:`Unsendable` when HTTP cannot carry it."""
         headers = self._headers(message)
-        named_session = SESSION_HEADER in headers
+        try:
+            content = encode(message)
+        except (ValueError, RecursionError):
+            raise Unsendable("its body cannot be encoded as JSON") from None
+        try:
+            return self.http.build_request("POST", self.url, content=content, headers=headers)
+        except UnicodeError:  # httpx2 encodes header values as ASCII
+            raise Unsendable("its headers cannot be encoded") from None
+
+    async def _post(self, message: Any, *, relay: bool) -> dict[str, Any] | None:
+        request = self._request(message)
+        named_session = SESSION_HEADER in request.headers
         request_id = message.get("id") if is_request(message) else None
         initializing = is_request(message) and message.get("method") == "initialize"
-        async with self.http.stream(
-            "POST", self.url, content=encode(message), headers=headers
-        ) as response:
+        response = await self.http.send(request, stream=True)
+        try:
             status = response.status_code
             if status == 404 and named_session:
                 raise SessionExpired
             if initializing and status < 400:
-                self.session_id = response.headers.get(SESSION_HEADER) or self.session_id
+                session_id = response.headers.get(SESSION_HEADER)
+                if session_id and not header_safe(session_id):
+                    # Sent back on every request, it would make each one unsendable.
+                    log.warning("the MCP server sent a session id HTTP cannot carry; ignored")
+                    session_id = None
+                self.session_id = session_id or self.session_id
             content_type = response.headers.get("content-type", "").partition(";")[0]
             content_type = content_type.strip().lower()
             if request_id is None:
@@ -404,10 +470,12 @@ class Proxy:
                 final = await self._relay_events(response, message, relay=relay)
             else:
                 final = await self._relay_body(response, message, relay=relay)
+        finally:
+            await response.aclose()
         if initializing and final is not None:
             result = final.get("result")
             version = result.get("protocolVersion") if isinstance(result, dict) else None
-            if isinstance(version, str):
+            if isinstance(version, str) and header_safe(version):
                 self.protocol_version = version
         return final
 
@@ -421,12 +489,18 @@ class Proxy:
         except ValueError:
             parsed = None
         messages = parsed if isinstance(parsed, list) else [parsed]
+        if not 200 <= response.status_code < 300 and len(messages) == 1:
+            (only,) = messages
+            if is_response(only) and "error" in only:
+                # A refusal under an id of the server's own (``mcp`` 1.x answers a request it
+                # cannot read with id "server-error"): it is this request's answer.
+                messages = [{**only, "id": request_id}]
         final: dict[str, Any] | None = None
         for message in messages:
             if is_response(message) and message.get("id") in (request_id, None):
                 if message.get("id") is None:  # rejected before the server read its id
                     message = {**message, "id": request_id}
-                final = self._tools_listed(request, message)
+                final = self._as_host_gets(request, message)
                 if relay:
                     self._to_host_message(final)
             elif isinstance(message, dict):
@@ -492,7 +566,7 @@ class Proxy:
                 if message is None:
                     continue
                 if is_response(message) and message.get("id") == request_id:
-                    final = self._tools_listed(request, message)
+                    final = self._as_host_gets(request, message)
                     if relay and final is message:
                         self._to_host(raw_line(event.data, message))
                     elif relay:
@@ -625,6 +699,26 @@ class NoSession(Exception):
     """Re-initializing was refused; the request that found the expiry fails with this."""
 
 
+INPUT_REQUIRED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
+"""Methods whose 2026-era result may be ``input_required`` (SEP-2322) instead of complete."""
+
+
+def _with_result_type(request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """``response``, with ``resultType: "complete"`` written out when a 2026-era result that
+    may be ``input_required`` leaves it out.
+
+    SEP-2322 has clients take a missing ``resultType`` as ``complete``; some hosts reject the
+    result instead (the ``mcp`` SDK's client, 2.3.0), and the host never sees the HTTP side,
+    so the proxy, as the client there, says what the spec says the server meant.
+    """
+    if request.get("method") not in INPUT_REQUIRED_METHODS or _envelope_version(request) is None:
+        return response
+    result = response.get("result")
+    if not isinstance(result, dict) or "resultType" in result:
+        return response
+    return {**response, "result": {**result, "resultType": "complete"}}
+
+
 def _envelope_version(message: dict[str, Any]) -> str | None:
     """The protocol version a 2026-era request carries in ``params._meta``, if any."""
     params = message.get("params")
@@ -641,7 +735,7 @@ def message_key(request_id: Any) -> str:
 def parse_event(data: str) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         log.warning("the MCP server sent an event that is not JSON; dropped")
         return None
 
