@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,14 +53,24 @@ _SUMMARY = re.compile(r"Passed: (\d+)/(\d+), (\d+) failed, (\d+) warnings")
 
 
 def _suite(*args: str, timeout: float = 60) -> tuple[int, str]:
-    done = subprocess.run(
+    """Run the suite; past ``timeout`` its whole process group (the scenario's client and the
+    proxy it started included) is killed, and the run is a failure (exit code -9)."""
+    with subprocess.Popen(
         [str(NODE), str(SUITE), *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"},
-        timeout=timeout,
-    )
-    return done.returncode, re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
+        start_new_session=True,
+    ) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            output += f"\nrun.py: killed after {timeout:.0f} s"
+            return -9, output
+    return process.returncode, re.sub(r"\x1b\[[0-9;]*m", "", output)
 
 
 def listed(*args: str) -> list[str]:
@@ -176,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print("conformance suite not installed: run scripts/bootstrap", file=sys.stderr)
         return 2
     problems: list[str] = []
+    tables: dict[Path, dict[str, str]] = {}
     started = time.monotonic()
     for name in args.sets or [*SETS, "other"]:
         for way in args.ways or WAYS:
@@ -191,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                     problems.append(f"{name} {way} {scenario}: the suite gave no summary")
             if not results:
                 problems.append(f"{name} {way}: no scenario ran")
-            if args.write and not problems:
-                path.parent.mkdir(exist_ok=True)
-                path.write_text(json.dumps(measured, indent=2) + "\n")
-            expected: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+            tables[path] = measured
+            # Written below, once every set ran cleanly; until then it is its own table.
+            expected: dict[str, str] = (
+                measured if args.write else json.loads(path.read_text()) if path.exists() else {}
+            )
             for scenario, result in measured.items():
                 want = expected.get(scenario)
                 if want == result:
@@ -220,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{line} in {time.monotonic() - began:.0f} s", flush=True)
     print(f"conformance: {time.monotonic() - started:.0f} s in all")
     if args.write and problems:
-        print("not written: the run had problems", file=sys.stderr)
+        print("no table written: the run had problems", file=sys.stderr)
+    elif args.write:
+        for path, measured in tables.items():
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(measured, indent=2) + "\n")
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

@@ -166,3 +166,32 @@ def test_a_run_with_problems_never_rewrites_a_table(
     monkeypatch.setattr(run, "run_set", lambda *args: {})
     assert run.main(["--set", "other", "--via", "proxy", "--write"]) == 1
     assert table.read_text() == '{"tools_call": "pass"}\n'
+
+
+def test_a_scenario_past_its_bound_is_killed_with_everything_it_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A hung scenario fails the run, and takes the client and proxy it started with it."""
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    script = tmp_path / "suite.sh"
+    script.write_text(f"sleep 300 &\necho $! > {pidfile}\nwait\n")
+    monkeypatch.setattr(run, "NODE", Path("/bin/sh"))
+    monkeypatch.setattr(run, "SUITE", script)
+    code, text = run._suite("client", timeout=5)
+    assert code == -9 and "killed after 5 s" in text
+    assert run.summarise(code, text)["result"] == "fail"
+    child = Path(f"/proc/{int(pidfile.read_text())}/stat")
+
+    def alive() -> bool:
+        try:
+            return child.read_text().split(") ", 1)[1][0] != "Z"  # a zombie is dead
+        except FileNotFoundError:
+            return False
+
+    # SIGKILL is sent before _suite returns; the kernel may take a moment to carry it out.
+    deadline = time.monotonic() + 30
+    while alive():
+        assert time.monotonic() < deadline, "the scenario's child outlived the kill"
+        time.sleep(0.05)

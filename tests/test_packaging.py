@@ -179,6 +179,7 @@ def test_the_wheel_works_with_only_its_declared_dependencies_at_their_lowest(
     assert "pip install 'grantkeeper[keyring]'" in doctor
     for args, extra in (
         (["tools", RESOURCE], "mcp"),
+        (["proxy", RESOURCE], "mcp"),
         (["status", "--store", "keyring"], "keyring"),
         (["status", "--store", "postgresql://gk@127.0.0.1:9/gk"], "postgresql"),
     ):

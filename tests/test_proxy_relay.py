@@ -220,7 +220,7 @@ def test_tools_without_a_usable_name_or_schema_pass_to_the_host_untouched() -> N
             return out
 
     out = asyncio.run(run())
-    assert answer_to(out, 1)["result"] == {"tools": served}
+    assert answer_to(out, 1)["result"] == {"tools": served, "resultType": "complete"}
     assert upstream.param_headers("tools/call") == [{}, {"mcp-param-region": "eu"}]
 
 
@@ -327,7 +327,8 @@ def test_a_notification_http_cannot_carry_is_dropped_and_the_relay_goes_on(
 
     out = asyncio.run(run())
     assert upstream.methods() == ["tools/list"]
-    assert out.messages() == [{"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}]
+    listed = {"tools": [], "resultType": "complete"}
+    assert out.messages() == [{"jsonrpc": "2.0", "id": 1, "result": listed}]
     assert any(r.levelno == logging.WARNING and "HTTP" in r.getMessage() for r in caplog.records)
 
 
@@ -350,7 +351,7 @@ def test_a_listing_with_a_lone_surrogate_reaches_the_host_as_json_without_its_dr
     out = asyncio.run(run())
     (line,) = out.lines
     line.decode("utf-8")  # what the host reads is UTF-8 (strict) ...
-    assert json.loads(line)["result"] == {"tools": [odd]}  # ... and JSON, the text intact
+    assert json.loads(line)["result"]["tools"] == [odd]  # ... and JSON, the text intact
 
 
 def test_a_host_argument_with_a_lone_surrogate_goes_upstream_as_json() -> None:
@@ -396,10 +397,10 @@ def test_an_error_a_server_sent_under_its_own_id_answers_the_request() -> None:
 
 @pytest.mark.parametrize("sse", [False, True], ids=["json", "event-stream"])
 def test_a_2026_era_result_without_result_type_reaches_the_host_as_complete(sse: bool) -> None:
-    """SEP-2322: a missing ``resultType`` means ``complete``. The proxy writes it out for the
-    methods whose result may be ``input_required``, so a strict host (the ``mcp`` SDK's
-    client, 2.3.0, refuses the result otherwise) gets what the server meant; a 2025-era
-    answer, another method, or a result that says its type passes as it came."""
+    """SEP-2322: at 2026-07-28 a missing ``resultType`` means ``complete``. The proxy writes
+    it out, so a strict host (the ``mcp`` SDK's client, 2.3.0, refuses the result otherwise)
+    gets what the server meant; a 2025-era answer, or a result that says its type, passes as
+    it came."""
     content = {"content": [{"type": "text", "text": "done"}]}
     asked = {**content, "resultType": "input_required"}
 
@@ -424,7 +425,7 @@ def test_a_2026_era_result_without_result_type_reaches_the_host_as_complete(sse:
     assert answer_to(out, 1)["result"] == {**content, "resultType": "complete"}
     assert answer_to(out, 2)["result"] == asked
     assert answer_to(out, 3)["result"] == content
-    assert answer_to(out, 4)["result"] == {"tools": []}
+    assert answer_to(out, 4)["result"] == {"tools": [], "resultType": "complete"}
     assert answer_to(out, 5)["result"] == {**content, "resultType": "complete"}
 
 
@@ -441,5 +442,51 @@ def test_a_host_line_nested_past_any_real_message_is_a_parse_error() -> None:
 
     out = asyncio.run(run())
     assert out.messages()[0]["error"]["code"] == -32700
-    assert answer_to(out, 1)["result"] == {}
+    assert answer_to(out, 1)["result"] == {"resultType": "complete"}
     assert upstream.methods() == ["tools/list"]
+
+
+def test_the_proxy_wants_mcp_2_beside_httpx2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2026-07-28 header rules come from ``mcp`` 2.x: without it (or with 1.x) the proxy
+    names the extra at start instead of failing the first 2026-era request."""
+    import importlib.metadata
+
+    from grantkeeper._cli._proxy import _has_mcp_extra
+
+    assert _has_mcp_extra()
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        return "1.30.0" if name == "mcp" else real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert not _has_mcp_extra()
+
+
+def test_whatever_breaks_relaying_a_request_still_answers_the_host() -> None:
+    """An answer nested deep enough to parse but not to encode again (``json.dumps`` runs a
+    few frames deeper than ``json.loads``): the host gets an error, not silence."""
+    import sys
+
+    depth = sys.getrecursionlimit() - 60
+    nested: Any = "done"
+    for _ in range(depth):
+        nested = [nested]
+
+    def answer(message: dict[str, Any]) -> tuple[int, Any]:
+        if message["method"] == "tools/call":
+            return result(message, {"content": [], "structuredContent": {"deep": nested}})
+        return result(message, {"tools": []})
+
+    upstream = Upstream(answer)
+
+    async def run() -> HostOut:
+        async with proxy_to(upstream) as (proxy, out):
+            for _ in range(3):  # one of these depths lands between the two limits
+                await send(proxy, {"jsonrpc": "2.0", "id": 1, "method": "tools/call"})
+            await send(proxy, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            return out
+
+    out = asyncio.run(run())
+    assert all(b'"id":1' in line for line in out.lines[:3])
+    assert answer_to(out, 2)["result"] == {"tools": []}

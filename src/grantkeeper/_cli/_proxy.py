@@ -161,10 +161,8 @@ def proxy(
     from .._signals import ignore_stop_signals
 
     out = ProtocolOut.claim_stdout()  # before anything can print
-    try:
-        import httpx2  # noqa: F401
-    except ImportError:
-        raise fail(MISSING_EXTRA) from None
+    if not _has_mcp_extra():
+        raise fail(MISSING_EXTRA)
     from .._keeper import RECOVERY_MARGIN, Keeper
     from .._redact import remember
     from .._servers import credential_header_values, resolve_server
@@ -214,6 +212,22 @@ def proxy(
         if keeper is not None:
             keeper.close()  # stores (or rescues) a refresh still pending
         out.close()
+
+
+def _has_mcp_extra() -> bool:
+    """Whether what the ``mcp`` extra brings is here: httpx2, and ``mcp`` 2.x (the proxy
+    takes the 2026-07-28 header rules from it). Looked up, not imported: importing ``mcp``
+    costs a proxy's start a good part of a second, and only 2026-era sessions need it."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("httpx2") is None:
+        return False
+    try:
+        major = importlib.metadata.version("mcp").split(".", 1)[0]
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return major.isdigit() and int(major) >= 2
 
 
 def _nothing_stored(store: Store, config: ServerConfig) -> bool:

@@ -379,6 +379,14 @@ class Proxy:
                 what = f"cannot reach the MCP server at {self.url}: {type(exc).__name__}"
                 self._fail(message, what, relay=relay)
                 return None
+            except Exception as exc:
+                # Whatever else breaks relaying one message (an answer nested too deep to
+                # encode, say), the host gets an answer instead of waiting for ever. Only the
+                # type is told: an exception's text may quote the message's values.
+                self._fail(
+                    message, f"the proxy could not relay this ({type(exc).__name__})", relay=relay
+                )
+                return None
             finally:
                 if request_id is not None:
                     self._cancelled.discard(message_key(request_id))
@@ -486,7 +494,7 @@ class Proxy:
         body = await response.aread()
         try:
             parsed = json.loads(body) if body.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         messages = parsed if isinstance(parsed, list) else [parsed]
         if not 200 <= response.status_code < 300 and len(messages) == 1:
@@ -699,19 +707,16 @@ class NoSession(Exception):
     """Re-initializing was refused; the request that found the expiry fails with this."""
 
 
-INPUT_REQUIRED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
-"""Methods whose 2026-era result may be ``input_required`` (SEP-2322) instead of complete."""
-
-
 def _with_result_type(request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
-    """``response``, with ``resultType: "complete"`` written out when a 2026-era result that
-    may be ``input_required`` leaves it out.
+    """``response``, with ``resultType: "complete"`` written out when a 2026-era result
+    leaves it out.
 
-    SEP-2322 has clients take a missing ``resultType`` as ``complete``; some hosts reject the
-    result instead (the ``mcp`` SDK's client, 2.3.0), and the host never sees the HTTP side,
-    so the proxy, as the client there, says what the spec says the server meant.
+    At 2026-07-28 every result carries ``resultType`` (SEP-2322), and a client must take a
+    missing one as ``complete``; some hosts reject the result instead (the ``mcp`` SDK's
+    client, 2.3.0, validates each against its 2026 model), and the host never sees the HTTP
+    side, so the proxy, as the client there, says what the spec says the server meant.
     """
-    if request.get("method") not in INPUT_REQUIRED_METHODS or _envelope_version(request) is None:
+    if _envelope_version(request) is None:
         return response
     result = response.get("result")
     if not isinstance(result, dict) or "resultType" in result:
