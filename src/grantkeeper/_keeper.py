@@ -334,6 +334,11 @@ class Keeper:
                     # Failed or not, callers that waited for this one do not start another:
                     # a person who closed the browser is not shown a window per request.
                     self._recoveries += 1
+                # A person logged in because this lifecycle asked them to: what they logged
+                # in as, and where, is its identity from now on. A server that moved to
+                # another authorization server (SEP-2352) is served by the new issuer's
+                # credential; a login nobody asked for still changes nothing silently.
+                self._identity = None
                 # The store has a new record: memory is no longer the authority.
                 self._current = None
         return self._credential(None, None)

@@ -14,12 +14,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from ._errors import CallbackUnavailable, ClientRegistrationInvalid, ServerConfigError
+from ._errors import (
+    CallbackTimeout,
+    CallbackUnavailable,
+    ClientRegistrationInvalid,
+    ServerConfigError,
+)
 from ._freshness import Clock, utc_now
 from ._log import event
 from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
 from ._oauth.client_assertion import key_source
-from ._oauth.code_flow import Authorize, register_client, run_code_flow
+from ._oauth.code_flow import Authorize, register_client, registration_known, run_code_flow
 from ._oauth.discovery import Discovery, choose_scope, discover
 from ._oauth.grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
 from ._oauth.kept_registrations import KeptRegistrations
@@ -128,8 +133,27 @@ def login(
         chosen_scope = choose_scope(
             scope or config.scope, found.challenge, found.resource_metadata, found.metadata
         )
-        fixed_id = client_id or config.client_id
-        secret = client_secret or config.client_secret
+        issuer = found.metadata.issuer
+        fixed_id, secret = client_id, client_secret
+        if fixed_id is None and config.client_id:
+            if config.client_issuer and config.client_issuer != issuer:
+                # SEP-2352: a client is bound to the issuer that made it. Its id (let alone
+                # its secret) never goes to another authorization server.
+                if machine or enterprise is not None:
+                    raise ServerConfigError(
+                        f"the client id configured for {config.label} was issued by "
+                        f"{config.client_issuer}, but the server now uses {issuer}: register "
+                        "a client there and configure it"
+                    )
+                event(
+                    logging.WARNING,
+                    "login.client_of_other_issuer",
+                    key=str(config.key),
+                    configured=config.client_issuer,
+                    issuer=issuer,
+                )
+            else:
+                fixed_id, secret = config.client_id, client_secret or config.client_secret
         if machine:
             return _machine_login(
                 config,
@@ -170,7 +194,7 @@ def login(
         )
 
         kept = KeptRegistrations(getattr(store, "home", None))
-        issuer = found.metadata.issuer
+        pushed = bool(found.metadata.pushed_authorization_request_endpoint)
 
         def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
             def run(client_registration: ClientRegistration | None) -> Credential:
@@ -200,13 +224,36 @@ def login(
                 kept.keep(issuer, redirect_uri, new)
                 return new
 
+            held, verified = kept.find(issuer, redirect_uri), pushed
+            if held is not None and not pushed:
+                # Without a push to tell (see run_code_flow), ask the registration itself
+                # (RFC 7592) whether the server still knows it, before a browser opens.
+                known = registration_known(client, held)
+                if known is False:
+                    kept.forget(issuer, redirect_uri)
+                    event(logging.WARNING, "login.registration_forgotten", key=str(config.key))
+                    held = None
+                verified = known is True
             try:
-                return run(kept.find(issuer, redirect_uri) or register())
+                return run(held or register())
             except ClientRegistrationInvalid:
                 # The server forgot the client (a restart, an expiry): replace it, once.
                 kept.forget(issuer, redirect_uri)
                 event(logging.WARNING, "login.reregistering", key=str(config.key))
                 return run(register())
+            except CallbackTimeout as exc:
+                if held is None or verified:
+                    raise
+                # Nothing could ask the server about this kept client, and no redirect came:
+                # the browser may be showing the server's refusal of a client it forgot.
+                # The next login registers anew rather than trying the same one again.
+                kept.forget(issuer, redirect_uri)
+                event(logging.WARNING, "login.registration_dropped", key=str(config.key))
+                raise CallbackTimeout(
+                    f"{exc.message}; if the authorization server said it does not know this "
+                    "client, log in again: the next login registers a new one",
+                    key=exc.key,
+                ) from None
 
         if authorize is not None and redirect_uri is not None:
             return attempt(authorize, redirect_uri)

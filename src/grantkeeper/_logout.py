@@ -19,14 +19,11 @@ from dataclasses import dataclass, field
 import httpx
 
 from . import _rescue_copies
-from ._errors import GrantkeeperError, StoreError
+from ._errors import StoreError
 from ._log import event
-from ._oauth.revocation import TokenKind, check_revocation_response, revocation_request
+from ._oauth.revocation import TokenKind, revoke_tokens
 from ._record import Credential, CredentialKey
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
-
-REVOCATION_TIMEOUT = httpx.Timeout(15.0, connect=10.0)
-"""Bounds each revocation request, which runs while the credential's lock is held."""
 
 
 @dataclass(frozen=True)
@@ -92,26 +89,9 @@ def _revoke_all(
 ) -> tuple[tuple[TokenKind, ...], tuple[str, ...]]:
     own = http is None
     client = http or httpx.Client(follow_redirects=False, trust_env=False)
-    revoked: list[TokenKind] = []
-    problems: list[str] = []
     try:
         # The refresh token first: most servers then revoke the whole grant with it.
-        kinds: tuple[TokenKind, ...] = ("refresh_token", "access_token")
-        for kind in kinds:
-            try:
-                request = revocation_request(record, kind)
-                if request is None:
-                    continue
-                http_request = request.to_httpx()
-                http_request.extensions["timeout"] = REVOCATION_TIMEOUT.as_dict()
-                response = client.send(http_request)
-                check_revocation_response(response.status_code, kind)
-            except httpx.HTTPError as exc:
-                problems.append(f"{kind} not revoked: {type(exc).__name__}")
-            except GrantkeeperError as exc:
-                problems.append(exc.message)
-            else:
-                revoked.append(kind)
+        revoked, problems = revoke_tokens(client, record, ("refresh_token", "access_token"))
     finally:
         if own:
             client.close()
@@ -122,4 +102,4 @@ def _revoke_all(
         revoked=",".join(revoked) or None,
         failed=len(problems) or None,
     )
-    return tuple(revoked), tuple(problems)
+    return revoked, problems

@@ -67,6 +67,10 @@ class ServerConfig:
     """Name of an environment variable holding that PEM private key."""
     retry_unknown_outcome: bool | None = None
     """The :class:`~grantkeeper.Keeper` option for this server; ``None`` keeps the default."""
+    client_issuer: str | None = None
+    """The authorization server that issued ``client_id`` (its issuer URL). When the server
+    names another one (it moved, SEP-2352), that client is not presented there: a browser
+    login registers at the new one, a machine or cross-app login stops and says so."""
 
     def __post_init__(self) -> None:
         # Whatever a server echoes of these is hidden from every message (see _redact).

@@ -30,6 +30,8 @@ class AuthServerMetadata:
     """The server takes a client ID metadata document URL as ``client_id`` (SEP-991)."""
     grant_types_supported: tuple[str, ...] = ()
     token_endpoint_auth_methods_supported: tuple[str, ...] = ()
+    pushed_authorization_request_endpoint: str | None = None
+    """Where authorization requests are pushed (RFC 9126); the login uses it when present."""
 
 
 def metadata_urls(issuer: str) -> list[str]:
@@ -102,5 +104,8 @@ def parse_metadata(body: bytes, *, expected_issuer: str) -> AuthServerMetadata:
         token_endpoint_auth_methods_supported=_strings(
             data.get("token_endpoint_auth_methods_supported"),
             "token_endpoint_auth_methods_supported",
+        ),
+        pushed_authorization_request_endpoint=endpoint(
+            "pushed_authorization_request_endpoint", False
         ),
     )

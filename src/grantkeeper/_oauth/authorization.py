@@ -1,16 +1,33 @@
-"""The authorization request and its callback (RFC 6749 §4.1, RFC 7636, RFC 8707, RFC 9207)."""
+"""The authorization request and its callback (RFC 6749 §4.1, RFC 7636, RFC 8707, RFC 9207),
+and the pushed authorization request that carries it where the server offers one (RFC 9126).
+"""
 
 from __future__ import annotations
 
 import hmac
+import json
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from .._errors import AuthorizationDenied, ProtocolError
+from .._errors import AuthorizationDenied, ClientRegistrationInvalid, ProtocolError
+from .registration import ClientRegistration
+from .token_endpoint import TokenRequest, client_auth
 
 MAX_CALLBACK_CHARS = 8192
 """Callback URLs carry a code, a state and an issuer: a few hundred characters."""
 
-__all__ = ["AuthorizationDenied", "authorization_url", "parse_callback"]
+MAX_PUSHED_RESPONSE_BYTES = 16 * 1024
+"""A pushed authorization response is a request URI and a lifetime: well under a KiB."""
+
+__all__ = [
+    "AuthorizationDenied",
+    "authorization_params",
+    "authorization_url",
+    "parse_callback",
+    "parse_pushed_response",
+    "pushed_request",
+    "pushed_url",
+    "url_with",
+]
 
 
 def authorization_url(
@@ -24,6 +41,27 @@ def authorization_url(
     scope: str | None,
 ) -> str:
     """Build the URL a browser opens to ask the user for consent."""
+    params = authorization_params(
+        client_id=client_id,
+        redirect_uri=redirect_uri,
+        state=state,
+        code_challenge=code_challenge,
+        resource=resource,
+        scope=scope,
+    )
+    return url_with(endpoint, params)
+
+
+def authorization_params(
+    *,
+    client_id: str,
+    redirect_uri: str,
+    state: str,
+    code_challenge: str,
+    resource: str,
+    scope: str | None,
+) -> dict[str, str]:
+    """The parameters of an authorization request, for the URL or for a push."""
     params = {
         "response_type": "code",
         "client_id": client_id,
@@ -35,9 +73,64 @@ def authorization_url(
     }
     if scope:
         params["scope"] = scope
+    return params
+
+
+def url_with(endpoint: str, params: dict[str, str]) -> str:
+    """``endpoint`` with ``params`` added to its query (RFC 6749 §3.1 keeps its own)."""
     parts = urlsplit(endpoint)
     query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def pushed_request(
+    endpoint: str, params: dict[str, str], client: ClientRegistration
+) -> TokenRequest:
+    """The RFC 9126 §2.1 POST of ``params`` to the pushed authorization request endpoint,
+    with the client authentication the token endpoint takes from ``client``."""
+    form = dict(params)
+    form.pop("client_id", None)  # client_auth puts it back where the method wants it
+    headers = client_auth(
+        form, client.client_id, client.client_secret, client.token_endpoint_auth_method
+    )
+    if "client_id" not in form:
+        form["client_id"] = client.client_id  # RFC 9126 §2.1: sent with Basic too
+    return TokenRequest(endpoint, form, headers)
+
+
+def parse_pushed_response(status: int, body: bytes) -> str:
+    """The ``request_uri`` of an RFC 9126 §2.2 answer.
+
+    Raises :class:`ClientRegistrationInvalid` when the server does not know the client
+    (``invalid_client``: an authorization server that forgot a registration says so here,
+    before a browser opens), else :class:`ProtocolError` saying what went wrong.
+    """
+    data = None
+    if len(body) <= MAX_PUSHED_RESPONSE_BYTES:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            data = None
+    if not isinstance(data, dict):
+        data = {}
+    error = data.get("error") if isinstance(data.get("error"), str) else None
+    if status in (400, 401) and error == "invalid_client":
+        raise ClientRegistrationInvalid(
+            "the authorization server does not know this client (invalid_client)"
+        )
+    if status not in (200, 201):
+        said = f" ({error[:100]})" if error else ""
+        raise ProtocolError(f"the pushed authorization request failed: HTTP {status}{said}")
+    request_uri = data.get("request_uri")
+    if not isinstance(request_uri, str) or not request_uri or len(request_uri) > 2048:
+        raise ProtocolError("the pushed authorization response has no usable request_uri")
+    return request_uri
+
+
+def pushed_url(endpoint: str, *, client_id: str, request_uri: str) -> str:
+    """The URL a browser opens for a pushed request (RFC 9126 §4): only the client and the
+    reference go through the browser; the rest stayed between client and server."""
+    return url_with(endpoint, {"client_id": client_id, "request_uri": request_uri})
 
 
 def parse_callback(

@@ -22,9 +22,17 @@ from .._log import event
 from .._record import Credential, CredentialKey
 from .._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 from .auth_server_metadata import AuthServerMetadata
-from .authorization import authorization_url, parse_callback
+from .authorization import (
+    authorization_params,
+    parse_callback,
+    parse_pushed_response,
+    pushed_request,
+    pushed_url,
+    url_with,
+)
 from .pkce import new_verifier, s256_challenge
-from .registration import ClientRegistration, parse_registration, registration_body
+from .registration import ClientRegistration, parse_registration, read_verdict, registration_body
+from .revocation import revoke_tokens
 from .token_client import send_token_request
 from .token_endpoint import code_request, new_credential
 
@@ -48,6 +56,33 @@ def register_client(
     except httpx.HTTPError as exc:
         raise ProtocolError(f"client registration failed: {type(exc).__name__}") from None
     return parse_registration(response.status_code, response.content)
+
+
+def registration_known(http: httpx.Client, registration: ClientRegistration) -> bool | None:
+    """Whether the server still knows ``registration`` (RFC 7592 §2.1 read): ``None`` when
+    it cannot be asked or did not say (an outage keeps a registration; it never costs one)."""
+    uri, token = registration.registration_client_uri, registration.registration_access_token
+    if not uri or not token:
+        return None
+    try:
+        response = http.get(uri, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError:
+        return None
+    return read_verdict(response.status_code)
+
+
+def push_authorization_request(
+    http: httpx.Client, endpoint: str, params: dict[str, str], client: ClientRegistration
+) -> str:
+    """Push ``params`` (RFC 9126) and return the ``request_uri`` the browser is sent with."""
+    request = pushed_request(endpoint, params, client)
+    try:
+        response = http.send(request.to_httpx())
+    except httpx.HTTPError as exc:
+        raise ProtocolError(
+            f"the pushed authorization request failed: {type(exc).__name__}"
+        ) from None
+    return parse_pushed_response(response.status_code, response.content)
 
 
 def _subject(id_token: str | None) -> str | None:
@@ -80,8 +115,7 @@ def run_code_flow(
     """Run the authorization code flow and store the credential; return it."""
     registration = client or register_client(http, metadata, redirect_uri, scope)
     verifier, state = new_verifier(), secrets.token_urlsafe(24)
-    url = authorization_url(
-        metadata.authorization_endpoint,
+    params = authorization_params(
         client_id=registration.client_id,
         redirect_uri=redirect_uri,
         state=state,
@@ -89,6 +123,20 @@ def run_code_flow(
         resource=resource,
         scope=scope,
     )
+    if metadata.pushed_authorization_request_endpoint:
+        # Pushed first (RFC 9126): the parameters never pass through the browser, and a
+        # server that forgot this client says so now (ClientRegistrationInvalid), not on a
+        # page the person sees while the listener waits in vain.
+        request_uri = push_authorization_request(
+            http, metadata.pushed_authorization_request_endpoint, params, registration
+        )
+        url = pushed_url(
+            metadata.authorization_endpoint,
+            client_id=registration.client_id,
+            request_uri=request_uri,
+        )
+    else:
+        url = url_with(metadata.authorization_endpoint, params)
     code = parse_callback(
         authorize(url),
         expected_state=state,
@@ -117,7 +165,7 @@ def run_code_flow(
         auth_method=registration.token_endpoint_auth_method,
         subject=_subject(tokens.id_token),
     )
-    save(store, key, record, lock_timeout=lock_timeout)
+    save(store, key, record, lock_timeout=lock_timeout, http=http)
     return record
 
 
@@ -127,11 +175,16 @@ def save(
     record: Credential,
     *,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-) -> int:
-    """Replace whatever is stored for ``key`` with ``record``, under the transaction lock.
+    http: httpx.Client | None = None,
+) -> Credential | None:
+    """Replace whatever is stored for ``key`` with ``record``, under the transaction lock;
+    return the record it replaced, if one was readable.
 
     A rescue copy of an answer that replaced the old record goes too: it can never apply
-    again, and would otherwise outlive the login.
+    again, and would otherwise outlive the login. So does a replaced grant of another
+    issuer (the server moved to a new authorization server, SEP-2352): with ``http`` its
+    tokens are revoked at their own issuer once the new record is stored, since nothing
+    will ever refresh them again.
     """
     with store.lock(key, timeout=lock_timeout):
         try:
@@ -150,4 +203,25 @@ def save(
         if current is not None and _rescue_copies.discard(key, current.record):
             event(logging.INFO, "rescue.superseded", key=str(key))
     event(logging.INFO, "login.stored", key=str(key), version=version)
-    return version
+    replaced = current.record if current is not None else None
+    if http is not None and replaced is not None and _other_issuer(replaced, record):
+        _retire(http, key, replaced)
+    return replaced
+
+
+def _other_issuer(old: Credential, new: Credential) -> bool:
+    return bool(old.issuer and new.issuer and old.issuer != new.issuer)
+
+
+def _retire(http: httpx.Client, key: CredentialKey, old: Credential) -> None:
+    """Revoke a replaced grant at the issuer that issued it; a failure costs nothing but
+    a warning (the grant is no longer stored anywhere)."""
+    revoked, problems = revoke_tokens(http, old, ("refresh_token", "access_token"))
+    event(
+        logging.INFO if not problems else logging.WARNING,
+        "login.retired_other_issuer",
+        key=str(key),
+        issuer=old.issuer,
+        revoked=",".join(revoked) or None,
+        failed=len(problems) or None,
+    )

@@ -155,7 +155,7 @@ def obtain(
         client_key_source=key_source,
         scope_requested=scope,
     )
-    save(store, key, record, lock_timeout=lock_timeout)
+    save(store, key, record, lock_timeout=lock_timeout, http=http)
     return record
 
 
@@ -315,5 +315,5 @@ def cross_app_access(
         auth_method=method,
         grant=JWT_BEARER,
     )
-    save(store, key, record, lock_timeout=lock_timeout)
+    save(store, key, record, lock_timeout=lock_timeout, http=http)
     return record

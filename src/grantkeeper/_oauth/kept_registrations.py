@@ -5,6 +5,12 @@ counted one per attempt (timed-out ones included). Only public clients are kept 
 grantkeeper registers: no secret), in ``.registrations`` beside the credential files, with
 the file store's checks; a dot file, as ``.placements`` is, so that nothing that lists the
 credential files takes it for one. Losing the file costs one registration, nothing more.
+
+A registration is bound to the issuer that made it: it is only ever found for that issuer,
+so a client ID never reaches another authorization server (SEP-2352). Where the server
+handed out an RFC 7592 management URI, that and its registration access token are kept
+too: the token reaches that one registration, nothing of a user's, and lets a later login
+ask whether the server still knows the client before a browser opens.
 """
 
 from __future__ import annotations
@@ -52,8 +58,14 @@ class KeptRegistrations:
         if not isinstance(entry, dict) or not isinstance(entry.get("client_id"), str):
             return None
         method = entry.get("token_endpoint_auth_method")
+        uri, token = entry.get("registration_client_uri"), entry.get("registration_access_token")
+        readable = isinstance(uri, str) and isinstance(token, str)
         return ClientRegistration(
-            entry["client_id"], None, method if isinstance(method, str) else None
+            entry["client_id"],
+            None,
+            method if isinstance(method, str) else None,
+            registration_client_uri=uri if readable else None,
+            registration_access_token=token if readable else None,
         )
 
     def ports(self, issuer: str) -> list[int]:
@@ -73,6 +85,10 @@ class KeptRegistrations:
         entry = {"client_id": registration.client_id}
         if registration.token_endpoint_auth_method:
             entry["token_endpoint_auth_method"] = registration.token_endpoint_auth_method
+        uri, token = registration.registration_client_uri, registration.registration_access_token
+        if uri and token:
+            entry["registration_client_uri"] = uri
+            entry["registration_access_token"] = token
 
         def change(document: Document) -> Document:
             kept = document.get("registrations")

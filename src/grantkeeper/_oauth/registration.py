@@ -1,4 +1,5 @@
-"""Dynamic client registration (RFC 7591) as a public client, kept pure."""
+"""Dynamic client registration (RFC 7591) as a public client, and the read that tells
+whether the server still knows it (RFC 7592), kept pure."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 from .._errors import ProtocolError, ServerConfigError
 from .._redact import redact, remember
 from .auth_server_metadata import AuthServerMetadata
+from .urls import require_secure
 
 MAX_REGISTRATION_BYTES = 64 * 1024
 """A registration response is well under a KiB; bound what we parse."""
@@ -22,9 +24,15 @@ class ClientRegistration:
     client_id: str
     client_secret: str | None = None
     token_endpoint_auth_method: str | None = None
+    registration_client_uri: str | None = None
+    """Where the registration can be read (RFC 7592), with the token below."""
+    registration_access_token: str | None = None
+    """The bearer token for :attr:`registration_client_uri`; it reaches that registration
+    only. Kept for the read that finds out, before a browser opens, whether the server
+    still knows this client."""
 
     def __post_init__(self) -> None:
-        remember(self.client_secret)
+        remember(self.client_secret, self.registration_access_token)
 
     def __repr__(self) -> str:
         return (
@@ -91,8 +99,29 @@ def parse_registration(status: int, body: bytes) -> ClientRegistration:
         raise ProtocolError("client registration response has no client_id")
     if secret is not None and not isinstance(secret, str):
         raise ProtocolError("client registration response has a malformed client_secret")
+    uri, token = data.get("registration_client_uri"), data.get("registration_access_token")
+    if not isinstance(uri, str) or not isinstance(token, str) or not token:
+        uri = token = None  # without both there is nothing to read the registration with
+    else:
+        try:
+            uri = require_secure(uri, "registration_client_uri")
+        except ProtocolError:
+            uri = token = None  # a management URI we will not send a token to: no read
     return ClientRegistration(
         client_id=client_id,
         client_secret=secret or None,
         token_endpoint_auth_method=method if isinstance(method, str) else None,
+        registration_client_uri=uri,
+        registration_access_token=token,
     )
+
+
+def read_verdict(status: int) -> bool | None:
+    """What an RFC 7592 §2.1 read's status says: ``True`` the server knows the client,
+    ``False`` it does not (401: the client or its token is gone; 404), ``None`` no answer
+    either way (an outage, a refusal to say), so the registration is kept."""
+    if status == 200:
+        return True
+    if status in (401, 404):
+        return False
+    return None

@@ -1,16 +1,22 @@
-"""Token revocation (RFC 7009): build the request and read the answer, kept pure.
+"""Token revocation (RFC 7009): build the request, read the answer, and send them.
 
 Client authentication is the token endpoint's (RFC 7009 §2.1), so a public client sends
-its ``client_id`` and a confidential one its secret, as at refresh.
+its ``client_id`` and a confidential one its secret, as at refresh. Each token goes to the
+revocation endpoint of the issuer that issued it (the record's own), never to another.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from .._errors import ProtocolError
+import httpx
+
+from .._errors import GrantkeeperError, ProtocolError
 from .._record import Credential
 from .token_endpoint import TokenRequest, client_auth
+
+REVOCATION_TIMEOUT = httpx.Timeout(15.0, connect=10.0)
+"""Bounds each revocation request (a logout's runs while the credential's lock is held)."""
 
 TokenKind = Literal["refresh_token", "access_token"]
 
@@ -34,3 +40,30 @@ def check_revocation_response(status: int, kind: TokenKind) -> None:
     if status == 503:
         raise ProtocolError(f"the revocation endpoint is unavailable (HTTP 503): {kind} kept")
     raise ProtocolError(f"the revocation endpoint refused the {kind} (HTTP {status})")
+
+
+def revoke_tokens(
+    http: httpx.Client, record: Credential, kinds: tuple[TokenKind, ...]
+) -> tuple[tuple[TokenKind, ...], tuple[str, ...]]:
+    """Revoke ``record``'s tokens of ``kinds``, in order, at its own revocation endpoint.
+
+    Returns the kinds the server confirmed and, one line each, why the others failed.
+    """
+    revoked: list[TokenKind] = []
+    problems: list[str] = []
+    for kind in kinds:
+        try:
+            request = revocation_request(record, kind)
+            if request is None:
+                continue
+            http_request = request.to_httpx()
+            http_request.extensions["timeout"] = REVOCATION_TIMEOUT.as_dict()
+            response = http.send(http_request)
+            check_revocation_response(response.status_code, kind)
+        except httpx.HTTPError as exc:
+            problems.append(f"{kind} not revoked: {type(exc).__name__}")
+        except GrantkeeperError as exc:
+            problems.append(exc.message)
+        else:
+            revoked.append(kind)
+    return tuple(revoked), tuple(problems)
