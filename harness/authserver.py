@@ -71,6 +71,7 @@ class AuthServer:
         issuer: str | None = None,
         cross_app_idp: bool = False,
         trust_idp: str | None = None,
+        pushed_requests: bool = True,
     ) -> None:
         """``state_dir``: an existing directory for state that survives :meth:`restart`.
         ``omit_expires_in``: token responses carry no ``expires_in`` (the tokens still
@@ -79,7 +80,8 @@ class AuthServer:
         ``harness/fault_proxy.py``); the admin calls here always go to the server itself.
         Cross-app access: ``cross_app_idp`` plays the enterprise IdP (RFC 8693 token
         exchange of an ID token for an ID-JAG, see :meth:`sign_in`); ``trust_idp`` (an
-        IdP's issuer) plays the MCP server's AS taking that IdP's ID-JAGs (RFC 7523)."""
+        IdP's issuer) plays the MCP server's AS taking that IdP's ID-JAGs (RFC 7523).
+        ``pushed_requests=False`` turns pushed authorization requests (RFC 9126) off."""
         if token_format not in ("opaque", "jwt"):
             raise ValueError(f"token_format must be 'opaque' or 'jwt', not {token_format!r}")
         if access_ttl <= 0:
@@ -95,6 +97,7 @@ class AuthServer:
         self.issuer_override = issuer
         self.cross_app_idp = cross_app_idp
         self.trust_idp = trust_idp
+        self.pushed_requests = pushed_requests
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._stderr_thread: threading.Thread | None = None
@@ -137,6 +140,8 @@ class AuthServer:
             command.append("--cross-app-idp")
         if self.trust_idp is not None:
             command += ["--trust-idp", self.trust_idp]
+        if not self.pushed_requests:
+            command.append("--no-par")
 
         self._stderr_tail.clear()
         process = subprocess.Popen(
@@ -297,6 +302,19 @@ class AuthServer:
         """Zero every counter."""
         self._admin("POST", "reset-stats")
 
+    def restart_forgetting(self) -> AuthServer:
+        """Stop the server and start it again on the same port knowing nothing: no client,
+        grant or token of the old process (an authorization server that lost its state).
+        Without a ``state_dir`` it never had any to keep; with one, it is emptied."""
+        port = self.port
+        self.stop()
+        if self.state_dir is not None:
+            for entry in self.state_dir.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
+        self.requested_port = port
+        return self.start()
+
     def set_account(self, account: str) -> None:
         """Make later logins (later ``approve`` calls) sign in as ``account``."""
         self._admin("POST", "account", {"account": account})
@@ -307,7 +325,7 @@ class AuthServer:
 
     # -- the browser ----------------------------------------------------------------------
 
-    def approve(self, authorize_url: str, redirect_uri: str) -> str:
+    def approve(self, authorize_url: str, redirect_uri: str | None = None) -> str:
         """Play the browser (see :func:`play_browser`) against this server."""
         self._client()  # fail early if not running
         try:
@@ -370,12 +388,19 @@ class AuthServer:
         return self.introspect(token).get("active") is True
 
 
-def play_browser(authorize_url: str, redirect_uri: str) -> str:
+def play_browser(authorize_url: str, redirect_uri: str | None = None) -> str:
     """Play the browser: GET authorize_url with a cookie-keeping httpx.Client, follow 302/303
     redirects (including the /interaction/ pages, which auto-approve) until a Location starts
     with redirect_uri; return that full callback URL WITHOUT requesting it. Bounded number of
     hops; raise RuntimeError otherwise. Needs no :class:`AuthServer` object, so a process
-    that only knows the authorization URL (a benchmark worker) can use it too."""
+    that only knows the authorization URL (a benchmark worker) can use it too.
+
+    The URL of a pushed request (RFC 9126) names no redirect URI: by default the callback is
+    the authorization URL's own ``redirect_uri``, else the first redirect that leaves the
+    authorization server's origin."""
+    if redirect_uri is None:
+        redirect_uri = parse_qs(urlsplit(authorize_url).query).get("redirect_uri", [None])[0]
+    server = urlsplit(authorize_url)[:2]
     url = authorize_url
     with httpx.Client(timeout=10.0, trust_env=False, follow_redirects=False) as browser:
         for _ in range(MAX_HOPS):
@@ -389,7 +414,8 @@ def play_browser(authorize_url: str, redirect_uri: str) -> str:
             if not header:
                 raise RuntimeError(f"{response.status_code} from {url} without a Location")
             location = urljoin(url, header)
-            if location.startswith(redirect_uri):
+            leaves = urlsplit(location)[:2] != server
+            if location.startswith(redirect_uri) if redirect_uri else leaves:
                 for code in parse_qs(urlsplit(location).query).get("code", []):
                     remember_secret(code)
                 return location

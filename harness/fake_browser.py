@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import sys
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -42,8 +41,7 @@ def main(url: str) -> int:
             command = conn.makefile("r").readline().strip()
         if command != "approve":
             return 0  # "hang" ended: the test closed the connection
-    redirect_uri = parse_qs(urlsplit(url).query)["redirect_uri"][0]
-    callback = play_browser(url, redirect_uri)
+    callback = play_browser(url)
     response = httpx.get(callback, trust_env=False, timeout=10.0)
     return 0 if response.status_code == 200 else 1
 

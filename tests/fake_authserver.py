@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
+from grantkeeper import CallbackTimeout
 from grantkeeper._oauth.auth_server_metadata import AuthServerMetadata
 from grantkeeper._oauth.discovery import Discovery
 from grantkeeper._oauth.token_client import asend_token_request, send_token_request
@@ -34,21 +35,69 @@ META = AuthServerMetadata(
 FOUND = Discovery(SERVER, SERVER, META)
 
 
-class FakeAS:
-    """Registers clients and answers the token endpoint; forgets clients on request."""
+PAR_ENDPOINT = f"{ISSUER}/par"
+"""Where :class:`FakeAS` takes pushed authorization requests (RFC 9126)."""
 
-    def __init__(self, forget: int = 0) -> None:
+
+class FakeAS:
+    """Registers clients and answers the token endpoint; forgets clients on request.
+
+    ``forget`` makes the next token requests fail with ``invalid_client``. :meth:`restart`
+    forgets every client, as a server that lost its state: the authorization endpoint then
+    refuses them (400), and so do pushed requests and registration reads. With
+    ``management`` registrations come with an RFC 7592 read URI and token."""
+
+    def __init__(self, forget: int = 0, *, management: bool = False) -> None:
         self.registered: list[str] = []
         self.token_forms: list[dict[str, list[str]]] = []
         self.forget = forget
+        self.management = management
+        self.forgotten: set[str] = set()
+        self.pushed: list[dict[str, list[str]]] = []
+        self.reads: list[tuple[str, str | None]] = []
+        self.authorize_probes: list[str] = []
+
+    def restart(self) -> None:
+        """Lose every registration, as a server restarted without its state."""
+        self.forgotten.update(self.registered)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/register":
+        path = request.url.path
+        if path == "/register":
             client_id = f"client-{len(self.registered) + 1}"
             self.registered.append(client_id)
-            return httpx.Response(201, json={"client_id": client_id})
+            body = {"client_id": client_id}
+            if self.management:
+                body["registration_client_uri"] = f"{ISSUER}/reg/{client_id}"
+                body["registration_access_token"] = f"registration-token-of-{client_id}"
+            return httpx.Response(201, json=body)
+        if path.startswith("/reg/"):
+            client_id = path.removeprefix("/reg/")
+            self.reads.append((client_id, request.headers.get("authorization")))
+            known = client_id in self.registered and client_id not in self.forgotten
+            token_ok = request.headers.get("authorization") == (
+                f"Bearer registration-token-of-{client_id}"
+            )
+            if known and token_ok:
+                return httpx.Response(200, json={"client_id": client_id})
+            return httpx.Response(401, json={"error": "invalid_token"})
+        if path == "/authorize":
+            client_id = request.url.params.get("client_id", "")
+            self.authorize_probes.append(client_id)
+            if client_id in self.forgotten or client_id not in self.registered:
+                return httpx.Response(400, text="invalid_client")
+            return httpx.Response(303, headers={"location": f"{ISSUER}/interaction/1"})
         form = parse_qs(request.content.decode())
+        if path == "/par":
+            self.pushed.append(form)
+            if form.get("client_id", [""])[0] in self.forgotten:
+                return httpx.Response(401, json={"error": "invalid_client"})
+            return httpx.Response(
+                201, json={"request_uri": f"urn:example:{len(self.pushed)}", "expires_in": 60}
+            )
         self.token_forms.append(form)
+        if form.get("client_id", [""])[0] in self.forgotten:
+            return httpx.Response(401, json={"error": "invalid_client"})
         if self.forget:
             self.forget -= 1
             return httpx.Response(401, json={"error": "invalid_client"})
@@ -64,6 +113,27 @@ class FakeAS:
 
     def client(self) -> httpx.Client:
         return httpx.Client(transport=httpx.MockTransport(self.handle))
+
+    def browser(self, windows: list[str] | None = None) -> Callable[[str], str]:
+        """A person at a browser: each URL opened is appended to ``windows``. A pushed
+        request is looked up by its ``request_uri``. A client this server does not know
+        gets the server's error page, so no redirect ever reaches the listener: the
+        login's wait times out."""
+
+        def authorize(url: str) -> str:
+            if windows is not None:
+                windows.append(url)
+            query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+            if "request_uri" in query:
+                number = int(query["request_uri"].rsplit(":", 1)[1])
+                query = {k: v[0] for k, v in self.pushed[number - 1].items()}
+            if query["client_id"] in self.forgotten or query["client_id"] not in self.registered:
+                raise CallbackTimeout("no authorization redirect reached the listener")
+            return f"{query['redirect_uri']}?" + urlencode(
+                {"code": CODE, "state": query["state"], "iss": ISSUER}
+            )
+
+        return authorize
 
 
 def browser(**overrides: str | None) -> Callable[[str], str]:

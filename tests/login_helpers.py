@@ -9,7 +9,6 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -31,8 +30,7 @@ class Browser:
         self.callbacks: list[str] = []
 
     def __call__(self, url: str) -> bool:
-        redirect_uri = parse_qs(urlsplit(url).query)["redirect_uri"][0]
-        callback = self.server.approve(url, redirect_uri)
+        callback = self.server.approve(url)
         self.callbacks.append(callback)
         response = httpx.get(callback, trust_env=False, timeout=10.0)
         assert response.status_code == 200, response.text

@@ -9,6 +9,7 @@
 // unless --state-dir names a directory: then keys, clients, grants, tokens and the counters
 // are kept there and a restart on the same port carries on where the last process stopped.
 // --omit-expires-in drops expires_in from every token response (GitHub OAuth apps, Slack).
+// --no-par turns pushed authorization requests (RFC 9126) off.
 // --issuer sets the issuer URL, for a loopback proxy in front of the server (the server
 // still listens on --port).
 //
@@ -57,6 +58,7 @@ const { values: argv } = parseArgs({
     issuer: { type: 'string' },
     'cross-app-idp': { type: 'boolean', default: false },
     'trust-idp': { type: 'string' },
+    'no-par': { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -70,6 +72,7 @@ const omitExpiresIn = argv['omit-expires-in'];
 const issuerOverride = argv.issuer;
 const crossAppIdp = argv['cross-app-idp'];
 const trustedIdp = argv['trust-idp'];
+const pushedRequests = !argv['no-par'];
 
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   throw new Error(`--port must be an integer in 0..65535, got ${argv.port}`);
@@ -641,6 +644,9 @@ function buildProvider(issuer) {
     features: {
       devInteractions: { enabled: false },
       registration: { enabled: true },
+      // On by default in oidc-provider 9; off (--no-par), a login must find out another way
+      // whether the server still knows a kept client (the RFC 7592 read).
+      pushedAuthorizationRequests: { enabled: pushedRequests },
       clientCredentials: { enabled: true },
       introspection: {
         enabled: true,

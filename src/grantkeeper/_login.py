@@ -24,7 +24,13 @@ from ._freshness import Clock, utc_now
 from ._log import event
 from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
 from ._oauth.client_assertion import key_source
-from ._oauth.code_flow import Authorize, register_client, registration_known, run_code_flow
+from ._oauth.code_flow import (
+    Authorize,
+    authorization_refused,
+    register_client,
+    registration_known,
+    run_code_flow,
+)
 from ._oauth.discovery import Discovery, choose_scope, discover
 from ._oauth.grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
 from ._oauth.kept_registrations import KeptRegistrations
@@ -241,19 +247,18 @@ def login(
                 kept.forget(issuer, redirect_uri)
                 event(logging.WARNING, "login.reregistering", key=str(config.key))
                 return run(register())
-            except CallbackTimeout as exc:
+            except CallbackTimeout:
+                # The first failure tells where nothing else could: no redirect came back
+                # for a kept client nothing vouched for. If the authorization endpoint now
+                # refuses that client, the person was looking at the server's error page:
+                # replace the client, once, and ask again.
                 if held is None or verified:
                     raise
-                # Nothing could ask the server about this kept client, and no redirect came:
-                # the browser may be showing the server's refusal of a client it forgot.
-                # The next login registers anew rather than trying the same one again.
+                if authorization_refused(client, found.metadata, held, redirect_uri) is not True:
+                    raise
                 kept.forget(issuer, redirect_uri)
-                event(logging.WARNING, "login.registration_dropped", key=str(config.key))
-                raise CallbackTimeout(
-                    f"{exc.message}; if the authorization server said it does not know this "
-                    "client, log in again: the next login registers a new one",
-                    key=exc.key,
-                ) from None
+                event(logging.WARNING, "login.reregistering", key=str(config.key))
+                return run(register())
 
         if authorize is not None and redirect_uri is not None:
             return attempt(authorize, redirect_uri)

@@ -58,7 +58,7 @@ def authorization_params(
     redirect_uri: str,
     state: str,
     code_challenge: str,
-    resource: str,
+    resource: str | None,
     scope: str | None,
 ) -> dict[str, str]:
     """The parameters of an authorization request, for the URL or for a push."""
@@ -69,8 +69,9 @@ def authorization_params(
         "state": state,
         "code_challenge": code_challenge,
         "code_challenge_method": "S256",
-        "resource": resource,
     }
+    if resource:
+        params["resource"] = resource
     if scope:
         params["scope"] = scope
     return params

@@ -71,6 +71,36 @@ def registration_known(http: httpx.Client, registration: ClientRegistration) -> 
     return read_verdict(response.status_code)
 
 
+def authorization_refused(
+    http: httpx.Client,
+    metadata: AuthServerMetadata,
+    registration: ClientRegistration,
+    redirect_uri: str,
+) -> bool | None:
+    """Whether the authorization endpoint refuses ``registration`` outright, asked after a
+    login with it saw no redirect: a server that forgot a client cannot redirect to it, so
+    it shows the person an error page (400) instead. ``True`` on 400 or 401, ``False`` on a
+    page or a redirect (it knows the client), ``None`` when it did not answer.
+
+    Only then, never before a browser opens: the request is a login's first step to the
+    server, with state of its own there."""
+    params = authorization_params(
+        client_id=registration.client_id,
+        redirect_uri=redirect_uri,
+        state=secrets.token_urlsafe(24),
+        code_challenge=s256_challenge(new_verifier()),
+        resource=None,  # what is asked does not matter: only whether the client is known
+        scope=None,
+    )
+    try:
+        response = http.get(url_with(metadata.authorization_endpoint, params))
+    except httpx.HTTPError:
+        return None
+    if response.status_code in (400, 401):
+        return True
+    return False if response.status_code < 400 else None
+
+
 def push_authorization_request(
     http: httpx.Client, endpoint: str, params: dict[str, str], client: ClientRegistration
 ) -> str:
