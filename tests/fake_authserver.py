@@ -47,7 +47,12 @@ class FakeAS:
     refuses them (400), and so do pushed requests and registration reads. With
     ``management`` registrations come with an RFC 7592 read URI and token."""
 
-    def __init__(self, forget: int = 0, *, management: bool = False) -> None:
+    def __init__(
+        self, forget: int = 0, *, management: bool = False, issuer: str = ISSUER, name: str = ""
+    ) -> None:
+        self.issuer = issuer
+        self.name = name  # before every client ID and token it issues, to tell servers apart
+        self.revoked: list[dict[str, list[str]]] = []
         self.registered: list[str] = []
         self.token_forms: list[dict[str, list[str]]] = []
         self.forget = forget
@@ -64,11 +69,11 @@ class FakeAS:
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path == "/register":
-            client_id = f"client-{len(self.registered) + 1}"
+            client_id = f"{self.name}client-{len(self.registered) + 1}"
             self.registered.append(client_id)
             body = {"client_id": client_id}
             if self.management:
-                body["registration_client_uri"] = f"{ISSUER}/reg/{client_id}"
+                body["registration_client_uri"] = f"{self.issuer}/reg/{client_id}"
                 body["registration_access_token"] = f"registration-token-of-{client_id}"
             return httpx.Response(201, json=body)
         if path.startswith("/reg/"):
@@ -86,8 +91,11 @@ class FakeAS:
             self.authorize_probes.append(client_id)
             if client_id in self.forgotten or client_id not in self.registered:
                 return httpx.Response(400, text="invalid_client")
-            return httpx.Response(303, headers={"location": f"{ISSUER}/interaction/1"})
+            return httpx.Response(303, headers={"location": f"{self.issuer}/interaction/1"})
         form = parse_qs(request.content.decode())
+        if path == "/revoke":
+            self.revoked.append(form)
+            return httpx.Response(200)
         if path == "/par":
             self.pushed.append(form)
             if form.get("client_id", [""])[0] in self.forgotten:
@@ -104,8 +112,8 @@ class FakeAS:
         return httpx.Response(
             200,
             json={
-                "access_token": "access-token-secret-value",
-                "refresh_token": "refresh-token-secret-value",
+                "access_token": f"{self.name}access-token-secret-value",
+                "refresh_token": f"{self.name}refresh-token-secret-value",
                 "token_type": "Bearer",
                 "expires_in": 3600,
             },
@@ -130,7 +138,7 @@ class FakeAS:
             if query["client_id"] in self.forgotten or query["client_id"] not in self.registered:
                 raise CallbackTimeout("no authorization redirect reached the listener")
             return f"{query['redirect_uri']}?" + urlencode(
-                {"code": CODE, "state": query["state"], "iss": ISSUER}
+                {"code": CODE, "state": query["state"], "iss": self.issuer}
             )
 
         return authorize
