@@ -284,3 +284,66 @@ def test_repeated_cli_logins_register_one_client_at_the_real_server(
     second = cli_login(auth_server, resource.url, tmp_path)
     assert auth_server.stats()["registrations"] == before + 1
     assert first == second
+
+
+# -- the order, and what a registration asks for (SEP-837, SEP-2207) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("client_id", "cimd", "expected"),
+    [
+        ("pre-registered", True, "pre-registered"),  # the operator's client comes first
+        (None, True, CIMD_URL),  # then the metadata document, where the server takes one
+        (None, False, "client-1"),  # then dynamic registration
+    ],
+)
+def test_registration_order(
+    tmp_path: Path, client_id: str | None, cimd: bool, expected: str
+) -> None:
+    from dataclasses import replace
+
+    fake = FakeAS()
+    discovery = Discovery(SERVER, SERVER, replace(META, client_id_metadata_document_supported=cimd))
+    run(
+        tmp_path,
+        fake,
+        browser(),
+        discovery=discovery,
+        client_id=client_id,
+        client_metadata_url=CIMD_URL,
+    )
+    assert client_ids(fake) == [expected]
+    assert fake.registered == ([expected] if expected == "client-1" else [])
+
+
+def test_a_registration_asks_for_a_native_client_that_may_refresh() -> None:
+    from grantkeeper._oauth.registration import registration_body
+
+    body = registration_body(redirect_uris=[REDIRECT], client_name="grantkeeper", scope="mcp")
+    assert body["application_type"] == "native"  # SEP-837: a loopback redirect
+    assert body["grant_types"] == ["authorization_code", "refresh_token"]  # SEP-2207
+    assert body["token_endpoint_auth_method"] == "none"
+
+
+def test_a_login_without_a_refresh_token_assumes_none(tmp_path: Path) -> None:
+    """SEP-2207: asking for refresh_token does not promise one. Without it the credential
+    says it cannot be renewed, and nothing later tries to refresh it."""
+    fake = FakeAS()
+
+    def no_refresh(request: httpx.Request) -> httpx.Response:
+        response = fake.handle(request)
+        if request.url.path != "/token":
+            return response
+        body = response.json()
+        body.pop("refresh_token")
+        return httpx.Response(response.status_code, json=body)
+
+    record = login(
+        ServerConfig(SERVER),
+        store=FileStore(tmp_path),
+        discovery=FOUND,
+        authorize=browser(),
+        redirect_uri=REDIRECT,
+        http=httpx.Client(transport=httpx.MockTransport(no_refresh)),
+    )
+    assert record.refresh_token is None and not record.renewable
