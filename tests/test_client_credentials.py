@@ -233,6 +233,7 @@ def test_cli_login_client_credentials_with_a_key_from_the_environment(
     assert "PRIVATE KEY" not in done.stdout + done.stderr
     servers = json.loads((home / "servers.json").read_text())["servers"]["machine"]
     assert servers["grant"] == "client_credentials" and servers["client_key_env"] == "GK_CC_KEY"
+    assert servers["client_issuer"] == auth_server.issuer  # bound where it was issued
     assert cc_count(auth_server) == before + 1
     # A later process renews from servers.json's settings alone: `token` prints a fresh one.
     token = grantkeeper("token", "machine")

@@ -58,7 +58,7 @@ def run(home: Path, fake: FakeAS, windows: list[str], discovery: Discovery = FOU
 def test_a_pushed_request_finds_the_forgotten_client_before_the_browser_opens(
     tmp_path: Path,
 ) -> None:
-    fake, windows = FakeAS(), []
+    fake, windows = FakeAS(), list[str]()
     run(tmp_path, fake, windows, PUSHING)
     fake.restart()
     run(tmp_path, fake, windows, PUSHING)
@@ -70,7 +70,7 @@ def test_a_pushed_request_finds_the_forgotten_client_before_the_browser_opens(
 
 
 def test_the_browser_sees_only_the_client_and_the_pushed_reference(tmp_path: Path) -> None:
-    fake, windows = FakeAS(), []
+    fake, windows = FakeAS(), list[str]()
     run(tmp_path, fake, windows, PUSHING)
     [url] = windows
     assert sorted(parse_qs(urlsplit(url).query)) == ["client_id", "request_uri"]
@@ -145,7 +145,7 @@ def test_a_registration_read_finds_the_forgotten_client_before_the_browser_opens
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="grantkeeper")
-    fake, windows = FakeAS(management=True), []
+    fake, windows = FakeAS(management=True), list[str]()
     run(tmp_path, fake, windows)
     run(tmp_path, fake, windows)  # the server still knows it: read, and reused
     fake.restart()
@@ -159,7 +159,7 @@ def test_a_registration_read_finds_the_forgotten_client_before_the_browser_opens
 def test_a_registration_read_without_an_answer_keeps_the_client(tmp_path: Path) -> None:
     """An outage at the management URI says nothing about the client: it costs no
     registration, and the login goes on with the kept one."""
-    fake, windows = FakeAS(management=True), []
+    fake, windows = FakeAS(management=True), list[str]()
     run(tmp_path, fake, windows)
 
     def down(request: httpx.Request) -> httpx.Response:
@@ -210,7 +210,7 @@ def test_without_a_way_to_ask_the_first_failure_replaces_the_client_once(tmp_pat
     """No push, no management URI: the browser shows the server's refusal and no redirect
     comes back. The authorization endpoint, asked then, refuses the client: a new one is
     registered and the person asked again, in the same login."""
-    fake, windows = FakeAS(), []
+    fake, windows = FakeAS(), list[str]()
     run(tmp_path, fake, windows)
     fake.restart()
     run(tmp_path, fake, windows)

@@ -303,6 +303,9 @@ def login(
             f"{server}; if it takes a static token: grantkeeper login {server} --with-token",
             key=exc.key,
         ) from None
+    if config.client_id and record.client_id == config.client_id and not config.client_issuer:
+        # The client was issued there: bind it, so it never goes to another issuer (SEP-2352).
+        config = dataclasses.replace(config, client_issuer=record.issuer)
     saved = save_server(_saved_under(config))
     shown = config.name or saved.name
     if as_json:
