@@ -71,7 +71,7 @@ class AuthServer:
         issuer: str | None = None,
         cross_app_idp: bool = False,
         trust_idp: str | None = None,
-        pushed_requests: bool = True,
+        pushed_requests: str = "offered",
     ) -> None:
         """``state_dir``: an existing directory for state that survives :meth:`restart`.
         ``omit_expires_in``: token responses carry no ``expires_in`` (the tokens still
@@ -81,11 +81,16 @@ class AuthServer:
         Cross-app access: ``cross_app_idp`` plays the enterprise IdP (RFC 8693 token
         exchange of an ID token for an ID-JAG, see :meth:`sign_in`); ``trust_idp`` (an
         IdP's issuer) plays the MCP server's AS taking that IdP's ID-JAGs (RFC 7523).
-        ``pushed_requests=False`` turns pushed authorization requests (RFC 9126) off."""
+        ``pushed_requests``: ``"offered"`` (oidc-provider's default), ``"required"`` or
+        ``"off"``, for pushed authorization requests (RFC 9126)."""
         if token_format not in ("opaque", "jwt"):
             raise ValueError(f"token_format must be 'opaque' or 'jwt', not {token_format!r}")
         if access_ttl <= 0:
             raise ValueError("access_ttl must be positive")
+        if pushed_requests not in ("offered", "required", "off"):
+            raise ValueError(
+                f"pushed_requests must be offered, required or off: {pushed_requests!r}"
+            )
         if state_dir is not None and not Path(state_dir).is_dir():
             raise ValueError(f"state_dir must be an existing directory, not {state_dir}")
         self.access_ttl = access_ttl
@@ -140,8 +145,10 @@ class AuthServer:
             command.append("--cross-app-idp")
         if self.trust_idp is not None:
             command += ["--trust-idp", self.trust_idp]
-        if not self.pushed_requests:
+        if self.pushed_requests == "off":
             command.append("--no-par")
+        elif self.pushed_requests == "required":
+            command.append("--require-par")
 
         self._stderr_tail.clear()
         process = subprocess.Popen(

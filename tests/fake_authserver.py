@@ -48,8 +48,16 @@ class FakeAS:
     ``management`` registrations come with an RFC 7592 read URI and token."""
 
     def __init__(
-        self, forget: int = 0, *, management: bool = False, issuer: str = ISSUER, name: str = ""
+        self,
+        forget: int = 0,
+        *,
+        management: bool = False,
+        rotate: bool = False,
+        issuer: str = ISSUER,
+        name: str = "",
     ) -> None:
+        self.rotate = rotate  # a new registration access token on every read (RFC 7592 §3)
+        self.read_tokens: dict[str, str] = {}
         self.issuer = issuer
         self.name = name  # before every client ID and token it issues, to tell servers apart
         self.revoked: list[dict[str, list[str]]] = []
@@ -73,19 +81,23 @@ class FakeAS:
             self.registered.append(client_id)
             body = {"client_id": client_id}
             if self.management:
+                self.read_tokens[client_id] = f"registration-token-of-{client_id}"
                 body["registration_client_uri"] = f"{self.issuer}/reg/{client_id}"
-                body["registration_access_token"] = f"registration-token-of-{client_id}"
+                body["registration_access_token"] = self.read_tokens[client_id]
             return httpx.Response(201, json=body)
         if path.startswith("/reg/"):
             client_id = path.removeprefix("/reg/")
             self.reads.append((client_id, request.headers.get("authorization")))
             known = client_id in self.registered and client_id not in self.forgotten
-            token_ok = request.headers.get("authorization") == (
-                f"Bearer registration-token-of-{client_id}"
-            )
-            if known and token_ok:
-                return httpx.Response(200, json={"client_id": client_id})
-            return httpx.Response(401, json={"error": "invalid_token"})
+            token = self.read_tokens.get(client_id)
+            if not known or request.headers.get("authorization") != f"Bearer {token}":
+                return httpx.Response(401, json={"error": "invalid_token"})
+            body = {"client_id": client_id}
+            if self.rotate:
+                self.read_tokens[client_id] = f"{token}-again"
+                body["registration_client_uri"] = str(request.url)
+                body["registration_access_token"] = self.read_tokens[client_id]
+            return httpx.Response(200, json=body)
         if path == "/authorize":
             client_id = request.url.params.get("client_id", "")
             self.authorize_probes.append(client_id)

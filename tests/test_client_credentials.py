@@ -20,7 +20,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from grantkeeper import Credential, CredentialKey, FileStore, Keeper, login
+from grantkeeper import (
+    Credential,
+    CredentialKey,
+    FileStore,
+    Keeper,
+    ServerConfig,
+    login,
+    save_server,
+)
 from grantkeeper._oauth.client_assertion import CLIENT_ASSERTION_TYPE, key_source
 from grantkeeper._oauth.grants import renewal_request
 from grantkeeper._record import CLIENT_CREDENTIALS
@@ -239,3 +247,32 @@ def test_cli_login_client_credentials_with_a_key_from_the_environment(
     token = grantkeeper("token", "machine")
     assert token.returncode == 0, token.stderr
     assert introspect(auth_server, token.stdout.strip())["active"] is True
+
+
+@pytest.mark.realserver
+def test_cli_login_with_a_new_client_id_replaces_a_stale_issuer_binding(
+    auth_server: AuthServer, resource: ResourceServer, home: Path
+) -> None:
+    """An entry whose client was issued elsewhere (the server moved) refuses to present
+    it; logging in with a client of the new issuer rebinds the entry there."""
+    save_server(
+        ServerConfig(
+            resource.url,
+            name="moved",
+            client_id="cc-basic",
+            client_secret="cc-basic-secret",
+            client_issuer="https://old-issuer.example.com",
+            grant="client_credentials",
+        ),
+        home,
+    )
+    stale = grantkeeper("login", "moved", "--client-credentials", "--json")
+    assert stale.returncode != 0 and "https://old-issuer.example.com" in stale.stderr
+    assert "cc-basic-secret" not in stale.stdout + stale.stderr
+    done = grantkeeper(
+        "login", "moved", "--client-credentials", "--client-id", "cc-basic",
+        "--client-secret", "cc-basic-secret", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((home / "servers.json").read_text())["servers"]["moved"]
+    assert saved["client_issuer"] == auth_server.issuer

@@ -39,6 +39,7 @@ from tests.login_helpers import Browser, remember
 PUSHING = Discovery(
     SERVER, SERVER, replace(META, pushed_authorization_request_endpoint=PAR_ENDPOINT)
 )
+PUSH_ONLY = Discovery(SERVER, SERVER, replace(PUSHING.metadata, require_pushed_requests=True))
 
 
 def run(home: Path, fake: FakeAS, windows: list[str], discovery: Discovery = FOUND) -> object:
@@ -60,18 +61,30 @@ def test_a_pushed_request_finds_the_forgotten_client_before_the_browser_opens(
 ) -> None:
     fake, windows = FakeAS(), list[str]()
     run(tmp_path, fake, windows, PUSHING)
+    run(tmp_path, fake, windows, PUSHING)  # the server knows the kept client: reused
     fake.restart()
     run(tmp_path, fake, windows, PUSHING)
     assert fake.registered == ["client-1", "client-2"]
-    assert [form["client_id"] for form in fake.pushed] == [["client-1"], ["client-1"], ["client-2"]]
-    assert len(windows) == 2  # one per login: none for the client the server forgot
-    assert all(parse_qs(urlsplit(url).query)["client_id"] != ["client-1"] for url in windows[1:])
+    # A push asks about a kept client; a client registered moments ago needs no asking.
+    assert [form["client_id"] for form in fake.pushed] == [["client-1"], ["client-1"]]
+    assert fake.pushed[0]["resource"] == [SERVER] and fake.pushed[0]["redirect_uri"] == [REDIRECT]
+    assert len(windows) == 3  # one per login: none for the client the server forgot
+    assert parse_qs(urlsplit(windows[2]).query)["client_id"] == ["client-2"]
     assert KeptRegistrations(tmp_path).find(ISSUER, REDIRECT) == ClientRegistration("client-2")
 
 
-def test_the_browser_sees_only_the_client_and_the_pushed_reference(tmp_path: Path) -> None:
+def test_where_pushing_is_optional_the_browser_gets_the_whole_request(tmp_path: Path) -> None:
+    """A pushed reference expires within a minute or so (oidc-provider: 60 s): a URL
+    printed for a person to open elsewhere must outlive that."""
     fake, windows = FakeAS(), list[str]()
     run(tmp_path, fake, windows, PUSHING)
+    query = parse_qs(urlsplit(windows[0]).query)
+    assert "request_uri" not in query and query["redirect_uri"] == [REDIRECT]
+
+
+def test_where_pushing_is_required_the_browser_sees_only_a_reference(tmp_path: Path) -> None:
+    fake, windows = FakeAS(), list[str]()
+    run(tmp_path, fake, windows, PUSH_ONLY)
     [url] = windows
     assert sorted(parse_qs(urlsplit(url).query)) == ["client_id", "request_uri"]
     [pushed] = fake.pushed
@@ -82,6 +95,75 @@ def test_the_browser_sees_only_the_client_and_the_pushed_reference(tmp_path: Pat
     assert "state" in pushed and "code_challenge" in pushed
 
 
+def test_where_pushing_is_required_the_push_itself_finds_a_forgotten_client(
+    tmp_path: Path,
+) -> None:
+    fake, windows = FakeAS(), list[str]()
+    run(tmp_path, fake, windows, PUSH_ONLY)
+    fake.restart()
+    run(tmp_path, fake, windows, PUSH_ONLY)
+    assert fake.registered == ["client-1", "client-2"]
+    assert [form["client_id"] for form in fake.pushed] == [["client-1"], ["client-1"], ["client-2"]]
+    assert len(windows) == 2
+
+
+def test_a_push_that_says_nothing_of_the_client_keeps_it(tmp_path: Path) -> None:
+    """A push endpoint that is down, or refuses for another reason, costs no registration:
+    the kept client is used, and the login goes on."""
+    fake, windows = FakeAS(), list[str]()
+    run(tmp_path, fake, windows, PUSHING)
+    for answer in (httpx.Response(503), httpx.Response(400, json={"error": "invalid_request"})):
+
+        def refusing(request: httpx.Request, answer: httpx.Response = answer) -> httpx.Response:
+            return answer if request.url.path == "/par" else fake.handle(request)
+
+        login(
+            ServerConfig(SERVER),
+            store=FileStore(tmp_path),
+            discovery=PUSHING,
+            authorize=fake.browser(windows),
+            redirect_uri=REDIRECT,
+            http=httpx.Client(transport=httpx.MockTransport(refusing)),
+        )
+    assert fake.registered == ["client-1"]
+    assert len(windows) == 3
+
+
+def test_no_check_follows_a_redirect(tmp_path: Path) -> None:
+    """A push, a registration read and the authorization endpoint that answer with a
+    redirect to another host: nothing is sent there (a token must not travel on)."""
+    fake = FakeAS(management=True)
+    run(tmp_path, fake, [], PUSHING)
+    fake.restart()
+    elsewhere: list[httpx.Request] = []
+
+    def redirecting(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "elsewhere.example.com":
+            elsewhere.append(request)
+            return httpx.Response(200)
+        if request.url.path in ("/par", "/authorize") or request.url.path.startswith("/reg/"):
+            return httpx.Response(307, headers={"location": "https://elsewhere.example.com/x"})
+        return fake.handle(request)
+
+    def nobody(url: str) -> str:
+        raise CallbackTimeout("no redirect")
+
+    with (
+        pytest.raises(CallbackTimeout),
+        httpx.Client(transport=httpx.MockTransport(redirecting), follow_redirects=True) as http,
+    ):
+        login(
+            ServerConfig(SERVER),
+            store=FileStore(tmp_path),
+            discovery=PUSHING,
+            authorize=nobody,
+            redirect_uri=REDIRECT,
+            http=http,
+        )
+    assert elsewhere == []
+    assert fake.registered == ["client-1"]  # no answer about the client: it is kept
+
+
 def test_a_pushed_request_carries_a_confidential_clients_authentication() -> None:
     params = {"client_id": "c", "redirect_uri": REDIRECT, "state": "s"}
     basic = pushed_request(PAR_ENDPOINT, params, ClientRegistration("c", "the-secret-value"))
@@ -89,7 +171,7 @@ def test_a_pushed_request_carries_a_confidential_clients_authentication() -> Non
     assert basic.form["client_id"] == "c" and "client_secret" not in basic.form
     public = pushed_request(PAR_ENDPOINT, params, ClientRegistration("c"))
     assert public.headers == {} and public.form["client_id"] == "c"
-    assert "the-secret-value" not in repr(basic)
+    assert "the-secret-value" in basic.secret_values()  # scrubbed from any error message
 
 
 @pytest.mark.parametrize(
@@ -154,6 +236,22 @@ def test_a_registration_read_finds_the_forgotten_client_before_the_browser_opens
     assert fake.reads == [("client-1", "Bearer registration-token-of-client-1")] * 2
     assert len(windows) == 3  # one per login
     assert "registration-token-of" not in caplog.text
+
+
+def test_a_registration_token_rotated_by_a_read_is_kept_for_the_next(tmp_path: Path) -> None:
+    """RFC 7592 §3: a server may issue a new registration access token on a read; the old
+    one is then refused, so the new one is what the next read must send."""
+    fake, windows = FakeAS(management=True, rotate=True), list[str]()
+    for _ in range(3):
+        run(tmp_path, fake, windows)
+    assert fake.registered == ["client-1"]  # known at every read: never replaced
+    assert [auth for _, auth in fake.reads] == [
+        "Bearer registration-token-of-client-1",
+        "Bearer registration-token-of-client-1-again",
+    ]
+    kept = KeptRegistrations(tmp_path).find(ISSUER, REDIRECT)
+    assert kept is not None
+    assert kept.registration_access_token == "registration-token-of-client-1-again-again"
 
 
 def test_a_registration_read_without_an_answer_keeps_the_client(tmp_path: Path) -> None:
@@ -292,10 +390,15 @@ class CountingBrowser(Browser):
 
 
 @pytest.mark.realserver
-@pytest.mark.parametrize("pushed", [True, False], ids=["pushed", "registration-read"])
+@pytest.mark.parametrize(
+    ("pushed", "asked"), [("offered", "pushed"), ("required", ""), ("off", "read")]
+)
 def test_a_restarted_server_that_lost_its_clients_costs_one_window(
-    tmp_path: Path, pushed: bool
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, pushed: str, asked: str
 ) -> None:
+    """Offered pushes ask before the browser opens; required ones find out in the flow's
+    own push; without them, the registration is read (oidc-provider hands out the URI)."""
+    caplog.set_level(logging.INFO, logger="grantkeeper")
     with (
         AuthServer(pushed_requests=pushed) as auth,
         ResourceServer(issuer=auth.issuer) as resource,
@@ -304,17 +407,23 @@ def test_a_restarted_server_that_lost_its_clients_costs_one_window(
         first = remember(login(resource.url, store=FileStore(tmp_path), open_browser=browser))
         kept = KeptRegistrations(tmp_path).find(auth.issuer, *_redirects(browser))
         assert kept is not None and kept.client_id == first.client_id
-        assert kept.registration_client_uri is not None  # oidc-provider hands one out
+        assert kept.registration_client_uri is not None
         auth.restart_forgetting()
         assert auth.stats()["registrations"] == 0
         browser.opened.clear()
+        caplog.clear()
         second = remember(login(resource.url, store=FileStore(tmp_path), open_browser=browser))
         assert len(browser.opened) == 1 and not browser.refused
         assert second.client_id != first.client_id
         assert auth.stats()["registrations"] == 1
         assert auth.is_active(second.access_token)
         query = parse_qs(urlsplit(browser.opened[0]).query)
-        assert ("request_uri" in query) is pushed
+        assert ("request_uri" in query) is (pushed == "required")
+        if asked:
+            assert f"login.registration_forgotten key={resource.url} asked={asked}" in caplog.text
+        else:
+            assert "login.reregistering" in caplog.text  # the flow's own push was refused
+        assert (kept.registration_access_token or "unset") not in caplog.text
 
 
 @pytest.mark.realserver
@@ -323,7 +432,7 @@ def test_the_first_failure_replaces_a_client_nothing_could_vouch_for(tmp_path: P
     first window shows oidc-provider's refusal; the login then registers anew and asks once
     more, and succeeds."""
     with (
-        AuthServer(pushed_requests=False) as auth,
+        AuthServer(pushed_requests="off") as auth,
         ResourceServer(issuer=auth.issuer) as resource,
     ):
         browser = CountingBrowser(auth)

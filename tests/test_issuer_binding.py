@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from grantkeeper import (
+    AccountChanged,
     FileStore,
     Keeper,
     ReauthenticationRequired,
@@ -47,6 +48,7 @@ NEW = Discovery(
         token_endpoint=f"{MOVED}/token",
         registration_endpoint=f"{MOVED}/register",
         revocation_endpoint=f"{MOVED}/revoke",
+        pushed_authorization_request_endpoint=f"{MOVED}/par",
         iss_parameter_supported=True,
         grant_types_supported=("authorization_code", "refresh_token", "client_credentials"),
     ),
@@ -59,22 +61,34 @@ class Servers:
     def __init__(self) -> None:
         self.old = FakeAS(name="old-")
         self.new = FakeAS(issuer=MOVED, name="new-")
+        self.opened: list[str] = []
+        self.to_new: list[str] = []  # everything the new server received, as text
 
     def at(self, url: str) -> FakeAS:
         return self.new if url.startswith(MOVED) else self.old
 
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        server = self.at(str(request.url))
+        if server is self.new:
+            self.to_new += [str(request.url), str(request.headers), request.content.decode()]
+        return server.handle(request)
+
     def client(self) -> httpx.Client:
-        return httpx.Client(
-            transport=httpx.MockTransport(lambda request: self.at(str(request.url)).handle(request))
-        )
+        return httpx.Client(transport=httpx.MockTransport(self.handle))
 
     def authorize(self, url: str) -> str:
+        self.opened.append(url)
+        if url.startswith(MOVED):
+            self.to_new.append(url)
         return self.at(url).browser()(url)
 
     def seen_at_new(self) -> list[str]:
-        """Every form value the new server received, client IDs and tokens included."""
-        forms = self.new.token_forms + self.new.pushed + self.new.revoked
-        return [value for form in forms for values in form.values() for value in values]
+        """Every URL, header and body the new server (or a browser sent to it) received."""
+        return self.to_new
+
+    def leaked(self) -> list[str]:
+        """What of the old server's clients and tokens reached the new one."""
+        return [text for text in self.to_new if "old-" in text]
 
 
 def test_a_recovery_follows_the_server_to_its_new_authorization_server(
@@ -112,7 +126,7 @@ def test_a_recovery_follows_the_server_to_its_new_authorization_server(
             assert keeper.credential().access_token == moved.access_token
     assert looked == [SERVER]
     assert servers.new.registered == ["new-client-1"]
-    assert not [v for v in servers.seen_at_new() if v.startswith("old-")]
+    assert servers.seen_at_new() and servers.leaked() == []
     # The old grant is revoked where it was issued, and nowhere else.
     assert [form["token"] for form in servers.old.revoked] == [
         ["old-refresh-token-secret-value"],
@@ -138,7 +152,7 @@ def test_a_configured_client_is_not_presented_to_another_issuer(tmp_path: Path) 
             http=http,
         )
     assert record.client_id == "new-client-1"  # registered where the server now points
-    assert not [v for v in servers.seen_at_new() if v.startswith("old-")]
+    assert servers.seen_at_new() and servers.leaked() == []
 
 
 def test_a_configured_client_is_used_at_its_own_issuer(tmp_path: Path) -> None:
@@ -172,6 +186,40 @@ def test_a_machine_client_of_another_issuer_stops_with_what_to_do(tmp_path: Path
     assert ISSUER in str(caught.value) and MOVED in str(caught.value)
     assert "old-machine-secret-value" not in str(caught.value)
     assert servers.seen_at_new() == []
+
+
+def test_a_login_another_process_stored_for_another_account_is_not_adopted(
+    tmp_path: Path,
+) -> None:
+    """Only the Keeper's own recovery (its hook ran, a person logged in) takes a new
+    identity: a recovery that finds another account's login already stored refuses it."""
+    servers, store = Servers(), FileStore(tmp_path)
+    config = ServerConfig(SERVER)
+    with servers.client() as http:
+        login(
+            config,
+            store=store,
+            discovery=OLD,
+            authorize=servers.authorize,
+            redirect_uri=REDIRECT,
+            http=http,
+        )
+        first = store.read(config.key)
+        assert first is not None
+        store.write(
+            config.key, first.record.replace(subject="alice"), expected_version=first.version
+        )
+        ran: list[object] = []
+        with Keeper(store, config.key, recover=ran.append) as keeper:
+            held = keeper.credential()
+            stored = store.read(config.key)
+            assert stored is not None
+            other = stored.record.replace(subject="bob", access_token="bobs-access-token-value")
+            store.write(config.key, other, expected_version=stored.version)
+            rejected = ReauthenticationRequired("the server rejected the access token (HTTP 401)")
+            with pytest.raises(AccountChanged):
+                keeper.recover(rejected, rejected=held.access_token)
+            assert ran == []  # adopted, not logged in: the hook never ran
 
 
 def test_the_client_issuer_is_kept_in_the_servers_file(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@
 // unless --state-dir names a directory: then keys, clients, grants, tokens and the counters
 // are kept there and a restart on the same port carries on where the last process stopped.
 // --omit-expires-in drops expires_in from every token response (GitHub OAuth apps, Slack).
-// --no-par turns pushed authorization requests (RFC 9126) off.
+// --no-par turns pushed authorization requests (RFC 9126) off; --require-par takes no other.
 // --issuer sets the issuer URL, for a loopback proxy in front of the server (the server
 // still listens on --port).
 //
@@ -59,6 +59,7 @@ const { values: argv } = parseArgs({
     'cross-app-idp': { type: 'boolean', default: false },
     'trust-idp': { type: 'string' },
     'no-par': { type: 'boolean', default: false },
+    'require-par': { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -73,6 +74,7 @@ const issuerOverride = argv.issuer;
 const crossAppIdp = argv['cross-app-idp'];
 const trustedIdp = argv['trust-idp'];
 const pushedRequests = !argv['no-par'];
+const requirePushed = argv['require-par'];
 
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   throw new Error(`--port must be an integer in 0..65535, got ${argv.port}`);
@@ -646,7 +648,10 @@ function buildProvider(issuer) {
       registration: { enabled: true },
       // On by default in oidc-provider 9; off (--no-par), a login must find out another way
       // whether the server still knows a kept client (the RFC 7592 read).
-      pushedAuthorizationRequests: { enabled: pushedRequests },
+      pushedAuthorizationRequests: {
+        enabled: pushedRequests,
+        requirePushedAuthorizationRequests: requirePushed,
+      },
       clientCredentials: { enabled: true },
       introspection: {
         enabled: true,

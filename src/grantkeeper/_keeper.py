@@ -329,21 +329,26 @@ class Keeper:
             if self._recoveries == seen:  # nobody recovered since this caller failed
                 try:
                     with _login_lock(self.key, self._recovery_wait):
-                        self._recover_under_lock(need, failed)
+                        logged_in = self._recover_under_lock(need, failed)
                 finally:
                     # Failed or not, callers that waited for this one do not start another:
                     # a person who closed the browser is not shown a window per request.
                     self._recoveries += 1
-                # A person logged in because this lifecycle asked them to: what they logged
-                # in as, and where, is its identity from now on. A server that moved to
-                # another authorization server (SEP-2352) is served by the new issuer's
-                # credential; a login nobody asked for still changes nothing silently.
-                self._identity = None
+                if logged_in is not None:
+                    # This lifecycle's hook had a person log in: what they logged in as, and
+                    # where, is its identity from now on (a server that moved to another
+                    # authorization server, SEP-2352, is served by the new issuer's
+                    # credential). A login it did not run changes nothing silently.
+                    self._identity = logged_in
                 # The store has a new record: memory is no longer the authority.
                 self._current = None
         return self._credential(None, None)
 
-    def _recover_under_lock(self, need: AuthenticationRequired, failed: str | None) -> None:
+    def _recover_under_lock(
+        self, need: AuthenticationRequired, failed: str | None
+    ) -> Credential | None:
+        """Adopt what another login stored, or run the hook; return the record the hook's
+        login stored, read under the login lock (``None`` when it adopted, or cannot say)."""
         key = str(self.key)
         try:
             stored = self.store.read(self.key)
@@ -354,10 +359,15 @@ class Keeper:
         record = stored.record if stored is not None else None
         if recovered(need, record, failed, self._context(), key):
             event(logging.WARNING, "recovery.adopted", key=key, need=type(need).__name__)
-            return
+            return None
         event(logging.WARNING, "recovery.started", key=key, need=type(need).__name__)
         assert self._recover is not None
         self._recover(need)
+        try:
+            stored = self.store.read(self.key)
+        except StoreError:
+            return None
+        return stored.record if stored is not None else None
 
     def _credential(self, rejected: str | None, timeout: float | None) -> Credential:
         hit = self._from_memory(rejected)

@@ -18,20 +18,16 @@ from ._errors import (
     CallbackTimeout,
     CallbackUnavailable,
     ClientRegistrationInvalid,
+    GrantkeeperError,
     ServerConfigError,
 )
 from ._freshness import Clock, utc_now
 from ._log import event
 from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
 from ._oauth.client_assertion import key_source
-from ._oauth.code_flow import (
-    Authorize,
-    authorization_refused,
-    register_client,
-    registration_known,
-    run_code_flow,
-)
+from ._oauth.code_flow import Authorize, register_client, run_code_flow
 from ._oauth.discovery import Discovery, choose_scope, discover
+from ._oauth.forgotten_clients import authorization_refused, check_client
 from ._oauth.grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
 from ._oauth.kept_registrations import KeptRegistrations
 from ._oauth.registration import ClientRegistration, metadata_document_client
@@ -140,26 +136,26 @@ def login(
             scope or config.scope, found.challenge, found.resource_metadata, found.metadata
         )
         issuer = found.metadata.issuer
-        fixed_id, secret = client_id, client_secret
-        if fixed_id is None and config.client_id:
-            if config.client_issuer and config.client_issuer != issuer:
-                # SEP-2352: a client is bound to the issuer that made it. Its id (let alone
-                # its secret) never goes to another authorization server.
-                if machine or enterprise is not None:
-                    raise ServerConfigError(
-                        f"the client id configured for {config.label} was issued by "
-                        f"{config.client_issuer}, but the server now uses {issuer}: register "
-                        "a client there and configure it"
-                    )
-                event(
-                    logging.WARNING,
-                    "login.client_of_other_issuer",
-                    key=str(config.key),
-                    configured=config.client_issuer,
-                    issuer=issuer,
+        fixed_id = client_id or config.client_id
+        secret = client_secret or config.client_secret
+        bound_to = _client_issuer(config, store) if client_id is None else None
+        if fixed_id and bound_to and bound_to != issuer:
+            # SEP-2352: a client is bound to the issuer that made it. Its id (let alone its
+            # secret) never goes to another authorization server.
+            if machine or enterprise is not None:
+                raise ServerConfigError(
+                    f"the client id configured for {config.label} was issued by {bound_to}, "
+                    f"but the server now uses {issuer}: register a client there and log in "
+                    "with it (grantkeeper login ... --client-id)"
                 )
-            else:
-                fixed_id, secret = config.client_id, client_secret or config.client_secret
+            event(
+                logging.WARNING,
+                "login.client_of_other_issuer",
+                key=str(config.key),
+                configured=bound_to,
+                issuer=issuer,
+            )
+            fixed_id = secret = None
         if machine:
             return _machine_login(
                 config,
@@ -200,7 +196,6 @@ def login(
         )
 
         kept = KeptRegistrations(getattr(store, "home", None))
-        pushed = bool(found.metadata.pushed_authorization_request_endpoint)
 
         def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
             def run(client_registration: ClientRegistration | None) -> Credential:
@@ -230,18 +225,34 @@ def login(
                 kept.keep(issuer, redirect_uri, new)
                 return new
 
-            held, verified = kept.find(issuer, redirect_uri), pushed
-            if held is not None and not pushed:
-                # Without a push to tell (see run_code_flow), ask the registration itself
-                # (RFC 7592) whether the server still knows it, before a browser opens.
-                known = registration_known(client, held)
-                if known is False:
+            reused = kept.find(issuer, redirect_uri)
+            verdict = None
+            if reused is not None:
+                # A server that lost its state forgot this client; find out before a browser
+                # opens (a push where required finds out within the flow itself).
+                if not found.metadata.require_pushed_requests:
+                    verdict = check_client(
+                        client,
+                        found.metadata,
+                        reused,
+                        redirect_uri=redirect_uri,
+                        resource=found.resource,
+                        scope=chosen_scope,
+                    )
+                    if verdict.registration != reused:
+                        kept.keep(issuer, redirect_uri, verdict.registration)  # a rotated token
+                    reused = verdict.registration
+                if verdict is not None and verdict.known is False:
                     kept.forget(issuer, redirect_uri)
-                    event(logging.WARNING, "login.registration_forgotten", key=str(config.key))
-                    held = None
-                verified = known is True
+                    event(
+                        logging.WARNING,
+                        "login.registration_forgotten",
+                        key=str(config.key),
+                        asked=verdict.asked,
+                    )
+                    reused = None
             try:
-                return run(held or register())
+                return run(reused or register())
             except ClientRegistrationInvalid:
                 # The server forgot the client (a restart, an expiry): replace it, once.
                 kept.forget(issuer, redirect_uri)
@@ -252,9 +263,18 @@ def login(
                 # for a kept client nothing vouched for. If the authorization endpoint now
                 # refuses that client, the person was looking at the server's error page:
                 # replace the client, once, and ask again.
-                if held is None or verified:
+                unvouched = verdict is not None and verdict.known is None
+                if reused is None or not unvouched:
                     raise
-                if authorization_refused(client, found.metadata, held, redirect_uri) is not True:
+                refused = authorization_refused(
+                    client,
+                    found.metadata,
+                    reused,
+                    redirect_uri=redirect_uri,
+                    resource=found.resource,
+                    scope=chosen_scope,
+                )
+                if not refused:
                     raise
                 kept.forget(issuer, redirect_uri)
                 event(logging.WARNING, "login.reregistering", key=str(config.key))
@@ -314,6 +334,20 @@ def _machine_login(
         clock=clock,
         lock_timeout=lock_timeout,
     )
+
+
+def _client_issuer(config: ServerConfig, store: Store) -> str | None:
+    """The issuer ``config``'s client id was issued by: as configured, else the issuer of
+    the credential stored with that client (an entry saved before ``client_issuer``)."""
+    if config.client_issuer or not config.client_id:
+        return config.client_issuer
+    try:
+        stored = store.read(config.key)
+    except GrantkeeperError:
+        return None
+    if stored is None or stored.record.client_id != config.client_id:
+        return None
+    return stored.record.issuer
 
 
 def callback_ports(config: ServerConfig, store: Store, issuer: str, dynamic: bool) -> list[int]:

@@ -272,7 +272,9 @@ def login(
     if scopes:
         changes["scope"] = " ".join(s for scope in scopes for s in scope.split())
     if client_id:
-        changes.update(client_id=client_id, client_secret=client_secret)
+        # A client given now is bound to the issuer this login reaches (below), not to the
+        # one an earlier client of this entry was issued by.
+        changes.update(client_id=client_id, client_secret=client_secret, client_issuer=None)
     if port is not None:
         changes["callback_port"] = port
     if client_metadata_url:

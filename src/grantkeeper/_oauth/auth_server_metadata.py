@@ -31,7 +31,9 @@ class AuthServerMetadata:
     grant_types_supported: tuple[str, ...] = ()
     token_endpoint_auth_methods_supported: tuple[str, ...] = ()
     pushed_authorization_request_endpoint: str | None = None
-    """Where authorization requests are pushed (RFC 9126); the login uses it when present."""
+    """Where authorization requests are pushed (RFC 9126)."""
+    require_pushed_requests: bool = False
+    """The server takes authorization requests only pushed (RFC 9126 §5)."""
 
 
 def metadata_urls(issuer: str) -> list[str]:
@@ -108,4 +110,5 @@ def parse_metadata(body: bytes, *, expected_issuer: str) -> AuthServerMetadata:
         pushed_authorization_request_endpoint=endpoint(
             "pushed_authorization_request_endpoint", False
         ),
+        require_pushed_requests=data.get("require_pushed_authorization_requests") is True,
     )

@@ -31,7 +31,7 @@ from .authorization import (
     url_with,
 )
 from .pkce import new_verifier, s256_challenge
-from .registration import ClientRegistration, parse_registration, read_verdict, registration_body
+from .registration import ClientRegistration, parse_registration, registration_body
 from .revocation import revoke_tokens
 from .token_client import send_token_request
 from .token_endpoint import code_request, new_credential
@@ -58,57 +58,17 @@ def register_client(
     return parse_registration(response.status_code, response.content)
 
 
-def registration_known(http: httpx.Client, registration: ClientRegistration) -> bool | None:
-    """Whether the server still knows ``registration`` (RFC 7592 §2.1 read): ``None`` when
-    it cannot be asked or did not say (an outage keeps a registration; it never costs one)."""
-    uri, token = registration.registration_client_uri, registration.registration_access_token
-    if not uri or not token:
-        return None
-    try:
-        response = http.get(uri, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError:
-        return None
-    return read_verdict(response.status_code)
-
-
-def authorization_refused(
-    http: httpx.Client,
-    metadata: AuthServerMetadata,
-    registration: ClientRegistration,
-    redirect_uri: str,
-) -> bool | None:
-    """Whether the authorization endpoint refuses ``registration`` outright, asked after a
-    login with it saw no redirect: a server that forgot a client cannot redirect to it, so
-    it shows the person an error page (400) instead. ``True`` on 400 or 401, ``False`` on a
-    page or a redirect (it knows the client), ``None`` when it did not answer.
-
-    Only then, never before a browser opens: the request is a login's first step to the
-    server, with state of its own there."""
-    params = authorization_params(
-        client_id=registration.client_id,
-        redirect_uri=redirect_uri,
-        state=secrets.token_urlsafe(24),
-        code_challenge=s256_challenge(new_verifier()),
-        resource=None,  # what is asked does not matter: only whether the client is known
-        scope=None,
-    )
-    try:
-        response = http.get(url_with(metadata.authorization_endpoint, params))
-    except httpx.HTTPError:
-        return None
-    if response.status_code in (400, 401):
-        return True
-    return False if response.status_code < 400 else None
-
-
 def push_authorization_request(
     http: httpx.Client, endpoint: str, params: dict[str, str], client: ClientRegistration
 ) -> str:
-    """Push ``params`` (RFC 9126) and return the ``request_uri`` the browser is sent with."""
+    """Push ``params`` (RFC 9126) and return the ``request_uri`` the browser is sent with.
+
+    Raises :class:`ClientRegistrationInvalid` for a client the server does not know, else
+    :class:`ProtocolError` for any failure."""
     request = pushed_request(endpoint, params, client)
     try:
-        response = http.send(request.to_httpx())
-    except httpx.HTTPError as exc:
+        response = http.send(request.to_httpx(), follow_redirects=False)
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         raise ProtocolError(
             f"the pushed authorization request failed: {type(exc).__name__}"
         ) from None
@@ -153,10 +113,11 @@ def run_code_flow(
         resource=resource,
         scope=scope,
     )
-    if metadata.pushed_authorization_request_endpoint:
-        # Pushed first (RFC 9126): the parameters never pass through the browser, and a
-        # server that forgot this client says so now (ClientRegistrationInvalid), not on a
-        # page the person sees while the listener waits in vain.
+    if metadata.pushed_authorization_request_endpoint and metadata.require_pushed_requests:
+        # The server takes no other (RFC 9126 §5): only the client and a reference go
+        # through the browser, and a client it forgot is refused here, not on a page.
+        # Where pushing is optional the URL carries the request itself: a reference
+        # expires within a minute or so, and a printed URL may be opened later than that.
         request_uri = push_authorization_request(
             http, metadata.pushed_authorization_request_endpoint, params, registration
         )

@@ -47,20 +47,26 @@ def revoke_tokens(
 ) -> tuple[tuple[TokenKind, ...], tuple[str, ...]]:
     """Revoke ``record``'s tokens of ``kinds``, in order, at its own revocation endpoint.
 
-    Returns the kinds the server confirmed and, one line each, why the others failed.
+    Returns the kinds the server confirmed and, one line each, why the others failed. A
+    redirect is never followed (it could carry a token to another host), and a server that
+    cannot be reached is not tried again for the next kind.
     """
     revoked: list[TokenKind] = []
     problems: list[str] = []
-    for kind in kinds:
+    for number, kind in enumerate(kinds):
         try:
             request = revocation_request(record, kind)
             if request is None:
                 continue
             http_request = request.to_httpx()
             http_request.extensions["timeout"] = REVOCATION_TIMEOUT.as_dict()
-            response = http.send(http_request)
+            response = http.send(http_request, follow_redirects=False)
             check_revocation_response(response.status_code, kind)
-        except httpx.HTTPError as exc:
+        except httpx.TransportError as exc:
+            problems += [f"{k} not revoked: {type(exc).__name__}" for k in kinds[number:]]
+            break
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            # ValueError: a URL httpx cannot encode (an IDNA error, say).
             problems.append(f"{kind} not revoked: {type(exc).__name__}")
         except GrantkeeperError as exc:
             problems.append(exc.message)
