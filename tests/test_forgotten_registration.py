@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -42,14 +43,24 @@ PUSHING = Discovery(
 PUSH_ONLY = Discovery(SERVER, SERVER, replace(PUSHING.metadata, require_pushed_requests=True))
 
 
-def run(home: Path, fake: FakeAS, windows: list[str], discovery: Discovery = FOUND) -> object:
+def run(
+    home: Path,
+    fake: FakeAS,
+    windows: list[str],
+    discovery: Discovery = FOUND,
+    *,
+    authorize: Callable[[str], str] | None = None,
+    http: httpx.Client | None = None,
+) -> object:
+    """A login to :data:`SERVER` at ``fake``, through its browser (each window in
+    ``windows``) unless ``authorize`` stands in, over ``http`` if given."""
     return login(
         ServerConfig(SERVER),
         store=FileStore(home),
         discovery=discovery,
-        authorize=fake.browser(windows),
+        authorize=authorize or fake.browser(windows),
         redirect_uri=REDIRECT,
-        http=fake.client(),
+        http=http or fake.client(),
     )
 
 
@@ -117,12 +128,11 @@ def test_a_push_that_says_nothing_of_the_client_keeps_it(tmp_path: Path) -> None
         def refusing(request: httpx.Request, answer: httpx.Response = answer) -> httpx.Response:
             return answer if request.url.path == "/par" else fake.handle(request)
 
-        login(
-            ServerConfig(SERVER),
-            store=FileStore(tmp_path),
-            discovery=PUSHING,
-            authorize=fake.browser(windows),
-            redirect_uri=REDIRECT,
+        run(
+            tmp_path,
+            fake,
+            windows,
+            PUSHING,
             http=httpx.Client(transport=httpx.MockTransport(refusing)),
         )
     assert fake.registered == ["client-1"]
@@ -152,14 +162,7 @@ def test_no_check_follows_a_redirect(tmp_path: Path) -> None:
         pytest.raises(CallbackTimeout),
         httpx.Client(transport=httpx.MockTransport(redirecting), follow_redirects=True) as http,
     ):
-        login(
-            ServerConfig(SERVER),
-            store=FileStore(tmp_path),
-            discovery=PUSHING,
-            authorize=nobody,
-            redirect_uri=REDIRECT,
-            http=http,
-        )
+        run(tmp_path, fake, [], PUSHING, authorize=nobody, http=http)
     assert elsewhere == []
     assert fake.registered == ["client-1"]  # no answer about the client: it is kept
 
@@ -265,14 +268,7 @@ def test_a_registration_read_without_an_answer_keeps_the_client(tmp_path: Path) 
             return httpx.Response(503)
         return fake.handle(request)
 
-    login(
-        ServerConfig(SERVER),
-        store=FileStore(tmp_path),
-        discovery=FOUND,
-        authorize=fake.browser(windows),
-        redirect_uri=REDIRECT,
-        http=httpx.Client(transport=httpx.MockTransport(down)),
-    )
+    run(tmp_path, fake, windows, http=httpx.Client(transport=httpx.MockTransport(down)))
     assert fake.registered == ["client-1"]
     assert len(windows) == 2
 
@@ -331,14 +327,7 @@ def test_a_timeout_for_a_client_the_server_knows_keeps_it(tmp_path: Path) -> Non
         raise CallbackTimeout("no redirect")
 
     with pytest.raises(CallbackTimeout):
-        login(
-            ServerConfig(SERVER),
-            store=FileStore(tmp_path),
-            discovery=FOUND,
-            authorize=gone,
-            redirect_uri=REDIRECT,
-            http=fake.client(),
-        )
+        run(tmp_path, fake, [], authorize=gone)
     assert fake.authorize_probes == ["client-1"]
     assert KeptRegistrations(tmp_path).find(ISSUER, REDIRECT) == ClientRegistration("client-1")
     assert fake.registered == ["client-1"]
@@ -355,14 +344,7 @@ def test_a_replacement_that_times_out_too_is_final(tmp_path: Path) -> None:
         raise CallbackTimeout("no redirect")
 
     with pytest.raises(CallbackTimeout):
-        login(
-            ServerConfig(SERVER),
-            store=FileStore(tmp_path),
-            discovery=FOUND,
-            authorize=nobody,
-            redirect_uri=REDIRECT,
-            http=fake.client(),
-        )
+        run(tmp_path, fake, [], authorize=nobody)
     assert len(attempts) == 2  # the forgotten client, then its replacement: no loop
     assert fake.registered == ["client-1", "client-2"]
 

@@ -19,6 +19,7 @@ import pytest
 
 from grantkeeper import (
     AccountChanged,
+    Credential,
     FileStore,
     Keeper,
     ReauthenticationRequired,
@@ -86,6 +87,19 @@ class Servers:
         """Every URL, header and body the new server (or a browser sent to it) received."""
         return self.to_new
 
+    def login(
+        self, config: ServerConfig, store: FileStore, discovery: Discovery, http: httpx.Client
+    ) -> Credential:
+        """A browser login through these servers' browser."""
+        return login(
+            config,
+            store=store,
+            discovery=discovery,
+            authorize=self.authorize,
+            redirect_uri=REDIRECT,
+            http=http,
+        )
+
     def leaked(self) -> list[str]:
         """What of the old server's clients and tokens reached the new one."""
         return [text for text in self.to_new if "old-" in text]
@@ -97,14 +111,7 @@ def test_a_recovery_follows_the_server_to_its_new_authorization_server(
     servers, store = Servers(), FileStore(tmp_path)
     config = ServerConfig(SERVER)
     with servers.client() as http:
-        login(
-            config,
-            store=store,
-            discovery=OLD,
-            authorize=servers.authorize,
-            redirect_uri=REDIRECT,
-            http=http,
-        )
+        servers.login(config, store, OLD, http)
         looked: list[str] = []
 
         def discover(url: str, **_: object) -> Discovery:
@@ -143,14 +150,7 @@ def test_a_configured_client_is_not_presented_to_another_issuer(tmp_path: Path) 
     servers = Servers()
     config = ServerConfig(SERVER, client_id="old-pre-registered", client_issuer=ISSUER)
     with servers.client() as http:
-        record = login(
-            config,
-            store=FileStore(tmp_path),
-            discovery=NEW,
-            authorize=servers.authorize,
-            redirect_uri=REDIRECT,
-            http=http,
-        )
+        record = servers.login(config, FileStore(tmp_path), NEW, http)
     assert record.client_id == "new-client-1"  # registered where the server now points
     assert servers.seen_at_new() and servers.leaked() == []
 
@@ -160,14 +160,7 @@ def test_a_configured_client_is_used_at_its_own_issuer(tmp_path: Path) -> None:
     config = ServerConfig(SERVER, client_id="old-pre-registered", client_issuer=ISSUER)
     servers.old.registered.append("old-pre-registered")  # what its operator registered
     with servers.client() as http:
-        record = login(
-            config,
-            store=FileStore(tmp_path),
-            discovery=OLD,
-            authorize=servers.authorize,
-            redirect_uri=REDIRECT,
-            http=http,
-        )
+        record = servers.login(config, FileStore(tmp_path), OLD, http)
     assert record.client_id == "old-pre-registered"
     assert servers.old.registered == ["old-pre-registered"]  # nothing registered
 
@@ -196,14 +189,7 @@ def test_a_login_another_process_stored_for_another_account_is_not_adopted(
     servers, store = Servers(), FileStore(tmp_path)
     config = ServerConfig(SERVER)
     with servers.client() as http:
-        login(
-            config,
-            store=store,
-            discovery=OLD,
-            authorize=servers.authorize,
-            redirect_uri=REDIRECT,
-            http=http,
-        )
+        servers.login(config, store, OLD, http)
         first = store.read(config.key)
         assert first is not None
         store.write(

@@ -27,7 +27,7 @@ from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
 from ._oauth.client_assertion import key_source
 from ._oauth.code_flow import Authorize, register_client, run_code_flow
 from ._oauth.discovery import Discovery, choose_scope, discover
-from ._oauth.forgotten_clients import authorization_refused, check_client
+from ._oauth.forgotten_clients import Asked, authorization_refused, check_client
 from ._oauth.grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
 from ._oauth.kept_registrations import KeptRegistrations
 from ._oauth.registration import ClientRegistration, metadata_document_client
@@ -197,6 +197,9 @@ def login(
 
         kept = KeptRegistrations(getattr(store, "home", None))
 
+        def asked(redirect_uri: str) -> Asked:
+            return Asked(redirect_uri, found.resource, chosen_scope)
+
         def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
             def run(client_registration: ClientRegistration | None) -> Credential:
                 return run_code_flow(
@@ -231,14 +234,7 @@ def login(
                 # A server that lost its state forgot this client; find out before a browser
                 # opens (a push where required finds out within the flow itself).
                 if not found.metadata.require_pushed_requests:
-                    verdict = check_client(
-                        client,
-                        found.metadata,
-                        reused,
-                        redirect_uri=redirect_uri,
-                        resource=found.resource,
-                        scope=chosen_scope,
-                    )
+                    verdict = check_client(client, found.metadata, reused, asked(redirect_uri))
                     if verdict.registration != reused:
                         kept.keep(issuer, redirect_uri, verdict.registration)  # a rotated token
                     reused = verdict.registration
@@ -266,15 +262,7 @@ def login(
                 unvouched = verdict is not None and verdict.known is None
                 if reused is None or not unvouched:
                     raise
-                refused = authorization_refused(
-                    client,
-                    found.metadata,
-                    reused,
-                    redirect_uri=redirect_uri,
-                    resource=found.resource,
-                    scope=chosen_scope,
-                )
-                if not refused:
+                if not authorization_refused(client, found.metadata, reused, asked(redirect_uri)):
                     raise
                 kept.forget(issuer, redirect_uri)
                 event(logging.WARNING, "login.reregistering", key=str(config.key))

@@ -31,6 +31,27 @@ encode, an IDNA error, say)."""
 
 
 @dataclass(frozen=True)
+class Asked:
+    """What the login will ask for: each check asks the same, so that an answer about the
+    request is an answer about the client, not about a different request."""
+
+    redirect_uri: str
+    resource: str
+    scope: str | None
+
+    def params(self, registration: ClientRegistration) -> dict[str, str]:
+        """The login's own request, with a state and challenge of its own (never used)."""
+        return authorization_params(
+            client_id=registration.client_id,
+            redirect_uri=self.redirect_uri,
+            state=secrets.token_urlsafe(24),
+            code_challenge=s256_challenge(new_verifier()),
+            resource=self.resource,
+            scope=self.scope,
+        )
+
+
+@dataclass(frozen=True)
 class Verdict:
     """What a check found: ``known`` is ``True``, ``False`` (forgotten) or ``None`` (no
     answer); ``registration`` is the client to keep, with a rotated read token if any."""
@@ -42,35 +63,22 @@ class Verdict:
 
 
 def check_client(
-    http: httpx.Client,
-    metadata: AuthServerMetadata,
-    registration: ClientRegistration,
-    *,
-    redirect_uri: str,
-    resource: str,
-    scope: str | None,
+    http: httpx.Client, metadata: AuthServerMetadata, registration: ClientRegistration, asked: Asked
 ) -> Verdict:
     """Ask the server whether it knows ``registration``, before a browser opens."""
     if metadata.pushed_authorization_request_endpoint:
-        known = _pushed(http, metadata, registration, redirect_uri, resource, scope)
+        known = _pushed(http, metadata.pushed_authorization_request_endpoint, registration, asked)
         if known is not None:
             return Verdict(known, registration, "pushed")
     return read_registration(http, registration)
 
 
 def _pushed(
-    http: httpx.Client,
-    metadata: AuthServerMetadata,
-    registration: ClientRegistration,
-    redirect_uri: str,
-    resource: str,
-    scope: str | None,
+    http: httpx.Client, endpoint: str, registration: ClientRegistration, asked: Asked
 ) -> bool | None:
     """A pushed request made only to hear the answer; its reference is never used and
     expires at the server."""
-    assert metadata.pushed_authorization_request_endpoint is not None
-    params = _params(registration, redirect_uri, resource, scope)
-    request = pushed_request(metadata.pushed_authorization_request_endpoint, params, registration)
+    request = pushed_request(endpoint, asked.params(registration), registration)
     try:
         response = http.send(request.to_httpx(), follow_redirects=False)
         parse_pushed_response(response.status_code, response.content)
@@ -114,38 +122,16 @@ def read_registration(http: httpx.Client, registration: ClientRegistration) -> V
 
 
 def authorization_refused(
-    http: httpx.Client,
-    metadata: AuthServerMetadata,
-    registration: ClientRegistration,
-    *,
-    redirect_uri: str,
-    resource: str,
-    scope: str | None,
+    http: httpx.Client, metadata: AuthServerMetadata, registration: ClientRegistration, asked: Asked
 ) -> bool:
     """Whether the authorization endpoint refuses ``registration`` outright (400), asked
     after a login with it saw no redirect. A server that forgot a client cannot redirect to
     it, so it shows the person an error page; one that knows it answers with a page or a
     redirect. Only then, never before a browser opens: the request is a login's first step
     at the server, with state of its own there. No cookies, no redirect followed."""
-    url = url_with(
-        metadata.authorization_endpoint, _params(registration, redirect_uri, resource, scope)
-    )
+    url = url_with(metadata.authorization_endpoint, asked.params(registration))
     try:
         response = http.get(url, follow_redirects=False)
     except SENDING_FAILURES:
         return False
     return response.status_code == 400
-
-
-def _params(
-    registration: ClientRegistration, redirect_uri: str, resource: str, scope: str | None
-) -> dict[str, str]:
-    """The login's own request, with a state and challenge of its own (never used)."""
-    return authorization_params(
-        client_id=registration.client_id,
-        redirect_uri=redirect_uri,
-        state=secrets.token_urlsafe(24),
-        code_challenge=s256_challenge(new_verifier()),
-        resource=resource,
-        scope=scope,
-    )
