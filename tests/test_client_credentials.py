@@ -253,21 +253,30 @@ def test_cli_login_client_credentials_with_a_key_from_the_environment(
 def test_cli_login_with_a_new_client_id_replaces_a_stale_issuer_binding(
     auth_server: AuthServer, resource: ResourceServer, home: Path
 ) -> None:
-    """An entry whose client was issued elsewhere (the server moved) refuses to present
-    it; logging in with a client of the new issuer rebinds the entry there."""
+    """An entry whose client was used at another issuer (the server moved; the entry
+    predates ``client_issuer``, so the stored credential says where) refuses to present
+    it. Logging in with ``--client-id``, even the same id registered anew at the new
+    issuer, rebinds the entry there, and later logins need no flag."""
+    old_issuer = "https://old-issuer.example.com"
     save_server(
         ServerConfig(
             resource.url,
             name="moved",
             client_id="cc-basic",
             client_secret="cc-basic-secret",
-            client_issuer="https://old-issuer.example.com",
             grant="client_credentials",
         ),
         home,
     )
+    store = FileStore(home)
+    key = CredentialKey.for_server(resource.url)
+    store.write(
+        key,
+        sample_record(resource=resource.url, issuer=old_issuer, client_id="cc-basic"),
+        expected_version=None,
+    )
     stale = grantkeeper("login", "moved", "--client-credentials", "--json")
-    assert stale.returncode != 0 and "https://old-issuer.example.com" in stale.stderr
+    assert stale.returncode != 0 and old_issuer in stale.stderr
     assert "cc-basic-secret" not in stale.stdout + stale.stderr
     done = grantkeeper(
         "login", "moved", "--client-credentials", "--client-id", "cc-basic",
@@ -276,3 +285,5 @@ def test_cli_login_with_a_new_client_id_replaces_a_stale_issuer_binding(
     assert done.returncode == 0, done.stderr
     saved = json.loads((home / "servers.json").read_text())["servers"]["moved"]
     assert saved["client_issuer"] == auth_server.issuer
+    again = grantkeeper("login", "moved", "--client-credentials", "--json")
+    assert again.returncode == 0, again.stderr

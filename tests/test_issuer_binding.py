@@ -155,6 +155,24 @@ def test_a_configured_client_is_not_presented_to_another_issuer(tmp_path: Path) 
     assert servers.seen_at_new() and servers.leaked() == []
 
 
+def test_an_entry_without_client_issuer_is_bound_by_where_its_client_was_used(
+    tmp_path: Path,
+) -> None:
+    """An entry from before ``client_issuer``: the credential stored with its client says
+    where the client belongs, and that is kept, so the client stays away from the new
+    issuer on every login after the move, not only on the first."""
+    servers, store = Servers(), FileStore(tmp_path)
+    config = ServerConfig(SERVER, client_id="old-pre-registered")
+    servers.old.registered.append("old-pre-registered")
+    with servers.client() as http:
+        servers.login(config, store, OLD, http)
+        first = servers.login(config, store, NEW, http)
+        second = servers.login(config, store, NEW, http)
+    assert first.client_id == second.client_id == "new-client-1"
+    assert servers.new.registered == ["new-client-1"]  # one registration, then reused
+    assert servers.seen_at_new() and servers.leaked() == []
+
+
 def test_a_configured_client_is_used_at_its_own_issuer(tmp_path: Path) -> None:
     servers = Servers()
     config = ServerConfig(SERVER, client_id="old-pre-registered", client_issuer=ISSUER)

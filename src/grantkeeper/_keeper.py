@@ -81,8 +81,10 @@ from ._stores.base import DEFAULT_LOCK_TIMEOUT, HeldLock, Store, Stored, plainte
 Recovery = Callable[[AuthenticationRequired], object]
 """A recovery hook: given what a person must fix (a needed login, a dead grant,
 ``insufficient_scope`` with the scope to ask for), run a new login that stores the
-credential (``grantkeeper.login_recovery`` builds one). Its result is ignored: the Keeper
-adopts what the login stored, under the same lock as a refresh."""
+credential (``grantkeeper.login_recovery`` builds one). The Keeper adopts what the login
+stored, under the same lock as a refresh; a hook that returns the stored
+:class:`~grantkeeper.Credential` (``login_recovery``'s does) also tells it which record is
+that login's, so a record another process stored meanwhile is never taken for it."""
 
 RECOVERY_MARGIN = 30.0
 """What a recovery waiting for another process's login gives it beyond its callback
@@ -335,11 +337,14 @@ class Keeper:
                     # a person who closed the browser is not shown a window per request.
                     self._recoveries += 1
                 if logged_in is not None:
-                    # This lifecycle's hook had a person log in: what they logged in as, and
-                    # where, is its identity from now on (a server that moved to another
-                    # authorization server, SEP-2352, is served by the new issuer's
-                    # credential). A login it did not run changes nothing silently.
-                    self._identity = logged_in
+                    # This lifecycle's hook had a person log in: what they logged in as is
+                    # its identity from now on. At another issuer (the server moved to
+                    # another authorization server, SEP-2352) that replaces the old one
+                    # whole; at the same issuer it is merged, so a record without a subject
+                    # never forgets the account. A login it did not run changes nothing.
+                    known = self._identity
+                    moved = known is not None and known.issuer != logged_in.issuer
+                    self._identity = logged_in if moved else merged_identity(known, logged_in)
                 # The store has a new record: memory is no longer the authority.
                 self._current = None
         return self._credential(None, None)
@@ -362,12 +367,16 @@ class Keeper:
             return None
         event(logging.WARNING, "recovery.started", key=key, need=type(need).__name__)
         assert self._recover is not None
-        self._recover(need)
+        result = self._recover(need)
         try:
             stored = self.store.read(self.key)
         except StoreError:
             return None
-        return stored.record if stored is not None else None
+        if stored is None:
+            return None
+        if isinstance(result, Credential) and result.access_token != stored.record.access_token:
+            return None  # another login stored since: not the one this lifecycle asked for
+        return stored.record
 
     def _credential(self, rejected: str | None, timeout: float | None) -> Credential:
         hit = self._from_memory(rejected)

@@ -136,9 +136,11 @@ def login(
             scope or config.scope, found.challenge, found.resource_metadata, found.metadata
         )
         issuer = found.metadata.issuer
+        kept = KeptRegistrations(getattr(store, "home", None))
         fixed_id = client_id or config.client_id
-        secret = client_secret or config.client_secret
-        bound_to = _client_issuer(config, store) if client_id is None else None
+        # The configured secret goes only with the configured client.
+        secret = client_secret or (config.client_secret if fixed_id == config.client_id else None)
+        bound_to = _client_issuer(config, store, kept) if client_id is None else None
         if fixed_id and bound_to and bound_to != issuer:
             # SEP-2352: a client is bound to the issuer that made it. Its id (let alone its
             # secret) never goes to another authorization server.
@@ -156,36 +158,47 @@ def login(
                 issuer=issuer,
             )
             fixed_id = secret = None
+
+        def bound(record: Credential) -> Credential:
+            # The client the operator gave is used at this issuer from now on: remember it.
+            if fixed_id and record.client_id == fixed_id and record.issuer:
+                kept.bind(str(config.key), fixed_id, record.issuer)
+            return record
+
         if machine:
-            return _machine_login(
-                config,
-                found,
-                store=store,
-                http=client,
-                client_id=fixed_id,
-                client_secret=secret,
-                auth_method=client_auth_method or config.client_auth_method,
-                key_file=client_key_file or config.client_key_file,
-                key_env=client_key_env or config.client_key_env,
-                scope=scope or config.scope,
-                clock=clock,
-                lock_timeout=lock_timeout,
+            return bound(
+                _machine_login(
+                    config,
+                    found,
+                    store=store,
+                    http=client,
+                    client_id=fixed_id,
+                    client_secret=secret,
+                    auth_method=client_auth_method or config.client_auth_method,
+                    key_file=client_key_file or config.client_key_file,
+                    key_env=client_key_env or config.client_key_env,
+                    scope=scope or config.scope,
+                    clock=clock,
+                    lock_timeout=lock_timeout,
+                )
             )
         if enterprise is not None:
             if not fixed_id:
                 raise ServerConfigError("cross-app access needs this client's client id")
-            return cross_app_access(
-                store,
-                config.key,
-                identity=enterprise,
-                metadata=found.metadata,
-                resource=found.resource,
-                http=client,
-                client_id=fixed_id,
-                client_secret=secret,
-                scope=scope or config.scope,
-                clock=clock,
-                lock_timeout=lock_timeout,
+            return bound(
+                cross_app_access(
+                    store,
+                    config.key,
+                    identity=enterprise,
+                    metadata=found.metadata,
+                    resource=found.resource,
+                    http=client,
+                    client_id=fixed_id,
+                    client_secret=secret,
+                    scope=scope or config.scope,
+                    clock=clock,
+                    lock_timeout=lock_timeout,
+                )
             )
         registration = (
             ClientRegistration(fixed_id, secret)
@@ -194,8 +207,6 @@ def login(
                 client_metadata_url or config.client_metadata_url, found.metadata
             )
         )
-
-        kept = KeptRegistrations(getattr(store, "home", None))
 
         def asked(redirect_uri: str) -> Asked:
             return Asked(redirect_uri, found.resource, chosen_scope)
@@ -233,7 +244,7 @@ def login(
             if reused is not None:
                 # A server that lost its state forgot this client; find out before a browser
                 # opens (a push where required finds out within the flow itself).
-                if not found.metadata.require_pushed_requests:
+                if not found.metadata.pushes_only:
                     verdict = check_client(client, found.metadata, reused, asked(redirect_uri))
                     if verdict.registration != reused:
                         kept.keep(issuer, redirect_uri, verdict.registration)  # a rotated token
@@ -269,7 +280,7 @@ def login(
                 return run(register())
 
         if authorize is not None and redirect_uri is not None:
-            return attempt(authorize, redirect_uri)
+            return bound(attempt(authorize, redirect_uri))
         if listener is None:
             dynamic = registration is None
             ports = callback_ports(config, store, issuer, dynamic)
@@ -279,7 +290,7 @@ def login(
             if authorizer_for is not None
             else loopback_authorizer(listener, open_browser, timeout=callback_timeout)
         )
-        return attempt(browser, listener.redirect_uri)
+        return bound(attempt(browser, listener.redirect_uri))
 
 
 def _machine_login(
@@ -324,17 +335,23 @@ def _machine_login(
     )
 
 
-def _client_issuer(config: ServerConfig, store: Store) -> str | None:
-    """The issuer ``config``'s client id was issued by: as configured, else the issuer of
-    the credential stored with that client (an entry saved before ``client_issuer``)."""
+def _client_issuer(config: ServerConfig, store: Store, kept: KeptRegistrations) -> str | None:
+    """The issuer ``config``'s client id belongs to: as configured, else where it was last
+    used (kept since), else the issuer of the credential stored with it (an entry from
+    before either was kept; the binding is kept from then on)."""
     if config.client_issuer or not config.client_id:
         return config.client_issuer
+    key = str(config.key)
+    known = kept.bound(key, config.client_id)
+    if known is not None:
+        return known
     try:
         stored = store.read(config.key)
     except GrantkeeperError:
         return None
-    if stored is None or stored.record.client_id != config.client_id:
+    if stored is None or stored.record.client_id != config.client_id or not stored.record.issuer:
         return None
+    kept.bind(key, config.client_id, stored.record.issuer)
     return stored.record.issuer
 
 

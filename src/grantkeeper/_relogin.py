@@ -19,6 +19,7 @@ from ._errors import AuthenticationRequired, InsufficientScope
 from ._keeper import Recovery
 from ._login import login
 from ._oauth.discovery import discover
+from ._record import Credential
 from ._servers import ServerConfig, resolve_server
 from ._stores.base import Store
 
@@ -39,12 +40,12 @@ def login_recovery(
     lock = threading.Lock()
     given_scope = login_options.pop("scope", None)
 
-    def recover(need: AuthenticationRequired) -> None:
+    def recover(need: AuthenticationRequired) -> Credential:
         scope = need.scope if isinstance(need, InsufficientScope) and need.scope else given_scope
         with lock:
             found = given.pop() if given else None
             if found is None:
                 found = discover(config.url, http=login_options.get("http"))
-            login(config, store=store, scope=scope, discovery=found, **login_options)
+            return login(config, store=store, scope=scope, discovery=found, **login_options)
 
     return recover

@@ -294,6 +294,10 @@ def login(
         record = run_login(
             config,
             store=store,
+            # Given now, the client is the operator's choice for wherever the server points:
+            # no earlier binding of this entry stands in its way.
+            client_id=client_id or None,
+            client_secret=client_secret or None,
             authorizer_for=lambda listener: _authorizer(
                 listener, browser=not (no_browser or manual), manual=manual, timeout=timeout
             ),

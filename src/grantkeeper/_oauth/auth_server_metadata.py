@@ -35,6 +35,11 @@ class AuthServerMetadata:
     require_pushed_requests: bool = False
     """The server takes authorization requests only pushed (RFC 9126 §5)."""
 
+    @property
+    def pushes_only(self) -> bool:
+        """Whether every authorization request must be pushed (and can be: an endpoint)."""
+        return self.require_pushed_requests and bool(self.pushed_authorization_request_endpoint)
+
 
 def metadata_urls(issuer: str) -> list[str]:
     """Where to look for ``issuer``'s metadata, in order (RFC 8414 §3.1, OIDC Discovery §4).

@@ -113,7 +113,8 @@ def run_code_flow(
         resource=resource,
         scope=scope,
     )
-    if metadata.pushed_authorization_request_endpoint and metadata.require_pushed_requests:
+    if metadata.pushes_only:
+        assert metadata.pushed_authorization_request_endpoint is not None
         # The server takes no other (RFC 9126 §5): only the client and a reference go
         # through the browser, and a client it forgot is refused here, not on a page.
         # Where pushing is optional the URL carries the request itself: a reference

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -113,9 +114,12 @@ def read_registration(http: httpx.Client, registration: ClientRegistration) -> V
         return Verdict(True, registration, asked)  # it knows the client; nothing more said
     if read.client_id != registration.client_id or not read.registration_access_token:
         return Verdict(True, registration, asked)
+    moved_to = read.registration_client_uri or uri
+    if urlsplit(moved_to)[:2] != urlsplit(uri)[:2]:
+        moved_to = uri  # the token goes nowhere but the server that issued it
     rotated = replace(
         registration,
-        registration_client_uri=read.registration_client_uri or uri,
+        registration_client_uri=moved_to,
         registration_access_token=read.registration_access_token,
     )
     return Verdict(True, rotated, asked)
@@ -128,7 +132,7 @@ def authorization_refused(
     after a login with it saw no redirect. A server that forgot a client cannot redirect to
     it, so it shows the person an error page; one that knows it answers with a page or a
     redirect. Only then, never before a browser opens: the request is a login's first step
-    at the server, with state of its own there. No cookies, no redirect followed."""
+    at the server, with state of its own there. No redirect is followed."""
     url = url_with(metadata.authorization_endpoint, asked.params(registration))
     try:
         response = http.get(url, follow_redirects=False)

@@ -10,7 +10,9 @@ A registration is bound to the issuer that made it: it is only ever found for th
 so a client ID never reaches another authorization server (SEP-2352). Where the server
 handed out an RFC 7592 management URI, that and its registration access token are kept
 too: the token reaches that one registration, nothing of a user's, and lets a later login
-ask whether the server still knows the client before a browser opens.
+ask whether the server still knows the client before a browser opens. The issuer each
+configured (pre-registered) client was used at is kept here too, per server, for the same
+binding.
 """
 
 from __future__ import annotations
@@ -112,6 +114,32 @@ class KeptRegistrations:
             return document
 
         self._change(change, "forget")
+
+    def bound(self, key: str, client_id: str) -> str | None:
+        """The issuer a configured client of the server ``key`` was last used at."""
+        bindings = self._load().get("bindings")
+        entries = bindings.get(key) if isinstance(bindings, dict) else None
+        issuer = entries.get(client_id) if isinstance(entries, dict) else None
+        return issuer if isinstance(issuer, str) else None
+
+    def bind(self, key: str, client_id: str, issuer: str) -> None:
+        """Remember that ``client_id`` (configured for the server ``key``) belongs to
+        ``issuer``: after a move it is then never presented to another one (SEP-2352), even
+        once the credential stored with it is gone."""
+        if self.bound(key, client_id) == issuer:
+            return
+
+        def change(document: Document) -> Document:
+            bindings = document.get("bindings")
+            bindings = bindings if isinstance(bindings, dict) else {}
+            entries = bindings.get(key)
+            entries = entries if isinstance(entries, dict) else {}
+            entries[client_id] = issuer
+            bindings[key] = entries
+            document["bindings"] = bindings
+            return document
+
+        self._change(change, "bind")
 
     def _change(self, change: Callable[[Document], Document | None], what: str) -> None:
         try:
