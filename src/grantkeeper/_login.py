@@ -84,7 +84,10 @@ def login(
 
     Which client logs in: ``client_id`` (pre-registered), else ``client_metadata_url`` when
     the authorization server supports client ID metadata documents (SEP-991), else a client
-    registered dynamically (RFC 7591).
+    registered dynamically (RFC 7591). A client is bound to its issuer (SEP-2352): a
+    configured one is not presented to another authorization server (its ``client_issuer``,
+    else where it was last used), and a dynamic one is kept and found per issuer. Before a
+    kept dynamic client is reused, the server is asked whether it still knows it.
 
     ``client_credentials=True`` logs in a machine client instead (RFC 6749 §4.4): no
     browser, ``client_id`` with ``client_secret`` (``client_secret_basic`` or
