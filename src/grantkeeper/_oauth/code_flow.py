@@ -35,6 +35,7 @@ from .registration import ClientRegistration, parse_registration, registration_b
 from .revocation import revoke_tokens
 from .token_client import send_token_request
 from .token_endpoint import code_request, new_credential
+from .urls import SENDING_FAILURES
 
 Authorize = Callable[[str], str]
 """Shows the authorization URL to a person and returns the callback URL they reached."""
@@ -68,7 +69,7 @@ def push_authorization_request(
     request = pushed_request(endpoint, params, client)
     try:
         response = http.send(request.to_httpx(), follow_redirects=False)
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+    except SENDING_FAILURES as exc:
         raise ProtocolError(
             f"the pushed authorization request failed: {type(exc).__name__}"
         ) from None

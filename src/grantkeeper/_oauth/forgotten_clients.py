@@ -22,13 +22,11 @@ import httpx
 
 from .._errors import ClientRegistrationInvalid, ProtocolError
 from .auth_server_metadata import AuthServerMetadata
-from .authorization import authorization_params, parse_pushed_response, pushed_request, url_with
+from .authorization import authorization_params, url_with
+from .code_flow import push_authorization_request
 from .pkce import new_verifier, s256_challenge
 from .registration import ClientRegistration, parse_registration, read_verdict
-
-SENDING_FAILURES = (httpx.HTTPError, httpx.InvalidURL, ValueError)
-"""What sending to a server's URL can raise: no answer (ValueError: a URL httpx cannot
-encode, an IDNA error, say)."""
+from .urls import SENDING_FAILURES
 
 
 @dataclass(frozen=True)
@@ -79,16 +77,12 @@ def _pushed(
 ) -> bool | None:
     """A pushed request made only to hear the answer; its reference is never used and
     expires at the server."""
-    request = pushed_request(endpoint, asked.params(registration), registration)
     try:
-        response = http.send(request.to_httpx(), follow_redirects=False)
-        parse_pushed_response(response.status_code, response.content)
-    except SENDING_FAILURES:
-        return None
+        push_authorization_request(http, endpoint, asked.params(registration), registration)
     except ClientRegistrationInvalid:
         return False
     except ProtocolError:
-        return None  # refused for another reason: nothing said about the client
+        return None  # no answer, or a refusal for another reason: nothing said of the client
     return True
 
 

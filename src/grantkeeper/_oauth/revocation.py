@@ -14,6 +14,7 @@ import httpx
 from .._errors import GrantkeeperError, ProtocolError
 from .._record import Credential
 from .token_endpoint import TokenRequest, client_auth
+from .urls import SENDING_FAILURES
 
 REVOCATION_TIMEOUT = httpx.Timeout(15.0, connect=10.0)
 """Bounds each revocation request (a logout's runs while the credential's lock is held)."""
@@ -65,8 +66,7 @@ def revoke_tokens(
         except httpx.TransportError as exc:
             problems += [f"{k} not revoked: {type(exc).__name__}" for k in kinds[number:]]
             break
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-            # ValueError: a URL httpx cannot encode (an IDNA error, say).
+        except SENDING_FAILURES as exc:
             problems.append(f"{kind} not revoked: {type(exc).__name__}")
         except GrantkeeperError as exc:
             problems.append(exc.message)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
+import httpx
+
 from .._errors import ProtocolError
+
+SENDING_FAILURES: tuple[type[Exception], ...] = (httpx.HTTPError, httpx.InvalidURL, ValueError)
+"""What sending to a URL a server named can raise instead of an answer: an HTTP failure,
+or a URL httpx cannot send (``ValueError``: an IDNA error, say)."""
 
 
 def is_loopback(url: str) -> bool:
