@@ -72,6 +72,7 @@ class AuthServer:
         cross_app_idp: bool = False,
         trust_idp: str | None = None,
         pushed_requests: str = "offered",
+        dpop: str = "off",
     ) -> None:
         """``state_dir``: an existing directory for state that survives :meth:`restart`.
         ``omit_expires_in``: token responses carry no ``expires_in`` (the tokens still
@@ -82,7 +83,11 @@ class AuthServer:
         exchange of an ID token for an ID-JAG, see :meth:`sign_in`); ``trust_idp`` (an
         IdP's issuer) plays the MCP server's AS taking that IdP's ID-JAGs (RFC 7523).
         ``pushed_requests``: ``"offered"`` (oidc-provider's default), ``"required"`` or
-        ``"off"``, for pushed authorization requests (RFC 9126)."""
+        ``"off"``, for pushed authorization requests (RFC 9126). ``dpop``: ``"off"`` (Bearer
+        tokens; oidc-provider's own default is on), ``"on"`` or ``"nonce"`` (every proof
+        must carry a server nonce), for DPoP (RFC 9449)."""
+        if dpop not in ("off", "on", "nonce"):
+            raise ValueError(f"dpop must be off, on or nonce: {dpop!r}")
         if token_format not in ("opaque", "jwt"):
             raise ValueError(f"token_format must be 'opaque' or 'jwt', not {token_format!r}")
         if access_ttl <= 0:
@@ -103,6 +108,7 @@ class AuthServer:
         self.cross_app_idp = cross_app_idp
         self.trust_idp = trust_idp
         self.pushed_requests = pushed_requests
+        self.dpop = dpop
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._stderr_thread: threading.Thread | None = None
@@ -149,6 +155,7 @@ class AuthServer:
             command.append("--no-par")
         elif self.pushed_requests == "required":
             command.append("--require-par")
+        command += ["--dpop", self.dpop]
 
         self._stderr_tail.clear()
         process = subprocess.Popen(

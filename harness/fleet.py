@@ -9,6 +9,7 @@ the round holding the same new token.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import multiprocessing.synchronize
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.sharedctypes import Synchronized
 
-from grantkeeper import CredentialKey, Keeper, Store
+import httpx
+
+from grantkeeper import CredentialKey, HttpxAuth, Keeper, Store
 from harness.children import reap
 
 BARRIER_TIMEOUT = 120.0
@@ -86,8 +89,10 @@ class _LockWaits(logging.Handler):
         return waits
 
 
-def _round(keeper: Keeper, held: dict[int, str], mode: str) -> tuple[list[str], list[str]]:
-    """Release one thread per slot at once; each asks for a credential."""
+def _round(
+    keeper: Keeper, held: dict[int, str], mode: str, use: Callable[[], None] | None = None
+) -> tuple[list[str], list[str]]:
+    """Release one thread per slot at once; each asks for a credential, then ``use``s it."""
     start = threading.Barrier(len(held) or 1)
     tokens: list[str] = []
     errors: list[str] = []
@@ -97,6 +102,8 @@ def _round(keeper: Keeper, held: dict[int, str], mode: str) -> tuple[list[str], 
         try:
             rejected = held.get(slot) if mode == "reject" else None
             credential = keeper.credential(rejected=rejected, timeout=BARRIER_TIMEOUT)
+            if use is not None:
+                use()
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
             return
@@ -119,6 +126,7 @@ def _worker(
     barrier: multiprocessing.synchronize.Barrier,
     offset: Synchronized[float],
     results: multiprocessing.Queue[RoundResult],
+    resource_url: str | None = None,
 ) -> None:
     os.setsid()  # its own session: reap() signals it, and nothing else
     waits = _LockWaits()
@@ -132,13 +140,34 @@ def _worker(
     except Exception as exc:  # reported with the first round
         initial, first_error = "", f"{type(exc).__name__}: {exc}"
     held = dict.fromkeys(range(threads), initial)
+    use = None
+    if resource_url is not None:
+        use = functools.partial(_initialize, _resource_client(keeper), resource_url)
     for number, mode in enumerate(modes):
         barrier.wait(BARRIER_TIMEOUT)
-        tokens, errors = _round(keeper, held, mode)
+        tokens, errors = _round(keeper, held, mode, use)
         if first_error and number == 0:
             errors.insert(0, first_error)
         results.put(RoundResult(os.getpid(), number, tokens, errors, waits.take()))
     keeper.close()
+
+
+def _resource_client(keeper: Keeper) -> httpx.Client:
+    return httpx.Client(
+        auth=HttpxAuth(keeper),
+        headers={"accept": "application/json, text/event-stream"},
+        timeout=BARRIER_TIMEOUT,
+        trust_env=False,
+    )
+
+
+def _initialize(client: httpx.Client, url: str) -> None:
+    """One MCP request to ``url`` with the credential (its proof, if DPoP); it must pass."""
+    from harness.mcp_server import INITIALIZE
+
+    response = client.post(url, json=INITIALIZE)
+    if response.status_code != 200:
+        raise RuntimeError(f"the resource answered HTTP {response.status_code}")
 
 
 def run_fleet(
@@ -151,8 +180,12 @@ def run_fleet(
     lifetime: float = 3600,
     on_round: Callable[[int, set[str]], None] | None = None,
     gate: Callable[[int], None] | None = None,
+    resource_url: str | None = None,
 ) -> FleetReport:
     """Run the fleet; ``lifetime`` is how far the clock jumps in an ``expire`` round.
+
+    ``resource_url``: every caller then sends an MCP ``initialize`` there with the token it
+    got (through :class:`~grantkeeper.HttpxAuth`), which must be accepted.
 
     ``gate(number)`` runs before each round starts: fleets on several hosts wait there for
     the signal that starts the round everywhere at once.
@@ -166,7 +199,7 @@ def run_fleet(
     workers = [
         context.Process(
             target=_worker,
-            args=(store_factory, key, threads, modes, barrier, offset, results),
+            args=(store_factory, key, threads, modes, barrier, offset, results, resource_url),
             daemon=True,
         )
         for _ in range(processes)

@@ -37,6 +37,7 @@ expect with :meth:`McpServer.wait_for`, never by sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import json
 import re
@@ -62,6 +63,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harness import remember_secret
 from harness.authserver import AuthServer
+from harness.dpop_check import NonceNeeded, ProofChecker, ProofRejected
 from harness.pipe_tools import RESUME_RETRY_MS, PipeEvents, add_pipe_tools
 
 INTROSPECTOR = ("introspector", "introspector-secret")
@@ -150,8 +152,15 @@ async def who_confirms(item: str) -> Elicit[Confirmation]:
     return Elicit(f"Who confirms {item}?", Confirmation)
 
 
+_PROVEN_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("proven_key", default=None)
+"""The thumbprint of the key whose DPoP proof came with this request (``None``: no proof)."""
+
+
 class _IntrospectionVerifier:
-    """``mcp``'s TokenVerifier, asking the authorization server about each token (RFC 7662)."""
+    """``mcp``'s TokenVerifier, asking the authorization server about each token (RFC 7662).
+
+    A token bound to a DPoP key (``cnf.jkt``) is accepted only with a proof of that key,
+    checked before (``_Controls``); a proof with an unbound token is refused too."""
 
     def __init__(self, introspection_endpoint: str) -> None:
         self.endpoint = introspection_endpoint
@@ -167,6 +176,10 @@ class _IntrospectionVerifier:
             return None
         claims = response.json()
         if not claims.get("active"):
+            return None
+        confirmation = claims.get("cnf")
+        bound = confirmation.get("jkt") if isinstance(confirmation, dict) else None
+        if bound != _PROVEN_KEY.get():
             return None
         audience = claims.get("aud")
         resource = audience[0] if isinstance(audience, list) and audience else audience
@@ -195,8 +208,11 @@ class McpServer:
         event_store: EventStore | None = None,
         transport: str = "streamable-http",
         tools: Sequence[Tool] = (),
+        dpop_nonce: bool = False,
     ) -> None:
         self.auth_server = auth_server
+        #: Checks every DPoP proof; ``dpop_nonce`` makes it ask each proof for its nonce.
+        self.proofs = ProofChecker(nonce=dpop_nonce)
         self.required_scopes = required_scopes
         self.json_response = json_response
         #: Numbers events so clients can resume a broken stream (``harness.pipe_tools``).
@@ -507,8 +523,33 @@ class _Controls:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         authorization = headers.get("authorization", "")
-        token = authorization[7:] if authorization.lower().startswith("bearer ") else None
+        scheme, _, credential = authorization.partition(" ")
+        token = credential.strip() if scheme.lower() in ("bearer", "dpop") and credential else None
         remember_secret(token)
+        if scheme.lower() == "dpop" and token is not None:
+            # Checked here, before the SDK's auth (which knows only Bearer) sees the token.
+            proofs = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"dpop"]
+            host = headers.get("host", "")
+            try:
+                proven = self.owner.proofs.check(
+                    proofs, method=scope["method"], url=f"http://{host}{scope['path']}", token=token
+                )
+            except NonceNeeded as exc:
+                await _dpop_challenge(send, "use_dpop_nonce", nonce=exc.nonce)
+                return
+            except ProofRejected as exc:
+                await _dpop_challenge(send, "invalid_dpop_proof", description=str(exc))
+                return
+            _PROVEN_KEY.set(proven)
+            scope = {
+                **scope,
+                "headers": [
+                    (b"authorization", f"Bearer {token}".encode("latin-1"))
+                    if k.lower() == b"authorization"
+                    else (k, v)
+                    for k, v in scope["headers"]
+                ],
+            }
         session_id = headers.get(SESSION_HEADER)
         method = scope["method"]
         status = 0
@@ -598,6 +639,19 @@ class _Controls:
             {"error": "insufficient_scope" if fault.status == 403 else "invalid_token"},
             extra=[(b"www-authenticate", challenge.encode())],
         )
+
+
+async def _dpop_challenge(
+    send: Send, error: str, *, nonce: str | None = None, description: str = ""
+) -> None:
+    """401 with a DPoP challenge (RFC 9449 §7.1), and the nonce a proof must carry (§9)."""
+    challenge = f'DPoP error="{error}", algs="ES256 EdDSA"'
+    if description:
+        challenge += f', error_description="{description}"'
+    extra = [(b"www-authenticate", challenge.encode())]
+    if nonce is not None:
+        extra.append((b"dpop-nonce", nonce.encode()))
+    await _json(send, 401, {"error": error}, extra=extra)
 
 
 def _parsed(body: bytes) -> dict[str, Any] | None:

@@ -10,6 +10,8 @@
 // are kept there and a restart on the same port carries on where the last process stopped.
 // --omit-expires-in drops expires_in from every token response (GitHub OAuth apps, Slack).
 // --no-par turns pushed authorization requests (RFC 9126) off; --require-par takes no other.
+// --dpop off|on|nonce: DPoP (RFC 9449) off (the default here: tokens are Bearer), on, or on
+// with a nonce required in every proof (400 use_dpop_nonce until one is sent).
 // --issuer sets the issuer URL, for a loopback proxy in front of the server (the server
 // still listens on --port).
 //
@@ -60,6 +62,7 @@ const { values: argv } = parseArgs({
     'trust-idp': { type: 'string' },
     'no-par': { type: 'boolean', default: false },
     'require-par': { type: 'boolean', default: false },
+    dpop: { type: 'string', default: 'off' },
   },
   strict: true,
 });
@@ -75,6 +78,10 @@ const crossAppIdp = argv['cross-app-idp'];
 const trustedIdp = argv['trust-idp'];
 const pushedRequests = !argv['no-par'];
 const requirePushed = argv['require-par'];
+const dpopMode = argv.dpop;
+if (!['off', 'on', 'nonce'].includes(dpopMode)) {
+  throw new Error(`--dpop must be off, on or nonce, got ${dpopMode}`);
+}
 
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   throw new Error(`--port must be an integer in 0..65535, got ${argv.port}`);
@@ -304,6 +311,10 @@ function resetStats() {
     token_exchange_success: 0,
     jwt_bearer_success: 0,
     cross_app_errors: [],
+    // DPoP: token answers whose token is DPoP-bound, and 400 use_dpop_nonce answers (kept
+    // out of the error lists: a nonce challenge processes nothing).
+    dpop_tokens: 0,
+    dpop_nonce_challenges: 0,
     // Wall-clock milliseconds of every token issued (refresh or code), so a benchmark can
     // tell which of its requests were in flight while a token was being replaced.
     issued_at: [],
@@ -653,6 +664,16 @@ function buildProvider(issuer) {
         requirePushedAuthorizationRequests: requirePushed,
       },
       clientCredentials: { enabled: true },
+      // On by default in oidc-provider 9; off here unless --dpop asks, so that a test that
+      // does not ask for it gets Bearer tokens.
+      dPoP: dpopMode === 'off'
+        ? { enabled: false }
+        : {
+          enabled: true,
+          ...(dpopMode === 'nonce'
+            ? { nonceSecret: crypto.randomBytes(32), requireNonce: () => true }
+            : {}),
+        },
       introspection: {
         enabled: true,
         // The introspector may look at any token; other clients only at their own.
@@ -696,9 +717,18 @@ function buildProvider(issuer) {
     saveStats();
   });
 
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.path === '/token' && ctx.body && typeof ctx.body === 'object') {
+      if (ctx.body.token_type === 'DPoP') stats.dpop_tokens += 1;
+      if (ctx.body.error === 'use_dpop_nonce') stats.dpop_nonce_challenges += 1;
+    }
+  });
+
   provider.on('grant.error', (ctx, err) => {
     const grantType = ctx.oidc?.params?.grant_type;
     const error = err?.error ?? err?.name ?? 'unknown';
+    if (error === 'use_dpop_nonce') return; // counted above: nothing was processed
     const detail = err?.error_detail ?? err?.error_description ?? err?.message ?? '';
     log(`grant.error grant_type=${grantType} error=${error} detail=${detail}`);
     if (grantType === 'refresh_token') {

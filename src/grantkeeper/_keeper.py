@@ -271,7 +271,7 @@ class Keeper:
         away would replay the spent refresh token; but sent as Bearer it fails at the
         server, or strips its sender constraint. So a request gets a typed error instead.
         """
-        if credential.bearer:
+        if credential.presentable:
             return credential
         raise UnsupportedTokenType.issued(credential.token_type, kept=True, key=str(self.key))
 

@@ -27,6 +27,7 @@ from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
 from ._oauth.client_assertion import key_source
 from ._oauth.code_flow import Authorize, register_client, run_code_flow
 from ._oauth.discovery import Discovery, choose_scope, discover
+from ._oauth.dpop import DPoPKey, choose_algorithm
 from ._oauth.forgotten_clients import Asked, authorization_refused, check_client
 from ._oauth.grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
 from ._oauth.kept_registrations import KeptRegistrations
@@ -79,6 +80,7 @@ def login(
     client_key_file: str | None = None,
     client_key_env: str | None = None,
     enterprise: EnterpriseIdentity | None = None,
+    dpop: bool | None = None,
 ) -> Credential:
     """Log in to ``server`` (a URL, a configured name, or a :class:`ServerConfig`).
 
@@ -106,6 +108,12 @@ def login(
     listener login opened, it returns the :data:`Authorize` that presents the URL and waits
     for the redirect (the CLI's prints it, or reads a pasted redirect), and ``open_browser``
     and ``callback_timeout`` go unused.
+
+    ``dpop`` binds the tokens to a new DPoP key pair (RFC 9449), kept with the credential so
+    that every process and host sharing it signs with that key: ``None`` (the server's
+    ``dpop`` setting, else) where the authorization server advertises DPoP, ``True``
+    always, ``False`` never. Browser and machine logins use it; a cross-app login's grant
+    is Bearer.
 
     Scope precedence: ``scope``, the server's 401 challenge, the resource's
     ``scopes_supported``, then the authorization server's; ``offline_access`` is added when
@@ -139,6 +147,12 @@ def login(
             scope or config.scope, found.challenge, found.resource_metadata, found.metadata
         )
         issuer = found.metadata.issuer
+        algorithm = choose_algorithm(
+            found.metadata.dpop_signing_alg_values_supported,
+            wanted=dpop if dpop is not None else config.dpop,
+        )
+        # One key pair per credential, made for this login and stored with its record.
+        proof_key = DPoPKey.generate(algorithm) if algorithm is not None else None
         kept = KeptRegistrations(getattr(store, "home", None))
         fixed_id = client_id or config.client_id
         # The configured secret goes only with the configured client.
@@ -183,6 +197,7 @@ def login(
                     scope=scope or config.scope,
                     clock=clock,
                     lock_timeout=lock_timeout,
+                    dpop=proof_key,
                 )
             )
         if enterprise is not None:
@@ -228,6 +243,7 @@ def login(
                     client=client_registration,
                     clock=clock,
                     lock_timeout=lock_timeout,
+                    dpop=proof_key,
                 )
 
             if registration is not None:
@@ -310,6 +326,7 @@ def _machine_login(
     scope: str | None,
     clock: Clock,
     lock_timeout: float,
+    dpop: DPoPKey | None,
 ) -> Credential:
     """The client credentials grant: the scope asked for is the caller's, else the
     resource's (a machine has no challenge to answer)."""
@@ -335,6 +352,7 @@ def _machine_login(
         scope=scope,
         clock=clock,
         lock_timeout=lock_timeout,
+        dpop=dpop,
     )
 
 

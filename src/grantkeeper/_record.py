@@ -160,10 +160,14 @@ class Credential:
     the key itself."""
     scope_requested: str | None = None
     """The scope a client-credentials renewal asks for again."""
+    dpop_key: str | None = None
+    """The private JWK every proof of this credential is signed with (RFC 9449), shared by
+    every process and host that holds the record; ``None`` for a bearer credential. A
+    secret: kept only in the record, which the store seals where it seals records."""
 
     def __post_init__(self) -> None:
         # Whatever a server echoes of these is hidden from every message (see _redact).
-        remember(self.access_token, self.refresh_token, self.client_secret)
+        remember(self.access_token, self.refresh_token, self.client_secret, self.dpop_key)
 
     def __repr__(self) -> str:
         return (
@@ -183,10 +187,20 @@ class Credential:
 
     @property
     def bearer(self) -> bool:
-        """Whether the token is a Bearer token: the only kind grantkeeper presents. Another
-        (DPoP) is kept and rotates like any, but no request is sent with it."""
+        """Whether the token is a Bearer token (RFC 6750)."""
         # Asked on every request: the stored spelling first, the case-blind match after.
         return self.token_type == "Bearer" or self.token_type.lower() == "bearer"
+
+    @property
+    def dpop(self) -> bool:
+        """Whether the token is sender-constrained with this record's own DPoP key."""
+        return self.dpop_key is not None and self.token_type.lower() == "dpop"
+
+    @property
+    def presentable(self) -> bool:
+        """Whether grantkeeper can send the token: Bearer, or DPoP with the key it is bound
+        to. Another kind is kept and rotates like any, but no request is sent with it."""
+        return self.bearer or self.dpop
 
     @property
     def refresh_fingerprint(self) -> str | None:
@@ -271,6 +285,7 @@ def record_to_json(record: Credential) -> dict[str, Any]:
         },
         "grant": record.grant,
         "scope_requested": record.scope_requested,
+        "dpop_key": record.dpop_key,
         "subject": record.subject,
         "reauth_reason": record.reauth_reason,
         "intent": None
@@ -388,4 +403,5 @@ def _record_from_json(data: Any) -> Credential:
         grant=_opt_str(data, "grant"),
         client_key_source=_opt_str(client, "key_source"),
         scope_requested=_opt_str(data, "scope_requested"),
+        dpop_key=_opt_str(data, "dpop_key"),
     )

@@ -71,6 +71,9 @@ class ServerConfig:
     """The authorization server that issued ``client_id`` (its issuer URL). When the server
     names another one (it moved, SEP-2352), that client is not presented there: a browser
     login registers at the new one, a machine or cross-app login stops and says so."""
+    dpop: bool | None = None
+    """Whether logins bind tokens to a DPoP key (RFC 9449): ``None`` where the authorization
+    server advertises DPoP, ``True`` always, ``False`` never."""
 
     def __post_init__(self) -> None:
         # Whatever a server echoes of these is hidden from every message (see _redact).
@@ -96,6 +99,8 @@ class ServerConfig:
             shown.append(f"headers={sorted(self.headers)!r}")
         if self.retry_unknown_outcome is not None:
             shown.append(f"retry_unknown_outcome={self.retry_unknown_outcome!r}")
+        if self.dpop is not None:
+            shown.append(f"dpop={self.dpop!r}")
         return f"ServerConfig({', '.join(shown)})"
 
     __str__ = __repr__
@@ -171,12 +176,13 @@ def _from_json(name: str, data: Any) -> ServerConfig:
     bad_types = [
         f.name
         for f in fields(ServerConfig)
-        if f.name not in ("headers", "callback_port", "retry_unknown_outcome")
+        if f.name not in ("headers", "callback_port", "retry_unknown_outcome", "dpop")
         and getattr(config, f.name) is not None
         and not isinstance(getattr(config, f.name), str)
     ]
-    if config.retry_unknown_outcome not in (None, True, False):
-        bad_types.append("retry_unknown_outcome")
+    for flag in ("retry_unknown_outcome", "dpop"):
+        if getattr(config, flag) not in (None, True, False):
+            bad_types.append(flag)
     if bad_types or not isinstance(config.headers, dict):
         raise ServerConfigError(f"{SERVERS_FILE}: server {name!r} has malformed {bad_types}")
     return config

@@ -187,6 +187,12 @@ Examples:
 )
 @click.option("--client-key-file", help="PEM private key file for private_key_jwt.")
 @click.option("--client-key-env", help="Environment variable holding that PEM private key.")
+@click.option(
+    "--dpop/--no-dpop",
+    default=None,
+    help="Bind tokens to a DPoP key (RFC 9449), or never; saved for the server. "
+    "Default: where the authorization server offers it.",
+)
 @click.option("--port", type=click.IntRange(0, 65535), help="Loopback port for the redirect.")
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
 @click.option("--manual", is_flag=True, help="Paste the redirect URL yourself (remote shells).")
@@ -218,6 +224,7 @@ def login(
     client_auth_method: str | None,
     client_key_file: str | None,
     client_key_env: str | None,
+    dpop: bool | None,
     port: int | None,
     no_browser: bool,
     manual: bool,
@@ -277,6 +284,8 @@ def login(
         changes.update(client_id=client_id, client_secret=client_secret, client_issuer=None)
     if port is not None:
         changes["callback_port"] = port
+    if dpop is not None:
+        changes["dpop"] = dpop
     if client_metadata_url:
         changes["client_metadata_url"] = client_metadata_url
     if client_credentials:

@@ -16,8 +16,10 @@ from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
+from .._errors import RetryRequired
 from .._keeper import Keeper
-from .._record import canonical_url
+from .._oauth.dpop import NONCES, PROOF_HEADER, load_key, resource_wants_nonce
+from .._record import Credential, canonical_url
 from .._redact import remember
 from .flow import (
     ACTIONABLE,
@@ -44,6 +46,9 @@ class _Headers(Protocol):
 
 
 class _Request(Protocol):
+    @property
+    def method(self) -> str: ...
+
     @property
     def url(self) -> Any: ...
 
@@ -122,8 +127,8 @@ class AuthDriver:
         return verdict
 
     def steps(self, request: _Request) -> Generator[Acquire | Recover | _Request, Any, None]:
-        """Yield ``Acquire`` or ``Recover`` (answer: a token) or the request to send (answer:
-        a response)."""
+        """Yield ``Acquire`` or ``Recover`` (answer: a credential) or the request to send
+        (answer: a response)."""
         if not self._same_origin(request.url):
             # Never send our credential to another origin, redirects included: httpx builds
             # a redirect's request without Authorization when it leaves the origin.
@@ -139,8 +144,11 @@ class AuthDriver:
         else:
             # The healthy path, nearly every request: the flow's opening (Acquire, then Send
             # that token) answered from memory; the flow itself runs only on a 401 or 403.
-            request.headers[AUTHORIZATION] = f"Bearer {hit.access_token}"
-            response: _Response = yield request
+            if hit.dpop_key is None:
+                request.headers[AUTHORIZATION] = f"Bearer {hit.access_token}"
+                response: _Response = yield request
+            else:
+                response = yield from self._send_dpop(request, hit, replayable)
             if response.status_code not in ACTIONABLE:
                 return
             flow = self._flow(request, replayable)
@@ -150,19 +158,53 @@ class AuthDriver:
                 step = flow.send(_reply_of(response))
             except StopIteration:
                 return
+        # The credential of each token the flow was given: a DPoP token goes with its key.
+        given: dict[str, Credential] = {} if hit is None else {hit.access_token: hit}
         while True:
             answer: str | Reply
             if isinstance(step, Acquire | Recover):
-                answer = yield step
+                credential: Credential = yield step
+                given[credential.access_token] = credential
+                answer = credential.access_token
             else:
                 assert isinstance(step, Send)
-                if step.token is not None:
-                    request.headers[AUTHORIZATION] = f"Bearer {step.token}"
-                answer = _reply_of((yield request))
+                held = given.get(step.token) if step.token is not None else None
+                if held is not None and held.dpop_key is not None:
+                    answer = _reply_of((yield from self._send_dpop(request, held, replayable)))
+                else:
+                    if step.token is not None:
+                        request.headers[AUTHORIZATION] = f"Bearer {step.token}"
+                    answer = _reply_of((yield request))
             try:
                 step = flow.send(answer)
             except StopIteration:
                 return
+
+    def _send_dpop(
+        self, request: _Request, credential: Credential, replayable: bool
+    ) -> Generator[_Request, Any, _Response]:
+        """Send ``request`` with ``credential``'s DPoP token and a fresh proof (RFC 9449
+        §7.1); a server that asks for a nonce (§9) gets the request once more with it."""
+        assert credential.dpop_key is not None
+        key = load_key(credential.dpop_key)
+        url = str(request.url)
+        token = credential.access_token
+        request.headers[AUTHORIZATION] = f"DPoP {token}"
+        for attempt in range(2):
+            request.headers[PROOF_HEADER] = key.proof(
+                request.method, url, nonce=NONCES.get(url), access_token=token
+            )
+            response: _Response = yield request
+            NONCES.update(url, response.headers)
+            if attempt or not resource_wants_nonce(response.status_code, response.headers):
+                break
+            if not replayable:
+                raise RetryRequired(
+                    "the server asked for a DPoP nonce (HTTP 401), but the request body was a "
+                    "stream and cannot be replayed: send it again, and it carries the nonce",
+                    key=self._key,
+                )
+        return response
 
     # -- waiting for a credential ---------------------------------------------------------
 
@@ -179,30 +221,29 @@ class AuthDriver:
             limit = timeout.get("pool") if isinstance(timeout, dict) else None
         return None if limit is None else time.monotonic() + limit
 
-    def acquire(self, step: Acquire | Recover, request: _Request) -> str:
+    def acquire(self, step: Acquire | Recover, request: _Request) -> Credential:
         assert self.keeper is not None
         if isinstance(step, Recover):
-            return self.keeper.recover(step.error, rejected=step.sent).access_token
+            return self.keeper.recover(step.error, rejected=step.sent)
         hit = self.keeper.cached(rejected=step.rejected)
         if hit is not None:
-            return hit.access_token
+            return hit
         deadline = self.deadline(request)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self.keeper.credential(rejected=step.rejected, timeout=remaining).access_token
+        return self.keeper.credential(rejected=step.rejected, timeout=remaining)
 
-    async def aacquire(self, step: Acquire | Recover, request: _Request) -> str:
+    async def aacquire(self, step: Acquire | Recover, request: _Request) -> Credential:
         assert self.keeper is not None
         if isinstance(step, Recover):
-            return (await self.keeper.arecover(step.error, rejected=step.sent)).access_token
+            return await self.keeper.arecover(step.error, rejected=step.sent)
         # The healthy path first: no deadline to compute, no timeout scope to enter.
         hit = self.keeper.cached(rejected=step.rejected)
         if hit is not None:
-            return hit.access_token
+            return hit
         deadline = self.deadline(request)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         # The deadline bounds the wait for a refresh, not a person's login (a recovery).
-        credential = await self.keeper.acredential(rejected=step.rejected, timeout=remaining)
-        return credential.access_token
+        return await self.keeper.acredential(rejected=step.rejected, timeout=remaining)
 
     # -- the two drivers ----------------------------------------------------------------
 
@@ -210,6 +251,7 @@ class AuthDriver:
         steps = self.steps(request)
         item = next(steps)
         while True:
+            answer: Any
             if isinstance(item, Acquire | Recover):
                 answer = self.acquire(item, request)
             else:
@@ -223,6 +265,7 @@ class AuthDriver:
         steps = self.steps(request)
         item = next(steps)
         while True:
+            answer: Any
             if isinstance(item, Acquire | Recover):
                 answer = await self.aacquire(item, request)
             else:

@@ -29,7 +29,7 @@ from .._errors import (
     RetryRequired,
     StaticTokenRejected,
 )
-from .._oauth.www_authenticate import Challenge, parse_challenges
+from .._oauth.www_authenticate import OAUTH_SCHEMES, Challenge, parse_challenges
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +175,13 @@ def _challenges(values: Sequence[str]) -> list[Challenge]:
 
 
 def _refuse_other_schemes(reply: Reply, key: str | None) -> None:
-    """A 401 that offers only other schemes (Basic, say) cannot be fixed with a bearer token.
+    """A 401 that offers only other schemes (Basic, say) cannot be fixed with an OAuth token
+    (Bearer or DPoP).
 
-    A 401 without a usable header is taken at its word: the bearer token was refused.
+    A 401 without a usable header is taken at its word: the token was refused.
     """
     challenges = _challenges(reply.challenges)
-    if challenges and not any(c.scheme == "bearer" for c in challenges):
+    if challenges and not any(c.scheme in OAUTH_SCHEMES for c in challenges):
         schemes = ", ".join(sorted({c.scheme for c in challenges}))
         raise AuthenticationRequired(
             f"the server asks for {schemes} authentication, not a bearer token (HTTP 401)",
@@ -199,7 +200,7 @@ def _scope_needed(reply: Reply, key: str | None) -> InsufficientScope | None:
     if reply.status != 403:
         return None
     for challenge in _challenges(reply.challenges):
-        if challenge.scheme == "bearer" and challenge.error == "insufficient_scope":
+        if challenge.scheme in OAUTH_SCHEMES and challenge.error == "insufficient_scope":
             scope = challenge.scope or None
             wanted = f" {scope!r}" if scope else ""
             return InsufficientScope(

@@ -34,6 +34,9 @@ class AuthServerMetadata:
     """Where authorization requests are pushed (RFC 9126)."""
     require_pushed_requests: bool = False
     """The server takes authorization requests only pushed (RFC 9126 §5)."""
+    dpop_signing_alg_values_supported: tuple[str, ...] | None = None
+    """The algorithms the server takes DPoP proofs in (RFC 9449 §5.1); ``None`` when it does
+    not say it takes DPoP at all."""
 
     @property
     def pushes_only(self) -> bool:
@@ -116,4 +119,15 @@ def parse_metadata(body: bytes, *, expected_issuer: str) -> AuthServerMetadata:
             "pushed_authorization_request_endpoint", False
         ),
         require_pushed_requests=data.get("require_pushed_authorization_requests") is True,
+        dpop_signing_alg_values_supported=_dpop_algorithms(
+            data.get("dpop_signing_alg_values_supported")
+        ),
     )
+
+
+def _dpop_algorithms(value: Any) -> tuple[str, ...] | None:
+    """The advertised DPoP algorithms; a malformed list says nothing usable, as if absent,
+    and costs the login nothing (DPoP is an upgrade the client may skip)."""
+    if not isinstance(value, list) or not all(isinstance(alg, str) for alg in value):
+        return None
+    return tuple(value)

@@ -30,6 +30,7 @@ from .authorization import (
     pushed_url,
     url_with,
 )
+from .dpop import DPoPKey
 from .pkce import new_verifier, s256_challenge
 from .registration import ClientRegistration, parse_registration, registration_body
 from .revocation import revoke_tokens
@@ -102,8 +103,10 @@ def run_code_flow(
     client: ClientRegistration | None = None,
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    dpop: DPoPKey | None = None,
 ) -> Credential:
-    """Run the authorization code flow and store the credential; return it."""
+    """Run the authorization code flow and store the credential; return it. With ``dpop``
+    the code is exchanged with a proof of that key, and the key is kept in the record."""
     registration = client or register_client(http, metadata, redirect_uri, scope)
     verifier, state = new_verifier(), secrets.token_urlsafe(24)
     params = authorization_params(
@@ -145,6 +148,7 @@ def run_code_flow(
         client_id=registration.client_id,
         client_secret=registration.client_secret,
         auth_method=registration.token_endpoint_auth_method,
+        dpop=dpop,
     )
     tokens = send_token_request(http, request, now=clock)
     record = new_credential(
@@ -157,6 +161,7 @@ def run_code_flow(
         client_secret=registration.client_secret,
         auth_method=registration.token_endpoint_auth_method,
         subject=_subject(tokens.id_token),
+        dpop_key=dpop.stored if dpop is not None else None,
     )
     save(store, key, record, lock_timeout=lock_timeout, http=http)
     return record

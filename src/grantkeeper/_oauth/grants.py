@@ -8,6 +8,7 @@ pure; :func:`obtain` sends the first request and stores the result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 from .auth_server_metadata import AuthServerMetadata
 from .client_assertion import client_assertion
 from .code_flow import save
+from .dpop import DPoPKey
 from .token_client import send_token_request
 from .token_endpoint import (
     MAX_RESPONSE_BYTES,
@@ -36,6 +38,7 @@ from .token_endpoint import (
     client_auth,
     new_credential,
     parse_token_response,
+    record_key,
     refresh_request,
 )
 from .urls import require_secure
@@ -76,10 +79,10 @@ def client_credentials_request(
 def renewal_request(record: Credential, now: datetime) -> TokenRequest:
     """The request that renews ``record``: ask again for client credentials, else refresh."""
     if record.grant != CLIENT_CREDENTIALS:
-        return refresh_request(record)
+        return refresh_request(record)  # with the record's DPoP key, if it has one
     if not record.token_endpoint or not record.issuer or not record.client_id:
         raise ProviderError("the credential lacks its token endpoint or client; obtain it again")
-    return client_credentials_request(
+    request = client_credentials_request(
         token_endpoint=record.token_endpoint,
         issuer=record.issuer,
         client_id=record.client_id,
@@ -90,6 +93,7 @@ def renewal_request(record: Credential, now: datetime) -> TokenRequest:
         scope=record.scope_requested,
         resource=record.resource,
     )
+    return dataclasses.replace(request, dpop=record_key(record))
 
 
 def choose_auth_method(
@@ -126,8 +130,10 @@ def obtain(
     scope: str | None = None,
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    dpop: DPoPKey | None = None,
 ) -> Credential:
-    """Ask for a client-credentials token and store it; return the credential."""
+    """Ask for a client-credentials token and store it; return the credential. With
+    ``dpop`` the token is bound to that key, kept in the record for every renewal."""
     if auth_method != "private_key_jwt":
         key_source = None  # only a signing method reads a key
     request = client_credentials_request(
@@ -141,6 +147,7 @@ def obtain(
         scope=scope,
         resource=resource,
     )
+    request = dataclasses.replace(request, dpop=dpop)
     tokens = send_token_request(http, request, now=clock)
     record = new_credential(
         tokens,
@@ -154,6 +161,7 @@ def obtain(
         grant=CLIENT_CREDENTIALS,
         client_key_source=key_source,
         scope_requested=scope,
+        dpop_key=dpop.stored if dpop is not None else None,
     )
     save(store, key, record, lock_timeout=lock_timeout, http=http)
     return record

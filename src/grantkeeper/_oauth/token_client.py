@@ -21,6 +21,7 @@ from .._errors import MalformedResponse, ProviderError, ProviderUnavailable, Ref
 from .._log import event
 from .._redact import scrub
 from .._rules import UNSENDABLE_FAILURES, Outcome, transport_outcome
+from .dpop import NONCES, token_endpoint_wants_nonce
 from .token_endpoint import MAX_RESPONSE_BYTES, TokenRequest, TokenResponse, parse_token_response
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -170,8 +171,9 @@ def _complete(response: httpx.Response, decoded: int) -> bool:
 
 
 def _prepared(request: TokenRequest, timeouts: httpx.Timeout, deadline: _Deadline) -> httpx.Request:
+    nonce = NONCES.get(request.url) if request.dpop is not None else None
     try:
-        http_request = request.to_httpx()
+        http_request = request.to_httpx(nonce=nonce)
     except UNSENDABLE_FAILURES as exc:  # the outcome table's "refused": nothing left
         raise ProviderError(
             _scrubbed(request, f"the token endpoint URL is invalid ({type(exc).__name__})")
@@ -207,8 +209,22 @@ def _classified(
     return dataclasses.replace(tokens, requested_at=requested_at)
 
 
+def _send_again(request: TokenRequest, response: httpx.Response, body: _Body, attempt: int) -> bool:
+    """Whether to send a DPoP request once more, with the nonce the server just asked for.
+
+    A ``use_dpop_nonce`` answer processed nothing (RFC 9449 §8): the grant is unspent. Any
+    answer's nonce is kept for the next proof to that server.
+    """
+    if request.dpop is None:
+        return False
+    NONCES.update(request.url, response.headers)
+    return attempt == 0 and token_endpoint_wants_nonce(
+        response.status_code, response.headers, bytes(body.data)
+    )
+
+
 # The two senders differ only in how they await the response; preparation, the deadline,
-# the size bound, error translation and classification are shared above.
+# the size bound, nonce retries, error translation and classification are shared above.
 
 
 def send_token_request(
@@ -221,16 +237,19 @@ def send_token_request(
 ) -> TokenResponse:
     """POST ``request`` with ``client`` within ``deadline`` seconds; classify the answer."""
     bound = _Deadline(deadline)
-    body = _Body(request, bound)
-    with _translated(request, bound):
-        prepared = _prepared(request, timeouts, bound)
-        requested_at = now()
-        response = client.send(prepared, stream=True, follow_redirects=False)
-        try:
-            for chunk in response.iter_bytes():
-                body.add(chunk, response)
-        finally:
-            response.close()
+    for attempt in range(2):
+        body = _Body(request, bound)
+        with _translated(request, bound):
+            prepared = _prepared(request, timeouts, bound)
+            requested_at = now()
+            response = client.send(prepared, stream=True, follow_redirects=False)
+            try:
+                for chunk in response.iter_bytes():
+                    body.add(chunk, response)
+            finally:
+                response.close()
+        if not _send_again(request, response, body, attempt):
+            break
     return _classified(request, response, body, now, requested_at)
 
 
@@ -244,14 +263,17 @@ async def asend_token_request(
 ) -> TokenResponse:
     """POST ``request`` with an async ``client`` within ``deadline`` seconds; classify it."""
     bound = _Deadline(deadline)
-    body = _Body(request, bound)
-    with _translated(request, bound):
-        prepared = _prepared(request, timeouts, bound)
-        requested_at = now()
-        response = await client.send(prepared, stream=True, follow_redirects=False)
-        try:
-            async for chunk in response.aiter_bytes():
-                body.add(chunk, response)
-        finally:
-            await response.aclose()
+    for attempt in range(2):
+        body = _Body(request, bound)
+        with _translated(request, bound):
+            prepared = _prepared(request, timeouts, bound)
+            requested_at = now()
+            response = await client.send(prepared, stream=True, follow_redirects=False)
+            try:
+                async for chunk in response.aiter_bytes():
+                    body.add(chunk, response)
+            finally:
+                await response.aclose()
+        if not _send_again(request, response, body, attempt):
+            break
     return _classified(request, response, body, now, requested_at)

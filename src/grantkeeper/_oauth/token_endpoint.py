@@ -31,6 +31,7 @@ from .._record import Credential
 from .._redact import redact, remember, scrub
 from .._rules import Outcome, answer_outcome
 from .auth_server_metadata import AuthServerMetadata
+from .dpop import PROOF_HEADER, DPoPKey, load_key
 
 MAX_RESPONSE_BYTES = 1 << 20
 """Token responses are a few KiB; anything near a megabyte is not one, so stop reading."""
@@ -66,6 +67,8 @@ class TokenRequest:
     url: str
     form: dict[str, str]
     headers: dict[str, str] = field(default_factory=dict)
+    dpop: DPoPKey | None = None
+    """The key each sending of the request signs a fresh DPoP proof with (RFC 9449 §5)."""
 
     def __post_init__(self) -> None:
         # Not only the token endpoint's answer may repeat them (see _redact).
@@ -101,14 +104,12 @@ class TokenRequest:
             )
         )
 
-    def to_httpx(self) -> httpx.Request:
-        """Return the request for an httpx client."""
-        return httpx.Request(
-            "POST",
-            self.url,
-            data=self.form,
-            headers={"Accept": "application/json", **self.headers},
-        )
+    def to_httpx(self, *, nonce: str | None = None) -> httpx.Request:
+        """Return the request for an httpx client, with a new proof (and ``nonce``) if DPoP."""
+        headers = {"Accept": "application/json", **self.headers}
+        if self.dpop is not None:
+            headers[PROOF_HEADER] = self.dpop.proof("POST", self.url, nonce=nonce)
+        return httpx.Request("POST", self.url, data=self.form, headers=headers)
 
 
 def _basic_secret(credential: str) -> list[str]:
@@ -203,7 +204,12 @@ def refresh_request(record: Credential) -> TokenRequest:
     headers = client_auth(
         form, record.client_id, record.client_secret, record.token_endpoint_auth_method
     )
-    return TokenRequest(record.token_endpoint, form, headers)
+    return TokenRequest(record.token_endpoint, form, headers, dpop=record_key(record))
+
+
+def record_key(record: Credential) -> DPoPKey | None:
+    """The DPoP key ``record`` keeps, which every renewal of it proves possession of."""
+    return load_key(record.dpop_key) if record.dpop_key is not None else None
 
 
 def code_request(
@@ -216,6 +222,7 @@ def code_request(
     client_id: str,
     client_secret: str | None = None,
     auth_method: str | None = None,
+    dpop: DPoPKey | None = None,
 ) -> TokenRequest:
     """Build the authorization_code grant (RFC 6749 §4.1.3, RFC 7636 §4.5, RFC 8707)."""
     form = {
@@ -226,7 +233,7 @@ def code_request(
         "resource": resource,
     }
     headers = client_auth(form, client_id, client_secret, auth_method)
-    return TokenRequest(token_endpoint, form, headers)
+    return TokenRequest(token_endpoint, form, headers, dpop=dpop)
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
@@ -480,6 +487,6 @@ def new_credential(
         token_endpoint_auth_method=auth_method,
         **extra,
     )
-    if not credential.bearer:
+    if not credential.presentable:
         raise UnsupportedTokenType.issued(credential.token_type, kept=False)
     return credential

@@ -60,9 +60,18 @@ def parse_challenges(values: str | Iterable[str]) -> list[Challenge]:
     return challenges
 
 
+OAUTH_SCHEMES = frozenset({"bearer", "dpop"})
+"""The schemes an OAuth access token is presented with: Bearer (RFC 6750) and DPoP (RFC
+9449 §7.1, whose challenges carry the same parameters)."""
+
+
 def bearer_challenge(values: str | Iterable[str]) -> Challenge | None:
-    """The first Bearer challenge, or ``None`` if the server offers none."""
-    return next((c for c in parse_challenges(values) if c.scheme == "bearer"), None)
+    """The first Bearer challenge, else the first DPoP one, or ``None`` if the server offers
+    neither: both ask for an OAuth token and name its resource metadata and scope."""
+    challenges = [c for c in parse_challenges(values) if c.scheme in OAUTH_SCHEMES]
+    return next((c for c in challenges if c.scheme == "bearer"), None) or next(
+        iter(challenges), None
+    )
 
 
 def _parse_one(text: str) -> list[Challenge]:

@@ -1,0 +1,294 @@
+"""DPoP (RFC 9449): one key pair per credential, a fresh proof per request, and nonces.
+
+The key pair is made at login and stored with the credential's record (sealed wherever the
+store seals records), so every process and host sharing the credential signs with the same
+key: a token refreshed by one is presented by all, and a refresh token the server bound to
+the key (RFC 9449 §5) stays spendable by each of them. Keys and signatures are
+``cryptography``'s; this module only lays out the JWS around them (RFC 7515 compact form).
+
+Nonces (RFC 9449 §8, §9) are kept per origin, for every credential in the process: a
+server hands out a nonce for whoever talks to it, and the next proof to that origin
+carries it. A server that asks for one (``use_dpop_nonce``) is answered once, by the
+caller, with a new proof.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .._errors import ProtocolError, ServerConfigError, StoreCorrupt
+from .._redact import remember
+from .www_authenticate import parse_challenges
+
+ALGORITHMS = ("ES256", "EdDSA")
+"""The algorithms grantkeeper signs proofs with, in order of preference. Both sign in about
+the same time (P8 in ``scripts/bench`` measures them in the run that reports the DPoP
+flow); ES256 is first because every DPoP server takes it (RFC 9449 names it, and FAPI
+profiles accept no EdDSA), so one key works wherever a credential's server moves."""
+
+NONCE_HEADER = "DPoP-Nonce"
+PROOF_HEADER = "DPoP"
+USE_NONCE = "use_dpop_nonce"
+
+MAX_NONCE_CHARS = 512
+"""A nonce is an opaque server value sent back verbatim; a longer one is not taken."""
+
+MAX_ORIGINS = 256
+"""Origins whose nonce is kept; a process talks to few, and the rest start afresh."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _json(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _crypto() -> Any:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    except ImportError:  # pragma: no cover - cryptography is a dependency
+        raise ServerConfigError(
+            "DPoP needs the cryptography package: pip install 'grantkeeper[encryption]'"
+        ) from None
+    return ec, ed25519
+
+
+class DPoPKey:
+    """A credential's DPoP key pair: signs proofs; ``repr`` names only its thumbprint.
+
+    :attr:`stored` is the private JWK as the record keeps it. It is a secret: remembered for
+    scrubbing when the key is made or loaded, and never part of a ``repr``.
+    """
+
+    __slots__ = ("_header", "_sign", "alg", "stored", "thumbprint")
+
+    def __init__(self, alg: str, sign: Callable[[bytes], bytes], public: dict[str, str]) -> None:
+        self.alg = alg
+        self._sign = sign
+        required: dict[str, str] = {k: public[k] for k in ("crv", "kty", "x", "y") if k in public}
+        #: RFC 7638 thumbprint: what a server binds tokens to (``cnf.jkt``).
+        self.thumbprint = _b64(hashlib.sha256(_json(required)).digest())
+        header = {"typ": "dpop+jwt", "alg": alg, "jwk": public}
+        # The same for every proof of this key: encoded once.
+        self._header = _b64(json.dumps(header, separators=(",", ":")).encode()) + "."
+        self.stored = ""
+
+    def __repr__(self) -> str:
+        return f"DPoPKey(alg={self.alg!r}, thumbprint={self.thumbprint!r})"
+
+    @classmethod
+    def generate(cls, alg: str = ALGORITHMS[0]) -> DPoPKey:
+        """A new key pair for ``alg`` (one of :data:`ALGORITHMS`)."""
+        ec, ed25519 = _crypto()
+        if alg == "ES256":
+            private = ec.generate_private_key(ec.SECP256R1())
+            numbers = private.private_numbers()
+            jwk = {
+                "kty": "EC",
+                "crv": "P-256",
+                "x": _b64(numbers.public_numbers.x.to_bytes(32, "big")),
+                "y": _b64(numbers.public_numbers.y.to_bytes(32, "big")),
+                "d": _b64(numbers.private_value.to_bytes(32, "big")),
+            }
+        elif alg == "EdDSA":
+            from cryptography.hazmat.primitives import serialization
+
+            private = ed25519.Ed25519PrivateKey.generate()
+            raw = serialization.Encoding.Raw
+            jwk = {
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": _b64(private.public_key().public_bytes(raw, serialization.PublicFormat.Raw)),
+                "d": _b64(
+                    private.private_bytes(
+                        raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+                    )
+                ),
+            }
+        else:
+            raise ServerConfigError(f"grantkeeper signs DPoP proofs with {', '.join(ALGORITHMS)}")
+        return load_key(json.dumps({**jwk, "alg": alg}, separators=(",", ":")))
+
+    def proof(
+        self,
+        method: str,
+        url: str,
+        *,
+        nonce: str | None = None,
+        access_token: str | None = None,
+    ) -> str:
+        """A fresh proof for one request (RFC 9449 §4.2): ``ath`` binds ``access_token``.
+
+        ``iat`` is the wall clock's, always: a server checks it against its own.
+        """
+        claims: dict[str, Any] = {
+            "jti": secrets.token_urlsafe(16),
+            "htm": method,
+            "htu": target_uri(url),
+            "iat": int(time.time()),
+        }
+        if nonce is not None:
+            claims["nonce"] = nonce
+        if access_token is not None:
+            claims["ath"] = _b64(hashlib.sha256(access_token.encode("ascii")).digest())
+        signing_input = self._header + _b64(json.dumps(claims, separators=(",", ":")).encode())
+        return signing_input + "." + _b64(self._sign(signing_input.encode("ascii")))
+
+
+@functools.lru_cache(maxsize=64)
+def load_key(stored: str) -> DPoPKey:
+    """The key a record keeps as ``stored`` (its private JWK); cached, since every request
+    of a DPoP credential signs with it. Raises :class:`StoreCorrupt`, naming no value."""
+    ec, ed25519 = _crypto()
+    try:
+        jwk = json.loads(stored)
+        if not isinstance(jwk, dict):
+            raise ValueError
+        alg, d = jwk.get("alg"), _unb64(jwk["d"])
+        remember(jwk["d"], stored)
+        if alg == "ES256" and jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
+            private = ec.derive_private_key(int.from_bytes(d, "big"), ec.SECP256R1())
+            public = private.public_key().public_numbers()
+            if (_b64(public.x.to_bytes(32, "big")), _b64(public.y.to_bytes(32, "big"))) != (
+                jwk["x"],
+                jwk["y"],
+            ):
+                raise ValueError
+            sign = _es256(private)
+            shown = {"kty": "EC", "crv": "P-256", "x": jwk["x"], "y": jwk["y"]}
+        elif alg == "EdDSA" and jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
+            private = ed25519.Ed25519PrivateKey.from_private_bytes(d)
+            sign = private.sign
+            shown = {"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]}
+        else:
+            raise ValueError
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise StoreCorrupt("the stored DPoP key is malformed") from None
+    key = DPoPKey(alg, sign, shown)
+    key.stored = stored
+    return key
+
+
+def _es256(private: Any) -> Callable[[bytes], bytes]:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    algorithm = ec.ECDSA(hashes.SHA256())
+
+    def sign(data: bytes) -> bytes:
+        r, s = decode_dss_signature(private.sign(data, algorithm))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS wants r || s
+
+    return sign
+
+
+def target_uri(url: str) -> str:
+    """``htu``: the request's URI without query and fragment (RFC 9449 §4.2)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def choose_algorithm(offered: Iterable[str] | None, *, wanted: bool | None) -> str | None:
+    """The algorithm a login signs with, or ``None`` for a bearer credential.
+
+    ``wanted`` is the server's setting: ``None`` uses DPoP where the authorization server
+    advertises ``dpop_signing_alg_values_supported``; ``True`` insists (an unadvertised
+    server gets :data:`ALGORITHMS`' first); ``False`` never uses it.
+    """
+    if wanted is False:
+        return None
+    if offered is None:
+        return ALGORITHMS[0] if wanted else None
+    offered = set(offered)
+    for alg in ALGORITHMS:
+        if alg in offered:
+            return alg
+    if wanted:
+        raise ServerConfigError(
+            "the authorization server signs DPoP with none of "
+            f"{', '.join(ALGORITHMS)}; turn DPoP off for this server"
+        )
+    return None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+class Nonces:
+    """The last nonce each origin handed out (RFC 9449 §8.2): any answer may carry one."""
+
+    def __init__(self) -> None:
+        self._by_origin: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> str | None:
+        if not self._by_origin:  # the common case: no server asked for nonces
+            return None
+        return self._by_origin.get(_origin(url))
+
+    def update(self, url: str, headers: Any) -> str | None:
+        """Keep the nonce an answer from ``url`` carries, if any; return it."""
+        value = headers.get(NONCE_HEADER)
+        if not isinstance(value, str):
+            return None
+        value = value.strip()
+        if not value or len(value) > MAX_NONCE_CHARS or not all("!" <= c <= "~" for c in value):
+            return None
+        with self._lock:
+            if len(self._by_origin) >= MAX_ORIGINS:
+                self._by_origin.clear()
+            self._by_origin[_origin(url)] = value
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_origin.clear()
+
+
+NONCES = Nonces()
+"""Every nonce this process holds, shared by its credentials (a nonce is per server)."""
+
+
+def token_endpoint_wants_nonce(status: int, headers: Any, body: bytes) -> bool:
+    """Whether an authorization server's answer asks for a nonce (RFC 9449 §8): a 400
+    ``use_dpop_nonce`` with a ``DPoP-Nonce`` header. Nothing was processed."""
+    if status != 400 or NONCE_HEADER.lower() not in {k.lower() for k in headers}:
+        return False
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(answer, dict) and answer.get("error") == USE_NONCE
+
+
+def resource_wants_nonce(status: int, headers: Any) -> bool:
+    """Whether a resource server's answer asks for a nonce (RFC 9449 §9): a 401 with a
+    ``DPoP`` challenge ``use_dpop_nonce`` and a ``DPoP-Nonce`` header."""
+    if status != 401 or headers.get(NONCE_HEADER) is None:
+        return False
+    for value in headers.get_list("www-authenticate"):
+        try:
+            challenges = parse_challenges(value)
+        except ProtocolError:  # a malformed header asks for nothing
+            continue
+        if any(c.scheme == "dpop" and c.error == USE_NONCE for c in challenges):
+            return True
+    return False
