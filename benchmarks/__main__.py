@@ -28,6 +28,7 @@ BENCHMARKS = {
     "P5": "benchmarks.p5_cold_start",
     "P6": "benchmarks.p6_fleet_hosts",
     "P7": "benchmarks.p7_proxy",
+    "P8": "benchmarks.p8_dpop",
 }
 
 

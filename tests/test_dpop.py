@@ -21,11 +21,13 @@ import httpx
 import pytest
 
 from grantkeeper import (
+    AuthState,
     Credential,
     FileStore,
     HttpxAuth,
     Keeper,
     ServerConfig,
+    auth_status,
     login,
 )
 from grantkeeper.mcp import connect
@@ -77,6 +79,9 @@ def test_login_binds_the_tokens_to_a_stored_key_and_every_request_proves_it(
     assert stats["code_errors"] == []
 
     (key,) = store.keys()
+    config = ServerConfig(mcp.url, profile=key.profile)
+    assert auth_status(config, store).state is AuthState.OAUTH  # nothing to do
+
     with Keeper(store, key) as keeper:
 
         async def go() -> Any:

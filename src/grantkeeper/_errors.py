@@ -12,8 +12,8 @@
     │   └── InsufficientScope             403 insufficient_scope: log in again with .scope
     ├── AccountChanged                    the store now holds another account's credential
     ├── ServerRejectsToken                the MCP server keeps rejecting freshly issued tokens
-    ├── UnsupportedTokenType              the provider issued a token that is not Bearer
-    │                                     (DPoP): it is kept, but cannot be presented
+    ├── UnsupportedTokenType              the provider issued a token neither Bearer nor
+    │                                     DPoP with our key: kept, but cannot be presented
     ├── ProviderError                     the token endpoint misbehaved
     │   ├── ProviderUnavailable           429, 503, connection refused: nothing spent (retryable)
     │   ├── RefreshOutcomeUnknown         timeout, 5xx, lost connection after sending (retryable)
@@ -196,11 +196,13 @@ class ServerRejectsToken(GrantkeeperError):
 
 
 class UnsupportedTokenType(GrantkeeperError):
-    """The provider issued a token of a type grantkeeper cannot present (``DPoP``, ``MAC``).
+    """The provider issued a token of a type grantkeeper cannot present: not Bearer, nor
+    DPoP bound to the key grantkeeper keeps with the credential (``MAC``; ``DPoP`` to a
+    login that sent no proof).
 
     Its answer is kept all the same: it may carry the only live refresh token, and throwing
     it away would replay the spent one. Requests get this error instead of a token that
-    would fail at the server. Register the client for Bearer tokens, then log in again.
+    would fail at the server. Log in again (with DPoP on, for a DPoP-only server).
     """
 
     def __init__(self, message: str, *, key: str | None = None, token_type: str = "") -> None:
@@ -218,8 +220,8 @@ class UnsupportedTokenType(GrantkeeperError):
         fate = "the credential is kept" if kept else "nothing was stored"
         return cls(
             f"the authorization server issued a {token_type!r} token, which grantkeeper "
-            f"cannot present (it sends Bearer tokens only); {fate}. Register the client for "
-            "Bearer tokens, then log in again",
+            f"cannot present (it sends Bearer tokens, and DPoP tokens bound to a key of its "
+            f"own login); {fate}. Log in again",
             key=key,
             token_type=token_type,
         )

@@ -141,7 +141,8 @@ OUTCOME_TABLE: tuple[OutcomeRow, ...] = (
         "`refresh_token`, whatever its `token_type` or other members",
         "cleared: B replaces A",
         "B; without a usable access token, B's refresh token is stored and spent at once "
-        "for one; a token that is not Bearer (DPoP) is stored and keeps rotating, but "
+        "for one; a token that is neither Bearer nor DPoP bound to the record's key "
+        "(`MAC`, or DPoP without a key) is stored and keeps rotating, but "
         "`UnsupportedTokenType` is raised instead of serving it",
         "no: B carries it on",
     ),
@@ -767,10 +768,10 @@ def status_verdict(
     state = freshness(record, now, skew, default_lifetime)
     if record.reauth_reason:
         return True, record.reauth_reason
-    if not record.bearer:
+    if not record.presentable:
         return True, (
-            f"the authorization server issues {record.token_type!r} tokens, which grantkeeper "
-            "cannot present: register the client for Bearer tokens, then log in again"
+            f"the authorization server issued a {record.token_type!r} token, which grantkeeper "
+            "cannot present (Bearer, or DPoP bound to its own login's key): log in again"
         )
     if state is Freshness.EXPIRED and not renewable(record):
         return True, "the token expired and no refresh token is stored"

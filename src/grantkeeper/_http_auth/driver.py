@@ -189,21 +189,26 @@ class AuthDriver:
         key = load_key(credential.dpop_key)
         url = str(request.url)
         token = credential.access_token
-        request.headers[AUTHORIZATION] = f"DPoP {token}"
-        for attempt in range(2):
-            request.headers[PROOF_HEADER] = key.proof(
-                request.method, url, nonce=NONCES.get(url), access_token=token
+        headers = request.headers
+        headers[AUTHORIZATION] = "DPoP " + token
+        headers[PROOF_HEADER] = key.proof(
+            request.method, url, nonce=NONCES.get(url), access_token=token
+        )
+        response: _Response = yield request
+        NONCES.update(url, response.headers)  # any answer may hand out the next nonce
+        if response.status_code != 401 or not resource_wants_nonce(401, response.headers):
+            return response
+        if not replayable:
+            raise RetryRequired(
+                "the server asked for a DPoP nonce (HTTP 401), but the request body was a "
+                "stream and cannot be replayed: send it again, and it carries the nonce",
+                key=self._key,
             )
-            response: _Response = yield request
-            NONCES.update(url, response.headers)
-            if attempt or not resource_wants_nonce(response.status_code, response.headers):
-                break
-            if not replayable:
-                raise RetryRequired(
-                    "the server asked for a DPoP nonce (HTTP 401), but the request body was a "
-                    "stream and cannot be replayed: send it again, and it carries the nonce",
-                    key=self._key,
-                )
+        headers[PROOF_HEADER] = key.proof(
+            request.method, url, nonce=NONCES.get(url), access_token=token
+        )
+        response = yield request
+        NONCES.update(url, response.headers)
         return response
 
     # -- waiting for a credential ---------------------------------------------------------
