@@ -47,6 +47,11 @@ class ProofChecker:
     def current_nonce(self) -> str:
         return self._current_nonce
 
+    def reset_counts(self) -> None:
+        """Forget what was counted (the nonce and the seen ``jti``s stay)."""
+        with self._lock:
+            self.accepted, self.rejected, self.nonce_challenges = 0, [], 0
+
     def rotate_nonce(self) -> str:
         """A new nonce: proofs with the old one are challenged again."""
         self._current_nonce = secrets.token_urlsafe(16)

@@ -449,7 +449,8 @@ class McpServer:
             return list(self._seen)
 
     def reset(self) -> None:
-        """Forget the requests recorded so far and any fault not yet used."""
+        """Forget the requests recorded so far, any fault not yet used, and the proofs counted."""
+        self.proofs.reset_counts()
         with self._condition:
             self._seen.clear()
             self._faults.clear()

@@ -30,6 +30,7 @@ from grantkeeper import (
     auth_status,
     login,
 )
+from grantkeeper._oauth.dpop import RESOURCE_NONCES, TOKEN_NONCES
 from grantkeeper.mcp import connect
 from harness.authserver import AuthServer
 from harness.fleet import run_fleet
@@ -51,8 +52,11 @@ def dpop_server(auth_server: AuthServer) -> Iterator[McpServer]:
 
 @pytest.fixture
 def mcp(dpop_server: McpServer, auth_server: AuthServer) -> McpServer:
+    """The MCP server and the AS, their counts reset; no nonce held in this process."""
     dpop_server.reset()
     auth_server.reset_stats()
+    TOKEN_NONCES.clear()
+    RESOURCE_NONCES.clear()
     return dpop_server
 
 
@@ -119,7 +123,8 @@ def test_a_refresh_proves_the_same_key_and_the_new_token_works(
 def test_the_bound_token_sent_as_bearer_is_refused(
     auth_server: AuthServer, mcp: McpServer, tmp_path: Path
 ) -> None:
-    """The sender constraint holds at the harness server: without a proof, no entry."""
+    """The harness server's own check, which every other test here leans on: the sender
+    constraint holds there, so a token grantkeeper sent without its proof would fail."""
     store = FileStore(tmp_path)
     credential = log_in(auth_server, mcp.url, store)
     bearer = {**MCP_HEADERS, "authorization": f"Bearer {credential.access_token}"}
@@ -164,3 +169,29 @@ def test_a_fleet_shares_one_key_through_rotations_with_no_replay(
     answers = collections.Counter((seen.method, seen.status) for seen in mcp.seen())
     assert answers == {("POST", 200): 8 * 4 * rounds}, answers
     assert mcp.proofs.accepted == 8 * 4 * rounds
+
+
+def test_a_machine_client_gets_a_bound_token_and_its_renewal_proves_the_same_key(
+    auth_server: AuthServer, mcp: McpServer, tmp_path: Path
+) -> None:
+    """Client credentials (RFC 6749 §4.4) with DPoP: renewed by asking again, same key."""
+    store = FileStore(tmp_path)
+    first = login(
+        ServerConfig(mcp.url, profile="machine"),
+        store=store,
+        client_credentials=True,
+        client_id="cc-basic",
+        client_secret="cc-basic-secret",
+    )
+    assert first.token_type == "DPoP" and first.dpop
+    (key,) = store.keys()
+    age(store, key, expires_in=timedelta(seconds=-1))
+    with Keeper(store, key) as keeper:
+        with httpx.Client(auth=HttpxAuth(keeper), headers=MCP_HEADERS, timeout=30) as client:
+            assert client.post(mcp.url, json=INITIALIZE).status_code == 200
+        renewed = keeper.credential()
+    assert renewed.access_token != first.access_token
+    assert renewed.dpop_key == first.dpop_key and renewed.token_type == "DPoP"
+    stats = auth_server.stats()
+    assert stats["client_credentials_success"] == 2 and stats["dpop_tokens"] == 2
+    assert mcp.proofs.rejected == []

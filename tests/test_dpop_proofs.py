@@ -22,13 +22,22 @@ from grantkeeper import (
     FileStore,
     HttpxAuth,
     Keeper,
+    ProtocolError,
     ProviderError,
     RetryRequired,
     ServerConfigError,
     StoreCorrupt,
 )
+from grantkeeper._oauth import dpop
 from grantkeeper._oauth.auth_server_metadata import parse_metadata
-from grantkeeper._oauth.dpop import ALGORITHMS, NONCES, DPoPKey, choose_algorithm, load_key
+from grantkeeper._oauth.dpop import (
+    ALGORITHMS,
+    RESOURCE_NONCES,
+    TOKEN_NONCES,
+    DPoPKey,
+    choose_algorithm,
+    load_key,
+)
 from grantkeeper._oauth.token_client import send_token_request
 from grantkeeper._oauth.token_endpoint import refresh_request
 from grantkeeper._record import record_from_json, record_to_json
@@ -43,9 +52,11 @@ RESOURCE = "https://mcp.example.test/mcp"
 
 @pytest.fixture(autouse=True)
 def no_nonces() -> Iterator[None]:
-    NONCES.clear()
+    TOKEN_NONCES.clear()
+    RESOURCE_NONCES.clear()
     yield
-    NONCES.clear()
+    TOKEN_NONCES.clear()
+    RESOURCE_NONCES.clear()
 
 
 def claims(proof: str) -> dict[str, Any]:
@@ -227,7 +238,8 @@ def test_a_token_request_asked_for_a_nonce_is_sent_once_more_with_it() -> None:
     assert "nonce" not in first and second["nonce"] == "nonce-1"
     assert first["htu"] == TOKEN_URL and first["htm"] == "POST" and "ath" not in first
     assert first["jti"] != second["jti"]
-    assert NONCES.get(TOKEN_URL) == "nonce-next"  # the answer's nonce, kept for the next
+    assert TOKEN_NONCES.get(TOKEN_URL) == "nonce-next"  # the answer's nonce, for the next
+    assert RESOURCE_NONCES.get(TOKEN_URL) is None  # a resource on that origin has its own
 
 
 def test_a_server_that_keeps_asking_for_a_nonce_gets_two_requests_and_a_typed_error() -> None:
@@ -239,22 +251,28 @@ def test_a_server_that_keeps_asking_for_a_nonce_gets_two_requests_and_a_typed_er
 
 
 class Resource:
-    """An MCP-like resource asking for a nonce on the first proof without one."""
+    """An MCP-like resource asking for a nonce on the first proof without one; with
+    ``rotating``, a new one every time; with ``refusing``, every proof is invalid."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, rotating: bool = False, refusing: bool = False) -> None:
         self.seen: list[httpx.Headers] = []
+        self.rotating = rotating
+        self.refusing = refusing
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         request.read()
         # The headers as sent: a retry is the same request object, its headers replaced.
         self.seen.append(request.headers.copy())
-        if claims(request.headers["dpop"]).get("nonce") != "rs-nonce":
+        if self.refusing:
+            challenge = 'DPoP error="invalid_dpop_proof", error_description="iat"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        nonce = f"rs-nonce-{len(self.seen)}" if self.rotating else "rs-nonce"
+        if "dpop" not in request.headers or claims(request.headers["dpop"]).get("nonce") != (
+            "rs-nonce"
+        ):
             return httpx.Response(
                 401,
-                headers={
-                    "WWW-Authenticate": 'DPoP error="use_dpop_nonce"',
-                    "DPoP-Nonce": "rs-nonce",
-                },
+                headers={"WWW-Authenticate": 'DPoP error="use_dpop_nonce"', "DPoP-Nonce": nonce},
             )
         return httpx.Response(200, json={"ok": True})
 
@@ -266,13 +284,13 @@ def request_token(headers: httpx.Headers) -> str:
 
 
 @pytest.fixture
-def dpop_keeper(tmp_path: Path) -> Iterator[tuple[Keeper, DPoPKey]]:
+def dpop_keeper(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Keeper, DPoPKey]]:
     key = DPoPKey.generate()
     store = FileStore(tmp_path)
     now = datetime.now(UTC)
     record = sample_record(
         "dpop-access-token-0001",
-        token_type="DPoP",
+        token_type=getattr(request, "param", "DPoP"),
         dpop_key=key.stored,
         now=now,
         resource=RESOURCE,
@@ -292,7 +310,7 @@ def test_a_resource_request_carries_the_token_as_dpop_and_answers_a_nonce_challe
         assert client.post(RESOURCE, json={"a": 1}).status_code == 200
         assert client.post(RESOURCE, json={"a": 2}).status_code == 200
     first, second, third = resource.seen
-    assert first["authorization"] == "DPoP dpop-access-token-0001"
+    assert request_token(first) == "dpop-access-token-0001"
     assert claims(first["dpop"])["jti"] != claims(second["dpop"])["jti"]
     checker = ProofChecker()
     for headers in (second, third):  # with the nonce: verified, and bound to the token
@@ -318,3 +336,58 @@ def test_a_streamed_body_asked_for_a_nonce_is_not_replayed_but_the_next_request_
             client.post(RESOURCE, content=body())
         assert client.post(RESOURCE, json={"a": 2}).status_code == 200
     assert len(resource.seen) == 2
+
+
+@pytest.mark.parametrize("resource", [Resource(rotating=True), Resource(refusing=True)])
+def test_a_refused_proof_costs_no_refresh_and_no_loop(
+    dpop_keeper: tuple[Keeper, DPoPKey], resource: Resource, tmp_path: Path
+) -> None:
+    """A second nonce demand, or an invalid proof, refuses the proof, not the token: a
+    typed error, and the stored credential untouched (renewing could not help)."""
+    keeper, _ = dpop_keeper
+    store = FileStore(tmp_path)
+    (key,) = store.keys()
+    before = store.read(key)
+    expected = RetryRequired if resource.rotating else ProtocolError
+    with httpx.Client(auth=HttpxAuth(keeper), transport=httpx.MockTransport(resource)) as client:
+        with pytest.raises(expected, match="DPoP"):
+            client.post(RESOURCE, json={"a": 1})
+    assert len(resource.seen) == (2 if resource.rotating else 1)
+    assert store.read(key) == before  # no refresh, no intent note
+
+
+@pytest.mark.parametrize("dpop_keeper", ["Bearer"], indirect=True)
+def test_a_bearer_token_answered_to_a_proof_is_sent_as_bearer(
+    dpop_keeper: tuple[Keeper, DPoPKey],
+) -> None:
+    """RFC 9449 §5: a server may answer a proof with a Bearer token; the key is kept, the
+    token goes as what it is."""
+    keeper, _ = dpop_keeper
+    seen: list[httpx.Headers] = []
+
+    def resource(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.copy())
+        return httpx.Response(200)
+
+    with httpx.Client(auth=HttpxAuth(keeper), transport=httpx.MockTransport(resource)) as client:
+        assert client.get(RESOURCE).status_code == 200
+    assert seen[0]["authorization"] == "Bearer dpop-access-token-0001"
+    assert "dpop" not in seen[0]
+
+
+def test_without_cryptography_an_advertising_server_gets_a_bearer_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dpop, "available", lambda: False)
+    assert choose_algorithm(["ES256"], wanted=None) is None  # as before DPoP
+    assert choose_algorithm(["ES256"], wanted=True) == "ES256"  # insisting: generate says why
+
+
+def test_nonces_are_kept_per_origin_with_default_ports_and_case_normalised() -> None:
+    RESOURCE_NONCES.update("https://MCP.example.test:443/mcp", {"DPoP-Nonce": "n1"})
+    assert RESOURCE_NONCES.get("https://mcp.example.test/other?x=1") == "n1"
+    assert RESOURCE_NONCES.get("https://mcp.example.test:8443/mcp") is None
+    assert RESOURCE_NONCES.get("http://mcp.example.test/mcp") is None
+    assert (
+        RESOURCE_NONCES.update(RESOURCE, {"DPoP-Nonce": "bad nonce"}) is None
+    )  # not visible ASCII

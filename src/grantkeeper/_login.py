@@ -27,7 +27,7 @@ from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
 from ._oauth.client_assertion import key_source
 from ._oauth.code_flow import Authorize, register_client, run_code_flow
 from ._oauth.discovery import Discovery, choose_scope, discover
-from ._oauth.dpop import DPoPKey, choose_algorithm
+from ._oauth.dpop import DPoPKey, available, choose_algorithm
 from ._oauth.forgotten_clients import Asked, authorization_refused, check_client
 from ._oauth.grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
 from ._oauth.kept_registrations import KeptRegistrations
@@ -147,12 +147,6 @@ def login(
             scope or config.scope, found.challenge, found.resource_metadata, found.metadata
         )
         issuer = found.metadata.issuer
-        algorithm = choose_algorithm(
-            found.metadata.dpop_signing_alg_values_supported,
-            wanted=dpop if dpop is not None else config.dpop,
-        )
-        # One key pair per credential, made for this login and stored with its record.
-        proof_key = DPoPKey.generate(algorithm) if algorithm is not None else None
         kept = KeptRegistrations(getattr(store, "home", None))
         fixed_id = client_id or config.client_id
         # The configured secret goes only with the configured client.
@@ -182,6 +176,15 @@ def login(
                 kept.bind(str(config.key), fixed_id, record.issuer)
             return record
 
+        def proof_key() -> DPoPKey | None:
+            # One key pair per credential, made for this login and stored with its record.
+            wanted = dpop if dpop is not None else config.dpop
+            offered = found.metadata.dpop_signing_alg_values_supported
+            algorithm = choose_algorithm(offered, wanted=wanted)
+            if algorithm is None and offered is not None and wanted is None:
+                event(logging.INFO, "login.dpop_skipped", key=str(config.key), signs=available())
+            return DPoPKey.generate(algorithm) if algorithm is not None else None
+
         if machine:
             return bound(
                 _machine_login(
@@ -197,7 +200,7 @@ def login(
                     scope=scope or config.scope,
                     clock=clock,
                     lock_timeout=lock_timeout,
-                    dpop=proof_key,
+                    dpop=proof_key(),
                 )
             )
         if enterprise is not None:
@@ -230,6 +233,8 @@ def login(
             return Asked(redirect_uri, found.resource, chosen_scope)
 
         def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
+            key = proof_key()
+
             def run(client_registration: ClientRegistration | None) -> Credential:
                 return run_code_flow(
                     store,
@@ -243,7 +248,7 @@ def login(
                     client=client_registration,
                     clock=clock,
                     lock_timeout=lock_timeout,
-                    dpop=proof_key,
+                    dpop=key,
                 )
 
             if registration is not None:

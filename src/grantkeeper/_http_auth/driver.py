@@ -16,9 +16,16 @@ from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
-from .._errors import RetryRequired
+from .._errors import ProtocolError, RetryRequired
 from .._keeper import Keeper
-from .._oauth.dpop import NONCES, PROOF_HEADER, load_key, resource_wants_nonce
+from .._oauth.dpop import (
+    PROOF_HEADER,
+    RESOURCE_NONCES,
+    USE_NONCE,
+    load_key,
+    proof_refused,
+    resource_wants_nonce,
+)
 from .._record import Credential, canonical_url
 from .._redact import remember
 from .flow import (
@@ -144,7 +151,7 @@ class AuthDriver:
         else:
             # The healthy path, nearly every request: the flow's opening (Acquire, then Send
             # that token) answered from memory; the flow itself runs only on a 401 or 403.
-            if hit.dpop_key is None:
+            if not hit.dpop:
                 request.headers[AUTHORIZATION] = f"Bearer {hit.access_token}"
                 response: _Response = yield request
             else:
@@ -154,13 +161,13 @@ class AuthDriver:
                 headers = request.headers
                 headers[AUTHORIZATION] = "DPoP " + token
                 headers[PROOF_HEADER] = load_key(hit.dpop_key).proof(
-                    request.method, url, nonce=NONCES.get(url), access_token=token
+                    request.method, url, nonce=RESOURCE_NONCES.get(url), access_token=token
                 )
                 response = yield request
                 if response.status_code == 401:
                     response = yield from self._send_dpop(request, hit, replayable, response)
-                elif NONCES.held:
-                    NONCES.update(url, response.headers)
+                elif RESOURCE_NONCES.held:
+                    RESOURCE_NONCES.update(url, response.headers)
             if response.status_code not in ACTIONABLE:
                 return
             flow = self._flow(request, replayable)
@@ -181,11 +188,12 @@ class AuthDriver:
             else:
                 assert isinstance(step, Send)
                 held = given.get(step.token) if step.token is not None else None
-                if held is not None and held.dpop_key is not None:
+                if held is not None and held.dpop:
                     answer = _reply_of((yield from self._send_dpop(request, held, replayable)))
                 else:
                     if step.token is not None:
                         request.headers[AUTHORIZATION] = f"Bearer {step.token}"
+                        request.headers.pop(PROOF_HEADER, None)  # an earlier DPoP try's
                     answer = _reply_of((yield request))
             try:
                 step = flow.send(answer)
@@ -211,30 +219,45 @@ class AuthDriver:
         if answered is None:
             headers[AUTHORIZATION] = "DPoP " + token
             headers[PROOF_HEADER] = key.proof(
-                request.method, url, nonce=NONCES.get(url), access_token=token
+                request.method, url, nonce=RESOURCE_NONCES.get(url), access_token=token
             )
             response = yield request
         else:
             response = answered
-        status = response.status_code
-        if status == 401 or NONCES.held:
-            # A server's first nonce comes with a 401 (RFC 9449 §9); after that any answer
-            # may hand out the next (§8.2). Other answers are not searched for one.
-            NONCES.update(url, response.headers)
-        if status != 401 or not resource_wants_nonce(401, response.headers):
-            return response
-        if not replayable:
+        for attempt in range(2):
+            status = response.status_code
+            if status == 401 or RESOURCE_NONCES.held:
+                # A server's first nonce comes with a 401 (RFC 9449 §9); after that any
+                # answer may hand out the next (§8.2). Others are not searched for one.
+                RESOURCE_NONCES.update(url, response.headers)
+            refused = proof_refused(status, response.headers)
+            if refused is None:
+                return response  # an answer, or a token rejection: the flow's to judge
+            if attempt or not resource_wants_nonce(status, response.headers):
+                break
+            if not replayable:
+                raise RetryRequired(
+                    "the server asked for a DPoP nonce (HTTP 401), but the request body was "
+                    "a stream and cannot be replayed: send it again, and it carries the nonce",
+                    key=self._key,
+                )
+            headers[PROOF_HEADER] = key.proof(
+                request.method, url, nonce=RESOURCE_NONCES.get(url), access_token=token
+            )
+            response = yield request
+        # The proof was refused, not the token: renewing the token cannot help, and would
+        # spend a refresh token on every request.
+        if refused == USE_NONCE:
             raise RetryRequired(
-                "the server asked for a DPoP nonce (HTTP 401), but the request body was a "
-                "stream and cannot be replayed: send it again, and it carries the nonce",
+                "the server asked for a new DPoP nonce again (HTTP 401); send the request "
+                "again, and it carries the latest one",
                 key=self._key,
             )
-        headers[PROOF_HEADER] = key.proof(
-            request.method, url, nonce=NONCES.get(url), access_token=token
+        raise ProtocolError(
+            "the server refused this client's DPoP proof (HTTP 401 invalid_dpop_proof): "
+            "is this machine's clock far off the server's?",
+            key=self._key,
         )
-        response = yield request
-        NONCES.update(url, response.headers)
-        return response
 
     # -- waiting for a credential ---------------------------------------------------------
 

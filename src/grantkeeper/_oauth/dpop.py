@@ -68,11 +68,21 @@ def _json(value: Mapping[str, Any]) -> bytes:
 def _crypto() -> Any:
     try:
         from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-    except ImportError:  # pragma: no cover - cryptography is a dependency
+    except ImportError:
         raise ServerConfigError(
             "DPoP needs the cryptography package: pip install 'grantkeeper[encryption]'"
         ) from None
     return ec, ed25519
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this installation can sign proofs (``cryptography`` is an optional extra)."""
+    try:
+        _crypto()
+    except ServerConfigError:
+        return False
+    return True
 
 
 class DPoPKey:
@@ -195,13 +205,13 @@ def _target(url: str) -> str:
     return json.dumps(target_uri(url))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _ath(access_token: str) -> str:
     """``ath`` (RFC 9449 §4.2): every request with one token proves the same hash."""
     return _b64(hashlib.sha256(access_token.encode("ascii")).digest())
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def load_key(stored: str) -> DPoPKey:
     """The key a record keeps as ``stored`` (its private JWK); cached, since every request
     of a DPoP credential signs with it. Raises :class:`StoreCorrupt`, naming no value."""
@@ -262,7 +272,8 @@ def choose_algorithm(offered: Iterable[str] | None, *, wanted: bool | None) -> s
     advertises ``dpop_signing_alg_values_supported``; ``True`` insists (an unadvertised
     server gets :data:`UNADVERTISED`); ``False`` never uses it.
     """
-    if wanted is False:
+    if wanted is False or (wanted is None and offered is not None and not available()):
+        # Unasked for and unsignable here: Bearer, as before DPoP (a login says why).
         return None
     if offered is None:
         return UNADVERTISED if wanted else None
@@ -278,17 +289,35 @@ def choose_algorithm(offered: Iterable[str] | None, *, wanted: bool | None) -> s
     return None
 
 
-def _origin(url: str) -> str:
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)``, case and default ports normalised, userinfo dropped."""
     parts = urlsplit(url)
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (scheme, port) in (("http", 80), ("https", 443)):
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
 
 
 class Nonces:
-    """The last nonce each origin handed out (RFC 9449 §8.2): any answer may carry one."""
+    """The last nonce each origin handed out (RFC 9449 §8.2): any answer may carry one.
+
+    One cache per role: an MCP server that is its own authorization server keeps a nonce
+    for its token endpoint and another for its resource, on one origin."""
 
     def __init__(self) -> None:
-        self._by_origin: dict[str, str] = {}
+        self._by_origin: dict[tuple[str, str, int | None], str] = {}
         self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            # A lock held by another thread at fork would never be released in the child.
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._by_origin = {}
 
     @property
     def held(self) -> bool:
@@ -319,8 +348,11 @@ class Nonces:
             self._by_origin.clear()
 
 
-NONCES = Nonces()
-"""Every nonce this process holds, shared by its credentials (a nonce is per server)."""
+TOKEN_NONCES = Nonces()
+"""The nonces authorization servers handed out, for token requests (RFC 9449 §8)."""
+
+RESOURCE_NONCES = Nonces()
+"""The nonces resource servers handed out, for requests with a token (RFC 9449 §9)."""
 
 
 def token_endpoint_wants_nonce(status: int, headers: Any, body: bytes) -> bool:
@@ -335,16 +367,30 @@ def token_endpoint_wants_nonce(status: int, headers: Any, body: bytes) -> bool:
     return isinstance(answer, dict) and answer.get("error") == USE_NONCE
 
 
-def resource_wants_nonce(status: int, headers: Any) -> bool:
-    """Whether a resource server's answer asks for a nonce (RFC 9449 §9): a 401 with a
-    ``DPoP`` challenge ``use_dpop_nonce`` and a ``DPoP-Nonce`` header."""
-    if status != 401 or headers.get(NONCE_HEADER) is None:
-        return False
+PROOF_ERRORS = frozenset({USE_NONCE, "invalid_dpop_proof"})
+"""A resource's 401 with these errors refuses the proof, not the token: renewing the token
+cannot help (RFC 9449 §7.1, §9)."""
+
+
+def proof_refused(status: int, headers: Any) -> str | None:
+    """The error of a resource's 401 that refuses the proof rather than the token
+    (:data:`PROOF_ERRORS`, in a ``DPoP`` challenge), or ``None``."""
+    if status != 401:
+        return None
     for value in headers.get_list("www-authenticate"):
         try:
             challenges = parse_challenges(value)
-        except ProtocolError:  # a malformed header asks for nothing
+        except ProtocolError:  # a malformed header says nothing
             continue
-        if any(c.scheme == "dpop" and c.error == USE_NONCE for c in challenges):
-            return True
-    return False
+        for challenge in challenges:
+            if challenge.scheme == "dpop" and challenge.error in PROOF_ERRORS:
+                return challenge.error
+    return None
+
+
+def resource_wants_nonce(status: int, headers: Any) -> bool:
+    """Whether a resource server's answer asks for a nonce (RFC 9449 §9): a 401 with a
+    ``DPoP`` challenge ``use_dpop_nonce`` and a ``DPoP-Nonce`` header."""
+    if headers.get(NONCE_HEADER) is None:
+        return False
+    return proof_refused(status, headers) == USE_NONCE

@@ -21,7 +21,7 @@ from .._errors import MalformedResponse, ProviderError, ProviderUnavailable, Ref
 from .._log import event
 from .._redact import scrub
 from .._rules import UNSENDABLE_FAILURES, Outcome, transport_outcome
-from .dpop import NONCES, token_endpoint_wants_nonce
+from .dpop import TOKEN_NONCES, token_endpoint_wants_nonce
 from .token_endpoint import MAX_RESPONSE_BYTES, TokenRequest, TokenResponse, parse_token_response
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -171,7 +171,7 @@ def _complete(response: httpx.Response, decoded: int) -> bool:
 
 
 def _prepared(request: TokenRequest, timeouts: httpx.Timeout, deadline: _Deadline) -> httpx.Request:
-    nonce = NONCES.get(request.url) if request.dpop is not None else None
+    nonce = TOKEN_NONCES.get(request.url) if request.dpop is not None else None
     try:
         http_request = request.to_httpx(nonce=nonce)
     except UNSENDABLE_FAILURES as exc:  # the outcome table's "refused": nothing left
@@ -217,7 +217,7 @@ def _send_again(request: TokenRequest, response: httpx.Response, body: _Body, at
     """
     if request.dpop is None:
         return False
-    NONCES.update(request.url, response.headers)
+    TOKEN_NONCES.update(request.url, response.headers)
     return attempt == 0 and token_endpoint_wants_nonce(
         response.status_code, response.headers, bytes(body.data)
     )
