@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx2
@@ -50,12 +50,21 @@ async def _requests(http: httpx2.AsyncClient, url: str, count: int) -> float:
     return (time.perf_counter() - started) / count
 
 
-async def _flow(auth: httpx2.Auth, request: httpx2.Request, count: int) -> float:
+async def drive_flow(
+    auth: httpx2.Auth,
+    request: httpx2.Request,
+    count: int,
+    between: Callable[[], object] | None = None,
+) -> float:
+    """Seconds per auth flow over ``count`` flows of ``request`` answered 200; ``between``
+    runs inside each flow, between the request and its answer (P8's budget signature)."""
     response = httpx2.Response(200, text="ok", request=request)
     started = time.perf_counter()
     for _ in range(count):
         flow = auth.async_auth_flow(request)
         await flow.__anext__()
+        if between is not None:
+            between()
         try:
             await flow.asend(response)
         except StopAsyncIteration:
@@ -80,8 +89,8 @@ async def _measure(
                 over_loopback[peer].append(await _requests(http, login.url, requests))
                 auth: Any = http.auth or _HeaderOnly(http.headers["authorization"])
                 request = http.build_request("GET", login.url)
-                await _flow(auth, request, max(1, flows // 10))
-                in_flow[peer].append(await _flow(auth, request, flows))
+                await drive_flow(auth, request, max(1, flows // 10))
+                in_flow[peer].append(await drive_flow(auth, request, flows))
     return (
         {peer: Spread.of(v) for peer, v in over_loopback.items()},
         {peer: Spread.of(v) for peer, v in in_flow.items()},

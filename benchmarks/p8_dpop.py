@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ import httpx2
 
 from benchmarks._measure import Spread, per_op_seconds
 from benchmarks._report import Section
+from benchmarks.p2_request_overhead import drive_flow
 from grantkeeper import CredentialKey, FileStore, Keeper
 from grantkeeper._oauth.dpop import ALGORITHMS, DPoPKey
 from grantkeeper.mcp import Httpx2Auth
@@ -38,22 +38,8 @@ URL = "https://mcp.example.test/mcp"
 
 
 async def _flow(auth: httpx2.Auth, count: int, sign: Callable[[], object] | None = None) -> float:
-    """Seconds per auth flow; ``sign`` is called inside each one (the budget's signature)."""
-    request = httpx2.Request("POST", URL, content=b"{}")
-    response = httpx2.Response(200, text="ok", request=request)
-    started = time.perf_counter()
-    for _ in range(count):
-        flow = auth.async_auth_flow(request)
-        await flow.__anext__()
-        if sign is not None:
-            sign()
-        try:
-            await flow.asend(response)
-        except StopAsyncIteration:
-            pass
-        else:
-            raise RuntimeError("an auth flow asked for another request after a 200")
-    return (time.perf_counter() - started) / count
+    """Seconds per auth flow of a POST; ``sign`` is called inside each (the budget's)."""
+    return await drive_flow(auth, httpx2.Request("POST", URL, content=b"{}"), count, sign)
 
 
 def _keeper(home: Path, name: str, key: DPoPKey | None) -> Keeper:
@@ -78,7 +64,8 @@ def run(*, repeats: int = 5, flows: int = 20_000) -> Section:
     section = Section(
         "P8",
         "DPoP: a request's auth flow with a proof, against a bearer request's",
-        f"the DPoP flow ≤ {GOAL}× (bearer flow + one signature), per algorithm",
+        f"the DPoP flow with the preferred algorithm ({ALGORITHMS[0]}) ≤ {GOAL}× (bearer flow "
+        "+ one signature); the others reported",
         [
             "flow",
             "auth flow per request",
@@ -122,7 +109,8 @@ def run(*, repeats: int = 5, flows: int = 20_000) -> Section:
         flow, signature = Spread.of(samples[alg]), Spread.of(signatures[alg])
         budget = Spread.of(budgets[alg])
         alone = flow.median / (bearer.median + signature.median)
-        met = met and flow.median <= GOAL * budget.median
+        if alg == ALGORITHMS[0]:
+            met = flow.median <= GOAL * budget.median
         section.rows.append(
             [
                 f"DPoP {alg}",
