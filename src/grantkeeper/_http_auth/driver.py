@@ -19,12 +19,13 @@ from urllib.parse import urlsplit
 from .._errors import ProtocolError, RetryRequired
 from .._keeper import Keeper
 from .._oauth.dpop import (
+    NONCE_HEADER,
     PROOF_HEADER,
     RESOURCE_NONCES,
     USE_NONCE,
+    DPoPKey,
     load_key,
     proof_refused,
-    resource_wants_nonce,
 )
 from .._record import Credential, canonical_url
 from .._redact import remember
@@ -85,6 +86,17 @@ def _reply_of(response: _Response) -> Reply:
     # Challenges matter only to a 401 or 403; other answers skip reading them.
     challenges = response.headers.get_list("www-authenticate") if status in ACTIONABLE else ()
     return Reply(status, tuple(challenges))
+
+
+def _present(request: _Request, credential: Credential, key: DPoPKey, url: str) -> None:
+    """Put ``credential``'s DPoP token and a fresh proof of ``key`` on ``request`` (RFC 9449
+    §7.1), with the nonce the server last handed out, if any."""
+    token = credential.access_token
+    headers = request.headers
+    headers[AUTHORIZATION] = "DPoP " + token
+    headers[PROOF_HEADER] = key.proof(
+        request.method, url, nonce=RESOURCE_NONCES.get(url), access_token=token
+    )
 
 
 class AuthDriver:
@@ -155,14 +167,9 @@ class AuthDriver:
                 request.headers[AUTHORIZATION] = f"Bearer {hit.access_token}"
                 response: _Response = yield request
             else:
-                # The same, with a proof: _send_dpop's first half, inline on this path.
+                # The same with a proof; a 401 goes on to _send_dpop (a nonce, a refusal).
                 url = str(request.url)
-                token = hit.access_token
-                headers = request.headers
-                headers[AUTHORIZATION] = "DPoP " + token
-                headers[PROOF_HEADER] = load_key(hit.dpop_key).proof(
-                    request.method, url, nonce=RESOURCE_NONCES.get(url), access_token=token
-                )
+                _present(request, hit, load_key(hit.dpop_key), url)
                 response = yield request
                 if response.status_code == 401:
                     response = yield from self._send_dpop(request, hit, replayable, response)
@@ -213,14 +220,9 @@ class AuthDriver:
         assert credential.dpop_key is not None
         key = load_key(credential.dpop_key)
         url = str(request.url)
-        token = credential.access_token
-        headers = request.headers
         response: _Response
         if answered is None:
-            headers[AUTHORIZATION] = "DPoP " + token
-            headers[PROOF_HEADER] = key.proof(
-                request.method, url, nonce=RESOURCE_NONCES.get(url), access_token=token
-            )
+            _present(request, credential, key, url)
             response = yield request
         else:
             response = answered
@@ -233,7 +235,7 @@ class AuthDriver:
             refused = proof_refused(status, response.headers)
             if refused is None:
                 return response  # an answer, or a token rejection: the flow's to judge
-            if attempt or not resource_wants_nonce(status, response.headers):
+            if attempt or refused != USE_NONCE or NONCE_HEADER not in response.headers:
                 break
             if not replayable:
                 raise RetryRequired(
@@ -241,9 +243,7 @@ class AuthDriver:
                     "a stream and cannot be replayed: send it again, and it carries the nonce",
                     key=self._key,
                 )
-            headers[PROOF_HEADER] = key.proof(
-                request.method, url, nonce=RESOURCE_NONCES.get(url), access_token=token
-            )
+            _present(request, credential, key, url)
             response = yield request
         # The proof was refused, not the token: renewing the token cannot help, and would
         # spend a refresh token on every request.

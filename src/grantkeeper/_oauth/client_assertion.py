@@ -8,15 +8,14 @@ keeps only the *source* (``file:/path`` or ``env:NAME``). Signing needs ``crypto
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
 from datetime import datetime
-from typing import Any
 
 from .._errors import ServerConfigError
 from .._redact import remember
+from .jws import Sign, b64url, signer
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 """RFC 7523 §2.2's ``client_assertion_type``."""
@@ -57,16 +56,10 @@ def load_key(source: str) -> bytes:
     raise ServerConfigError("the client key source is neither file: nor env:")
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _signer(pem: bytes, algorithm: str | None) -> tuple[str, Any]:
+def _signer(pem: bytes, algorithm: str | None) -> tuple[str, Sign]:
     """The JWS ``alg`` and a function signing bytes with the key in ``pem``."""
     try:
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        from cryptography.hazmat.primitives import serialization
     except ImportError:
         raise ServerConfigError(
             "private_key_jwt needs the cryptography package: pip install 'grantkeeper[encryption]'"
@@ -76,33 +69,7 @@ def _signer(pem: bytes, algorithm: str | None) -> tuple[str, Any]:
     except (ValueError, TypeError):
         # The library's message may quote the input; ours names only the problem.
         raise ServerConfigError("the client key is not an unencrypted PEM private key") from None
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        curves = {"secp256r1": ("ES256", hashes.SHA256()), "secp384r1": ("ES384", hashes.SHA384())}
-        if key.curve.name not in curves:
-            raise ServerConfigError(f"unsupported EC curve {key.curve.name} for private_key_jwt")
-        alg, digest = curves[key.curve.name]
-        size = (key.curve.key_size + 7) // 8
-
-        def sign_ec(data: bytes) -> bytes:
-            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(digest)))
-            return r.to_bytes(size, "big") + s.to_bytes(size, "big")  # JWS wants r || s
-
-        chosen = alg, sign_ec
-    elif isinstance(key, rsa.RSAPrivateKey):
-        alg = algorithm if algorithm in ("RS256", "PS256") else "RS256"
-        pad = (
-            padding.PKCS1v15()
-            if alg == "RS256"
-            else padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-        )
-        chosen = alg, lambda data: key.sign(data, pad, hashes.SHA256())
-    elif isinstance(key, ed25519.Ed25519PrivateKey):
-        chosen = "EdDSA", key.sign
-    else:
-        raise ServerConfigError("unsupported private key type for private_key_jwt")
-    if algorithm is not None and algorithm != chosen[0]:
-        raise ServerConfigError(f"the client key signs {chosen[0]}, not {algorithm}")
-    return chosen
+    return signer(key, algorithm, purpose="private_key_jwt")
 
 
 def client_assertion(
@@ -127,8 +94,8 @@ def client_assertion(
         "jti": secrets.token_urlsafe(16),
     }
     signing_input = ".".join(
-        _b64(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+        b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
     )
-    assertion = f"{signing_input}.{_b64(sign(signing_input.encode('ascii')))}"
+    assertion = f"{signing_input}.{b64url(sign(signing_input.encode('ascii')))}"
     remember(assertion)  # it authenticates the client for a minute: never print it
     return assertion

@@ -7,7 +7,6 @@ for the final write, never while a person reads a consent page.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import secrets
@@ -31,6 +30,7 @@ from .authorization import (
     url_with,
 )
 from .dpop import DPoPKey
+from .jws import b64url_decode
 from .pkce import new_verifier, s256_challenge
 from .registration import ClientRegistration, parse_registration, registration_body
 from .revocation import revoke_tokens
@@ -83,7 +83,7 @@ def _subject(id_token: str | None) -> str | None:
         return None
     payload = id_token.split(".")[1]
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = json.loads(b64url_decode(payload))
     except (ValueError, RecursionError):
         return None
     sub = claims.get("sub") if isinstance(claims, dict) else None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
+
+from .jws import b64url
 
 VERIFIER_BYTES = 48
 """64 characters once encoded: inside RFC 7636 §4.1's 43–128, with 384 bits of entropy."""
@@ -18,4 +19,4 @@ def new_verifier() -> str:
 def s256_challenge(verifier: str) -> str:
     """The S256 ``code_challenge`` for ``verifier`` (RFC 7636 §4.2)."""
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url(digest)
