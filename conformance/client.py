@@ -18,7 +18,8 @@ name (``MCP_CONFORMANCE_SCENARIO`` is not read):
 - ``MCP_CONFORMANCE_PROTOCOL_VERSION``: the protocol revision the host speaks (2026-07-28:
   stateless requests with ``_meta``; older: the ``initialize`` handshake);
 - ``MCP_CONFORMANCE_CONTEXT``: what the operator was given. An enterprise ID token
-  (``idp_id_token``) means enterprise-managed authorization; a private key
+  (``idp_id_token``) means enterprise-managed authorization; a workload identity token
+  (``valid_jwt``) workload identity federation (the jwt-bearer grant); a private key
   (``private_key_pem``) a machine client (client credentials, ``private_key_jwt``); a client
   ID and secret a pre-registered client, which is a machine client when the authorization
   server offers client credentials and no authorization code; ``toolCalls`` the calls a user
@@ -96,6 +97,18 @@ def configuration(
         )
         config = ServerConfig(url, name="conformance", client_id=client_id, client_secret=secret)
         return config, {"enterprise": identity}
+    if "valid_jwt" in context:
+        # A workload's own identity token, as its platform hands it over: in the
+        # environment (a file works the same way). The suite's other two tokens (for
+        # another audience, expired) are for clients that pick the wrong one.
+        os.environ["CONFORMANCE_WORKLOAD_TOKEN"] = context["valid_jwt"]
+        config = ServerConfig(
+            url,
+            name="conformance",
+            client_id=client_id,
+            workload_identity_env="CONFORMANCE_WORKLOAD_TOKEN",
+        )
+        return config, {}
     if "private_key_pem" in context:
         # The operator hands the key over in the environment, never on a command line.
         os.environ["CONFORMANCE_CLIENT_KEY"] = context["private_key_pem"]

@@ -51,6 +51,9 @@ XAA_IDP_CLIENT = ("xaa-idp-client", "xaa-idp-secret")
 XAA_IDP_REDIRECT = "http://127.0.0.1/xaa-idp-callback"
 XAA_APP_CLIENT = ("xaa-app", "xaa-app-secret")
 """The same application's client at an AS started with ``trust_idp=...``."""
+WIF_CLIENT = "wif-workload"
+"""The public client a workload presents its own JWT as, at an AS started with
+``trust_workload=...``."""
 
 
 class AuthServer:
@@ -73,6 +76,7 @@ class AuthServer:
         trust_idp: str | None = None,
         pushed_requests: str = "offered",
         dpop: str = "off",
+        trust_workload: tuple[str, Path] | None = None,
     ) -> None:
         """``state_dir``: an existing directory for state that survives :meth:`restart`.
         ``omit_expires_in``: token responses carry no ``expires_in`` (the tokens still
@@ -85,7 +89,10 @@ class AuthServer:
         ``pushed_requests``: ``"offered"`` (oidc-provider's default), ``"required"`` or
         ``"off"``, for pushed authorization requests (RFC 9126). ``dpop``: ``"off"`` (Bearer
         tokens; oidc-provider's own default is on), ``"on"`` or ``"nonce"`` (every proof
-        must carry a server nonce), for DPoP (RFC 9449)."""
+        must carry a server nonce), for DPoP (RFC 9449). ``trust_workload``: ``(issuer,
+        jwks_file)``: workload identity federation, client :data:`WIF_CLIENT` trades a
+        JWT from ``issuer`` signed (RS256) by a key in ``jwks_file``, read at every request
+        (stats ``workload_assertions``: each received JWT's ``jti``)."""
         if dpop not in ("off", "on", "nonce"):
             raise ValueError(f"dpop must be off, on or nonce: {dpop!r}")
         if token_format not in ("opaque", "jwt"):
@@ -109,6 +116,7 @@ class AuthServer:
         self.trust_idp = trust_idp
         self.pushed_requests = pushed_requests
         self.dpop = dpop
+        self.trust_workload = trust_workload
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._stderr_thread: threading.Thread | None = None
@@ -156,6 +164,9 @@ class AuthServer:
         elif self.pushed_requests == "required":
             command.append("--require-par")
         command += ["--dpop", self.dpop]
+        if self.trust_workload is not None:
+            issuer, jwks = self.trust_workload
+            command += ["--trust-workload", issuer, "--workload-jwks", str(jwks)]
 
         self._stderr_tail.clear()
         process = subprocess.Popen(

@@ -37,6 +37,7 @@ def test_round_trip_keeps_every_field() -> None:
         client_key_source="file:/etc/grantkeeper/client.pem",
         scope_requested="mcp",
         dpop_key='{"kty":"OKP","crv":"Ed25519","x":"x","d":"d","alg":"EdDSA"}',
+        workload_source="file:/var/run/secrets/tokens/mcp",
     )
     unset = [f.name for f in dataclasses.fields(record) if getattr(record, f.name) is None]
     assert not unset, f"set every field, so that each one's round trip is checked: {unset}"

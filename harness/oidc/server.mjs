@@ -31,6 +31,16 @@
 //   --trust-idp ISSUER    play the MCP server's AS: client xaa-app (secret xaa-app-secret)
 //                         trades an ID-JAG from ISSUER (RFC 7523 jwt-bearer) for an access
 //                         token to the resource it names.
+//
+// Workload identity federation (SEP-1933):
+//   --trust-workload ISSUER --workload-jwks FILE
+//                         client wif-workload (public: no secret) trades a JWT from ISSUER,
+//                         signed RS256 by a key in FILE (a JWKS, read at every request, so
+//                         a test rotates the issuer's keys by rewriting it), with this AS as
+//                         audience, for an access token (RFC 7523 jwt-bearer). A workload
+//                         token is reusable until it expires (as Kubernetes projected
+//                         tokens are); stats.workload_assertions lists the jti of every one
+//                         received, accepted or not.
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -63,6 +73,8 @@ const { values: argv } = parseArgs({
     'no-par': { type: 'boolean', default: false },
     'require-par': { type: 'boolean', default: false },
     dpop: { type: 'string', default: 'off' },
+    'trust-workload': { type: 'string' },
+    'workload-jwks': { type: 'string' },
   },
   strict: true,
 });
@@ -79,6 +91,11 @@ const trustedIdp = argv['trust-idp'];
 const pushedRequests = !argv['no-par'];
 const requirePushed = argv['require-par'];
 const dpopMode = argv.dpop;
+const trustedWorkloadIssuer = argv['trust-workload'];
+const workloadJwksPath = argv['workload-jwks'];
+if (Boolean(trustedWorkloadIssuer) !== Boolean(workloadJwksPath)) {
+  throw new Error('--trust-workload and --workload-jwks go together');
+}
 if (!['off', 'on', 'nonce'].includes(dpopMode)) {
   throw new Error(`--dpop must be off, on or nonce, got ${dpopMode}`);
 }
@@ -315,6 +332,8 @@ function resetStats() {
     // out of the error lists: a nonce challenge processes nothing).
     dpop_tokens: 0,
     dpop_nonce_challenges: 0,
+    // Workload identity: the jti of every workload JWT a jwt-bearer request carried.
+    workload_assertions: [],
     // Wall-clock milliseconds of every token issued (refresh or code), so a benchmark can
     // tell which of its requests were in flight while a token was being replaced.
     issued_at: [],
@@ -405,6 +424,7 @@ const CLOCK_TOLERANCE = 30;
 // (the draft's client_id claim): one application here.
 const XAA_IDP_CLIENT = 'xaa-idp-client';
 const XAA_APP_CLIENT = 'xaa-app';
+const WIF_CLIENT = 'wif-workload';
 
 function resourceServerInfo(resourceIndicator) {
   if (resources.length && !resources.includes(resourceIndicator)) {
@@ -428,6 +448,16 @@ function crossAppClients() {
       grant_types: ['authorization_code', TOKEN_EXCHANGE],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/xaa-idp-callback'],
+    });
+  }
+  if (trustedWorkloadIssuer) {
+    clients.push({
+      client_id: WIF_CLIENT,
+      token_endpoint_auth_method: 'none',
+      grant_types: [JWT_BEARER],
+      response_types: [],
+      redirect_uris: [],
+      scope: 'mcp mcp:read mcp:write',
     });
   }
   if (trustedIdp) {
@@ -532,8 +562,21 @@ const spentJtis = new Map(); // jti -> exp: an ID-JAG is good for one access tok
 // The AS: an ID-JAG from the trusted IdP, for this AS and the authenticated client, becomes
 // an access token for the user it names, under a grant (so revoke-all reaches it).
 async function jwtBearer(ctx) {
-  const { params, client, provider } = ctx.oidc;
+  const { params } = ctx.oidc;
   if (!params.assertion) throw new errors.InvalidRequest("missing required parameter 'assertion'");
+  let typ;
+  try {
+    typ = JSON.parse(Buffer.from(String(params.assertion).split('.')[0], 'base64url').toString('utf8')).typ;
+  } catch {
+    throw new errors.InvalidGrant('the assertion is not a JWT');
+  }
+  if (typ === ID_JAG_TYP && trustedIdp) return idJagGrant(ctx);
+  if (typ !== ID_JAG_TYP && trustedWorkloadIssuer) return workloadGrant(ctx);
+  throw new errors.InvalidGrant(`no trusted issuer takes this assertion (typ ${typ})`);
+}
+
+async function idJagGrant(ctx) {
+  const { params, client, provider } = ctx.oidc;
   let verified;
   try {
     verified = verifyJwt(params.assertion, await trustedIdpKeys(false));
@@ -544,8 +587,7 @@ async function jwtBearer(ctx) {
       throw new errors.InvalidGrant(`the assertion does not verify: ${err.message}`);
     }
   }
-  const { header, payload: jag } = verified;
-  if (header.typ !== ID_JAG_TYP) throw new errors.InvalidGrant(`the assertion is not an ID-JAG (typ ${header.typ})`);
+  const { payload: jag } = verified;
   if (jag.iss !== trustedIdp) throw new errors.InvalidGrant('the assertion issuer is not trusted');
   if (!audiences(jag.aud).includes(provider.issuer)) throw new errors.InvalidGrant('the assertion is for another audience');
   if (jag.client_id !== client.clientId) throw new errors.InvalidGrant('the assertion is for another client');
@@ -556,28 +598,64 @@ async function jwtBearer(ctx) {
   const resource = jag.resource ?? resources[0];
   if (!resource) throw new errors.InvalidTarget('the assertion names no resource');
   if (params.resource && params.resource !== resource) throw new errors.InvalidTarget('resource differs from the assertion');
+  const issue = await issuerFor(ctx, jag.sub, resource, jag.scope);
+  spentJtis.set(jag.jti, jag.exp);
+  await issue();
+}
+
+// A workload's own JWT from the trusted workload issuer (a Kubernetes cluster, a CI
+// platform), for this AS, becomes an access token for the workload it names.
+async function workloadGrant(ctx) {
+  const { params, client, provider } = ctx.oidc;
+  try {
+    const claims = JSON.parse(Buffer.from(params.assertion.split('.')[1], 'base64url').toString('utf8'));
+    stats.workload_assertions.push(typeof claims.jti === 'string' ? claims.jti : null);
+  } catch {
+    stats.workload_assertions.push(null);
+  }
+  saveStats();
+  if (client.clientId !== WIF_CLIENT) throw new errors.UnauthorizedClient('this client may not present workload tokens');
+  let claims;
+  try {
+    claims = verifyJwt(params.assertion, JSON.parse(fs.readFileSync(workloadJwksPath, 'utf8')).keys).payload;
+  } catch (err) {
+    throw new errors.InvalidGrant(`the workload token does not verify: ${err.message}`);
+  }
+  if (claims.iss !== trustedWorkloadIssuer) throw new errors.InvalidGrant('the workload token issuer is not trusted');
+  if (!audiences(claims.aud).includes(provider.issuer)) throw new errors.InvalidGrant('the workload token is for another audience');
+  if (typeof claims.sub !== 'string' || !claims.sub) throw new errors.InvalidGrant('the workload token has no subject');
+  if (typeof claims.nbf === 'number' && claims.nbf > epoch() + CLOCK_TOLERANCE) throw new errors.InvalidGrant('the workload token is not yet valid');
+  const resource = params.resource ?? resources[0];
+  if (!resource) throw new errors.InvalidTarget('no resource named');
+  await (await issuerFor(ctx, claims.sub, resource, undefined))();
+}
+
+// Checks the scope asked for against what the assertion allows, then returns the function
+// that issues the access token (under a grant, so revoke-all reaches it) as the answer.
+async function issuerFor(ctx, accountId, resource, allowedScope) {
+  const { params, client, provider } = ctx.oidc;
   const info = resourceServerInfo(resource);
   const offered = new Set(info.scope.split(' '));
-  const allowed = jag.scope === undefined ? offered : new Set(String(jag.scope).split(' '));
-  const requested = (params.scope ?? jag.scope ?? '').split(' ').filter(Boolean);
+  const allowed = allowedScope === undefined ? offered : new Set(String(allowedScope).split(' '));
+  const requested = (params.scope ?? allowedScope ?? '').split(' ').filter(Boolean);
   if (requested.some((s) => !allowed.has(s))) throw new errors.InvalidScope('scope exceeds the assertion');
   const scope = requested.filter((s) => offered.has(s)).join(' ');
-  spentJtis.set(jag.jti, jag.exp);
-
-  const grant = new provider.Grant({ accountId: jag.sub, clientId: client.clientId });
-  if (scope) grant.addResourceScope(resource, scope);
-  const grantId = await grant.save();
-  const token = new provider.AccessToken({
-    accountId: jag.sub, client, grantId, gty: 'jwt_bearer', scope: scope || undefined,
-  });
-  token.resourceServer = new provider.ResourceServer(resource, info);
-  ctx.oidc.entity('AccessToken', token);
-  const value = await token.save();
-  ctx.body = {
-    access_token: value,
-    token_type: token.tokenType,
-    expires_in: token.expiration,
-    ...(scope ? { scope } : {}),
+  return async () => {
+    const grant = new provider.Grant({ accountId, clientId: client.clientId });
+    if (scope) grant.addResourceScope(resource, scope);
+    const grantId = await grant.save();
+    const token = new provider.AccessToken({
+      accountId, client, grantId, gty: 'jwt_bearer', scope: scope || undefined,
+    });
+    token.resourceServer = new provider.ResourceServer(resource, info);
+    ctx.oidc.entity('AccessToken', token);
+    const value = await token.save();
+    ctx.body = {
+      access_token: value,
+      token_type: token.tokenType,
+      expires_in: token.expiration,
+      ...(scope ? { scope } : {}),
+    };
   };
 }
 
@@ -587,7 +665,9 @@ function registerCrossAppGrants(provider) {
       'subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope',
     ]);
   }
-  if (trustedIdp) provider.registerGrantType(JWT_BEARER, jwtBearer, ['assertion', 'scope', 'resource']);
+  if (trustedIdp || trustedWorkloadIssuer) {
+    provider.registerGrantType(JWT_BEARER, jwtBearer, ['assertion', 'scope', 'resource']);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ from ._errors import (
     UnsafeStorePath,
     UnsupportedTokenType,
     VersionConflict,
+    WorkloadTokenRejected,
+    WorkloadTokenUnavailable,
     authentication_required,
 )
 from ._exports import claim as _claim
@@ -50,6 +52,7 @@ from ._oauth.callback_server import CallbackServer
 from ._oauth.code_flow import Authorize
 from ._oauth.discovery import Discovery, ResourceMetadata, discover
 from ._oauth.grants import EnterpriseIdentity
+from ._oauth.workload import WorkloadIdentity
 from ._paths import grantkeeper_home
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import redact
@@ -141,6 +144,9 @@ __all__ = [
     "Stored",
     "UnsafeStorePath",
     "VersionConflict",
+    "WorkloadIdentity",
+    "WorkloadTokenRejected",
+    "WorkloadTokenUnavailable",
     "__version__",
     "auth_status",
     "outcome_of",

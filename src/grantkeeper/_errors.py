@@ -17,7 +17,9 @@
     ├── ProviderError                     the token endpoint misbehaved
     │   ├── ProviderUnavailable           429, 503, connection refused: nothing spent (retryable)
     │   ├── RefreshOutcomeUnknown         timeout, 5xx, lost connection after sending (retryable)
-    │   └── MalformedResponse             not a token response we can trust
+    │   ├── MalformedResponse             not a token response we can trust
+    │   └── WorkloadTokenRejected         the workload's identity token was refused: the
+    │                                     grant lives, the next renewal reads it again
     ├── ProtocolError                     bad metadata, callback or header from a peer
     │   └── AuthorizationDenied           the callback carried an ``error``: consent refused
     ├── OAuthUnsupported                  the server offers no OAuth we can discover
@@ -25,6 +27,8 @@
     │   ├── CallbackTimeout               no redirect reached the loopback listener in time
     │   └── CallbackUnavailable           the loopback port is in use or cannot be bound
     ├── ServerConfigError                 an unknown server name or a malformed servers file
+    ├── WorkloadTokenUnavailable          the workload's identity token is missing, no JWT,
+    │                                     or expired: the message says where (retryable)
     ├── MissingExtra                      an optional dependency is not installed: the
     │                                     message names the extra (also an ImportError)
     ├── StoreError
@@ -93,6 +97,8 @@ __all__ = [
     "StoreUnavailable",
     "UnsafeStorePath",
     "VersionConflict",
+    "WorkloadTokenRejected",
+    "WorkloadTokenUnavailable",
 ]
 
 
@@ -283,6 +289,15 @@ class MalformedResponse(ProviderError):
     """The provider answered with something that is not a usable token response."""
 
 
+class WorkloadTokenRejected(ProviderError):
+    """The authorization server refused the workload's own identity token (workload identity
+    federation: ``invalid_grant``, ``unauthorized_client``, ``invalid_scope``...).
+
+    It ends no grant: nothing was spent, and the workload's platform rotates its token, so
+    the next renewal (after a backoff) reads the token afresh and sends that one.
+    """
+
+
 class ProtocolError(GrantkeeperError):
     """A peer sent metadata, a header or a callback that breaks the protocol."""
 
@@ -311,6 +326,16 @@ class CallbackUnavailable(LoginFailed):
 
 class ServerConfigError(GrantkeeperError):
     """A server name is unknown, or the servers file is malformed. The message says what to fix."""
+
+
+class WorkloadTokenUnavailable(GrantkeeperError):
+    """The workload's identity token (workload identity federation) cannot be sent: its file
+    or environment variable is missing or empty, it is not a JWT, or it has expired. The
+    message says where grantkeeper looked; the token is never in it. Nothing was sent, and
+    a later renewal reads the source again (a Kubernetes projected token is rewritten in
+    place), so a token still valid is served meanwhile."""
+
+    retryable = True
 
 
 class MissingExtra(GrantkeeperError, ImportError):

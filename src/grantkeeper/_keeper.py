@@ -53,6 +53,7 @@ from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT
 from ._oauth.grants import renewal_request
 from ._oauth.token_client import DEFAULT_TIMEOUT, send_token_request
 from ._oauth.token_endpoint import apply_response
+from ._oauth.workload import WorkloadIdentity
 from ._paths import grantkeeper_home
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import fingerprint
@@ -193,8 +194,10 @@ class Keeper:
         recover: Recovery | None = None,
         recovery_wait: float = RECOVERY_WAIT,
         checkpoint: Checkpoint | None = None,
+        workload: WorkloadIdentity | None = None,
     ) -> None:
         self.store = store
+        self._workload = workload
         self.key = key
         self._http = http_client
         self._owns_http = http_client is None
@@ -919,7 +922,7 @@ class Keeper:
     ) -> Credential:
         key = str(self.key)
         old = stored.record
-        request = renewal_request(old, self._clock())
+        request = renewal_request(old, self._clock(), workload=self._workload)
         intent = dataclasses.replace(
             intent, host_id=self._host_id, lease_until=self._clock() + self._lease
         )

@@ -29,9 +29,16 @@ from ._oauth.code_flow import Authorize, register_client, run_code_flow
 from ._oauth.discovery import Discovery, choose_scope, discover
 from ._oauth.dpop import DPoPKey, available, choose_algorithm
 from ._oauth.forgotten_clients import Asked, authorization_refused, check_client
-from ._oauth.grants import EnterpriseIdentity, choose_auth_method, cross_app_access, obtain
+from ._oauth.grants import (
+    EnterpriseIdentity,
+    choose_auth_method,
+    cross_app_access,
+    obtain,
+    workload_login,
+)
 from ._oauth.kept_registrations import KeptRegistrations
 from ._oauth.registration import ClientRegistration, metadata_document_client
+from ._oauth.workload import WorkloadIdentity
 from ._record import CLIENT_CREDENTIALS, Credential
 from ._servers import ServerConfig, resolve_server
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
@@ -81,6 +88,7 @@ def login(
     client_key_env: str | None = None,
     enterprise: EnterpriseIdentity | None = None,
     dpop: bool | None = None,
+    workload: WorkloadIdentity | None = None,
 ) -> Credential:
     """Log in to ``server`` (a URL, a configured name, or a :class:`ServerConfig`).
 
@@ -109,6 +117,13 @@ def login(
     for the redirect (the CLI's prints it, or reads a pasted redirect), and ``open_browser``
     and ``callback_timeout`` go unused.
 
+    ``workload`` (a :class:`WorkloadIdentity`: a file, an environment variable or a function
+    holding the workload's own JWT), or the server's ``workload_identity_file`` /
+    ``workload_identity_env``, logs a workload in by workload identity federation
+    (SEP-1933): the RFC 7523 jwt-bearer grant with that JWT, as ``client_id`` (a public
+    client, or with ``client_secret``). No browser; the Keeper renews by asking again with
+    the token read anew, and a refusal is a :class:`WorkloadTokenRejected`.
+
     ``dpop`` binds the tokens to a new DPoP key pair (RFC 9449), kept with the credential so
     that every process and host sharing it signs with that key: ``None`` (the server's
     ``dpop`` setting, else) where the authorization server advertises DPoP, ``True``
@@ -128,8 +143,9 @@ def login(
         from ._stores.open import open_store
 
         store = open_store()
+    workload = workload or _configured_workload(config)
     machine = client_credentials or (
-        client_credentials is None and config.grant == CLIENT_CREDENTIALS
+        client_credentials is None and config.grant == CLIENT_CREDENTIALS and workload is None
     )
     with contextlib.ExitStack() as held:
         client = http or held.enter_context(
@@ -139,7 +155,11 @@ def login(
         # rather than after discovery; the listener's port needs nothing discovery finds.
         listener = (
             held.enter_context(listen_first_free([config.callback_port]))
-            if config.callback_port and authorize is None and enterprise is None and not machine
+            if config.callback_port
+            and authorize is None
+            and enterprise is None
+            and workload is None
+            and not machine
             else None
         )
         found = discovery or discover(config.url, http=client)
@@ -155,7 +175,7 @@ def login(
         if fixed_id and bound_to and bound_to != issuer:
             # SEP-2352: a client is bound to the issuer that made it. Its id (let alone its
             # secret) never goes to another authorization server.
-            if machine or enterprise is not None:
+            if machine or enterprise is not None or workload is not None:
                 raise ServerConfigError(
                     f"the client id configured for {config.label} was issued by {bound_to}, "
                     f"but the server now uses {issuer}: register a client there and log in "
@@ -198,6 +218,25 @@ def login(
                     key_file=client_key_file or config.client_key_file,
                     key_env=client_key_env or config.client_key_env,
                     scope=scope or config.scope,
+                    clock=clock,
+                    lock_timeout=lock_timeout,
+                    dpop=proof_key(),
+                )
+            )
+        if workload is not None:
+            if not fixed_id:
+                raise ServerConfigError("workload identity needs this client's client id")
+            return bound(
+                workload_login(
+                    store,
+                    config.key,
+                    workload=workload,
+                    metadata=found.metadata,
+                    resource=found.resource,
+                    http=client,
+                    client_id=fixed_id,
+                    client_secret=secret,
+                    scope=_machine_scope(scope or config.scope, found),
                     clock=clock,
                     lock_timeout=lock_timeout,
                     dpop=proof_key(),
@@ -342,8 +381,7 @@ def _machine_login(
         found.metadata, explicit=auth_method, has_secret=bool(client_secret), has_key=has_key
     )
     source = key_source(file=key_file, env=key_env) if method == "private_key_jwt" else None
-    if scope is None and found.resource_metadata is not None:
-        scope = " ".join(found.resource_metadata.scopes_supported) or None
+    scope = _machine_scope(scope, found)
     return obtain(
         store,
         config.key,
@@ -359,6 +397,21 @@ def _machine_login(
         lock_timeout=lock_timeout,
         dpop=dpop,
     )
+
+
+def _machine_scope(scope: str | None, found: Discovery) -> str | None:
+    """What a login without a person asks for: the caller's scope, else the resource's (a
+    machine has no challenge to answer)."""
+    if scope is None and found.resource_metadata is not None:
+        scope = " ".join(found.resource_metadata.scopes_supported) or None
+    return scope
+
+
+def _configured_workload(config: ServerConfig) -> WorkloadIdentity | None:
+    """The workload identity the server's entry names, if any."""
+    if config.workload_identity_file is None and config.workload_identity_env is None:
+        return None
+    return WorkloadIdentity(file=config.workload_identity_file, env=config.workload_identity_env)
 
 
 def _client_issuer(config: ServerConfig, store: Store, kept: KeptRegistrations) -> str | None:

@@ -154,7 +154,8 @@ class Credential:
     rejecting every fresh token is not answered with a refresh per request."""
     grant: str | None = None
     """How the credential was obtained: ``None`` for a person's login (renewed with its
-    refresh token), :data:`CLIENT_CREDENTIALS` for a machine client (renewed by asking again)."""
+    refresh token), :data:`CLIENT_CREDENTIALS` for a machine client (renewed by asking again),
+    the jwt-bearer grant's URN for cross-app access and workload identity."""
     client_key_source: str | None = None
     """Where a ``private_key_jwt`` client's key is read from (``file:…``/``env:…``), never
     the key itself."""
@@ -164,6 +165,9 @@ class Credential:
     """The private JWK every proof of this credential is signed with (RFC 9449), shared by
     every process and host that holds the record; ``None`` for a bearer credential. A
     secret: kept only in the record, which the store seals where it seals records."""
+    workload_source: str | None = None
+    """Where a workload identity credential's own JWT is read at every renewal (``file:…``,
+    ``env:…``, or ``callable``), never the token: the jwt-bearer grant asks again with it."""
 
     def __post_init__(self) -> None:
         # Whatever a server echoes of these is hidden from every message (see _redact).
@@ -210,9 +214,16 @@ class Credential:
         return fingerprint(secret) if secret is not None else None
 
     @property
+    def asks_again(self) -> bool:
+        """Whether a renewal asks for a new token with the client's or the workload's own
+        credentials (client credentials, workload identity) rather than spending a refresh
+        token: it spends nothing, so asking again is always safe."""
+        return self.grant == CLIENT_CREDENTIALS or self.workload_source is not None
+
+    @property
     def renewable(self) -> bool:
-        """Whether a renewal needs no person: a refresh token, or client credentials."""
-        return bool(self.refresh_token) or self.grant == CLIENT_CREDENTIALS
+        """Whether a renewal needs no person: a refresh token, or credentials of its own."""
+        return bool(self.refresh_token) or self.asks_again
 
     def same_identity(self, other: Credential) -> bool:
         """Whether ``other`` belongs to the same issuer and resource as this record."""
@@ -221,10 +232,11 @@ class Credential:
 
 def renewal_secret(record: Credential) -> str | None:
     """The secret a renewal of ``record`` spends or replaces (``None``: none can renew it):
-    its refresh token, or for a client-credentials credential its access token."""
+    its refresh token, or for one that asks again (:attr:`Credential.asks_again`) its access
+    token."""
     if record.refresh_token:
         return record.refresh_token
-    if record.grant == CLIENT_CREDENTIALS:
+    if record.asks_again:
         return record.access_token
     return None
 
@@ -286,6 +298,7 @@ def record_to_json(record: Credential) -> dict[str, Any]:
         "grant": record.grant,
         "scope_requested": record.scope_requested,
         "dpop_key": record.dpop_key,
+        "workload_source": record.workload_source,
         "subject": record.subject,
         "reauth_reason": record.reauth_reason,
         "intent": None
@@ -404,4 +417,5 @@ def _record_from_json(data: Any) -> Credential:
         client_key_source=_opt_str(client, "key_source"),
         scope_requested=_opt_str(data, "scope_requested"),
         dpop_key=_opt_str(data, "dpop_key"),
+        workload_source=_opt_str(data, "workload_source"),
     )

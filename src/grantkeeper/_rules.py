@@ -59,10 +59,11 @@ from ._errors import (
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
     ServerRejectsToken,
+    WorkloadTokenRejected,
 )
 from ._freshness import DEFAULT_SKEW, Freshness, freshness
 from ._liveness import lease_live
-from ._record import CLIENT_CREDENTIALS, Credential, RefreshIntent
+from ._record import Credential, RefreshIntent
 
 BACKOFF_BASE = timedelta(seconds=1)
 """Wait after the first failed attempt with one refresh token; it doubles per attempt."""
@@ -472,7 +473,7 @@ class Note(enum.Enum):
 
     CLEAR = "clear"
     """Nothing in the note stops a renewal: no note about the token held now, an outage or
-    a refusal (backed off, never a login), or any note of a client-credentials credential."""
+    a refusal (backed off, never a login), or any note of a credential that asks again."""
     SPENT = "spent"
     """A refresh was answered but its new token stored nowhere: the refresh token held is
     spent, and only a new login renews the credential."""
@@ -492,8 +493,8 @@ def note_verdict(record: Credential, *, retry_unknown_outcome: bool = True) -> N
     is for :func:`holder_alive` to say, and :func:`decide` asks that before retrying.
     """
     intent = record.intent if _concerns(record) else None
-    # A client-credentials renewal spends nothing: asking again is always safe.
-    if intent is None or record.grant == CLIENT_CREDENTIALS:
+    # A renewal that asks again (client credentials, workload identity) spends nothing.
+    if intent is None or record.asks_again:
         return Note.CLEAR
     if intent.state == "answered":
         return Note.SPENT
@@ -651,6 +652,12 @@ def after_provider_error(
     outcome = outcome_of(error)
     intent = noted.intent
     assert intent is not None
+    if outcome is Outcome.DEFINITIVE and noted.workload_source is not None:
+        # What was refused is the workload's own token, not a grant: nothing was spent, and
+        # the workload's platform replaces that token, so this backs off like a refusal and
+        # the next renewal sends the token found then. Never AuthenticationRequired: a
+        # "login" would send the same token again at once.
+        outcome, error = Outcome.REFUSED, workload_rejected(error, noted.workload_source, key)
     if outcome is Outcome.DEFINITIVE:
         assert isinstance(error, GrantkeeperError)
         if isinstance(error, ClientRegistrationInvalid):
@@ -688,6 +695,23 @@ def after_provider_error(
         refused=outcome is Outcome.REFUSED and not unknown,
     )
     return ErrorPlan(outcome, raised, write=noted.replace(intent=note))
+
+
+def workload_rejected(error: BaseException, source: str, key: str | None) -> WorkloadTokenRejected:
+    """The error for a definitive refusal of the workload identity token read from
+    ``source`` (a record's ``workload_source``), at login or at a renewal."""
+    kind, _, name = source.partition(":")
+    where = {"file": name, "env": f"${name}"}.get(kind, "the workload token function")
+    detail = error.message if isinstance(error, GrantkeeperError) else type(error).__name__
+    rejected = WorkloadTokenRejected(
+        f"the authorization server refused the workload identity token from {where} "
+        f"({detail}); the next renewal reads it again",
+        key=key,
+        status=getattr(error, "status", None),
+        error=getattr(error, "error", None),
+    )
+    rejected.__cause__ = error
+    return rejected
 
 
 MAX_ERROR_CODE_CHARS = 40

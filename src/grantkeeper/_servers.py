@@ -74,6 +74,12 @@ class ServerConfig:
     dpop: bool | None = None
     """Whether logins bind tokens to a DPoP key (RFC 9449): ``None`` where the authorization
     server advertises DPoP, ``True`` always, ``False`` never."""
+    workload_identity_file: str | None = None
+    """A file holding the workload's own identity token (a JWT, e.g. a Kubernetes projected
+    service-account token): logins and renewals use the jwt-bearer grant with it, read anew
+    each time (workload identity federation, SEP-1933)."""
+    workload_identity_env: str | None = None
+    """Name of an environment variable holding that token instead."""
 
     def __post_init__(self) -> None:
         # Whatever a server echoes of these is hidden from every message (see _redact).

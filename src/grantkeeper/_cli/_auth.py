@@ -7,6 +7,7 @@ rich is imported only by the commands that draw tables or spinners.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import threading
@@ -159,6 +160,8 @@ Examples:
   grantkeeper login example --manual                # over ssh: paste the redirect URL
   echo "$TOKEN" | grantkeeper login https://api.example.com/mcp --name api --with-token
   echo "$TOKEN" | grantkeeper login api --with-token   # replace that server's token
+  grantkeeper login https://mcp.example.com/mcp --name example --client-id my-workload \\
+      --workload-identity-file /var/run/secrets/tokens/mcp   # a pod, by its own identity
 """
 )
 @server_argument
@@ -187,6 +190,17 @@ Examples:
 )
 @click.option("--client-key-file", help="PEM private key file for private_key_jwt.")
 @click.option("--client-key-env", help="Environment variable holding that PEM private key.")
+@click.option(
+    "--workload-identity-file",
+    type=click.Path(dir_okay=False),
+    help="Log in as a workload with its own identity token (a JWT, e.g. a Kubernetes "
+    "projected service-account token) read from this file at every renewal: no browser.",
+)
+@click.option(
+    "--workload-identity-env",
+    metavar="VAR",
+    help="Environment variable holding the workload's identity token instead.",
+)
 @click.option(
     "--dpop/--no-dpop",
     default=None,
@@ -224,6 +238,8 @@ def login(
     client_auth_method: str | None,
     client_key_file: str | None,
     client_key_env: str | None,
+    workload_identity_file: str | None,
+    workload_identity_env: str | None,
     dpop: bool | None,
     port: int | None,
     no_browser: bool,
@@ -297,6 +313,16 @@ def login(
     ):
         if value:
             changes[field] = value
+    if workload_identity_file and workload_identity_env:
+        raise click.UsageError("give --workload-identity-file or --workload-identity-env, not both")
+    if workload_identity_file or workload_identity_env:
+        # The one given now replaces the entry's: the token is read from one place.
+        changes.update(
+            workload_identity_file=(
+                os.path.abspath(workload_identity_file) if workload_identity_file else None
+            ),
+            workload_identity_env=workload_identity_env or None,
+        )
     config = dataclasses.replace(config, **changes)
     store = _store(store_spec)
     try:

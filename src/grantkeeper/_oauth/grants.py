@@ -1,9 +1,11 @@
-"""The client credentials grant (RFC 6749 §4.4), and how any stored credential is renewed.
+"""The grants a machine uses (client credentials, RFC 6749 §4.4; cross-app access and
+workload identity, RFC 7523), and how any stored credential is renewed.
 
 A person's credential is renewed with its refresh token; a machine client's by asking
-again with its own credentials. Both go through the Keeper's one transaction per expiry:
-:func:`renewal_request` is the only place that tells them apart. Building requests is
-pure; :func:`obtain` sends the first request and stores the result.
+again with its own credentials, a workload's with its own identity token. All go through
+the Keeper's one transaction per expiry: :func:`renewal_request` is the only place that
+tells them apart. Building requests is pure; :func:`obtain`, :func:`cross_app_access` and
+:func:`workload_login` send the first request and store the result.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from datetime import datetime
 import httpx
 
 from .._errors import (
+    ClientRegistrationInvalid,
     MalformedResponse,
     ProtocolError,
     ProviderError,
     ProviderUnavailable,
+    ReauthenticationRequired,
     ServerConfigError,
 )
 from .._freshness import Clock, utc_now
 from .._record import CLIENT_CREDENTIALS, Credential, CredentialKey
 from .._redact import redact
+from .._rules import workload_rejected
 from .._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 from .auth_server_metadata import AuthServerMetadata
 from .client_assertion import client_assertion
@@ -42,6 +47,7 @@ from .token_endpoint import (
     refresh_request,
 )
 from .urls import require_secure
+from .workload import WorkloadIdentity
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 """How a client-credentials client may authenticate at the token endpoint."""
@@ -76,8 +82,23 @@ def client_credentials_request(
     return TokenRequest(token_endpoint, form, headers)
 
 
-def renewal_request(record: Credential, now: datetime) -> TokenRequest:
-    """The request that renews ``record``: ask again for client credentials, else refresh."""
+def renewal_request(
+    record: Credential, now: datetime, *, workload: WorkloadIdentity | None = None
+) -> TokenRequest:
+    """The request that renews ``record``: ask again with the workload's token (read now,
+    from ``workload`` or where the record says) or for client credentials, else refresh."""
+    if record.workload_source is not None:
+        if not record.token_endpoint or not record.client_id:
+            raise ProviderError("the credential lacks its token endpoint or client; log in again")
+        request = workload_request(
+            token_endpoint=record.token_endpoint,
+            workload=workload or WorkloadIdentity.from_source(record.workload_source),
+            client_id=record.client_id,
+            client_secret=record.client_secret,
+            resource=record.resource,
+            scope=record.scope_requested,
+        )
+        return dataclasses.replace(request, dpop=record_key(record))
     if record.grant != CLIENT_CREDENTIALS:
         return refresh_request(record)  # with the record's DPoP key, if it has one
     if not record.token_endpoint or not record.issuer or not record.client_id:
@@ -226,11 +247,14 @@ def jwt_bearer_request(
     client_secret: str | None,
     auth_method: str | None,
     scope: str | None,
+    resource: str | None = None,
 ) -> TokenRequest:
     """Trade the assertion grant for an access token (RFC 7523 §2.1), as our own client."""
     form = {"grant_type": JWT_BEARER, "assertion": assertion}
     if scope:
         form["scope"] = scope
+    if resource:
+        form["resource"] = resource
     headers = client_auth(form, client_id, client_secret, auth_method)
     return TokenRequest(token_endpoint, form, headers)
 
@@ -322,6 +346,84 @@ def cross_app_access(
         client_secret=client_secret,
         auth_method=method,
         grant=JWT_BEARER,
+    )
+    save(store, key, record, lock_timeout=lock_timeout, http=http)
+    return record
+
+
+# -- workload identity federation (SEP-1933): RFC 7523 with the workload's own JWT --------
+
+
+def workload_request(
+    *,
+    token_endpoint: str,
+    workload: WorkloadIdentity,
+    client_id: str,
+    client_secret: str | None,
+    resource: str,
+    scope: str | None,
+) -> TokenRequest:
+    """The jwt-bearer grant with the workload's token as the source holds it now: a
+    public client (its id in the form), or ``client_secret_basic`` with a secret."""
+    return jwt_bearer_request(
+        token_endpoint=token_endpoint,
+        assertion=workload.read(),
+        client_id=client_id,
+        client_secret=client_secret,
+        auth_method="client_secret_basic" if client_secret else None,
+        scope=scope,
+        resource=resource,
+    )
+
+
+def workload_login(
+    store: Store,
+    key: CredentialKey,
+    *,
+    workload: WorkloadIdentity,
+    metadata: AuthServerMetadata,
+    resource: str,
+    http: httpx.Client,
+    client_id: str,
+    client_secret: str | None = None,
+    scope: str | None = None,
+    clock: Clock = utc_now,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    dpop: DPoPKey | None = None,
+) -> Credential:
+    """Trade the workload's own token for an access token to ``resource``; store it.
+
+    The record keeps where the token is read (``workload.source``), never the token: the
+    Keeper renews it by asking again with whatever token the workload holds then. A refusal
+    is :class:`~grantkeeper.WorkloadTokenRejected`, sent once and never retried here.
+    """
+    if JWT_BEARER not in metadata.grant_types_supported:
+        raise ProtocolError("the authorization server does not accept jwt-bearer grants")
+    request = workload_request(
+        token_endpoint=metadata.token_endpoint,
+        workload=workload,
+        client_id=client_id,
+        client_secret=client_secret,
+        resource=resource,
+        scope=scope,
+    )
+    try:
+        tokens = send_token_request(http, dataclasses.replace(request, dpop=dpop), now=clock)
+    except (ReauthenticationRequired, ClientRegistrationInvalid) as exc:
+        raise workload_rejected(exc, workload.source, str(key)) from None
+    record = new_credential(
+        tokens,
+        received=clock(),
+        metadata=metadata,
+        resource=resource,
+        scope=scope,
+        client_id=client_id,
+        client_secret=client_secret,
+        auth_method="client_secret_basic" if client_secret else "none",
+        grant=JWT_BEARER,
+        workload_source=workload.source,
+        scope_requested=scope,
+        dpop_key=dpop.stored if dpop is not None else None,
     )
     save(store, key, record, lock_timeout=lock_timeout, http=http)
     return record

@@ -1,0 +1,188 @@
+"""Workload identity federation (SEP-1933): a machine logs in with its own identity.
+
+A workload (a Kubernetes pod, a CI job, a cloud VM) holds a JWT its platform issued it. The
+MCP server's authorization server trusts that platform's issuer and takes the JWT as an
+RFC 7523 jwt-bearer grant: no client secret to hand out, no browser.
+
+The token is read where the workload's platform puts it, *at every renewal*, and never
+stored: a Kubernetes projected service-account token is rewritten in place before it
+expires, so a token read once would be sent after it was replaced. A record keeps only the
+source (``file:/path``, ``env:NAME``, or ``callable`` for a function the application hands
+each :class:`~grantkeeper.Keeper`). Before a token is sent its ``exp`` is read (unverified:
+the authorization server verifies it) so that an expired one is reported here, naming where
+it was found, instead of being refused at the authorization server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from .._errors import ServerConfigError, WorkloadTokenUnavailable
+from .._redact import remember
+from .jws import b64url_decode
+
+CALLABLE = "callable"
+"""The stored source of a token a function returns: each process hands the function over."""
+
+MAX_TOKEN_BYTES = 64 * 1024
+"""A workload JWT is a few KiB; refuse to read anything larger."""
+
+
+class WorkloadIdentity:
+    """Where a workload's own identity token (a JWT) is read, for the jwt-bearer grant.
+
+    Exactly one of ``file`` (re-read at every renewal: a Kubernetes projected token rotates
+    in place), ``env`` (the name of an environment variable) or ``token`` (a function
+    returning the current token, called at every renewal). ``repr`` names the source only.
+    """
+
+    __slots__ = ("env", "file", "token")
+
+    def __init__(
+        self,
+        *,
+        file: str | os.PathLike[str] | None = None,
+        env: str | None = None,
+        token: Callable[[], str] | None = None,
+    ) -> None:
+        if sum(source is not None for source in (file, env, token)) != 1:
+            raise ServerConfigError(
+                "give the workload identity token as exactly one of a file, an environment "
+                "variable or a function"
+            )
+        if env is not None and not env:
+            raise ServerConfigError("the workload identity environment variable has no name")
+        self.file = os.path.abspath(file) if file is not None else None
+        self.env = env
+        self.token = token
+
+    @classmethod
+    def from_source(cls, source: str) -> WorkloadIdentity:
+        """The identity a record's ``workload_source`` names (a file or a variable)."""
+        kind, _, where = source.partition(":")
+        if kind == "file" and where:
+            return cls(file=where)
+        if kind == "env" and where:
+            return cls(env=where)
+        if source == CALLABLE:
+            raise WorkloadTokenUnavailable(
+                "this credential's workload identity token comes from a function, and this "
+                "process was given none: pass Keeper(workload=WorkloadIdentity(token=...))"
+            )
+        raise WorkloadTokenUnavailable("the stored workload identity source is not file: or env:")
+
+    @property
+    def source(self) -> str:
+        """What a record keeps of this identity: where the token is read, never the token."""
+        if self.file is not None:
+            return f"file:{self.file}"
+        if self.env is not None:
+            return f"env:{self.env}"
+        return CALLABLE
+
+    @property
+    def where(self) -> str:
+        """Where the token is looked for, as messages say it."""
+        if self.file is not None:
+            return f"the file {self.file}"
+        if self.env is not None:
+            return f"${self.env}"
+        return "the workload token function"
+
+    def __repr__(self) -> str:
+        if self.token is not None:
+            return f"WorkloadIdentity(token={getattr(self.token, '__qualname__', 'function')})"
+        shown = f"file={self.file!r}" if self.file is not None else f"env={self.env!r}"
+        return f"WorkloadIdentity({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WorkloadIdentity):
+            return NotImplemented
+        return (self.file, self.env, self.token) == (other.file, other.env, other.token)
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.env, self.token))
+
+    def read(self) -> str:
+        """The token as the source holds it now, checked to be an unexpired JWT.
+
+        Raises :class:`WorkloadTokenUnavailable`, naming where it looked (never the token),
+        if it is missing, empty, not a JWT, or expired. Expiry is judged by the wall clock,
+        as the authorization server judges it, not by a Keeper's clock.
+        """
+        token = self._raw().strip()
+        if not token:
+            raise WorkloadTokenUnavailable(f"the workload identity token in {self.where} is empty")
+        remember(token)  # it proves the workload's identity until it expires: never print it
+        claims = _claims(token)
+        if claims is None:
+            raise WorkloadTokenUnavailable(
+                f"the workload identity token in {self.where} is not a JWT"
+            )
+        exp = claims.get("exp")
+        # Without a numeric exp the authorization server decides; it verifies the rest.
+        if isinstance(exp, int | float) and not isinstance(exp, bool) and exp <= time.time():
+            raise WorkloadTokenUnavailable(
+                f"the workload identity token in {self.where} expired at {_when(exp)}; "
+                "its platform has not replaced it"
+            )
+        return token
+
+    def _raw(self) -> str:
+        if self.file is not None:
+            try:
+                with open(self.file, "rb") as handle:
+                    data = handle.read(MAX_TOKEN_BYTES + 1)
+            except OSError as exc:
+                raise WorkloadTokenUnavailable(
+                    f"cannot read the workload identity token from {self.where}: {exc.strerror}"
+                ) from None
+            if len(data) > MAX_TOKEN_BYTES:
+                raise WorkloadTokenUnavailable(f"{self.where} is too large for a workload JWT")
+            try:
+                return data.decode("ascii")
+            except UnicodeDecodeError:
+                raise WorkloadTokenUnavailable(
+                    f"the workload identity token in {self.where} is not a JWT"
+                ) from None
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise WorkloadTokenUnavailable(
+                    f"the workload identity token comes from {self.where}, which is not set"
+                )
+            return value
+        assert self.token is not None
+        try:
+            value = self.token()
+        except Exception as exc:
+            # Its message is the application's and may quote the token: only its type.
+            raise WorkloadTokenUnavailable(
+                f"the workload token function failed ({type(exc).__name__})"
+            ) from None
+        if not isinstance(value, str):
+            raise WorkloadTokenUnavailable("the workload token function returned no string")
+        return value
+
+
+def _claims(token: str) -> dict[str, object] | None:
+    """The JWT's claims, unverified, or ``None`` if ``token`` is no compact JWS."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
+    try:
+        claims = json.loads(b64url_decode(parts[1]))
+    except (ValueError, RecursionError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _when(exp: float) -> str:
+    try:
+        return f"{datetime.fromtimestamp(exp, UTC):%Y-%m-%d %H:%M:%S}Z"
+    except (OverflowError, ValueError, OSError):
+        return "an impossible time"
