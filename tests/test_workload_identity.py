@@ -432,3 +432,28 @@ def test_servers_json_keeps_the_workload_source(home: Path) -> None:
     [saved] = [c for c in load_servers(home) if c.name == "wl"]
     assert saved.workload_identity_env == "GK_WL_TOKEN"
     assert replace(saved, workload_identity_env=None).workload_identity_file is None
+
+
+def test_status_says_when_the_next_renewal_will_find_no_token(tmp_path: Path) -> None:
+    from grantkeeper._status import AuthState, status_of
+
+    path = tmp_path / "token"
+    record = workload_record(f"file:{path}", expires_at=NOW + timedelta(hours=1))
+    key = CredentialKey.for_server(SERVER)
+    missing = status_of(key, record, now=NOW)
+    assert missing.state is AuthState.OAUTH and missing.action is None  # no login helps
+    assert str(path) in missing.detail and "next renewal" in missing.detail
+    path.write_text(unverified_token({"exp": int(time.time()) + 600}))
+    assert status_of(key, record, now=NOW).detail == ""
+    ctx = Context(now=NOW, skew=timedelta(seconds=30), pid=1, host="h")
+    decision = decide(record.replace(expires_at=NOW), ctx, key="k")
+    assert decision.intent is not None
+    refusal = ReauthenticationRequired("the authorization server rejected the grant")
+    plan = after_provider_error(
+        refusal, record.replace(intent=decision.intent), ctx, key="k", was_unknown=False
+    )
+    assert plan.write is not None
+    refused = status_of(key, plan.write, now=NOW)
+    assert refused.state is AuthState.OAUTH and "refuses the workload identity token" in (
+        refused.detail
+    )

@@ -824,6 +824,11 @@ def status_verdict(
             "a renewal was answered, but its new token could be stored nowhere; the next "
             "renewal asks again"
         )
+    if intent.state == "unavailable" and intent.refused and record.workload_source:
+        return False, (
+            f"the authorization server refuses the workload identity token since {since}"
+            f"{last}; the next renewal reads it again{next_at}"
+        )
     if intent.state == "unavailable" and intent.refused:
         return False, f"provider refusing refreshes since {since}{last}; retrying{next_at}"
     if intent.state == "unavailable":
