@@ -13,7 +13,7 @@ import os
 import secrets
 from datetime import datetime
 
-from .._errors import ServerConfigError
+from .._errors import GrantkeeperError, ServerConfigError
 from .._redact import remember
 from .jws import Sign, b64url, signer
 
@@ -34,26 +34,32 @@ def key_source(*, file: str | None = None, env: str | None = None) -> str:
     return f"file:{os.path.abspath(file)}" if file is not None else f"env:{env}"
 
 
-def load_key(source: str) -> bytes:
-    """Read the PEM private key named by ``source``; errors never contain it."""
+def read_source(
+    source: str, *, what: str, limit: int, error: type[GrantkeeperError] = ServerConfigError
+) -> bytes:
+    """Read ``what`` (a secret) from ``source``, ``file:PATH`` or ``env:NAME``, at most
+    ``limit`` bytes; ``error`` names where it looked, never the value."""
     kind, _, where = source.partition(":")
     if kind == "env":
         value = os.environ.get(where)
         if not value:
-            raise ServerConfigError(f"the client key comes from ${where}, which is not set")
+            raise error(f"the {what} comes from ${where}, which is not set")
         return value.encode()
     if kind == "file":
         try:
             with open(where, "rb") as handle:
-                data = handle.read(MAX_KEY_BYTES + 1)
+                data = handle.read(limit + 1)
         except OSError as exc:
-            raise ServerConfigError(
-                f"cannot read the client key file {where}: {exc.strerror}"
-            ) from None
-        if len(data) > MAX_KEY_BYTES:
-            raise ServerConfigError(f"the client key file {where} is too large for a PEM key")
+            raise error(f"cannot read the {what} from the file {where}: {exc.strerror}") from None
+        if len(data) > limit:
+            raise error(f"the file {where} is too large for a {what}")
         return data
-    raise ServerConfigError("the client key source is neither file: nor env:")
+    raise error(f"the {what} source is neither file: nor env:")
+
+
+def load_key(source: str) -> bytes:
+    """Read the PEM private key named by ``source``; errors never contain it."""
+    return read_source(source, what="client key", limit=MAX_KEY_BYTES)
 
 
 def _signer(pem: bytes, algorithm: str | None) -> tuple[str, Sign]:

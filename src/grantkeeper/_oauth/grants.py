@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import httpx
 
@@ -168,11 +169,13 @@ def obtain(
         scope=scope,
         resource=resource,
     )
-    request = dataclasses.replace(request, dpop=dpop)
-    tokens = send_token_request(http, request, now=clock)
-    record = new_credential(
-        tokens,
-        received=clock(),
+    return _first_grant(
+        store,
+        key,
+        dataclasses.replace(request, dpop=dpop),
+        http=http,
+        clock=clock,
+        lock_timeout=lock_timeout,
         metadata=metadata,
         resource=resource,
         scope=scope,
@@ -184,6 +187,22 @@ def obtain(
         scope_requested=scope,
         dpop_key=dpop.stored if dpop is not None else None,
     )
+
+
+def _first_grant(
+    store: Store,
+    key: CredentialKey,
+    request: TokenRequest,
+    *,
+    http: httpx.Client,
+    clock: Clock,
+    lock_timeout: float,
+    **credential: Any,
+) -> Credential:
+    """Send a grant's first request and store the credential its answer makes (the
+    ``credential`` fields go to :func:`new_credential`), under the refresh lock."""
+    tokens = send_token_request(http, request, now=clock)
+    record = new_credential(tokens, received=clock(), **credential)
     save(store, key, record, lock_timeout=lock_timeout, http=http)
     return record
 
@@ -335,10 +354,13 @@ def cross_app_access(
         auth_method=method,
         scope=scope,
     )
-    tokens = send_token_request(http, request, now=clock)
-    record = new_credential(
-        tokens,
-        received=clock(),
+    return _first_grant(
+        store,
+        key,
+        request,
+        http=http,
+        clock=clock,
+        lock_timeout=lock_timeout,
         metadata=metadata,
         resource=resource,
         scope=scope,
@@ -347,8 +369,6 @@ def cross_app_access(
         auth_method=method,
         grant=JWT_BEARER,
     )
-    save(store, key, record, lock_timeout=lock_timeout, http=http)
-    return record
 
 
 # -- workload identity federation (SEP-1933): RFC 7523 with the workload's own JWT --------
@@ -408,22 +428,23 @@ def workload_login(
         scope=scope,
     )
     try:
-        tokens = send_token_request(http, dataclasses.replace(request, dpop=dpop), now=clock)
+        return _first_grant(
+            store,
+            key,
+            dataclasses.replace(request, dpop=dpop),
+            http=http,
+            clock=clock,
+            lock_timeout=lock_timeout,
+            metadata=metadata,
+            resource=resource,
+            scope=scope,
+            client_id=client_id,
+            client_secret=client_secret,
+            auth_method="client_secret_basic" if client_secret else None,
+            grant=JWT_BEARER,
+            workload_source=workload.source,
+            scope_requested=scope,
+            dpop_key=dpop.stored if dpop is not None else None,
+        )
     except (ReauthenticationRequired, ClientRegistrationInvalid) as exc:
         raise workload_rejected(exc, workload.source, str(key)) from None
-    record = new_credential(
-        tokens,
-        received=clock(),
-        metadata=metadata,
-        resource=resource,
-        scope=scope,
-        client_id=client_id,
-        client_secret=client_secret,
-        auth_method="client_secret_basic" if client_secret else "none",
-        grant=JWT_BEARER,
-        workload_source=workload.source,
-        scope_requested=scope,
-        dpop_key=dpop.stored if dpop is not None else None,
-    )
-    save(store, key, record, lock_timeout=lock_timeout, http=http)
-    return record

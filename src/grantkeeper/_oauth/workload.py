@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 from .._errors import ServerConfigError, WorkloadTokenUnavailable
 from .._redact import remember
+from .client_assertion import read_source
 from .jws import b64url_decode
 
 CALLABLE = "callable"
@@ -133,30 +134,19 @@ class WorkloadIdentity:
         return token
 
     def _raw(self) -> str:
-        if self.file is not None:
-            try:
-                with open(self.file, "rb") as handle:
-                    data = handle.read(MAX_TOKEN_BYTES + 1)
-            except OSError as exc:
-                raise WorkloadTokenUnavailable(
-                    f"cannot read the workload identity token from {self.where}: {exc.strerror}"
-                ) from None
-            if len(data) > MAX_TOKEN_BYTES:
-                raise WorkloadTokenUnavailable(f"{self.where} is too large for a workload JWT")
+        if self.token is None:
+            data = read_source(
+                self.source,
+                what="workload identity token",
+                limit=MAX_TOKEN_BYTES,
+                error=WorkloadTokenUnavailable,
+            )
             try:
                 return data.decode("ascii")
             except UnicodeDecodeError:
                 raise WorkloadTokenUnavailable(
                     f"the workload identity token in {self.where} is not a JWT"
                 ) from None
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            if value is None:
-                raise WorkloadTokenUnavailable(
-                    f"the workload identity token comes from {self.where}, which is not set"
-                )
-            return value
-        assert self.token is not None
         try:
             value = self.token()
         except Exception as exc:
