@@ -291,10 +291,11 @@ class MalformedResponse(ProviderError):
 
 class WorkloadTokenRejected(ProviderError):
     """The authorization server refused the workload's own identity token (workload identity
-    federation: ``invalid_grant``, ``unauthorized_client``, ``invalid_scope``...).
+    federation: ``invalid_grant``, ``unauthorized_client``, ``invalid_client``).
 
-    It ends no grant: nothing was spent, and the workload's platform rotates its token, so
-    the next renewal (after a backoff) reads the token afresh and sends that one.
+    It ends no grant: nothing was spent, and the workload's platform rotates its token. The
+    refused token is not sent again from this process for a while (a minute, doubling to
+    15); a new one from the source is sent at the next renewal.
     """
 
 

@@ -50,7 +50,7 @@ from ._freshness import DEFAULT_SKEW, Clock, fresh_until, utc_now
 from ._liveness import DEFAULT_LEASE, host_identity, process_alive
 from ._log import event
 from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT
-from ._oauth.grants import renewal_request
+from ._oauth.grants import note_refusal, renewal_request
 from ._oauth.token_client import DEFAULT_TIMEOUT, send_token_request
 from ._oauth.token_endpoint import apply_response
 from ._oauth.workload import WorkloadIdentity
@@ -949,6 +949,8 @@ class Keeper:
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
                 token=intent.token_fingerprint,
             )
+            if old.workload_source is not None:
+                note_refusal(request, exc)
             return self._after_provider_error(renewer.noted, exc, rejected, was_unknown)
         event(
             logging.INFO,

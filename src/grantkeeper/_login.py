@@ -145,8 +145,14 @@ def login(
         store = open_store()
     workload = workload or _configured_workload(config)
     machine = client_credentials or (
-        client_credentials is None and config.grant == CLIENT_CREDENTIALS and workload is None
+        client_credentials is None and config.grant == CLIENT_CREDENTIALS
     )
+    if workload is not None and (machine or enterprise is not None):
+        # Two ways for a machine to log in: which one the operator meant is theirs to say.
+        raise ServerConfigError(
+            f"{config.label}: a workload logs in with its own identity token alone, not with "
+            "client credentials or an enterprise identity as well"
+        )
     with contextlib.ExitStack() as held:
         client = http or held.enter_context(
             httpx.Client(follow_redirects=False, trust_env=False, timeout=LOGIN_HTTP_TIMEOUT)

@@ -705,7 +705,7 @@ def workload_rejected(error: BaseException, source: str, key: str | None) -> Wor
     detail = error.message if isinstance(error, GrantkeeperError) else type(error).__name__
     rejected = WorkloadTokenRejected(
         f"the authorization server refused the workload identity token from {where} "
-        f"({detail}); the next renewal reads it again",
+        f"({detail}); a new token there is sent at once, this one not again for a while",
         key=key,
         status=getattr(error, "status", None),
         error=getattr(error, "error", None),
@@ -824,7 +824,8 @@ def status_verdict(
             "a renewal was answered, but its new token could be stored nowhere; the next "
             "renewal asks again"
         )
-    if intent.state == "unavailable" and intent.refused and record.workload_source:
+    refused_token = (intent.last_error or "").startswith(WorkloadTokenRejected.__name__)
+    if intent.state == "unavailable" and intent.refused and refused_token:
         return False, (
             f"the authorization server refuses the workload identity token since {since}"
             f"{last}; the next renewal reads it again{next_at}"

@@ -26,10 +26,11 @@ from ._errors import (
     ProtocolError,
     StaticTokenRejected,
     StoreCorrupt,
+    WorkloadTokenRejected,
     WorkloadTokenUnavailable,
 )
 from ._freshness import DEFAULT_SKEW, Clock, Freshness, freshness, utc_now
-from ._oauth.workload import CALLABLE, WorkloadIdentity
+from ._oauth.workload import WorkloadIdentity
 from ._record import Credential, CredentialKey
 from ._rules import status_verdict
 from ._servers import ServerConfig, load_servers
@@ -118,7 +119,7 @@ def status_of(
     default_lifetime: timedelta | None = None,
 ) -> AuthStatus:
     """Classify ``record`` without any network I/O (a workload identity credential's token
-    source is read, to say whether the next renewal will find a token there).
+    file is read, to say whether the next renewal will find a token there).
 
     ``retry_unknown_outcome`` is the :class:`~grantkeeper.Keeper`'s option of that name:
     whether a refresh whose outcome was lost is retried, or needs a new login. The rules
@@ -137,12 +138,13 @@ def status_of(
         default_lifetime=default_lifetime,
         retry_unknown_outcome=retry_unknown_outcome,
     )
-    if not needs_login and not detail and record.workload_source not in (None, CALLABLE):
+    if not needs_login and not detail and (record.workload_source or "").startswith("file:"):
         # The next renewal reads the workload's own token: say now if it will find none.
-        # A local read, no network; the token is only checked, never shown.
+        # A local read, no network; the token is only checked, never shown. (A variable
+        # or a function is the renewing process's own: this one cannot see them.)
         try:
             WorkloadIdentity.from_source(str(record.workload_source)).read()
-        except WorkloadTokenUnavailable as exc:
+        except (WorkloadTokenUnavailable, WorkloadTokenRejected) as exc:
             detail = f"{exc.message}; the next renewal needs it"
     state_now = AuthState.REAUTHENTICATION_REQUIRED if needs_login else AuthState.OAUTH
     return dataclasses.replace(ok, state=state_now, detail=detail)

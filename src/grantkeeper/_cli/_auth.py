@@ -315,14 +315,24 @@ def login(
             changes[field] = value
     if workload_identity_file and workload_identity_env:
         raise click.UsageError("give --workload-identity-file or --workload-identity-env, not both")
-    if workload_identity_file or workload_identity_env:
-        # The one given now replaces the entry's: the token is read from one place.
+    workload = workload_identity_file or workload_identity_env
+    if workload and (client_credentials or client_key_file or client_key_env or client_auth_method):
+        raise click.UsageError(
+            "a workload logs in with its own identity token alone: drop --client-credentials "
+            "and the client key and auth method options"
+        )
+    if workload:
+        # The way given now replaces the entry's: the token is read from one place, and a
+        # machine client saved before becomes this workload.
         changes.update(
             workload_identity_file=(
                 os.path.abspath(workload_identity_file) if workload_identity_file else None
             ),
             workload_identity_env=workload_identity_env or None,
+            grant=None,
         )
+    elif client_credentials:
+        changes.update(workload_identity_file=None, workload_identity_env=None)
     config = dataclasses.replace(config, **changes)
     store = _store(store_spec)
     try:

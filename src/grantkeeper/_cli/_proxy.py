@@ -188,9 +188,12 @@ def proxy(
         keeper = Keeper(
             store,
             config.key,
-            # Without a browser nothing can log in here: requests get the typed error,
-            # and the proxy names the command that fixes it.
-            recover=None if no_browser else _browser_login(config, store, scope, login_timeout),
+            # Without a browser no person can log in here: requests get the typed error,
+            # and the proxy names the command that fixes it. A machine client or a workload
+            # logs in with its own credentials, browser or not.
+            recover=None
+            if no_browser and not _logs_in_alone(config)
+            else _browser_login(config, store, scope, login_timeout),
             recovery_wait=login_timeout + RECOVERY_MARGIN,
         )
     try:
@@ -328,3 +331,11 @@ async def _serve(
 
 
 COMMANDS = [proxy]
+
+
+def _logs_in_alone(config: ServerConfig) -> bool:
+    """Whether the server's logins need no person: client credentials or a workload's own
+    identity token."""
+    return config.grant == "client_credentials" or bool(
+        config.workload_identity_file or config.workload_identity_env
+    )

@@ -42,7 +42,7 @@ def read_source(
     kind, _, where = source.partition(":")
     if kind == "env":
         value = os.environ.get(where)
-        if not value:
+        if value is None:
             raise error(f"the {what} comes from ${where}, which is not set")
         return value.encode()
     if kind == "file":

@@ -31,7 +31,7 @@ from .._errors import (
 from .._freshness import Clock, utc_now
 from .._record import CLIENT_CREDENTIALS, Credential, CredentialKey
 from .._redact import redact
-from .._rules import workload_rejected
+from .._rules import Outcome, outcome_of, workload_rejected
 from .._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 from .auth_server_metadata import AuthServerMetadata
 from .client_assertion import client_assertion
@@ -48,7 +48,7 @@ from .token_endpoint import (
     refresh_request,
 )
 from .urls import require_secure
-from .workload import WorkloadIdentity
+from .workload import WorkloadIdentity, refused
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 """How a client-credentials client may authenticate at the token endpoint."""
@@ -447,4 +447,14 @@ def workload_login(
             dpop_key=dpop.stored if dpop is not None else None,
         )
     except (ReauthenticationRequired, ClientRegistrationInvalid) as exc:
+        note_refusal(request, exc)
         raise workload_rejected(exc, workload.source, str(key)) from None
+
+
+def note_refusal(request: TokenRequest, error: BaseException) -> None:
+    """After a workload identity request failed: a definitive answer refused its token,
+    which this process then does not send again for a while (``workload.refused``)."""
+    token = request.form.get("assertion")
+    if token and request.form.get("grant_type") == JWT_BEARER:
+        if outcome_of(error) is Outcome.DEFINITIVE:
+            refused(token)

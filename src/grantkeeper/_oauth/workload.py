@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from .._errors import ServerConfigError, WorkloadTokenUnavailable
-from .._redact import remember
+from .._errors import ServerConfigError, WorkloadTokenRejected, WorkloadTokenUnavailable
+from .._redact import fingerprint, remember
 from .client_assertion import read_source
 from .jws import b64url_decode
 
@@ -31,6 +32,19 @@ CALLABLE = "callable"
 
 MAX_TOKEN_BYTES = 64 * 1024
 """A workload JWT is a few KiB; refuse to read anything larger."""
+
+REFUSAL_WAIT = 60.0
+"""Seconds a process does not send a workload token the authorization server refused,
+doubled at each refusal of the same token up to :data:`REFUSAL_WAIT_CAP`: the same token is
+refused again unless the server's trust changed, and a login hook would otherwise send it
+once per request. A new token from the source is sent at once."""
+
+REFUSAL_WAIT_CAP = 900.0
+
+MAX_REFUSALS_KEPT = 64
+"""Refused tokens remembered per process (the oldest is forgotten first)."""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 
 
 class WorkloadIdentity:
@@ -55,8 +69,12 @@ class WorkloadIdentity:
                 "give the workload identity token as exactly one of a file, an environment "
                 "variable or a function"
             )
-        if env is not None and not env:
-            raise ServerConfigError("the workload identity environment variable has no name")
+        if env is not None and not _ENV_NAME.fullmatch(env):
+            # Never repeated: a token pasted where its variable's name belongs is a secret.
+            raise ServerConfigError(
+                "the workload identity environment variable must be given by its name "
+                "(letters, digits, underscores), not its value"
+            )
         self.file = os.path.abspath(file) if file is not None else None
         self.env = env
         self.token = token
@@ -131,6 +149,7 @@ class WorkloadIdentity:
                 f"the workload identity token in {self.where} expired at {_when(exp)}; "
                 "its platform has not replaced it"
             )
+        _refusals.check(token, self.where)
         return token
 
     def _raw(self) -> str:
@@ -157,6 +176,48 @@ class WorkloadIdentity:
         if not isinstance(value, str):
             raise WorkloadTokenUnavailable("the workload token function returned no string")
         return value
+
+
+class _Refusals:
+    """The workload tokens this process saw refused, by fingerprint: none is sent again
+    before its wait ends (:data:`REFUSAL_WAIT`). A process's own memory; the record's note
+    backs the fleet off as well."""
+
+    def __init__(self) -> None:
+        # fingerprint -> (refusals, wall-clock time of the last, monotonic end of the wait)
+        self._seen: dict[str, tuple[int, float, float]] = {}
+
+    def add(self, token: str) -> None:
+        key = fingerprint(token)
+        count = self._seen.pop(key, (0, 0.0, 0.0))[0] + 1
+        wait = min(REFUSAL_WAIT_CAP, REFUSAL_WAIT * 2 ** min(count - 1, 16))
+        self._seen[key] = (count, time.time(), time.monotonic() + wait)
+        while len(self._seen) > MAX_REFUSALS_KEPT:
+            self._seen.pop(next(iter(self._seen)))
+
+    def check(self, token: str, where: str) -> None:
+        seen = self._seen.get(fingerprint(token))
+        if seen is None:
+            return
+        _, at, until = seen
+        left = until - time.monotonic()
+        if left > 0:
+            raise WorkloadTokenRejected(
+                f"the authorization server refused the workload identity token in {where} "
+                f"at {_when(at)}; it is not sent again before {_when(time.time() + left)}, "
+                "but a new token there is sent at once"
+            )
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+
+_refusals = _Refusals()
+
+
+def refused(token: str) -> None:
+    """Remember that the authorization server definitively refused ``token``."""
+    _refusals.add(token)
 
 
 def _claims(token: str) -> dict[str, object] | None:
