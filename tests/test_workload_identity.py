@@ -468,12 +468,13 @@ def test_a_workload_with_another_machine_login_is_refused_before_any_request(
 ) -> None:
     identity = WorkloadIdentity(env="GK_WL_TOKEN")
     http = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
-    for config, options in (
-        (ServerConfig(SERVER, client_id=WIF_CLIENT), {"client_credentials": True}),
-        (ServerConfig(SERVER, client_id=WIF_CLIENT, grant="client_credentials"), {}),
+    for config, client_credentials in (
+        (ServerConfig(SERVER, client_id=WIF_CLIENT), True),
+        (ServerConfig(SERVER, client_id=WIF_CLIENT, grant="client_credentials"), None),
     ):
         with pytest.raises(ServerConfigError, match="alone"):
-            login(config, store=FileStore(tmp_path), workload=identity, http=http, **options)
+            login(config, store=FileStore(tmp_path), workload=identity, http=http,
+                  client_credentials=client_credentials)  # fmt: skip
 
 
 def test_a_proxy_without_a_browser_still_logs_a_workload_in() -> None:
