@@ -40,6 +40,7 @@ refused again unless the server's trust changed, and a login hook would otherwis
 once per request. A new token from the source is sent at once."""
 
 REFUSAL_WAIT_CAP = 900.0
+"""The longest a refused token waits (15 minutes)."""
 
 MAX_REFUSALS_KEPT = 64
 """Refused tokens remembered per process (the oldest is forgotten first)."""
@@ -130,8 +131,10 @@ class WorkloadIdentity:
         """The token as the source holds it now, checked to be an unexpired JWT.
 
         Raises :class:`WorkloadTokenUnavailable`, naming where it looked (never the token),
-        if it is missing, empty, not a JWT, or expired. Expiry is judged by the wall clock,
-        as the authorization server judges it, not by a Keeper's clock.
+        if it is missing, empty, not a JWT, or expired (judged by the wall clock, as the
+        authorization server judges it, not by a Keeper's clock); and
+        :class:`WorkloadTokenRejected` if the authorization server refused this very token
+        to this process within its wait (:data:`REFUSAL_WAIT`).
         """
         token = self._raw().strip()
         if not token:
@@ -207,9 +210,6 @@ class _Refusals:
                 f"at {_when(at)}; it is not sent again before {_when(time.time() + left)}, "
                 "but a new token there is sent at once"
             )
-
-    def clear(self) -> None:
-        self._seen.clear()
 
 
 _refusals = _Refusals()
