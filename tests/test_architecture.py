@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
         "_record",
         "_freshness",
         "_liveness",
+        "_platform",
         "_rules",
         "_exports",
         "_signals",

@@ -19,6 +19,8 @@ from grantkeeper._rules import Action, Context, decide, same_note
 from grantkeeper.testing import sample_record
 from tests.helpers import T0
 
+pytestmark = pytest.mark.portable  # needs no Linux-only server
+
 A = sample_record("at-A", "rt-A", now=T0)
 
 

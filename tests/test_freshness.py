@@ -11,6 +11,8 @@ from grantkeeper._freshness import FOREVER, fresh_until
 from grantkeeper.testing import sample_record
 from tests.helpers import T0
 
+pytestmark = pytest.mark.portable  # needs no Linux-only server
+
 
 @pytest.mark.parametrize(
     ("elapsed", "expected"),

@@ -39,6 +39,8 @@ from grantkeeper._rules import (
 from grantkeeper.testing import sample_record
 from tests.helpers import ROOT, T0
 
+pytestmark = pytest.mark.portable  # needs no Linux-only server
+
 RT = "rt-outcome-0123456789abcdef"
 A = sample_record(
     "at-outcome-0123456789abcdef", RT, token_endpoint="https://as.example.test/token", now=T0

@@ -20,6 +20,8 @@ from grantkeeper._record import (
 from grantkeeper.testing import sample_record
 from tests.helpers import T0
 
+pytestmark = pytest.mark.portable  # needs no Linux-only server
+
 SECRET_AT = "access-SECRET-0123456789abcdef"
 SECRET_RT = "refresh-SECRET-0123456789abcdef"
 

@@ -41,6 +41,8 @@ from grantkeeper._rules import (
 from grantkeeper.testing import sample_record
 from tests.helpers import T0
 
+pytestmark = pytest.mark.portable  # needs no Linux-only server
+
 A = sample_record("at-A-0123456789abcdef", "rt-A-0123456789abcdef", now=T0)
 
 

@@ -10,6 +10,8 @@ import pytest
 from grantkeeper import FileStore
 from grantkeeper.testing import StoreContract, StoreFactory
 
+pytestmark = pytest.mark.portable  # needs no Linux-only server
+
 
 class TestFileStore(StoreContract):
     @pytest.fixture

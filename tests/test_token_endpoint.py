@@ -35,6 +35,8 @@ from grantkeeper.testing import sample_record
 from tests.fake_authserver import both_ways
 from tests.helpers import T0
 
+pytestmark = pytest.mark.portable  # needs no Linux-only server
+
 RT = "refresh-SECRET-0123456789abcdef"
 
 

@@ -10,6 +10,8 @@ from grantkeeper import ProtocolError
 from grantkeeper._oauth.www_authenticate import bearer_challenge, parse_challenges
 from tests.fuzzing import FUZZ
 
+pytestmark = pytest.mark.portable  # needs no Linux-only server
+
 
 def test_mcp_sdk_shape() -> None:
     header = (

@@ -1255,23 +1255,24 @@ LOGIN_LOCKS = "locks"
 def _login_lock(key: CredentialKey, wait: float) -> Iterator[None]:
     """Hold ``key``'s login lock: one person's login at a time among this host's processes.
 
-    An ``flock``, so the kernel drops it when its holder exits or is killed: the next waiter
-    takes over at once. A waiter gives up after ``wait`` seconds with :class:`LoginFailed`.
+    An OS file lock (``flock``, ``LockFile``), dropped when its holder exits or is killed:
+    the next waiter takes over at once. A waiter gives up after ``wait`` seconds with
+    :class:`LoginFailed`.
     """
     name = f"login-{fingerprint(str(key))}.lock"
     what = f"the login lock of {key}"
     with (
-        PrivateDir(grantkeeper_home() / LOGIN_LOCKS).open(create=True) as dir_fd,
+        PrivateDir(grantkeeper_home() / LOGIN_LOCKS).open(create=True) as dirh,
         contextlib.ExitStack() as held,
     ):
-        assert dir_fd is not None
+        assert dirh is not None
         try:
-            held.enter_context(locked_file(dir_fd, name, timeout=0.0, what=what))
+            held.enter_context(locked_file(dirh, name, timeout=0.0, what=what))
         except LockTimeout:
             # Another process is logging in: wait for it, and say so.
             event(logging.WARNING, "recovery.waiting", key=str(key), wait_s=round(wait))
             try:
-                held.enter_context(locked_file(dir_fd, name, timeout=wait, what=what))
+                held.enter_context(locked_file(dirh, name, timeout=wait, what=what))
             except LockTimeout:
                 raise LoginFailed(
                     f"gave up after {wait:g} s waiting for another process to log in",

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import MissingExtra, StoreCorrupt
 from ._log import event
+from ._platform import current, ours_alone
 from ._record import Credential, CredentialKey, record_from_json, record_to_json, renewal_secret
 from ._redact import fingerprint
 
@@ -77,13 +78,7 @@ def _candidates() -> Iterator[Path]:
     override = os.environ.get(RESCUE_DIR_ENV)
     if override:
         yield Path(override)
-    uid = os.getuid()
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        yield Path(runtime) / "grantkeeper"
-    yield Path(f"/run/user/{uid}/grantkeeper")
-    yield Path(f"/dev/shm/grantkeeper-{uid}")
-    yield Path(tempfile.gettempdir()) / f"grantkeeper-rescue-{uid}"
+    yield from current().rescue_dirs()
 
 
 def _usable_dir(path: Path, *, create: bool) -> bool:
@@ -95,11 +90,7 @@ def _usable_dir(path: Path, *, create: bool) -> bool:
         info = os.lstat(path)
     except OSError:
         return False
-    return (
-        stat.S_ISDIR(info.st_mode)
-        and info.st_uid == os.getuid()
-        and not info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
-    )
+    return stat.S_ISDIR(info.st_mode) and ours_alone(info)
 
 
 def _name(key: CredentialKey, spent: str) -> str:
@@ -193,11 +184,11 @@ def _write(directory: Path, name: str, payload: bytes) -> bool:
             os.unlink(temporary)
         return False
     with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        opened = current().open_dir(directory)
         try:
-            os.fsync(dir_fd)
+            opened.fsync()
         finally:
-            os.close(dir_fd)
+            opened.close()
     return True
 
 
@@ -216,7 +207,11 @@ def load(key: CredentialKey, holder: Credential) -> Rescued | None:
             continue
         path = directory / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            opened = current().open_dir(directory)
+            try:
+                fd = opened.open(name, os.O_RDONLY)
+            finally:
+                opened.close()
         except OSError:
             continue
         with os.fdopen(fd, "rb") as handle:

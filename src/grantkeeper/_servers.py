@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from ._errors import LockTimeout, ProtocolError, ServerConfigError, StoreError
 from ._oauth.urls import require_secure
 from ._paths import grantkeeper_home
+from ._platform import DirHandle, loose_mode
 from ._record import CredentialKey, canonical_url
 from ._redact import redact, remember
 from ._stores._fs import PrivateDir
@@ -206,14 +207,14 @@ def _home_dir(path: Path) -> PrivateDir:
     return PrivateDir(path.parent, owner_only=False)
 
 
-def _read(path: Path, dir_fd: int | None = None) -> dict[str, Any]:
+def _read(path: Path, dirh: DirHandle | None = None) -> dict[str, Any]:
     home = _home_dir(path)
     try:
-        if dir_fd is None:
+        if dirh is None:
             with home.open(create=False) as opened:
                 found = home.read_file(opened, path.name) if opened is not None else None
         else:
-            found = home.read_file(dir_fd, path.name)
+            found = home.read_file(dirh, path.name)
     except StoreError as exc:
         raise ServerConfigError(str(exc)) from None
     if found is None:
@@ -228,7 +229,7 @@ def _read(path: Path, dir_fd: int | None = None) -> dict[str, Any]:
     servers = document.get("servers", {})
     if not isinstance(servers, dict):
         raise ServerConfigError(f"{path}: servers is not an object")
-    if mode & 0o077 and any(_holds_secret(entry) for entry in servers.values()):
+    if loose_mode(mode) and any(_holds_secret(entry) for entry in servers.values()):
         # The same rule as a credential file: a secret others can read is refused, not used.
         raise ServerConfigError(
             f"{path} holds secrets but is readable by others (mode {mode:o}); run: chmod 600 {path}"
@@ -260,7 +261,7 @@ def loose_permissions(home: str | os.PathLike[str] | None = None) -> str | None:
     mode = stat.S_IMODE(info.st_mode)
     if stat.S_ISLNK(info.st_mode):
         return f"{path} is a symlink"
-    if mode & 0o077:
+    if loose_mode(mode):
         return f"{path} has mode {mode:o}; run: chmod 600 {path}"
     return None
 
@@ -287,11 +288,11 @@ def _update(home: str | os.PathLike[str] | None, change: Callable[[dict[str, Any
     path = _path(home)
     directory = _home_dir(path)
     try:
-        with directory.updating(path.name, lock=SERVERS_LOCK) as dir_fd:
-            servers = _read(path, dir_fd)
+        with directory.updating(path.name, lock=SERVERS_LOCK) as dirh:
+            servers = _read(path, dirh)
             change(servers)
             payload = json.dumps({"format": FILE_FORMAT, "servers": servers}, indent=2).encode()
-            directory.write_atomic(dir_fd, path.name, payload)
+            directory.write_atomic(dirh, path.name, payload)
     except LockTimeout:
         raise  # retryable: another process is mid-update
     except StoreError as exc:

@@ -296,6 +296,7 @@ async def _serve(
 ) -> None:
     import httpx2
 
+    from .._platform import current
     from .._proxy.sse import SseProxy
     from .._proxy.stdio import read_lines
     from .._proxy.streamable_http import HTTP_TIMEOUT, Proxy
@@ -308,7 +309,7 @@ async def _serve(
     read_lines(loop, lines)
     handled = [
         signum
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+        for signum in current().stop_signals()
         if signal.getsignal(signum) is not signal.SIG_IGN  # nohup: stays ignored
     ]
     for signum in handled:

@@ -7,12 +7,13 @@ safety:
 - **A private directory** (:class:`PrivateDir`): only its owner may use it (0700, owned by
   us, never a symlink). Every path in it is opened relative to a descriptor of it with
   ``O_NOFOLLOW``, so a symlink planted in place of a file is refused rather than followed.
-  Files are created 0600; nothing is chmodded after the fact.
-- **Locks with a bounded wait** (:func:`locked_file`): ``flock`` locks belong to the open
-  file description, so they exclude other processes and other descriptors in this process
-  alike, and the kernel drops them when the holder dies: no stale lock file ever needs
-  cleaning. Lock files are never deleted, because deleting one while another process
-  waits on it would let two holders in at once.
+  Files are created 0600; nothing is chmodded after the fact. (Windows has neither
+  descriptors of directories nor mode bits: see ``_platform.windows``.)
+- **Locks with a bounded wait** (:func:`locked_file`): ``flock`` locks (``LockFile`` on
+  Windows) belong to the open file description, so they exclude other processes and other
+  descriptors in this process alike, and the kernel drops them when the holder dies: no
+  stale lock file ever needs cleaning. Lock files are never deleted, because deleting one
+  while another process waits on it would let two holders in at once.
 - **Atomic writes** (:meth:`PrivateDir.write_atomic`): temp file, fsync, rename, fsync of
   the directory, so a reader sees the old file or the new one, even after a crash. The
   temp file is named ``.<name>.<pid>.<thread>.tmp``. A writer killed mid-write leaves one
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import LockTimeout, StoreCorrupt, StoreUnavailable, UnsafeStorePath
+from .._platform import DirHandle, current
 from .._record import CredentialKey
 
 log = logging.getLogger("grantkeeper.lock")
@@ -105,12 +106,11 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
 
 
 @contextlib.contextmanager
-def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``name`` in ``dir_fd`` for the ``with`` body."""
+def locked_file(dirh: DirHandle, name: str, *, timeout: float, what: str) -> Iterator[None]:
+    """Hold the exclusive lock of ``name`` in ``dirh`` for the ``with`` body."""
+    platform = current()
     try:
-        fd = os.open(
-            name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
-        )
+        fd = dirh.open(name, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafeStorePath(f"lock file {name} is a symlink; refusing it") from None
@@ -124,17 +124,18 @@ def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterato
         pause = POLL_START
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                locked = True
+                locked = platform.try_lock(fd)
+            except OSError as exc:  # not "held": the file system cannot lock (NFS without locks)
+                raise os_error("lock", name, exc) from None
+            if locked:
                 break
-            except BlockingIOError:
-                now = time.monotonic()
-                if now >= deadline:
-                    raise LockTimeout(
-                        f"{what} was not released within {timeout:g} s; another process holds it",
-                    ) from None
-                time.sleep(min(pause, deadline - now))
-                pause = min(pause * 2, POLL_MAX)
+            now = time.monotonic()
+            if now >= deadline:
+                raise LockTimeout(
+                    f"{what} was not released within {timeout:g} s; another process holds it",
+                ) from None
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, POLL_MAX)
         waited = time.monotonic() - started
         if waited > 0.001:
             log.debug("lock.acquired what=%s waited_ms=%.1f", what, waited * 1000)
@@ -145,7 +146,7 @@ def locked_file(dir_fd: int, name: str, *, timeout: float, what: str) -> Iterato
         if _held.get(fd) is token:
             if locked:
                 with contextlib.suppress(OSError):
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    platform.unlock(fd)
             del _held[fd]
             os.close(fd)
 
@@ -169,12 +170,12 @@ class PrivateDir:
         return f"PrivateDir({str(self.path)!r})"
 
     @contextlib.contextmanager
-    def open(self, *, create: bool) -> Iterator[int | None]:
-        """Yield a descriptor of the directory (``None`` if absent and not ``create``)."""
+    def open(self, *, create: bool) -> Iterator[DirHandle | None]:
+        """Yield the open directory (``None`` if absent and not ``create``)."""
         if create:
             self._ensure()
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            dirh = current().open_dir(self.path)
         except FileNotFoundError:
             if create:
                 raise StoreUnavailable(f"{self.path} vanished while in use") from None
@@ -187,10 +188,10 @@ class PrivateDir:
                 ) from None
             raise os_error("open", str(self.path), exc) from None
         try:
-            self._check(fd)
-            yield fd
+            self._check(dirh)
+            yield dirh
         finally:
-            os.close(fd)
+            dirh.close()
 
     def _ensure(self) -> None:
         try:
@@ -201,11 +202,12 @@ class PrivateDir:
         except OSError as exc:
             raise os_error("create", str(self.path), exc) from None
 
-    def _check(self, fd: int) -> None:
-        if not self.owner_only:
-            return
-        info = os.fstat(fd)
-        if info.st_uid != os.getuid():
+    def _check(self, dirh: DirHandle) -> None:
+        platform = current()
+        if not self.owner_only or not platform.owner_modes:
+            return  # Windows: the user profile's ACL protects it (docs/security.md)
+        info = dirh.stat()
+        if info.st_uid != platform.uid():
             raise UnsafeStorePath(f"{self.path} is owned by another user")
         if info.st_mode & 0o077:
             raise UnsafeStorePath(
@@ -215,10 +217,10 @@ class PrivateDir:
 
     # -- files --------------------------------------------------------------------------
 
-    def read_file(self, dir_fd: int, name: str) -> tuple[bytes, int] | None:
+    def read_file(self, dirh: DirHandle, name: str) -> tuple[bytes, int] | None:
         """The bytes and permission bits of ``name`` (never through a symlink), or ``None``."""
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = dirh.open(name, os.O_RDONLY)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -237,35 +239,30 @@ class PrivateDir:
     @contextlib.contextmanager
     def updating(
         self, name: str, *, lock: str | None = None, timeout: float | None = None
-    ) -> Iterator[int]:
+    ) -> Iterator[DirHandle]:
         """Hold ``name``'s write lock (``lock``, default ``<name>.lock``) in the directory,
-        created if need be; yield the directory's descriptor for reads and
+        created if need be; yield the open directory for reads and
         :meth:`write_atomic`. Waits at most ``timeout`` (default
         :data:`UPDATE_LOCK_TIMEOUT`), then raises :class:`LockTimeout`."""
         if timeout is None:
             timeout = UPDATE_LOCK_TIMEOUT
-        with self.open(create=True) as dir_fd:
-            assert dir_fd is not None
+        with self.open(create=True) as dirh:
+            assert dirh is not None
             lock_name = lock if lock is not None else name + ".lock"
-            with locked_file(dir_fd, lock_name, timeout=timeout, what=str(self.path / name)):
-                yield dir_fd
+            with locked_file(dirh, lock_name, timeout=timeout, what=str(self.path / name)):
+                yield dirh
 
-    def write_atomic(self, dir_fd: int, name: str, payload: bytes) -> None:
+    def write_atomic(self, dirh: DirHandle, name: str, payload: bytes) -> None:
         """Replace ``name`` with ``payload`` atomically (temp file, fsync, rename, fsync).
 
         The caller must hold ``name``'s write lock: leftover temp files of ``name`` are
         deleted first, which is safe only because no live writer of ``name`` can exist.
         """
-        self._remove_temps(dir_fd, name)
+        self._remove_temps(dirh, name)
         # Unique per writer thread; the write lock already excludes other writers of name.
         temp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            fd = os.open(
-                temp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=dir_fd,
-            )
+            fd = dirh.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except OSError as exc:
             raise os_error("write", name, exc) from None
         try:
@@ -276,24 +273,24 @@ class PrivateDir:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            os.fsync(dir_fd)
+            dirh.replace(temp, name)
+            dirh.fsync()
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=dir_fd)
+                dirh.unlink(temp)
             raise os_error("write", name, exc) from None
 
-    def remove_temps(self, dir_fd: int, name: str) -> None:
+    def remove_temps(self, dirh: DirHandle, name: str) -> None:
         """Delete leftover temp files of ``name``; the caller holds ``name``'s write lock."""
-        self._remove_temps(dir_fd, name)
+        self._remove_temps(dirh, name)
 
-    def _remove_temps(self, dir_fd: int, name: str) -> None:
-        for entry in _temps(dir_fd):
+    def _remove_temps(self, dirh: DirHandle, name: str) -> None:
+        for entry in _temps(dirh):
             if _target(entry) == name:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry, dir_fd=dir_fd)
+                    dirh.unlink(entry)
 
-    def sweep(self, dir_fd: int, lock_of: Callable[[str], str | None]) -> int:
+    def sweep(self, dirh: DirHandle, lock_of: Callable[[str], str | None]) -> int:
         """Delete leftover temp files of other files whose write lock is free right now.
 
         ``lock_of`` maps a target file name to the name of its write lock file, or ``None``
@@ -302,24 +299,24 @@ class PrivateDir:
         writer may own the temp file, so it is skipped. Returns how many were deleted.
         """
         removed = 0
-        for entry in _temps(dir_fd):
+        for entry in _temps(dirh):
             target = _target(entry)
             lock = lock_of(target) if target is not None else None
             if lock is None:
                 continue
             try:
-                with locked_file(dir_fd, lock, timeout=0, what=lock):
+                with locked_file(dirh, lock, timeout=0, what=lock):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry, dir_fd=dir_fd)
+                        dirh.unlink(entry)
                         removed += 1
             except LockTimeout:
                 continue  # a live writer holds it: its temp file is in use
         return removed
 
 
-def _temps(dir_fd: int) -> list[str]:
+def _temps(dirh: DirHandle) -> list[str]:
     try:
-        return [entry for entry in os.listdir(dir_fd) if entry.endswith(".tmp")]
+        return [entry for entry in dirh.listdir() if entry.endswith(".tmp")]
     except OSError:
         return []  # cleaning up is a courtesy; the write itself reports real failures
 
@@ -342,8 +339,8 @@ class SideFile:
         self.format = format
         self.path = directory / name
 
-    def _read(self, dir_fd: int) -> Document:
-        found = self._dir.read_file(dir_fd, self.name)
+    def _read(self, dirh: DirHandle) -> Document:
+        found = self._dir.read_file(dirh, self.name)
         if found is None:
             return {"format": self.format}
         try:
@@ -356,17 +353,17 @@ class SideFile:
 
     def load(self) -> Document:
         """The current document (just ``{"format": ...}`` when there is none)."""
-        with self._dir.open(create=False) as dir_fd:
-            return self._read(dir_fd) if dir_fd is not None else {"format": self.format}
+        with self._dir.open(create=False) as dirh:
+            return self._read(dirh) if dirh is not None else {"format": self.format}
 
     def update(self, change: Callable[[Document], Document | None]) -> Document:
         """Apply ``change`` under the lock; it returns the new document, or ``None`` to keep it."""
-        with self._dir.updating(self.name) as dir_fd:
-            current = self._read(dir_fd)
-            changed = change(current)
+        with self._dir.updating(self.name) as dirh:
+            document = self._read(dirh)
+            changed = change(document)
             if changed is None:
-                return current
+                return document
             changed["format"] = self.format
             payload = json.dumps(changed, indent=2, ensure_ascii=False).encode("utf-8")
-            self._dir.write_atomic(dir_fd, self.name, payload)
+            self._dir.write_atomic(dirh, self.name, payload)
             return changed

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .._errors import GrantkeeperError, LockTimeout, StoreConfigError, StoreError
+from .._platform import current, loose_mode
 from .._record import CredentialKey
 from .auto import AutoStore, Backend
 from .base import HeldLock, Store
@@ -174,9 +175,11 @@ def _permission_checks(files: FileStore) -> list[StoreCheck]:
         mode = stat.S_IMODE(info.st_mode)
         if stat.S_ISLNK(info.st_mode):
             checks.append(StoreCheck(name, False, "is a symlink"))
-        elif info.st_uid != os.getuid():
+        elif not current().owner_modes:
+            checks.append(StoreCheck(name, True, "private to the user profile (Windows ACL)"))
+        elif info.st_uid != current().uid():
             checks.append(StoreCheck(name, False, "owned by another user"))
-        elif mode & 0o077:
+        elif loose_mode(mode):
             checks.append(StoreCheck(name, False, f"mode {mode:o}; run: chmod 700 {path}"))
         else:
             checks.append(StoreCheck(name, True, f"mode {mode:o}"))

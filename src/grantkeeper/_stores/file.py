@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .._errors import StoreCorrupt, StoreUnavailable, UnsafeStorePath
 from .._paths import grantkeeper_home
+from .._platform import DirHandle, loose_mode
 from .._record import Credential, CredentialKey, record_from_json, record_to_json
 from ._fs import PrivateDir, key_slug, locked_file, os_error
 from .base import (
@@ -62,13 +63,13 @@ class FileStore:
     # -- reading ------------------------------------------------------------------------
 
     def _load(
-        self, dir_fd: int, name: str, key: CredentialKey | None
+        self, dirh: DirHandle, name: str, key: CredentialKey | None
     ) -> tuple[CredentialKey, Stored] | None:
-        found = self._dir.read_file(dir_fd, name)
+        found = self._dir.read_file(dirh, name)
         if found is None:
             return None
         raw, mode = found
-        if mode & 0o077:
+        if loose_mode(mode):
             raise UnsafeStorePath(
                 f"{name} is readable by other users; run: chmod 600 {self.directory / name}"
             )
@@ -88,10 +89,10 @@ class FileStore:
 
     def read(self, key: CredentialKey) -> Stored | None:
         """Return the stored record for ``key`` with its version, or ``None``."""
-        with self._dir.open(create=False) as dir_fd:
-            if dir_fd is None:
+        with self._dir.open(create=False) as dirh:
+            if dirh is None:
                 return None
-            loaded = self._load(dir_fd, key_slug(key) + ".json", key)
+            loaded = self._load(dirh, key_slug(key) + ".json", key)
             return loaded[1] if loaded else None
 
     def keys(self) -> list[CredentialKey]:
@@ -105,15 +106,15 @@ class FileStore:
     def _scan(self) -> tuple[list[tuple[CredentialKey, Stored]], list[str]]:
         found: list[tuple[CredentialKey, Stored]] = []
         problems: list[str] = []
-        with self._dir.open(create=False) as dir_fd:
-            if dir_fd is None:
+        with self._dir.open(create=False) as dirh:
+            if dirh is None:
                 return found, problems
-            for name in sorted(os.listdir(dir_fd)):
+            for name in sorted(dirh.listdir()):
                 # Dot files are side files (.placements, .registrations), never credentials.
                 if not name.endswith(".json") or name.startswith("."):
                     continue
                 try:
-                    loaded = self._load(dir_fd, name, None)
+                    loaded = self._load(dirh, name, None)
                 except (StoreCorrupt, UnsafeStorePath, StoreUnavailable) as exc:
                     problems.append(str(exc))
                     continue
@@ -126,28 +127,28 @@ class FileStore:
     @contextlib.contextmanager
     def _cas(
         self, key: CredentialKey, *, parse: bool = True
-    ) -> Iterator[tuple[int, str, Stored | None]]:
+    ) -> Iterator[tuple[DirHandle, str, Stored | None]]:
         """Hold the short write lock of ``key``; yield the directory, name and current record.
 
         With ``parse=False`` the current record is not read, so even a corrupt file can be
         deleted (how a user recovers from one).
         """
         name = key_slug(key)
-        with self._dir.open(create=True) as dir_fd:
-            assert dir_fd is not None
+        with self._dir.open(create=True) as dirh:
+            assert dirh is not None
             what = f"write {key}"
-            with locked_file(dir_fd, _cas_lock(name), timeout=CAS_LOCK_TIMEOUT, what=what):
-                loaded = self._load(dir_fd, name + ".json", key) if parse else None
-                yield dir_fd, name + ".json", loaded[1] if loaded else None
+            with locked_file(dirh, _cas_lock(name), timeout=CAS_LOCK_TIMEOUT, what=what):
+                loaded = self._load(dirh, name + ".json", key) if parse else None
+                yield dirh, name + ".json", loaded[1] if loaded else None
 
     def write(self, key: CredentialKey, record: Credential, *, expected_version: int | None) -> int:
         """Replace ``key``'s record if it is at ``expected_version`` (``None``: absent)."""
-        with self._cas(key) as (dir_fd, name, current):
+        with self._cas(key) as (dirh, name, current):
             version = next_version(key, current.version if current else None, expected_version)
             document = {**envelope(FILE_FORMAT, key, version), "record": record_to_json(record)}
             payload = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
-            self._dir.write_atomic(dir_fd, name, payload)
-            self._sweep(dir_fd, name)
+            self._dir.write_atomic(dirh, name, payload)
+            self._sweep(dirh, name)
             return version
 
     def delete(self, key: CredentialKey, *, expected_version: int | None = None) -> bool:
@@ -155,27 +156,27 @@ class FileStore:
 
         Without ``expected_version`` the file goes even if it is corrupt.
         """
-        with self._cas(key, parse=expected_version is not None) as (dir_fd, name, current):
+        with self._cas(key, parse=expected_version is not None) as (dirh, name, current):
             # A temp file left by a writer killed mid-write holds a copy of the record.
-            self._dir.remove_temps(dir_fd, name)
-            self._sweep(dir_fd, name)
+            self._dir.remove_temps(dirh, name)
+            self._sweep(dirh, name)
             if expected_version is not None and not may_delete(
                 key, current.version if current else None, expected_version
             ):
                 return False
             try:
-                os.unlink(name, dir_fd=dir_fd)
+                dirh.unlink(name)
             except FileNotFoundError:
                 return False
             except OSError as exc:
                 raise os_error("delete", name, exc) from None
             try:
-                os.fsync(dir_fd)
+                dirh.fsync()
             except OSError as exc:
                 raise os_error("delete", name, exc) from None
             return True
 
-    def _sweep(self, dir_fd: int, held: str) -> None:
+    def _sweep(self, dirh: DirHandle, held: str) -> None:
         """Delete other records' leftover temp files whose write lock is free; ``held`` is
         the record whose write lock we hold (its temp files are already gone)."""
 
@@ -184,7 +185,7 @@ class FileStore:
                 return None  # side files clean their own temp files when next written
             return _cas_lock(target.removesuffix(".json"))
 
-        self._dir.sweep(dir_fd, lock_of)
+        self._dir.sweep(dirh, lock_of)
 
     # -- locking ------------------------------------------------------------------------
 
@@ -194,9 +195,9 @@ class FileStore:
     ) -> Iterator[ProcessLock]:
         """Hold ``key``'s transaction lock (an ``flock`` on a sibling lock file): the kernel
         keeps it until this process closes the file, so it cannot be lost while held."""
-        with self._dir.open(create=True) as dir_fd:
-            assert dir_fd is not None
+        with self._dir.open(create=True) as dirh:
+            assert dirh is not None
             with locked_file(
-                dir_fd, f".{key_slug(key)}.lock", timeout=timeout, what=f"the lock of {key}"
+                dirh, f".{key_slug(key)}.lock", timeout=timeout, what=f"the lock of {key}"
             ):
                 yield PROCESS_LOCK

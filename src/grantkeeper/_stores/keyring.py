@@ -363,9 +363,9 @@ class KeyringStore:
 
     @contextlib.contextmanager
     def _locked(self, name: str, timeout: float, what: str) -> Iterator[None]:
-        with self._lock_dir().open(create=True) as dir_fd:
-            assert dir_fd is not None
-            with locked_file(dir_fd, name, timeout=timeout, what=what):
+        with self._lock_dir().open(create=True) as dirh:
+            assert dirh is not None
+            with locked_file(dirh, name, timeout=timeout, what=what):
                 yield
 
     @contextlib.contextmanager
