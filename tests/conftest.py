@@ -25,6 +25,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -38,10 +39,12 @@ from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
-from harness.postgres import PostgresCluster
 from harness.resource_server import ResourceServer
 from tests.helpers import LogLines, World, signal_own_child
 from tests.tiny_disk import mounted
+
+if TYPE_CHECKING:
+    from harness.postgres import PostgresCluster
 
 ONLY_ON_LINUX = (
     "needs the Linux test machine (oidc-provider, PostgreSQL, Secret Service, network "
@@ -199,6 +202,8 @@ def keeper(auth: AuthServer, server: McpServer, store: FileStore) -> Iterator[Ke
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PostgresCluster]:
     """A PostgreSQL cluster of the module's own, on loopback (give each test a schema)."""
+    from harness.postgres import PostgresCluster  # pwd: not importable on Windows
+
     with PostgresCluster() as running:
         yield running
 

@@ -16,7 +16,6 @@ stand-ins do. The public repository's CI runs this module on Windows and macOS.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import socket
 import subprocess
@@ -48,6 +47,7 @@ from grantkeeper._platform.windows import (
 )
 from grantkeeper._stores.admin import diagnose_store
 from grantkeeper.testing import sample_record
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.portable
 
@@ -68,6 +68,8 @@ class FakeMsvcrt:
         self.refuse_with = refuse_with
 
     def locking(self, fd: int, mode: int, nbytes: int, /) -> None:
+        import fcntl  # Linux and macOS: the module must import on Windows (portable)
+
         self.calls.append((os.lseek(fd, 0, os.SEEK_CUR), mode, nbytes))
         if mode == self.LK_UNLCK:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -397,26 +399,42 @@ def test_windows_keeps_and_adopts_a_rescue_copy(windows: Windows, own_rescue_dir
 # -- nothing POSIX-only at import -----------------------------------------------------------
 
 
-def test_every_module_imports_without_posix_only_modules(tmp_path: Path) -> None:
+def test_every_module_imports_without_posix_only_modules() -> None:
     """``import grantkeeper`` failed on Windows: ``fcntl`` was imported at module level. Here
-    every module is imported with the POSIX-only modules made unimportable."""
-    script = """
-import importlib, pkgutil, sys
-for name in ("fcntl", "termios", "tty", "pwd", "grp", "resource"):
-    sys.modules[name] = None
+    every module is imported with our own imports of POSIX-only modules refused, and so are
+    the suite's conftest and every test module marked portable, which Windows CI collects."""
+    portable = sorted(
+        f"tests.{path.stem}"
+        for path in Path(__file__).parent.glob("test_*.py")
+        if "pytest.mark.portable" in path.read_text(encoding="utf-8")
+    )
+    # Only our own imports are refused: libraries (mcp) import fcntl under their own
+    # ``sys.platform`` guard, which does its job on Windows.
+    script = f"""
+import builtins, importlib, pkgutil, sys
+POSIX_ONLY = {{"fcntl", "termios", "tty", "pwd", "grp", "resource"}}
+real_import = builtins.__import__
+def refusing(name, globals=None, locals=None, fromlist=(), level=0):
+    importer = (globals or {{}}).get("__name__", "")
+    ours = importer.split(".")[0] in ("grantkeeper", "tests", "harness", "conftest")
+    if ours and level == 0 and name.split(".")[0] in POSIX_ONLY:
+        raise ImportError(f"imports {{name}}, which Windows lacks")
+    return real_import(name, globals, locals, fromlist, level)
+builtins.__import__ = refusing
 import grantkeeper
+names = [m.name for m in pkgutil.walk_packages(grantkeeper.__path__, "grantkeeper.")]
 failed = []
-for module in pkgutil.walk_packages(grantkeeper.__path__, "grantkeeper."):
-    if module.name == "grantkeeper.__main__":
+for name in names + ["tests.conftest"] + {portable!r}:
+    if name == "grantkeeper.__main__":
         continue  # runs the command
     try:
-        importlib.import_module(module.name)
+        importlib.import_module(name)
     except ImportError as exc:
-        failed.append(f"{module.name}: {exc}")
+        failed.append(f"{{name}}: {{exc}}")
 print("\\n".join(failed))
 """
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == ""

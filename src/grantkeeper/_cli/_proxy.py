@@ -34,9 +34,12 @@ if TYPE_CHECKING:
     from .._servers import ServerConfig
     from .._stores.base import Store
 
+FROM_SOURCE = "grantkeeper[mcp] @ git+https://github.com/grantkeeper/grantkeeper"
+"""Where uvx takes grantkeeper from until the first release is on PyPI."""
+
 MISSING_EXTRA = (
-    "grantkeeper proxy needs the mcp extra: "
-    "uvx --from 'grantkeeper[mcp]' grantkeeper proxy URL (or pip install 'grantkeeper[mcp]')"
+    "grantkeeper proxy needs the mcp extra: pip install 'grantkeeper[mcp]' here, "
+    f"or in a host's config: uvx --from '{FROM_SOURCE}' grantkeeper proxy URL"
 )
 
 _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
@@ -95,7 +98,9 @@ Examples (each is the command a desktop host runs as its MCP server):
 
 \b
 In a host's config (Claude Desktop, Cursor, VS Code):
-  {"command": "uvx", "args": ["--from", "grantkeeper[mcp]", "grantkeeper", "proxy", "URL"]}
+  {"command": "uvx", "args": ["--from",
+    "grantkeeper[mcp] @ git+https://github.com/grantkeeper/grantkeeper",
+    "grantkeeper", "proxy", "URL"]}
 """
 )
 @server_argument
@@ -154,8 +159,9 @@ def proxy(
     """Serve MCP on stdio for a desktop host, bridged to the server at URL|NAME.
 
     \b
-    In a host's config:  {"command": "uvx",
-      "args": ["--from", "grantkeeper[mcp]", "grantkeeper", "proxy", "https://…/mcp"]}
+    In a host's config:  {"command": "uvx", "args": ["--from",
+      "grantkeeper[mcp] @ git+https://github.com/grantkeeper/grantkeeper",
+      "grantkeeper", "proxy", "https://…/mcp"]}
     """
     from .._proxy.stdio import ProtocolOut
     from .._signals import ignore_stop_signals
