@@ -52,14 +52,40 @@ ONLY_ON_LINUX = (
 )
 
 
+_not_collected: list[str] = []
+"""Test modules left out on this platform (see :func:`pytest_ignore_collect`)."""
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Off Linux, a test module without the portable marker is not even imported: many
+    import Linux-only modules (``pwd``, ``fcntl``, ``pty``) or name Linux-only signals at
+    import time. The summary names how many, and why (issue 38)."""
+    if sys.platform.startswith("linux") or not collection_path.name.startswith("test_"):
+        return None
+    if collection_path.suffix != ".py":
+        return None
+    if "pytest.mark.portable" in collection_path.read_text(encoding="utf-8"):
+        return None
+    _not_collected.append(collection_path.name)
+    return True
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip, with the reason, what macOS and Windows CI cannot run (issue 38)."""
+    """Skip, with the reason, what macOS and Windows CI cannot run (issue 38): a test
+    without the portable marker in a module that has it."""
     if sys.platform.startswith("linux"):
         return
     skip = pytest.mark.skip(reason=ONLY_ON_LINUX)
     for item in items:
         if item.get_closest_marker("portable") is None:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _not_collected:
+        terminalreporter.write_line(
+            f"{len(_not_collected)} test modules not collected on {sys.platform}: {ONLY_ON_LINUX}"
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

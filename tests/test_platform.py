@@ -23,7 +23,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import platformdirs
 import pytest
 
 import grantkeeper._rescue_copies as rescue
@@ -36,10 +38,11 @@ from grantkeeper import (
     VersionConflict,
 )
 from grantkeeper._platform import current, use
-from grantkeeper._platform.posix import Posix
 from grantkeeper._platform.windows import (
     ERROR_ACCESS_DENIED,
     ERROR_INVALID_PARAMETER,
+    MOVEFILE_REPLACE_EXISTING,
+    MOVEFILE_WRITE_THROUGH,
     PROCESS_QUERY_LIMITED_INFORMATION,
     STILL_ACTIVE,
     PathDir,
@@ -48,6 +51,9 @@ from grantkeeper._platform.windows import (
 from grantkeeper._stores.admin import diagnose_store
 from grantkeeper.testing import sample_record
 from tests.helpers import ROOT
+
+if sys.platform != "win32":  # asserts it is not imported there
+    from grantkeeper._platform.posix import Posix
 
 pytestmark = pytest.mark.portable
 
@@ -77,20 +83,30 @@ class FakeMsvcrt:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            # What the CRT's _locking sets for a region another handle holds.
+            # What the CRT's _locking sets for a region another handle holds: EACCES for
+            # LK_NBLCK (EDEADLOCK is LK_LOCK's, after its retries; taken as "held" too).
             raise OSError(self.refuse_with, os.strerror(self.refuse_with)) from None
 
 
 class FakeKernel32:
     """``OpenProcess``/``GetExitCodeProcess`` answering from ``processes`` (pid: exit code,
     ``STILL_ACTIVE`` while running, ``None`` if the query fails); other pids get
-    ``error``."""
+    ``error``. ``MoveFileExW`` renames, after ``sharing_violations`` refusals."""
 
     def __init__(self, processes: dict[int, int | None], *, error: int) -> None:
         self.processes = processes
         self.error = error
         self.open_handles: set[int] = set()
         self.opened: list[tuple[int, bool, int]] = []
+        self.sharing_violations = 0
+        self.moves: list[int] = []
+
+    def MoveFileExW(self, source: str, target: str, flags: int, /) -> None:  # noqa: N802
+        self.moves.append(flags)
+        if self.sharing_violations:
+            self.sharing_violations -= 1
+            raise PermissionError(errno.EACCES, "sharing violation", target)
+        os.replace(source, target)
 
     def OpenProcess(self, access: int, inherit: bool, pid: int, /) -> int:  # noqa: N802
         self.opened.append((access, inherit, pid))
@@ -183,7 +199,7 @@ def test_windows_mode_bits_are_not_the_protection_the_profile_acl_is(
     assert stored is not None and stored.record.access_token == "at-1"
     checks = {check.name: check for check in diagnose_store(store).checks}
     permission = checks[f"permissions {store.directory}"]
-    assert permission.ok and "Windows ACL" in permission.detail
+    assert permission.ok and "ACL not checked" in permission.detail
     # The same files on Linux or macOS are refused, with the fix.
     with use(Posix("linux", procfs=True)), pytest.raises(UnsafeStorePath, match="chmod 700"):
         store.read(KEY)
@@ -211,31 +227,65 @@ def test_windows_refuses_a_symlink_planted_for_the_record_or_the_directory(
         store.read(KEY)
 
 
-def test_windows_retries_a_rename_a_reader_holds_open_then_gives_up(
-    windows: Windows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_windows_renames_write_through_and_wait_for_a_reader_then_give_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``os.replace`` over a file another process has open is a sharing violation on
-    Windows: a reader of the credential holds it for one read, so the rename waits."""
-    directory = PathDir(tmp_path)
+    """A rename over a file another process has open is a sharing violation on Windows: a
+    reader of the credential holds it for one read, so the rename waits, boundedly. It is
+    written through: there is no directory to fsync afterwards."""
+    kernel32 = FakeKernel32({}, error=0)
+    directory = PathDir(tmp_path, kernel32)
     (tmp_path / "new").write_text("B")
-    real_replace = os.replace
-    refusals = iter([True, True, False])
-
-    def replace(source: Path, target: Path) -> None:
-        if next(refusals):
-            raise PermissionError(errno.EACCES, "sharing violation", str(target))
-        real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", replace)
+    kernel32.sharing_violations = 2
     directory.replace("new", "record")
     assert (tmp_path / "record").read_text() == "B"
+    assert kernel32.moves == [MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH] * 3
 
-    monkeypatch.setattr("grantkeeper._platform.windows.REPLACE_PATIENCE", 0.05)
-    refusals = iter([True] * 10_000)
+    monkeypatch.setattr("grantkeeper._platform.windows.SHARING_PATIENCE", 0.05)
+    kernel32.sharing_violations = 10**9
     (tmp_path / "newer").write_text("C")
     with pytest.raises(PermissionError):
         directory.replace("newer", "record")
     assert (tmp_path / "record").read_text() == "B"
+
+
+def test_windows_deletes_wait_for_a_reader_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = PathDir(tmp_path, FakeKernel32({}, error=0))
+    (tmp_path / "record").write_text("A")
+    real_unlink = os.unlink
+    refusals = [True, True]
+
+    def unlink(path: Path) -> None:
+        if refusals:
+            refusals.pop()
+            raise PermissionError(errno.EACCES, "sharing violation", str(path))
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    directory.unlink("record")
+    assert not (tmp_path / "record").exists() and refusals == []
+
+
+def test_windows_refuses_a_junction_which_is_no_symlink_to_s_islnk(
+    windows: Windows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A junction (a reparse point) passes ``S_ISLNK`` as a plain directory: its attribute
+    is what gives it away."""
+    store = FileStore(tmp_path / "home")
+    store.write(KEY, sample_record("at-1", "rt-1"), expected_version=None)
+    real_lstat = os.lstat
+
+    def lstat(path: str | os.PathLike[str]) -> object:
+        info = real_lstat(path)
+        if Path(path) != store.directory:
+            return info
+        return SimpleNamespace(st_mode=info.st_mode, st_file_attributes=0x400)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    with pytest.raises(UnsafeStorePath, match="symlink"):
+        store.read(KEY)
 
 
 # -- locks ----------------------------------------------------------------------------------
@@ -256,8 +306,27 @@ def test_windows_locks_the_first_byte_per_handle_and_frees_it(tmp_path: Path, re
             pass
     locks = [call for call in msvcrt.calls if call[1] == FakeMsvcrt.LK_NBLCK]
     unlocks = [call for call in msvcrt.calls if call[1] == FakeMsvcrt.LK_UNLCK]
-    assert locks and all(position == 0 and size == 1 for position, _, size in locks)
-    assert len(unlocks) == 2 and all(position == 0 for position, _, _ in unlocks)
+    assert locks and all(size == 1 for _, _, size in locks)
+    assert len(unlocks) == 2
+
+
+@linux_only
+def test_windows_locks_from_the_first_byte_wherever_the_descriptor_stands(
+    tmp_path: Path,
+) -> None:
+    """``msvcrt.locking`` locks from the current position: a lock taken elsewhere would not
+    exclude one taken at 0."""
+    msvcrt = FakeMsvcrt()
+    platform = Windows(msvcrt, FakeKernel32({}, error=0))
+    fd = os.open(tmp_path / "some.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"12345")
+        assert platform.try_lock(fd)
+        os.lseek(fd, 3, os.SEEK_SET)
+        platform.unlock(fd)
+    finally:
+        os.close(fd)
+    assert msvcrt.calls == [(0, FakeMsvcrt.LK_NBLCK, 1), (0, FakeMsvcrt.LK_UNLCK, 1)]
 
 
 @linux_only
@@ -375,7 +444,9 @@ def test_rescue_copies_go_where_each_platform_keeps_private_files(
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     temp = Path(tempfile.gettempdir())
     windows = Windows(FakeMsvcrt(), FakeKernel32({}, error=0))
-    assert windows.rescue_dirs() == [temp / "grantkeeper-rescue"]
+    # In the profile, never %TEMP%: a service's is C:\Windows\Temp, shared by all.
+    cache = platformdirs.user_cache_path("grantkeeper", appauthor=False)
+    assert windows.rescue_dirs() == [cache / "rescue"]
     if sys.platform == "win32":
         return
     uid = os.getuid()
@@ -427,6 +498,8 @@ failed = []
 for name in names + ["tests.conftest"] + {portable!r}:
     if name == "grantkeeper.__main__":
         continue  # runs the command
+    if name == "grantkeeper._platform.posix" and sys.platform == "win32":
+        continue  # never imported there
     try:
         importlib.import_module(name)
     except ImportError as exc:

@@ -69,7 +69,8 @@ def _configure_logging(verbose: int, log_file: str | None, secrets: list[str]) -
     formatter = logging.Formatter("%(asctime)s grantkeeper %(levelname)s %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler()]  # stderr
     if log_file:
-        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        binary = getattr(os, "O_BINARY", 0)  # Windows: the text layer writes the newlines
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | binary, 0o600)
         handlers.append(logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8")))
     for handler in handlers:
         handler.setFormatter(formatter)

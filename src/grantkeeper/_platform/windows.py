@@ -8,18 +8,21 @@ portable tests on Windows.
   neither it nor the directory is a symlink or junction (any reparse point), a check a
   process able to write in the user's profile could race. Owner and mode bits mean nothing
   there; the user profile's ACL (``%LOCALAPPDATA%``, owner, SYSTEM and Administrators only)
-  is what keeps other users out (docs/security.md). A directory cannot be fsynced: NTFS
-  journals the rename itself.
-- **Renames.** ``os.replace`` fails with a sharing violation while another process has the
-  target open (a reader of the credential file, for a moment): it is retried for a bounded
-  time.
+  is what keeps other users out (docs/security.md).
+- **Renames** are ``MoveFileExW`` with ``MOVEFILE_WRITE_THROUGH``: the rename is on disk
+  when it returns (a directory cannot be fsynced there). It fails with a sharing violation
+  while another process has the target open (a reader of the credential file, for one
+  read), and so does a deletion: both are retried for a bounded time.
 - **Locks.** ``msvcrt.locking`` (``LockFile``) on the first byte: a lock belongs to the file
-  handle, so another descriptor is refused even in the same process, as with ``flock``; the
-  OS releases it when the holder's process ends. Lock files are never deleted.
+  handle, so another descriptor is refused even in the same process, as with ``flock``;
+  Windows releases it after the holder's process ends (not always at once, Microsoft says:
+  the bounded wait covers it). Lock files are never deleted.
 - **Liveness.** ``os.kill(pid, 0)`` would send ``CTRL_C_EVENT`` to a process group there.
   ``OpenProcess`` plus ``GetExitCodeProcess`` says instead; access denied means it exists.
-  A process that exited with code 259 (``STILL_ACTIVE``) looks alive, and a pid is reused
-  quickly: both err towards alive, which makes a peer wait for a lease, never spend twice.
+  A process that exited with code 259 (``STILL_ACTIVE``) looks alive. Windows reuses pids
+  quickly: a holder that died mid-refresh and whose pid another process took blocks the
+  credential until that process ends (the note does not record its writer's start time;
+  the notes of issue 38 say so).
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import os
 import socket
 import stat
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
+
+import platformdirs
 
 _FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 
@@ -42,9 +47,12 @@ ERROR_ACCESS_DENIED = 5
 ERROR_INVALID_PARAMETER = 87
 """What ``OpenProcess`` reports for a pid that names no process."""
 
-REPLACE_PATIENCE = 2.0
-"""How long a rename waits for readers of its target to close it (they hold it for one
-read of a few kilobytes)."""
+SHARING_PATIENCE = 2.0
+"""How long a rename or a deletion waits for readers of its target to close it (they hold
+it for one read of a few kilobytes)."""
+
+MOVEFILE_REPLACE_EXISTING = 0x1
+MOVEFILE_WRITE_THROUGH = 0x8
 
 
 class Msvcrt(Protocol):
@@ -66,6 +74,10 @@ class Kernel32(Protocol):
 
     def CloseHandle(self, handle: int, /) -> None: ...  # noqa: N802
 
+    def MoveFileExW(self, source: str, target: str, flags: int, /) -> None:  # noqa: N802
+        """Raises ``OSError`` (``PermissionError`` for a sharing violation) on failure."""
+        ...
+
     def last_error(self) -> int: ...
 
 
@@ -75,17 +87,39 @@ def _refuse_reparse_point(path: Path) -> os.stat_result | None:
         info = os.lstat(path)
     except FileNotFoundError:
         return None
-    attributes = getattr(info, "st_file_attributes", 0)
-    if stat.S_ISLNK(info.st_mode) or attributes & _FILE_ATTRIBUTE_REPARSE_POINT:
+    if is_link(info):
         raise OSError(errno.ELOOP, "is a symlink or junction; refusing it", str(path))
     return info
+
+
+def is_link(info: os.stat_result) -> bool:
+    """Whether ``info`` (an ``lstat``) is a symlink or, on Windows, any reparse point (a
+    junction is one, and ``S_ISLNK`` does not say so)."""
+    attributes = getattr(info, "st_file_attributes", 0)
+    return stat.S_ISLNK(info.st_mode) or bool(attributes & _FILE_ATTRIBUTE_REPARSE_POINT)
+
+
+def _patiently(action: Callable[[], None]) -> None:
+    """Run ``action``, again while it meets a sharing violation, for a bounded time."""
+    deadline = time.monotonic() + SHARING_PATIENCE
+    pause = 0.001
+    while True:
+        try:
+            action()
+            return
+        except PermissionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 class PathDir:
     """A directory reached by its path (Windows has no descriptors of directories)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, kernel32: Kernel32) -> None:
         self.path = path
+        self._kernel32 = kernel32
 
     def __repr__(self) -> str:
         return f"PathDir({str(self.path)!r})"
@@ -101,25 +135,17 @@ class PathDir:
         return os.listdir(self.path)
 
     def unlink(self, name: str) -> None:
-        _refuse_reparse_point(self.path / name)
-        os.unlink(self.path / name)
+        target = self.path / name
+        _refuse_reparse_point(target)
+        _patiently(lambda: os.unlink(target))
 
     def replace(self, source: str, target: str) -> None:
-        deadline = time.monotonic() + REPLACE_PATIENCE
-        pause = 0.001
-        while True:
-            try:
-                os.replace(self.path / source, self.path / target)
-                return
-            except PermissionError:
-                # A reader has the target open (Windows refuses to rename over it): wait.
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+        flags = MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH
+        move = self._kernel32.MoveFileExW
+        _patiently(lambda: move(str(self.path / source), str(self.path / target), flags))
 
     def fsync(self) -> None:
-        """Nothing: a directory cannot be opened for ``FlushFileBuffers`` through ``os``."""
+        """Nothing to do: renames are written through (a directory cannot be fsynced)."""
 
     def stat(self) -> os.stat_result:
         return os.stat(self.path)
@@ -155,7 +181,7 @@ class Windows:
             raise FileNotFoundError(errno.ENOENT, "no such directory", str(path))
         if not stat.S_ISDIR(info.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
-        return PathDir(path)
+        return PathDir(path, self._kernel32)
 
     def try_lock(self, fd: int) -> bool:
         # msvcrt.locking locks from the current position: always the first byte (a lock
@@ -194,8 +220,9 @@ class Windows:
         return None
 
     def rescue_dirs(self) -> list[Path]:
-        # %TEMP% is %LOCALAPPDATA%\Temp: per user, inside the profile's ACL.
-        return [Path(tempfile.gettempdir()) / "grantkeeper-rescue"]
+        # In the user's profile (%LOCALAPPDATA%\grantkeeper\Cache), under its ACL. Not %TEMP%:
+        # for a service it is C:\Windows\Temp, shared, where another user could make it first.
+        return [platformdirs.user_cache_path("grantkeeper", appauthor=False) / "rescue"]
 
     def stop_signals(self) -> tuple[int, ...]:
         # The event loop cannot handle signals on Windows; Ctrl-C raises KeyboardInterrupt,
@@ -220,6 +247,9 @@ def _native_kernel32() -> Kernel32:
     close_handle = library.CloseHandle
     close_handle.argtypes = [wintypes.HANDLE]
     close_handle.restype = wintypes.BOOL
+    move_file = library.MoveFileExW
+    move_file.argtypes = [wintypes.LPCWSTR, wintypes.LPCWSTR, wintypes.DWORD]
+    move_file.restype = wintypes.BOOL
 
     class Native:
         def OpenProcess(self, access: int, inherit: bool, pid: int, /) -> int:  # noqa: N802
@@ -231,6 +261,11 @@ def _native_kernel32() -> Kernel32:
 
         def CloseHandle(self, handle: int, /) -> None:  # noqa: N802
             close_handle(handle)
+
+        def MoveFileExW(self, source: str, target: str, flags: int, /) -> None:  # noqa: N802
+            if not move_file(source, target, flags):
+                # Mapped from the Windows error: a sharing violation is a PermissionError.
+                raise ctypes.WinError(ctypes.get_last_error())
 
         def last_error(self) -> int:
             return ctypes.get_last_error()

@@ -287,7 +287,9 @@ class PrivateDir:
     def _remove_temps(self, dirh: DirHandle, name: str) -> None:
         for entry in _temps(dirh):
             if _target(entry) == name:
-                with contextlib.suppress(FileNotFoundError):
+                # A courtesy: a temp file another program holds open (a virus scanner, on
+                # Windows) stays for the next write, and never fails this one.
+                with contextlib.suppress(OSError):
                     dirh.unlink(entry)
 
     def sweep(self, dirh: DirHandle, lock_of: Callable[[str], str | None]) -> int:
@@ -306,11 +308,11 @@ class PrivateDir:
                 continue
             try:
                 with locked_file(dirh, lock, timeout=0, what=lock):
-                    with contextlib.suppress(FileNotFoundError):
+                    with contextlib.suppress(OSError):
                         dirh.unlink(entry)
                         removed += 1
-            except LockTimeout:
-                continue  # a live writer holds it: its temp file is in use
+            except (LockTimeout, StoreUnavailable):
+                continue  # a live writer holds it (its temp file is in use), or no lock here
         return removed
 
 

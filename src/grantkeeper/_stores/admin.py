@@ -23,6 +23,7 @@ from typing import Literal
 
 from .._errors import GrantkeeperError, LockTimeout, StoreConfigError, StoreError
 from .._platform import current, loose_mode
+from .._platform.windows import is_link
 from .._record import CredentialKey
 from .auto import AutoStore, Backend
 from .base import HeldLock, Store
@@ -173,10 +174,12 @@ def _permission_checks(files: FileStore) -> list[StoreCheck]:
             checks.append(StoreCheck(name, True, "not created yet"))
             continue
         mode = stat.S_IMODE(info.st_mode)
-        if stat.S_ISLNK(info.st_mode):
+        if is_link(info):
             checks.append(StoreCheck(name, False, "is a symlink"))
         elif not current().owner_modes:
-            checks.append(StoreCheck(name, True, "private to the user profile (Windows ACL)"))
+            checks.append(
+                StoreCheck(name, True, "ACL not checked: private if inside your user profile")
+            )
         elif info.st_uid != current().uid():
             checks.append(StoreCheck(name, False, "owned by another user"))
         elif loose_mode(mode):
