@@ -35,6 +35,7 @@ from grantkeeper import (
 )
 from grantkeeper._oauth.auth_server_metadata import parse_metadata
 from grantkeeper._oauth.code_flow import run_code_flow
+from grantkeeper._platform import posix as posix_platform
 from grantkeeper._status import AuthState, status_of
 from grantkeeper._stores import _fs
 from grantkeeper._stores import file as _file_store
@@ -107,6 +108,7 @@ class FaultyOS(SimpleNamespace):
     def __init__(self, call: str, code: int) -> None:
         super().__init__()
         self.armed = False
+        self.fired = 0
         self._call, self._code = call, code
 
     def __getattr__(self, name: str) -> Any:
@@ -119,6 +121,7 @@ class FaultyOS(SimpleNamespace):
             # opened through the same layer, already exist and still open.
             creating = name != "open" or (len(args) > 1 and args[1] & os.O_EXCL)
             if self.armed and creating:
+                self.fired += 1
                 raise OSError(self._code, os.strerror(self._code))
             return real(*args, **kwargs)
 
@@ -146,6 +149,7 @@ def test_file_store_write_faults_serve_b_and_heal(
     faulty = FaultyOS(call, code)
     monkeypatch.setattr(_file_store, "os", faulty)
     monkeypatch.setattr(_fs, "os", faulty)  # the file system layer under it
+    monkeypatch.setattr(posix_platform, "os", faulty)  # and its directory handle's calls
     store, clock = FileStore(tmp_path), StepClock()
     seeded(store, provider, clock)
     clock.advance(3600)
@@ -159,6 +163,7 @@ def test_file_store_write_faults_serve_b_and_heal(
         faulty.armed = False
 
     assert_b_served_a_never_replayed(keeper, store, provider, http, clock, heal)
+    assert faulty.fired, f"the {call} fault never reached the file store"
 
 
 # -- the keyring locks between the note and the answer ------------------------------------

@@ -41,6 +41,7 @@ from grantkeeper import (
     Stored,
     StoreUnavailable,
 )
+from grantkeeper._platform import posix as posix_platform
 from grantkeeper._stores import _fs
 from grantkeeper.testing import sample_record
 from harness.authserver import AuthServer
@@ -118,6 +119,7 @@ def fault(
     if request.param == "file-directory-fsync":
         faulty = DirectoryFsyncFails()
         monkeypatch.setattr(_fs, "os", faulty)
+        monkeypatch.setattr(posix_platform, "os", faulty)  # the directory's fsync is there
 
         def arm() -> None:
             faulty.armed = True
