@@ -5,7 +5,8 @@ Everything grantkeeper does that an operating system does differently goes throu
 without following symlinks, an exclusive lock with a non-blocking try, whether a process is
 alive, which host a pid belongs to, whether owner and mode bits protect a file, where rescue
 copies may go, which signals stop a command. Nothing else imports ``fcntl``, ``msvcrt`` or
-``ctypes`` or asks ``sys.platform``.
+``ctypes`` or asks ``sys.platform`` (but the store conformance suite, which checks the exit
+code a killed holder gets: ``-SIGKILL``, or Windows' own).
 
 Each platform's class takes the OS module it wraps (``msvcrt``, ``kernel32``) as an
 argument, so the Windows and macOS branches run on Linux in the tests, with stand-ins for
