@@ -55,6 +55,10 @@ class ServerConfig:
     """Extra static headers for the MCP transport, e.g. an API key."""
     callback_port: int | None = None
     """A fixed loopback port for the login redirect, for clients registered with one."""
+    callback_host: str | None = None
+    """The host named in the login redirect: ``"127.0.0.1"`` (``None``, the default) or
+    ``"localhost"``, for providers that register only ``http://localhost:PORT/...``
+    redirects. The listener binds the loopback address either way."""
     client_metadata_url: str | None = None
     """This client's ID metadata document (SEP-991), used as client id where supported."""
     grant: str | None = None
@@ -81,6 +85,10 @@ class ServerConfig:
     each time (workload identity federation, SEP-1933)."""
     workload_identity_env: str | None = None
     """Name of an environment variable holding that token instead."""
+    resource_indicator: bool | None = None
+    """``False`` never sends the ``resource`` parameter (RFC 8707) at login or refresh:
+    for authorization servers that refuse it next to ``scope`` (Microsoft Entra v2,
+    AADSTS9010010). Tokens are then not bound to this server; ``status`` says so."""
 
     def __post_init__(self) -> None:
         # Whatever a server echoes of these is hidden from every message (see _redact).
@@ -108,6 +116,8 @@ class ServerConfig:
             shown.append(f"retry_unknown_outcome={self.retry_unknown_outcome!r}")
         if self.dpop is not None:
             shown.append(f"dpop={self.dpop!r}")
+        if self.resource_indicator is not None:
+            shown.append(f"resource_indicator={self.resource_indicator!r}")
         return f"ServerConfig({', '.join(shown)})"
 
     __str__ = __repr__
@@ -183,11 +193,12 @@ def _from_json(name: str, data: Any) -> ServerConfig:
     bad_types = [
         f.name
         for f in fields(ServerConfig)
-        if f.name not in ("headers", "callback_port", "retry_unknown_outcome", "dpop")
+        if f.name
+        not in ("headers", "callback_port", "retry_unknown_outcome", "dpop", "resource_indicator")
         and getattr(config, f.name) is not None
         and not isinstance(getattr(config, f.name), str)
     ]
-    for flag in ("retry_unknown_outcome", "dpop"):
+    for flag in ("retry_unknown_outcome", "dpop", "resource_indicator"):
         if getattr(config, flag) not in (None, True, False):
             bad_types.append(flag)
     if bad_types or not isinstance(config.headers, dict):
