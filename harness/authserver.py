@@ -18,6 +18,7 @@ import os
 import secrets
 import select
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -77,6 +78,7 @@ class AuthServer:
         pushed_requests: str = "offered",
         dpop: str = "off",
         trust_workload: tuple[str, Path] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         """``state_dir``: an existing directory for state that survives :meth:`restart`.
         ``omit_expires_in``: token responses carry no ``expires_in`` (the tokens still
@@ -92,7 +94,9 @@ class AuthServer:
         must carry a server nonce), for DPoP (RFC 9449). ``trust_workload``: ``(issuer,
         jwks_file)``: workload identity federation, client :data:`WIF_CLIENT` trades a
         JWT from ``issuer`` signed (RS256) by a key in ``jwks_file``, read at every request
-        (stats ``workload_assertions``: each received JWT's ``jti``)."""
+        (stats ``workload_assertions``: each received JWT's ``jti``). ``tls``: ``(chain,
+        key, ca)`` PEM files: the server speaks HTTPS with that certificate chain and key
+        (a private CA's, e.g. from ``trustme``) and the harness's own calls trust ``ca``."""
         if dpop not in ("off", "on", "nonce"):
             raise ValueError(f"dpop must be off, on or nonce: {dpop!r}")
         if token_format not in ("opaque", "jwt"):
@@ -117,6 +121,7 @@ class AuthServer:
         self.pushed_requests = pushed_requests
         self.dpop = dpop
         self.trust_workload = trust_workload
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._stderr_thread: threading.Thread | None = None
@@ -167,6 +172,8 @@ class AuthServer:
         if self.trust_workload is not None:
             issuer, jwks = self.trust_workload
             command += ["--trust-workload", issuer, "--workload-jwks", str(jwks)]
+        if self.tls is not None:
+            command += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
 
         self._stderr_tail.clear()
         process = subprocess.Popen(
@@ -191,13 +198,20 @@ class AuthServer:
             raise
         self.issuer = str(announcement["issuer"])
         self.port = int(announcement["port"])
-        self._http = httpx.Client(base_url=self.origin, timeout=10.0, trust_env=False)
+        self._http = httpx.Client(
+            base_url=self.origin, timeout=10.0, trust_env=False, verify=self.verify
+        )
         return self
 
     @property
     def origin(self) -> str:
         """Where the server itself listens (the issuer, unless a proxy stands in front)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What the harness's own clients trust: the private CA when the server has one."""
+        return ssl.create_default_context(cafile=self.tls[2]) if self.tls else True
 
     def restart(self, *, downtime: float = 0.0) -> AuthServer:
         """Stop the server (letting requests in progress finish), stay down ``downtime``
@@ -354,7 +368,7 @@ class AuthServer:
         """Play the browser (see :func:`play_browser`) against this server."""
         self._client()  # fail early if not running
         try:
-            return play_browser(authorize_url, redirect_uri)
+            return play_browser(authorize_url, redirect_uri, verify=self.verify)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{self.stderr_tail()}") from None
 
@@ -413,7 +427,9 @@ class AuthServer:
         return self.introspect(token).get("active") is True
 
 
-def play_browser(authorize_url: str, redirect_uri: str | None = None) -> str:
+def play_browser(
+    authorize_url: str, redirect_uri: str | None = None, *, verify: ssl.SSLContext | bool = True
+) -> str:
     """Play the browser: GET authorize_url with a cookie-keeping httpx.Client, follow 302/303
     redirects (including the /interaction/ pages, which auto-approve) until a Location starts
     with redirect_uri; return that full callback URL WITHOUT requesting it. Bounded number of
@@ -427,7 +443,9 @@ def play_browser(authorize_url: str, redirect_uri: str | None = None) -> str:
         redirect_uri = parse_qs(urlsplit(authorize_url).query).get("redirect_uri", [None])[0]
     server = urlsplit(authorize_url)[:2]
     url = authorize_url
-    with httpx.Client(timeout=10.0, trust_env=False, follow_redirects=False) as browser:
+    with httpx.Client(
+        timeout=10.0, trust_env=False, follow_redirects=False, verify=verify
+    ) as browser:
         for _ in range(MAX_HOPS):
             response = browser.get(url)
             if response.status_code not in (301, 302, 303, 307, 308):

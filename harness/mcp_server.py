@@ -26,7 +26,8 @@ With ``auth_server=None`` the server is not protected at all: no metadata, no 40
 
 Around the SDK's app sits a thin test-control layer: it records every HTTP request (method,
 status, session id, the bearer token sent, its ``Mcp-*`` headers, the JSON-RPC message it
-carried), and on demand answers the next requests of a method with 401 or 403, or treats
+carried), and on demand answers the next requests of a method with 401 or 403 (or another
+status: a 405 from a server without streamable HTTP, a 500), or treats
 sessions as expired (404, as the SDK answers an unknown session). Tests wait for what they
 expect with :meth:`McpServer.wait_for`, never by sleeping.
 
@@ -245,7 +246,9 @@ class McpServer:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         self.origin = f"http://127.0.0.1:{port}"
-        self.url = f"{self.origin}/{'sse' if self.transport == 'sse' else 'mcp'}"
+        #: The path of :attr:`url`, where the faults of :meth:`fail_next` are injected.
+        self.path = "/sse" if self.transport == "sse" else "/mcp"
+        self.url = f"{self.origin}{self.path}"
         app = _Controls(self._build_app(), self)
         config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none")
         server = uvicorn.Server(config)
@@ -418,11 +421,12 @@ class McpServer:
         scope: str | None = None,
         skip: int = 0,
     ) -> None:
-        """Answer ``count`` ``method`` requests with ``status`` (401 or 403), after letting
+        """Answer ``count`` ``method`` requests to :attr:`url` with ``status``, after letting
         ``skip`` of them through.
 
         A 401 is an ``invalid_token`` challenge, a 403 an ``insufficient_scope`` one naming
-        ``scope``; both carry ``resource_metadata`` like the SDK's own.
+        ``scope``; both carry ``resource_metadata`` like the SDK's own. Any other status (a
+        404 or 405 from a server without streamable HTTP, a 500) is a bare JSON error.
         """
         with self._condition:
             self._faults.append(_Fault(method.upper(), status, count, scope, skip))
@@ -596,7 +600,8 @@ class _Controls:
             await send(message)
 
         try:
-            fault = self.owner._take_fault(method, token) if scope["path"] == "/mcp" else None
+            own_path = scope["path"] == self.owner.path
+            fault = self.owner._take_fault(method, token) if own_path else None
             if fault is not None:
                 if fault.hold is not None:
                     await self.owner._hold(fault.hold)
@@ -628,7 +633,11 @@ class _Controls:
         return named
 
     async def _challenge(self, fault: _Fault, send: Send) -> None:
-        metadata = f"{self.owner.origin}/.well-known/oauth-protected-resource/mcp"
+        if fault.status not in (401, 403):
+            # Not about auth (a 404, 405 or 500 a test wants): no challenge to act on.
+            await _json(send, fault.status, {"detail": "injected by the test"})
+            return
+        metadata = f"{self.owner.origin}/.well-known/oauth-protected-resource{self.owner.path}"
         if fault.status == 403:
             params = f'error="insufficient_scope", scope="{fault.scope or ""}"'
         else:

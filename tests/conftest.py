@@ -88,6 +88,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_goes_direct() -> None:
+    """The suite's servers are on loopback: a developer's company proxy (grantkeeper honours
+    ``HTTP_PROXY`` everywhere) must not stand between them, while the tests that download
+    (pip, uvx) still go through it. Tests of proxies (tests/test_network.py) set their own."""
+    for name in ("NO_PROXY", "no_proxy"):
+        named = [host for host in os.environ.get(name, "").split(",") if host.strip()]
+        os.environ[name] = ",".join([*named, *(h for h in LOOPBACK_NAMES if h not in named)])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_rescue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where a Keeper still holding B when the interpreter exits keeps its copy: its flush

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
         "_freshness",
         "_liveness",
         "_platform",
+        "_network",
         "_rules",
         "_exports",
         "_signals",

@@ -40,9 +40,19 @@ def test_round_trip_keeps_every_field() -> None:
         scope_requested="mcp",
         dpop_key='{"kty":"OKP","crv":"Ed25519","x":"x","d":"d","alg":"EdDSA"}',
         workload_source="file:/var/run/secrets/tokens/mcp",
+        resource_indicator=False,
+        token_type="DPoP",
     )
     unset = [f.name for f in dataclasses.fields(record) if getattr(record, f.name) is None]
     assert not unset, f"set every field, so that each one's round trip is checked: {unset}"
+    defaults = [
+        f.name
+        for f in dataclasses.fields(record)
+        if f.default is not dataclasses.MISSING
+        and f.default is not None
+        and getattr(record, f.name) == f.default
+    ]
+    assert not defaults, f"set every field off its default, so its round trip shows: {defaults}"
     assert record_from_json(json.loads(json.dumps(record_to_json(record)))) == record
 
 

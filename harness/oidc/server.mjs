@@ -14,6 +14,8 @@
 // with a nonce required in every proof (400 use_dpop_nonce until one is sent).
 // --issuer sets the issuer URL, for a loopback proxy in front of the server (the server
 // still listens on --port).
+// --tls-cert FILE --tls-key FILE serve HTTPS with that certificate chain and key (PEM), for a
+// private CA's server certificate: the issuer is then https://127.0.0.1:PORT.
 //
 // Test-only admin endpoints (no authentication; loopback only):
 //   GET  /__admin/stats        counters as JSON
@@ -45,6 +47,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as nodePath from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -75,6 +78,8 @@ const { values: argv } = parseArgs({
     dpop: { type: 'string', default: 'off' },
     'trust-workload': { type: 'string' },
     'workload-jwks': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
   },
   strict: true,
 });
@@ -93,6 +98,11 @@ const requirePushed = argv['require-par'];
 const dpopMode = argv.dpop;
 const trustedWorkloadIssuer = argv['trust-workload'];
 const workloadJwksPath = argv['workload-jwks'];
+const tlsCert = argv['tls-cert'];
+const tlsKey = argv['tls-key'];
+if (Boolean(tlsCert) !== Boolean(tlsKey)) {
+  throw new Error('--tls-cert and --tls-key go together');
+}
 if (Boolean(trustedWorkloadIssuer) !== Boolean(workloadJwksPath)) {
   throw new Error('--trust-workload and --workload-jwks go together');
 }
@@ -950,7 +960,7 @@ async function admin(provider, req, res, path) {
 let provider;
 let providerHandler;
 
-const server = http.createServer((req, res) => {
+function handle(req, res) {
   const path = new URL(req.url, 'http://127.0.0.1').pathname;
   let work;
   if (path.startsWith('/__admin/')) {
@@ -966,13 +976,17 @@ const server = http.createServer((req, res) => {
     if (!res.headersSent) sendJson(res, 500, { error: 'harness_error', detail: String(err?.message ?? err) });
     else res.end();
   });
-});
+}
+
+const server = tlsCert
+  ? https.createServer({ cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }, handle)
+  : http.createServer(handle);
 
 openJournal();
 
 server.listen(port, '127.0.0.1', () => {
   const actualPort = server.address().port;
-  const issuer = issuerOverride ?? `http://127.0.0.1:${actualPort}`;
+  const issuer = issuerOverride ?? `${tlsCert ? 'https' : 'http'}://127.0.0.1:${actualPort}`;
   provider = buildProvider(issuer);
   providerHandler = provider.callback();
   log(`listening issuer=${issuer} format=${accessTokenFormat} access_ttl=${accessTTL} resources=${JSON.stringify(resources)} state_dir=${stateDir ?? '-'} omit_expires_in=${omitExpiresIn}`);

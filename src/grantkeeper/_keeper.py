@@ -49,6 +49,7 @@ from ._errors import (
 from ._freshness import DEFAULT_SKEW, Clock, fresh_until, utc_now
 from ._liveness import DEFAULT_LEASE, host_identity, process_alive
 from ._log import event
+from ._network import client_options
 from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT
 from ._oauth.grants import note_refusal, renewal_request
 from ._oauth.token_client import DEFAULT_TIMEOUT, send_token_request
@@ -701,7 +702,9 @@ class Keeper:
 
     def _client(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(timeout=self._token_timeout, follow_redirects=False)
+            self._http = httpx.Client(
+                timeout=self._token_timeout, follow_redirects=False, **client_options()
+            )
             # A Keeper dropped without close() still closes the client it made.
             self._http_closer = weakref.finalize(self, self._http.close)
         return self._http

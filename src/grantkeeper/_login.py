@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import webbrowser
 from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -15,15 +16,19 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from ._errors import (
+    AuthorizationDenied,
     CallbackTimeout,
     CallbackUnavailable,
     ClientRegistrationInvalid,
     GrantkeeperError,
+    ProviderError,
     ServerConfigError,
 )
 from ._freshness import Clock, utc_now
 from ._log import event
-from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, CallbackServer
+from ._network import client_options
+from ._oauth.authorization import denied_code
+from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, DEFAULT_HOST, CallbackServer
 from ._oauth.client_assertion import key_source
 from ._oauth.code_flow import Authorize, register_client, run_code_flow
 from ._oauth.discovery import Discovery, choose_scope, discover
@@ -89,6 +94,7 @@ def login(
     enterprise: EnterpriseIdentity | None = None,
     dpop: bool | None = None,
     workload: WorkloadIdentity | None = None,
+    resource_indicator: bool | None = None,
 ) -> Credential:
     """Log in to ``server`` (a URL, a configured name, or a :class:`ServerConfig`).
 
@@ -130,6 +136,15 @@ def login(
     always, ``False`` never. Browser and machine logins use it; a cross-app login's grant
     is Bearer.
 
+    ``resource_indicator=False`` (default: the server's ``resource_indicator`` setting,
+    else the stored credential's, else ``True``) sends no RFC 8707 ``resource`` parameter
+    in any request of this login, nor at any renewal of its credential, which keeps the
+    choice (and so does a login again without one): for an authorization
+    server that refuses it next to ``scope`` (Microsoft Entra ID v2, AADSTS9010010). The
+    tokens are then not bound to this server by the request; ``status`` says so. Where a
+    login sending it is refused with ``invalid_target``, the :class:`ProviderError` says
+    to try this.
+
     Scope precedence: ``scope``, the server's 401 challenge, the resource's
     ``scopes_supported``, then the authorization server's; ``offline_access`` is added when
     supported. The credential is written under the same lock refresh takes.
@@ -153,14 +168,20 @@ def login(
             f"{config.label}: a workload logs in with its own identity token alone, not with "
             "client credentials or an enterprise identity as well"
         )
+    if resource_indicator is None:
+        resource_indicator = config.resource_indicator
+    if resource_indicator is None:
+        resource_indicator = _stored_resource_indicator(store, config)
+    indicated = resource_indicator is not False
     with contextlib.ExitStack() as held:
+        held.enter_context(_resource_refusal_hint(indicated, config.label))
         client = http or held.enter_context(
-            httpx.Client(follow_redirects=False, trust_env=False, timeout=LOGIN_HTTP_TIMEOUT)
+            httpx.Client(follow_redirects=False, timeout=LOGIN_HTTP_TIMEOUT, **client_options())
         )
         # A configured port is bound before any network, so a taken one is reported at once
         # rather than after discovery; the listener's port needs nothing discovery finds.
         listener = (
-            held.enter_context(listen_first_free([config.callback_port]))
+            held.enter_context(listen_first_free([config.callback_port], config.callback_host))
             if config.callback_port
             and authorize is None
             and enterprise is None
@@ -227,6 +248,7 @@ def login(
                     clock=clock,
                     lock_timeout=lock_timeout,
                     dpop=proof_key(),
+                    resource_indicator=indicated,
                 )
             )
         if workload is not None:
@@ -246,6 +268,7 @@ def login(
                     clock=clock,
                     lock_timeout=lock_timeout,
                     dpop=proof_key(),
+                    resource_indicator=indicated,
                 )
             )
         if enterprise is not None:
@@ -264,6 +287,7 @@ def login(
                     scope=scope or config.scope,
                     clock=clock,
                     lock_timeout=lock_timeout,
+                    resource_indicator=indicated,
                 )
             )
         registration = (
@@ -275,7 +299,7 @@ def login(
         )
 
         def asked(redirect_uri: str) -> Asked:
-            return Asked(redirect_uri, found.resource, chosen_scope)
+            return Asked(redirect_uri, found.resource if indicated else None, chosen_scope)
 
         def attempt(authorize: Authorize, redirect_uri: str) -> Credential:
             key = proof_key()
@@ -294,6 +318,7 @@ def login(
                     clock=clock,
                     lock_timeout=lock_timeout,
                     dpop=key,
+                    resource_indicator=indicated,
                 )
 
             if registration is not None:
@@ -353,7 +378,7 @@ def login(
         if listener is None:
             dynamic = registration is None
             ports = callback_ports(config, store, issuer, dynamic)
-            listener = held.enter_context(listen_first_free(ports))
+            listener = held.enter_context(listen_first_free(ports, config.callback_host))
         browser = (
             authorizer_for(listener)
             if authorizer_for is not None
@@ -377,6 +402,7 @@ def _machine_login(
     clock: Clock,
     lock_timeout: float,
     dpop: DPoPKey | None,
+    resource_indicator: bool,
 ) -> Credential:
     """The client credentials grant: the scope asked for is the caller's, else the
     resource's (a machine has no challenge to answer)."""
@@ -402,7 +428,34 @@ def _machine_login(
         clock=clock,
         lock_timeout=lock_timeout,
         dpop=dpop,
+        resource_indicator=resource_indicator,
     )
+
+
+@contextlib.contextmanager
+def _resource_refusal_hint(sending: bool, label: str) -> Iterator[None]:
+    """Name the opt-out when a login that sent ``resource`` is refused with
+    ``invalid_target``, by the token endpoint or in the authorization redirect: a provider
+    that refuses it next to ``scope`` (Microsoft Entra ID v2, AADSTS9010010) says nothing
+    else that points at it."""
+    hint = (
+        ". If this authorization server refuses the resource parameter next to scope "
+        "(Microsoft Entra ID v2: AADSTS9010010), log in without it: "
+        f"grantkeeper login {shlex.quote(label)} --no-resource"
+    )
+    try:
+        yield
+    except ProviderError as exc:
+        # Only the plain refusal: an outage or an unknown outcome is about something else.
+        if not sending or exc.error != "invalid_target" or type(exc) is not ProviderError:
+            raise
+        raise ProviderError(
+            exc.message + hint, key=exc.key, status=exc.status, error=exc.error
+        ) from None
+    except AuthorizationDenied as exc:
+        if not sending or denied_code(exc) != "invalid_target":
+            raise
+        raise AuthorizationDenied(exc.message.rstrip() + hint, key=exc.key) from None
 
 
 def _machine_scope(scope: str | None, found: Discovery) -> str | None:
@@ -411,6 +464,17 @@ def _machine_scope(scope: str | None, found: Discovery) -> str | None:
     if scope is None and found.resource_metadata is not None:
         scope = " ".join(found.resource_metadata.scopes_supported) or None
     return scope
+
+
+def _stored_resource_indicator(store: Store, config: ServerConfig) -> bool | None:
+    """The choice the stored credential was made with, for a login that names none (a
+    re-login from a process that knows only the URL): a server that refused ``resource``
+    at the first login refuses it at the next."""
+    try:
+        stored = store.read(config.key)
+    except GrantkeeperError:
+        return None
+    return None if stored is None else stored.record.resource_indicator
 
 
 def _configured_workload(config: ServerConfig) -> WorkloadIdentity | None:
@@ -442,27 +506,33 @@ def _client_issuer(config: ServerConfig, store: Store, kept: KeptRegistrations) 
 
 def callback_ports(config: ServerConfig, store: Store, issuer: str, dynamic: bool) -> list[int]:
     """Ports for the loopback listener, in order: the configured one, else (for a client
-    registered dynamically) those of registrations kept for ``issuer``, then any."""
+    registered dynamically) those of registrations kept for ``issuer`` with the configured
+    callback host, then any."""
     if config.callback_port:
         return [config.callback_port]
     if not dynamic:
         return [0]
-    return [*KeptRegistrations(getattr(store, "home", None)).ports(issuer), 0]
+    # Registrations are kept by redirect URI: a port kept for the other loopback name
+    # would give a redirect URI no kept client has, so it is not worth trying first.
+    kept = KeptRegistrations(getattr(store, "home", None))
+    return [*kept.ports(issuer, host=config.callback_host or DEFAULT_HOST), 0]
 
 
 @contextlib.contextmanager
-def listen_first_free(ports: list[int]) -> Iterator[CallbackServer]:
-    """A listener on the first free port of ``ports``: a kept registration's port is worth
-    trying first (its client can be reused); the last one (0: any free port) must bind."""
+def listen_first_free(ports: list[int], host: str | None = None) -> Iterator[CallbackServer]:
+    """A listener on the first free port of ``ports``, its redirect URI naming ``host``
+    (``None``: 127.0.0.1): a kept registration's port is worth trying first (its client can
+    be reused); the last one (0: any free port) must bind."""
+    name = host or DEFAULT_HOST
     listener = None
     for port in ports[:-1]:
         try:
-            listener = CallbackServer(port=port).__enter__()
+            listener = CallbackServer(port=port, host=name).__enter__()
             break
         except CallbackUnavailable:
             continue
     if listener is None:
-        listener = CallbackServer(port=ports[-1]).__enter__()
+        listener = CallbackServer(port=ports[-1], host=name).__enter__()
     try:
         yield listener
     finally:

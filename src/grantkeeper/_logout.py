@@ -21,6 +21,7 @@ import httpx
 from . import _rescue_copies
 from ._errors import StoreError
 from ._log import event
+from ._network import client_options
 from ._oauth.revocation import TokenKind, revoke_tokens
 from ._record import Credential, CredentialKey
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
@@ -88,7 +89,7 @@ def _revoke_all(
     record: Credential, http: httpx.Client | None, key: str
 ) -> tuple[tuple[TokenKind, ...], tuple[str, ...]]:
     own = http is None
-    client = http or httpx.Client(follow_redirects=False, trust_env=False)
+    client = http or httpx.Client(follow_redirects=False, **client_options())
     try:
         # The refresh token first: most servers then revoke the whole grant with it.
         revoked, problems = revoke_tokens(client, record, ("refresh_token", "access_token"))

@@ -25,7 +25,11 @@ SCHEMA_VERSION = 2
 1 is every record whose token is Bearer. 2 marks a record whose ``token_type`` is not (a
 DPoP token kept from a refresh's answer): versions that read only 1 ignore ``token_type``
 and would send the token as Bearer, so they must refuse the record (``StoreCorrupt``)
-instead. Bearer records stay 1, readable by every version sharing the store."""
+instead. Bearer records stay 1, readable by every version sharing the store.
+
+``resource_indicator`` needs no new version: a version that ignores it sends ``resource``
+at refresh, which at worst such a provider refuses (``invalid_target``: a refusal, which
+spends no token), so the grant outlives that attempt."""
 
 BEARER_SCHEMA = 1
 """The layout version written for a Bearer record (see :data:`SCHEMA_VERSION`)."""
@@ -168,6 +172,12 @@ class Credential:
     workload_source: str | None = None
     """Where a workload identity credential's own JWT is read at every renewal (``file:…``,
     ``env:…``, or ``callable``), never the token: the jwt-bearer grant asks again with it."""
+    resource_indicator: bool = True
+    """Whether the requests of this credential name ``resource`` (RFC 8707). ``False`` for
+    a login whose server refuses it next to ``scope`` (Microsoft Entra v2, AADSTS9010010):
+    the choice is kept here, not only in servers.json, because a renewal may run where
+    that file is never read. ``resource`` itself is kept either way: the key, the
+    identity checks and status still name the server by it."""
 
     def __post_init__(self) -> None:
         # Whatever a server echoes of these is hidden from every message (see _redact).
@@ -224,6 +234,12 @@ class Credential:
     def renewable(self) -> bool:
         """Whether a renewal needs no person: a refresh token, or credentials of its own."""
         return bool(self.refresh_token) or self.asks_again
+
+    @property
+    def sent_resource(self) -> str | None:
+        """The ``resource`` a renewal of this credential sends: ``None`` where its login
+        opted out (:attr:`resource_indicator`)."""
+        return self.resource if self.resource_indicator else None
 
     def same_identity(self, other: Credential) -> bool:
         """Whether ``other`` belongs to the same issuer and resource as this record."""
@@ -289,6 +305,7 @@ def record_to_json(record: Credential) -> dict[str, Any]:
         "token_endpoint": record.token_endpoint,
         "revocation_endpoint": record.revocation_endpoint,
         "resource": record.resource,
+        "resource_indicator": record.resource_indicator,
         "client": {
             "client_id": record.client_id,
             "client_secret": record.client_secret,
@@ -359,6 +376,10 @@ def _record_from_json(data: Any) -> Credential:
     resource = _opt_str(data, "resource")
     if resource is None:
         raise KeyError("resource")
+    # Absent in records written before the opt-out existed: they all sent it.
+    resource_indicator = data.get("resource_indicator", True)
+    if not isinstance(resource_indicator, bool):
+        raise _FieldError("resource_indicator is not a boolean")
     obtained_at = _parse_time(data.get("obtained_at", data.get("received_at")), "obtained_at")
     expires_at = _parse_time(data.get("expires_at"), "expires_at")
     if expires_at is None and data.get("expires_in") is not None and obtained_at is not None:
@@ -418,4 +439,5 @@ def _record_from_json(data: Any) -> Credential:
         scope_requested=_opt_str(data, "scope_requested"),
         dpop_key=_opt_str(data, "dpop_key"),
         workload_source=_opt_str(data, "workload_source"),
+        resource_indicator=resource_indicator,
     )

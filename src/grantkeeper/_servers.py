@@ -12,13 +12,14 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from ._errors import LockTimeout, ProtocolError, ServerConfigError, StoreError
+from ._oauth.callback_server import CALLBACK_HOSTS
 from ._oauth.urls import require_secure
 from ._paths import grantkeeper_home
 from ._platform import DirHandle, loose_mode
@@ -52,7 +53,9 @@ class ServerConfig:
     bearer_token_env: str | None = None
     """Name of an environment variable holding the bearer token (keeps it out of the file)."""
     headers: dict[str, str] = field(default_factory=dict)
-    """Extra static headers for the MCP transport, e.g. an API key."""
+    """Extra static headers for the MCP transport, e.g. an API key. ``${VAR}`` in a value is
+    the environment variable ``VAR``, read when a request is made (see
+    :func:`expand_headers`); the file keeps the ``${VAR}`` text."""
     callback_port: int | None = None
     """A fixed loopback port for the login redirect, for clients registered with one."""
     callback_host: str | None = None
@@ -145,6 +148,10 @@ class ServerConfig:
             return value
         return self.bearer_token
 
+    def request_headers(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """:attr:`headers` as they are sent: each ``${VAR}`` replaced (:func:`expand_headers`)."""
+        return expand_headers(self.headers, environ, server=self.label)
+
     @property
     def static(self) -> bool:
         """Whether a static bearer token (in the file or the environment) replaces OAuth."""
@@ -162,12 +169,89 @@ _CREDENTIAL_HEADER = re.compile(r"auth|cookie|key|token|secret|password|credenti
 
 def credential_header_values(headers: object) -> list[str]:
     """The values among ``headers`` that authenticate, and the credential after an
-    ``Authorization`` scheme; other headers (``Accept``) hold ordinary words."""
+    ``Authorization`` scheme; other headers (``Accept``) hold ordinary words.
+
+    Of a value with ``${VAR}`` references, only the text around them: a reference is no
+    secret (hidden, it would hide the variable's name from the error that names it), and
+    what it stands for is remembered when it is read (:func:`expand_headers`)."""
     values: list[str] = []
     for name, value in headers.items() if isinstance(headers, dict) else ():
         if isinstance(name, str) and isinstance(value, str) and _CREDENTIAL_HEADER.search(name):
-            values += [value, value.strip().partition(" ")[2].strip()]
+            for whole in (value, value.strip().partition(" ")[2].strip()):
+                values += _ANY_REFERENCE.split(whole)
     return values
+
+
+_REFERENCE = re.compile(r"\$(\$?)\{([^}]*)\}")
+"""``${VAR}`` in a header value, or its escape ``$${VAR}`` (which stands for ``${VAR}``)."""
+
+_ANY_REFERENCE = re.compile(r"\$\$?\{[^}]*\}")
+""":data:`_REFERENCE` without its groups, to split a value on (``re.split`` keeps groups)."""
+
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def expand_headers(
+    headers: Mapping[str, str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    server: str | None = None,
+    secrets: list[str] | None = None,
+) -> dict[str, str]:
+    """``headers`` with each ``${VAR}`` in a value replaced by the environment variable
+    ``VAR`` (from ``environ``, else ``os.environ``), as mcp-remote users write them.
+
+    Only the environment, and only once: no default values, no files, no shell, and a
+    value that itself holds ``${...}`` stays as it is. ``$VAR`` without braces is literal,
+    and ``$${VAR}`` is the literal text ``${VAR}``. What a variable holds authenticates,
+    as a rule (``Authorization: Bearer ${TOKEN}``): each value put in is remembered as a
+    secret (:func:`~grantkeeper._redact.remember`) and, when ``secrets`` is given, added
+    to it. Raises :class:`ServerConfigError` naming the header and the variable, never a
+    value, when a variable is unset or empty, or a value holds what HTTP cannot carry.
+    """
+    env = os.environ if environ is None else environ
+    where = f" of server {server!r}" if server else ""
+    expanded: dict[str, str] = {}
+    put_in: list[str] = []
+    for name, value in headers.items():
+        if not isinstance(value, str) or "${" not in value:
+            expanded[name] = value  # a malformed file's non-string: httpx2 says what it is
+            continue
+
+        def substitute(match: re.Match[str], header: str = name) -> str:
+            if match.group(1):  # $${VAR}: the escape
+                return match.group()[1:]
+            variable = match.group(2)
+            if not _VARIABLE_NAME.fullmatch(variable):
+                # Not shown: what is between the braces may be a pasted secret.
+                raise ServerConfigError(
+                    f"header {header!r}{where} has a '${{...}}' that does not name an "
+                    "environment variable (letters, digits and '_'); write $${ for a literal ${"
+                )
+            found = env.get(variable)
+            if not found:
+                raise ServerConfigError(
+                    f"header {header!r}{where} takes ${{{variable}}} from the environment, "
+                    "which is not set (or empty)"
+                )
+            if not found.isascii() or any((c < " " and c != "\t") or c == "\x7f" for c in found):
+                # A line break would end the header and start another one of its text.
+                raise ServerConfigError(
+                    f"header {header!r}{where}: ${{{variable}}} holds a character an HTTP "
+                    "header cannot carry (a line break, a control or non-ASCII character)"
+                )
+            put_in.append(found)
+            return found
+
+        read = len(put_in)
+        expanded[name] = _REFERENCE.sub(substitute, value)
+        if len(put_in) > read:  # the whole value holds a secret; an escape alone does not
+            put_in.append(expanded[name])
+    # Whatever a server echoes of them is hidden from every message (see _redact).
+    remember(*put_in, pinned=True)
+    if secrets is not None:
+        secrets.extend(put_in)
+    return expanded
 
 
 def _path(home: str | os.PathLike[str] | None) -> Path:
@@ -203,6 +287,13 @@ def _from_json(name: str, data: Any) -> ServerConfig:
             bad_types.append(flag)
     if bad_types or not isinstance(config.headers, dict):
         raise ServerConfigError(f"{SERVERS_FILE}: server {name!r} has malformed {bad_types}")
+    if config.callback_host is not None and config.callback_host not in CALLBACK_HOSTS:
+        # Refused here, not at login: any other name would be a redirect off loopback, or
+        # one the listener (bound to 127.0.0.1) never sees.
+        raise ServerConfigError(
+            f"{SERVERS_FILE}: server {name!r} has malformed ['callback_host'] "
+            f"(use {' or '.join(CALLBACK_HOSTS)})"
+        )
     return config
 
 
@@ -323,6 +414,9 @@ def save_server(config: ServerConfig, home: str | os.PathLike[str] | None = None
     replaces the old entry, as the user asked.
     """
     require_secure(config.url, "server URL")
+    if config.callback_host is not None and config.callback_host not in CALLBACK_HOSTS:
+        # Never written: the file would not load again (see _from_json).
+        raise ServerConfigError(f"callback_host must be {' or '.join(CALLBACK_HOSTS)}")
     saved: list[ServerConfig] = []
 
     def change(servers: dict[str, Any]) -> None:

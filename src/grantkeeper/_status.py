@@ -83,6 +83,14 @@ class AuthState(enum.Enum):
     """The server offers no OAuth (known only from a ``--check`` probe)."""
 
 
+UNBOUND_WARNING = (
+    "its tokens are not bound to this server: logged in without the resource indicator "
+    "(RFC 8707, --no-resource), the authorization server picks their audience"
+)
+"""The warning for a credential whose login opted out of ``resource`` (``--no-resource``):
+a token that names no resource may be accepted by other servers of the same provider."""
+
+
 @dataclass(frozen=True)
 class AuthStatus:
     """One server's status. ``detail`` says why, in words a person can act on."""
@@ -94,6 +102,9 @@ class AuthStatus:
     freshness: Freshness | None = None
     subject: str | None = None
     store: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What a person should know although nothing needs doing: it changes no state and no
+    action."""
 
     @property
     def action(self) -> str | None:
@@ -147,7 +158,8 @@ def status_of(
         except (WorkloadTokenUnavailable, WorkloadTokenRejected) as exc:
             detail = f"{exc.message}; the next renewal needs it"
     state_now = AuthState.REAUTHENTICATION_REQUIRED if needs_login else AuthState.OAUTH
-    return dataclasses.replace(ok, state=state_now, detail=detail)
+    warnings = () if record.resource_indicator else (UNBOUND_WARNING,)
+    return dataclasses.replace(ok, state=state_now, detail=detail, warnings=warnings)
 
 
 # -- configured servers, from the store or probed --------------------------------------

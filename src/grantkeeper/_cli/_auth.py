@@ -66,6 +66,17 @@ def _say(message: str) -> None:
 
 # -- login --------------------------------------------------------------------------------
 
+CALLBACK_HOSTS = ("localhost", "127.0.0.1")
+"""``--callback-host`` choices; the same as ``_oauth.callback_server.CALLBACK_HOSTS``,
+written out so that parsing a command line imports no HTTP server."""
+
+
+def one_callback_port(callback_port: int | None, port: int | None) -> int | None:
+    """The port of ``--callback-port`` or its old name ``--port``; both must agree."""
+    if callback_port is not None and port is not None and callback_port != port:
+        raise click.UsageError("--port is the old name of --callback-port: give one of them")
+    return callback_port if callback_port is not None else port
+
 
 def _paste_reader(listener: CallbackServer) -> None:
     """Feed a pasted redirect URL to ``listener`` (``--manual``, for remote shells)."""
@@ -207,7 +218,27 @@ Examples:
     help="Bind tokens to a DPoP key (RFC 9449), or never; saved for the server. "
     "Default: where the authorization server offers it.",
 )
-@click.option("--port", type=click.IntRange(0, 65535), help="Loopback port for the redirect.")
+@click.option(
+    "--resource/--no-resource",
+    "resource_indicator",
+    default=None,
+    help="Send the resource parameter (RFC 8707) at login and refresh, or never, for "
+    "providers that refuse it next to scope (Microsoft Entra ID v2, AADSTS9010010); "
+    "saved for the server. Default: send it.",
+)
+@click.option(
+    "--callback-host",
+    type=click.Choice(CALLBACK_HOSTS),
+    help="Host the login redirect names, saved for the server: localhost for providers "
+    "that register only http://localhost:PORT/... redirects. Default: 127.0.0.1.",
+)
+@click.option(
+    "--callback-port",
+    type=click.IntRange(0, 65535),
+    help="Loopback port for the login redirect, saved for the server.",
+)
+# The old name of --callback-port, kept so that scripts written for it still work.
+@click.option("--port", type=click.IntRange(0, 65535), hidden=True)
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
 @click.option("--manual", is_flag=True, help="Paste the redirect URL yourself (remote shells).")
 @click.option(
@@ -241,6 +272,9 @@ def login(
     workload_identity_file: str | None,
     workload_identity_env: str | None,
     dpop: bool | None,
+    resource_indicator: bool | None,
+    callback_host: str | None,
+    callback_port: int | None,
     port: int | None,
     no_browser: bool,
     manual: bool,
@@ -298,10 +332,15 @@ def login(
         # A client given now is bound to the issuer this login reaches (below), not to the
         # one an earlier client of this entry was issued by.
         changes.update(client_id=client_id, client_secret=client_secret, client_issuer=None)
-    if port is not None:
-        changes["callback_port"] = port
+    callback_port = one_callback_port(callback_port, port)
+    if callback_port is not None:
+        changes["callback_port"] = callback_port
+    if callback_host is not None:
+        changes["callback_host"] = callback_host
     if dpop is not None:
         changes["dpop"] = dpop
+    if resource_indicator is not None:
+        changes["resource_indicator"] = resource_indicator
     if client_metadata_url:
         changes["client_metadata_url"] = client_metadata_url
     if client_credentials:
@@ -491,6 +530,7 @@ def _status_json(config: ServerConfig, status: AuthStatus, given: str | None) ->
         "store": status.store,
         "account": status.subject,
         "action": _action(config, status, given),
+        "warnings": list(status.warnings),
     }
 
 
@@ -581,6 +621,12 @@ def status(
             whole=("profile", "state", "expires", "store"),
             terminal_drop=("URL", "account"),  # 80 columns are few: see --json
         )
+        # Below the table, not in it: a warning changes no state and no action, and a
+        # sentence would crowd the detail column out of 80 columns.
+        for config, st in rows:
+            for warning in st.warnings:
+                profile = f" (profile {config.profile})" if config.profile else ""
+                _say(f"warning: {config.label}{profile}: {warning}")
     raise click.exceptions.Exit(EXIT_AUTH if needs_person else EXIT_OK)
 
 

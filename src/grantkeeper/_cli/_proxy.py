@@ -1,5 +1,10 @@
 """``grantkeeper proxy URL|NAME``: the stdio MCP server a desktop host starts, bridged to a
-remote streamable HTTP server with grantkeeper's auth. The bridge is ``_proxy.streamable_http``.
+remote MCP server with grantkeeper's auth. The bridge is ``_proxy.streamable_http``.
+
+``--transport auto`` (the default) starts on streamable HTTP and, as mcp-remote's
+http-first strategy, switches to HTTP+SSE for the whole run when the server answers the
+first POST with 404 or 405 (``_proxy.sse.AutoProxy``); later 404s are forgotten sessions.
+``streamable-http`` and ``sse`` fix the transport.
 
 stdout carries JSON-RPC only, from the first byte: descriptor 1 is taken over before
 anything else runs. Everything for people goes to stderr (and ``--log-file``), one line
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ._auth import CALLBACK_HOSTS
 from ._policy import (
     fail,
     handle_errors,
@@ -112,7 +118,16 @@ In a host's config (Claude Desktop, Cursor, VS Code):
     "header_values",
     multiple=True,
     metavar="'NAME: VALUE'",
-    help="Extra header for every request (repeatable). An Authorization header turns OAuth off.",
+    help="Extra header for every request (repeatable). An Authorization header turns OAuth off. "
+    "${VAR} in VALUE is the environment variable VAR ($${VAR} is a literal ${VAR}).",
+)
+@click.option(
+    "--ignore-tool",
+    "ignore_tools",
+    multiple=True,
+    metavar="GLOB",
+    help="Hide the server's tools whose name matches GLOB (fnmatch, case-sensitive; "
+    "repeatable) from the host, and refuse its calls to them.",
 )
 @click.option(
     "--no-browser",
@@ -127,6 +142,18 @@ In a host's config (Claude Desktop, Cursor, VS Code):
     help="Seconds to wait for a browser login (here or in another proxy).",
 )
 @click.option(
+    "--callback-host",
+    type=click.Choice(CALLBACK_HOSTS),
+    help="Host a browser login's redirect names, for this run: localhost for providers "
+    "that register only http://localhost:PORT/... redirects. Default: the server's setting.",
+)
+@click.option(
+    "--callback-port",
+    type=click.IntRange(0, 65535),
+    help="Loopback port for a browser login's redirect, for this run (a client registered "
+    "with one). Default: the server's setting.",
+)
+@click.option(
     "--ping-interval",
     type=click.FloatRange(min=0),
     default=30.0,
@@ -135,10 +162,12 @@ In a host's config (Claude Desktop, Cursor, VS Code):
 )
 @click.option(
     "--transport",
-    type=click.Choice(["streamable-http", "sse"]),
-    default="streamable-http",
+    type=click.Choice(["auto", "streamable-http", "sse"]),
+    default="auto",
     show_default=True,
-    help="The server's transport: sse for older servers (HTTP+SSE, protocol 2024-11-05).",
+    help="The server's transport. auto: streamable HTTP, switching to HTTP+SSE for the run "
+    "if the server answers the first POST with 404 or 405. streamable-http or sse: that "
+    "transport only (sse: older servers' HTTP+SSE, protocol 2024-11-05).",
 )
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also append the log here.")
@@ -149,8 +178,11 @@ def proxy(
     profile: str | None,
     scopes: tuple[str, ...],
     header_values: tuple[str, ...],
+    ignore_tools: tuple[str, ...],
     no_browser: bool,
     login_timeout: float,
+    callback_host: str | None,
+    callback_port: int | None,
     ping_interval: float,
     transport: str,
     verbose: int,
@@ -172,13 +204,20 @@ def proxy(
         raise fail(MISSING_EXTRA)
     from .._keeper import RECOVERY_MARGIN, Keeper
     from .._redact import remember
-    from .._servers import credential_header_values, resolve_server
+    from .._servers import credential_header_values, expand_headers, resolve_server
 
-    config = resolve_server(server, profile=profile)
-    headers = {**config.headers, **_parse_headers(header_values)}
+    config = login_settings(resolve_server(server, profile=profile), callback_host, callback_port)
+    # Expanded here, once, for this process only: the config (saved again by a login)
+    # keeps its ${VAR} text. An --header replaces the file's header before its ${VAR} is read.
+    put_in: list[str] = []
+    headers = expand_headers(
+        {**config.headers, **_parse_headers(header_values)}, server=config.label, secrets=put_in
+    )
     bearer = config.bearer()
     remember(*credential_header_values(headers), pinned=True)  # --header values a server may echo
-    _configure_logging(verbose, log_file, [*headers.values(), *([bearer] if bearer else [])])
+    _configure_logging(
+        verbose, log_file, [*headers.values(), *put_in, *([bearer] if bearer else [])]
+    )
     logging.getLogger("grantkeeper.proxy").info(
         "proxy.start url=%s key=%s headers=%s", config.url, config.key, sorted(headers) or "-"
     )
@@ -210,6 +249,7 @@ def proxy(
                 out=out,
                 keeper=keeper,
                 headers=headers,
+                ignore_tools=ignore_tools,
                 bearer=bearer,
                 ping_interval=ping_interval,
                 transport=transport,
@@ -238,6 +278,21 @@ def _has_mcp_extra() -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return major.isdigit() and int(major) >= 2
+
+
+def login_settings(
+    config: ServerConfig, callback_host: str | None, callback_port: int | None
+) -> ServerConfig:
+    """``config`` with ``--callback-host`` and ``--callback-port`` for this run's browser
+    logins. Never saved: a desktop host's config line is where the operator keeps them,
+    and a proxy must not rewrite what ``grantkeeper login`` saved."""
+    import dataclasses
+
+    if callback_host is not None:
+        config = dataclasses.replace(config, callback_host=callback_host)
+    if callback_port is not None:
+        config = dataclasses.replace(config, callback_port=callback_port)
+    return config
 
 
 def _nothing_stored(store: Store, config: ServerConfig) -> bool:
@@ -297,14 +352,16 @@ async def _serve(
     out: ProtocolOut,
     keeper: Keeper | None,
     headers: dict[str, str],
+    ignore_tools: tuple[str, ...] = (),
     bearer: str | None,
     ping_interval: float,
     transport: str,
 ) -> None:
     import httpx2
 
+    from .._network import client_options
     from .._platform import current
-    from .._proxy.sse import SseProxy
+    from .._proxy.sse import AutoProxy, SseProxy
     from .._proxy.stdio import read_lines
     from .._proxy.streamable_http import HTTP_TIMEOUT, Proxy
     from .._signals import ignore_stop_signals
@@ -324,11 +381,25 @@ async def _serve(
         loop.add_signal_handler(signum, lines.put_nowait, None)
     try:
         async with httpx2.AsyncClient(
-            auth=auth, headers=headers, timeout=HTTP_TIMEOUT, follow_redirects=False
+            auth=auth,
+            headers=headers,
+            timeout=HTTP_TIMEOUT,
+            follow_redirects=False,
+            **client_options(),
         ) as http:
-            bridge = SseProxy if transport == "sse" else Proxy
+            bridges: dict[str, type[Proxy]] = {
+                "auto": AutoProxy,
+                "streamable-http": Proxy,
+                "sse": SseProxy,
+            }
+            bridge = bridges[transport]
             await bridge(
-                config, http=http, out=out, keeper=keeper, ping_interval=ping_interval
+                config,
+                http=http,
+                out=out,
+                keeper=keeper,
+                ping_interval=ping_interval,
+                ignore_tools=ignore_tools,
             ).run(lines)
     finally:
         # Removing a handler restores the default action (death, for SIGTERM): ignore

@@ -11,10 +11,12 @@ from dataclasses import asdict
 
 import click
 
-from .._errors import StoreError
+from .._errors import GrantkeeperError, StoreError
+from .._network import settings, tls_context
 from .._servers import servers_file_check
 from .._stores.admin import (
     DEFAULT_MIGRATE_LOCK_TIMEOUT,
+    StoreCheck,
     StoreReport,
     diagnose_store,
     migrate_store,
@@ -42,6 +44,25 @@ def _split_fix(detail: str) -> tuple[str, str]:
     cell."""
     text, found, command = detail.partition("; run: ")
     return (text, command) if found else (detail, "-")
+
+
+def network_checks() -> list[StoreCheck]:
+    """What every request goes through: the proxies (passwords hidden) and the trust store.
+    An ``SSL_CERT_FILE`` that cannot be used fails the check, as it would fail each request."""
+    found = settings()
+    proxies = ", ".join(f"{scheme} via {url}" for scheme, url in found.proxies.items())
+    if proxies and found.no_proxy:
+        proxies += f"; direct: {found.no_proxy}"
+    if found.loopback_proxied:
+        proxies += "; loopback servers too: add localhost,127.0.0.1 to NO_PROXY"
+    checks = [StoreCheck("proxy", True, proxies or "none (direct connections)")]
+    try:
+        tls_context()
+    except GrantkeeperError as exc:
+        checks.append(StoreCheck("trust store", False, exc.message))
+    else:
+        checks.append(StoreCheck("trust store", True, found.trust))
+    return checks
 
 
 def _print_report(report: StoreReport, label: str) -> None:
@@ -90,6 +111,7 @@ def doctor(store_spec: str | None, as_json: bool) -> None:
     store = _open(store_spec)
     report = diagnose_store(store)
     report.checks.append(servers_file_check())
+    report.checks.extend(network_checks())
     label = store_label(store)
     if as_json:
         print_json({"healthy": report.healthy, **asdict(report), "store": label})

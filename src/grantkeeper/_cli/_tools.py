@@ -64,7 +64,7 @@ def _connect(
     """The one call of ``grantkeeper.mcp.connect``, with the credential ``mode`` chose."""
     from ..mcp import connect  # MissingExtra, naming [mcp], when the SDK is not installed
 
-    headers = dict(config.headers)
+    headers = config.request_headers()  # ${VAR} from the environment; unset: ServerConfigError
     if mode == "oauth":
         return connect(config.url, keeper=keeper, headers=headers)
     if mode == "bearer":

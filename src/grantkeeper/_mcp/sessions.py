@@ -30,6 +30,7 @@ from .._errors import GrantkeeperError, LoginRequired, OAuthUnsupported, Protoco
 from .._http_auth.httpx2_auth import Httpx2Auth
 from .._keeper import Keeper
 from .._log import event
+from .._network import client_options, tls_context
 
 if TYPE_CHECKING:
     from mcp.client.client import Client
@@ -389,6 +390,7 @@ async def connect(
                 headers=dict(headers or {}),
                 timeout=http_timeout,
                 follow_redirects=False,
+                **client_options(),
             ) as http,
             anyio.create_task_group() as sessions,
         ):
@@ -473,5 +475,11 @@ def fastmcp_client(
     ``async with fastmcp_client(url, keeper=keeper) as client: ...``.
     """
     from fastmcp import Client as FastMCPClient
+    from fastmcp.client.transports import SSETransport, StreamableHttpTransport, infer_transport
 
-    return FastMCPClient(url, auth=httpx2_auth(url, keeper=keeper, token=token), **kwargs)
+    # The transport fastmcp would pick for the URL, made with grantkeeper's trust store (its
+    # proxies come from the environment, as ours do).
+    auth = httpx2_auth(url, keeper=keeper, token=token)
+    if isinstance(infer_transport(url), SSETransport):
+        return FastMCPClient(SSETransport(url, auth=auth, verify=tls_context()), **kwargs)
+    return FastMCPClient(StreamableHttpTransport(url, auth=auth, verify=tls_context()), **kwargs)

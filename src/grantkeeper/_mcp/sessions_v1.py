@@ -15,6 +15,23 @@ import httpx
 
 from .._http_auth.httpx_auth import HttpxAuth
 from .._keeper import Keeper
+from .._network import client_options
+
+
+def _client_factory(
+    headers: dict[str, str] | None = None,
+    timeout: httpx.Timeout | None = None,
+    auth: httpx.Auth | None = None,
+) -> httpx.AsyncClient:
+    """``mcp`` 1.x's own client (``create_mcp_http_client``: redirects followed, its
+    timeouts), made with grantkeeper's proxies and trust store."""
+    return httpx.AsyncClient(
+        headers=headers,
+        timeout=timeout or httpx.Timeout(30.0, read=300.0),
+        auth=auth,
+        follow_redirects=True,
+        **client_options(),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +71,7 @@ async def streamablehttp_client_v1(
             sse_read_timeout=sse_read_timeout,
             terminate_on_close=terminate_on_close,
             auth=auth,
+            httpx_client_factory=_client_factory,
         ) as streams:
             yield streams
         return
@@ -64,6 +82,7 @@ async def streamablehttp_client_v1(
             headers=dict(headers or {}),
             timeout=httpx.Timeout(http_timeout, read=sse_read_timeout),
             follow_redirects=True,
+            **client_options(),
         ) as http,
         modern(url, http_client=http, terminate_on_close=terminate_on_close) as streams,
     ):

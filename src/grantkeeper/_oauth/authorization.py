@@ -18,10 +18,15 @@ MAX_CALLBACK_CHARS = 8192
 MAX_PUSHED_RESPONSE_BYTES = 16 * 1024
 """A pushed authorization response is a request URI and a lifetime: well under a KiB."""
 
+DENIED = "authorization failed: "
+"""How an error redirect's message starts, followed by its ``error`` code (see
+:func:`denied_code`)."""
+
 __all__ = [
     "AuthorizationDenied",
     "authorization_params",
     "authorization_url",
+    "denied_code",
     "parse_callback",
     "parse_pushed_response",
     "pushed_request",
@@ -37,10 +42,11 @@ def authorization_url(
     redirect_uri: str,
     state: str,
     code_challenge: str,
-    resource: str,
+    resource: str | None,
     scope: str | None,
 ) -> str:
-    """Build the URL a browser opens to ask the user for consent."""
+    """Build the URL a browser opens to ask the user for consent (``resource`` ``None``:
+    a login that does not send it)."""
     params = authorization_params(
         client_id=client_id,
         redirect_uri=redirect_uri,
@@ -172,8 +178,16 @@ def parse_callback(
     error = single("error")
     if error is not None:
         description = single("error_description") or ""
-        raise AuthorizationDenied(f"authorization failed: {error[:100]} {description[:200]}")
+        raise AuthorizationDenied(f"{DENIED}{error[:100]} {description[:200]}")
     code = single("code")
     if not code:
         raise ProtocolError("the callback has no authorization code")
     return code
+
+
+def denied_code(error: AuthorizationDenied) -> str | None:
+    """The ``error`` code of an error redirect :func:`parse_callback` refused, else
+    ``None`` (read back from the message, which is all the error carries)."""
+    if not error.message.startswith(DENIED):
+        return None
+    return error.message.removeprefix(DENIED).split(" ", 1)[0] or None

@@ -1,11 +1,12 @@
 """The loopback redirect listener of a native-app login (RFC 8252 §7.3).
 
 It binds 127.0.0.1 only (never all interfaces), on an ephemeral port unless one is
-configured, and serves exactly one path. The first request to that path is the answer:
-later ones get "already used", so a replayed or forged redirect cannot swap the code.
-Other paths get 404 and are not consumed. A ``Host`` other than our own loopback name is
-refused, which defeats DNS rebinding from a web page. Requests are never logged: their
-query strings carry authorization codes.
+configured, and serves exactly one path. The redirect URI names ``127.0.0.1`` unless
+``localhost`` is asked for, for providers that register only such redirects. The first
+request to that path is the answer: later ones get "already used", so a replayed or
+forged redirect cannot swap the code. Other paths get 404 and are not consumed. A
+``Host`` other than our own loopback names is refused, which defeats DNS rebinding from a
+web page. Requests are never logged: their query strings carry authorization codes.
 """
 
 from __future__ import annotations
@@ -25,16 +26,24 @@ DEFAULT_CALLBACK_TIMEOUT = 300.0
 
 DEFAULT_PATH = "/callback"
 
+DEFAULT_HOST = "127.0.0.1"
+"""The numeric loopback name RFC 8252 §8.3 recommends for the redirect URI."""
+CALLBACK_HOSTS = (DEFAULT_HOST, "localhost")
+"""The names a redirect URI may give the listener; it binds 127.0.0.1 for either."""
+_BIND_ADDRESS = "127.0.0.1"
+
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>grantkeeper</title></head>
 <body style="font-family: sans-serif; margin: 4em"><h1>{title}</h1><p>{detail}</p></body></html>
 """
 
 
 class CallbackServer:
-    """Wait for one authorization redirect on ``http://127.0.0.1:<port><path>``.
+    """Wait for one authorization redirect on ``http://<host>:<port><path>``.
 
-    Use as a context manager: entering binds (raising :class:`CallbackUnavailable` if the
-    port is taken); :meth:`wait` returns the full callback URL; leaving closes the socket.
+    ``host`` is the name the redirect URI gives: ``"127.0.0.1"`` or ``"localhost"``; the
+    socket is bound to 127.0.0.1 either way. Use as a context manager: entering binds
+    (raising :class:`CallbackUnavailable` if the port is taken); :meth:`wait` returns the
+    full callback URL; leaving closes the socket.
     """
 
     def __init__(
@@ -43,10 +52,14 @@ class CallbackServer:
         port: int = 0,
         path: str = DEFAULT_PATH,
         expected_state: str | None = None,
+        host: str = DEFAULT_HOST,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError("the callback path must start with '/'")
+        if host not in CALLBACK_HOSTS:
+            raise ValueError(f"the callback host must be one of {', '.join(CALLBACK_HOSTS)}")
         self.path = path
+        self.host = host
         self.expected_state = expected_state
         self._requested_port = port
         self._server: ThreadingHTTPServer | None = None
@@ -65,16 +78,20 @@ class CallbackServer:
 
         try:
             # Threaded, so a connection that never sends a request cannot hold up the redirect.
-            self._server = ThreadingHTTPServer(("127.0.0.1", self._requested_port), Handler)
+            # A "localhost" redirect is served from 127.0.0.1 too, never all interfaces:
+            # localhost resolves to 127.0.0.1 first almost everywhere, and browsers map
+            # localhost to loopback themselves, so the redirect arrives here; binding ::1 or
+            # resolving the name would add nothing but a second socket to keep private.
+            self._server = ThreadingHTTPServer((_BIND_ADDRESS, self._requested_port), Handler)
             self._server.daemon_threads = True
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise CallbackUnavailable(
-                    f"port {self._requested_port} on 127.0.0.1 is already in use; "
+                    f"port {self._requested_port} on {_BIND_ADDRESS} is already in use; "
                     "choose another callback port or let grantkeeper pick one"
                 ) from None
             raise CallbackUnavailable(
-                f"cannot listen on 127.0.0.1:{self._requested_port} ({exc.strerror})"
+                f"cannot listen on {_BIND_ADDRESS}:{self._requested_port} ({exc.strerror})"
             ) from None
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -112,8 +129,9 @@ class CallbackServer:
 
     @property
     def redirect_uri(self) -> str:
-        """The ``redirect_uri`` to register and send: numeric loopback, as RFC 8252 §8.3 says."""
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        """The ``redirect_uri`` to register and send: numeric loopback, as RFC 8252 §8.3 says,
+        unless ``localhost`` was asked for (a provider that registers only that name)."""
+        return f"http://{self.host}:{self.port}{self.path}"
 
     # -- the answer ---------------------------------------------------------------------
 
@@ -190,8 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _host_ok(self) -> bool:
+        # Either loopback name, whichever the redirect URI gives: neither can be a rebound
+        # DNS name, which is all this check is for.
         port = self.callback.port
-        return self.headers.get("Host", "") in (f"127.0.0.1:{port}", f"localhost:{port}")
+        return self.headers.get("Host", "") in tuple(f"{h}:{port}" for h in CALLBACK_HOSTS)
 
     def do_GET(self) -> None:
         if not self._host_ok():

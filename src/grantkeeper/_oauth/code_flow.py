@@ -18,6 +18,7 @@ from .. import _rescue_copies
 from .._errors import ProtocolError, StoreError
 from .._freshness import Clock, utc_now
 from .._log import event
+from .._network import failure
 from .._record import Credential, CredentialKey
 from .._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 from .auth_server_metadata import AuthServerMetadata
@@ -56,7 +57,7 @@ def register_client(
     try:
         response = http.post(metadata.registration_endpoint, json=body)
     except httpx.HTTPError as exc:
-        raise ProtocolError(f"client registration failed: {type(exc).__name__}") from None
+        raise ProtocolError(f"client registration failed: {failure(exc)}") from None
     return parse_registration(response.status_code, response.content)
 
 
@@ -104,17 +105,21 @@ def run_code_flow(
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     dpop: DPoPKey | None = None,
+    resource_indicator: bool = True,
 ) -> Credential:
     """Run the authorization code flow and store the credential; return it. With ``dpop``
-    the code is exchanged with a proof of that key, and the key is kept in the record."""
+    the code is exchanged with a proof of that key, and the key is kept in the record.
+    ``resource_indicator=False`` sends no ``resource``, here and at every refresh: the
+    record keeps the choice."""
     registration = client or register_client(http, metadata, redirect_uri, scope)
     verifier, state = new_verifier(), secrets.token_urlsafe(24)
+    sent_resource = resource if resource_indicator else None
     params = authorization_params(
         client_id=registration.client_id,
         redirect_uri=redirect_uri,
         state=state,
         code_challenge=s256_challenge(verifier),
-        resource=resource,
+        resource=sent_resource,
         scope=scope,
     )
     if metadata.pushes_only:
@@ -144,7 +149,7 @@ def run_code_flow(
         code=code,
         redirect_uri=redirect_uri,
         code_verifier=verifier,
-        resource=resource,
+        resource=sent_resource,
         client_id=registration.client_id,
         client_secret=registration.client_secret,
         auth_method=registration.token_endpoint_auth_method,
@@ -162,6 +167,7 @@ def run_code_flow(
         auth_method=registration.token_endpoint_auth_method,
         subject=_subject(tokens.id_token),
         dpop_key=dpop.stored if dpop is not None else None,
+        resource_indicator=resource_indicator,
     )
     save(store, key, record, lock_timeout=lock_timeout, http=http)
     return record

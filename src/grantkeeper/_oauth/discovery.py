@@ -25,6 +25,7 @@ import httpx
 
 from .._errors import OAuthUnsupported, ProtocolError
 from .._log import event
+from .._network import client_options, failure
 from .._record import canonical_url
 from .._version import __version__
 from .auth_server_metadata import (
@@ -262,7 +263,7 @@ def _get(http: httpx.Client, url: str) -> tuple[int, bytes | None]:
         # A document that does not arrive in time is not there; a refused connection is an error.
         return _absent(url, 200, "timeout")
     except httpx.HTTPError as exc:
-        raise ProtocolError(f"could not fetch {url} ({type(exc).__name__})") from None
+        raise ProtocolError(f"could not fetch {url} ({failure(exc)})") from None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -291,7 +292,7 @@ def probe(http: httpx.Client, server_url: str) -> tuple[int, Challenge | None]:
         ) as response:
             pass
     except httpx.HTTPError as exc:
-        raise ProtocolError(f"could not reach {server_url} ({type(exc).__name__})") from None
+        raise ProtocolError(f"could not reach {server_url} ({failure(exc)})") from None
     session = response.headers.get("mcp-session-id")
     if session and response.status_code < 300:
         # The server let us in without credentials: end the session we just opened.
@@ -336,7 +337,7 @@ def discover(
     """
     server_url = require_secure(server_url, "server URL")
     own = http is None
-    client = http or httpx.Client(follow_redirects=False, trust_env=False)
+    client = http or httpx.Client(follow_redirects=False, **client_options())
     try:
         return _discover(client, server_url, challenge)
     finally:

@@ -35,7 +35,8 @@ class Asked:
     request is an answer about the client, not about a different request."""
 
     redirect_uri: str
-    resource: str
+    resource: str | None
+    """``None`` for a login that sends no ``resource``: the checks do not either."""
     scope: str | None
 
     def params(self, registration: ClientRegistration) -> dict[str, str]:

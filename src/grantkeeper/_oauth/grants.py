@@ -29,6 +29,7 @@ from .._errors import (
     ServerConfigError,
 )
 from .._freshness import Clock, utc_now
+from .._network import failure
 from .._record import CLIENT_CREDENTIALS, Credential, CredentialKey
 from .._redact import redact
 from .._rules import Outcome, outcome_of, workload_rejected
@@ -96,7 +97,7 @@ def renewal_request(
             workload=workload or WorkloadIdentity.from_source(record.workload_source),
             client_id=record.client_id,
             client_secret=record.client_secret,
-            resource=record.resource,
+            resource=record.sent_resource,
             scope=record.scope_requested,
         )
         return dataclasses.replace(request, dpop=record_key(record))
@@ -113,7 +114,7 @@ def renewal_request(
         client_secret=record.client_secret,
         key_source=record.client_key_source,
         scope=record.scope_requested,
-        resource=record.resource,
+        resource=record.sent_resource,
     )
     return dataclasses.replace(request, dpop=record_key(record))
 
@@ -153,9 +154,11 @@ def obtain(
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     dpop: DPoPKey | None = None,
+    resource_indicator: bool = True,
 ) -> Credential:
     """Ask for a client-credentials token and store it; return the credential. With
-    ``dpop`` the token is bound to that key, kept in the record for every renewal."""
+    ``dpop`` the token is bound to that key, kept in the record for every renewal; with
+    ``resource_indicator=False`` no request of it names ``resource``."""
     if auth_method != "private_key_jwt":
         key_source = None  # only a signing method reads a key
     request = client_credentials_request(
@@ -167,7 +170,7 @@ def obtain(
         client_secret=client_secret,
         key_source=key_source,
         scope=scope,
-        resource=resource,
+        resource=resource if resource_indicator else None,
     )
     return _first_grant(
         store,
@@ -186,6 +189,7 @@ def obtain(
         client_key_source=key_source,
         scope_requested=scope,
         dpop_key=dpop.stored if dpop is not None else None,
+        resource_indicator=resource_indicator,
     )
 
 
@@ -238,17 +242,20 @@ class EnterpriseIdentity:
 
 
 def token_exchange_request(
-    identity: EnterpriseIdentity, *, audience: str, resource: str, scope: str | None
+    identity: EnterpriseIdentity, *, audience: str, resource: str | None, scope: str | None
 ) -> TokenRequest:
-    """Ask the IdP for an assertion grant for ``audience``'s ``resource`` (RFC 8693 §2.1)."""
+    """Ask the IdP for an assertion grant for ``audience``'s ``resource`` (RFC 8693 §2.1);
+    ``resource`` ``None`` for a login that does not send it (``audience`` still names the
+    authorization server)."""
     form = {
         "grant_type": TOKEN_EXCHANGE,
         "requested_token_type": ID_JAG_TYPE,
         "audience": audience,
-        "resource": resource,
         "subject_token": identity.id_token,
         "subject_token_type": ID_TOKEN_TYPE,
     }
+    if resource:
+        form["resource"] = resource
     if scope:
         form["scope"] = scope
     method = "client_secret_basic" if identity.client_secret else None
@@ -314,7 +321,7 @@ def _exchange(http: httpx.Client, request: TokenRequest, clock: Clock) -> str:
             response.close()
     except httpx.HTTPError as exc:
         raise ProviderUnavailable(
-            f"the identity provider could not be reached ({type(exc).__name__})"
+            f"the identity provider could not be reached ({failure(exc)})"
         ) from None
     return parse_exchange_response(response.status_code, response.headers, bytes(body), now=clock())
 
@@ -332,17 +339,22 @@ def cross_app_access(
     scope: str | None = None,
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    resource_indicator: bool = True,
 ) -> Credential:
     """Exchange the enterprise sign-in for an access token to ``resource``; store it.
 
     The result renews with its refresh token if one came; otherwise, at expiry, a new
     cross-app login (a fresh ID token) is needed, which the Keeper reports as usual.
+    ``resource_indicator=False``: the exchange and every refresh send no ``resource``.
     """
     if JWT_BEARER not in metadata.grant_types_supported:
         raise ProtocolError("the authorization server does not accept jwt-bearer grants")
+    sent_resource = resource if resource_indicator else None
     assertion = _exchange(
         http,
-        token_exchange_request(identity, audience=metadata.issuer, resource=resource, scope=scope),
+        token_exchange_request(
+            identity, audience=metadata.issuer, resource=sent_resource, scope=scope
+        ),
         clock,
     )
     method = "client_secret_basic" if client_secret else None
@@ -368,6 +380,7 @@ def cross_app_access(
         client_secret=client_secret,
         auth_method=method,
         grant=JWT_BEARER,
+        resource_indicator=resource_indicator,
     )
 
 
@@ -380,11 +393,12 @@ def workload_request(
     workload: WorkloadIdentity,
     client_id: str,
     client_secret: str | None,
-    resource: str,
+    resource: str | None,
     scope: str | None,
 ) -> TokenRequest:
     """The jwt-bearer grant with the workload's token as the source holds it now: a
-    public client (its id in the form), or ``client_secret_basic`` with a secret."""
+    public client (its id in the form), or ``client_secret_basic`` with a secret;
+    ``resource`` ``None`` for a credential that does not send it."""
     return jwt_bearer_request(
         token_endpoint=token_endpoint,
         assertion=workload.read(),
@@ -410,12 +424,14 @@ def workload_login(
     clock: Clock = utc_now,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     dpop: DPoPKey | None = None,
+    resource_indicator: bool = True,
 ) -> Credential:
     """Trade the workload's own token for an access token to ``resource``; store it.
 
     The record keeps where the token is read (``workload.source``), never the token: the
     Keeper renews it by asking again with whatever token the workload holds then. A refusal
     is :class:`~grantkeeper.WorkloadTokenRejected`, sent once and never retried here.
+    ``resource_indicator=False``: neither this request nor a renewal sends ``resource``.
     """
     if JWT_BEARER not in metadata.grant_types_supported:
         raise ProtocolError("the authorization server does not accept jwt-bearer grants")
@@ -424,7 +440,7 @@ def workload_login(
         workload=workload,
         client_id=client_id,
         client_secret=client_secret,
-        resource=resource,
+        resource=resource if resource_indicator else None,
         scope=scope,
     )
     try:
@@ -445,6 +461,7 @@ def workload_login(
             workload_source=workload.source,
             scope_requested=scope,
             dpop_key=dpop.stored if dpop is not None else None,
+            resource_indicator=resource_indicator,
         )
     except (ReauthenticationRequired, ClientRegistrationInvalid) as exc:
         note_refusal(request, exc)

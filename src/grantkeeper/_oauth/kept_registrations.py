@@ -70,11 +70,13 @@ class KeptRegistrations:
             registration_access_token=token if readable else None,
         )
 
-    def ports(self, issuer: str) -> list[int]:
-        """Loopback ports of the redirect URIs kept for ``issuer``, newest first."""
+    def ports(self, issuer: str, *, host: str | None = None) -> list[int]:
+        """Loopback ports of the redirect URIs kept for ``issuer``, newest first; with
+        ``host``, only of those naming it (``localhost`` and ``127.0.0.1`` redirect URIs
+        are different registrations)."""
         found = []
         for uri in reversed(list(self._issuer(self._load(), issuer))):
-            if is_loopback(uri):
+            if is_loopback(uri) and (host is None or urlsplit(uri).hostname == host):
                 port = urlsplit(uri).port
                 if port:
                     found.append(port)

@@ -12,6 +12,7 @@ from typing import Literal
 import httpx
 
 from .._errors import GrantkeeperError, ProtocolError
+from .._network import failure
 from .._record import Credential
 from .token_endpoint import TokenRequest, client_auth
 from .urls import SENDING_FAILURES
@@ -64,10 +65,10 @@ def revoke_tokens(
             response = http.send(http_request, follow_redirects=False)
             check_revocation_response(response.status_code, kind)
         except httpx.TransportError as exc:
-            problems += [f"{k} not revoked: {type(exc).__name__}" for k in kinds[number:]]
+            problems += [f"{k} not revoked: {failure(exc)}" for k in kinds[number:]]
             break
         except SENDING_FAILURES as exc:
-            problems.append(f"{kind} not revoked: {type(exc).__name__}")
+            problems.append(f"{kind} not revoked: {failure(exc)}")
         except GrantkeeperError as exc:
             problems.append(exc.message)
         else:

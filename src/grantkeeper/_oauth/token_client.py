@@ -19,6 +19,7 @@ import httpx
 
 from .._errors import MalformedResponse, ProviderError, ProviderUnavailable, RefreshOutcomeUnknown
 from .._log import event
+from .._network import failure
 from .._redact import scrub
 from .._rules import UNSENDABLE_FAILURES, Outcome, transport_outcome
 from .dpop import TOKEN_NONCES, token_endpoint_wants_nonce
@@ -114,7 +115,7 @@ def _translated(request: TokenRequest, deadline: _Deadline) -> Iterator[None]:
     try:
         yield
     except (httpx.RequestError, httpx.StreamError) as exc:
-        why = _deadline_passed(deadline) if deadline.passed() else type(exc).__name__
+        why = _deadline_passed(deadline) if deadline.passed() else failure(exc)
         outcome = transport_outcome(exc)
         if outcome is Outcome.NOT_SENT:
             raise ProviderUnavailable(

@@ -191,16 +191,15 @@ def client_auth(
 
 
 def refresh_request(record: Credential) -> TokenRequest:
-    """Build the refresh_token grant for ``record`` (RFC 6749 §6), with ``resource``."""
+    """Build the refresh_token grant for ``record`` (RFC 6749 §6), with ``resource``
+    unless its login opted out (:attr:`Credential.resource_indicator`)."""
     if not record.refresh_token:
         raise ReauthenticationRequired("no refresh token is stored")
     if not record.token_endpoint:
         raise ProviderError("the credential has no token endpoint; log in again")
-    form = {
-        "grant_type": "refresh_token",
-        "refresh_token": record.refresh_token,
-        "resource": record.resource,
-    }
+    form = {"grant_type": "refresh_token", "refresh_token": record.refresh_token}
+    if record.sent_resource:
+        form["resource"] = record.sent_resource
     headers = client_auth(
         form, record.client_id, record.client_secret, record.token_endpoint_auth_method
     )
@@ -218,20 +217,22 @@ def code_request(
     code: str,
     redirect_uri: str,
     code_verifier: str,
-    resource: str,
+    resource: str | None,
     client_id: str,
     client_secret: str | None = None,
     auth_method: str | None = None,
     dpop: DPoPKey | None = None,
 ) -> TokenRequest:
-    """Build the authorization_code grant (RFC 6749 §4.1.3, RFC 7636 §4.5, RFC 8707)."""
+    """Build the authorization_code grant (RFC 6749 §4.1.3, RFC 7636 §4.5, RFC 8707);
+    ``resource`` ``None`` for a login that does not send it."""
     form = {
         "grant_type": "authorization_code",
         "code": code,
         "redirect_uri": redirect_uri,
         "code_verifier": code_verifier,
-        "resource": resource,
     }
+    if resource:
+        form["resource"] = resource
     headers = client_auth(form, client_id, client_secret, auth_method)
     return TokenRequest(token_endpoint, form, headers, dpop=dpop)
 

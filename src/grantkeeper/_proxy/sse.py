@@ -7,6 +7,9 @@ delivers; answers are relayed from the stream, ids untouched. The transport has 
 resumption: when the stream ends, its session is gone. Requests still unanswered then get
 a JSON-RPC error, a new stream is opened and the host's ``initialize`` replayed on it
 before anything else is sent. Auth, logins, pings and errors are ``streamable_http``'s.
+
+``--transport auto`` (the default) is :class:`AutoProxy`: streamable HTTP, or this
+transport when the server answers the first POST with 404 or 405 (:func:`falls_back_to_sse`).
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ class SseProxy(Proxy):
         self._endpoint: str | None = None
         self._connected = asyncio.Event()  # an endpoint is known and the session is usable
         self._stream: asyncio.Task[None] | None = None
-        self._pending: dict[str, Any] = {}  # host requests sent, unanswered: key -> id
+        # Host requests sent, unanswered: key -> the request (its answer may be rewritten,
+        # a tools/list's by --ignore-tool: see _from_stream).
+        self._pending: dict[str, dict[str, Any]] = {}
         self._own: dict[str, asyncio.Future[dict[str, Any]]] = {}  # our requests' answers
         self._renewed = asyncio.Event()
         self._replays = itertools.count(1)
@@ -80,7 +85,7 @@ class SseProxy(Proxy):
         answer: asyncio.Future[dict[str, Any]] | None = None
         if key is not None:
             if relay:
-                self._pending[key] = message["id"]
+                self._pending[key] = message
             else:
                 answer = self._own[key] = asyncio.get_running_loop().create_future()
         try:
@@ -164,9 +169,9 @@ class SseProxy(Proxy):
         self._connected.clear()
         self._endpoint = None
         pending, self._pending = self._pending, {}
-        for request_id in pending.values():
+        for request in pending.values():
             self._fail(
-                {"id": request_id, "method": "?"},
+                {"id": request["id"], "method": "?"},
                 "the MCP server's event stream ended before it answered; the request may have run",
             )
 
@@ -181,7 +186,12 @@ class SseProxy(Proxy):
                 if not own.done():
                     own.set_result(message)
                 return
-            self._pending.pop(key, None)
+            request = self._pending.pop(key, None)
+            if request is not None:
+                final = self._as_host_gets(request, message)
+                if final is not message:
+                    self._to_host_message(final)
+                    return
         self._to_host(raw_line(data, message))
 
     async def _reinitialize(self, generation: int) -> None:
@@ -203,3 +213,127 @@ class SseProxy(Proxy):
 
     def _after_notification(self, message: Any) -> None:
         pass  # no GET stream of its own: the session's stream is already open
+
+
+STREAMABLE_HTTP = "streamable-http"
+SSE = "sse"
+
+
+def falls_back_to_sse(status: int) -> bool:
+    """mcp-remote's http-first rule, for the server's answer to the first POST only: 404 or
+    405 says no streamable HTTP endpoint is at the URL, so the server speaks HTTP+SSE there.
+
+    Any other answer (2xx, a 5xx, what a 401 became once auth had its say) is a streamable
+    HTTP server's; after it, a 404 is a session the server forgot, never a transport."""
+    return status in (404, 405)
+
+
+class NotStreamableHttp(Exception):
+    """The server answered the first POST with a status :func:`falls_back_to_sse` names."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class AutoProxy(SseProxy):
+    """``--transport auto``: streamable HTTP, unless the server's answer to the first POST
+    says it has none (:func:`falls_back_to_sse`); then HTTP+SSE for the rest of the run, the
+    first message sent again over it, so the host sees nothing but the answer.
+
+    Until that answer, other messages wait for it: a host sends nothing but pings before
+    its ``initialize`` is answered. An attempt the server did not answer (the network, a
+    login that failed) decides nothing: the message fails as on streamable HTTP, and the
+    next POST asks again. Once decided, every method is the chosen transport's: a DELETE on
+    close and the session's GET stream only on streamable HTTP, one stream on HTTP+SSE.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: ``None`` until the server answered a first POST; then ``"streamable-http"``
+        #: or ``"sse"`` for good.
+        self.transport: str | None = None
+        self._deciding = asyncio.Lock()
+        self._fresh = True  # no HTTP+SSE session opened yet: the host's messages open it
+        self._first_stream: asyncio.Future[bool] | None = None
+
+    async def run(self, lines: asyncio.Queue[bytes | None]) -> None:
+        try:
+            await Proxy.run(self, lines)  # the HTTP+SSE stream opens only when chosen
+        finally:
+            if self._stream is not None:
+                self._stream.cancel()
+                await asyncio.gather(self._stream, return_exceptions=True)
+
+    async def close(self) -> None:
+        if self.transport == SSE:
+            await super().close()
+        else:
+            await Proxy.close(self)
+
+    async def _post(self, message: Any, *, relay: bool) -> dict[str, Any] | None:
+        if self.transport is None:
+            async with self._deciding:
+                if self.transport is None:
+                    return await self._first_post(message, relay=relay)
+        if self.transport == SSE:
+            return await super()._post(message, relay=relay)
+        return await Proxy._post(self, message, relay=relay)
+
+    async def _first_post(self, message: Any, *, relay: bool) -> dict[str, Any] | None:
+        try:
+            return await Proxy._post(self, message, relay=relay)
+        except NotStreamableHttp as refused:
+            status = refused.status
+        self.transport = SSE
+        log.info(
+            "proxy.transport sse: the MCP server answered HTTP %s to the first POST; "
+            "using HTTP+SSE (protocol 2024-11-05)",
+            status,
+        )
+        self._first_stream = asyncio.get_running_loop().create_future()
+        self._stream = asyncio.create_task(self._stream_loop())
+        if not await self._first_stream:
+            # Neither transport is there (a wrong URL, say): the host gets an answer, not
+            # a wait for a stream that may never come.
+            text = f"the MCP server answered HTTP {status} and opened no HTTP+SSE stream either"
+            self._fail(message, text, relay=relay)
+            return None
+        return await super()._post(message, relay=relay)
+
+    def _answered(self, status: int) -> None:
+        if self.transport is not None:
+            return
+        if falls_back_to_sse(status):
+            raise NotStreamableHttp(status)
+        self.transport = STREAMABLE_HTTP
+        log.info("proxy.transport streamable-http: the first POST was answered HTTP %s", status)
+
+    def _opened(self, endpoint: str) -> None:
+        if self._fresh:
+            # The first session: the message held by the switch, the host's own
+            # initialize, opens it (replaying it as well would initialize twice).
+            self._fresh = False
+            self._endpoint = endpoint
+            self._connected.set()
+        else:
+            super()._opened(endpoint)
+        self._settle_first_stream(True)
+
+    def _lost(self) -> None:
+        super()._lost()
+        self._settle_first_stream(False)
+
+    def _settle_first_stream(self, opened: bool) -> None:
+        if self._first_stream is not None and not self._first_stream.done():
+            self._first_stream.set_result(opened)
+
+    async def _reinitialize(self, generation: int) -> None:
+        if self.transport == SSE:
+            await super()._reinitialize(generation)
+        else:
+            await Proxy._reinitialize(self, generation)
+
+    def _after_notification(self, message: Any) -> None:
+        if self.transport != SSE:
+            Proxy._after_notification(self, message)

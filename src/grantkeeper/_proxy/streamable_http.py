@@ -20,7 +20,9 @@ What the pipe adds, and nothing else:
   with ``x-mcp-header``, learnt from the ``tools/list`` answers relayed; a listed tool whose
   annotation is invalid is dropped from the answer, as the spec has clients do. A request
   whose values HTTP cannot carry there (a lone surrogate, a method that is not ASCII) is
-  answered with an invalid-params error and never sent.
+  answered with an invalid-params error and never sent;
+- ``--ignore-tool``: the tools a glob matches are dropped from every ``tools/list`` answer
+  relayed, and a ``tools/call`` naming one is answered here (invalid params), never sent.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
+from fnmatch import fnmatchcase
 from typing import Any, TypeGuard
 
 import httpx2
@@ -138,6 +141,7 @@ class Proxy:
         out: ProtocolOut,
         keeper: Keeper | None,
         ping_interval: float = DEFAULT_PING_INTERVAL,
+        ignore_tools: Iterable[str] = (),
     ) -> None:
         self.config = config
         self.url = config.url
@@ -146,6 +150,9 @@ class Proxy:
         #: The credential's Keeper (``None`` without OAuth); its recovery hook logs in.
         self.keeper = keeper
         self.ping_interval = ping_interval
+        #: ``--ignore-tool`` globs: the tools they match are hidden from the host and their
+        #: calls refused here (see :meth:`ignored`).
+        self.ignore_tools = tuple(ignore_tools)
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._initialize: dict[str, Any] | None = None
@@ -191,6 +198,13 @@ class Proxy:
             )
             return
         if is_request(message):
+            tool = _called_tool(message)
+            if tool is not None and self.ignored(tool):
+                # Hidden from the host's listings, so a call to it is one the user ruled
+                # out: answered here as an unknown tool (the spec's code), never sent.
+                text = f"tool {tool!r} is not available: the proxy ignores it (--ignore-tool)"
+                self._fail(message, text, code=INVALID_PARAMS)
+                return
             if message["method"] == "initialize":
                 self._initialize = message
             log.debug("host.request method=%s id=%s", message["method"], message["id"])
@@ -293,7 +307,35 @@ class Proxy:
 
     def _as_host_gets(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         """The answer to ``request`` as the host gets it (the server's own when unchanged)."""
-        return _with_result_type(request, self._tools_listed(request, response))
+        listed = self._without_ignored(request, self._tools_listed(request, response))
+        return _with_result_type(request, listed)
+
+    def ignored(self, tool: str) -> bool:
+        """Whether ``--ignore-tool`` hides ``tool`` (a glob matches its whole name, in case)."""
+        return any(fnmatchcase(tool, pattern) for pattern in self.ignore_tools)
+
+    def _without_ignored(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+        """``response`` to a ``tools/list``, of any era, without the tools ``--ignore-tool``
+        hides (the server's own answer when it lists none of them)."""
+        if not self.ignore_tools or request.get("method") != "tools/list":
+            return response
+        result = response.get("result")
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(tools, list):
+            return response
+        kept = [
+            tool
+            for tool in tools
+            if not (
+                isinstance(tool, dict)
+                and isinstance(tool.get("name"), str)
+                and self.ignored(tool["name"])
+            )
+        ]
+        if len(kept) == len(tools):
+            return response
+        log.debug("tools/list: %d tool(s) ignored", len(tools) - len(kept))
+        return {**response, "result": {**result, "tools": kept}}
 
     def _tools_listed(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         """``response`` as the host gets it: for a 2026-era ``tools/list``, without the tools
@@ -437,6 +479,11 @@ class Proxy:
         )
         return None
 
+    def _answered(self, status: int) -> None:
+        """The server answered a POST with ``status`` (auth has had its say). Nothing to learn
+        here; ``--transport auto`` (:class:`~.sse.AutoProxy`) learns its transport from the
+        first answer, and may raise to take that POST over to HTTP+SSE."""
+
     def _request(self, message: Any) -> httpx2.Request:
         """The POST carrying ``message``; :class:`Unsendable` when HTTP cannot carry it."""
         headers = self._headers(message)
@@ -457,6 +504,7 @@ class Proxy:
         response = await self.http.send(request, stream=True)
         try:
             status = response.status_code
+            self._answered(status)
             if status == 404 and named_session:
                 raise SessionExpired
             if initializing and status < 400:
@@ -730,6 +778,13 @@ def _envelope_version(message: dict[str, Any]) -> str | None:
     meta = params.get("_meta") if isinstance(params, dict) else None
     version = meta.get(VERSION_META_KEY) if isinstance(meta, dict) else None
     return version if isinstance(version, str) else None
+
+
+def _called_tool(message: dict[str, Any]) -> str | None:
+    """The tool a ``tools/call`` request names, if it names one."""
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    return name if message.get("method") == "tools/call" and isinstance(name, str) else None
 
 
 def message_key(request_id: Any) -> str:
