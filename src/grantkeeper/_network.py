@@ -123,9 +123,12 @@ def settings() -> NetworkSettings:
     trust = "the system's certificate store (truststore)"
     if extra:
         trust += " and " + ", ".join(extra)
+    # httpx routes by NO_PROXY's entries: "*", or the host itself for an address or
+    # "localhost" (no CIDR ranges), so that is what is asked here.
+    direct = {entry.strip().lower() for entry in (found.get("no") or "").split(",")}
     plain = found.get("http") or found.get("all")
-    loopback_proxied = bool(plain) and not all(
-        urllib.request.proxy_bypass_environment(host, found) for host in ("127.0.0.1", "localhost")
+    loopback_proxied = (
+        bool(plain) and "*" not in direct and not {"127.0.0.1", "localhost"} <= direct
     )
     return NetworkSettings(
         proxies=proxies,
