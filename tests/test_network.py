@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -355,3 +356,63 @@ def test_a_proxy_setting_no_request_could_use_is_a_typed_error(
         ServerConfigError, match="HTTPS_PROXY names a socks4|HTTPS_PROXY names a ftp"
     ):
         login("https://mcp.example.com/mcp", store=FileStore(home), open_browser=lambda _: True)
+
+
+def test_an_unusable_trust_setting_spends_nothing_and_ends_no_grant(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A refresh that cannot even make its client is no provider call whose outcome was lost:
+    nothing is noted as in flight, and the next attempt (once fixed) refreshes."""
+    from grantkeeper.testing import sample_record
+
+    store = FileStore(tmp_path)
+    key = ServerConfig("https://mcp.example.com/mcp").key
+    due = sample_record(
+        "old-access-token-0001", "old-refresh-token-0001", now=datetime.now(UTC), lifetime=-60
+    )
+    store.write(key, due, expected_version=None)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    for _ in range(2):  # the second time as the first: nothing was marked unknown
+        with (
+            Keeper(store, key, retry_unknown_outcome=False) as keeper,
+            pytest.raises(ServerConfigError, match="SSL_CERT_FILE"),
+        ):
+            keeper.credential()
+        stored = store.read(key)
+        assert stored is not None and stored.record == due  # no intent, no reauth_reason
+
+
+def test_logout_with_an_unusable_proxy_setting_logs_out_and_reports_the_revocation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from grantkeeper.testing import sample_record
+
+    store = FileStore(tmp_path)
+    key = ServerConfig("https://mcp.example.com/mcp").key
+    record = sample_record(revocation_endpoint="https://as.example.com/revoke")
+    store.write(key, record, expected_version=None)
+    monkeypatch.setenv("HTTPS_PROXY", "http://alice:s3cret-pass@proxy:notaport")
+    result = logout(store, key)
+    assert result.removed and result.revoked == ()
+    assert result.problems and all("HTTPS_PROXY is not a URL" in p for p in result.problems)
+    assert "s3cret-pass" not in repr(result)
+    assert store.read(key) is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("http://alice:s3cret-pass@proxy:notaport", "HTTPS_PROXY is not a URL"),
+        ("http://[bad", "HTTPS_PROXY is not a URL"),
+        ("http://:3128", "HTTPS_PROXY names no host"),
+    ],
+)
+def test_a_malformed_proxy_url_is_typed_and_never_quoted(
+    setting: str, says: str, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", setting)
+    with pytest.raises(ServerConfigError, match=says.replace("[", r"\[")) as refused:
+        login("https://mcp.example.com/mcp", store=FileStore(home), open_browser=lambda _: True)
+    assert "s3cret-pass" not in str(refused.value)
+    proxy, _ = network_checks()
+    assert not proxy.ok and says in proxy.detail and "s3cret-pass" not in proxy.detail

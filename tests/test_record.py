@@ -156,6 +156,21 @@ def test_a_record_whose_token_is_not_bearer_is_refused_by_older_versions() -> No
     bearer = sample_record("at-0123456789", "rt-0123456789", now=T0)
     dpop = bearer.replace(token_type="DPoP")
     assert record_to_json(bearer)["schema"] == BEARER_SCHEMA == 1
-    assert record_to_json(dpop)["schema"] == SCHEMA_VERSION == 2
+    assert record_to_json(dpop)["schema"] == 2
     assert record_from_json(record_to_json(dpop)) == dpop
     assert record_from_json(record_to_json(bearer)) == bearer
+
+
+def test_a_record_that_never_sends_resource_is_refused_by_older_versions() -> None:
+    """Versions that read up to layout 2 ignore ``resource_indicator``: they would send
+    ``resource`` and write the record back without the opt-out, so it is written as 3."""
+    opted_out = sample_record("at-0123456789", "rt-0123456789", now=T0).replace(
+        resource_indicator=False
+    )
+    data = record_to_json(opted_out)
+    assert data["schema"] == SCHEMA_VERSION == 3
+    assert record_from_json(data) == opted_out
+    assert record_to_json(opted_out.replace(token_type="DPoP"))["schema"] == 3
+    # What a version reading up to 2 does with it: refuses it, typed.
+    with pytest.raises(StoreCorrupt, match="schema 4"):
+        record_from_json({**data, "schema": 4})

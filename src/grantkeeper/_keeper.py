@@ -926,6 +926,10 @@ class Keeper:
         key = str(self.key)
         old = stored.record
         request = renewal_request(old, self._clock(), workload=self._workload)
+        # Made before the note: a proxy or trust setting no request could use (typed by
+        # _network) must fail here, where nothing is noted as in flight, not be taken for
+        # a provider call whose outcome was lost.
+        client = self._client()
         intent = dataclasses.replace(
             intent, host_id=self._host_id, lease_until=self._clock() + self._lease
         )
@@ -939,7 +943,7 @@ class Keeper:
         try:
             with renewer:
                 response = send_token_request(
-                    self._client(), request, now=self._clock, timeouts=self._token_timeout
+                    client, request, now=self._clock, timeouts=self._token_timeout
                 )
         except Exception as exc:
             event(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from . import _rescue_copies
-from ._errors import StoreError
+from ._errors import GrantkeeperError, StoreError
 from ._log import event
 from ._network import client_options
 from ._oauth.revocation import TokenKind, revoke_tokens
@@ -89,7 +89,15 @@ def _revoke_all(
     record: Credential, http: httpx.Client | None, key: str
 ) -> tuple[tuple[TokenKind, ...], tuple[str, ...]]:
     own = http is None
-    client = http or httpx.Client(follow_redirects=False, **client_options())
+    try:
+        client = http or httpx.Client(follow_redirects=False, **client_options())
+    except GrantkeeperError as exc:
+        # A proxy or trust setting no request could use: the local logout stands, and the
+        # tokens are reported unrevoked as for any other failure to reach the server.
+        kinds = ("refresh_token", "access_token")
+        problems = tuple(f"{kind} not revoked: {exc.message}" for kind in kinds)
+        event(logging.WARNING, "logout.revoked", key=key, revoked=None, failed=len(problems))
+        return (), problems
     try:
         # The refresh token first: most servers then revoke the whole grant with it.
         revoked, problems = revoke_tokens(client, record, ("refresh_token", "access_token"))

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+
 from ._errors import ServerConfigError
 
 TRUST_ENV_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -55,8 +57,18 @@ def check_proxies() -> None:
         url = found.get(scheme)
         if not url:
             continue
-        kind = urlsplit(url if "://" in url else f"http://{url}").scheme.lower()
         setting = f"{scheme.upper()}_PROXY"
+        full = url if "://" in url else f"http://{url}"
+        try:
+            parts = urlsplit(full)
+            parts.port  # noqa: B018 (raises on a port that is no number)
+            httpx.URL(full)
+        except (ValueError, httpx.InvalidURL):
+            # Not quoted: the value may carry the proxy's password.
+            raise ServerConfigError(f"{setting} is not a URL (http://HOST:PORT)") from None
+        if not parts.hostname:
+            raise ServerConfigError(f"{setting} names no host (http://HOST:PORT)")
+        kind = parts.scheme.lower()
         if kind in ("socks5", "socks5h") and importlib.util.find_spec("socksio") is None:
             raise ServerConfigError(
                 f"{setting} names a SOCKS proxy: install socksio (pip install 'httpx[socks]') "
@@ -139,15 +151,19 @@ def settings() -> NetworkSettings:
 
 
 def without_password(url: str) -> str:
-    """``url`` with the password of its userinfo hidden: a proxy URL may carry one."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.password is None:
-        return urlunsplit(parts)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host += f":{parts.port}"
+    """``url`` with the password of its userinfo hidden: a proxy URL may carry one. One that
+    does not parse is not shown at all."""
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.password is None:
+            return urlunsplit(parts)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port is not None:
+            host += f":{parts.port}"
+    except ValueError:
+        return "(not a URL)"
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 

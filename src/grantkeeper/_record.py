@@ -19,20 +19,27 @@ from urllib.parse import urlsplit, urlunsplit
 from ._errors import StoreCorrupt
 from ._redact import fingerprint, redact, remember
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the stored JSON layout; a newer one is refused rather than misread.
 
-1 is every record whose token is Bearer. 2 marks a record whose ``token_type`` is not (a
-DPoP token kept from a refresh's answer): versions that read only 1 ignore ``token_type``
-and would send the token as Bearer, so they must refuse the record (``StoreCorrupt``)
-instead. Bearer records stay 1, readable by every version sharing the store.
+Each record is written with the lowest version that reads it right, so that a store shared
+with an older grantkeeper (a desktop proxy pinned by uvx, say) keeps working wherever it
+can:
 
-``resource_indicator`` needs no new version: a version that ignores it sends ``resource``
-at refresh, which at worst such a provider refuses (``invalid_target``: a refusal, which
-spends no token), so the grant outlives that attempt."""
+- 1: a Bearer record that sends ``resource``: every version reads it.
+- 2: a record whose ``token_type`` is not Bearer (a DPoP token kept from a refresh's
+  answer): versions that read only 1 ignore ``token_type`` and would send the token as
+  Bearer, so they must refuse the record (``StoreCorrupt``) instead.
+- 3: a record that never sends ``resource`` (``resource_indicator`` false): versions that
+  read up to 2 ignore the field, would send ``resource`` at refresh (refused by such a
+  provider) and, worse, write the record back without it at their next refresh, so that
+  this version would send it too from then on. They refuse it instead."""
 
 BEARER_SCHEMA = 1
 """The layout version written for a Bearer record (see :data:`SCHEMA_VERSION`)."""
+
+DPOP_SCHEMA = 2
+"""The layout version written for a record whose token is not Bearer."""
 
 IntentState = Literal["in_flight", "unknown", "unavailable", "answered"]
 """``in_flight``: a process is spending the token now. ``unknown``: it was sent and no usable
@@ -290,11 +297,18 @@ def _opt_str(data: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _schema(record: Credential) -> int:
+    """The lowest layout version that reads ``record`` right (see :data:`SCHEMA_VERSION`)."""
+    if not record.resource_indicator:
+        return SCHEMA_VERSION
+    return BEARER_SCHEMA if record.bearer else DPOP_SCHEMA
+
+
 def record_to_json(record: Credential) -> dict[str, Any]:
     """Return the stored JSON form of ``record``."""
     intent = record.intent
     return {
-        "schema": BEARER_SCHEMA if record.bearer else SCHEMA_VERSION,
+        "schema": _schema(record),
         "access_token": record.access_token,
         "token_type": record.token_type,
         "refresh_token": record.refresh_token,

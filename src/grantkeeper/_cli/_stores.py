@@ -12,7 +12,7 @@ from dataclasses import asdict
 import click
 
 from .._errors import GrantkeeperError, StoreError
-from .._network import settings, tls_context
+from .._network import check_proxies, settings, tls_context
 from .._servers import servers_file_check
 from .._stores.admin import (
     DEFAULT_MIGRATE_LOCK_TIMEOUT,
@@ -55,7 +55,12 @@ def network_checks() -> list[StoreCheck]:
         proxies += f"; direct: {found.no_proxy}"
     if found.loopback_proxied:
         proxies += "; loopback servers too: add localhost,127.0.0.1 to NO_PROXY"
-    checks = [StoreCheck("proxy", True, proxies or "none (direct connections)")]
+    try:
+        check_proxies()
+    except GrantkeeperError as exc:
+        checks = [StoreCheck("proxy", False, exc.message)]
+    else:
+        checks = [StoreCheck("proxy", True, proxies or "none (direct connections)")]
     try:
         tls_context()
     except GrantkeeperError as exc:
