@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 
 HOST = "127.0.0.1"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-MAX_CONNECTIONS = 128
+MAX_CONNECTIONS = 256
+"""Sockets open at once, client and upstream ones together."""
 MAX_HEAD = 64 * 1024
 """Bytes in a request's or response's head."""
 IDLE_TIMEOUT = 60.0
@@ -69,10 +70,12 @@ class ForwardProxy:
         if self._listener is not None:
             self._listener.close()
         with self._lock:
+            # Client and upstream sockets alike: a thread waiting on either wakes at once.
             for sock in list(self._open):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout=10.0)
 
     def targets(self, method: str | None = None) -> list[str]:
@@ -100,7 +103,8 @@ class ForwardProxy:
                     continue
                 self._open.add(client)
             thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            with self._lock:
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
 
     def _serve(self, client: socket.socket) -> None:
@@ -120,7 +124,7 @@ class ForwardProxy:
                 if host.strip("[]") not in LOOPBACK:
                     client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
                     return
-                upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=10.0)
+                upstream = self._connect(host.strip("[]"), int(port))
                 client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 if rest:
                     upstream.sendall(rest)
@@ -153,7 +157,7 @@ class ForwardProxy:
             upstream_head = "\r\n".join(
                 [f"{method} {origin_form} {version}", *kept, "Connection: close", "", ""]
             ).encode("latin-1")
-            upstream = socket.create_connection((url.hostname, url.port or 80), timeout=10.0)
+            upstream = self._connect(url.hostname, url.port or 80)
             upstream.sendall(upstream_head + rest)
             self._relay_answer(client, upstream)
         except (OSError, ValueError):
@@ -165,6 +169,14 @@ class ForwardProxy:
                         sock.close()
             with self._lock:
                 self._open.discard(client)
+                if upstream is not None:
+                    self._open.discard(upstream)
+
+    def _connect(self, host: str, port: int) -> socket.socket:
+        upstream = socket.create_connection((host, port), timeout=10.0)
+        with self._lock:
+            self._open.add(upstream)
+        return upstream
 
     def _relay_answer(self, client: socket.socket, upstream: socket.socket) -> None:
         """Relay the upstream's answer with ``Connection: close`` in its head, then the rest

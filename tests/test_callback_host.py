@@ -302,3 +302,11 @@ def test_proxy_flags_apply_to_its_logins_for_the_run_only(home: Path) -> None:
     assert (unchanged.callback_host, unchanged.callback_port) == (None, 7000)
     with pytest.raises(click.BadParameter, match="127.0.0.1"):
         proxy.make_context("proxy", ["desk", "--callback-host", "example.com"])
+
+
+def test_login_refuses_a_bad_callback_host_before_any_network(home: Path) -> None:
+    """From the library, where no servers.json check ran: typed, and nothing is asked of
+    the network (the URL does not resolve)."""
+    config = ServerConfig("https://mcp.invalid/mcp", callback_host="Localhost")
+    with pytest.raises(ServerConfigError, match="callback_host must be"):
+        login(config, store=FileStore(home), open_browser=lambda _: True)

@@ -9,6 +9,7 @@ it: each request's bearer token, its ``Mcp-*`` headers and its JSON-RPC message.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -273,3 +274,47 @@ def test_a_2026_era_listing_drops_ignored_tools_besides_misdeclared_ones() -> No
     assert answer_to(out, 3)["result"]["content"] == CALLED["content"]
     assert upstream.methods() == ["tools/list", "tools/call"]
     assert upstream.param_headers("tools/call") == [{"mcp-param-region": "eu"}]
+
+
+def test_a_batch_from_the_host_never_carries_an_ignored_call_upstream() -> None:
+    """A JSON-RPC batch goes upstream as one POST, as the host sent it, but without the
+    calls to ignored tools: each is answered here as when sent alone, and a batch of
+    nothing else is not sent at all."""
+    upstream = Upstream(lister({None: ([tool("deploy"), tool("delete_all")], None)}))
+
+    def call(request_id: Any, name: str) -> dict[str, Any]:
+        params = {"name": name, "arguments": {}}
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": "tools/call", "params": params}
+        return message if request_id is None else {**message, "id": request_id}
+
+    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {}}
+    mixed = [call(1, "deploy"), call(2, "delete_all"), progress, call(None, "delete_all")]
+    ignored_only = [call(3, "delete_everything")]
+
+    async def run() -> HostOut:
+        out = HostOut()
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(upstream)) as http:
+            proxy = Proxy(
+                ServerConfig(URL),
+                http=http,
+                out=out,
+                keeper=None,
+                ping_interval=0,
+                ignore_tools=["delete_*"],
+            )
+            try:
+                for batch in (mixed, ignored_only):
+                    async with asyncio.timeout(CALL_TIMEOUT):
+                        await proxy._from_host(json.dumps(batch).encode())
+                        await asyncio.gather(*proxy._tasks)
+            finally:
+                await proxy.close()
+        return out
+
+    out = asyncio.run(run())
+    assert [message for message, _ in upstream.received] == [[call(1, "deploy"), progress]]
+    for request_id, name in ((2, "delete_all"), (3, "delete_everything")):
+        refused = answer_to(out, request_id)["error"]
+        assert refused["code"] == -32602 and f"'{name}'" in refused["message"]
+        assert "--ignore-tool" in refused["message"]
+    assert len(out.messages()) == 2  # the refusals; a notification is never answered

@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from grantkeeper import FileStore
+from grantkeeper._proxy.sse import decides_streamable_http, falls_back_to_sse
 from harness.authserver import AuthServer
 from harness.mcp_demo import login
 from harness.mcp_server import INITIALIZE, McpServer, Seen
@@ -139,21 +140,31 @@ def test_a_server_that_speaks_only_http_and_sse_is_served_over_it(
 
 
 def test_a_url_with_neither_transport_answers_the_host_instead_of_waiting(home: Path) -> None:
+    """Each initialize the host sends is answered (``send`` gives up after CALL_TIMEOUT): a
+    switch whose stream never opened decides nothing, so the next POST asks again."""
     errlog = home.parent / "proxy.err"
     with McpServer(auth_server=None) as server:
         nowhere = f"{server.origin}/nowhere"
 
-        async def run() -> dict[str, Any] | None:
+        async def run() -> list[dict[str, Any] | None]:
             async with raw_host(nowhere, home, errlog) as send:
-                answer: dict[str, Any] | None = await send(INITIALIZE)
-                return answer
+                first = await send(INITIALIZE)
+                return [first, await send({**INITIALIZE, "id": 2})]
 
-        answer = asyncio.run(run())
+        answers = asyncio.run(run())
         seen = server.seen()
-    assert answer is not None and answer["id"] == INITIALIZE["id"]
-    assert "opened no HTTP+SSE stream either" in answer["error"]["message"]
-    assert ("POST", "/nowhere", 404) in {(s.method, s.path, s.status) for s in seen}
-    assert [s.status for s in sse_gets(seen) if s.path == "/nowhere"][:1] == [404]
+    assert [a["id"] if a else None for a in answers] == [1, 2]
+    for answer in answers:
+        assert answer is not None
+        assert (
+            "answered HTTP 404 and opened no HTTP+SSE stream either" in answer["error"]["message"]
+        )
+    # Asked twice, one stream each (after discovery's own requests): none is left retrying.
+    at_nowhere = [(s.method, s.status) for s in seen if s.path == "/nowhere"]
+    assert at_nowhere[-4:] == [("POST", 404), ("GET", 404)] * 2
+    log = errlog.read_text()
+    assert log.count("proxy.transport sse: the MCP server answered HTTP 404") == 2
+    assert log.count("refused its event stream") == 2
 
 
 # -- a streamable HTTP server: no switch --------------------------------------------------
@@ -194,11 +205,22 @@ def test_a_streamable_http_server_is_served_as_before_pings_and_delete_included(
     assert "proxy.transport sse" not in log
 
 
-def test_a_500_to_the_first_post_keeps_streamable_http(
-    auth: AuthServer, server: McpServer, home: Path
+@pytest.mark.parametrize("status", [200, 201, 204, 400, 401, 403, 409, 422, 499])
+def test_a_2xx_or_most_4xx_decide_streamable_http(status: int) -> None:
+    assert decides_streamable_http(status) and not falls_back_to_sse(status)
+
+
+@pytest.mark.parametrize("status", [100, 302, 404, 405, 408, 429, 500, 502, 503, 504])
+def test_a_5xx_408_429_or_a_switch_status_do_not(status: int) -> None:
+    assert not decides_streamable_http(status)
+
+
+@pytest.mark.parametrize("status", [500, 502, 429])
+def test_a_5xx_or_429_to_the_first_post_decides_nothing_then_a_200_decides_streamable_http(
+    auth: AuthServer, server: McpServer, home: Path, status: int
 ) -> None:
     login(auth, server.url, FileStore(home))
-    server.fail_next("POST", status=500)
+    server.fail_next("POST", status=status)
     errlog = home.parent / "proxy.err"
 
     async def run() -> list[dict[str, Any] | None]:
@@ -210,16 +232,61 @@ def test_a_500_to_the_first_post_keeps_streamable_http(
             return [refused, again, await send(call(3, "still streamable"))]
 
     refused, again, echoed = asyncio.run(run())
-    assert refused is not None and "HTTP 500" in refused["error"]["message"]
+    assert refused is not None and f"HTTP {status}" in refused["error"]["message"]
     assert again is not None and "result" in again
     assert echoed is not None and echoed["result"]["content"][0]["text"] == "still streamable"
     seen = server.wait_for(lambda seen: any(s.method == "DELETE" for s in seen))
     assert sse_gets(seen) == []
     assert {s.path for s in seen} == {"/mcp"}
-    assert [s.status for s in seen if s.method == "POST"][:2] == [500, 200]
+    assert [s.status for s in seen if s.method == "POST"][:2] == [status, 200]
     log = errlog.read_text()
-    assert "proxy.transport streamable-http: the first POST was answered HTTP 500" in log
+    assert f"proxy.transport undecided: the first POST was answered HTTP {status}" in log
+    assert "proxy.transport streamable-http: the first POST was answered HTTP 200" in log
     assert "proxy.transport sse" not in log
+
+
+@pytest.mark.parametrize("retried", ["initialize", "tools/list"])
+def test_a_gateways_502_to_the_first_post_still_lets_the_next_405_switch_to_http_and_sse(
+    auth: AuthServer, home: Path, retried: str
+) -> None:
+    """A 502 (a corporate proxy before an HTTP+SSE-only server, say) decides nothing; the
+    405 answering the next POST switches. When that POST is not the host's initialize (the
+    502 answered it), the host's initialize opens the HTTP+SSE session first, as the proxy's
+    own replay, so the server never sees a request on a session nobody initialized."""
+    errlog = home.parent / "proxy.err"
+    with McpServer(auth_server=auth, transport="sse") as server:
+        login(auth, server.url, FileStore(home))
+        server.fail_next("POST", status=502)
+        tools_list = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        second = {**INITIALIZE, "id": 2} if retried == "initialize" else tools_list
+
+        async def run() -> list[dict[str, Any] | None]:
+            async with raw_host(server.url, home, errlog) as send:
+                refused = await send(INITIALIZE)
+                answered = await send(second)
+                await send(INITIALIZED)
+                return [refused, answered, await send(call(3, "over sse after a 502"))]
+
+        refused, answered, echoed = asyncio.run(run())
+        seen = server.seen()
+    assert refused is not None and "HTTP 502" in refused["error"]["message"]
+    assert answered is not None and "result" in answered, answered
+    assert echoed is not None and echoed["result"]["content"][0]["text"] == "over sse after a 502"
+    probes = [s.status for s in seen if s.method == "POST" and s.path == "/sse"]
+    assert probes == [502, 405]
+    assert [s.status for s in sse_gets(seen)] == [200]
+    posted = [s.message for s in seen if s.method == "POST" and s.path == "/messages/"]
+    assert all(m is not None for m in posted)
+    methods = [m["method"] for m in posted if m is not None]
+    if retried == "initialize":  # the host's own, sent again: nothing replayed
+        assert methods == ["initialize", "notifications/initialized", "tools/call"]
+        assert posted[0] is not None and posted[0]["id"] == 2
+    else:
+        assert methods[:3] == ["initialize", "notifications/initialized", "tools/list"]
+        assert posted[0] is not None and str(posted[0]["id"]).startswith("grantkeeper-")
+    log = errlog.read_text()
+    assert "proxy.transport undecided: the first POST was answered HTTP 502" in log
+    assert "proxy.transport sse: the MCP server answered HTTP 405" in log
 
 
 def test_a_404_after_a_working_session_renews_the_session_not_the_transport(

@@ -10,6 +10,8 @@ certificates alike.
 - **Trust**: the operating system's store through ``truststore`` (Keychain on macOS, the
   Windows certificate store, OpenSSL's system paths on Linux), as pip does, so a company CA
   installed there works; certificates in ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` are trusted
+  (truststore hands macOS and Windows the certificates loaded from the file; a directory's
+  are loaded by OpenSSL only as needed, so there ``SSL_CERT_DIR`` may go unused: unverified)
   as well. Not certifi's bundle: a company's TLS-inspecting proxy is not in it.
 - **``.netrc`` never adds credentials** to a request. httpx 0.28 reads it only through an
   explicit ``NetRCAuth``, which nothing here passes; ``tests/test_network.py`` holds it to

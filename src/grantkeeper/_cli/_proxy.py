@@ -3,7 +3,8 @@ remote MCP server with grantkeeper's auth. The bridge is ``_proxy.streamable_htt
 
 ``--transport auto`` (the default) starts on streamable HTTP and, as mcp-remote's
 http-first strategy, switches to HTTP+SSE for the whole run when the server answers the
-first POST with 404 or 405 (``_proxy.sse.AutoProxy``); later 404s are forgotten sessions.
+first deciding POST with 404 or 405 (a 5xx, 408, 429 or no answer decides nothing: the
+next POST asks again) (``_proxy.sse.AutoProxy``); later 404s are forgotten sessions.
 ``streamable-http`` and ``sse`` fix the transport.
 
 stdout carries JSON-RPC only, from the first byte: descriptor 1 is taken over before
@@ -166,7 +167,8 @@ In a host's config (Claude Desktop, Cursor, VS Code):
     default="auto",
     show_default=True,
     help="The server's transport. auto: streamable HTTP, switching to HTTP+SSE for the run "
-    "if the server answers the first POST with 404 or 405. streamable-http or sse: that "
+    "if the server answers the first POST with 404 or 405 (a 5xx, 408, 429 or no answer "
+    "decides nothing: the next POST asks again). streamable-http or sse: that "
     "transport only (sse: older servers' HTTP+SSE, protocol 2024-11-05).",
 )
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")

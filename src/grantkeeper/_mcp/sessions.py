@@ -30,7 +30,7 @@ from .._errors import GrantkeeperError, LoginRequired, OAuthUnsupported, Protoco
 from .._http_auth.httpx2_auth import Httpx2Auth
 from .._keeper import Keeper
 from .._log import event
-from .._network import client_options, tls_context
+from .._network import check_proxies, client_options, tls_context
 
 if TYPE_CHECKING:
     from mcp.client.client import Client
@@ -480,6 +480,7 @@ def fastmcp_client(
     # The transport fastmcp would pick for the URL, made with grantkeeper's trust store (its
     # proxies come from the environment, as ours do).
     auth = httpx2_auth(url, keeper=keeper, token=token)
+    check_proxies()  # typed here, not from inside fastmcp's first request
     if isinstance(infer_transport(url), SSETransport):
         return FastMCPClient(SSETransport(url, auth=auth, verify=tls_context()), **kwargs)
     return FastMCPClient(StreamableHttpTransport(url, auth=auth, verify=tls_context()), **kwargs)

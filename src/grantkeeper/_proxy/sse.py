@@ -10,6 +10,10 @@ before anything else is sent. Auth, logins, pings and errors are ``streamable_ht
 
 ``--transport auto`` (the default) is :class:`AutoProxy`: streamable HTTP, or this
 transport when the server answers the first POST with 404 or 405 (:func:`falls_back_to_sse`).
+The first answer that decides does: a 2xx, or a 4xx other than 404, 405, 408 and 429
+(:func:`decides_streamable_http`), is streamable HTTP's. A 5xx, 408 or 429 (a gateway's, as
+likely as the server's) decides nothing, nor does a POST that got no answer or an HTTP+SSE
+session that did not open: the message gets its error, and the next POST asks again.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from urllib.parse import urljoin
 import httpx2
 
 from .._errors import GrantkeeperError
+from .._network import failure
 from .streamable_http import (
     MAX_EVENT_SIZE,
     RECONNECT_DELAY,
@@ -134,7 +139,7 @@ class SseProxy(Proxy):
             except GrantkeeperError as exc:
                 log.warning("event stream: %s", self._explain(exc))
             except httpx2.HTTPError as exc:
-                log.info("event stream ended: %s", type(exc).__name__)
+                log.info("event stream ended: %s", failure(exc))
             self._lost()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -156,8 +161,9 @@ class SseProxy(Proxy):
                 raise NoSession("the MCP server refused to open a new session")
             initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
             await self._post_to(endpoint, initialized, relay=False)
-        except (GrantkeeperError, httpx2.HTTPError, NoSession, TimeoutError) as exc:
-            log.warning("could not open a new session: %s", exc)
+        except (GrantkeeperError, httpx2.HTTPError, NoSession, SessionExpired, TimeoutError) as exc:
+            # SessionExpired: a 404 from the endpoint the stream named; the session is gone.
+            log.warning("could not open a new session: %s", str(exc) or type(exc).__name__)
             return
         self._generation += 1
         self.reinitializations += 1
@@ -222,10 +228,20 @@ SSE = "sse"
 def falls_back_to_sse(status: int) -> bool:
     """mcp-remote's http-first rule, for the server's answer to the first POST only: 404 or
     405 says no streamable HTTP endpoint is at the URL, so the server speaks HTTP+SSE there.
-
-    Any other answer (2xx, a 5xx, what a 401 became once auth had its say) is a streamable
-    HTTP server's; after it, a 404 is a session the server forgot, never a transport."""
+    """
     return status in (404, 405)
+
+
+def decides_streamable_http(status: int) -> bool:
+    """Whether the answer to a first POST says the server speaks streamable HTTP: a 2xx, or
+    a 4xx other than 404 and 405 (:func:`falls_back_to_sse`), 408 and 429 (what a 401 or 403
+    became once auth had its say counts: the server read the request). After it, a 404 is a
+    session the server forgot, never a transport.
+
+    A 5xx, 408 or 429 decides nothing: a proxy or gateway in front (a corporate proxy's 502
+    before an HTTP+SSE server, say) answers those as readily as the server, and a transient
+    failure must not fix the transport for the whole run."""
+    return 200 <= status < 300 or (400 <= status < 500 and status not in (404, 405, 408, 429))
 
 
 class NotStreamableHttp(Exception):
@@ -239,23 +255,28 @@ class NotStreamableHttp(Exception):
 class AutoProxy(SseProxy):
     """``--transport auto``: streamable HTTP, unless the server's answer to the first POST
     says it has none (:func:`falls_back_to_sse`); then HTTP+SSE for the rest of the run, the
-    first message sent again over it, so the host sees nothing but the answer.
+    first message sent again over it, so the host sees nothing but the answer. When the
+    host's ``initialize`` went in an attempt that decided nothing and another message is the
+    one sent again, the first HTTP+SSE session is initialized as the host asked, before it.
 
     Until that answer, other messages wait for it: a host sends nothing but pings before
-    its ``initialize`` is answered. An attempt the server did not answer (the network, a
-    login that failed) decides nothing: the message fails as on streamable HTTP, and the
-    next POST asks again. Once decided, every method is the chosen transport's: a DELETE on
-    close and the session's GET stream only on streamable HTTP, one stream on HTTP+SSE.
+    its ``initialize`` is answered. An attempt that decides nothing (no answer: the network,
+    a login that failed; a 5xx, 408 or 429: :func:`decides_streamable_http`; a switch whose
+    HTTP+SSE session did not open) leaves the transport undecided: the message fails as on
+    streamable HTTP, and the next POST asks again. Once decided, every method is the chosen
+    transport's: a DELETE on close and the session's GET stream only on streamable HTTP, one
+    stream on HTTP+SSE.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: ``None`` until the server answered a first POST; then ``"streamable-http"``
-        #: or ``"sse"`` for good.
+        #: ``None`` until an answer decided; then ``"streamable-http"`` or ``"sse"`` for good
+        #: (``"sse"`` once its first session is open).
         self.transport: str | None = None
         self._deciding = asyncio.Lock()
         self._fresh = True  # no HTTP+SSE session opened yet: the host's messages open it
         self._first_stream: asyncio.Future[bool] | None = None
+        self._held: Any = None  # the message the switch holds while the first stream opens
 
     async def run(self, lines: asyncio.Queue[bytes | None]) -> None:
         try:
@@ -285,37 +306,85 @@ class AutoProxy(SseProxy):
             return await Proxy._post(self, message, relay=relay)
         except NotStreamableHttp as refused:
             status = refused.status
-        self.transport = SSE
         log.info(
             "proxy.transport sse: the MCP server answered HTTP %s to the first POST; "
             "using HTTP+SSE (protocol 2024-11-05)",
             status,
         )
-        self._first_stream = asyncio.get_running_loop().create_future()
-        self._stream = asyncio.create_task(self._stream_loop())
-        if not await self._first_stream:
-            # Neither transport is there (a wrong URL, say): the host gets an answer, not
-            # a wait for a stream that may never come.
-            text = f"the MCP server answered HTTP {status} and opened no HTTP+SSE stream either"
-            self._fail(message, text, relay=relay)
+        failure = await self._open_first_session(message)
+        if failure is not None:
+            # Neither transport is there (a wrong URL, say): the host gets an answer, not a
+            # wait for a session that may never come, and its next POST decides again (a
+            # stream left retrying would hold every later message on a session for ever).
+            await self._undecide()
+            self._fail(message, f"the MCP server answered HTTP {status} and {failure}", relay=relay)
             return None
+        # Decided only now: until the session is usable, other messages wait for the
+        # decision, so none is left waiting on a session that is given up.
+        self.transport = SSE
         return await super()._post(message, relay=relay)
+
+    async def _open_first_session(self, held: Any) -> str | None:
+        """Open the first HTTP+SSE session for ``held``; what went wrong, if it did not."""
+        future = self._first_stream = asyncio.get_running_loop().create_future()
+        self._held = held
+        self._stream = asyncio.create_task(self._stream_loop())
+
+        def ended(_: asyncio.Task[None]) -> None:
+            # A stream loop that died of what it does not catch settles it too: no hang.
+            if not future.done():
+                future.set_result(False)
+
+        self._stream.add_done_callback(ended)
+        try:
+            if not await future:
+                return "opened no HTTP+SSE stream either"
+        finally:
+            self._held = None
+        endpoint = self._endpoint
+        if not self._connected.is_set() and endpoint is not None:
+            # The host's initialize went in an attempt that decided nothing: the session is
+            # initialized as the host asked before the held message, as after an expiry.
+            await self._replay(endpoint)
+        if not self._connected.is_set():
+            return "opened no usable HTTP+SSE session"
+        return None
+
+    async def _undecide(self) -> None:
+        """Back to undecided: no stream left retrying, and the next POST asks again."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.cancel()
+            await asyncio.gather(stream, return_exceptions=True)
+        self._lost()
+        self._first_stream = None
+        self._fresh = True
+        self.transport = None
 
     def _answered(self, status: int) -> None:
         if self.transport is not None:
             return
         if falls_back_to_sse(status):
             raise NotStreamableHttp(status)
+        if not decides_streamable_http(status):
+            log.info(
+                "proxy.transport undecided: the first POST was answered HTTP %s; "
+                "the next POST decides",
+                status,
+            )
+            return
         self.transport = STREAMABLE_HTTP
         log.info("proxy.transport streamable-http: the first POST was answered HTTP %s", status)
 
     def _opened(self, endpoint: str) -> None:
         if self._fresh:
-            # The first session: the message held by the switch, the host's own
-            # initialize, opens it (replaying it as well would initialize twice).
             self._fresh = False
             self._endpoint = endpoint
-            self._connected.set()
+            if self._initialize is None or self._initialize is self._held:
+                # The first session, opened by the held message, the host's own initialize
+                # (replaying it as well would initialize twice). Otherwise
+                # _open_first_session replays the host's initialize before it.
+                self._connected.set()
         else:
             super()._opened(endpoint)
         self._settle_first_stream(True)

@@ -22,7 +22,8 @@ What the pipe adds, and nothing else:
   whose values HTTP cannot carry there (a lone surrogate, a method that is not ASCII) is
   answered with an invalid-params error and never sent;
 - ``--ignore-tool``: the tools a glob matches are dropped from every ``tools/list`` answer
-  relayed, and a ``tools/call`` naming one is answered here (invalid params), never sent.
+  relayed, and a ``tools/call`` naming one, alone or in a batch, is answered here (invalid
+  params), never sent.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import httpx2
 
 from .._errors import GrantkeeperError, InsufficientScope
 from .._keeper import Keeper
+from .._network import failure
 from .._redact import scrub_known_in
 from .._rules import recovery_need
 from .._servers import ServerConfig
@@ -197,14 +199,16 @@ class Proxy:
                 {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
             )
             return
-        if is_request(message):
-            tool = _called_tool(message)
-            if tool is not None and self.ignored(tool):
-                # Hidden from the host's listings, so a call to it is one the user ruled
-                # out: answered here as an unknown tool (the spec's code), never sent.
-                text = f"tool {tool!r} is not available: the proxy ignores it (--ignore-tool)"
-                self._fail(message, text, code=INVALID_PARAMS)
+        if isinstance(message, list):
+            # A batch is sent as one POST, as it came; a call to an ignored tool in it is
+            # answered here like one sent alone, and only the rest goes.
+            kept = [element for element in message if not self._refused_here(element)]
+            if message and not kept:
                 return
+            message = kept
+        elif self._refused_here(message):
+            return
+        if is_request(message):
             if message["method"] == "initialize":
                 self._initialize = message
             log.debug("host.request method=%s id=%s", message["method"], message["id"])
@@ -228,6 +232,18 @@ class Proxy:
             log.debug("host.message method=%s id=%s", method, message.get("id"))
         # Notifications and responses keep the host's order: each is sent before the next.
         await self._send(message)
+
+    def _refused_here(self, message: Any) -> bool:
+        """Whether ``message`` calls a tool ``--ignore-tool`` hides; then it is answered here
+        (a notification dropped) and must never be sent."""
+        tool = _called_tool(message) if isinstance(message, dict) else None
+        if tool is None or not self.ignored(tool):
+            return False
+        # Hidden from the host's listings, so a call to it is one the user ruled out:
+        # answered here as an unknown tool (the spec's code), never sent.
+        text = f"tool {tool!r} is not available: the proxy ignores it (--ignore-tool)"
+        self._fail(message, text, code=INVALID_PARAMS)
+        return True
 
     def _to_host(self, raw: bytes) -> None:
         self.out.write(raw)
@@ -418,7 +434,8 @@ class Proxy:
                 self._fail(message, text, relay=relay, code=INVALID_PARAMS)
                 return None
             except httpx2.HTTPError as exc:
-                what = f"cannot reach the MCP server at {self.url}: {type(exc).__name__}"
+                # An untrusted certificate or a refusing proxy is named (see _network).
+                what = f"cannot reach the MCP server at {self.url}: {failure(exc)}"
                 self._fail(message, what, relay=relay)
                 return None
             except Exception as exc:
