@@ -310,3 +310,11 @@ def test_login_refuses_a_bad_callback_host_before_any_network(home: Path) -> Non
     config = ServerConfig("https://mcp.invalid/mcp", callback_host="Localhost")
     with pytest.raises(ServerConfigError, match="callback_host must be"):
         login(config, store=FileStore(home), open_browser=lambda _: True)
+
+
+def test_the_cli_offers_the_hosts_the_listener_takes() -> None:
+    """The CLI writes its choices out (parsing a command line imports no HTTP server)."""
+    from grantkeeper._cli._policy import CALLBACK_HOSTS as OFFERED
+    from grantkeeper._oauth.callback_server import CALLBACK_HOSTS as TAKEN
+
+    assert sorted(OFFERED) == sorted(TAKEN)

@@ -28,12 +28,7 @@ from ._freshness import Clock, utc_now
 from ._log import event
 from ._network import client_options
 from ._oauth.authorization import denied_code
-from ._oauth.callback_server import (
-    CALLBACK_HOSTS,
-    DEFAULT_CALLBACK_TIMEOUT,
-    DEFAULT_HOST,
-    CallbackServer,
-)
+from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, DEFAULT_HOST, CallbackServer
 from ._oauth.client_assertion import key_source
 from ._oauth.code_flow import Authorize, register_client, run_code_flow
 from ._oauth.discovery import Discovery, choose_scope, discover
@@ -50,7 +45,7 @@ from ._oauth.kept_registrations import KeptRegistrations
 from ._oauth.registration import ClientRegistration, metadata_document_client
 from ._oauth.workload import WorkloadIdentity
 from ._record import CLIENT_CREDENTIALS, Credential
-from ._servers import ServerConfig, resolve_server
+from ._servers import ServerConfig, require_callback_host, resolve_server
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 
 LOGIN_HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -155,11 +150,7 @@ def login(
     supported. The credential is written under the same lock refresh takes.
     """
     config = server if isinstance(server, ServerConfig) else resolve_server(server)
-    if config.callback_host not in (None, *CALLBACK_HOSTS):
-        # Before any network: a listener could never take a redirect to another name.
-        raise ServerConfigError(
-            f"{config.label}: callback_host must be {' or '.join(CALLBACK_HOSTS)}"
-        )
+    require_callback_host(config, config.label)  # before any network
     if (authorize is None) != (redirect_uri is None):
         raise ValueError("pass authorize and redirect_uri together, or neither")
     if authorize is not None and authorizer_for is not None:

@@ -254,6 +254,15 @@ def expand_headers(
     return expanded
 
 
+def require_callback_host(config: ServerConfig, where: str) -> None:
+    """Raise :class:`ServerConfigError` unless ``config.callback_host`` is unset or one of
+    the two loopback names: any other would be a redirect off loopback, or one the listener
+    (bound to 127.0.0.1) never sees. Checked wherever a config enters: servers.json, a
+    save, a login given a :class:`ServerConfig` directly."""
+    if config.callback_host is not None and config.callback_host not in CALLBACK_HOSTS:
+        raise ServerConfigError(f"{where}: callback_host must be {' or '.join(CALLBACK_HOSTS)}")
+
+
 def _path(home: str | os.PathLike[str] | None) -> Path:
     return (Path(home) if home is not None else grantkeeper_home()) / SERVERS_FILE
 
@@ -287,13 +296,7 @@ def _from_json(name: str, data: Any) -> ServerConfig:
             bad_types.append(flag)
     if bad_types or not isinstance(config.headers, dict):
         raise ServerConfigError(f"{SERVERS_FILE}: server {name!r} has malformed {bad_types}")
-    if config.callback_host is not None and config.callback_host not in CALLBACK_HOSTS:
-        # Refused here, not at login: any other name would be a redirect off loopback, or
-        # one the listener (bound to 127.0.0.1) never sees.
-        raise ServerConfigError(
-            f"{SERVERS_FILE}: server {name!r} has malformed ['callback_host'] "
-            f"(use {' or '.join(CALLBACK_HOSTS)})"
-        )
+    require_callback_host(config, f"{SERVERS_FILE}: server {name!r}")
     return config
 
 
@@ -414,9 +417,7 @@ def save_server(config: ServerConfig, home: str | os.PathLike[str] | None = None
     replaces the old entry, as the user asked.
     """
     require_secure(config.url, "server URL")
-    if config.callback_host is not None and config.callback_host not in CALLBACK_HOSTS:
-        # Never written: the file would not load again (see _from_json).
-        raise ServerConfigError(f"callback_host must be {' or '.join(CALLBACK_HOSTS)}")
+    require_callback_host(config, f"server {config.label!r}")  # else the file would not load
     saved: list[ServerConfig] = []
 
     def change(servers: dict[str, Any]) -> None:

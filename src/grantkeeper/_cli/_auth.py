@@ -20,6 +20,7 @@ from ._output import print_json, print_table
 from ._policy import (
     EXIT_AUTH,
     EXIT_OK,
+    callback_options,
     handle_errors,
     json_option,
     keeper_for,
@@ -65,10 +66,6 @@ def _say(message: str) -> None:
 
 
 # -- login --------------------------------------------------------------------------------
-
-CALLBACK_HOSTS = ("localhost", "127.0.0.1")
-"""``--callback-host`` choices; the same as ``_oauth.callback_server.CALLBACK_HOSTS``,
-written out so that parsing a command line imports no HTTP server."""
 
 
 def one_callback_port(callback_port: int | None, port: int | None) -> int | None:
@@ -226,17 +223,7 @@ Examples:
     "providers that refuse it next to scope (Microsoft Entra ID v2, AADSTS9010010); "
     "saved for the server. Default: send it.",
 )
-@click.option(
-    "--callback-host",
-    type=click.Choice(CALLBACK_HOSTS),
-    help="Host the login redirect names, saved for the server: localhost for providers "
-    "that register only http://localhost:PORT/... redirects. Default: 127.0.0.1.",
-)
-@click.option(
-    "--callback-port",
-    type=click.IntRange(0, 65535),
-    help="Loopback port for the login redirect, saved for the server.",
-)
+@callback_options("saved for the server")
 # The old name of --callback-port, kept so that scripts written for it still work.
 @click.option("--port", type=click.IntRange(0, 65535), hidden=True)
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")

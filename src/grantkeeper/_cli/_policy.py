@@ -207,6 +207,34 @@ def profile_option(command: F) -> F:
     )(command)
 
 
+CALLBACK_HOSTS = ("localhost", "127.0.0.1")
+"""``--callback-host`` choices: ``_oauth.callback_server.CALLBACK_HOSTS``, written out so
+that parsing a command line imports no HTTP server (tests/test_callback_host.py holds them
+equal)."""
+
+
+def callback_options(when: str) -> Callable[[F], F]:
+    """``--callback-host`` and ``--callback-port`` for a browser login's redirect; ``when``
+    says how long they hold (saved for the server, or for this run)."""
+
+    def decorate(command: F) -> F:
+        command = click.option(
+            "--callback-port",
+            type=click.IntRange(0, 65535),
+            help=f"Loopback port for the login redirect, {when} (a client registered with "
+            "one). Default: the server's setting, else any free port.",
+        )(command)
+        return click.option(
+            "--callback-host",
+            type=click.Choice(CALLBACK_HOSTS),
+            help=f"Host the login redirect names, {when}: localhost for providers that "
+            "register only http://localhost:PORT/... redirects. Default: the server's "
+            "setting, else 127.0.0.1.",
+        )(command)
+
+    return decorate
+
+
 def retry_option(command: F) -> F:
     """``--retry-unknown-outcome/--no-retry-unknown-outcome``: the Keeper's policy."""
     return click.option(

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._auth import CALLBACK_HOSTS
 from ._policy import (
+    callback_options,
     fail,
     handle_errors,
     open_store_for,
@@ -142,18 +142,7 @@ In a host's config (Claude Desktop, Cursor, VS Code):
     show_default=True,
     help="Seconds to wait for a browser login (here or in another proxy).",
 )
-@click.option(
-    "--callback-host",
-    type=click.Choice(CALLBACK_HOSTS),
-    help="Host a browser login's redirect names, for this run: localhost for providers "
-    "that register only http://localhost:PORT/... redirects. Default: the server's setting.",
-)
-@click.option(
-    "--callback-port",
-    type=click.IntRange(0, 65535),
-    help="Loopback port for a browser login's redirect, for this run (a client registered "
-    "with one). Default: the server's setting.",
-)
+@callback_options("for this run")
 @click.option(
     "--ping-interval",
     type=click.FloatRange(min=0),
