@@ -1,8 +1,10 @@
 """grantkeeper for MCP clients: auth for httpx2 and sessions for ``mcp`` 2.x, fastmcp, ``mcp`` 1.x.
 
 Needs the ``mcp`` extra (``pip install grantkeeper[mcp]``); fastmcp needs ``fastmcp-slim[client]``.
-``streamablehttp_client_v1`` needs only ``mcp`` 1.x: names are imported when first used, so
-an environment without httpx2 can import this module.
+``streamablehttp_client_v1`` and ``httpx_client_factory`` need only ``mcp`` 1.x: names are
+imported when first used, so an environment without httpx2 can import this module. The
+``*_client_factory`` functions and the auth serve agent frameworks' own MCP clients
+(README, "Agent frameworks").
 
     keeper = Keeper(open_store(), CredentialKey.for_server(url))
     async with grantkeeper.mcp.connect(url, keeper=keeper) as session:
@@ -14,8 +16,14 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 if _TYPE_CHECKING:
     from ._http_auth.httpx2_auth import Httpx2Auth
-    from ._mcp.sessions import McpSession, connect, fastmcp_client, httpx2_auth
-    from ._mcp.sessions_v1 import streamablehttp_client_v1
+    from ._mcp.sessions import (
+        McpSession,
+        connect,
+        fastmcp_client,
+        httpx2_auth,
+        httpx2_client_factory,
+    )
+    from ._mcp.sessions_v1 import httpx_client_factory, streamablehttp_client_v1
 
 __all__ = [
     "Httpx2Auth",
@@ -23,6 +31,8 @@ __all__ = [
     "connect",
     "fastmcp_client",
     "httpx2_auth",
+    "httpx2_client_factory",
+    "httpx_client_factory",
     "streamablehttp_client_v1",
 ]
 
@@ -32,6 +42,8 @@ _HOMES = {
     "connect": "._mcp.sessions",
     "fastmcp_client": "._mcp.sessions",
     "httpx2_auth": "._mcp.sessions",
+    "httpx2_client_factory": "._mcp.sessions",
+    "httpx_client_factory": "._mcp.sessions_v1",
     "streamablehttp_client_v1": "._mcp.sessions_v1",
 }
 

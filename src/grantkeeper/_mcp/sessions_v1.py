@@ -18,13 +18,18 @@ from .._keeper import Keeper
 from .._network import client_options
 
 
-def _client_factory(
+def httpx_client_factory(
     headers: dict[str, str] | None = None,
     timeout: httpx.Timeout | None = None,
     auth: httpx.Auth | None = None,
 ) -> httpx.AsyncClient:
     """``mcp`` 1.x's own client (``create_mcp_http_client``: redirects followed, its
-    timeouts), made with grantkeeper's proxies and trust store."""
+    timeouts), made with grantkeeper's proxies and trust store.
+
+    An ``httpx_client_factory`` for whatever takes one on ``mcp`` 1.x (langchain-mcp-adapters,
+    openai-agents under ``mcp`` 1.x): its requests then reach servers as grantkeeper's own do.
+    Pair it with ``auth=grantkeeper.HttpxAuth(keeper)``.
+    """
     return httpx.AsyncClient(
         headers=headers,
         timeout=timeout or httpx.Timeout(30.0, read=300.0),
@@ -71,7 +76,7 @@ async def streamablehttp_client_v1(
             sse_read_timeout=sse_read_timeout,
             terminate_on_close=terminate_on_close,
             auth=auth,
-            httpx_client_factory=_client_factory,
+            httpx_client_factory=httpx_client_factory,
         ) as streams:
             yield streams
         return

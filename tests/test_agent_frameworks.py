@@ -1,0 +1,299 @@
+"""The agent frameworks' own MCP clients with grantkeeper, against the real servers.
+
+pydantic-ai, the OpenAI Agents SDK and langchain-mcp-adapters each build their MCP client
+from the code the README shows (``examples/``, checked equal to the README here), through the
+hook each offers: a fastmcp ``Client`` for pydantic-ai's ``MCPToolset``, ``auth`` and
+``httpx_client_factory`` for the other two. Each lists the tools of the real ``mcp`` 2.3
+server and calls one across token rotations against the real oidc-provider: every call
+answers, one refresh per rotation, no refresh token replayed, no login (no authorization
+code is exchanged). langchain-mcp-adapters requires ``mcp`` 1.x, so it runs in
+``.venv-langchain`` (``harness/langchain_client.py``). No model is called: the clients are
+used alone, and pydantic-ai's agent runs on its local ``TestModel``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic_ai.mcp import MCPToolset
+
+from examples.openai_agents_server import mcp_server
+from examples.pydantic_ai_toolset import mcp_toolset
+from grantkeeper import (
+    CredentialKey,
+    FileStore,
+    HttpxAuth,
+    Keeper,
+    LoginRequired,
+    ServerConfigError,
+    authentication_required,
+)
+from grantkeeper._freshness import utc_now
+from grantkeeper.mcp import httpx2_auth, httpx2_client_factory, httpx_client_factory
+from harness.authserver import AuthServer
+from harness.mcp_demo import login
+from harness.mcp_server import McpServer
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.realserver
+
+ROTATIONS = 3
+"""Token rotations each run goes through: the calls are one more."""
+
+STEP = timedelta(hours=2)
+"""How far the clock moves between calls: past any access token the server issues."""
+
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "__init__.py")
+
+Call = Callable[[str], Awaitable[str | None]]
+Open = Callable[[str, Keeper], AbstractAsyncContextManager[tuple[list[str], Call]]]
+
+
+class ShiftClock:
+    """The real clock, moved forward on demand: expiry without waiting for it."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return utc_now() + self.offset
+
+
+@asynccontextmanager
+async def pydantic_ai(url: str, keeper: Keeper) -> AsyncIterator[tuple[list[str], Call]]:
+    toolset = mcp_toolset(url, keeper)
+
+    async def call(text: str) -> str | None:
+        answer = await toolset.direct_call_tool("echo", {"text": text})
+        return answer if isinstance(answer, str) else None
+
+    async with toolset:
+        yield [tool.name for tool in await toolset.list_tools()], call
+
+
+@asynccontextmanager
+async def pydantic_ai_auth(url: str, keeper: Keeper) -> AsyncIterator[tuple[list[str], Call]]:
+    """``MCPToolset``'s own ``auth`` argument, the other way the README names."""
+    toolset: MCPToolset[None] = MCPToolset(url, auth=httpx2_auth(url, keeper=keeper))
+
+    async def call(text: str) -> str | None:
+        answer = await toolset.direct_call_tool("echo", {"text": text})
+        return answer if isinstance(answer, str) else None
+
+    async with toolset:
+        yield [tool.name for tool in await toolset.list_tools()], call
+
+
+@asynccontextmanager
+async def openai_agents(url: str, keeper: Keeper) -> AsyncIterator[tuple[list[str], Call]]:
+    server = mcp_server(url, keeper)
+
+    async def call(text: str) -> str | None:
+        result = await server.call_tool("echo", {"text": text})
+        return getattr(result.content[0], "text", None) if result.content else None
+
+    async with server:
+        yield [tool.name for tool in await server.list_tools()], call
+
+
+FRAMEWORKS: dict[str, Open] = {
+    "pydantic-ai": pydantic_ai,
+    "pydantic-ai-auth": pydantic_ai_auth,
+    "openai-agents": openai_agents,
+}
+
+
+def calls_across_rotations(open_client: Open, url: str, keeper: Keeper, clock: ShiftClock) -> Any:
+    """List the tools, then call ``echo`` ROTATIONS + 1 times, the clock moved on between
+    calls: every call after the first finds its access token expired."""
+
+    async def go() -> dict[str, Any]:
+        async with open_client(url, keeper) as (tools, call):
+            answers = []
+            for number in range(ROTATIONS + 1):
+                if number:
+                    clock.offset += STEP
+                answers.append(await call(f"call {number}"))
+            return {"tools": tools, "echo": answers}
+
+    return anyio.run(go)
+
+
+def assert_one_refresh_per_rotation(
+    report: dict[str, Any], auth: AuthServer, server: McpServer, store: FileStore, first: str
+) -> None:
+    assert "error" not in report, report
+    assert {"echo", "add", "whoami"} <= set(report["tools"])
+    assert report["echo"] == [f"call {n}" for n in range(ROTATIONS + 1)]
+    stats = auth.stats()
+    # One refresh per rotation, no refresh token spent twice, no login (no code exchanged).
+    assert (stats["refresh_success"], stats["replays"], stats["code_success"]) == (ROTATIONS, 0, 0)
+    seen = server.seen()
+    assert all(s.status != 401 for s in seen), [s.status for s in seen]
+    sent = [s.token for s in seen if s.method == "POST"]
+    assert None not in sent
+    # The first login's token, then each rotation's, in order; the last one is stored.
+    distinct = list(dict.fromkeys(sent))
+    assert distinct[0] == first and len(distinct) == ROTATIONS + 1
+    stored = store.read(CredentialKey.for_server(server.url))
+    assert stored is not None and stored.record.access_token == distinct[-1]
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_calls_across_rotations_with_one_refresh_each(
+    framework: str, auth: AuthServer, server: McpServer, store: FileStore
+) -> None:
+    first = login(auth, server.url, store).access_token
+    auth.reset_stats()
+    clock = ShiftClock()
+    keeper = Keeper(store, CredentialKey.for_server(server.url), clock=clock)
+    try:
+        report = calls_across_rotations(FRAMEWORKS[framework], server.url, keeper, clock)
+    finally:
+        keeper.close()
+    assert_one_refresh_per_rotation(report, auth, server, store, first)
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_a_401_gets_one_refresh_and_one_retry(
+    framework: str, auth: AuthServer, server: McpServer, keeper: Keeper
+) -> None:
+    async def go() -> list[str | None]:
+        async with FRAMEWORKS[framework](server.url, keeper) as (_, call):
+            first = await call("before")
+            server.fail_next("POST")  # the server refuses the token the next call carries
+            return [first, await call("after")]
+
+    assert anyio.run(go) == ["before", "after"]
+    refused = [s for s in server.seen() if s.status == 401]
+    assert len(refused) == 1
+    assert (auth.stats()["refresh_success"], auth.stats()["replays"]) == (1, 0)
+    assert keeper.current is not None and keeper.current.access_token != refused[0].token
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_without_a_login_the_error_says_to_log_in(
+    framework: str, auth: AuthServer, server: McpServer, tmp_path: Path
+) -> None:
+    keeper = Keeper(FileStore(tmp_path), CredentialKey.for_server(server.url))
+
+    async def go() -> None:
+        async with FRAMEWORKS[framework](server.url, keeper):
+            pass
+
+    try:
+        with pytest.raises(Exception) as caught:
+            anyio.run(go)
+    finally:
+        keeper.close()
+    # Wrapped or not by the framework, the cause is there, typed, for the caller to act on.
+    assert isinstance(authentication_required(caught.value), LoginRequired), caught.value
+    assert auth.stats()["refresh_success"] == 0
+
+
+def test_a_pydantic_ai_agent_calls_the_tool_through_the_toolset(
+    keeper: Keeper, server: McpServer, auth: AuthServer
+) -> None:
+    from pydantic_ai import Agent
+    from pydantic_ai.models.test import TestModel
+
+    # TestModel: pydantic-ai's local stand-in for a model, which calls the tools it is told
+    # to; no model is called.
+    agent = Agent(TestModel(call_tools=["echo"]), toolsets=[mcp_toolset(server.url, keeper)])
+    result = agent.run_sync("say something")
+    assert "echo" in result.output
+    assert any(s.message and s.message.get("method") == "tools/call" for s in server.seen())
+    assert (auth.stats()["refresh_success"], auth.stats()["replays"]) == (0, 0)
+
+
+@pytest.mark.parametrize("factory", [httpx2_client_factory, httpx_client_factory])
+def test_the_client_factories_make_clients_as_grantkeeper_does(
+    factory: Callable[..., Any], keeper: Keeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the frameworks pass is kept: headers, timeout, auth.
+    auth = (
+        httpx2_auth("http://127.0.0.1/mcp", keeper=keeper)
+        if factory is httpx2_client_factory
+        else HttpxAuth(keeper)
+    )
+    client = factory(headers={"x-trace": "1"}, auth=auth)
+    assert client.headers["x-trace"] == "1" and client.auth is auth
+    # mcp's own defaults: 30 s, 300 s of read for event streams.
+    assert (client.timeout.connect, client.timeout.read) == (30.0, 300.0)
+    # And grantkeeper's network settings: a proxy setting no request could use is typed,
+    # naming the variable, where a framework's default client would fail on first use.
+    monkeypatch.setenv("HTTPS_PROXY", "ftp://proxy.example:21")
+    with pytest.raises(ServerConfigError, match="HTTPS_PROXY"):
+        factory()
+
+
+LANGCHAIN = ROOT / ".venv-langchain" / "bin" / "python"
+
+
+def run_langchain(url: str, home: Path) -> dict[str, Any]:
+    assert LANGCHAIN.exists(), f"{LANGCHAIN} is missing: run scripts/bootstrap, which creates it"
+    finished = subprocess.run(
+        [str(LANGCHAIN), "-m", "harness.langchain_client", url, str(home), str(ROTATIONS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    report: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_langchain_calls_across_rotations_with_one_refresh_each(
+    auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
+) -> None:
+    first = login(auth, server.url, store).access_token
+    auth.reset_stats()
+    report = run_langchain(server.url, tmp_path)
+    assert report["mcp"].startswith("1."), report
+    assert_one_refresh_per_rotation(report, auth, server, store, first)
+
+
+def test_langchain_recovers_a_401_and_reports_a_missing_login(
+    auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
+) -> None:
+    first = login(auth, server.url, store).access_token
+    auth.reset_stats()
+    server.fail_next("POST")  # the first request, with the stored token, is refused
+    report = run_langchain(server.url, tmp_path)
+    assert "error" not in report, report
+    assert report["echo"] == [f"call {n}" for n in range(ROTATIONS + 1)]
+    assert [s.token for s in server.seen() if s.status == 401] == [first]
+    stats = auth.stats()
+    assert (stats["refresh_success"], stats["replays"], stats["code_success"]) == (
+        ROTATIONS + 1,
+        0,
+        0,
+    )
+
+    empty = tmp_path / "nobody"
+    empty.mkdir()
+    assert run_langchain(server.url, empty)["error"] == "LoginRequired"
+
+
+def readme_examples() -> dict[str, str]:
+    """Each ``<!-- examples/x.py -->`` marker of the README and the code block after it."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    pattern = re.compile(r"<!-- (examples/\w+\.py) -->\n```python\n(.*?)```", re.DOTALL)
+    return {name: code for name, code in pattern.findall(text)}
+
+
+def test_the_readme_shows_each_example_as_its_test_runs_it() -> None:
+    shown = readme_examples()
+    assert sorted(shown) == [f"examples/{p.name}" for p in EXAMPLES]
+    for path in EXAMPLES:
+        assert shown[f"examples/{path.name}"] == path.read_text(encoding="utf-8"), path.name
