@@ -7,13 +7,15 @@ hook each offers: a fastmcp ``Client`` for pydantic-ai's ``MCPToolset``, ``auth`
 server and calls one across token rotations against the real oidc-provider: every call
 answers, one refresh per rotation, no refresh token replayed, no login (no authorization
 code is exchanged). langchain-mcp-adapters requires ``mcp`` 1.x, so it runs in
-``.venv-langchain`` (``harness/langchain_client.py``). No model is called: the clients are
+``.venv-agents-mcp1`` (``harness/mcp1_agents_client.py``), with the OpenAI Agents SDK on
+``mcp`` 1.x beside it. No model is called: the clients are
 used alone, and pydantic-ai's agent runs on its local ``TestModel``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +36,7 @@ from grantkeeper import (
     HttpxAuth,
     Keeper,
     LoginRequired,
+    ReauthenticationRequired,
     ServerConfigError,
     authentication_required,
 )
@@ -83,7 +86,10 @@ async def pydantic_ai(url: str, keeper: Keeper) -> AsyncIterator[tuple[list[str]
 @asynccontextmanager
 async def pydantic_ai_auth(url: str, keeper: Keeper) -> AsyncIterator[tuple[list[str], Call]]:
     """``MCPToolset``'s own ``auth`` argument, the other way the README names."""
-    toolset: MCPToolset[None] = MCPToolset(url, auth=httpx2_auth(url, keeper=keeper))
+    # init_timeout: pydantic-ai's 5 s also bounds a handshake that waits for a refresh.
+    toolset: MCPToolset[None] = MCPToolset(
+        url, auth=httpx2_auth(url, keeper=keeper), init_timeout=30
+    )
 
     async def call(text: str) -> str | None:
         answer = await toolset.direct_call_tool("echo", {"text": text})
@@ -200,6 +206,46 @@ def test_without_a_login_the_error_says_to_log_in(
     assert auth.stats()["refresh_success"] == 0
 
 
+CARRIES_OUR_ERRORS = {"pydantic-ai": True, "pydantic-ai-auth": True, "openai-agents": False}
+"""Whether a framework's error, for a request whose auth failed in mid-session, holds
+grantkeeper's (fastmcp re-raises it; the OpenAI Agents SDK reports a closed connection)."""
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_a_grant_revoked_mid_session_says_to_log_in_again(
+    framework: str, auth: AuthServer, server: McpServer, store: FileStore
+) -> None:
+    login(auth, server.url, store)
+    auth.reset_stats()
+    clock = ShiftClock()
+    keeper = Keeper(store, CredentialKey.for_server(server.url), clock=clock)
+
+    async def go() -> None:
+        async with FRAMEWORKS[framework](server.url, keeper) as (_, call):
+            assert await call("before") == "before"
+            auth.revoke_all()  # the grant ends at the provider
+            clock.offset += STEP  # and the next call needs a refresh
+            await call("after")
+
+    try:
+        with pytest.raises(Exception) as caught:
+            anyio.run(go)
+        found = authentication_required(caught.value)
+        if CARRIES_OUR_ERRORS[framework]:
+            assert isinstance(found, ReauthenticationRequired), caught.value
+        else:
+            assert found is None, caught.value
+        # Whatever the framework made of it, the Keeper says what a person has to do, at
+        # once: the provider's answer ended the grant, and nothing is spent again.
+        with pytest.raises(ReauthenticationRequired):
+            keeper.credential()
+    finally:
+        keeper.close()
+    stats = auth.stats()
+    assert (stats["refresh_success"], stats["replays"], stats["code_success"]) == (0, 0, 0)
+    assert [e["error"] for e in stats["refresh_errors"]] == ["invalid_grant"]
+
+
 def test_a_pydantic_ai_agent_calls_the_tool_through_the_toolset(
     keeper: Keeper, server: McpServer, auth: AuthServer
 ) -> None:
@@ -209,8 +255,9 @@ def test_a_pydantic_ai_agent_calls_the_tool_through_the_toolset(
     # TestModel: pydantic-ai's local stand-in for a model, which calls the tools it is told
     # to; no model is called.
     agent = Agent(TestModel(call_tools=["echo"]), toolsets=[mcp_toolset(server.url, keeper)])
-    result = agent.run_sync("say something")
-    assert "echo" in result.output
+    # agent.run, not run_sync: run_sync leaves its own event loop open for later calls.
+    result = anyio.run(agent.run, "say something")
+    assert result.output == '{"echo":"a"}'  # TestModel's call, answered by the server
     assert any(s.message and s.message.get("method") == "tools/call" for s in server.seen())
     assert (auth.stats()["refresh_success"], auth.stats()["replays"]) == (0, 0)
 
@@ -236,40 +283,47 @@ def test_the_client_factories_make_clients_as_grantkeeper_does(
         factory()
 
 
-LANGCHAIN = ROOT / ".venv-langchain" / "bin" / "python"
+MCP1 = ROOT / ".venv-agents-mcp1" / "bin" / "python"
+MCP1_FRAMEWORKS = ["langchain", "openai-agents"]
+"""Run by ``harness/mcp1_agents_client.py`` in ``.venv-agents-mcp1``, on ``mcp`` 1.x."""
 
 
-def run_langchain(url: str, home: Path) -> dict[str, Any]:
-    assert LANGCHAIN.exists(), f"{LANGCHAIN} is missing: run scripts/bootstrap, which creates it"
+def run_on_mcp1(
+    framework: str, url: str, home: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    assert MCP1.exists(), f"{MCP1} is missing: run scripts/bootstrap, which creates it"
     finished = subprocess.run(
-        [str(LANGCHAIN), "-m", "harness.langchain_client", url, str(home), str(ROTATIONS)],
+        [str(MCP1), "-m", "harness.mcp1_agents_client", framework, url, str(home), str(ROTATIONS)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=50,  # under pytest's own 120 s per test, which may run it twice
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
     report: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert report["mcp"].startswith("1."), report
     return report
 
 
-def test_langchain_calls_across_rotations_with_one_refresh_each(
-    auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
+@pytest.mark.parametrize("framework", MCP1_FRAMEWORKS)
+def test_on_mcp1_calls_across_rotations_with_one_refresh_each(
+    framework: str, auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
 ) -> None:
     first = login(auth, server.url, store).access_token
     auth.reset_stats()
-    report = run_langchain(server.url, tmp_path)
-    assert report["mcp"].startswith("1."), report
+    report = run_on_mcp1(framework, server.url, tmp_path)
     assert_one_refresh_per_rotation(report, auth, server, store, first)
 
 
-def test_langchain_recovers_a_401_and_reports_a_missing_login(
-    auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
+@pytest.mark.parametrize("framework", MCP1_FRAMEWORKS)
+def test_on_mcp1_a_401_is_recovered_and_a_missing_login_reported(
+    framework: str, auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
 ) -> None:
     first = login(auth, server.url, store).access_token
     auth.reset_stats()
     server.fail_next("POST")  # the first request, with the stored token, is refused
-    report = run_langchain(server.url, tmp_path)
+    report = run_on_mcp1(framework, server.url, tmp_path)
     assert "error" not in report, report
     assert report["echo"] == [f"call {n}" for n in range(ROTATIONS + 1)]
     assert [s.token for s in server.seen() if s.status == 401] == [first]
@@ -282,7 +336,83 @@ def test_langchain_recovers_a_401_and_reports_a_missing_login(
 
     empty = tmp_path / "nobody"
     empty.mkdir()
-    assert run_langchain(server.url, empty)["error"] == "LoginRequired"
+    missing = run_on_mcp1(framework, server.url, empty)
+    # langchain-mcp-adapters raises ours, in an exception group; the OpenAI Agents SDK's
+    # connect() loses it (it logs the transport's error and raises a bare CancelledError).
+    if framework == "langchain":
+        assert missing["error"] == "LoginRequired", missing
+    else:
+        assert (missing["raised"], missing["error"]) == ("CancelledError", None), missing
+    assert missing["keeper"] == "LoginRequired", missing
+
+
+def holds(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc``, its exception groups, causes or contexts hold a ``kind``."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < 100:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
+
+
+# A proxy setting no request can use: only a client made by grantkeeper refuses it, typed
+# (ServerConfigError), before sending anything, so these show that each example's framework
+# really makes its clients with grantkeeper's factory (or fastmcp_client), not only its auth.
+UNUSABLE_PROXY = {"HTTP_PROXY": "ftp://proxy.example:21"}
+
+
+@pytest.mark.parametrize("framework", ["pydantic-ai", "openai-agents"])
+def test_the_examples_make_their_clients_the_way_grantkeeper_does(
+    framework: str, keeper: Keeper, server: McpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(*next(iter(UNUSABLE_PROXY.items())))
+
+    async def go() -> None:
+        async with FRAMEWORKS[framework](server.url, keeper):
+            pass
+
+    with pytest.raises(Exception) as caught:
+        anyio.run(go)
+    assert holds(caught.value, ServerConfigError), caught.value
+    assert server.seen() == []
+
+
+@pytest.mark.parametrize("framework", MCP1_FRAMEWORKS)
+def test_on_mcp1_the_examples_make_their_clients_the_way_grantkeeper_does(
+    framework: str, auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
+) -> None:
+    login(auth, server.url, store)
+    report = run_on_mcp1(framework, server.url, tmp_path, env=UNUSABLE_PROXY)
+    assert "ServerConfigError" in report["inside"], report
+    assert server.seen() == []
+
+
+def test_fastmcp_transports_take_the_client_factory(keeper: Keeper, server: McpServer) -> None:
+    # fastmcp calls a factory with follow_redirects too (pydantic-ai's MCPToolset(url, ...)
+    # hands its transport one when given an http_client).
+    from fastmcp import Client
+    from fastmcp.client.transports import StreamableHttpTransport
+
+    transport = StreamableHttpTransport(
+        server.url,
+        auth=httpx2_auth(server.url, keeper=keeper),
+        httpx_client_factory=httpx2_client_factory,
+    )
+
+    async def go() -> list[str]:
+        async with Client(transport) as client:
+            return [tool.name for tool in await client.list_tools()]
+
+    assert "echo" in anyio.run(go)
+    assert all(s.token for s in server.seen() if s.method == "POST")
 
 
 def readme_examples() -> dict[str, str]:

@@ -115,7 +115,7 @@ def test_bootstrap_for_the_demo_skips_the_test_only_environments(tmp_path: Path)
     assert "-m pip install --progress-bar off -c constraints.txt -e .[mcp]" in joined
     assert ".[dev]" not in joined
     assert any("npm ci --prefix harness/oidc" in c for c in commands)
-    test_only_parts = (".venv-mcp1", ".venv-langchain", ".venv-py313", "harness/mcp_remote")
+    test_only_parts = (".venv-mcp1", ".venv-agents-mcp1", ".venv-py313", "harness/mcp_remote")
     for test_only in (*test_only_parts, "conformance"):
         assert test_only not in joined, f"--for demo installed {test_only}"
     assert not (tmp_path / "repo" / ".venv-mcp1").exists()
@@ -133,8 +133,8 @@ def test_bootstrap_for_the_tests_installs_everything(tmp_path: Path) -> None:
         "python3 -m venv .venv-mcp1",
         "python3 -m venv .venv-mcp1-legacy",
         "-c constraints-mcp1.txt -e . mcp",
-        "python3 -m venv .venv-langchain",
-        "-c constraints-langchain.txt -e . mcp langchain-mcp-adapters",
+        "python3 -m venv .venv-agents-mcp1",
+        "-c constraints-agents-mcp1.txt -e . mcp langchain-mcp-adapters openai-agents",
         "npm ci --prefix harness/oidc",
         "npm ci --prefix harness/mcp_remote",
         "npm ci --prefix conformance",

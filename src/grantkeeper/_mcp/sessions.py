@@ -67,19 +67,20 @@ def httpx2_client_factory(
     headers: dict[str, str] | None = None,
     timeout: httpx2.Timeout | None = None,
     auth: httpx2.Auth | None = None,
+    follow_redirects: bool = False,
 ) -> httpx2.AsyncClient:
     """``mcp`` 2.x's own client (``create_mcp_http_client``: its timeouts, redirects left to
-    the transport), made with grantkeeper's proxies and trust store.
+    the transport unless the caller asks), made with grantkeeper's proxies and trust store.
 
-    An ``httpx_client_factory`` for whatever takes one on ``mcp`` 2.x (openai-agents): its
-    requests then reach servers as :func:`connect`'s do. Pair it with
-    ``auth=httpx2_auth(url, keeper=keeper)``.
+    An ``httpx_client_factory`` for whatever takes one on ``mcp`` 2.x (openai-agents, fastmcp's
+    transports, which also pass ``follow_redirects``): its requests then reach servers as
+    :func:`connect`'s do. Pair it with ``auth=httpx2_auth(url, keeper=keeper)``.
     """
     return httpx2.AsyncClient(
         headers=headers,
         timeout=timeout or DEFAULT_TIMEOUT,
         auth=auth,
-        follow_redirects=False,
+        follow_redirects=follow_redirects,
         **client_options(),
     )
 

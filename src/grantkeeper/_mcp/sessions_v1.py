@@ -22,9 +22,11 @@ def httpx_client_factory(
     headers: dict[str, str] | None = None,
     timeout: httpx.Timeout | None = None,
     auth: httpx.Auth | None = None,
+    follow_redirects: bool = True,
 ) -> httpx.AsyncClient:
-    """``mcp`` 1.x's own client (``create_mcp_http_client``: redirects followed, its
-    timeouts), made with grantkeeper's proxies and trust store.
+    """``mcp`` 1.x's own client (``create_mcp_http_client``: its timeouts, and redirects
+    followed as before 1.24; later 1.x transports send each request without), made with
+    grantkeeper's proxies and trust store.
 
     An ``httpx_client_factory`` for whatever takes one on ``mcp`` 1.x (langchain-mcp-adapters,
     openai-agents under ``mcp`` 1.x): its requests then reach servers as grantkeeper's own do.
@@ -34,7 +36,7 @@ def httpx_client_factory(
         headers=headers,
         timeout=timeout or httpx.Timeout(30.0, read=300.0),
         auth=auth,
-        follow_redirects=True,
+        follow_redirects=follow_redirects,
         **client_options(),
     )
 
