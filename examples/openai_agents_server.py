@@ -1,5 +1,5 @@
 # OpenAI Agents SDK (on mcp 2.x): MCPServerStreamableHttp takes an httpx2.Auth and a client
-# factory. Give it to an agent: Agent(name=..., mcp_servers=[mcp_server(url, keeper)]).
+# factory. async with mcp_server(url, keeper) as server: Agent(..., mcp_servers=[server])
 from agents.mcp import MCPServerStreamableHttp
 
 import grantkeeper.mcp

@@ -5,16 +5,21 @@ version; ``mcp`` 1.x cannot share ``.venv`` with 2.x, so tests/test_agent_framew
 this with ``.venv-agents-mcp1/bin/python`` against the real ``mcp`` 2.3 server and
 oidc-provider of the main environment:
 
-    python -m harness.mcp1_agents_client FRAMEWORK URL HOME ROTATIONS
+    python -m harness.mcp1_agents_client FRAMEWORK URL HOME ROTATIONS [REVOKE_URL]
 
 ``FRAMEWORK`` is ``langchain`` (``examples/langchain_tools.py``) or ``openai-agents``
 (``examples/openai_agents_server_mcp1.py``): the client is built exactly as the README shows,
 over the credential stored in ``HOME`` (a file store). It lists the tools, then calls
 ``echo`` ``ROTATIONS + 1`` times with the clock moved two hours on between calls, so that
-every call after the first finds its access token expired. It prints one JSON object: the
-versions and what each call answered, or what stopped it (``raised``: the framework's
-exception; ``error``: grantkeeper's inside it, if any; ``keeper``: what ``keeper.credential()``
-raised afterwards; ``inside``: every exception type the framework's holds).
+every call after the first finds its access token expired. With ``REVOKE_URL`` (the test
+authorization server's ``/__admin/revoke-all``), every grant is revoked after the first call.
+It prints one JSON object: the versions and what each call answered, or what stopped it
+(``raised``: the framework's exception; ``inside``: every exception type it holds;
+``error``: the grantkeeper ``AuthenticationRequired`` in it, if any; ``keeper``: what
+``keeper.credential()`` raised afterwards). Never a token.
+
+The module imports only grantkeeper and the standard library at the top, so the main
+environment's tests share :class:`ShiftClock` and :func:`exception_types` with it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import importlib.metadata
 import json
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -53,7 +59,7 @@ class ShiftClock:
         return utc_now() + self.offset
 
 
-def _inside(exc: BaseException) -> list[str]:
+def exception_types(exc: BaseException) -> list[str]:
     """The type names of ``exc`` and of everything it holds: groups, causes, contexts."""
     names: set[str] = set()
     pending: list[BaseException] = [exc]
@@ -113,19 +119,35 @@ FRAMEWORKS = {"langchain": langchain, "openai-agents": openai_agents}
 PACKAGES = {"langchain": "langchain-mcp-adapters", "openai-agents": "openai-agents"}
 
 
+def _revoke_all(admin_url: str) -> None:
+    request = urllib.request.Request(admin_url, data=b"{}", method="POST")
+    request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as answer:  # loopback, test server only
+        answer.read()
+
+
 async def _run(
-    framework: str, url: str, keeper: Keeper, clock: ShiftClock, rotations: int
+    framework: str,
+    url: str,
+    keeper: Keeper,
+    clock: ShiftClock,
+    rotations: int,
+    revoke_url: str | None,
 ) -> dict[str, Any]:
     async with FRAMEWORKS[framework](url, keeper) as (tools, call):
         answers = []
         for number in range(rotations + 1):
             if number:
+                if revoke_url is not None and number == 1:
+                    await asyncio.to_thread(_revoke_all, revoke_url)
                 clock.offset += STEP
             answers.append(await call(f"call {number}"))
     return {"tools": tools, "echo": answers}
 
 
-def main(framework: str, url: str, home: str, rotations: int) -> dict[str, Any]:
+def main(
+    framework: str, url: str, home: str, rotations: int, revoke_url: str | None = None
+) -> dict[str, Any]:
     clock = ShiftClock()
     keeper = Keeper(FileStore(home), CredentialKey.for_server(url), clock=clock)
     out: dict[str, Any] = {
@@ -133,13 +155,12 @@ def main(framework: str, url: str, home: str, rotations: int) -> dict[str, Any]:
         "mcp": importlib.metadata.version("mcp"),
     }
     try:
-        out.update(asyncio.run(_run(framework, url, keeper, clock, rotations)))
+        out.update(asyncio.run(_run(framework, url, keeper, clock, rotations, revoke_url)))
     except (Exception, asyncio.CancelledError) as exc:
         # The frameworks run mcp 1.x's transport in task groups: our error may arrive
-        # wrapped, or not at all (the OpenAI Agents SDK's connect() ends in a bare
-        # CancelledError). The Keeper says what a person has to do either way.
+        # wrapped, or not at all (the OpenAI Agents SDK ends in a bare CancelledError).
         out["raised"] = type(exc).__name__
-        out["inside"] = _inside(exc)
+        out["inside"] = exception_types(exc)
         found = authentication_required(exc)
         out["error"] = type(found).__name__ if found is not None else None
         try:
@@ -152,5 +173,5 @@ def main(framework: str, url: str, home: str, rotations: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    framework, url, home, rotations = sys.argv[1:]
-    print(json.dumps(main(framework, url, home, int(rotations))))
+    framework, url, home, rotations, *revoke = sys.argv[1:]
+    print(json.dumps(main(framework, url, home, int(rotations), *revoke)))

@@ -20,9 +20,8 @@ import re
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -40,20 +39,22 @@ from grantkeeper import (
     ServerConfigError,
     authentication_required,
 )
-from grantkeeper._freshness import utc_now
 from grantkeeper.mcp import httpx2_auth, httpx2_client_factory, httpx_client_factory
+from harness import secrets_seen
 from harness.authserver import AuthServer
+from harness.mcp1_agents_client import STEP, ShiftClock, exception_types
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.realserver
 
+AUTH_SERVER = {"access_ttl": 3600}
+"""Tokens that stay fresh while a slow machine starts a framework (the clock moves past them
+in two-hour steps): every refresh counted is one the test asked for."""
+
 ROTATIONS = 3
 """Token rotations each run goes through: the calls are one more."""
-
-STEP = timedelta(hours=2)
-"""How far the clock moves between calls: past any access token the server issues."""
 
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "__init__.py")
 
@@ -61,20 +62,18 @@ Call = Callable[[str], Awaitable[str | None]]
 Open = Callable[[str, Keeper], AbstractAsyncContextManager[tuple[list[str], Call]]]
 
 
-class ShiftClock:
-    """The real clock, moved forward on demand: expiry without waiting for it."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return utc_now() + self.offset
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
 
 
 @asynccontextmanager
-async def pydantic_ai(url: str, keeper: Keeper) -> AsyncIterator[tuple[list[str], Call]]:
-    toolset = mcp_toolset(url, keeper)
-
+async def toolset_calls(toolset: MCPToolset[None]) -> AsyncIterator[tuple[list[str], Call]]:
     async def call(text: str) -> str | None:
         answer = await toolset.direct_call_tool("echo", {"text": text})
         return answer if isinstance(answer, str) else None
@@ -83,20 +82,17 @@ async def pydantic_ai(url: str, keeper: Keeper) -> AsyncIterator[tuple[list[str]
         yield [tool.name for tool in await toolset.list_tools()], call
 
 
-@asynccontextmanager
-async def pydantic_ai_auth(url: str, keeper: Keeper) -> AsyncIterator[tuple[list[str], Call]]:
+def pydantic_ai(url: str, keeper: Keeper) -> AbstractAsyncContextManager[tuple[list[str], Call]]:
+    return toolset_calls(mcp_toolset(url, keeper))
+
+
+def pydantic_ai_auth(
+    url: str, keeper: Keeper
+) -> AbstractAsyncContextManager[tuple[list[str], Call]]:
     """``MCPToolset``'s own ``auth`` argument, the other way the README names."""
     # init_timeout: pydantic-ai's 5 s also bounds a handshake that waits for a refresh.
-    toolset: MCPToolset[None] = MCPToolset(
-        url, auth=httpx2_auth(url, keeper=keeper), init_timeout=30
-    )
-
-    async def call(text: str) -> str | None:
-        answer = await toolset.direct_call_tool("echo", {"text": text})
-        return answer if isinstance(answer, str) else None
-
-    async with toolset:
-        yield [tool.name for tool in await toolset.list_tools()], call
+    auth = httpx2_auth(url, keeper=keeper)
+    return toolset_calls(MCPToolset(url, auth=auth, init_timeout=30))
 
 
 @asynccontextmanager
@@ -203,12 +199,18 @@ def test_without_a_login_the_error_says_to_log_in(
         keeper.close()
     # Wrapped or not by the framework, the cause is there, typed, for the caller to act on.
     assert isinstance(authentication_required(caught.value), LoginRequired), caught.value
-    assert auth.stats()["refresh_success"] == 0
+    assert all(s.token is None for s in server.seen())  # nothing to send, nothing sent
+    stats = auth.stats()
+    assert (stats["refresh_success"], stats["code_success"], stats["registrations"]) == (0, 0, 0)
 
 
 CARRIES_OUR_ERRORS = {"pydantic-ai": True, "pydantic-ai-auth": True, "openai-agents": False}
 """Whether a framework's error, for a request whose auth failed in mid-session, holds
 grantkeeper's (fastmcp re-raises it; the OpenAI Agents SDK reports a closed connection)."""
+
+
+def refresh_errors(auth: AuthServer) -> list[str]:
+    return [e["error"] for e in auth.stats()["refresh_errors"]]
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
@@ -230,20 +232,24 @@ def test_a_grant_revoked_mid_session_says_to_log_in_again(
     try:
         with pytest.raises(Exception) as caught:
             anyio.run(go)
+        # The framework's own call met the provider's answer: one refresh, refused.
+        assert refresh_errors(auth) == ["invalid_grant"]
         found = authentication_required(caught.value)
         if CARRIES_OUR_ERRORS[framework]:
             assert isinstance(found, ReauthenticationRequired), caught.value
         else:
             assert found is None, caught.value
+            assert type(caught.value).__name__ == "MCPError", caught.value
+            assert "Connection closed" in str(caught.value)
         # Whatever the framework made of it, the Keeper says what a person has to do, at
         # once: the provider's answer ended the grant, and nothing is spent again.
         with pytest.raises(ReauthenticationRequired):
             keeper.credential()
     finally:
         keeper.close()
+    assert refresh_errors(auth) == ["invalid_grant"]
     stats = auth.stats()
     assert (stats["refresh_success"], stats["replays"], stats["code_success"]) == (0, 0, 0)
-    assert [e["error"] for e in stats["refresh_errors"]] == ["invalid_grant"]
 
 
 def test_a_pydantic_ai_agent_calls_the_tool_through_the_toolset(
@@ -273,11 +279,21 @@ def test_the_client_factories_make_clients_as_grantkeeper_does(
         else HttpxAuth(keeper)
     )
     client = factory(headers={"x-trace": "1"}, auth=auth)
-    assert client.headers["x-trace"] == "1" and client.auth is auth
-    # mcp's own defaults: 30 s, 300 s of read for event streams.
-    assert (client.timeout.connect, client.timeout.read) == (30.0, 300.0)
+    followed = factory(follow_redirects=factory is httpx2_client_factory)
+    try:
+        assert client.headers["x-trace"] == "1" and client.auth is auth
+        # mcp's own defaults: 30 s, 300 s of read for event streams; redirects as that
+        # major version's own client has them, unless the caller (fastmcp) says otherwise.
+        assert (client.timeout.connect, client.timeout.read) == (30.0, 300.0)
+        assert client.follow_redirects is (factory is httpx_client_factory)
+        assert followed.follow_redirects is (factory is httpx2_client_factory)
+    finally:
+        anyio.run(client.aclose)
+        anyio.run(followed.aclose)
     # And grantkeeper's network settings: a proxy setting no request could use is typed,
     # naming the variable, where a framework's default client would fail on first use.
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "ftp://proxy.example:21")
     with pytest.raises(ServerConfigError, match="HTTPS_PROXY"):
         factory()
@@ -289,18 +305,36 @@ MCP1_FRAMEWORKS = ["langchain", "openai-agents"]
 
 
 def run_on_mcp1(
-    framework: str, url: str, home: Path, env: dict[str, str] | None = None
+    framework: str,
+    url: str,
+    home: Path,
+    *,
+    proxy: dict[str, str] | None = None,
+    revoke: AuthServer | None = None,
 ) -> dict[str, Any]:
+    """Run ``harness/mcp1_agents_client.py``; ``proxy`` replaces the proxy settings, and
+    with ``revoke`` every grant at that server is revoked after the first call."""
     assert MCP1.exists(), f"{MCP1} is missing: run scripts/bootstrap, which creates it"
+    command = [str(MCP1), "-m", "harness.mcp1_agents_client", framework, url, str(home)]
+    command.append(str(ROTATIONS))
+    if revoke is not None:
+        command.append(f"{revoke.issuer.rstrip('/')}/__admin/revoke-all")
+    env = dict(os.environ)
+    if proxy is not None:
+        for name in PROXY_VARIABLES:
+            env.pop(name, None)
+        env.update(proxy)
     finished = subprocess.run(
-        [str(MCP1), "-m", "harness.mcp1_agents_client", framework, url, str(home), str(ROTATIONS)],
+        command,
         capture_output=True,
         text=True,
         timeout=50,  # under pytest's own 120 s per test, which may run it twice
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env=env,
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
+    output = finished.stdout + finished.stderr
+    assert not any(secret in output for secret in secrets_seen()), "a secret in the output"
     report: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
     assert report["mcp"].startswith("1."), report
     return report
@@ -338,7 +372,7 @@ def test_on_mcp1_a_401_is_recovered_and_a_missing_login_reported(
     empty.mkdir()
     missing = run_on_mcp1(framework, server.url, empty)
     # langchain-mcp-adapters raises ours, in an exception group; the OpenAI Agents SDK's
-    # connect() loses it (it logs the transport's error and raises a bare CancelledError).
+    # connect() loses it (it logs a line and raises a bare CancelledError).
     if framework == "langchain":
         assert missing["error"] == "LoginRequired", missing
     else:
@@ -346,21 +380,23 @@ def test_on_mcp1_a_401_is_recovered_and_a_missing_login_reported(
     assert missing["keeper"] == "LoginRequired", missing
 
 
-def holds(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``exc``, its exception groups, causes or contexts hold a ``kind``."""
-    pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while pending and len(seen) < 100:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, kind):
-            return True
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
+@pytest.mark.parametrize("framework", MCP1_FRAMEWORKS)
+def test_on_mcp1_a_grant_revoked_mid_session_says_to_log_in_again(
+    framework: str, auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
+) -> None:
+    login(auth, server.url, store)
+    auth.reset_stats()
+    report = run_on_mcp1(framework, server.url, tmp_path, revoke=auth)
+    # langchain-mcp-adapters raises ours, in an exception group; the OpenAI Agents SDK's
+    # call_tool ends in a bare CancelledError. The Keeper says what to do either way.
+    if framework == "langchain":
+        assert report["error"] == "ReauthenticationRequired", report
+    else:
+        assert (report["raised"], report["error"]) == ("CancelledError", None), report
+    assert report["keeper"] == "ReauthenticationRequired", report
+    assert refresh_errors(auth) == ["invalid_grant"]
+    stats = auth.stats()
+    assert (stats["refresh_success"], stats["replays"], stats["code_success"]) == (0, 0, 0)
 
 
 # A proxy setting no request can use: only a client made by grantkeeper refuses it, typed
@@ -373,7 +409,10 @@ UNUSABLE_PROXY = {"HTTP_PROXY": "ftp://proxy.example:21"}
 def test_the_examples_make_their_clients_the_way_grantkeeper_does(
     framework: str, keeper: Keeper, server: McpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(*next(iter(UNUSABLE_PROXY.items())))
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in UNUSABLE_PROXY.items():
+        monkeypatch.setenv(name, value)
 
     async def go() -> None:
         async with FRAMEWORKS[framework](server.url, keeper):
@@ -381,7 +420,7 @@ def test_the_examples_make_their_clients_the_way_grantkeeper_does(
 
     with pytest.raises(Exception) as caught:
         anyio.run(go)
-    assert holds(caught.value, ServerConfigError), caught.value
+    assert "ServerConfigError" in exception_types(caught.value), caught.value
     assert server.seen() == []
 
 
@@ -390,7 +429,7 @@ def test_on_mcp1_the_examples_make_their_clients_the_way_grantkeeper_does(
     framework: str, auth: AuthServer, server: McpServer, store: FileStore, tmp_path: Path
 ) -> None:
     login(auth, server.url, store)
-    report = run_on_mcp1(framework, server.url, tmp_path, env=UNUSABLE_PROXY)
+    report = run_on_mcp1(framework, server.url, tmp_path, proxy=UNUSABLE_PROXY)
     assert "ServerConfigError" in report["inside"], report
     assert server.seen() == []
 
@@ -401,10 +440,16 @@ def test_fastmcp_transports_take_the_client_factory(keeper: Keeper, server: McpS
     from fastmcp import Client
     from fastmcp.client.transports import StreamableHttpTransport
 
+    made: list[dict[str, Any]] = []
+
+    def factory(**options: Any) -> Any:
+        made.append(options)
+        return httpx2_client_factory(**options)
+
     transport = StreamableHttpTransport(
         server.url,
         auth=httpx2_auth(server.url, keeper=keeper),
-        httpx_client_factory=httpx2_client_factory,
+        httpx_client_factory=cast(Any, factory),
     )
 
     async def go() -> list[str]:
@@ -412,6 +457,7 @@ def test_fastmcp_transports_take_the_client_factory(keeper: Keeper, server: McpS
             return [tool.name for tool in await client.list_tools()]
 
     assert "echo" in anyio.run(go)
+    assert [options.get("follow_redirects") for options in made] == [True]
     assert all(s.token for s in server.seen() if s.method == "POST")
 
 

@@ -141,6 +141,7 @@ def test_the_sdist_ships_what_its_tests_need_and_they_run(built: tuple[Path, Pat
         "LICENSE", "CHANGELOG.md", "constraints.txt", "constraints-lowest.txt",
         "harness/mcp_server.py", "harness/authserver.py", "harness/oidc/package-lock.json",
         "tests/conftest.py", "tests/helpers.py", "scripts/bootstrap",
+        "examples/pydantic_ai_toolset.py", "constraints-agents-mcp1.txt",
     ):  # fmt: skip
         assert (unpacked / shipped).is_file(), shipped
     assert not (unpacked / "harness/oidc/node_modules").exists()
