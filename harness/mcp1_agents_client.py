@@ -18,8 +18,8 @@ It prints one JSON object: the versions and what each call answered, or what sto
 ``error``: the grantkeeper ``AuthenticationRequired`` in it, if any; ``keeper``: what
 ``keeper.credential()`` raised afterwards). Never a token.
 
-The module imports only grantkeeper and the standard library at the top, so the main
-environment's tests share :class:`ShiftClock` and :func:`exception_types` with it.
+The module imports only grantkeeper, ``harness.clocks`` and the standard library at the top,
+so the main environment's tests share :func:`exception_types` with it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from grantkeeper import (
@@ -41,22 +41,12 @@ from grantkeeper import (
     Keeper,
     authentication_required,
 )
-from grantkeeper._freshness import utc_now
+from harness.clocks import ShiftClock
 
 STEP = timedelta(hours=2)
 """Longer than any access token the test authorization server issues."""
 
 Call = Callable[[str], Awaitable[str | None]]
-
-
-class ShiftClock:
-    """The real clock, moved forward on demand: expiry without waiting for it."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return utc_now() + self.offset
 
 
 def exception_types(exc: BaseException) -> list[str]:

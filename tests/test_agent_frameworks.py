@@ -42,7 +42,8 @@ from grantkeeper import (
 from grantkeeper.mcp import httpx2_auth, httpx2_client_factory, httpx_client_factory
 from harness import secrets_seen
 from harness.authserver import AuthServer
-from harness.mcp1_agents_client import STEP, ShiftClock, exception_types
+from harness.clocks import ShiftClock
+from harness.mcp1_agents_client import STEP, exception_types
 from harness.mcp_demo import login
 from harness.mcp_server import McpServer
 from tests.helpers import ROOT

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +32,15 @@ from grantkeeper import (
     auth_status,
 )
 from grantkeeper._cli._tools import call, tools
-from grantkeeper._freshness import utc_now
 from grantkeeper.mcp import Httpx2Auth, McpSession, connect, fastmcp_client
 from harness.authserver import AuthServer
+from harness.clocks import ShiftClock
 from harness.mcp_demo import login
 from harness.mcp_server import INITIALIZE, McpServer, Seen
 
 pytestmark = pytest.mark.realserver
 
 MCP_HEADERS = {"accept": "application/json, text/event-stream"}
-
-
-class ShiftClock:
-    """The real clock, moved forward on demand: expiry without waiting for it."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return utc_now() + self.offset
 
 
 def refreshes(auth: AuthServer) -> tuple[int, int]:
