@@ -1,13 +1,16 @@
-"""``grantkeeper login | logout | status | token | list``: thin commands over the public API.
+"""``grantkeeper login | logout | status | token | headers | list``: thin commands over the
+public API.
 
 Human output goes to stderr (prompts, progress) and stdout (results); ``--json`` makes
-stdout one JSON document. Only ``token`` ever prints a secret, because that is its job.
+stdout one JSON document. Only ``token`` and ``headers`` ever print a secret, because that
+is their job.
 rich is imported only by the commands that draw tables or spinners.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import threading
@@ -36,6 +39,7 @@ from ._policy import (
 if TYPE_CHECKING:
     from .._oauth.callback_server import CallbackServer
     from .._oauth.code_flow import Authorize
+    from .._record import Credential
     from .._servers import ServerConfig
     from .._status import AuthStatus
     from .._stores.base import Store
@@ -617,20 +621,91 @@ def status(
     raise click.exceptions.Exit(EXIT_AUTH if needs_person else EXIT_OK)
 
 
-# -- token --------------------------------------------------------------------------------
+# -- token and headers --------------------------------------------------------------------
+
+TOKEN_ENV_NAME = "GRANTKEEPER_TOKEN"
+"""The variable ``grantkeeper token --format env`` sets, unless ``--env-name`` names another."""
+
+HEADERS_PATIENCE = 5.0
+"""Seconds ``grantkeeper headers`` waits for a refresh ahead before it prints the token it
+has. A host keeps the headers for its whole session, so a token inside its refresh margin
+would expire under it within a minute: its replacement is worth a short wait, but not a
+host's timeout for the command (Claude Code gives its helper some seconds). When the
+refresh is slower the still-valid token is printed, and the refresh goes on as in
+``token``, finishing before the process exits."""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _auth_headers(credential: Credential, url: str) -> dict[str, str]:
+    """The headers that present ``credential`` to the MCP server at ``url``.
+
+    A DPoP-bound token goes with a proof (RFC 9449 §7.1) for one request: the ``POST`` that
+    every MCP message is, to ``url``. A proof is single-use by design, so a host that sends
+    the same headers again relies on a server that does not check (docs/dpop.md)."""
+    token = credential.access_token
+    if not credential.dpop:
+        return {"Authorization": f"Bearer {token}"}
+    from .._oauth.dpop import PROOF_HEADER, load_key
+
+    assert credential.dpop_key is not None  # credential.dpop says there is one
+    proof = load_key(credential.dpop_key).proof("POST", url, access_token=token)
+    return {"Authorization": f"DPoP {token}", PROOF_HEADER: proof}
+
+
+def _print_token(
+    token: str,
+    token_type: str,
+    shown: str,
+    env_name: str,
+    *,
+    document: dict[str, str | None],
+    headers: dict[str, str],
+) -> None:
+    """``token`` as ``--format shown`` asks; ``document`` is the JSON form, ``headers`` the
+    header lines of ``--format header``."""
+    if shown == "json":
+        print_json({"token": token, **document, "token_type": token_type})
+    elif shown == "header":
+        for name, value in headers.items():
+            click.echo(f"{name}: {value}")
+    elif shown == "env":
+        # NAME=value: what `env`, `set -a; . FILE`, docker's --env-file and systemd's
+        # EnvironmentFile all read. A token is URL-safe text, so no quoting is added in
+        # practice; shlex.quote guards the odd character a shell would expand.
+        click.echo(f"{env_name}={shlex.quote(token)}")
+    else:
+        click.echo(token)
 
 
 @click.command(
     epilog="""\b
 Examples:
   curl -H "Authorization: Bearer $(grantkeeper token example)" https://mcp.example.com/mcp
-  grantkeeper token example --profile work --json   # token, expires_at, scope
+  curl -H "$(grantkeeper token example --format header)" https://mcp.example.com/mcp
+  env "$(grantkeeper token example --format env)" my-host    # GRANTKEEPER_TOKEN=...
+  grantkeeper token example --profile work --format json     # token, expires_at, scope
 """
 )
 @server_argument
 @profile_option
 @retry_option
 @store_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["plain", "env", "header", "json"]),
+    default=None,
+    help="plain: the token (default); env: NAME=token; header: the Authorization header "
+    "line (and a DPoP proof's line for a DPoP-bound token); json: token, expires_at, scope, "
+    "type and token_type.",
+)
+@click.option(
+    "--env-name",
+    metavar="NAME",
+    default=None,
+    help=f"The variable --format env sets. Default: {TOKEN_ENV_NAME}.",
+)
 @json_option
 @verbose_option
 @handle_errors
@@ -639,37 +714,110 @@ def token(
     profile: str | None,
     retry_unknown: bool | None,
     store_spec: str | None,
+    output_format: str | None,
+    env_name: str | None,
     as_json: bool,
 ) -> None:
     """Print a valid access token, refreshing it first if needed. For scripts.
 
-    This is the only command that prints a secret. Exits 3 if a login is needed.
+    This and headers are the only commands that print a secret. Exits 3 if a login is
+    needed. --json is --format json.
     """
     from .._servers import resolve_server
 
+    if as_json and output_format not in (None, "json"):
+        raise click.UsageError("--json is --format json: give one of them")
+    shown = "json" if as_json else output_format or "plain"
+    if env_name is not None and shown != "env":
+        raise click.UsageError("--env-name names the variable of --format env")
+    if env_name is not None and not _ENV_NAME.fullmatch(env_name):
+        raise click.UsageError("--env-name takes a variable name: letters, digits and '_'")
+    name = env_name or TOKEN_ENV_NAME
     config = resolve_server(server, profile=profile)
     bearer = config.bearer()
     if bearer is not None:
-        if as_json:
-            print_json({"token": bearer, "expires_at": None, "scope": None, "type": "bearer"})
-        else:
-            click.echo(bearer)
+        _print_token(
+            bearer,
+            "Bearer",
+            shown,
+            name,
+            document={"expires_at": None, "scope": None, "type": "bearer"},
+            headers={"Authorization": f"Bearer {bearer}"},
+        )
         return
     with keeper_for(config, _store(store_spec), retry_unknown) as keeper:
         credential = keeper.credential()
         # Printed the moment it is known valid, before the Keeper lets go (which may wait
         # a few seconds for a refresh ahead), so what a script gets is what was checked.
-        if as_json:
-            print_json(
-                {
-                    "token": credential.access_token,
-                    "expires_at": _iso(credential.expires_at),
-                    "scope": credential.scope,
-                    "type": "oauth",
-                }
-            )
-        else:
-            click.echo(credential.access_token)
+        _print_token(
+            credential.access_token,
+            credential.token_type,
+            shown,
+            name,
+            document={
+                "expires_at": _iso(credential.expires_at),
+                "scope": credential.scope,
+                "type": "oauth",
+            },
+            headers=_auth_headers(credential, config.url) if shown == "header" else {},
+        )
+
+
+@click.command(
+    name="headers",
+    epilog="""\b
+Examples:
+  grantkeeper headers example                  # {"Authorization": "Bearer ..."}
+  grantkeeper headers https://mcp.example.com/mcp --profile work
+\b
+Claude Code's .mcp.json:
+  {"mcpServers": {"example": {"type": "http", "url": "https://mcp.example.com/mcp",
+    "headersHelper": "grantkeeper headers example"}}}
+""",
+)
+@server_argument
+@profile_option
+@retry_option
+@store_option
+@verbose_option
+@handle_errors
+def headers_command(
+    server: str,
+    profile: str | None,
+    retry_unknown: bool | None,
+    store_spec: str | None,
+) -> None:
+    """Print the headers that authenticate to a server, as one JSON object.
+
+    For hosts that run a command for their headers (Claude Code's headersHelper): the
+    token is valid, refreshed first when due, under the lock every refresh takes. The
+    server's own headers from servers.json come too. This and token are the only commands
+    that print a secret. Exits 3 if a person must log in: nothing on stdout, and one line
+    on stderr naming the command to run.
+    """
+    import json
+
+    from .._servers import resolve_server
+
+    config = resolve_server(server, profile=profile)
+    # The server's configured headers (an API key, its ${VAR}s read now), as every other
+    # command sends them; an Authorization among them is the server's static credential.
+    sent = config.request_headers()
+    bearer = config.bearer()
+    if bearer is not None:
+        sent = {"Authorization": f"Bearer {bearer}", **sent}
+    if any(name.lower() == "authorization" for name in sent):
+        click.echo(json.dumps(sent))
+        return
+    with keeper_for(config, _store(store_spec), retry_unknown) as keeper:
+        credential = keeper.credential()
+        if keeper.settle(HEADERS_PATIENCE):
+            # What a refresh ahead left, if one ran: its token, else the same valid one.
+            credential = keeper.credential()
+        auth = _auth_headers(credential, config.url)
+        # Ours first, and in place of a configured header of the same name (a stray DPoP).
+        ours = {name.lower() for name in auth}
+        click.echo(json.dumps({**auth, **{k: v for k, v in sent.items() if k.lower() not in ours}}))
 
 
 # -- list ---------------------------------------------------------------------------------
@@ -723,7 +871,7 @@ def list_servers(store_spec: str | None, as_json: bool) -> None:
     )
 
 
-COMMANDS: list[click.Command] = [login, logout, status, token, list_servers]
+COMMANDS: list[click.Command] = [login, logout, status, token, headers_command, list_servers]
 """The commands this module adds to ``grantkeeper``'s CLI."""
 
 __all__ = ["COMMANDS"]
