@@ -1,5 +1,5 @@
-"""The CLI's contract: exit codes, clean one-line errors, JSON, secrets only from ``token``,
-and a light ``token`` start."""
+"""The CLI's contract: exit codes, clean one-line errors, JSON, secrets only from ``token``
+and ``headers``, and a light ``token`` start."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_unexpected_errors_are_one_line_without_traceback(
 def test_help_lists_every_command_module(home: Path) -> None:
     code, out, _ = invoke("--help")
     assert code == 0
-    for name in ("login", "logout", "status", "token", "list", "doctor", "store"):
+    for name in ("login", "logout", "status", "token", "headers", "list", "doctor", "store"):
         assert f"  {name}" in out
 
 

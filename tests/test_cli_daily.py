@@ -308,7 +308,18 @@ def test_token_json_has_token_expiry_and_scope(home: Path) -> None:
 
 def test_every_command_has_examples_in_its_help(home: Path) -> None:
     assert "Examples:" in invoke("--help")[1]
-    for name in ("login", "logout", "status", "token", "list", "doctor", "tools", "call", "proxy"):
+    for name in (
+        "login",
+        "logout",
+        "status",
+        "token",
+        "headers",
+        "list",
+        "doctor",
+        "tools",
+        "call",
+        "proxy",
+    ):
         code, out, _ = invoke(name, "--help")
         assert code == 0 and "Examples" in out and "  grantkeeper " in out, name
     assert "Examples:" in invoke("store", "migrate", "--help")[1]

@@ -55,6 +55,7 @@ def cli() -> None:
       grantkeeper login https://mcp.example.com/mcp --name example
       grantkeeper status
       grantkeeper token example --profile work
+      grantkeeper headers example          # for Claude Code's headersHelper
       grantkeeper call example echo --arg text=hi
 
     \b
