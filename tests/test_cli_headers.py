@@ -119,6 +119,18 @@ def test_a_static_token_server_gets_its_own_header_and_no_store_is_read(
     assert code == 0 and json.loads(out) == {"Authorization": "Bearer static-bearer-secret"}
     code, out, _ = invoke("headers", "k")
     assert code == 0 and json.loads(out) == {"Authorization": "Key k1"}
+    # A static token replaces a configured Authorization of any case, as call and proxy
+    # send it; the server's other headers stay.
+    both = {"authorization": "Key k1", "X-Team": "blue"}
+    save_server(
+        ServerConfig("https://c.example/mcp", name="c", bearer_token="c-static", headers=both)
+    )
+    code, out, _ = invoke("headers", "c")
+    assert code == 0
+    assert list(json.loads(out).items()) == [
+        ("Authorization", "Bearer c-static"),
+        ("X-Team", "blue"),
+    ]
     code, out, _ = invoke("token", "b", "--format", "header")
     assert (code, out) == (0, "Authorization: Bearer static-bearer-secret\n")
 
@@ -160,14 +172,29 @@ def test_token_formats(home: Path) -> None:
     assert invoke("token", "demo", "--json")[:2] == (0, out)  # --json is --format json
 
 
-def test_env_format_reads_back_in_a_shell_whatever_the_token_holds(home: Path) -> None:
+def test_env_format_reads_the_same_in_a_shell_and_in_env(home: Path) -> None:
     save_server(ServerConfig(RESOURCE, name="demo"))
-    token = "~abc/def+ghi=="  # RFC 6750 b64token characters; a shell expands a leading ~
+    token = "abc.DEF-ghi_jkl+mno/pq~rs=="  # every RFC 6750 token character
     store(home, token)
-    code, out, _ = invoke("token", "demo", "--format", "env")
-    assert code == 0
-    shell = f'{out.strip()}\nprintf %s "$GRANTKEEPER_TOKEN"'
+    code, line, _ = invoke("token", "demo", "--format", "env")
+    assert (code, line) == (0, f"GRANTKEEPER_TOKEN={token}\n")  # as it is: no quotes
+    shell = f'{line.strip()}\nprintf %s "$GRANTKEEPER_TOKEN"'
     assert subprocess.run(["sh", "-c", shell], capture_output=True, text=True).stdout == token
+    printed = ["env", line.strip(), "sh", "-c", 'printf %s "$GRANTKEEPER_TOKEN"']
+    assert subprocess.run(printed, capture_output=True, text=True).stdout == token
+
+
+@pytest.mark.parametrize("token", ["~leading-tilde", "has space", "quote'd", "dollar$x"])
+def test_env_format_refuses_a_token_every_reader_would_not_read_the_same(
+    home: Path, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """A static token is any text: one a shell would expand, or another reader would keep
+    quotes of, is refused with a way out, rather than printed for one reader only."""
+    save_server(ServerConfig("https://b.example/mcp", name="b", bearer_token_env="B_TOKEN"))
+    monkeypatch.setenv("B_TOKEN", token)
+    code, out, err = invoke("token", "b", "--format", "env")
+    assert (code, out) == (1, "") and "use --format json" in one_line(err)
+    assert token not in err
 
 
 @pytest.mark.parametrize(
@@ -285,15 +312,37 @@ def test_an_expired_token_is_refreshed_once_for_hosts_connecting_together(
     first = log_in(auth, server.url, home)
     age(FileStore(home), ServerConfig(server.url).key, expires_in=timedelta(seconds=-1))
     env = {**os.environ, "GRANTKEEPER_HOME": str(home), "GRANTKEEPER_STORE": "file"}
-    command = [sys.executable, "-m", "grantkeeper", "headers", "demo"]
+    # Each process loads the command, says so, and runs it once the test answers: all four
+    # are released together, past the interpreter start that would otherwise spread them.
+    at_barrier = (
+        "import sys\n"
+        "import grantkeeper._cli._auth\n"
+        "from grantkeeper._cli import main\n"
+        "print('ready', file=sys.stderr, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "main(['headers', 'demo'])\n"
+    )
+    command = [sys.executable, "-c", at_barrier]
     processes = [
         subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            command,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(4)
     ]
     results: list[subprocess.CompletedProcess[str]] = []
     try:
+        for process in processes:
+            assert process.stderr is not None
+            assert process.stderr.readline() == "ready\n"  # bounded by the test's timeout
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
         for process in processes:
             out, err = process.communicate(timeout=CLI_TIMEOUT)
             results.append(subprocess.CompletedProcess(command, process.returncode, out, err))
@@ -351,6 +400,8 @@ def test_an_outage_never_ends_the_grant_and_a_valid_token_is_still_printed(
     expired = run("headers", "demo", home=home)
     assert expired.returncode == 1 and expired.stdout == ""  # an error, not "log in again"
     assert "run: grantkeeper login" not in one_line(expired.stderr)
+    assert valid.access_token not in expired.stderr
+    assert valid.refresh_token is not None and valid.refresh_token not in expired.stderr
     status = run("status", "demo", "--json", home=home)
     assert json.loads(status.stdout)[0]["state"] == "oauth"  # the grant lives on
     assert auth.stats()["refresh_success"] == 0
@@ -370,6 +421,43 @@ def test_an_ended_grant_prints_nothing_and_names_the_login(
     assert first.refresh_token is not None and first.refresh_token not in line
     assert first.access_token not in line
     assert auth.stats()["replays"] == 0
+
+
+@pytest.mark.realserver
+def test_a_grant_ended_while_the_token_is_in_its_refresh_margin_asks_for_the_login(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    """The refresh ahead hears the grant ended: a host would keep a token with under a
+    minute left, so the person is told to log in now instead."""
+    log_in(auth, server.url, home)
+    auth.revoke_all()
+    age(FileStore(home), ServerConfig(server.url).key, expires_in=timedelta(seconds=30))
+    result = run("headers", "demo", home=home)
+    assert (result.returncode, result.stdout) == (3, "")
+    assert one_line(result.stderr).endswith("run: grantkeeper login demo")
+    assert auth.stats()["replays"] == 0
+
+
+@pytest.fixture(scope="module")
+def keyed_mcp() -> Iterator[McpServer]:
+    """An MCP server that offers no OAuth (reached with an API key, say)."""
+    with McpServer(auth_server=None) as running:
+        yield running
+
+
+@pytest.mark.realserver
+def test_with_nothing_stored_the_configured_headers_serve_a_server_without_oauth_only(
+    auth: AuthServer, server: McpServer, keyed_mcp: McpServer, home: Path
+) -> None:
+    save_server(ServerConfig(keyed_mcp.url, name="keyed", headers={"X-Api-Key": "key-1"}), home)
+    result = run("headers", "keyed", home=home)
+    assert result.returncode == 0 and json.loads(result.stdout) == {"X-Api-Key": "key-1"}
+    assert initialize(keyed_mcp.url, json.loads(result.stdout)) == 200
+    # A server that offers OAuth: its configured headers are not enough, a login is missing.
+    save_server(ServerConfig(server.url, name="oauth", headers={"X-Team": "blue"}), home)
+    result = run("headers", "oauth", home=home)
+    assert (result.returncode, result.stdout) == (3, "")
+    assert one_line(result.stderr).endswith("run: grantkeeper login oauth")
 
 
 # -- DPoP: a proof for one request ----------------------------------------------------------

@@ -24,9 +24,12 @@ from ._policy import (
     EXIT_AUTH,
     EXIT_OK,
     callback_options,
+    fail,
     handle_errors,
     json_option,
     keeper_for,
+    nothing_stored,
+    offers_no_oauth,
     open_store_for,
     optional_server_argument,
     profile_option,
@@ -630,11 +633,16 @@ HEADERS_PATIENCE = 5.0
 """Seconds ``grantkeeper headers`` waits for a refresh ahead before it prints the token it
 has. A host keeps the headers for its whole session, so a token inside its refresh margin
 would expire under it within a minute: its replacement is worth a short wait, but not a
-host's timeout for the command (Claude Code gives its helper some seconds). When the
-refresh is slower the still-valid token is printed, and the refresh goes on as in
-``token``, finishing before the process exits."""
+long one, since the host waits for the command. When the refresh is slower the still-valid
+token is printed, and the refresh finishes before the process exits, as in ``token``."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_ENV_VALUE = re.compile(r"[A-Za-z0-9._+/-][A-Za-z0-9._~+/-]*=*")
+"""What ``--format env`` prints as it is: RFC 6750's token characters, never a leading
+``~`` (a shell expands it after ``=``). Every reader of ``NAME=value`` (a shell, ``env``,
+docker's ``--env-file``, systemd's ``EnvironmentFile``) takes these the same way, and none
+strips quotes the same way, so a token outside them is refused rather than quoted."""
 
 
 def _auth_headers(credential: Credential, url: str) -> dict[str, str]:
@@ -670,10 +678,12 @@ def _print_token(
         for name, value in headers.items():
             click.echo(f"{name}: {value}")
     elif shown == "env":
-        # NAME=value: what `env`, `set -a; . FILE`, docker's --env-file and systemd's
-        # EnvironmentFile all read. A token is URL-safe text, so no quoting is added in
-        # practice; shlex.quote guards the odd character a shell would expand.
-        click.echo(f"{env_name}={shlex.quote(token)}")
+        if not _ENV_VALUE.fullmatch(token):
+            raise fail(
+                "the token holds characters that a NAME=value line cannot carry the same "
+                "way for a shell, env, docker and systemd; use --format json"
+            )
+        click.echo(f"{env_name}={token}")
     else:
         click.echo(token)
 
@@ -800,24 +810,37 @@ def headers_command(
     from .._servers import resolve_server
 
     config = resolve_server(server, profile=profile)
-    # The server's configured headers (an API key, its ${VAR}s read now), as every other
-    # command sends them; an Authorization among them is the server's static credential.
+    # The server's configured headers (an API key, its ${VAR}s read now), sent as every
+    # other command sends them: a static token replaces a configured Authorization, and
+    # an Authorization among them is the server's own credential (no OAuth).
     sent = config.request_headers()
     bearer = config.bearer()
     if bearer is not None:
-        sent = {"Authorization": f"Bearer {bearer}", **sent}
+        sent = {"Authorization": f"Bearer {bearer}", **_without(sent, {"authorization"})}
     if any(name.lower() == "authorization" for name in sent):
         click.echo(json.dumps(sent))
         return
-    with keeper_for(config, _store(store_spec), retry_unknown) as keeper:
+    store = _store(store_spec)
+    if sent and nothing_stored(store, config) and offers_no_oauth(config.url):
+        # A server reached with its configured headers alone (an API key), as call and
+        # proxy reach it; with OAuth offered, or no answer, a login is what is missing.
+        click.echo(json.dumps(sent))
+        return
+    with keeper_for(config, store, retry_unknown) as keeper:
         credential = keeper.credential()
         if keeper.settle(HEADERS_PATIENCE):
-            # What a refresh ahead left, if one ran: its token, else the same valid one.
+            # What a refresh ahead left, if one ran: its token, else the same valid one. A
+            # refresh that found the grant ended raises here (exit 3): the host would keep
+            # a token with under a minute left, and a login is due anyway.
             credential = keeper.credential()
         auth = _auth_headers(credential, config.url)
         # Ours first, and in place of a configured header of the same name (a stray DPoP).
-        ours = {name.lower() for name in auth}
-        click.echo(json.dumps({**auth, **{k: v for k, v in sent.items() if k.lower() not in ours}}))
+        click.echo(json.dumps({**auth, **_without(sent, {name.lower() for name in auth})}))
+
+
+def _without(headers: dict[str, str], names: set[str]) -> dict[str, str]:
+    """``headers`` less those named in ``names`` (lower case), whatever their case."""
+    return {k: v for k, v in headers.items() if k.lower() not in names}
 
 
 # -- list ---------------------------------------------------------------------------------
