@@ -366,7 +366,8 @@ def test_a_token_inside_its_refresh_margin_is_replaced_before_a_host_keeps_it(
     auth: AuthServer, server: McpServer, home: Path
 ) -> None:
     """A host keeps the headers for its session: a token with 30 s left would fail it
-    within a minute. ``headers`` waits for the refresh ahead; ``token`` serves at once."""
+    within a minute. ``headers`` waits for the refresh ahead; ``token`` serves at once.
+    (``--wait 60``: a loaded machine's refresh takes what it takes; the default is 5 s.)"""
     first = log_in(auth, server.url, home)
     key = ServerConfig(server.url).key
     age(FileStore(home), key, expires_in=timedelta(seconds=30))
@@ -375,13 +376,28 @@ def test_a_token_inside_its_refresh_margin_is_replaced_before_a_host_keeps_it(
     assert auth.stats()["refresh_success"] == 1  # ahead, before that process ended
     age(FileStore(home), key, expires_in=timedelta(seconds=30))
     second = stored(home, server.url)
-    headers = printed_headers(run("headers", "demo", home=home))
+    headers = printed_headers(run("headers", "demo", "--wait", "60", home=home))
     third = stored(home, server.url)
     assert third.access_token != second.access_token
     assert headers == {"Authorization": f"Bearer {third.access_token}"}
     assert introspect(auth, third.access_token)["active"] is True
     stats = auth.stats()
     assert stats["refresh_success"] == 2 and stats["replays"] == 0
+
+
+@pytest.mark.realserver
+def test_without_a_wait_the_valid_token_is_printed_and_the_refresh_ends_before_exit(
+    auth: AuthServer, server: McpServer, home: Path
+) -> None:
+    log_in(auth, server.url, home)
+    age(FileStore(home), ServerConfig(server.url).key, expires_in=timedelta(seconds=30))
+    valid = stored(home, server.url)
+    headers = printed_headers(run("headers", "demo", "--wait", "0", home=home))
+    assert headers == {"Authorization": f"Bearer {valid.access_token}"}
+    assert introspect(auth, valid.access_token)["active"] is True
+    renewed = stored(home, server.url)  # the refresh ahead, stored before the process ended
+    assert renewed.access_token != valid.access_token
+    assert auth.stats()["refresh_success"] == 1 and auth.stats()["replays"] == 0
 
 
 @pytest.mark.realserver
@@ -458,6 +474,13 @@ def test_with_nothing_stored_the_configured_headers_serve_a_server_without_oauth
     result = run("headers", "oauth", home=home)
     assert (result.returncode, result.stdout) == (3, "")
     assert one_line(result.stderr).endswith("run: grantkeeper login oauth")
+    # One that cannot be asked (a closed port): an error saying so, not a login that
+    # could not succeed either.
+    closed = ServerConfig("http://127.0.0.1:9/mcp", name="down", headers={"X-Api-Key": "k"})
+    save_server(closed, home)
+    result = run("headers", "down", home=home)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "grantkeeper login" not in one_line(result.stderr)
 
 
 # -- DPoP: a proof for one request ----------------------------------------------------------

@@ -56,7 +56,7 @@ def public() -> Iterator[McpServer]:
 
 
 def probe(seen: Seen) -> bool:
-    """Whether ``seen`` is discovery's unauthenticated probe (``_policy.offers_no_oauth``)."""
+    """Whether ``seen`` is discovery's unauthenticated probe (``_offers_no_oauth``)."""
     return seen.message is not None and seen.message.get("method") == "server/discover"
 
 

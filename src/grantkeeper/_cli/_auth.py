@@ -29,7 +29,6 @@ from ._policy import (
     json_option,
     keeper_for,
     nothing_stored,
-    offers_no_oauth,
     open_store_for,
     optional_server_argument,
     profile_option,
@@ -630,11 +629,13 @@ TOKEN_ENV_NAME = "GRANTKEEPER_TOKEN"
 """The variable ``grantkeeper token --format env`` sets, unless ``--env-name`` names another."""
 
 HEADERS_PATIENCE = 5.0
-"""Seconds ``grantkeeper headers`` waits for a refresh ahead before it prints the token it
-has. A host keeps the headers for its whole session, so a token inside its refresh margin
-would expire under it within a minute: its replacement is worth a short wait, but not a
-long one, since the host waits for the command. When the refresh is slower the still-valid
-token is printed, and the refresh finishes before the process exits, as in ``token``."""
+"""Seconds ``grantkeeper headers`` waits, by default (``--wait``), for a refresh ahead
+before it prints the token it has. A host keeps the headers for its whole session, so a
+token inside its refresh margin would expire under it within a minute: its replacement is
+worth a short wait, but not a long one, since the host waits for the command. When the
+refresh is slower the still-valid token is printed, and the refresh finishes before the
+process exits, as in ``token`` (a refresh token must not be spent by a process that then
+leaves without its answer)."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -649,8 +650,8 @@ def _auth_headers(credential: Credential, url: str) -> dict[str, str]:
     """The headers that present ``credential`` to the MCP server at ``url``.
 
     A DPoP-bound token goes with a proof (RFC 9449 §7.1) for one request: the ``POST`` that
-    every MCP message is, to ``url``. A proof is single-use by design, so a host that sends
-    the same headers again relies on a server that does not check (docs/dpop.md)."""
+    every MCP message is, to ``url``. A proof is single-use and dated by design, so a host
+    that sends the same headers again relies on a server that checks neither (docs/dpop.md)."""
     token = credential.access_token
     if not credential.dpop:
         return {"Authorization": f"Bearer {token}"}
@@ -692,7 +693,7 @@ def _print_token(
     epilog="""\b
 Examples:
   curl -H "Authorization: Bearer $(grantkeeper token example)" https://mcp.example.com/mcp
-  curl -H "$(grantkeeper token example --format header)" https://mcp.example.com/mcp
+  curl -H "$(grantkeeper token example --format header)" https://mcp.example.com/mcp  # Bearer
   env "$(grantkeeper token example --format env)" my-host    # GRANTKEEPER_TOKEN=...
   grantkeeper token example --profile work --format json     # token, expires_at, scope
 """
@@ -789,6 +790,16 @@ Claude Code's .mcp.json:
 @profile_option
 @retry_option
 @store_option
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 600),
+    default=HEADERS_PATIENCE,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a token inside its refresh margin (under a minute left) waits for its "
+    "replacement before the still-valid one is printed; 0 prints at once. Either way the "
+    "refresh finishes before the command exits.",
+)
 @verbose_option
 @handle_errors
 def headers_command(
@@ -796,6 +807,7 @@ def headers_command(
     profile: str | None,
     retry_unknown: bool | None,
     store_spec: str | None,
+    wait: float,
 ) -> None:
     """Print the headers that authenticate to a server, as one JSON object.
 
@@ -821,14 +833,21 @@ def headers_command(
         click.echo(json.dumps(sent))
         return
     store = _store(store_spec)
-    if sent and nothing_stored(store, config) and offers_no_oauth(config.url):
-        # A server reached with its configured headers alone (an API key), as call and
-        # proxy reach it; with OAuth offered, or no answer, a login is what is missing.
-        click.echo(json.dumps(sent))
-        return
+    if sent and nothing_stored(store, config):
+        from .._errors import OAuthUnsupported
+        from .._oauth.discovery import discover
+
+        try:
+            discover(config.url)  # without the configured headers: see _proxy's probe
+        except OAuthUnsupported:
+            # A server reached with its configured headers alone (an API key), as call and
+            # proxy reach it. Discovery's other errors (no answer, bad metadata) say what
+            # is wrong (exit 1), where "log in" could not succeed either.
+            click.echo(json.dumps(sent))
+            return
     with keeper_for(config, store, retry_unknown) as keeper:
         credential = keeper.credential()
-        if keeper.settle(HEADERS_PATIENCE):
+        if wait > 0 and keeper.settle(wait):
             # What a refresh ahead left, if one ran: its token, else the same valid one. A
             # refresh that found the grant ended raises here (exit 3): the host would keep
             # a token with under a minute left, and a login is due anyway.

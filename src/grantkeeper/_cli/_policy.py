@@ -300,24 +300,6 @@ def nothing_stored(store: Store, config: ServerConfig) -> bool:
         return False
 
 
-def offers_no_oauth(url: str) -> bool:
-    """Whether discovery says the server offers no OAuth at all: it let the unauthenticated
-    probe in (or refused it without a Bearer challenge) and publishes no metadata. Anything
-    else (it does, or it cannot be reached now) keeps OAuth on: the first request then says
-    what is wrong. The probe carries none of the configured headers: discovery also asks the
-    authorization server, another origin, and they may hold an API key."""
-    from .._errors import GrantkeeperError, OAuthUnsupported
-    from .._oauth.discovery import discover
-
-    try:
-        discover(url)
-    except OAuthUnsupported:
-        return True
-    except GrantkeeperError:
-        return False
-    return False
-
-
 @contextlib.contextmanager
 def keeper_for(config: ServerConfig, store: Store, retry: bool | None) -> Iterator[Keeper]:
     """A Keeper for ``config``'s credential, closed (pending writes retried) on the way out."""

@@ -30,7 +30,6 @@ from ._policy import (
     fail,
     handle_errors,
     nothing_stored,
-    offers_no_oauth,
     open_store_for,
     profile_option,
     server_argument,
@@ -217,7 +216,7 @@ def proxy(
     oauth = bearer is None and not any(name.lower() == "authorization" for name in headers)
     keeper = None
     store = open_store_for(store_spec) if oauth else None
-    if store is not None and nothing_stored(store, config) and offers_no_oauth(config.url):
+    if store is not None and nothing_stored(store, config) and _offers_no_oauth(config.url):
         # Nothing stored, and the server wants no login: serve it as it is (a public
         # server), rather than answer every request with "log in", which cannot succeed.
         logging.getLogger("grantkeeper.proxy").info("proxy.no_oauth url=%s", config.url)
@@ -286,6 +285,24 @@ def login_settings(
     if callback_port is not None:
         config = dataclasses.replace(config, callback_port=callback_port)
     return config
+
+
+def _offers_no_oauth(url: str) -> bool:
+    """Whether discovery says the server offers no OAuth at all: it let the unauthenticated
+    probe in (or refused it without a Bearer challenge) and publishes no metadata. Anything
+    else (it does, or it cannot be reached now) keeps OAuth on: the first request then says
+    what is wrong. The probe carries none of the configured headers: discovery also asks the
+    authorization server, another origin, and they may hold an API key."""
+    from .._errors import GrantkeeperError, OAuthUnsupported
+    from .._oauth.discovery import discover
+
+    try:
+        discover(url)
+    except OAuthUnsupported:
+        return True
+    except GrantkeeperError:
+        return False
+    return False
 
 
 def _browser_login(
