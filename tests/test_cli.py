@@ -90,24 +90,39 @@ def test_help_lists_every_command_module(home: Path) -> None:
         assert f"  {name}" in out
 
 
-def test_token_starts_without_other_command_modules_or_the_sdk(home: Path) -> None:
-    # (rich itself arrives with httpx, whose own CLI module imports it.)
-    save_server(ServerConfig("https://b.example/mcp", name="b", bearer_token="tok-xyz"))
+@pytest.mark.parametrize(
+    ("command", "printed"),
+    [("token", "light-access"), ("headers", '{"Authorization": "Bearer light-access"}')],
+)
+def test_token_and_headers_start_without_other_command_modules_the_sdk_or_cryptography(
+    home: Path, command: str, printed: str
+) -> None:
+    """A script runs ``token`` per request and a host runs ``headers`` per connection: both
+    load only what serving a stored OAuth credential needs. (rich itself arrives with
+    httpx, whose own CLI module imports it.)"""
+    from datetime import UTC, datetime
+
+    save_server(ServerConfig(RESOURCE, name="b"))
+    FileStore(home).write(
+        KEY, sample_record("light-access", now=datetime.now(UTC)), expected_version=None
+    )
     probe = (
         "import sys\n"
         "from grantkeeper._cli import main\n"
-        "try:\n    main(['token', 'b'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('grantkeeper._cli._stores', 'mcp', 'keyring') if m in sys.modules]\n"
-        "print(heavy)\n"
+        f"try:\n    main([{command!r}, 'b'])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('grantkeeper._cli._stores', 'grantkeeper._cli._tools', 'mcp', 'keyring',\n"
+        "         'cryptography')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "GRANTKEEPER_HOME": str(home)},
+        env={**os.environ, "GRANTKEEPER_HOME": str(home), "GRANTKEEPER_STORE": "file"},
+        timeout=60,
     ).stdout
-    assert out.splitlines() == ["tok-xyz", "[]"]
+    assert out.splitlines() == [printed, "[]"]
 
 
 def test_check_finds_servers_without_oauth(home: Path) -> None:

@@ -211,29 +211,6 @@ def test_token_format_usage_errors(home: Path, args: tuple[str, ...], message: s
     assert (code, out) == (2, "") and message in err
 
 
-def test_headers_starts_without_other_command_modules_the_sdk_or_cryptography(home: Path) -> None:
-    """``headers`` runs every time a host connects: it loads what ``token`` loads."""
-    save_server(ServerConfig(RESOURCE, name="demo"))
-    store(home, "light-access")
-    probe = (
-        "import sys\n"
-        "from grantkeeper._cli import main\n"
-        "try:\n    main(['headers', 'demo'])\nexcept SystemExit:\n    pass\n"
-        "heavy = ('grantkeeper._cli._stores', 'grantkeeper._cli._tools', 'mcp', 'keyring',\n"
-        "         'cryptography')\n"
-        "print([m for m in heavy if m in sys.modules])\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "GRANTKEEPER_HOME": str(home), "GRANTKEEPER_STORE": "file"},
-        timeout=CLI_TIMEOUT,
-    ).stdout
-    assert out.splitlines() == ['{"Authorization": "Bearer light-access"}', "[]"]
-
-
 # -- against the real authorization server and MCP server -----------------------------------
 
 
