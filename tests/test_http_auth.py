@@ -21,6 +21,7 @@ from grantkeeper import (
     LoginRequired,
     RetryRequired,
 )
+from grantkeeper._http_auth.driver import origin
 from grantkeeper.mcp import Httpx2Auth
 from harness.fake_provider import FakeProvider
 from tests.helpers import RESOURCE, World
@@ -188,21 +189,78 @@ def test_other_origins_never_get_the_token_not_even_through_a_redirect(
     assert api.seen[1][1] is not None  # our origin got it
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["first-request", "healthy-path"])
 def test_a_streamed_body_is_not_replayed_but_the_credential_is_renewed(
-    api: Resource, world: World
+    api: Resource, world: World, warm: bool
 ) -> None:
     a, keeper = logged_in(world)
-    api.refused.add(a)
 
     def body() -> Iterator[bytes]:
         yield b"once"
 
-    transport = httpx.MockTransport(api.httpx)
+    def buffering(request: httpx.Request) -> httpx.Response:
+        # A transport that reads the body while sending makes the request's stream a
+        # buffered one afterwards: replayability is judged as the request was sent.
+        request.read()
+        return api.httpx(request)
+
+    transport = httpx.MockTransport(buffering)
     with httpx.Client(auth=HttpxAuth(keeper), transport=transport) as client:
+        if warm:  # A in memory, the origin known: the POST goes out on the healthy path
+            for _ in range(2):  # the first loads A, the second works out its freshness
+                assert client.get(RESOURCE).status_code == 200
+        api.refused.add(a)
         with pytest.raises(RetryRequired):
             client.post(RESOURCE, content=body())
         assert client.post(RESOURCE, content=b"again").status_code == 200
     assert world.provider.refresh_calls == 1
+
+
+SPELLINGS = [
+    RESOURCE,
+    "https://MCP.Example.TEST/other/path?q=1",
+    "https://mcp.example.test:443/mcp",
+    "https://user:secret@mcp.example.test/mcp",
+    "https://mcp.example.test:8443/mcp",
+    "http://mcp.example.test/mcp",
+    "http://mcp.example.test:443/mcp",
+    "https://mcp.example.test.evil.test/mcp",
+    "https://elsewhere.example.test/mcp",
+]
+
+
+@pytest.mark.parametrize(
+    ("lib", "auth"), [(httpx, HttpxAuth), (httpx2, Httpx2Auth)], ids=["httpx", "httpx2"]
+)
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_the_healthy_path_sends_the_token_to_the_servers_origin_alone(
+    api: Resource, world: World, lib: ModuleType, auth: Any, asynchronous: bool
+) -> None:
+    """Once a request to the server has gone out, later ones take the healthy path, which
+    judges their origin by the HTTP library's parsed URL: it must agree with the full check
+    (scheme, host and port, case and default port aside), spelling by spelling."""
+    a, keeper = logged_in(world)
+    handler = api.httpx if lib is httpx else api.httpx2
+    urls = [RESOURCE, *(url for spelling in SPELLINGS for url in (spelling, RESOURCE))]
+    if asynchronous:
+
+        async def go() -> None:
+            async with lib.AsyncClient(
+                auth=auth(keeper), transport=lib.MockTransport(handler)
+            ) as client:
+                for url in urls:
+                    await client.get(url)
+
+        asyncio.run(go())
+    else:
+        with lib.Client(auth=auth(keeper), transport=lib.MockTransport(handler)) as client:
+            for url in urls:
+                client.get(url)
+    assert len(api.seen) == len(urls)
+    for url, (_, authorization) in zip(urls, api.seen, strict=True):
+        same = origin(url) == origin(RESOURCE)
+        assert authorization == (f"Bearer {a}" if same else None), url
+    assert world.provider.refresh_calls == 0
 
 
 def test_static_bearer_is_sent_as_is_and_a_401_is_final(api: Resource, world: World) -> None:

@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import httpx
 
@@ -142,6 +142,23 @@ have begun before the caller's reason to wait (a 401 for the token it then serve
 started itself serves it, unless that token expired in between: then one more."""
 
 
+class Ready(NamedTuple):
+    """What memory may serve without a question: a fresh credential that can be sent, until
+    it turns stale (``Keeper._ready``, read by :meth:`Keeper.cached` and the HTTP driver)."""
+
+    credential: Credential | None
+    stale_at: float
+    """When it turns stale, as a timestamp of the Keeper's clock."""
+    bearer_stale_at: float
+    """The same for a Bearer token, ``-inf`` for another: the HTTP driver's one comparison."""
+    bearer: str
+    """``Bearer <token>``, the Authorization value of a Bearer token (else empty)."""
+
+
+NEVER = float("-inf")
+NOT_READY = Ready(None, NEVER, NEVER, "")
+
+
 class Keeper:
     """Serve a valid credential for ``key`` from ``store``, refreshing it safely.
 
@@ -222,9 +239,22 @@ class Keeper:
         self._holding = False
         # A transaction given up while it waited for the lock: it must not take it.
         self._abandoned: concurrent.futures.Future[Credential] | None = None
+        # The healthy path's answer, worked out once per credential: the credential, if it
+        # can be sent, the moment (a timestamp of ``_now``) it turns stale, and for a Bearer
+        # token the Authorization value to send. Read by :meth:`cached`, and by the HTTP
+        # auth driver directly, where every request asks it (``_http_auth.driver``). Always
+        # of ``_current`` or NOT_READY: setting ``_current`` clears it.
+        self._ready: Ready = NOT_READY
+        # Makes setting ``_current`` and working out ``_ready`` of it one step each: a
+        # request must never leave a rejected token's Ready behind its replacement.
+        self._ready_lock = threading.Lock()
         # What we serve; may be ahead of the store when a write failed.
-        self._current: Credential | None = None
-        self._fresh_until: tuple[Credential | None, datetime | None] = (None, None)
+        self._current = None
+        # The clock as a float: the default one read as time.time() (a datetime per request
+        # costs more than the rest of the check), an injected one converted.
+        self._now: Callable[[], float] = (
+            time.time if clock is utc_now else lambda: clock().timestamp()
+        )
         # The last record we know the store holds, with its version.
         self._durable: Stored | None = None
         # A refreshed credential the store does not hold yet (the provider's answer B).
@@ -247,6 +277,18 @@ class Keeper:
     def __repr__(self) -> str:
         return f"Keeper({str(self.key)!r}, store={self.store.name!r})"
 
+    @property
+    def _current(self) -> Credential | None:
+        return self._serving
+
+    @_current.setter
+    def _current(self, credential: Credential | None) -> None:
+        with self._ready_lock:
+            self._serving = credential
+            if credential is not self._ready.credential:
+                # Whatever memory served before: the next request works out this one's anew.
+                self._ready = NOT_READY
+
     # -- public API ---------------------------------------------------------------------
 
     @property
@@ -265,6 +307,9 @@ class Keeper:
         Never waits and does no I/O (beyond starting a background refresh when one is due):
         the healthy path of every request.
         """
+        ready = self._ready
+        if rejected is None and self._now() < ready.stale_at:
+            return ready.credential  # fresh and presentable: one comparison
         hit = self._from_memory(rejected)
         return None if hit is None else self._presentable(hit)
 
@@ -547,13 +592,20 @@ class Keeper:
         current = self._current
         if current is None:
             return None
-        if rejected is None:
+        if rejected is None and self._ready.credential is not current:
             # Every request asks this; the moment the credential turns stale is worked out
-            # once per credential rather than per request.
-            fresh_until = self._fresh_until
-            if fresh_until[0] is not current:
-                fresh_until = self._fresh_until = (current, self._stale_moment(current))
-            if fresh_until[1] is not None and self._clock() < fresh_until[1]:
+            # once per credential rather than per request (:meth:`cached` compares it).
+            stale = self._stale_moment(current)
+            if stale is not None and current.presentable:
+                stale_at = stale.timestamp()
+                if current.dpop:
+                    ready = Ready(current, stale_at, NEVER, "")
+                else:
+                    ready = Ready(current, stale_at, stale_at, "Bearer " + current.access_token)
+                with self._ready_lock:
+                    if self._serving is current:  # not replaced meanwhile
+                        self._ready = ready
+            if stale is not None and self._clock() < stale:
                 return current
         return self._served(current, rejected)
 
@@ -672,6 +724,7 @@ class Keeper:
         self._mutex = threading.Lock()
         self._recovering = threading.Lock()
         self._flushing = threading.Lock()
+        self._ready_lock = threading.Lock()
         self._inflight = None
         self._holding = False
         self._abandoned = None

@@ -17,7 +17,7 @@ from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 from .._errors import ProtocolError, RetryRequired
-from .._keeper import Keeper
+from .._keeper import NOT_READY, Keeper
 from .._oauth.dpop import (
     NONCE_HEADER,
     PROOF_HEADER,
@@ -46,6 +46,9 @@ AUTHORIZATION = "Authorization"
 _ORIGIN_CACHE_SIZE = 64
 """Origins remembered per auth object; a client talks to few, and the rest are judged anew."""
 
+_PARSED = ("scheme", "userinfo", "host", "port")
+"""The first fields of httpx's (and httpx2's) parsed URL, which ``_ours`` compares."""
+
 
 class _Headers(Protocol):
     def __setitem__(self, key: str, value: str) -> None: ...
@@ -65,6 +68,9 @@ class _Request(Protocol):
 
     @property
     def extensions(self) -> dict[str, Any]: ...
+
+    @property
+    def stream(self) -> Any: ...
 
 
 class _Response(Protocol):
@@ -109,7 +115,7 @@ class AuthDriver:
         server_url: str | None,
         token: str | None,
         recovery_timeout: float | None,
-        replayable: Callable[[Any], bool],
+        replayable: Callable[[object], bool],
         anonymous: bool = False,
     ) -> None:
         if keeper is None and server_url is None:
@@ -124,6 +130,9 @@ class AuthDriver:
         self._recovery_timeout = recovery_timeout
         self._replayable = replayable
         self._origins: dict[tuple[Any, Any, Any], bool] = {}
+        # The parsed (scheme, userinfo, host, port) of a URL already judged to be of our
+        # origin, as the HTTP library keeps it: the healthy path compares these, no more.
+        self._known: tuple[Any, ...] = ()
 
     # -- the flow, shared by sync and async ---------------------------------------------
 
@@ -134,6 +143,17 @@ class AuthDriver:
             return static_flow(token=self._token, key=self._key)
         return oauth_flow(replayable=replayable, key=self._key)
 
+    def _ours(self, url: Any) -> bool:
+        """Whether ``url`` is of our origin, for the healthy path: the HTTP library's own
+        parsed parts (httpx's and httpx2's, cheaper to read than the public properties)
+        compared with those of a URL already judged ours; any other URL is judged anew."""
+        try:
+            if url._uri_reference[:4] == self._known:
+                return True
+        except (AttributeError, TypeError):
+            pass
+        return self._same_origin(url)
+
     def _same_origin(self, url: Any) -> bool:
         # Parsing the URL again costs more than the rest of a healthy request's auth, so the
         # verdict is kept per (scheme, host, port) as the HTTP library already parsed them.
@@ -143,6 +163,9 @@ class AuthDriver:
             verdict = origin(str(url)) == self._origin
             if len(self._origins) < _ORIGIN_CACHE_SIZE:
                 self._origins[parts] = verdict
+        parsed = getattr(url, "_uri_reference", None)
+        if verdict and getattr(parsed, "_fields", ())[:4] == _PARSED:
+            self._known = parsed[:4]  # type: ignore[index]
         return verdict
 
     def steps(self, request: _Request) -> Generator[Acquire | Recover | _Request, Any, None]:
@@ -155,35 +178,52 @@ class AuthDriver:
             return
         # Judged before sending: a transport that buffers a streamed body while sending
         # would make it look replayable afterwards, and a real one consumes it.
-        replayable = self._replayable(request)
+        replayable = self._replayable(request.stream)
         hit = self.keeper.cached() if self.keeper is not None else None
         if hit is None:
-            flow = self._flow(request, replayable)
-            step = next(flow)
+            yield from self._run_flow(request, replayable, self._flow(request, replayable))
+            return
+        # Memory had a token: the flow's opening (Acquire, then Send that token) is answered
+        # from it; the flow itself runs only on a 401 or 403.
+        if not hit.dpop:
+            request.headers[AUTHORIZATION] = "Bearer " + hit.access_token
+            response: _Response = yield request
         else:
-            # The healthy path, nearly every request: the flow's opening (Acquire, then Send
-            # that token) answered from memory; the flow itself runs only on a 401 or 403.
-            if not hit.dpop:
-                request.headers[AUTHORIZATION] = f"Bearer {hit.access_token}"
-                response: _Response = yield request
-            else:
-                # The same with a proof; a 401 goes on to _send_dpop (a nonce, a refusal).
-                url = str(request.url)
-                _present(request, hit, load_key(hit.dpop_key), url)
-                response = yield request
-                if response.status_code == 401:
-                    response = yield from self._send_dpop(request, hit, replayable, response)
-                elif RESOURCE_NONCES.held:
-                    RESOURCE_NONCES.update(url, response.headers)
-            if response.status_code not in ACTIONABLE:
-                return
-            flow = self._flow(request, replayable)
-            opening = (next(flow), flow.send(hit.access_token))
-            assert opening == (Acquire(), Send(hit.access_token))
-            try:
-                step = flow.send(_reply_of(response))
-            except StopIteration:
-                return
+            # The same with a proof; a 401 goes on to _send_dpop (a nonce, a refusal).
+            url = str(request.url)
+            _present(request, hit, load_key(hit.dpop_key), url)
+            response = yield request
+            if response.status_code == 401:
+                response = yield from self._send_dpop(request, hit, replayable, response)
+            elif RESOURCE_NONCES.held:
+                RESOURCE_NONCES.update(url, response.headers)
+        if response.status_code in ACTIONABLE:
+            yield from self._answered(request, replayable, hit, response)
+
+    def _answered(
+        self, request: _Request, replayable: bool, hit: Credential, response: _Response
+    ) -> Generator[Acquire | Recover | _Request, Any, None]:
+        """The flow, after ``request`` went out with ``hit`` (from memory) and got
+        ``response``, a 401 or 403."""
+        flow = self._flow(request, replayable)
+        opening = (next(flow), flow.send(hit.access_token))
+        assert opening == (Acquire(), Send(hit.access_token))
+        yield from self._run_flow(request, replayable, flow, _reply_of(response), hit)
+
+    def _run_flow(
+        self,
+        request: _Request,
+        replayable: bool,
+        flow: Flow,
+        reply: Reply | None = None,
+        hit: Credential | None = None,
+    ) -> Generator[Acquire | Recover | _Request, Any, None]:
+        """Play ``flow`` to its end: from its start, or (with ``reply``) from the answer
+        to the request memory's ``hit`` was sent with."""
+        try:
+            step = next(flow) if reply is None else flow.send(reply)
+        except StopIteration:
+            return
         # The credential of each token the flow was given: a DPoP token goes with its key.
         given: dict[str, Credential] = {} if hit is None else {hit.access_token: hit}
         while True:
@@ -301,8 +341,24 @@ class AuthDriver:
     # -- the two drivers ----------------------------------------------------------------
 
     def sync_flow(self, request: _Request) -> Generator[Any, Any, None]:
-        steps = self.steps(request)
-        item = next(steps)
+        # The healthy path, nearly every request (see async_flow).
+        keeper = self.keeper
+        ready = NOT_READY if keeper is None else keeper._ready
+        if keeper is not None and keeper._now() < ready.bearer_stale_at and self._ours(request.url):
+            stream = request.stream
+            request.headers[AUTHORIZATION] = ready.bearer
+            response = yield request
+            if response.status_code not in ACTIONABLE:
+                return
+            assert ready.credential is not None
+            replayable = self._replayable(stream)
+            steps = self._answered(request, replayable, ready.credential, response)
+        else:
+            steps = self.steps(request)
+        try:
+            item = next(steps)
+        except StopIteration:
+            return
         while True:
             answer: Any
             if isinstance(item, Acquire | Recover):
@@ -315,8 +371,27 @@ class AuthDriver:
                 return
 
     async def async_flow(self, request: _Request) -> AsyncGenerator[Any, Any]:
-        steps = self.steps(request)
-        item = next(steps)
+        # The healthy path, nearly every request: a fresh Bearer token in memory, sent at
+        # once, with no generator between this one and the HTTP library. What it costs over
+        # a static header is one comparison of a timestamp and one of the origin (P2 in
+        # docs/benchmarks.md). Anything else goes through steps().
+        keeper = self.keeper
+        ready = NOT_READY if keeper is None else keeper._ready
+        if keeper is not None and keeper._now() < ready.bearer_stale_at and self._ours(request.url):
+            stream = request.stream  # judged on a 401 only, as it was when sent
+            request.headers[AUTHORIZATION] = ready.bearer
+            response = yield request
+            if response.status_code not in ACTIONABLE:
+                return
+            assert ready.credential is not None
+            replayable = self._replayable(stream)
+            steps = self._answered(request, replayable, ready.credential, response)
+        else:
+            steps = self.steps(request)
+        try:
+            item = next(steps)
+        except StopIteration:
+            return
         while True:
             answer: Any
             if isinstance(item, Acquire | Recover):
@@ -337,7 +412,9 @@ class HttpxShapedAuth:
     _driver: AuthDriver
 
     @staticmethod
-    def _replayable(request: Any) -> bool:
+    def _replayable(stream: object) -> bool:
+        """Whether a request body of this ``stream`` (the request's as it was sent) can be
+        sent a second time."""
         raise NotImplementedError
 
     def __init__(self, keeper: Keeper, *, recovery_timeout: float | None = None) -> None:
@@ -348,6 +425,13 @@ class HttpxShapedAuth:
             recovery_timeout=recovery_timeout,
             replayable=self._replayable,
         )
+        self._bind_flows()
+
+    def _bind_flows(self) -> None:
+        # The driver's flows themselves, not methods that call them: every request goes
+        # through one, and the call between costs a tenth of the healthy path.
+        self.sync_auth_flow = self._driver.sync_flow  # type: ignore[method-assign]
+        self.async_auth_flow = self._driver.async_flow  # type: ignore[method-assign]
 
     @classmethod
     def bearer(cls, server_url: str, token: str | None = None) -> Self:
@@ -371,6 +455,7 @@ class HttpxShapedAuth:
             replayable=cls._replayable,
             anonymous=anonymous,
         )
+        auth._bind_flows()
         return auth
 
     @classmethod

@@ -16,5 +16,5 @@ class Httpx2Auth(HttpxShapedAuth, httpx2.Auth):
     """
 
     @staticmethod
-    def _replayable(request: httpx2.Request) -> bool:
-        return isinstance(request.stream, httpx2.ByteStream)
+    def _replayable(stream: object) -> bool:
+        return isinstance(stream, httpx2.ByteStream)

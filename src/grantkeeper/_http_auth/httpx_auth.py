@@ -23,5 +23,5 @@ class HttpxAuth(HttpxShapedAuth, httpx.Auth):
     """
 
     @staticmethod
-    def _replayable(request: httpx.Request) -> bool:
-        return isinstance(request.stream, httpx.ByteStream)
+    def _replayable(stream: object) -> bool:
+        return isinstance(stream, httpx.ByteStream)
