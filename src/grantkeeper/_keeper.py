@@ -136,6 +136,11 @@ lock. One that has not taken it by then is abandoned: it has spent nothing, and 
 lock back untouched if it gets it later. A process must not outlive its work by a whole lock
 timeout because a peer holds the lock (a peer frozen mid-refresh holds it indefinitely)."""
 
+WATCH_SLICE = 0.25
+"""How long a transaction waiting for a busy lock listens for a write before it tries the
+lock again: the longest it misses a holder that let go without writing (one that died, or
+found nothing to do). A write wakes it at once."""
+
 JOINS = 3
 """How many transactions a caller joins at most for a usable credential. One it joined may
 have begun before the caller's reason to wait (a 401 for the token it then served); one it
@@ -792,6 +797,7 @@ class Keeper:
     ) -> Credential:
         key = str(self.key)
         seen = self._current
+        stored: Stored | None = None
         try:
             if self._pending is None:
                 stored = self.store.read(self.key)
@@ -801,14 +807,17 @@ class Keeper:
                     return adopted
             self._stage("lock_wait")
             started = time.monotonic()
-            with self.store.lock(self.key, timeout=self._lock_timeout) as held:
-                event(
-                    logging.DEBUG,
-                    "transaction.locked",
-                    key=key,
-                    waited_ms=round((time.monotonic() - started) * 1000, 1),
-                )
-                self._held = held
+            with contextlib.ExitStack() as turn:
+                taken = self._take_turn(turn, stored, rejected, background, flight)
+                waited_ms = round((time.monotonic() - started) * 1000, 1)
+                if isinstance(taken, Credential):
+                    # A peer committed while this one waited: adopted, never locked.
+                    event(
+                        logging.DEBUG, "transaction.adopted_waiting", key=key, waited_ms=waited_ms
+                    )
+                    return taken
+                event(logging.DEBUG, "transaction.locked", key=key, waited_ms=waited_ms)
+                self._held = taken
                 try:
                     self._take_held(flight)
                     self._stage("locked")
@@ -845,6 +854,48 @@ class Keeper:
                 self._current = served
                 self._identity = merged_identity(self._identity, served)
             return served
+
+    def _take_turn(
+        self,
+        turn: contextlib.ExitStack,
+        stored: Stored | None,
+        rejected: str | None,
+        background: bool,
+        flight: concurrent.futures.Future[Credential] | None,
+    ) -> HeldLock | None | Credential:
+        """Take the lock in ``turn``, or adopt what its holder commits meanwhile.
+
+        Waiters do not queue behind each other for the lock only to read, one by one, what
+        its holder wrote: each waits to hear of a write to the record (the store's
+        :meth:`~grantkeeper._stores.base.Watchable.wait_for_change`: PostgreSQL's NOTIFY, a
+        watch of the file), re-reads it and adopts it as :meth:`_adopt_unlocked` would, and
+        takes the lock only if the record still needs a transaction when the lock is free.
+        An adopting waiter spends nothing, so fencing and lease rules are untouched. A
+        pending credential (B not yet stored) is reconciled under the lock, never adopted
+        over; a store that cannot be watched is queued for as before.
+        """
+        watch = getattr(self.store, "wait_for_change", None)
+        if watch is None or self._pending is not None:
+            return turn.enter_context(self.store.lock(self.key, timeout=self._lock_timeout))
+        deadline = time.monotonic() + self._lock_timeout
+        version = stored.version if stored is not None else None
+        while True:
+            with contextlib.suppress(LockTimeout):
+                return turn.enter_context(self.store.lock(self.key, timeout=0))
+            left = deadline - time.monotonic()
+            if left <= 0 or (flight is not None and flight is self._abandoned):
+                raise LockTimeout(
+                    f"the lock of {self.key} was not released within "
+                    f"{self._lock_timeout:g} s; another process holds it",
+                    key=str(self.key),
+                )
+            if not watch(self.key, version, min(left, WATCH_SLICE)):
+                continue  # no write heard: the lock may be free (a holder that wrote nothing)
+            stored = self.store.read(self.key)
+            adopted = self._adopt_unlocked(stored, rejected, background)
+            if adopted is not None:
+                return adopted
+            version = stored.version if stored is not None else None
 
     def _adopt_unlocked(
         self, stored: Stored | None, rejected: str | None, background: bool

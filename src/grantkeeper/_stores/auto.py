@@ -258,6 +258,14 @@ class AutoStore:
             pass
         return sorted(found)
 
+    def wait_for_change(self, key: CredentialKey, version: int | None, timeout: float) -> bool:
+        """Wait for a write to ``key`` past ``version`` in the store it is placed in (see
+        :class:`~.base.Watchable`); one not placed yet is watched where it would go."""
+        backend = self.keyring if (self.placement(key) or self.preferred) == "keyring" else None
+        if backend is not None:
+            return backend.wait_for_change(key, version, timeout)
+        return self.file.wait_for_change(key, version, timeout)
+
     @contextlib.contextmanager
     def lock(
         self, key: CredentialKey, *, timeout: float = DEFAULT_LOCK_TIMEOUT

@@ -112,6 +112,29 @@ class Store(Protocol):
         ...
 
 
+@runtime_checkable
+class Watchable(Protocol):
+    """A store whose writes a waiter can hear of: optional, beside :class:`Store`.
+
+    A transaction that finds the lock held waits here instead of queueing for it: the
+    holder's commit wakes it, and it adopts the new record without taking the lock in turn
+    (``Keeper``). A store without it makes the waiter queue for the lock as before.
+    """
+
+    def wait_for_change(self, key: CredentialKey, version: int | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``key``'s record to be written past
+        ``version`` (the version the caller read, ``None`` for none). Return ``True`` as
+        soon as it has been (a write committed before the call counts), ``False`` at the
+        timeout. It may miss a delete, or return ``False`` early: the caller then tries
+        the lock, so nothing is lost but time."""
+        ...
+
+
+def written_past(stored: Stored | None, version: int | None) -> bool:
+    """Whether ``stored`` is a record written after the one at ``version``."""
+    return stored is not None and (version is None or stored.version > version)
+
+
 def plaintext_at_rest(store: Store) -> bool:
     """Whether ``store`` keeps its records unencrypted where they rest (the file store, an
     unsealed PostgreSQL store), so a copy kept elsewhere may be plaintext too.

@@ -21,7 +21,7 @@ import pytest
 from .._errors import LockTimeout, VersionConflict
 from .._fakes import KEY, OTHER, sample_record
 from .._record import CredentialKey
-from .base import Store, plaintext_at_rest
+from .base import Store, Watchable, plaintext_at_rest
 
 __all__ = ["StoreContract", "StoreFactory"]
 
@@ -100,6 +100,18 @@ def _hold(
         # leaves it wedged for everyone else.
         release.poll(WAIT * 2)
     released.set()
+
+
+def _write_when_told(
+    factory: StoreFactory, go: Connection, wrote: multiprocessing.synchronize.Event
+) -> None:
+    """Write one new version of ``KEY`` once the parent says so, then say it is done."""
+    store = factory()
+    if go.poll(WAIT) and go.recv() == "write":
+        current = store.read(KEY)
+        assert current is not None
+        store.write(KEY, sample_record("from-a-peer"), expected_version=current.version)
+        wrote.set()
 
 
 class _Holder:
@@ -386,3 +398,56 @@ class StoreContract:
             store.write(KEY, sample_record("next-token"), expected_version=stored.version)
         stored = store.read(KEY)
         assert stored is not None and stored.version == 2
+
+    # -- watching (stores that offer it: see Watchable) ----------------------------------
+
+    @pytest.fixture
+    def watchable(self, store: Store) -> Watchable:
+        if not isinstance(store, Watchable):
+            pytest.skip(f"{type(store).__name__} offers no wait_for_change (optional)")
+        return store
+
+    def test_a_write_before_the_wait_counts(self, watchable: Watchable, store: Store) -> None:
+        store.write(KEY, sample_record(), expected_version=None)
+        read = store.read(KEY)
+        assert read is not None
+        store.write(KEY, sample_record("next-token"), expected_version=read.version)
+        assert watchable.wait_for_change(KEY, read.version, WAIT)
+        assert watchable.wait_for_change(KEY, None, WAIT)  # nothing read: any record
+
+    def test_no_write_waits_out_the_timeout(self, watchable: Watchable, store: Store) -> None:
+        store.write(KEY, sample_record(), expected_version=None)
+        read = store.read(KEY)
+        assert read is not None
+        store.write(OTHER, sample_record(), expected_version=None)  # another key's write
+        started = time.monotonic()
+        assert not watchable.wait_for_change(KEY, read.version, 0.3)
+        assert time.monotonic() - started >= 0.3
+
+    def test_a_peer_processs_write_wakes_a_waiter(
+        self, watchable: Watchable, store: Store, store_factory: StoreFactory
+    ) -> None:
+        store.write(KEY, sample_record(), expected_version=None)
+        read = store.read(KEY)
+        assert read is not None
+        assert not watchable.wait_for_change(KEY, read.version, 0)  # starts any listener
+        context = multiprocessing.get_context("spawn")
+        wrote = context.Event()
+        child_end, go = context.Pipe(duplex=False)
+        peer = context.Process(target=_write_when_told, args=(store_factory, child_end, wrote))
+        peer.start()
+        child_end.close()
+        try:
+            go.send("write")
+            # Woken by the write (a store that never hears of it returns False at WAIT).
+            assert watchable.wait_for_change(KEY, read.version, WAIT)
+            assert wrote.wait(WAIT)
+            stored = store.read(KEY)
+            assert stored is not None and stored.version == read.version + 1
+        finally:
+            go.close()
+            peer.join(WAIT)
+            if peer.exitcode is None:
+                peer.kill()
+                peer.join(WAIT)
+        assert peer.exitcode == 0

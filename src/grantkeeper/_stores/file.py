@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,12 +32,17 @@ from .base import (
     may_delete,
     next_version,
     open_envelope,
+    written_past,
 )
 
 FILE_FORMAT = "grantkeeper-credential"
 """Marks our files, so a stray JSON file in the directory is never mistaken for one."""
 
 CAS_LOCK_TIMEOUT = 10.0
+
+WATCH_POLL = 0.002
+"""How often a waiter looks at a record's file for a write: a ``stat`` each time, so the
+cost is a syscall, and a waiter adopts within this of the holder's rename."""
 """A compare-and-swap holds its lock only for one read and one rename."""
 
 
@@ -186,6 +192,36 @@ class FileStore:
             return _cas_lock(target.removesuffix(".json"))
 
         self._dir.sweep(dirh, lock_of)
+
+    # -- watching -----------------------------------------------------------------------
+
+    def wait_for_change(self, key: CredentialKey, version: int | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``key``'s record to be written past
+        ``version`` (see :class:`~.base.Watchable`).
+
+        Every write replaces the file by a rename, so its inode changes: the file's status
+        is polled (a ``stat``, microseconds) every :data:`WATCH_POLL` seconds, and the record
+        read only when it changed, and once at the start (a write may have landed since
+        the caller read). The status is taken by path, only as a hint: the record is read
+        the safe way.
+        """
+        path = self.directory / (key_slug(key) + ".json")
+        deadline = time.monotonic() + timeout
+        last: tuple[int, int, int] | None = None
+        while True:
+            try:
+                info = os.stat(path, follow_symlinks=False)
+                status = (info.st_ino, info.st_mtime_ns, info.st_size)
+            except OSError:
+                status = (0, 0, 0)  # absent for now: nothing written past anything
+            if status != last:
+                last = status
+                if status != (0, 0, 0) and written_past(self.read(key), version):
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(WATCH_POLL, left))
 
     # -- locking ------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -60,6 +61,10 @@ most 2560 bytes; JSON with ``ensure_ascii`` keeps every character one UTF-16 uni
 
 READ_ATTEMPTS = 5
 """Re-reads of a chunked record whose parts a concurrent writer replaced under us."""
+
+WATCH_POLL = 0.02
+"""How often a waiter reads a record's head for a write: one lookup on the keyring's open
+connection (~1 ms), so a waiter costs the daemon little and adopts within this."""
 
 _T = TypeVar("_T")
 
@@ -253,6 +258,23 @@ class KeyringStore:
         """Return the stored record for ``key`` with its version, or ``None``."""
         loaded = self._load(key)
         return loaded[1] if loaded else None
+
+    # -- watching -----------------------------------------------------------------------
+
+    def wait_for_change(self, key: CredentialKey, version: int | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``key``'s record to be written past
+        ``version`` (see :class:`~.base.Watchable`): the entry's head, which carries the
+        version, is read every :data:`WATCH_POLL` seconds (a keyring offers no way to be
+        told of a change)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            head = self._read_head(key)
+            if head is not None and (version is None or int(head["version"]) > version):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(WATCH_POLL, left))
 
     # -- writing ------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ import os
 import re
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,12 @@ LOCK_IDLE_SESSION_TIMEOUT_MS = 300_000
 """``idle_session_timeout`` of lock connections. A holder is idle on its lock session for
 one provider call (30 s) and two writes; five minutes never cuts a healthy one, whatever the
 server's default, and ends the session (releasing the lock) of one frozen that long."""
+
+NOTIFY_CHANNEL = "grantkeeper"
+"""The channel every write NOTIFYs on; the payload names the schema and the key's digest."""
+
+HEARD_KEYS = 10_000
+"""Keys whose newest heard version a store remembers at most; past that it starts over."""
 
 IDLE_LOCK_CONNECTIONS = 4
 """Lock connections kept open after their lock is released, for the next transaction."""
@@ -209,15 +216,30 @@ class PostgresStore:
         self._held_fences: dict[str, int] = {}
         # Lock connections in use by a ``lock()`` body now (forgotten by a forked child).
         self._busy_lock_connections: set[psycopg.Connection[Any]] = set()
+        # Watching (wait_for_change): the LISTEN connection, whether a thread reads it now,
+        # and the newest version heard of each key, by notice.
+        self._watch = threading.Condition()
+        self._listen_conn: psycopg.Connection[Any] | None = None
+        self._hearing = False
+        self._heard: dict[str, int] = {}
+        # Keys read since the listener started: a write to any of them is heard from then.
+        self._watched: set[str] = set()
         _stores.add(self)
 
     def _forked(self) -> None:
         """See :func:`_forget_after_fork`."""
         self._mutex = threading.Lock()
-        connections = [self._conn, *self._idle_lock_connections, *self._busy_lock_connections]
+        connections = [
+            self._conn,
+            self._listen_conn,
+            *self._idle_lock_connections,
+            *self._busy_lock_connections,
+        ]
         self._conn, self._idle_lock_connections = None, []
         self._busy_lock_connections = set()
         self._held_fences = {}
+        self._watch = threading.Condition()
+        self._listen_conn, self._hearing, self._heard, self._watched = None, False, {}, set()
         for conn in connections:
             if conn is None:
                 continue
@@ -357,6 +379,9 @@ class PostgresStore:
         with self._mutex:
             connections = [self._conn, *self._idle_lock_connections]
             self._conn, self._idle_lock_connections = None, []
+        with self._watch:
+            connections.append(self._listen_conn)
+            self._listen_conn = None
         for conn in connections:
             if conn is not None:
                 conn.close()
@@ -364,7 +389,11 @@ class PostgresStore:
     def __del__(self) -> None:
         # A store usually lives as long as its process; closing here spares callers a
         # ResourceWarning when they drop it without close().
-        connections = [getattr(self, "_conn", None), *getattr(self, "_idle_lock_connections", [])]
+        connections = [
+            getattr(self, "_conn", None),
+            getattr(self, "_listen_conn", None),
+            *getattr(self, "_idle_lock_connections", []),
+        ]
         for conn in connections:
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -421,23 +450,28 @@ class PostgresStore:
         raw, sealed_with = self._encode(key, record)
         key_id = _key_id(key)
         fence = self._held_fences.get(key_id)
+        # Each write tells the waiters of its key in the same statement (NOTIFY is sent
+        # when it commits, and only if it wrote): see wait_for_change.
+        heard = (NOTIFY_CHANNEL, self._notice(key))
         if expected_version is None:
             rows = self._query(
-                "INSERT INTO {table} (key_id, server_url, profile, version, record, sealed_with,"
-                " fence) VALUES (%s, %s, %s, 1, %s, %s, %s)"
-                " ON CONFLICT (key_id) DO NOTHING RETURNING version",
-                (key_id, key.server_url, key.profile, raw, sealed_with, fence or 0),
+                "WITH w AS (INSERT INTO {table} (key_id, server_url, profile, version, record,"
+                " sealed_with, fence) VALUES (%s, %s, %s, 1, %s, %s, %s)"
+                " ON CONFLICT (key_id) DO NOTHING RETURNING version)"
+                " SELECT version, pg_notify(%s, %s || version::text) FROM w",
+                (key_id, key.server_url, key.profile, raw, sealed_with, fence or 0, *heard),
             )
         else:
             # The rule of base.next_version, in one statement: a holder that lost its lock
             # cannot slip in between a check and the write. Without a fence (no lock held)
             # only the version is compared.
             rows = self._query(
-                "UPDATE {table} SET version = version + 1, record = %s, sealed_with = %s,"
-                " fence = COALESCE(%s, fence), updated_at = now()"
+                "WITH w AS (UPDATE {table} SET version = version + 1, record = %s,"
+                " sealed_with = %s, fence = COALESCE(%s, fence), updated_at = now()"
                 " WHERE key_id = %s AND version = %s AND fence <= COALESCE(%s, fence)"
-                " RETURNING version",
-                (raw, sealed_with, fence, key_id, expected_version, fence),
+                " RETURNING version)"
+                " SELECT version, pg_notify(%s, %s || version::text) FROM w",
+                (raw, sealed_with, fence, key_id, expected_version, fence, *heard),
             )
         if not rows:
             raise self._refused(key, expected_version, fence)
@@ -463,9 +497,10 @@ class PostgresStore:
         """Remove ``key``'s record (only at ``expected_version``, if given)."""
         fence = self._held_fences.get(_key_id(key))
         rows = self._query(
-            "DELETE FROM {table} WHERE key_id = %s AND version = COALESCE(%s, version)"
-            " AND fence <= COALESCE(%s, fence) RETURNING 1",
-            (_key_id(key), expected_version, fence),
+            "WITH d AS (DELETE FROM {table} WHERE key_id = %s AND version = COALESCE(%s, version)"
+            " AND fence <= COALESCE(%s, fence) RETURNING 1)"
+            " SELECT 1, pg_notify(%s, %s || '0') FROM d",
+            (_key_id(key), expected_version, fence, NOTIFY_CHANNEL, self._notice(key)),
         )
         if rows:
             return True
@@ -477,6 +512,104 @@ class PostgresStore:
         """Every key with a record, sorted."""
         rows = self._query("SELECT server_url, profile FROM {table}")
         return sorted(CredentialKey(url, profile) for url, profile in rows)
+
+    # -- watching -----------------------------------------------------------------------
+
+    def _notice(self, key: CredentialKey) -> str:
+        """The start of a write's NOTIFY payload for ``key`` (the version follows): this
+        schema and a digest of the key, short whatever the URL's length (a payload is
+        limited to 8000 bytes), and telling no one who listens which server it is."""
+        digest = hashlib.sha256(_key_id(key).encode("utf-8")).hexdigest()[:32]
+        return f"{self.schema} {digest} "
+
+    def wait_for_change(self, key: CredentialKey, version: int | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``key``'s record to be written past
+        ``version`` (see :class:`~.base.Watchable`).
+
+        Every write sends a NOTIFY when it commits (:meth:`write`); one connection per
+        store LISTENs (a session of its own, as a session-pooling PgBouncer keeps it), and
+        one waiting thread at a time reads it for all, recording the newest version heard
+        of each key. A waiter returns as soon as a version past its own is heard, with no
+        statement run on its behalf. Writes made before the listener started (or while it
+        was reconnecting) were not heard: the record is read once then instead.
+        """
+        import psycopg
+
+        notice = self._notice(key)
+        deadline = time.monotonic() + timeout
+        with self._watch:
+            if self._listen_conn is None or self._listen_conn.closed:
+                self._listen_conn = self._open_listener()
+                self._watched = set()
+            first = notice not in self._watched
+        if first:
+            # Listening now: every later write is heard. One before it is read instead.
+            stored = self.read(key)
+            with self._watch:
+                self._watched.add(notice)
+                if stored is not None and stored.version > self._heard.get(notice, 0):
+                    self._heard[notice] = stored.version
+        with self._watch:
+            while True:
+                if self._heard.get(notice, 0) > (version or 0):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                conn = self._listen_conn
+                if conn is None:
+                    return False  # the listener was lost: the caller tries the lock
+                if self._hearing:
+                    # Another thread reads the connection and wakes us with what it hears.
+                    self._watch.wait(left)
+                    continue
+                self._hearing = True
+                self._watch.release()
+                heard: list[str] = []
+                broken = False
+                try:
+                    heard.extend(n.payload for n in conn.notifies(timeout=left, stop_after=1))
+                except psycopg.Error:
+                    broken = True
+                finally:
+                    self._watch.acquire()
+                    self._hearing = False
+                for payload in heard:
+                    self._hear(payload)
+                if broken:
+                    self._listen_conn = None
+                    self._watched = set()
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                self._watch.notify_all()
+                if broken:
+                    return False
+
+    def _open_listener(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        conn = self._open()
+        try:
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._unreachable(exc) from None
+        return conn
+
+    def _hear(self, payload: str) -> None:
+        """Record one write's NOTIFY (``schema digest version``, version 0 for a delete), if
+        it is this schema's."""
+        head, _, version = payload.rpartition(" ")
+        notice = head + " "  # as _notice() spells it
+        if not notice.startswith(self.schema + " ") or not version.isdigit():
+            return
+        if len(self._heard) >= HEARD_KEYS and notice not in self._heard:
+            # Start over: a key dropped is read again at its next wait.
+            self._heard.clear()
+            self._watched = set()
+        number = int(version)
+        if number == 0 or number > self._heard.get(notice, 0):
+            self._heard[notice] = number  # 0: deleted, and versions start over
 
     # -- locking ------------------------------------------------------------------------
 
@@ -523,6 +656,12 @@ class PostgresStore:
                     f"{what} was not released within {timeout:g} s; another worker holds it",
                     key=str(key),
                 ) from None
+            except LockTimeout:
+                # A busy try (timeout 0): pg_try_advisory_lock said no, so nothing was taken
+                # and the connection is kept for the next try (a waiter tries every
+                # WATCH_SLICE, and connecting costs more than the try).
+                released = not conn.broken
+                raise
             except psycopg.Error as exc:
                 raise self._unreachable(exc) from None
             self._held_fences[key_id] = fence
