@@ -6,9 +6,12 @@ one credential in PostgreSQL, through R rotations on the real oidc-provider. Eac
 starts when every host is told ``go``, right after the access token expired everywhere.
 
 From the authorization server: refresh calls and rotations (successful refreshes) and
-replays. From each host: how long its locked transactions waited for the credential's lock
-(p50, p99). The goal is one provider refresh per rotation, no replay, and a lock wait p99
-within :data:`LOCK_WAIT_GOAL_MS` on each host.
+replays. From each host: how long each caller waited for its credential (p50, p99), and
+how its transactions got it (by the lock, or by adopting a peer's commit while waiting).
+From the holders: how long each provider call took. The goal is one provider refresh per
+rotation, no replay, and on every host a caller p99 within :data:`WAIT_RATIO_GOAL` of the
+provider call's p99: every caller of a round holds a dead token, so the least any of them
+can wait is one provider call, and all but the holder wait exactly for its commit.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from harness.real_login import log_in
 RESOURCE = "http://127.0.0.1:9/mcp"
 """The credential's resource; the fleet asks only for tokens, so nothing serves it."""
 
-LOCK_WAIT_GOAL_MS = 50.0
-"""Lock wait p99 per host on this 2-core machine: a waiter queues behind one provider
-call at most once per rotation, and the rest adopt the stored record."""
+WAIT_RATIO_GOAL = 1.2
+"""A caller's wait p99, on every host, over the provider call's p99 (the fleet's): the
+physical limit of a caller whose token is dead is one provider call."""
 
 
 @dataclass(frozen=True)
@@ -121,16 +124,18 @@ def run(*, repeats: int = 1, size: Size = FULL) -> Section:
         "P6",
         f"fleet storm across {size.hosts} namespaced hosts "
         f"({size.processes} processes × {size.threads} threads each, {size.rounds} rotations)",
-        f"provider refresh calls == rotations, 0 replays, lock wait p99 ≤ "
-        f"{LOCK_WAIT_GOAL_MS:g} ms on every host",
+        f"provider refresh calls == rotations, 0 replays, and on every host a caller's wait "
+        f"p99 ≤ {WAIT_RATIO_GOAL}× the provider call's p99",
         [
             "run",
             "host",
             "calls",
             "errors",
-            "locked transactions",
-            "lock wait p50",
-            "lock wait p99",
+            "caller wait p50",
+            "caller wait p99",
+            "provider call p99 (fleet)",
+            "ratio",
+            "transactions: locked / adopted waiting",
             "refresh calls",
             "rotations",
             "replays",
@@ -144,19 +149,24 @@ def run(*, repeats: int = 1, size: Size = FULL) -> Section:
         rotations = int(stats["refresh_success"])
         replays = int(stats["replays"])
         met = met and refreshes == rotations == size.rounds and replays == 0
+        provider = [float(v) for r in result["reports"] for v in r["provider_calls"]]
+        provider_p99 = percentile(provider, 0.99)
         for number, report in enumerate(result["reports"]):
-            waits = [float(w) for w in report["lock_waits"]]
-            p50, p99 = percentile(waits, 0.5), percentile(waits, 0.99)
-            met = met and p99 <= LOCK_WAIT_GOAL_MS and not report["errors"]
+            calls = [float(v) for v in report["calls"]]
+            p50, p99 = percentile(calls, 0.5), percentile(calls, 0.99)
+            ratio = p99 / provider_p99 if provider_p99 else float("inf")
+            met = met and ratio <= WAIT_RATIO_GOAL and not report["errors"]
             section.rows.append(
                 [
                     str(attempt + 1),
                     str(number + 1),
                     str(report["requests"]),
                     str(len(report["errors"])),
-                    str(len(waits)),
                     f"{p50:.1f} ms",
                     f"{p99:.1f} ms",
+                    f"{provider_p99:.1f} ms",
+                    f"{ratio:.2f}×",
+                    f"{len(report['lock_waits'])} / {len(report['adopted_waiting'])}",
                     str(refreshes),
                     str(rotations),
                     str(replays),
@@ -166,8 +176,11 @@ def run(*, repeats: int = 1, size: Size = FULL) -> Section:
     section.met = met
     section.notes.append(
         "Refresh calls, rotations and replays are the authorization server's counts for the "
-        "whole fleet (repeated on each host's row); lock waits are per host, over its "
-        "transactions that took the credential's lock."
+        "whole fleet (repeated on each host's row). A caller's wait is the time from its "
+        "call (released with every other caller of the fleet at once, its token dead) to "
+        "its credential; the provider call's p99 is over every refresh the fleet made (one "
+        "per rotation). Transactions: those of the host that took the credential's lock, "
+        "and those that adopted a peer's commit while waiting for it (never locked)."
     )
     return section
 

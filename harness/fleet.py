@@ -44,6 +44,12 @@ class RoundResult:
     errors: list[str]
     lock_waits: list[float] = field(default_factory=list)
     """Milliseconds each transaction of the round waited for the credential's lock."""
+    calls: list[float] = field(default_factory=list)
+    """Milliseconds each caller of the round waited for its credential."""
+    provider_calls: list[float] = field(default_factory=list)
+    """Milliseconds of each successful provider call (refresh) this process made."""
+    adopted_waiting: list[float] = field(default_factory=list)
+    """Milliseconds each transaction waited before adopting a peer's commit, unlocked."""
 
 
 @dataclass
@@ -58,6 +64,12 @@ class FleetReport:
     errors: list[str] = field(default_factory=list)
     lock_waits: list[float] = field(default_factory=list)
     """Milliseconds every locked transaction of the fleet waited for the lock."""
+    calls: list[float] = field(default_factory=list)
+    """Milliseconds every caller of the fleet waited for its credential."""
+    provider_calls: list[float] = field(default_factory=list)
+    """Milliseconds of every successful provider call (refresh) of the fleet."""
+    adopted_waiting: list[float] = field(default_factory=list)
+    """Milliseconds every transaction waited before adopting a peer's commit, unlocked."""
 
     @property
     def distinct_tokens(self) -> int:
@@ -73,35 +85,52 @@ def _virtual_clock(offset: Synchronized[float]) -> Callable[[], datetime]:
 
 
 class _LockWaits(logging.Handler):
-    """Collects ``waited_ms`` of each ``transaction.locked`` event in this process."""
+    """Collects, in this process, ``waited_ms`` of each ``transaction.locked`` event
+    (``waits``) and of each ``transaction.adopted_waiting`` one (``adopted``), and the
+    ``duration_ms`` of each successful ``refresh.provider_call`` (``provider``)."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.waits: list[float] = []
+        self.adopted: list[float] = []
+        self.provider: list[float] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         fields = getattr(record, "grantkeeper", None)
-        if isinstance(fields, dict) and fields.get("event") == "transaction.locked":
+        if not isinstance(fields, dict):
+            return
+        name = fields.get("event")
+        if name == "transaction.locked":
             self.waits.append(float(fields["waited_ms"]))
+        elif name == "transaction.adopted_waiting":
+            self.adopted.append(float(fields["waited_ms"]))
+        elif name == "refresh.provider_call" and fields.get("outcome") == "ok":
+            self.provider.append(float(fields["duration_ms"]))
 
-    def take(self) -> list[float]:
-        waits, self.waits = self.waits, []
-        return waits
+    def take(self) -> tuple[list[float], list[float], list[float]]:
+        """``(lock waits, adopted waits, provider calls)`` since the last take."""
+        taken = (self.waits, self.adopted, self.provider)
+        self.waits, self.adopted, self.provider = [], [], []
+        return taken
 
 
 def _round(
     keeper: Keeper, held: dict[int, str], mode: str, use: Callable[[], None] | None = None
-) -> tuple[list[str], list[str]]:
-    """Release one thread per slot at once; each asks for a credential, then ``use``s it."""
+) -> tuple[list[str], list[str], list[float]]:
+    """Release one thread per slot at once; each asks for a credential, then ``use``s it.
+    Returns the tokens, the errors, and how long (ms) each caller waited for its credential."""
     start = threading.Barrier(len(held) or 1)
     tokens: list[str] = []
     errors: list[str] = []
+    calls: list[float] = []
 
     def call(slot: int) -> None:
         start.wait(BARRIER_TIMEOUT)
         try:
             rejected = held.get(slot) if mode == "reject" else None
+            began = time.perf_counter()
             credential = keeper.credential(rejected=rejected, timeout=BARRIER_TIMEOUT)
+            calls.append((time.perf_counter() - began) * 1000)
             if use is not None:
                 use()
         except Exception as exc:
@@ -115,7 +144,7 @@ def _round(
         thread.start()
     for thread in workers:
         thread.join()
-    return tokens, errors
+    return tokens, errors, calls
 
 
 def _worker(
@@ -145,10 +174,13 @@ def _worker(
         use = functools.partial(_initialize, _resource_client(keeper), resource_url)
     for number, mode in enumerate(modes):
         barrier.wait(BARRIER_TIMEOUT)
-        tokens, errors = _round(keeper, held, mode, use)
+        tokens, errors, calls = _round(keeper, held, mode, use)
         if first_error and number == 0:
             errors.insert(0, first_error)
-        results.put(RoundResult(os.getpid(), number, tokens, errors, waits.take()))
+        locked, adopted, provider = waits.take()
+        results.put(
+            RoundResult(os.getpid(), number, tokens, errors, locked, calls, provider, adopted)
+        )
     keeper.close()
 
 
@@ -223,6 +255,9 @@ def run_fleet(
                     break
                 report.requests += len(result.tokens) + len(result.errors)
                 report.lock_waits += result.lock_waits
+                report.calls += result.calls
+                report.provider_calls += result.provider_calls
+                report.adopted_waiting += result.adopted_waiting
                 seen.update(result.tokens)
                 report.errors += [f"round {number} pid {result.pid}: {e}" for e in result.errors]
             report.tokens_per_round.append(seen)

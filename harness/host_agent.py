@@ -137,6 +137,9 @@ def fleet_mode(args: argparse.Namespace, key: CredentialKey) -> None:
             "errors": report.errors,
             "tokens_per_round": [sorted(tokens) for tokens in report.tokens_per_round],
             "lock_waits": report.lock_waits,
+            "calls": report.calls,
+            "provider_calls": report.provider_calls,
+            "adopted_waiting": report.adopted_waiting,
         }
     )
     for raw in sys.stdin:  # wait for quit, so the test reads everything first

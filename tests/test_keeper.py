@@ -111,6 +111,32 @@ def test_threads_and_sibling_keepers_share_one_refresh(world: World) -> None:
     assert world.provider.is_active(tokens[0])
 
 
+def test_threads_of_one_keeper_share_one_flight(world: World) -> None:
+    """Every thread of one Keeper that needs a refresh joins the one transaction in
+    flight: one lock, one read under it, one provider call, for all of them."""
+    world.login()
+    keeper = world.keeper()
+    keeper.access_token()
+    world.clock.advance(3600)  # expired: every caller must wait for the refresh
+    world.store.calls.clear()
+    callers = 12
+    barrier = threading.Barrier(callers)
+    tokens: list[str] = []
+
+    def worker() -> None:
+        barrier.wait(30)
+        tokens.append(keeper.access_token(timeout=30))
+
+    threads = [threading.Thread(target=worker) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(tokens) == callers and len(set(tokens)) == 1
+    assert world.store.calls.count("lock") == 1
+    assert world.provider.refresh_calls == 1 and world.provider.replays == 0
+
+
 def test_401_forces_one_refresh_and_late_401s_for_the_old_token_adopt_the_new(
     world: World,
 ) -> None:

@@ -874,6 +874,9 @@ class Keeper:
         pending credential (B not yet stored) is reconciled under the lock, never adopted
         over; a store that cannot be watched is queued for as before.
         """
+        # A refresh may follow: the HTTP client is made now, not under the lock, where a
+        # process's first one (its TLS context: tens of ms of CPU) would hold up everyone.
+        self._client()
         watch = getattr(self.store, "wait_for_change", None)
         if watch is None or self._pending is not None:
             return turn.enter_context(self.store.lock(self.key, timeout=self._lock_timeout))
