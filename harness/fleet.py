@@ -66,6 +66,8 @@ class FleetReport:
     """Milliseconds every locked transaction of the fleet waited for the lock."""
     calls: list[float] = field(default_factory=list)
     """Milliseconds every caller of the fleet waited for its credential."""
+    calls_per_round: list[list[float]] = field(default_factory=list)
+    """The same, round by round."""
     provider_calls: list[float] = field(default_factory=list)
     """Milliseconds of every successful provider call (refresh) of the fleet."""
     adopted_waiting: list[float] = field(default_factory=list)
@@ -169,6 +171,7 @@ def _worker(
     except Exception as exc:  # reported with the first round
         initial, first_error = "", f"{type(exc).__name__}: {exc}"
     held = dict.fromkeys(range(threads), initial)
+    barrier.wait(BARRIER_TIMEOUT)  # every worker holds the initial token: the clock may move
     use = None
     if resource_url is not None:
         use = functools.partial(_initialize, _resource_client(keeper), resource_url)
@@ -239,6 +242,9 @@ def run_fleet(
     try:
         for worker in workers:
             worker.start()
+        # Every worker has loaded the credential before the first round moves the clock: a
+        # worker that loaded it after would refresh it outside any round.
+        barrier.wait(BARRIER_TIMEOUT)
         for number, mode in enumerate(modes):
             if gate is not None:
                 gate(number)
@@ -247,6 +253,7 @@ def run_fleet(
                     offset.value += lifetime
             barrier.wait(BARRIER_TIMEOUT)
             seen: set[str] = set()
+            report.calls_per_round.append([])
             for _ in range(processes):
                 try:
                     result = results.get(timeout=BARRIER_TIMEOUT)
@@ -256,6 +263,7 @@ def run_fleet(
                 report.requests += len(result.tokens) + len(result.errors)
                 report.lock_waits += result.lock_waits
                 report.calls += result.calls
+                report.calls_per_round[-1] += result.calls
                 report.provider_calls += result.provider_calls
                 report.adopted_waiting += result.adopted_waiting
                 seen.update(result.tokens)

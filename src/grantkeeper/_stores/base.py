@@ -123,16 +123,23 @@ class Watchable(Protocol):
 
     def wait_for_change(self, key: CredentialKey, version: int | None, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for ``key``'s record to be written past
-        ``version`` (the version the caller read, ``None`` for none). Return ``True`` as
-        soon as it has been (a write committed before the call counts), ``False`` at the
-        timeout. It may miss a delete, or return ``False`` early: the caller then tries
-        the lock, so nothing is lost but time."""
+        ``version`` (the version the caller read, ``None`` for none) by a write a waiter
+        may adopt. Return ``True`` as soon as it has been (a write committed before the
+        call counts), ``False`` at the timeout. A write of a record that only notes a
+        refresh in flight (``intent`` set) need not wake anyone: nobody can adopt it, and
+        its holder writes again when it is done. It may miss a delete, or return ``False``
+        early: the caller then tries the lock, so nothing is lost but time."""
         ...
 
 
 def written_past(stored: Stored | None, version: int | None) -> bool:
-    """Whether ``stored`` is a record written after the one at ``version``."""
-    return stored is not None and (version is None or stored.version > version)
+    """Whether ``stored`` is a record written after the one at ``version`` that a waiter
+    may adopt (not a note of a refresh in flight)."""
+    return (
+        stored is not None
+        and (version is None or stored.version > version)
+        and stored.record.intent is None
+    )
 
 
 def plaintext_at_rest(store: Store) -> bool:

@@ -43,6 +43,7 @@ from .base import (
     may_delete,
     next_version,
     open_envelope,
+    written_past,
 )
 from .file import CAS_LOCK_TIMEOUT, FileStore
 from .secret_service import SecretService
@@ -270,7 +271,9 @@ class KeyringStore:
         while True:
             head = self._read_head(key)
             if head is not None and (version is None or int(head["version"]) > version):
-                return True
+                if written_past(self.read(key), version):
+                    return True
+                version = int(head["version"])  # a note of a refresh in flight: wait on
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

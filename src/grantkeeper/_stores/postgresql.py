@@ -54,7 +54,7 @@ from .._errors import (
     VersionConflict,
 )
 from .._record import Credential, CredentialKey, record_from_json, record_to_json
-from .base import DEFAULT_LOCK_TIMEOUT, Stored, conflict
+from .base import DEFAULT_LOCK_TIMEOUT, Stored, conflict, written_past
 from .sealing import KEY_ENV, Sealer
 
 if TYPE_CHECKING:
@@ -450,15 +450,16 @@ class PostgresStore:
         raw, sealed_with = self._encode(key, record)
         key_id = _key_id(key)
         fence = self._held_fences.get(key_id)
-        # Each write tells the waiters of its key in the same statement (NOTIFY is sent
-        # when it commits, and only if it wrote): see wait_for_change.
-        heard = (NOTIFY_CHANNEL, self._notice(key))
+        # Each write a waiter may adopt tells the waiters of its key in the same statement
+        # (NOTIFY is sent when it commits, and only if it wrote): see wait_for_change. A
+        # note of a refresh in flight wakes nobody: none could adopt it.
+        heard = (record.intent is None, NOTIFY_CHANNEL, self._notice(key))
         if expected_version is None:
             rows = self._query(
                 "WITH w AS (INSERT INTO {table} (key_id, server_url, profile, version, record,"
                 " sealed_with, fence) VALUES (%s, %s, %s, 1, %s, %s, %s)"
                 " ON CONFLICT (key_id) DO NOTHING RETURNING version)"
-                " SELECT version, pg_notify(%s, %s || version::text) FROM w",
+                " SELECT version, CASE WHEN %s THEN pg_notify(%s, %s || version::text) END FROM w",
                 (key_id, key.server_url, key.profile, raw, sealed_with, fence or 0, *heard),
             )
         else:
@@ -470,7 +471,7 @@ class PostgresStore:
                 " sealed_with = %s, fence = COALESCE(%s, fence), updated_at = now()"
                 " WHERE key_id = %s AND version = %s AND fence <= COALESCE(%s, fence)"
                 " RETURNING version)"
-                " SELECT version, pg_notify(%s, %s || version::text) FROM w",
+                " SELECT version, CASE WHEN %s THEN pg_notify(%s, %s || version::text) END FROM w",
                 (raw, sealed_with, fence, key_id, expected_version, fence, *heard),
             )
         if not rows:
@@ -547,7 +548,8 @@ class PostgresStore:
             stored = self.read(key)
             with self._watch:
                 self._watched.add(notice)
-                if stored is not None and stored.version > self._heard.get(notice, 0):
+                if written_past(stored, self._heard.get(notice, 0)):
+                    assert stored is not None
                     self._heard[notice] = stored.version
         with self._watch:
             while True:
