@@ -56,18 +56,46 @@ class Plan:
     """Seconds from one call's start to the next's, per task (0: back to back)."""
 
 
+class _ProviderCalls(logging.Handler):
+    """Keeps the ``duration_ms`` of each successful ``refresh.provider_call`` (grantkeeper's
+    own account of each refresh it made: the provider's latency, seen from the client)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.durations: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "grantkeeper", None)
+        if (
+            isinstance(fields, dict)
+            and fields.get("event") == "refresh.provider_call"
+            and fields.get("outcome") == "ok"
+        ):
+            self.durations.append(float(fields["duration_ms"]) / 1000)
+
+
 def work(plan: Plan, ready: Any, results: Any) -> None:
-    """The process body: set up, wait for every peer at ``ready``, storm, report."""
-    # Peers log each failure at length (the SDK logs a traceback per failed OAuth flow).
-    logging.disable(logging.CRITICAL)
+    """The process body: set up, wait for every peer at ``ready``, storm, report
+    ``(pid, calls, error, provider call seconds)``."""
+    # Peers log each failure at length (the SDK logs a traceback per failed OAuth flow):
+    # nothing is logged, but grantkeeper's account of its provider calls is kept.
     warnings.simplefilter("ignore")
+    provider = _ProviderCalls()
+    if plan.kind == "grantkeeper":
+        logging.getLogger().setLevel(logging.CRITICAL + 1)
+        ours = logging.getLogger("grantkeeper")
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
+        ours.addHandler(provider)
+    else:
+        logging.disable(logging.CRITICAL)
     try:
         calls = asyncio.run(_work(plan, ready))
     except BaseException as exc:  # the parent counts it; never hang it
         ready.abort()
-        results.put((os.getpid(), None, f"{type(exc).__name__}: {exc}"[:500]))
+        results.put((os.getpid(), None, f"{type(exc).__name__}: {exc}"[:500], []))
         return
-    results.put((os.getpid(), calls, None))
+    results.put((os.getpid(), calls, None, provider.durations))
 
 
 async def _work(plan: Plan, ready: Any) -> list[Call]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 
 import httpx
@@ -16,6 +18,7 @@ from grantkeeper import (
     Credential,
     DeadlineExceeded,
     Keeper,
+    LockTimeout,
     LoginRequired,
     MalformedResponse,
     PersistencePending,
@@ -23,10 +26,15 @@ from grantkeeper import (
     ReauthenticationRequired,
     RefreshOutcomeUnknown,
     ServerRejectsToken,
+    Store,
+    Stored,
+    StoreUnavailable,
 )
+from grantkeeper._record import CredentialKey
+from grantkeeper._stores.base import HeldLock
 from grantkeeper.testing import sample_record
 from harness.fake_provider import FakeProvider
-from tests.helpers import KEY, T0, World
+from tests.helpers import KEY, T0, StoreWrapper, World
 
 
 def test_healthy_path_does_no_store_lock_or_network_io(world: World) -> None:
@@ -113,18 +121,27 @@ def test_threads_and_sibling_keepers_share_one_refresh(world: World) -> None:
 
 def test_threads_of_one_keeper_share_one_flight(world: World) -> None:
     """Every thread of one Keeper that needs a refresh joins the one transaction in
-    flight: one lock, one read under it, one provider call, for all of them."""
+    flight: one lock, one read under it, one provider call, for all of them. The flight is
+    held at its lock until every caller has asked, so none of them can have come late."""
+    callers = 12
+    asked = threading.Semaphore(0)
+
+    def hold_until_all_asked(stage: str) -> None:
+        if stage == "locked":
+            for _ in range(callers):
+                assert asked.acquire(timeout=30), "a caller never asked"
+
     world.login()
-    keeper = world.keeper()
+    keeper = world.keeper(checkpoint=hold_until_all_asked)
     keeper.access_token()
     world.clock.advance(3600)  # expired: every caller must wait for the refresh
     world.store.calls.clear()
-    callers = 12
     barrier = threading.Barrier(callers)
     tokens: list[str] = []
 
     def worker() -> None:
         barrier.wait(30)
+        asked.release()  # about to ask: the flight cannot end before every caller asked
         tokens.append(keeper.access_token(timeout=30))
 
     threads = [threading.Thread(target=worker) for _ in range(callers)]
@@ -134,7 +151,63 @@ def test_threads_of_one_keeper_share_one_flight(world: World) -> None:
         thread.join(60)
     assert len(tokens) == callers and len(set(tokens)) == 1
     assert world.store.calls.count("lock") == 1
+    assert world.store.calls.count("read") == 2  # one before the lock, one under it
     assert world.provider.refresh_calls == 1 and world.provider.replays == 0
+
+
+class _BusyWatchedStore(StoreWrapper):
+    """A store whose lock a peer always holds, and whose watch says what ``heard`` says."""
+
+    def __init__(self, inner: Store, heard: Callable[[], bool]) -> None:
+        super().__init__(inner)
+        self.heard = heard
+        self.reads = 0
+        self.watches = 0
+
+    def read(self, key: CredentialKey) -> Stored | None:
+        self.reads += 1
+        return super().read(key)
+
+    def lock(
+        self, key: CredentialKey, *, timeout: float = 60.0
+    ) -> AbstractContextManager[HeldLock | None]:
+        if timeout == 0:
+            raise LockTimeout("held by a peer", key=str(key))
+        return super().lock(key, timeout=timeout)
+
+    def wait_for_change(self, key: CredentialKey, version: int | None, timeout: float) -> bool:
+        self.watches += 1
+        return self.heard()
+
+
+def test_a_waiter_woken_without_a_new_record_does_not_spin(world: World) -> None:
+    """A notice that overstates the record (a stray NOTIFY, a version restored by hand)
+    wakes the waiter, which finds nothing new: it waits out its slice, never asks again at
+    once, and gives up at its lock timeout with nothing spent."""
+    world.login()
+    store = _BusyWatchedStore(world.store.inner, heard=lambda: True)
+    keeper = world.keeper(store, lock_timeout=1.0)
+    keeper.access_token()
+    world.clock.advance(3600)
+    with pytest.raises(LockTimeout):
+        keeper.access_token(timeout=30)
+    # A spinning waiter reads thousands of times a second; one that waits, a few times.
+    assert 2 <= store.reads <= 20
+    assert world.provider.refresh_calls == 0
+
+
+def test_a_watch_that_fails_queues_for_the_lock_instead(world: World) -> None:
+    def unreachable() -> bool:
+        raise StoreUnavailable("injected: the LISTEN session could not be opened")
+
+    world.login()
+    store = _BusyWatchedStore(world.store.inner, heard=unreachable)
+    keeper = world.keeper(store)
+    keeper.access_token()
+    world.clock.advance(3600)
+    renewed = keeper.access_token(timeout=30)  # queued for the lock, then refreshed
+    assert store.watches == 1
+    assert world.provider.refresh_calls == 1 and world.provider.is_active(renewed)
 
 
 def test_401_forces_one_refresh_and_late_401s_for_the_old_token_adopt_the_new(

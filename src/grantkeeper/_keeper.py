@@ -874,9 +874,14 @@ class Keeper:
         pending credential (B not yet stored) is reconciled under the lock, never adopted
         over; a store that cannot be watched is queued for as before.
         """
-        # A refresh may follow: the HTTP client is made now, not under the lock, where a
-        # process's first one (its TLS context: tens of ms of CPU) would hold up everyone.
-        self._client()
+
+        def abandoned() -> bool:  # its Keeper stopped waiting for it (close(), exit)
+            return flight is not None and flight is self._abandoned
+
+        if not abandoned():
+            # A refresh may follow: the HTTP client is made now, not under the lock, where a
+            # process's first one (its TLS context: tens of ms of CPU) holds up everyone.
+            self._client()
         watch = getattr(self.store, "wait_for_change", None)
         if watch is None or self._pending is not None:
             return turn.enter_context(self.store.lock(self.key, timeout=self._lock_timeout))
@@ -886,18 +891,36 @@ class Keeper:
             with contextlib.suppress(LockTimeout):
                 return turn.enter_context(self.store.lock(self.key, timeout=0))
             left = deadline - time.monotonic()
-            if left <= 0 or (flight is not None and flight is self._abandoned):
+            if left <= 0 or abandoned():
                 raise LockTimeout(
                     f"the lock of {self.key} was not released within "
                     f"{self._lock_timeout:g} s; another process holds it",
                     key=str(self.key),
                 )
-            if not watch(self.key, version, min(left, WATCH_SLICE)):
+            slice_ends = time.monotonic() + min(left, WATCH_SLICE)
+            try:
+                heard = watch(self.key, version, min(left, WATCH_SLICE))
+            except StoreError as exc:
+                # Hearing is optional (a connection limit, a keyring that went away):
+                # queue for the lock as a store that cannot be watched would.
+                event(
+                    logging.WARNING,
+                    "transaction.watch_failed",
+                    key=str(self.key),
+                    error=type(exc).__name__,
+                )
+                return turn.enter_context(self.store.lock(self.key, timeout=left))
+            if not heard:
                 continue  # no write heard: the lock may be free (a holder that wrote nothing)
             stored = self.store.read(self.key)
-            adopted = self._adopt_unlocked(stored, rejected, background)
-            if adopted is not None:
-                return adopted
+            if not abandoned():
+                adopted = self._adopt_unlocked(stored, rejected, background)
+                if adopted is not None:
+                    return adopted
+            if stored is None or (version is not None and stored.version <= version):
+                # Woken, but the record did not move (a notice that overstated it): wait out
+                # the slice rather than ask again at once.
+                time.sleep(max(0.0, slice_ends - time.monotonic()))
             version = stored.version if stored is not None else None
 
     def _adopt_unlocked(

@@ -39,11 +39,12 @@ FILE_FORMAT = "grantkeeper-credential"
 """Marks our files, so a stray JSON file in the directory is never mistaken for one."""
 
 CAS_LOCK_TIMEOUT = 10.0
-
-WATCH_POLL = 0.002
-"""How often a waiter looks at a record's file for a write: a ``stat`` each time, so the
-cost is a syscall, and a waiter adopts within this of the holder's rename."""
 """A compare-and-swap holds its lock only for one read and one rename."""
+
+WATCH_POLL = (0.001, 0.01)
+"""How often a waiter looks at a record's file for a write: every millisecond at first,
+then less often up to every 10 ms (a ``stat`` each time). A waiter adopts within that of
+the holder's rename, and a crowd of waiters leaves the holder its CPU."""
 
 
 def _cas_lock(stem: str) -> str:
@@ -200,14 +201,15 @@ class FileStore:
         ``version`` (see :class:`~.base.Watchable`).
 
         Every write replaces the file by a rename, so its inode changes: the file's status
-        is polled (a ``stat``, microseconds) every :data:`WATCH_POLL` seconds, and the record
-        read only when it changed, and once at the start (a write may have landed since
-        the caller read). The status is taken by path, only as a hint: the record is read
+        is polled (a ``stat``, microseconds; :data:`WATCH_POLL`), and the record read only
+        when it changed, and once at the start (a write may have landed since the caller
+        read). The status is taken by path, only as a hint: the record is read
         the safe way.
         """
         path = self.directory / (key_slug(key) + ".json")
         deadline = time.monotonic() + timeout
         last: tuple[int, int, int] | None = None
+        pause = WATCH_POLL[0]
         while True:
             try:
                 info = os.stat(path, follow_symlinks=False)
@@ -221,7 +223,8 @@ class FileStore:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(WATCH_POLL, left))
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, WATCH_POLL[1])
 
     # -- locking ------------------------------------------------------------------------
 

@@ -539,9 +539,17 @@ class PostgresStore:
         notice = self._notice(key)
         deadline = time.monotonic() + timeout
         with self._watch:
-            if self._listen_conn is None or self._listen_conn.closed:
-                self._listen_conn = self._open_listener()
-                self._watched = set()
+            listening = self._listen_conn is not None and not self._listen_conn.closed
+        if not listening:
+            # Connected outside the condition: other waiters of the store hear on meanwhile.
+            opened: psycopg.Connection[Any] | None = self._open_listener()
+            with self._watch:
+                if self._listen_conn is None or self._listen_conn.closed:
+                    self._listen_conn, opened = opened, None
+                    self._watched = set()
+            if opened is not None:  # another waiter's listener came first
+                opened.close()
+        with self._watch:
             first = notice not in self._watched
         if first:
             # Listening now: every later write is heard. One before it is read instead.
@@ -579,8 +587,9 @@ class PostgresStore:
                 for payload in heard:
                     self._hear(payload)
                 if broken:
-                    self._listen_conn = None
-                    self._watched = set()
+                    if self._listen_conn is conn:  # not one opened since by another waiter
+                        self._listen_conn = None
+                        self._watched = set()
                     with contextlib.suppress(Exception):
                         conn.close()
                 self._watch.notify_all()
