@@ -380,7 +380,8 @@ class PostgresStore:
             connections = [self._conn, *self._idle_lock_connections]
             self._conn, self._idle_lock_connections = None, []
         with self._watch:
-            connections.append(self._listen_conn)
+            # One a waiting thread reads now is closed by that thread when it returns.
+            connections.append(None if self._hearing else self._listen_conn)
             self._listen_conn = None
         for conn in connections:
             if conn is not None:
@@ -586,7 +587,9 @@ class PostgresStore:
                     self._hearing = False
                 for payload in heard:
                     self._hear(payload)
-                if broken:
+                if broken or self._listen_conn is not conn:
+                    # Broken, or dropped meanwhile by close() (which leaves a connection in
+                    # use to its reader): closed here, by the only thread that used it.
                     if self._listen_conn is conn:  # not one opened since by another waiter
                         self._listen_conn = None
                         self._watched = set()
