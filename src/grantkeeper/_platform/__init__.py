@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["DirHandle", "Platform", "current", "loose_mode", "ours_alone", "use"]
+__all__ = ["DirHandle", "DirWatch", "Platform", "current", "loose_mode", "ours_alone", "use"]
 
 
 class DirHandle(Protocol):
@@ -97,6 +97,23 @@ class Platform(Protocol):
         """The signals a host or supervisor stops a long-running command with, which the
         proxy's event loop handles (it ends the session as a closed stdin does)."""
         ...
+
+    def watch_dir(self, path: Path) -> DirWatch | None:
+        """A watch of the entries of directory ``path`` (a file renamed in, written or
+        removed), where the OS offers one that wakes a waiter (Linux's inotify); ``None``
+        elsewhere, where the caller polls."""
+        ...
+
+
+class DirWatch(Protocol):
+    """An open watch of a directory's entries (see :meth:`Platform.watch_dir`)."""
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a change to an entry; return whether one
+        came (all changes so far are consumed)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def loose_mode(mode: int) -> bool:

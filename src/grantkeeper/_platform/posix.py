@@ -9,6 +9,7 @@ credential then), and a host is its name, which two containers or clones may sha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -59,6 +60,60 @@ class FdDir:
         os.close(self.fd)
 
 
+_IN_CLOEXEC = 0o2000000
+_IN_NONBLOCK = 0o4000
+_IN_CLOSE_WRITE = 0x008
+_IN_MOVED_TO = 0x080
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_ENTRIES = _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
+"""What a store's write or removal does to a directory's entries: a temp file created and
+written, then renamed over the record; or the record removed."""
+
+
+class Inotify:
+    """One inotify instance watching one directory's entries (Linux)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def of(cls, path: Path) -> Inotify | None:
+        """A watch of ``path``, or ``None`` where inotify cannot be had (no such call in the
+        C library, the per-user limit on instances or watches reached)."""
+        import ctypes
+
+        try:
+            # The C library this process already has (no search for it, which would run
+            # ldconfig in a subprocess).
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        if fd < 0:
+            return None
+        if libc.inotify_add_watch(fd, os.fsencode(path), _IN_ENTRIES) < 0:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def wait(self, timeout: float) -> bool:
+        import select
+
+        ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
+        if not ready:
+            return False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._fd, 65536):  # consume every event: only "something came" counts
+                pass
+        return True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class Posix:
     """Linux (``procfs=True``) or macOS (``procfs=False``, named ``darwin``)."""
 
@@ -77,6 +132,11 @@ class Posix:
 
     def __repr__(self) -> str:
         return f"Posix({self.name!r}, procfs={self.procfs})"
+
+    def watch_dir(self, path: Path) -> Inotify | None:
+        # inotify is Linux's; macOS's kqueue wakes on a directory's changes too, but is not
+        # tested here, so macOS polls.
+        return Inotify.of(path) if self.name == "linux" else None
 
     def open_dir(self, path: Path) -> FdDir:
         return FdDir(path, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))

@@ -229,6 +229,10 @@ class Windows:
         # and hosts end a process with TerminateProcess, which nothing can catch.
         return ()
 
+    def watch_dir(self, path: Path) -> None:
+        # ReadDirectoryChangesW would do, but is not tested here: Windows polls.
+        return None
+
 
 def _native_kernel32() -> Kernel32:
     """``kernel32`` through ctypes, in :class:`Kernel32`'s shape."""

@@ -15,12 +15,13 @@ import contextlib
 import json
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 from .._errors import StoreCorrupt, StoreUnavailable, UnsafeStorePath
 from .._paths import grantkeeper_home
-from .._platform import DirHandle, loose_mode
+from .._platform import DirHandle, DirWatch, current, loose_mode
 from .._record import Credential, CredentialKey, record_from_json, record_to_json
 from ._fs import PrivateDir, key_slug, locked_file, os_error
 from .base import (
@@ -41,10 +42,19 @@ FILE_FORMAT = "grantkeeper-credential"
 CAS_LOCK_TIMEOUT = 10.0
 """A compare-and-swap holds its lock only for one read and one rename."""
 
+WATCHES_KEPT = 4
+"""Directory watches a store keeps for its next waits: one per transaction waiting at once
+(one per Keeper of the process), beyond which a watch is closed after use."""
+
 WATCH_POLL = (0.001, 0.01)
 """How often a waiter looks at a record's file for a write: every millisecond at first,
 then less often up to every 10 ms (a ``stat`` each time). A waiter adopts within that of
 the holder's rename, and a crowd of waiters leaves the holder its CPU."""
+
+
+def _close_watches(watches: list[tuple[int, DirWatch]]) -> None:
+    for _, watch in watches:
+        watch.close()  # one inherited through a fork is the parent's still: ours is a copy
 
 
 def _cas_lock(stem: str) -> str:
@@ -63,6 +73,10 @@ class FileStore:
         self.home = Path(home) if home is not None else grantkeeper_home()
         self.directory = self.home / "credentials"
         self._dir = PrivateDir(self.directory)
+        # Directory watches kept between waits, with the pid that made each (see
+        # _take_watch); closed when the store is collected.
+        self._watches: list[tuple[int, DirWatch]] = []
+        weakref.finalize(self, _close_watches, self._watches)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
@@ -201,30 +215,63 @@ class FileStore:
         ``version`` (see :class:`~.base.Watchable`).
 
         Every write replaces the file by a rename, so its inode changes: the file's status
-        is polled (a ``stat``, microseconds; :data:`WATCH_POLL`), and the record read only
+        is looked at (a ``stat``, microseconds) whenever the directory's entries change
+        (inotify, on Linux) or every :data:`WATCH_POLL` (elsewhere), and the record read only
         when it changed, and once at the start (a write may have landed since the caller
         read). The status is taken by path, only as a hint: the record is read
         the safe way.
         """
         path = self.directory / (key_slug(key) + ".json")
         deadline = time.monotonic() + timeout
-        last: tuple[int, int, int] | None = None
-        pause = WATCH_POLL[0]
-        while True:
+        # Where the OS can wake us (Linux's inotify), it does; elsewhere the status is
+        # polled. Either way the file's status says whether the record itself changed.
+        watch = self._take_watch()
+        try:
+            last: tuple[int, int, int] | None = None
+            pause = WATCH_POLL[0]
+            while True:
+                try:
+                    info = os.stat(path, follow_symlinks=False)
+                    status = (info.st_ino, info.st_mtime_ns, info.st_size)
+                except OSError:
+                    status = (0, 0, 0)  # absent for now: nothing written past anything
+                if status != last:
+                    last = status
+                    if status != (0, 0, 0) and written_past(self.read(key), version):
+                        return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if watch is not None:
+                    watch.wait(left)
+                else:
+                    time.sleep(min(pause, left))
+                    pause = min(pause * 2, WATCH_POLL[1])
+        finally:
+            if watch is not None:
+                self._give_back(watch)
+
+    def _take_watch(self) -> DirWatch | None:
+        """A watch of the directory: one kept from an earlier wait of this process (its
+        old events drained: at worst one needless look at the file), or a new one. Making
+        an inotify watch costs milliseconds, and closing one more (the kernel waits for a
+        grace period), so a waiter must not pay either on its way to adopting."""
+        while self._watches:
             try:
-                info = os.stat(path, follow_symlinks=False)
-                status = (info.st_ino, info.st_mtime_ns, info.st_size)
-            except OSError:
-                status = (0, 0, 0)  # absent for now: nothing written past anything
-            if status != last:
-                last = status
-                if status != (0, 0, 0) and written_past(self.read(key), version):
-                    return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, WATCH_POLL[1])
+                pid, watch = self._watches.pop()
+            except IndexError:  # another thread took the last one
+                break
+            if pid == os.getpid():
+                watch.wait(0)
+                return watch
+            watch.close()  # inherited through a fork: the parent's, to the parent
+        return current().watch_dir(self.directory)
+
+    def _give_back(self, watch: DirWatch) -> None:
+        if len(self._watches) < WATCHES_KEPT:
+            self._watches.append((os.getpid(), watch))
+        else:
+            watch.close()
 
     # -- locking ------------------------------------------------------------------------
 
