@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 import time
@@ -83,3 +84,33 @@ def test_inotify_reports_a_change_once(tmp_path: Path) -> None:
         assert not watch.wait(0)  # consumed
     finally:
         watch.close()
+
+
+def test_inotify_wakes_on_a_descriptor_past_1024(tmp_path: Path) -> None:
+    """A process with many connections open hands out descriptors past 1024, which
+    ``select`` refuses: the watch must still wake."""
+    if not sys.platform.startswith("linux"):
+        assert current().watch_dir(tmp_path) is None
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    fillers: list[int] = []
+    try:
+        while len(fillers) < 1100 and (not fillers or fillers[-1] < 1030):
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        watch = current().watch_dir(tmp_path)
+        assert watch is not None
+        try:
+            assert watch._fd >= 1024  # type: ignore[attr-defined]
+            assert not watch.wait(0)
+            (tmp_path / "new").write_text("x")
+            assert watch.wait(WAIT)
+        finally:
+            watch.close()
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -10,6 +10,7 @@ credential then), and a host is its name, which two containers or clones may sha
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -100,8 +101,11 @@ class Inotify:
     def wait(self, timeout: float) -> bool:
         import select
 
-        ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
-        if not ready:
+        # poll, not select: select refuses a descriptor numbered 1024 or more, which a
+        # process with many connections open hands out.
+        waiting = select.poll()
+        waiting.register(self._fd, select.POLLIN)
+        if not waiting.poll(max(0, math.ceil(timeout * 1000))):
             return False
         with contextlib.suppress(BlockingIOError):
             while os.read(self._fd, 65536):  # consume every event: only "something came" counts
