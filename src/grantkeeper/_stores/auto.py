@@ -261,9 +261,8 @@ class AutoStore:
     def wait_for_change(self, key: CredentialKey, version: int | None, timeout: float) -> bool:
         """Wait for a write to ``key`` past ``version`` in the store it is placed in (see
         :class:`~.base.Watchable`); one not placed yet is watched where it would go."""
-        backend = self.keyring if (self.placement(key) or self.preferred) == "keyring" else None
-        if backend is not None:
-            return backend.wait_for_change(key, version, timeout)
+        if (self.placement(key) or self.preferred) == "keyring":
+            return self.keyring.wait_for_change(key, version, timeout)
         return self.file.wait_for_change(key, version, timeout)
 
     @contextlib.contextmanager
