@@ -50,6 +50,8 @@ class RoundResult:
     """Milliseconds of each successful provider call (refresh) this process made."""
     adopted_waiting: list[float] = field(default_factory=list)
     """Milliseconds each transaction waited before adopting a peer's commit, unlocked."""
+    cpu_ms: float = 0.0
+    """CPU time (ms, every thread) the process spent in the round."""
 
 
 @dataclass
@@ -72,6 +74,8 @@ class FleetReport:
     """Milliseconds of every successful provider call (refresh) of the fleet."""
     adopted_waiting: list[float] = field(default_factory=list)
     """Milliseconds every transaction waited before adopting a peer's commit, unlocked."""
+    cpu_per_round: list[float] = field(default_factory=list)
+    """CPU time (ms) the fleet's processes spent in each round, all of them together."""
 
     @property
     def distinct_tokens(self) -> int:
@@ -158,16 +162,20 @@ def _worker(
     offset: Synchronized[float],
     results: multiprocessing.Queue[RoundResult],
     resource_url: str | None = None,
+    warm: bool = False,
 ) -> None:
     os.setsid()  # its own session: reap() signals it, and nothing else
     waits = _LockWaits()
     logger = logging.getLogger("grantkeeper")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(waits)
-    keeper = Keeper(store_factory(), key, clock=_virtual_clock(offset))
+    store = store_factory()
+    keeper = Keeper(store, key, clock=_virtual_clock(offset))
     first_error = ""
     try:
         initial = keeper.access_token(timeout=BARRIER_TIMEOUT)
+        if warm:
+            _warm(keeper, store, key)
     except Exception as exc:  # reported with the first round
         initial, first_error = "", f"{type(exc).__name__}: {exc}"
     held = dict.fromkeys(range(threads), initial)
@@ -177,14 +185,31 @@ def _worker(
         use = functools.partial(_initialize, _resource_client(keeper), resource_url)
     for number, mode in enumerate(modes):
         barrier.wait(BARRIER_TIMEOUT)
+        cpu = time.process_time()
         tokens, errors, calls = _round(keeper, held, mode, use)
+        cpu_ms = (time.process_time() - cpu) * 1000
         if first_error and number == 0:
             errors.insert(0, first_error)
         locked, adopted, provider = waits.take()
         results.put(
-            RoundResult(os.getpid(), number, tokens, errors, locked, calls, provider, adopted)
+            RoundResult(
+                os.getpid(), number, tokens, errors, locked, calls, provider, adopted, cpu_ms
+            )
         )
     keeper.close()
+
+
+def _warm(keeper: Keeper, store: Store, key: CredentialKey) -> None:
+    """Open what a long-lived process keeps open once it has refreshed or waited: the
+    store's lock session, its watch and the Keeper's HTTP client (a benchmark measures
+    rounds, not a process's first connections, whichever round it would make them in)."""
+    keeper._client()
+    with store.lock(key, timeout=BARRIER_TIMEOUT):
+        pass
+    watch = getattr(store, "wait_for_change", None)  # the optional Watchable protocol
+    if watch is not None:
+        record = store.read(key)
+        watch(key, None if record is None else record.version, 0)
 
 
 def _resource_client(keeper: Keeper) -> httpx.Client:
@@ -216,6 +241,7 @@ def run_fleet(
     on_round: Callable[[int, set[str]], None] | None = None,
     gate: Callable[[int], None] | None = None,
     resource_url: str | None = None,
+    warm: bool = False,
 ) -> FleetReport:
     """Run the fleet; ``lifetime`` is how far the clock jumps in an ``expire`` round.
 
@@ -224,6 +250,9 @@ def run_fleet(
 
     ``gate(number)`` runs before each round starts: fleets on several hosts wait there for
     the signal that starts the round everywhere at once.
+
+    ``warm``: every process opens its lock session and its watch before the first round,
+    as a long-lived process has them open (see :func:`_warm`).
     """
     context = multiprocessing.get_context("spawn")
     modes = ["expire" if number % 2 == 0 else "reject" for number in range(rounds)]
@@ -234,7 +263,7 @@ def run_fleet(
     workers = [
         context.Process(
             target=_worker,
-            args=(store_factory, key, threads, modes, barrier, offset, results, resource_url),
+            args=(store_factory, key, threads, modes, barrier, offset, results, resource_url, warm),
             daemon=True,
         )
         for _ in range(processes)
@@ -254,6 +283,7 @@ def run_fleet(
             barrier.wait(BARRIER_TIMEOUT)
             seen: set[str] = set()
             report.calls_per_round.append([])
+            report.cpu_per_round.append(0.0)
             for _ in range(processes):
                 try:
                     result = results.get(timeout=BARRIER_TIMEOUT)
@@ -266,6 +296,7 @@ def run_fleet(
                 report.calls_per_round[-1] += result.calls
                 report.provider_calls += result.provider_calls
                 report.adopted_waiting += result.adopted_waiting
+                report.cpu_per_round[-1] += result.cpu_ms
                 seen.update(result.tokens)
                 report.errors += [f"round {number} pid {result.pid}: {e}" for e in result.errors]
             report.tokens_per_round.append(seen)

@@ -130,6 +130,7 @@ def fleet_mode(args: argparse.Namespace, key: CredentialKey) -> None:
         rounds=args.rounds,
         gate=gate,
         on_round=lambda number, tokens: say(round=number, tokens=sorted(tokens)),
+        warm=args.warm,
     )
     say(
         report={
@@ -141,6 +142,7 @@ def fleet_mode(args: argparse.Namespace, key: CredentialKey) -> None:
             "calls_per_round": report.calls_per_round,
             "provider_calls": report.provider_calls,
             "adopted_waiting": report.adopted_waiting,
+            "cpu_per_round": report.cpu_per_round,
         }
     )
     for raw in sys.stdin:  # wait for quit, so the test reads everything first
@@ -180,6 +182,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--warm", action="store_true", help="see harness.fleet.run_fleet")
     parser.add_argument("--relay", action="append", default=[], metavar="GATEWAY:PORT")
     args = parser.parse_args()
     refuse_a_shared_uts_namespace(args.outer_uts)

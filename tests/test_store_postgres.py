@@ -9,6 +9,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -250,6 +251,35 @@ def test_a_released_lock_frees_the_key_and_keeps_its_connection(
             pass
         with store.lock(KEY, timeout=5):
             assert _advisory_holders(cluster) == [first]  # the same session, not a new one
+
+
+def test_the_first_lock_takes_the_session_its_pooler_probe_opened(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    # Under a storm every connection a first lock makes is felt by the holder: the probe's
+    # first session (nothing locked on it once the probe is done) is the one that locks.
+    store = PostgresStore(cluster.dsn, schema=schema)
+    store.write(KEY, sample_record(), expected_version=None)
+    opened: list[psycopg.Connection[Any]] = []
+    real_open = store._open
+
+    def counting_open(*, for_lock: bool = False) -> psycopg.Connection[Any]:
+        conn = real_open(for_lock=for_lock)
+        if for_lock:
+            opened.append(conn)
+        return conn
+
+    store._open = counting_open  # type: ignore[method-assign]
+    with store.lock(KEY, timeout=5) as held:
+        held.ensure_held()
+        assert len(opened) == 2  # the probe's two, no third for the lock
+        (locking,) = store._busy_lock_connections
+        assert locking is opened[0] and opened[1].closed
+        (holder,) = _advisory_holders(cluster)
+        assert holder == locking.info.backend_pid  # the probe's lock was let go of
+    with store.lock(KEY, timeout=5):
+        assert len(opened) == 2
+    store.close()
 
 
 def test_a_kept_lock_connection_the_server_dropped_is_replaced(

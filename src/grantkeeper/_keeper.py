@@ -878,10 +878,9 @@ class Keeper:
         def abandoned() -> bool:  # its Keeper stopped waiting for it (close(), exit)
             return flight is not None and flight is self._abandoned
 
-        if not abandoned():
-            # A refresh may follow: the HTTP client is made now, not under the lock, where a
-            # process's first one (its TLS context: tens of ms of CPU) holds up everyone.
-            self._client()
+        # The HTTP client is made by the holder alone, once it holds the lock (_refresh): a
+        # waiter mostly adopts, and a storm's every waiter making its first client at once
+        # (tens of ms of CPU each) would slow the one refresh they all wait for.
         watch = getattr(self.store, "wait_for_change", None)
         if watch is None or self._pending is not None:
             return turn.enter_context(self.store.lock(self.key, timeout=self._lock_timeout))

@@ -392,23 +392,22 @@ class AuthDriver:
         # written out: the call would cost a tenth of the difference.
         memory = self._memory
         ready = memory._ready
-        healthy = False
         if memory._now() < ready[2]:  # ready.bearer_stale_at, [3] its .bearer
-            url = request.url
             try:
-                healthy = url._uri_reference[:4] == self._known
+                ours = request.url._uri_reference[:4] == self._known
             except AttributeError:
-                pass
-            healthy = healthy or self._same_origin(url)
-        if healthy:
-            stream = request.stream  # judged on a 401 only, as it was when sent
-            request.headers[AUTHORIZATION] = ready[3]
-            response = yield request
-            if response.status_code not in ACTIONABLE:
-                return
-            assert ready.credential is not None
-            replayable = self._replayable(stream)
-            steps = self._answered(request, replayable, ready.credential, response)
+                ours = False
+            if ours or self._same_origin(request.url):
+                stream = request.stream  # judged on a 401 only, as it was when sent
+                request.headers[AUTHORIZATION] = ready[3]
+                response = yield request
+                if response.status_code not in ACTIONABLE:
+                    return
+                assert ready.credential is not None
+                replayable = self._replayable(stream)
+                steps = self._answered(request, replayable, ready.credential, response)
+            else:
+                steps = self.steps(request)
         else:
             steps = self.steps(request)
         try:

@@ -724,6 +724,7 @@ class PostgresStore:
         probe = _lock_id(f"probe\0{secrets.token_hex(16)}")
         first = self._open(for_lock=True)
         second: psycopg.Connection[Any] | None = None
+        clean = False
         try:
             first.execute("SELECT pg_advisory_lock(%s)", (probe,))
             second = self._open(for_lock=True)
@@ -732,12 +733,19 @@ class PostgresStore:
             kept = _holds(first, probe)
             first.execute("SELECT pg_advisory_unlock_all()")
             second.execute("SELECT pg_advisory_unlock_all()")
+            clean = kept and not shared
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         finally:
-            first.close()
             if second is not None:
                 second.close()
+            if clean:
+                # A lock session with nothing locked, its policy set: the store's first lock
+                # takes it, instead of connecting once more (a first lock already connected
+                # twice here, and under a storm every connection is felt by the holder).
+                self._keep_lock_connection(first)
+            else:
+                first.close()
         if shared or not kept:
             raise SessionLocksUnsupported(
                 f"PostgreSQL at {self.where} does not keep a session advisory lock from one "
