@@ -47,7 +47,8 @@ def _waiter(
     waiting: multiprocessing.synchronize.Event,
     answer: Connection,
 ) -> None:
-    """Ask for a credential whose token expired; report the one served, or the error."""
+    """Ask for a credential whose token expired; report the one served and whether an HTTP
+    client was made for it (a refresh would need one; adopting must not), or the error."""
     os.setsid()  # its own session: reap() signals it, and nothing else
 
     def checkpoint(stage: str) -> None:
@@ -56,7 +57,8 @@ def _waiter(
 
     keeper = Keeper(factory(), KEY, checkpoint=checkpoint)
     try:
-        answer.send(("token", keeper.access_token(timeout=WAIT)))
+        token = keeper.access_token(timeout=WAIT)
+        answer.send(("token", token, keeper._http is not None))
     except Exception as exc:  # reported to the parent, which fails the test
         answer.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -104,7 +106,7 @@ def waiters_adopt_while_the_lock_is_held(factory: StoreFactory) -> None:
             for _, mine in children:
                 assert mine.poll(WAIT), "a waiter did not adopt while the lock was held"
                 answers.append(mine.recv())
-            assert answers == [("token", "renewed-access-token")] * WAITERS
+            assert answers == [("token", "renewed-access-token", False)] * WAITERS
         finally:
             for child, mine in children:
                 mine.close()
