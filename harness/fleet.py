@@ -251,8 +251,8 @@ def run_fleet(
     ``gate(number)`` runs before each round starts: fleets on several hosts wait there for
     the signal that starts the round everywhere at once.
 
-    ``warm``: every process opens its lock session and its watch before the first round,
-    as a long-lived process has them open (see :func:`_warm`).
+    ``warm``: every process opens its lock session, its watch and its HTTP client before
+    the first round, as a long-lived process has them (see :func:`_warm`).
     """
     context = multiprocessing.get_context("spawn")
     modes = ["expire" if number % 2 == 0 else "reject" for number in range(rounds)]
