@@ -17,6 +17,7 @@ can wait is one provider call, and all but the holder wait exactly for its commi
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 from benchmarks._report import Section
 from grantkeeper import CredentialKey, PostgresStore
 from harness.authserver import AuthServer
-from harness.hosts import HostAgent, HostNetwork, unavailable_reason
+from harness.hosts import HostAgent, HostNetwork, fleet_rounds, unavailable_reason
 from harness.postgres import PostgresCluster
 from harness.real_login import log_in
 
@@ -99,15 +100,8 @@ def storm(size: Size) -> dict[str, Any]:
                         dsn=cluster.dsn,
                     )
                 )
-            tokens_per_round: list[int] = []
-            for number in range(size.rounds):
-                for agent in agents:
-                    agent.send("go")
-                seen: set[str] = set()
-                for agent in agents:
-                    seen.update(agent.wait(round=number)["tokens"])
-                tokens_per_round.append(len(seen))
-            reports = [agent.wait()["report"] for agent in agents]
+            per_round, reports = fleet_rounds(agents, size.rounds)
+            tokens_per_round = [len(seen) for seen in per_round]
             return {
                 "stats": server.stats(),
                 "reports": reports,
@@ -158,7 +152,7 @@ def run(*, repeats: int = 1, size: Size = FULL) -> Section:
             sum(per_host)
             for per_host in zip(*(r["cpu_per_round"] for r in result["reports"]), strict=True)
         ]
-        cpu_median = percentile(cpu, 0.5)
+        cpu_median = statistics.median(cpu) if cpu else 0.0
         for number, report in enumerate(result["reports"]):
             rounds = [[float(v) for v in calls] for calls in report["calls_per_round"]]
             calls = [v for each in rounds for v in each]

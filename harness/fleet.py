@@ -174,10 +174,13 @@ def _worker(
     first_error = ""
     try:
         initial = keeper.access_token(timeout=BARRIER_TIMEOUT)
-        if warm:
-            _warm(keeper, store, key)
     except Exception as exc:  # reported with the first round
         initial, first_error = "", f"{type(exc).__name__}: {exc}"
+    if warm and not first_error:
+        try:
+            _warm(store, key)
+        except Exception as exc:  # reported with the first round; the token is still held
+            first_error = f"warming up: {type(exc).__name__}: {exc}"
     held = dict.fromkeys(range(threads), initial)
     barrier.wait(BARRIER_TIMEOUT)  # every worker holds the initial token: the clock may move
     use = None
@@ -199,11 +202,11 @@ def _worker(
     keeper.close()
 
 
-def _warm(keeper: Keeper, store: Store, key: CredentialKey) -> None:
-    """Open what a long-lived process keeps open once it has refreshed or waited: the
-    store's lock session, its watch and the Keeper's HTTP client (a benchmark measures
-    rounds, not a process's first connections, whichever round it would make them in)."""
-    keeper._client()
+def _warm(store: Store, key: CredentialKey) -> None:
+    """Open what a long-lived process keeps open once it has waited for a peer's refresh:
+    the store's lock session and its watch (a benchmark measures rounds, not a process's
+    first connections, whichever round it would make them in). Not its HTTP client: only a
+    lock's holder makes one, and a process's first refresh pays for it, as in real life."""
     with store.lock(key, timeout=BARRIER_TIMEOUT):
         pass
     watch = getattr(store, "wait_for_change", None)  # the optional Watchable protocol
@@ -251,8 +254,8 @@ def run_fleet(
     ``gate(number)`` runs before each round starts: fleets on several hosts wait there for
     the signal that starts the round everywhere at once.
 
-    ``warm``: every process opens its lock session, its watch and its HTTP client before
-    the first round, as a long-lived process has them (see :func:`_warm`).
+    ``warm``: every process opens its lock session and its watch before the first round,
+    as a long-lived process has them (see :func:`_warm`).
     """
     context = multiprocessing.get_context("spawn")
     modes = ["expire" if number % 2 == 0 else "reject" for number in range(rounds)]

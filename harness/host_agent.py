@@ -116,6 +116,7 @@ def keeper_mode(args: argparse.Namespace, key: CredentialKey) -> None:
 
 def fleet_mode(args: argparse.Namespace, key: CredentialKey) -> None:
     def gate(number: int) -> None:
+        say(gate=number)  # every process is at the round's start: ready to be let go
         for raw in sys.stdin:
             command = json.loads(raw)
             if command["op"] == "go":

@@ -535,6 +535,29 @@ class HostAgent:
         self.close()
 
 
+def fleet_rounds(
+    agents: Sequence[HostAgent], rounds: int
+) -> tuple[list[set[str]], list[dict[str, Any]]]:
+    """Play ``rounds`` rounds of fleet-mode agents, each started on every host at once.
+
+    A round starts when every host has said its processes are at the round's gate (loaded,
+    warmed, the previous round reported); a host told to go before that would run the
+    round with fewer peers, or while others still set up. Returns the tokens every host's
+    callers ended each round with, and each host's report.
+    """
+    per_round: list[set[str]] = []
+    for number in range(rounds):
+        for agent in agents:
+            agent.wait(gate=number)
+        for agent in agents:
+            agent.send("go")
+        seen: set[str] = set()
+        for agent in agents:
+            seen.update(agent.wait(round=number)["tokens"])
+        per_round.append(seen)
+    return per_round, [agent.wait()["report"] for agent in agents]
+
+
 class GatedProxy:
     """An HTTP proxy in front of a token endpoint that can hold one refresh request.
 

@@ -36,7 +36,7 @@ from grantkeeper._record import RefreshIntent, record_from_json, record_to_json
 from grantkeeper.testing import sample_record
 from harness.authserver import AuthServer
 from harness.fake_provider import FakeProvider
-from harness.hosts import GatedProxy, HostAgent, HostNetwork, unavailable_reason
+from harness.hosts import GatedProxy, HostAgent, HostNetwork, fleet_rounds, unavailable_reason
 from harness.postgres import PostgresCluster
 from harness.real_login import log_in, reroute
 from tests.helpers import KEY, T0, StepClock, StoreWrapper
@@ -488,15 +488,7 @@ def test_a_storm_across_four_hosts_refreshes_once_per_rotation(hosts: Hosts) -> 
             for number in range(hosts_count)
         ]
         hosts.agents += agents
-        per_round: list[set[str]] = []
-        for number in range(rounds):
-            for agent in agents:
-                agent.send("go")
-            seen: set[str] = set()
-            for agent in agents:
-                seen.update(agent.wait(round=number)["tokens"])
-            per_round.append(seen)
-        reports = [agent.wait()["report"] for agent in agents]
+        per_round, reports = fleet_rounds(agents, rounds)
         stats = server.stats()
         errors = [error for report in reports for error in report["errors"]]
         requests = sum(report["requests"] for report in reports)

@@ -397,6 +397,7 @@ def test_a_transaction_pooling_pgbouncer_is_refused_with_the_fix(
             pytest.fail("a lock was granted through a transaction-pooling PgBouncer")
         assert "pool_mode = session" in str(caught.value)
         assert isinstance(caught.value, StoreConfigError) and not caught.value.retryable
+        assert store._idle_lock_connections == []  # the probe's sessions were not kept
         (check,) = [c for c in diagnose(store).checks if c.name == "session locks"]
         assert not check.ok and "pool_mode = session" in check.detail  # grantkeeper doctor
         store.close()
