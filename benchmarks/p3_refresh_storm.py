@@ -92,7 +92,8 @@ class Outcome:
     @property
     def extra_ratio(self) -> float:
         """What a rotation adds to the p99 (calls hitting one, minus all calls), after the
-        first pace, over the provider refresh's p99 (NaN where the refresh was not timed)."""
+        first pace, over the provider refresh's p99 (NaN where the refresh was not timed,
+        or no call after the first pace hit a rotation)."""
         extra = self.steady_rotation_latency[1] - self.steady_latency[1]
         refresh = self.provider_latency[1]
         if extra != extra or not refresh > 0:  # no call hit a rotation, or none was timed
@@ -226,11 +227,13 @@ def _cell(values: list[float]) -> str:
 
 
 def _ms(pairs: list[tuple[float, float]]) -> str:
-    p50 = [p for p, _ in pairs if p == p]
-    p99 = [q for _, q in pairs if q == q]
-    if not p50:
+    """Two latencies of repeated runs (seconds) as "first / second ms", each the median
+    of the runs that had one; "–" for a side none had."""
+    sides = [[value for value in side if value == value] for side in zip(*pairs, strict=True)]
+    if len(sides) != 2 or not any(sides):
         return "–"
-    return f"{statistics.median(p50) * 1e3:,.0f} / {statistics.median(p99) * 1e3:,.0f} ms"
+    first, second = (f"{statistics.median(side) * 1e3:,.0f}" if side else "–" for side in sides)
+    return f"{first} / {second} ms"
 
 
 def run(

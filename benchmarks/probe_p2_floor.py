@@ -1,13 +1,13 @@
-"""What each part of the healthy path costs, measured where P2 measures it.
+"""What each part of the healthy path costs, measured as P2 measures it.
 
 scripts/with-keyring .venv/bin/python -m benchmarks.probe_p2_floor
 
 P2 compares grantkeeper's auth flow with one that only sets a static header. This drives,
-in the same process and on the same request as P2 (its peers' modules loaded), the flow as
-it is and the flow with one part taken out at a time: the clock comparison, the origin
-comparison, and both with everything else (a flow that only sets the header from the
-Keeper's memory). The differences are what each part costs; the variants are for measuring
-only (each answers just a healthy request).
+in a process set up as P2's (the same servers, login and kind of request; the other peers'
+modules not loaded), the flow as it is and the flow with one part taken out at a time: the
+clock read and compared, the origin compared, and both with everything else (a flow that
+only sets the header from the Keeper's memory). The differences are what each part costs;
+the variants are for measuring only (each answers just a healthy request).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main(repeats: int = 7, flows: int = 50_000) -> None:
     whole = medians["grantkeeper"]
     for name, median in medians.items():
         print(f"{name:>24}: {median * 1e6:.2f} µs, {median / static:.3f}× the static header")
-    print(f"the clock comparison costs {(whole - medians['without the clock']) * 1e6:.2f} µs")
+    print(f"reading the clock costs {(whole - medians['without the clock']) * 1e6:.2f} µs")
     print(f"the origin comparison costs {(whole - medians['without the origin']) * 1e6:.2f} µs")
 
 

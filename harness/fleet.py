@@ -204,13 +204,13 @@ def _worker(
 
 
 def _warm(store: Store, key: CredentialKey) -> None:
-    """Have what a long-lived MCP client process has: its MCP connection's HTTP client (as
-    ``grantkeeper.mcp`` makes it, with the trust store context every grantkeeper client
-    shares, so that a first refresh's own client costs well under a millisecond, not the
-    ~50 ms of CPU of a process's first), and the store's lock session and watch, open once
-    it has waited for a peer (a benchmark measures rounds, not a process's first
-    connections, whichever round it would make them in). Not the Keeper's HTTP client:
-    only a lock's holder makes one."""
+    """Have what a long-lived MCP client process has: what making its MCP connection's HTTP
+    client left behind (made as ``grantkeeper.mcp`` makes it, then closed: the imports and
+    the trust store context every grantkeeper client shares, so that a first refresh's own
+    client costs well under a millisecond, not the ~50 ms of CPU of a process's first), and
+    the store's lock session and watch, open once it has waited for a peer (a benchmark
+    measures rounds, not a process's first connections, whichever round it would make them
+    in). Not the Keeper's HTTP client: only a lock's holder makes one."""
     from grantkeeper.mcp import httpx_client_factory
 
     asyncio.run(httpx_client_factory().aclose())

@@ -19,7 +19,8 @@ the command's ``id``. Two modes:
   commands are served meanwhile); ``quit``.
 
 ``fleet``: :func:`harness.fleet.run_fleet` with ``--processes``, ``--threads`` and
-``--rounds``; each round starts on a ``go`` command and its tokens are printed as
+``--rounds`` (and ``--warm``); before each round it prints ``{"gate": n}`` (its processes
+are at the round's start) and waits for a ``go`` command; the round's tokens are printed as
 ``{"round": n, "tokens": [...]}``, the whole report at the end as ``{"report": ...}``.
 """
 
