@@ -154,8 +154,7 @@ def run(*, repeats: int = 1, size: Size = FULL) -> Section:
         ]
         cpu_median = statistics.median(cpu) if cpu else 0.0
         for number, report in enumerate(result["reports"]):
-            rounds = [[float(v) for v in calls] for calls in report["calls_per_round"]]
-            calls = [v for each in rounds for v in each]
+            calls = [float(v) for v in report["calls"]]
             p50, p99 = percentile(calls, 0.5), percentile(calls, 0.99)
             ratio = p99 / provider_p99 if provider_p99 else float("inf")
             met = met and ratio <= WAIT_RATIO_GOAL and not report["errors"]

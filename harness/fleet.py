@@ -69,8 +69,6 @@ class FleetReport:
     """Milliseconds every locked transaction of the fleet waited for the lock."""
     calls: list[float] = field(default_factory=list)
     """Milliseconds every caller of the fleet waited for its credential."""
-    calls_per_round: list[list[float]] = field(default_factory=list)
-    """The same, round by round."""
     provider_calls: list[float] = field(default_factory=list)
     """Milliseconds of every successful provider call (refresh) of the fleet."""
     adopted_waiting: list[float] = field(default_factory=list)
@@ -293,7 +291,6 @@ def run_fleet(
                     offset.value += lifetime
             barrier.wait(BARRIER_TIMEOUT)
             seen: set[str] = set()
-            report.calls_per_round.append([])
             report.cpu_per_round.append(0.0)
             for _ in range(processes):
                 try:
@@ -304,7 +301,6 @@ def run_fleet(
                 report.requests += len(result.tokens) + len(result.errors)
                 report.lock_waits += result.lock_waits
                 report.calls += result.calls
-                report.calls_per_round[-1] += result.calls
                 report.provider_calls += result.provider_calls
                 report.adopted_waiting += result.adopted_waiting
                 report.cpu_per_round[-1] += result.cpu_ms

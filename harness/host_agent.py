@@ -141,7 +141,6 @@ def fleet_mode(args: argparse.Namespace, key: CredentialKey) -> None:
             "tokens_per_round": [sorted(tokens) for tokens in report.tokens_per_round],
             "lock_waits": report.lock_waits,
             "calls": report.calls,
-            "calls_per_round": report.calls_per_round,
             "provider_calls": report.provider_calls,
             "adopted_waiting": report.adopted_waiting,
             "cpu_per_round": report.cpu_per_round,
