@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {
         "_redact",
         "_errors",
-        "_log",
+        "_observe",
         "_paths",
         "_record",
         "_freshness",

@@ -48,13 +48,14 @@ from ._errors import (
 )
 from ._freshness import DEFAULT_SKEW, Clock, fresh_until, utc_now
 from ._liveness import DEFAULT_LEASE, host_identity, process_alive
-from ._log import event
 from ._network import client_options
 from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT
 from ._oauth.grants import note_refusal, renewal_request
 from ._oauth.token_client import DEFAULT_TIMEOUT, send_token_request
 from ._oauth.token_endpoint import apply_response
 from ._oauth.workload import WorkloadIdentity
+from ._observe import telemetry as _telemetry
+from ._observe.log import event
 from ._paths import grantkeeper_home
 from ._record import Credential, CredentialKey, RefreshIntent
 from ._redact import fingerprint
@@ -62,6 +63,7 @@ from ._rules import (
     REJECTION_INTERVAL,
     Action,
     Context,
+    Outcome,
     after_provider_error,
     backoff,
     decide,
@@ -240,6 +242,9 @@ class Keeper:
         self._checkpoint = checkpoint
         self._mutex = threading.Lock()
         self._inflight: concurrent.futures.Future[Credential] | None = None
+        # The OpenTelemetry span of the transaction in flight (None without the API): the
+        # requests that join it are linked to it.
+        self._span: _telemetry.Span | None = None
         # Whether the transaction in flight holds the lock (it may spend, or store B).
         self._holding = False
         # A transaction given up while it waited for the lock: it must not take it.
@@ -420,6 +425,7 @@ class Keeper:
             event(logging.WARNING, "recovery.adopted", key=key, need=type(need).__name__)
             return None
         event(logging.WARNING, "recovery.started", key=key, need=type(need).__name__)
+        _telemetry.forced_login(self.key, need)
         assert self._recover is not None
         result = self._recover(need)
         try:
@@ -624,6 +630,7 @@ class Keeper:
         """What memory may serve of ``credential``; starts a refresh ahead when one is due."""
         serve, ahead = serve_from_memory(credential, self._context(rejected))
         if ahead:
+            _telemetry.stale_serve(self.key)
             self._refresh_ahead()
         return serve
 
@@ -673,13 +680,20 @@ class Keeper:
         self, rejected: str | None, *, background: bool = False
     ) -> tuple[concurrent.futures.Future[Credential], bool]:
         """The transaction in flight, or a new one: ``(future, whether we started it)``."""
+        caller = _telemetry.caller()  # the request's span, to link the transaction to
         with self._mutex:
             if self._inflight is not None:
+                if not background:
+                    _telemetry.add_link(self._span, caller)
                 return self._inflight, False
             future: concurrent.futures.Future[Credential] = concurrent.futures.Future()
             # Running futures cannot be cancelled by a waiter that gives up.
             future.set_running_or_notify_cancel()
             self._inflight = future
+            # Started here, under the mutex, so that no request joining it goes unlinked.
+            span = self._span = _telemetry.start_transaction(
+                self.key, self.store.name, background=background, link=caller
+            )
         self._track()
         _register_exit_flush()
         # A daemon: a process that ends must not wait for a lock a peer holds (a peer frozen
@@ -687,7 +701,7 @@ class Keeper:
         # on the way, is waited for by close() and by the exit hook (_flush_at_exit).
         thread = threading.Thread(
             target=self._run,
-            args=(future, rejected, background),
+            args=(future, rejected, background, span),
             name=f"grantkeeper {self.key}",
             daemon=True,
         )
@@ -695,8 +709,9 @@ class Keeper:
             thread.start()
         except BaseException as exc:  # no thread (interpreter shutdown, a thread limit)
             with self._mutex:
-                self._inflight = None
+                self._inflight = self._span = None
             self._track()
+            _telemetry.failed(span, exc)
             future.set_exception(exc)
         return future, True
 
@@ -705,17 +720,19 @@ class Keeper:
         future: concurrent.futures.Future[Credential],
         rejected: str | None,
         background: bool,
+        span: _telemetry.Span | None = None,
     ) -> None:
         try:
-            result = self._transact(rejected, background, future)
+            with _telemetry.transaction(span):
+                result = self._transact(rejected, background, future)
         except BaseException as exc:
             with self._mutex:
-                self._inflight = None
+                self._inflight = self._span = None
             self._track()
             future.set_exception(exc)
         else:
             with self._mutex:
-                self._inflight = None
+                self._inflight = self._span = None
             self._track()
             future.set_result(result)
         if _exiting.is_set():
@@ -731,6 +748,7 @@ class Keeper:
         self._flushing = threading.Lock()
         self._ready_lock = threading.Lock()
         self._inflight = None
+        self._span = None
         self._holding = False
         self._abandoned = None
         self._pending = None
@@ -808,8 +826,21 @@ class Keeper:
             self._stage("lock_wait")
             started = time.monotonic()
             with contextlib.ExitStack() as turn:
-                taken = self._take_turn(turn, stored, rejected, background, flight)
-                waited_ms = round((time.monotonic() - started) * 1000, 1)
+                try:
+                    taken = self._take_turn(turn, stored, rejected, background, flight)
+                except BaseException as exc:
+                    waited = time.monotonic() - started
+                    _telemetry.lock_waited(self.key, self.store.name, waited, "failed", exc)
+                    raise
+                waited = time.monotonic() - started
+                adopted_waiting = isinstance(taken, Credential)
+                _telemetry.lock_waited(
+                    self.key,
+                    self.store.name,
+                    waited,
+                    "adopted" if adopted_waiting else "acquired",
+                )
+                waited_ms = round(waited * 1000, 1)
                 if isinstance(taken, Credential):
                     # A peer committed while this one waited: adopted, never locked.
                     event(
@@ -849,6 +880,11 @@ class Keeper:
                 key=key,
                 error=type(exc).__name__,
                 background=background,
+            )
+            _telemetry.annotate(
+                self._span,
+                result="served_valid_token",
+                **{_telemetry.ERROR_TYPE: type(exc).__name__},
             )
             if self._current is None or self._current.access_token == served.access_token:
                 self._current = served
@@ -944,6 +980,7 @@ class Keeper:
             return None
         if self._durable is None:
             event(logging.DEBUG, "credential.loaded", key=key, version=stored.version)
+            _telemetry.annotate(self._span, result="loaded")
         else:
             changed = stored.record != self._durable.record
             event(
@@ -954,6 +991,9 @@ class Keeper:
                 changed=changed,
                 locked=False,
             )
+            _telemetry.annotate(self._span, result="adopted")
+            if changed:
+                _telemetry.adoption(self.key, locked=False)
         return self._install(stored)
 
     def _holder_alive(self, intent: RefreshIntent | None) -> bool:
@@ -1023,6 +1063,9 @@ class Keeper:
                 version=stored.version,
                 changed=changed,
             )
+            _telemetry.annotate(self._span, result="adopted")
+            if changed and self._durable is not None:
+                _telemetry.adoption(self.key, locked=True)
             return self._install(stored)
         if decision.action is Action.FAIL:
             assert decision.error is not None
@@ -1075,6 +1118,7 @@ class Keeper:
                     client, request, now=self._clock, timeouts=self._token_timeout
                 )
         except Exception as exc:
+            took = time.monotonic() - started
             event(
                 logging.WARNING,
                 "refresh.provider_call",
@@ -1082,21 +1126,26 @@ class Keeper:
                 outcome="error",
                 error=type(exc).__name__,
                 status=getattr(exc, "status", None),
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                duration_ms=round(took * 1000, 1),
                 token=intent.token_fingerprint,
             )
             if old.workload_source is not None:
                 note_refusal(request, exc)
-            return self._after_provider_error(renewer.noted, exc, rejected, was_unknown)
+            return self._after_provider_error(
+                renewer.noted, exc, rejected, was_unknown, took=(request.url, took)
+            )
+        took = time.monotonic() - started
         event(
             logging.INFO,
             "refresh.provider_call",
             key=key,
             outcome="ok",
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            duration_ms=round(took * 1000, 1),
             token=intent.token_fingerprint,
             rotated=response.refresh_token is not None,
         )
+        _telemetry.refresh(self.key, request.url, took, Outcome.ANSWERED.value, span=self._span)
+        _telemetry.annotate(self._span, result="refreshed")
         self._stage("after_provider")
         now = self._clock()
         forced = rejected is not None and rejected == old.access_token
@@ -1123,6 +1172,7 @@ class Keeper:
                 detail=exc.message if isinstance(exc, GrantkeeperError) else "",
                 serving=fingerprint(fresh.access_token),
             )
+            _telemetry.annotate(self._span, persisted=False)
             return fresh
         self._durable = Stored(fresh, version)
         self._pending = None
@@ -1166,7 +1216,13 @@ class Keeper:
             raise
 
     def _after_provider_error(
-        self, noted: Stored, exc: Exception, rejected: str | None, was_unknown: bool
+        self,
+        noted: Stored,
+        exc: Exception,
+        rejected: str | None,
+        was_unknown: bool,
+        *,
+        took: tuple[str, float] | None = None,
     ) -> Credential:
         """Record durably what the provider's failure means, then raise what it means.
 
@@ -1176,6 +1232,8 @@ class Keeper:
         key = str(self.key)
         ctx = self._context(rejected)
         plan = after_provider_error(exc, noted.record, ctx, key=key, was_unknown=was_unknown)
+        if took is not None:  # (token endpoint, seconds) of the call that failed
+            _telemetry.refresh(self.key, took[0], took[1], plan.outcome.value, exc, self._span)
         if plan.mark is not None:
             try:
                 now_stored = self.store.read(self.key)

@@ -25,7 +25,6 @@ from ._errors import (
     ServerConfigError,
 )
 from ._freshness import Clock, utc_now
-from ._log import event
 from ._network import client_options
 from ._oauth.authorization import denied_code
 from ._oauth.callback_server import DEFAULT_CALLBACK_TIMEOUT, DEFAULT_HOST, CallbackServer
@@ -44,6 +43,7 @@ from ._oauth.grants import (
 from ._oauth.kept_registrations import KeptRegistrations
 from ._oauth.registration import ClientRegistration, metadata_document_client
 from ._oauth.workload import WorkloadIdentity
+from ._observe.log import event
 from ._record import CLIENT_CREDENTIALS, Credential
 from ._servers import ServerConfig, require_callback_host, resolve_server
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store

@@ -20,9 +20,9 @@ import httpx
 
 from . import _rescue_copies
 from ._errors import GrantkeeperError, StoreError
-from ._log import event
 from ._network import client_options
 from ._oauth.revocation import TokenKind, revoke_tokens
+from ._observe.log import event
 from ._record import Credential, CredentialKey
 from ._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import MissingExtra, StoreCorrupt
-from ._log import event
+from ._observe.log import event
 from ._platform import current, ours_alone
 from ._record import Credential, CredentialKey, record_from_json, record_to_json, renewal_secret
 from ._redact import fingerprint

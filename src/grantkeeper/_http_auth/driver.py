@@ -27,6 +27,7 @@ from .._oauth.dpop import (
     load_key,
     proof_refused,
 )
+from .._observe import telemetry as _telemetry
 from .._record import Credential, canonical_url
 from .._redact import remember
 from .flow import (
@@ -333,6 +334,8 @@ class AuthDriver:
         assert self.keeper is not None
         if isinstance(step, Recover):
             return self.keeper.recover(step.error, rejected=step.sent)
+        if step.rejected is not None:  # a 401 the flow recovers from, once
+            _telemetry.recovery(self.keeper.key)
         hit = self.keeper.cached(rejected=step.rejected)
         if hit is not None:
             return hit
@@ -344,6 +347,8 @@ class AuthDriver:
         assert self.keeper is not None
         if isinstance(step, Recover):
             return await self.keeper.arecover(step.error, rejected=step.sent)
+        if step.rejected is not None:  # a 401 the flow recovers from, once
+            _telemetry.recovery(self.keeper.key)
         # The healthy path first: no deadline to compute, no timeout scope to enter.
         hit = self.keeper.cached(rejected=step.rejected)
         if hit is not None:

@@ -29,8 +29,8 @@ import httpx2
 from .._errors import GrantkeeperError, LoginRequired, OAuthUnsupported, ProtocolError
 from .._http_auth.httpx2_auth import Httpx2Auth
 from .._keeper import Keeper
-from .._log import event
 from .._network import check_proxies, client_options, tls_context
+from .._observe.log import event
 
 if TYPE_CHECKING:
     from mcp.client.client import Client

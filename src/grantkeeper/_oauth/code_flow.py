@@ -17,8 +17,8 @@ import httpx
 from .. import _rescue_copies
 from .._errors import ProtocolError, StoreError
 from .._freshness import Clock, utc_now
-from .._log import event
 from .._network import failure
+from .._observe.log import event
 from .._record import Credential, CredentialKey
 from .._stores.base import DEFAULT_LOCK_TIMEOUT, Store
 from .auth_server_metadata import AuthServerMetadata

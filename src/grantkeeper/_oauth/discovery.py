@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from .._errors import OAuthUnsupported, ProtocolError
-from .._log import event
 from .._network import client_options, failure
+from .._observe.log import event
 from .._record import canonical_url
 from .._version import __version__
 from .auth_server_metadata import (

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from .._errors import StoreError
-from .._log import event
+from .._observe.log import event
 from .._stores._fs import Document, SideFile
 from .._stores.file import FileStore
 from .registration import ClientRegistration

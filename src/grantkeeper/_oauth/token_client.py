@@ -18,8 +18,8 @@ from datetime import datetime
 import httpx
 
 from .._errors import MalformedResponse, ProviderError, ProviderUnavailable, RefreshOutcomeUnknown
-from .._log import event
 from .._network import failure
+from .._observe.log import event
 from .._redact import scrub
 from .._rules import UNSENDABLE_FAILURES, Outcome, transport_outcome
 from .dpop import TOKEN_NONCES, token_endpoint_wants_nonce

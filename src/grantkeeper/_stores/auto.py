@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .._errors import StoreCorrupt, StoreUnavailable
-from .._log import event
+from .._observe.log import event
 from .._record import Credential, CredentialKey
 from ._fs import SideFile
 from .base import DEFAULT_LOCK_TIMEOUT, PROCESS_LOCK, ProcessLock, Store, Stored

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ._redact import scrub_known
+from .._redact import scrub_known
 
 logger = logging.getLogger("grantkeeper")
 
