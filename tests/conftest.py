@@ -13,8 +13,12 @@ Fixtures any test may ask for:
 - ``tiny_disk``: a 64 KiB tmpfs to fill; ``ec_key``: a private key for private_key_jwt;
   ``zombie``: a killed, unreaped process.
 
-Guards every test gets: every log line is checked for secrets, and rescue copies go to a
-directory of the test's own, never to the user's runtime directory or /dev/shm."""
+- ``telemetry``: what grantkeeper reported through OpenTelemetry during the test, read
+  through the SDK's in-memory readers the whole test process runs with.
+
+Guards every test gets: every log line, metric and span attribute is checked for secrets,
+and rescue copies go to a directory of the test's own, never to the user's runtime
+directory or /dev/shm."""
 
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from harness.mcp_demo import login
 from harness.mcp_server import McpServer
 from harness.resource_server import ResourceServer
 from tests.helpers import LogLines, World, signal_own_child
+from tests.otel_readers import Readers
 from tests.tiny_disk import mounted
 
 if TYPE_CHECKING:
@@ -126,14 +131,21 @@ def no_remembered_secrets() -> None:
     forget_all()
 
 
+READERS = Readers().install()
+"""The OpenTelemetry SDK every test runs with, as an application using grantkeeper[otel]
+would: grantkeeper's metrics and spans are collected in memory (see :func:`telemetry`)."""
+
+
 @pytest.fixture(autouse=True)
 def no_secret_in_logs() -> Iterator[None]:
-    """Capture grantkeeper's DEBUG logs and fail the test if any issued secret shows up."""
+    """Capture grantkeeper's DEBUG logs and its metrics and spans, and fail the test if any
+    issued secret shows up in either."""
     handler = LogLines()
     logger = logging.getLogger("grantkeeper")
     previous = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
+    READERS.reset()
     try:
         yield
     finally:
@@ -141,6 +153,16 @@ def no_secret_in_logs() -> Iterator[None]:
         logger.setLevel(previous)
     leaked = [s for s in secrets_seen() for line in handler.lines if s in line]
     assert not leaked, f"{len(leaked)} secret(s) appeared in grantkeeper's logs"
+    texts = list(READERS.report().texts())
+    leaked = [s for s in secrets_seen() for text in texts if s in text]
+    assert not leaked, f"{len(leaked)} secret(s) appeared in grantkeeper's metrics or spans"
+
+
+@pytest.fixture
+def telemetry() -> Readers:
+    """The process's OpenTelemetry readers, holding what this test's grantkeeper reported
+    so far (:meth:`Readers.report`)."""
+    return READERS
 
 
 # -- the shared world ----------------------------------------------------------------------

@@ -58,12 +58,14 @@ SPAN_NAME = "grantkeeper.refresh_transaction"
 class _Instruments:
     """The meter's instruments and the tracer, made once, on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, meter_provider: Any = None, tracer_provider: Any = None) -> None:
         from opentelemetry import metrics, trace
 
         self.trace = trace
-        meter = metrics.get_meter(SCOPE, __version__)
-        self.tracer = trace.get_tracer(SCOPE, __version__)
+        # The global providers (the application's) unless given: they may be set later,
+        # the API's proxies then forward to them.
+        meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
+        self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         self.refreshes = meter.create_counter(
             "grantkeeper.refreshes",
             unit="{refresh}",
@@ -129,6 +131,21 @@ def _make() -> _Instruments | None:
             except Exception:  # an API that fails to start must not fail a request
                 _instruments = None
     return _instruments
+
+
+def configure(
+    meter_provider: Any = None, tracer_provider: Any = None, *, off: bool = False
+) -> None:
+    """Report to these providers instead of the global ones, or (``off``) as if the API were
+    not installed. A seam for benchmarks and tests: applications set the global providers."""
+    global _instruments
+    with _setup:
+        if off:
+            _instruments = None
+        elif meter_provider is None and tracer_provider is None:
+            _instruments = _UNSET  # made again, of the global providers, on first use
+        else:
+            _instruments = _Instruments(meter_provider, tracer_provider)
 
 
 def enabled() -> bool:
