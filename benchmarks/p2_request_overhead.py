@@ -37,9 +37,10 @@ VARIANTS = {NO_OTEL: "grantkeeper", WITH_SDK: "grantkeeper"}
 """grantkeeper's telemetry variants, each measured as the peer it runs as."""
 CLIENTS = (*PEERS, *VARIANTS)
 
-TELEMETRY_GOAL = 1.05
+TELEMETRY_GOAL = 1.1
 """The goal for telemetry: grantkeeper's flow with an SDK recording ≤ this × without the
-API. It records nothing on the healthy path; 5 % is the run's noise, not a budget."""
+API. The healthy path reports nothing, so the two run the same code: the bound is this
+machine's run-to-run noise on a median of 5, not a budget."""
 
 FLOW_GOAL = 1.2
 """The goal: grantkeeper's auth flow ≤ this × the static-header flow. A healthy request's

@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -723,16 +724,18 @@ class Keeper:
         span: _telemetry.Span | None = None,
     ) -> None:
         try:
-            with _telemetry.transaction(span):
+            with _telemetry.current(span):
                 result = self._transact(rejected, background, future)
         except BaseException as exc:
             with self._mutex:
                 self._inflight = self._span = None
+            _telemetry.end(span)  # after: a request joining until then is linked to it
             self._track()
             future.set_exception(exc)
         else:
             with self._mutex:
                 self._inflight = self._span = None
+            _telemetry.end(span)
             self._track()
             future.set_result(result)
         if _exiting.is_set():
@@ -860,6 +863,7 @@ class Keeper:
                     if self._pending is not None:
                         served = self._reconcile_pending(stored, rejected)
                         if isinstance(served, Credential):
+                            _telemetry.annotate(self._span, result="pending_reconciled")
                             return served
                         stored = served
                     return self._decide_and_act(stored, rejected)
@@ -1063,9 +1067,12 @@ class Keeper:
                 version=stored.version,
                 changed=changed,
             )
-            _telemetry.annotate(self._span, result="adopted")
-            if changed and self._durable is not None:
-                _telemetry.adoption(self.key, locked=True)
+            if self._durable is None:
+                _telemetry.annotate(self._span, result="loaded")
+            else:
+                _telemetry.annotate(self._span, result="adopted")
+                if changed:
+                    _telemetry.adoption(self.key, locked=True)
             return self._install(stored)
         if decision.action is Action.FAIL:
             assert decision.error is not None
@@ -1144,8 +1151,6 @@ class Keeper:
             token=intent.token_fingerprint,
             rotated=response.refresh_token is not None,
         )
-        _telemetry.refresh(self.key, request.url, took, Outcome.ANSWERED.value, span=self._span)
-        _telemetry.annotate(self._span, result="refreshed")
         self._stage("after_provider")
         now = self._clock()
         forced = rejected is not None and rejected == old.access_token
@@ -1172,13 +1177,19 @@ class Keeper:
                 detail=exc.message if isinstance(exc, GrantkeeperError) else "",
                 serving=fingerprint(fresh.access_token),
             )
-            _telemetry.annotate(self._span, persisted=False)
+            self._refreshed(request.url, took, persisted=False)
             return fresh
         self._durable = Stored(fresh, version)
         self._pending = None
         event(logging.INFO, "refresh.persisted", key=key, version=version)
+        self._refreshed(request.url, took, persisted=True)
         self._stage("after_write")
         return fresh
+
+    def _refreshed(self, endpoint: str, took: float, *, persisted: bool) -> None:
+        """Report an answered refresh: after its write, which nothing may delay."""
+        _telemetry.refresh(self.key, endpoint, took, Outcome.ANSWERED.value, span=self._span)
+        _telemetry.annotate(self._span, result="refreshed", persisted=persisted)
 
     def _write_over_note(self, record: Credential, noted: Stored) -> int:
         """Write ``record`` in place of our in-flight note ``noted``.
@@ -1489,11 +1500,14 @@ def _on_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
         else:
             future.set_result(result)  # type: ignore[arg-type]
 
+    # The caller's context goes along: the transaction it may start links to its span.
+    context = contextvars.copy_context()
+
     def run() -> None:
         result: T | None = None
         error: BaseException | None = None
         try:
-            result = work()
+            result = context.run(work)
         except BaseException as exc:  # handed to the awaiting task, which decides
             error = exc
         try:

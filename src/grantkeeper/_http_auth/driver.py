@@ -334,29 +334,32 @@ class AuthDriver:
         assert self.keeper is not None
         if isinstance(step, Recover):
             return self.keeper.recover(step.error, rejected=step.sent)
-        if step.rejected is not None:  # a 401 the flow recovers from, once
-            _telemetry.recovery(self.keeper.key)
         hit = self.keeper.cached(rejected=step.rejected)
-        if hit is not None:
-            return hit
-        deadline = self.deadline(request)
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self.keeper.credential(rejected=step.rejected, timeout=remaining)
+        if hit is None:
+            deadline = self.deadline(request)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            hit = self.keeper.credential(rejected=step.rejected, timeout=remaining)
+        return self._renewed(step, hit)
 
     async def aacquire(self, step: Acquire | Recover, request: _Request) -> Credential:
         assert self.keeper is not None
         if isinstance(step, Recover):
             return await self.keeper.arecover(step.error, rejected=step.sent)
-        if step.rejected is not None:  # a 401 the flow recovers from, once
-            _telemetry.recovery(self.keeper.key)
         # The healthy path first: no deadline to compute, no timeout scope to enter.
         hit = self.keeper.cached(rejected=step.rejected)
-        if hit is not None:
-            return hit
-        deadline = self.deadline(request)
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        # The deadline bounds the wait for a refresh, not a person's login (a recovery).
-        return await self.keeper.acredential(rejected=step.rejected, timeout=remaining)
+        if hit is None:
+            deadline = self.deadline(request)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # The deadline bounds the wait for a refresh, not a person's login (a recovery).
+            hit = await self.keeper.acredential(rejected=step.rejected, timeout=remaining)
+        return self._renewed(step, hit)
+
+    def _renewed(self, step: Acquire, credential: Credential) -> Credential:
+        """``credential``, answering ``step``; a renewed token after a 401 is a recovery."""
+        if step.rejected is not None and credential.access_token != step.rejected:
+            assert self.keeper is not None
+            _telemetry.recovery(self.keeper.key)
+        return credential
 
     # -- the two drivers ----------------------------------------------------------------
 

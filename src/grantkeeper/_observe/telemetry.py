@@ -14,6 +14,7 @@ request, whatever an SDK or exporter does. The names are listed in docs/telemetr
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,8 @@ class _Instruments:
         self.refreshes = meter.create_counter(
             "grantkeeper.refreshes",
             unit="{refresh}",
-            description="Token requests that spent a refresh token, by outcome class",
+            description="Token requests that renewed a credential (spent its refresh token), "
+            "by outcome class",
         )
         self.stale_serves = meter.create_counter(
             "grantkeeper.stale_serves",
@@ -85,7 +87,8 @@ class _Instruments:
         self.recoveries = meter.create_counter(
             "grantkeeper.recoveries",
             unit="{recovery}",
-            description="HTTP 401 answers recovered from by renewing the rejected token once",
+            description="HTTP 401 answers for which the rejected token was renewed (once per "
+            "request) to send the request again",
         )
         self.forced_logins = meter.create_counter(
             "grantkeeper.forced_logins",
@@ -126,11 +129,18 @@ def _make() -> _Instruments | None:
         if _instruments is _UNSET:
             try:
                 _instruments = _Instruments()
-            except ImportError:
-                _instruments = None
-            except Exception:  # an API that fails to start must not fail a request
+            except Exception:  # no API (ImportError), or one that fails: report nothing
                 _instruments = None
     return _instruments
+
+
+def _after_fork_in_child() -> None:
+    global _setup
+    _setup = threading.Lock()  # a parent thread may have held it (a first import) at the fork
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def configure(
@@ -191,13 +201,13 @@ def refresh(
     found = _get()
     if found is None:
         return
-    attributes: dict[str, Any] = {KEY: key_attribute(key), OUTCOME: outcome}
-    if error is not None:
-        attributes[ERROR_TYPE] = type(error).__name__
-        status = getattr(error, "status", None)
-        if isinstance(status, int):
-            attributes[STATUS] = status
     with contextlib.suppress(Exception):
+        attributes: dict[str, Any] = {KEY: key_attribute(key), OUTCOME: outcome}
+        if error is not None:
+            attributes[ERROR_TYPE] = type(error).__name__
+            status = getattr(error, "status", None)
+            if isinstance(status, int):
+                attributes[STATUS] = status
         found.refreshes.add(1, attributes)
         found.token_request.record(seconds, {**attributes, **_endpoint(endpoint)})
     annotate(span, outcome=outcome)
@@ -247,10 +257,10 @@ def lock_waited(
     found = _get()
     if found is None:
         return
-    attributes: dict[str, Any] = {KEY: key_attribute(key), STORE: store, LOCK_RESULT: result}
-    if error is not None:
-        attributes[ERROR_TYPE] = type(error).__name__
     with contextlib.suppress(Exception):
+        attributes: dict[str, Any] = {KEY: key_attribute(key), STORE: store, LOCK_RESULT: result}
+        if error is not None:
+            attributes[ERROR_TYPE] = type(error).__name__
         found.lock_wait.record(seconds, attributes)
 
 
@@ -304,26 +314,32 @@ def add_link(span: Span | None, link: SpanContext | None) -> None:
 
 
 @contextlib.contextmanager
-def transaction(span: Span | None) -> Iterator[None]:
-    """Run a transaction in ``span`` (current, so an instrumented HTTP client's token
-    request is its child), and end it with the transaction's error, if any."""
-    found = _get()
-    if span is None or found is None:
+def current(span: Span | None) -> Iterator[None]:
+    """Run a transaction with ``span`` current (so an instrumented HTTP client's token
+    request is its child), and mark it with the transaction's error, if any. The span is
+    ended by :func:`end`, once no request can join the transaction any more."""
+    if span is None:
         yield
         return
-    with contextlib.ExitStack() as current:
+    with contextlib.ExitStack() as scope:
         with contextlib.suppress(Exception):
-            current.enter_context(
-                found.trace.use_span(span, record_exception=False, set_status_on_exception=False)
+            from opentelemetry.trace import use_span
+
+            scope.enter_context(
+                use_span(span, record_exception=False, set_status_on_exception=False)
             )
         try:
             yield
         except BaseException as exc:
             failed(span, exc, end=False)
             raise
-        finally:
-            with contextlib.suppress(Exception):
-                span.end()
+
+
+def end(span: Span | None) -> None:
+    """End a transaction's span."""
+    if span is not None:
+        with contextlib.suppress(Exception):
+            span.end()
 
 
 def failed(span: Span | None, error: BaseException, *, end: bool = True) -> None:
