@@ -55,13 +55,19 @@ def linked_to(span: SpanData, request: trace.Span) -> bool:
     )
 
 
-def test_a_refresh_is_counted_timed_and_traced_as_a_root_linked_to_the_waiting_request(
-    world: World, telemetry: Readers
-) -> None:
+def expired(world: World) -> Keeper:
+    """A Keeper that loaded a fresh login, an hour later: its token has expired."""
     world.login()
     keeper = world.keeper()
     keeper.access_token()
     world.clock.advance(3600)
+    return keeper
+
+
+def test_a_refresh_is_counted_timed_and_traced_as_a_root_linked_to_the_waiting_request(
+    world: World, telemetry: Readers
+) -> None:
+    keeper = expired(world)
     with tracer.start_as_current_span("request") as request:
         keeper.credential()
     report = telemetry.report()
@@ -84,10 +90,7 @@ def test_a_refresh_is_counted_timed_and_traced_as_a_root_linked_to_the_waiting_r
 def test_every_request_that_joins_a_transaction_is_linked_to_it(
     world: World, telemetry: Readers
 ) -> None:
-    world.login()
-    keeper = world.keeper()
-    keeper.access_token()
-    world.clock.advance(3600)
+    keeper = expired(world)
     release = world.provider.lock  # the provider answers once both requests have joined
     requests: list[trace.Span] = []
     with release:
@@ -115,10 +118,7 @@ def test_every_request_that_joins_a_transaction_is_linked_to_it(
 def test_a_failed_refresh_is_counted_by_its_outcome_class(
     world: World, telemetry: Readers, answer: httpx.Response, outcome: str, error: str
 ) -> None:
-    world.login()
-    keeper = world.keeper()
-    keeper.access_token()
-    world.clock.advance(3600)
+    keeper = expired(world)
     world.provider.faults.append(lambda form: answer)
     with pytest.raises(Exception) as raised:
         keeper.credential()
