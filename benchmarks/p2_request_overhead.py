@@ -187,10 +187,9 @@ def run(*, repeats: int = 5, requests: int = 2_000, flows: int = 50_000) -> Sect
             ]
         )
     with_sdk = flow[WITH_SDK].median / flow[NO_OTEL].median
-    section.met = (
-        flow["grantkeeper"].median <= FLOW_GOAL * flow["static"].median
-        and with_sdk <= TELEMETRY_GOAL
-    )
+    flow_met = flow["grantkeeper"].median <= FLOW_GOAL * flow["static"].median
+    telemetry_met = with_sdk <= TELEMETRY_GOAL
+    section.met = flow_met and telemetry_met
     section.notes.append(
         f"Median (min–max) over {repeats} repeats of the mean of {requests:,} sequential "
         f"requests, and of {flows:,} auth flows driven in-process (one request, its 200 "
@@ -200,7 +199,9 @@ def run(*, repeats: int = 5, requests: int = 2_000, flows: int = 50_000) -> Sect
         "so nothing is refreshed."
     )
     section.notes.append(
-        f"Telemetry: grantkeeper's flow with an OpenTelemetry SDK recording is {with_sdk:.3f}× "
+        f"Goals apart: the flow ratio {'met' if flow_met else 'missed'}; telemetry "
+        f"{'met' if telemetry_met else 'missed'}: grantkeeper's flow with an OpenTelemetry "
+        f"SDK recording is {with_sdk:.3f}× (≤ {TELEMETRY_GOAL}×) "
         f"its flow without the API ({NO_OTEL!r}: telemetry off, as without the otel extra; "
         f"{WITH_SDK!r}: an SDK meter and tracer provider with in-memory readers). "
         "'grantkeeper' is as installed here: the API present (mcp brings it), no SDK."
