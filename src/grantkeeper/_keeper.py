@@ -885,11 +885,7 @@ class Keeper:
                 error=type(exc).__name__,
                 background=background,
             )
-            _telemetry.annotate(
-                self._span,
-                result="served_valid_token",
-                **{_telemetry.ERROR_TYPE: type(exc).__name__},
-            )
+            _telemetry.annotate(self._span, result="served_valid_token", error=type(exc).__name__)
             if self._current is None or self._current.access_token == served.access_token:
                 self._current = served
                 self._identity = merged_identity(self._identity, served)
