@@ -25,6 +25,7 @@ from opentelemetry import trace
 from grantkeeper import FileStore, HttpxAuth, Keeper
 from grantkeeper._observe import telemetry as gk_telemetry
 from grantkeeper.testing import sample_record
+from harness.authserver import AuthServer
 from harness.children import reap
 from harness.fake_provider import FakeProvider
 from tests.helpers import KEY, RESOURCE, World
@@ -281,6 +282,24 @@ def test_a_key_attribute_keeps_no_query_user_or_fragment_of_the_server_url() -> 
     assert key("https://mcp.example.test/mcp#work") == "https://mcp.example.test/mcp#work"
     assert key("http://[::1]:9/mcp") == "http://[::1]:9/mcp"
     assert key("http://[::1/broken") == "<unparsable>"
+
+
+@pytest.mark.realserver
+def test_a_refresh_at_the_real_authorization_server_is_reported(
+    keeper: Keeper, auth: AuthServer, telemetry: Readers
+) -> None:
+    """The same report, with oidc-provider (rotation, reuse detection) answering."""
+    held = keeper.access_token()
+    with tracer.start_as_current_span("request") as request:
+        renewed = keeper.credential(rejected=held).access_token
+    assert renewed != held
+    assert (auth.stats()["refresh_success"], auth.stats()["replays"]) == (1, 0)
+    report = telemetry.report()
+    assert report.count(REFRESHES, {OUTCOME: "answered"}) == 1 == report.count(REFRESHES)
+    (timed,) = report.matching(TOKEN_REQUEST)
+    assert timed.attributes["server.address"] == httpx.URL(auth.issuer).host
+    (span,) = [s for s in report.transactions() if s.attributes.get(RESULT) == "refreshed"]
+    assert linked_to(span, request) and span.status == "UNSET"
 
 
 # -- without the API --------------------------------------------------------------------
