@@ -713,6 +713,7 @@ class Keeper:
                 self._inflight = self._span = None
             self._track()
             _telemetry.failed(span, exc)
+            _telemetry.end(span)
             future.set_exception(exc)
         return future, True
 
@@ -836,13 +837,8 @@ class Keeper:
                     _telemetry.lock_waited(self.key, self.store.name, waited, "failed", exc)
                     raise
                 waited = time.monotonic() - started
-                adopted_waiting = isinstance(taken, Credential)
-                _telemetry.lock_waited(
-                    self.key,
-                    self.store.name,
-                    waited,
-                    "adopted" if adopted_waiting else "acquired",
-                )
+                result = "adopted" if isinstance(taken, Credential) else "acquired"
+                _telemetry.lock_waited(self.key, self.store.name, waited, result)
                 waited_ms = round(waited * 1000, 1)
                 if isinstance(taken, Credential):
                     # A peer committed while this one waited: adopted, never locked.

@@ -331,7 +331,7 @@ def current(span: Span | None) -> Iterator[None]:
         try:
             yield
         except BaseException as exc:
-            failed(span, exc, end=False)
+            failed(span, exc)
             raise
 
 
@@ -342,8 +342,8 @@ def end(span: Span | None) -> None:
             span.end()
 
 
-def failed(span: Span | None, error: BaseException, *, end: bool = True) -> None:
-    """Mark a transaction's span as ended by ``error`` (and end it)."""
+def failed(span: Span | None, error: BaseException) -> None:
+    """Mark a transaction's span as ended by ``error``."""
     if span is None:
         return
     with contextlib.suppress(Exception):
@@ -351,8 +351,6 @@ def failed(span: Span | None, error: BaseException, *, end: bool = True) -> None
 
         span.set_attributes({ERROR_TYPE: type(error).__name__, RESULT: "failed"})
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        if end:
-            span.end()
 
 
 def annotate(span: Span | None, **attributes: str | bool | int) -> None:
